@@ -1,0 +1,41 @@
+# Tessera CDP. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+DEMO_CUSTOMERS ?= 5000
+
+# Keep tools quiet and local: no telemetry, Dagster state inside the project.
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export DAGSTER_DISABLE_TELEMETRY := 1
+
+.PHONY: venv demo test bench dev clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cdp init $(DEMO_DIR) --force
+	$(BIN)/cdp generate --config $(DEMO_DIR)/cdp.yaml --customers $(DEMO_CUSTOMERS) --seed 7
+	$(BIN)/cdp run --config $(DEMO_DIR)/cdp.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
+dev: $(STAMP)
+	@test -f $(DEMO_DIR)/cdp.yaml || $(MAKE) demo
+	CDP_CONFIG=$(abspath $(DEMO_DIR))/cdp.yaml DAGSTER_HOME=$(abspath $(DEMO_DIR))/.dagster $(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

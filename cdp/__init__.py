@@ -1,0 +1,1 @@
+"""Tessera command line and configuration."""

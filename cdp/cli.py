@@ -1,0 +1,186 @@
+"""The ``cdp`` command. Every command takes ``--config PATH`` (default ./cdp.yaml or $CDP_CONFIG).
+
+Errors a user can fix (a bad config, a busy warehouse, bad input) print one clear message
+and exit with status 2; a pipeline run that fails exits with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cdp.config import ConfigError, find_config_path, load_config
+from cdp.warehouse import WarehouseBusy
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).",
+)
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        err.print(f"[bold red]error:[/] {self.message}", markup=True)
+
+
+def _load(config_path):
+    try:
+        return load_config(config_path)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+
+
+def _progress(msg: str) -> None:
+    err.print(f"{time.strftime('%H:%M:%S')} {msg}", markup=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tessera CDP: one profile per real customer, from web, email, POS and support data."""
+
+
+# --------------------------------------------------------------------------- init
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False), default=".")
+@click.option("--force", is_flag=True, help="Overwrite an existing cdp.yaml.")
+def init(directory: str, force: bool) -> None:
+    """Scaffold a working folder: DIR/cdp.yaml with defaults, and its folders."""
+    from cdp.scaffold import init_project
+
+    try:
+        cfg_path = init_project(Path(directory), force=force)
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    out.print(f"created {cfg_path}")
+    out.print(f"next: land files under {cfg_path.parent / 'landing'} (or `cdp generate --config {cfg_path}`),"
+              f" then `cdp run --config {cfg_path}`")
+
+
+# --------------------------------------------------------------------------- generate
+@main.command()
+@config_option
+@click.option("--customers", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Landing folder to write into (default: the config's paths.landing).")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Last day of generated history (default: today).")
+@click.option("--clean", is_flag=True, help="Write no malformed rows.")
+def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
+    """Write realistic sample landing files for every source, plus ground truth."""
+    from ingestion.generator import generate as run_generator
+
+    if out_dir is None:
+        out_dir = _load(config_path).landing_dir
+    t0 = time.perf_counter()
+    summary = run_generator(
+        customers=customers, seed=seed, out=Path(out_dir),
+        as_of=as_of.date() if as_of else None, progress=_progress, clean=clean,
+    )
+    rows = getattr(summary, "total_rows", None)
+    out.print(f"wrote sample data for {customers:,} customers to {out_dir} in {time.perf_counter() - t0:.1f}s"
+              + (f" ({rows:,} rows)" if rows else ""))
+    out.print(f"ground truth (never read by the pipeline): {Path(out_dir) / 'ground_truth'}")
+
+
+# --------------------------------------------------------------------------- run
+@main.command()
+@config_option
+@click.option("--only", "only", multiple=True, metavar="STAGE",
+              help="Run only this stage (repeatable), e.g. --only ingestion.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def run(config_path, only, as_json) -> None:
+    """Run the asset graph in this process (what the Dagster UI runs), then summarise."""
+    from cdp.runner import run_pipeline
+
+    _load(config_path)  # validate first, with a clear message
+    _show_stage_progress()
+    try:
+        summary = run_pipeline(config_path, only=list(only) or None)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    except WarehouseBusy as e:
+        raise UserError(str(e)) from None
+    if as_json:
+        out.print_json(json.dumps(summary.to_dict(), default=str))
+    else:
+        _print_run_summary(summary, config_path)
+    sys.exit(0 if summary.ok else 1)
+
+
+def _show_stage_progress() -> None:
+    """Print the stages' progress lines (logger `tessera`) as short lines on stderr."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("tessera")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _print_run_summary(summary, config_path) -> None:
+    from cdp.reporting import print_raw_overview
+
+    config = _load(config_path)
+    print_raw_overview(out, config)
+    for c in summary.failed_checks:
+        colour = "red" if c.severity == "ERROR" else "yellow"
+        out.print(f"[{colour}]check failed ({c.severity}):[/] {c.asset} {c.check}", markup=True)
+        if c.detail:
+            out.print("    " + c.detail.replace("\n", "\n    ")[:2000], markup=False)
+    for f in summary.failures:
+        err.print(f"[bold red]failed:[/] {f}", markup=True)
+    passed = sum(c.passed for c in summary.checks)
+    verdict = "[bold green]OK[/]" if summary.ok else "[bold red]FAILED[/]"
+    out.print(
+        f"run {summary.run_id[:8]}: {verdict} — {len(summary.materialized)} assets materialized, "
+        f"{passed}/{len(summary.checks)} checks passed",
+        markup=True,
+    )
+
+
+# --------------------------------------------------------------------------- status
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_path, as_json) -> None:
+    """Show the paths in use, the latest run's outcome and what the warehouse holds."""
+    from cdp.reporting import status_dict
+
+    config = _load(config_path)
+    info = status_dict(config, find_config_path(config_path))
+    if as_json:
+        out.print_json(json.dumps(info, default=str))
+        return
+    out.print(f"config     {info['config']}")
+    for k, v in info["paths"].items():
+        out.print(f"{k:<10} {v}")
+    lr = info.get("latest_run")
+    if lr:
+        verdict = "" if lr.get("ok") is None else (" — all blocking checks passed" if lr["ok"] else " — FAILED checks")
+        out.print(f"latest run {lr['run_id'][:8]} {lr['status']}{verdict} (started {lr['started_at']}, stages: {lr['stages']})")
+        for c in lr.get("failed_checks", []):
+            out.print(f"           failed check {c}")
+    else:
+        out.print("latest run none yet")
+    if info.get("warehouse_error"):
+        out.print(f"warehouse  {info['warehouse_error']}")
+    for table, n in (info.get("raw_tables") or {}).items():
+        out.print(f"  raw.{table:<22} {n:>12,} rows")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The one file a user edits: ``cdp.yaml``.
+
+Loaded with :func:`load_config`, validated by pydantic models (unknown keys are errors,
+so a typo never silently falls back to a default), and turned into a ``ConfigError``
+whose message names the key and says what to fix. Relative paths resolve against the
+folder that holds the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ingestion.contracts import ENTITIES, SOURCE_KINDS, entities_of
+
+CONFIG_ENV = "CDP_CONFIG"
+DEFAULT_CONFIG_NAME = "cdp.yaml"
+
+
+class ConfigError(ValueError):
+    """The config file is missing or invalid; the message says where and what to fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EntityFiles(_Strict):
+    """Where one entity of a source lands, and how its columns map onto the contract."""
+
+    path: str = Field(description="Glob relative to paths.landing, e.g. 'pos/transactions_*.csv'.")
+    format: Literal["csv", "jsonl"] | None = Field(
+        default=None, description="Defaults to the contract's format."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Landed column name -> contract field name."
+    )
+    formats: dict[str, str] = Field(
+        default_factory=dict,
+        description="Contract field -> strptime format for dates/timestamps not in ISO 8601.",
+    )
+    delimiter: str = ","
+
+
+class Source(_Strict):
+    name: str = Field(description="Instance name, unique: 'web', 'pos_north', 'pos_outlet'.")
+    kind: str = Field(description=f"One of: {', '.join(SOURCE_KINDS)}.")
+    entities: dict[str, EntityFiles]
+    enabled: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
+            raise ValueError("use lower-case letters, digits and '_' (e.g. 'pos_north')")
+        return v
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {v!r}; use one of: {', '.join(SOURCE_KINDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _entities_match_contracts(self) -> "Source":
+        known = {e.name: e for e in entities_of(self.kind)}
+        for entity_name, files in self.entities.items():
+            if entity_name not in known:
+                raise ValueError(
+                    f"entities: {entity_name!r} is not an entity of kind {self.kind!r}; "
+                    f"use one of: {', '.join(known)}"
+                )
+            contract_fields = set(known[entity_name].field_names)
+            for landed, target in files.columns.items():
+                if target not in contract_fields:
+                    raise ValueError(
+                        f"entities.{entity_name}.columns: {landed!r} maps to {target!r}, which is "
+                        f"not a field of the {self.kind}.{entity_name} contract; fields are: "
+                        f"{', '.join(sorted(contract_fields))}"
+                    )
+            for target in files.formats:
+                if target not in contract_fields:
+                    raise ValueError(
+                        f"entities.{entity_name}.formats: {target!r} is not a field of the "
+                        f"{self.kind}.{entity_name} contract"
+                    )
+        return self
+
+
+class Paths(_Strict):
+    landing: Path = Path("landing")
+    warehouse: Path = Path("warehouse/tessera.duckdb")
+    published: Path = Path("published")
+    dagster_home: Path = Path(".dagster")
+    reports: Path = Path("reports")
+
+
+class Ingestion(_Strict):
+    max_bad_row_rate: float = Field(
+        default=0.05, ge=0, le=1,
+        description="A file whose share of quarantined rows exceeds this is rejected whole.",
+    )
+
+
+class Config(_Strict):
+    """A validated ``cdp.yaml``. ``root`` is the folder relative paths resolve against."""
+
+    version: Literal[1] = 1
+    project: str = "tessera"
+    as_of: date | None = Field(
+        default=None, description="Reference date of a run; empty = now. Set for backtests."
+    )
+    paths: Paths = Paths()
+    ingestion: Ingestion = Ingestion()
+    sources: list[Source] = Field(default_factory=list)
+    # Sections filled in by later stages; kept as plain mappings until their stage
+    # defines a model, so a config written today keeps loading.
+    identity: dict[str, Any] = Field(default_factory=dict)
+    segments: dict[str, Any] = Field(default_factory=dict)
+    offers: dict[str, Any] = Field(default_factory=dict)
+    syncs: list[dict[str, Any]] = Field(default_factory=list)
+    quality: dict[str, Any] = Field(default_factory=dict)
+
+    root: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> "Config":
+        seen: set[str] = set()
+        for s in self.sources:
+            if s.name in seen:
+                raise ValueError(f"sources: the name {s.name!r} is used twice; names must be unique")
+            seen.add(s.name)
+        return self
+
+    # Resolved paths -----------------------------------------------------------------
+    def resolve(self, p: Path) -> Path:
+        return p if p.is_absolute() else (self.root / p).resolve()
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.resolve(self.paths.landing)
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.resolve(self.paths.warehouse)
+
+    @property
+    def published_dir(self) -> Path:
+        return self.resolve(self.paths.published)
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.resolve(self.paths.dagster_home)
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.resolve(self.paths.reports)
+
+    def enabled_sources(self, kind: str | None = None) -> list[Source]:
+        return [s for s in self.sources if s.enabled and (kind is None or s.kind == kind)]
+
+    def as_of_datetime(self) -> datetime:
+        """The run's reference time: end of the as_of day (UTC), or now."""
+        from datetime import time, timezone
+
+        if self.as_of is None:
+            return datetime.now(timezone.utc)
+        return datetime.combine(self.as_of, time(23, 59, 59), tzinfo=timezone.utc)
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        elif e["type"] == "missing":
+            msg = "required key is missing; add it"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"  - {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def find_config_path(path: str | os.PathLike | None = None) -> Path:
+    """The config file to use: the given path, else $CDP_CONFIG, else ./cdp.yaml."""
+    candidate = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
+    return candidate.expanduser().resolve()
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    cfg_path = find_config_path(path)
+    if not cfg_path.is_file():
+        raise ConfigError(
+            f"{cfg_path}: config file not found. Create one with `cdp init DIR`, "
+            f"or pass --config PATH (or set {CONFIG_ENV})."
+        )
+    try:
+        data = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{cfg_path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cfg_path}: the top level must be a mapping of keys (project, paths, sources, ...)")
+    if "root" in data:
+        raise ConfigError(f"{cfg_path}: 'root' is not a config key; paths resolve against the file's folder")
+    try:
+        return Config.model_validate({**data, "root": cfg_path.parent})
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(cfg_path, e)) from None
+
+
+def config_from_dict(data: dict[str, Any], root: Path) -> Config:
+    """Build a config from a mapping (tests, tools); validated like a file."""
+    try:
+        return Config.model_validate({**data, "root": Path(root)})
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(Path(root) / DEFAULT_CONFIG_NAME, e)) from None
+
+
+ALL_ENTITY_TABLES = tuple(e.table for e in ENTITIES)

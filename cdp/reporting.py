@@ -1,0 +1,139 @@
+"""What the CLI prints about a project: raw table counts, quarantine, latest run."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from cdp.config import Config
+from cdp.warehouse import WarehouseBusy, open_warehouse
+from ingestion.contracts import ENTITIES
+
+
+def raw_counts(con) -> dict[str, int]:
+    existing = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'").fetchall()}
+    return {
+        e.table: con.execute(f"SELECT count(*) FROM raw.{e.table}").fetchall()[0][0]
+        for e in ENTITIES if e.table in existing
+    }
+
+
+def quarantine_by_reason(con) -> list[tuple[str, str, str, int]]:
+    return con.execute(
+        "SELECT table_name, reason, coalesce(field, ''), count(*) FROM raw.quarantine "
+        "GROUP BY ALL ORDER BY 1, 4 DESC"
+    ).fetchall()
+
+
+def files_by_status(con) -> list[tuple[str, str, int]]:
+    # The latest outcome per file (a rejected file is retried on each run).
+    return con.execute(
+        """SELECT table_name, status, count(*) FROM (
+               SELECT * FROM raw.loads
+               QUALIFY row_number() OVER (PARTITION BY source, table_name, file ORDER BY finished_at DESC) = 1)
+           GROUP BY ALL ORDER BY 1, 2"""
+    ).fetchall()
+
+
+def print_raw_overview(console: Console, config: Config) -> None:
+    if not config.warehouse_path.exists():
+        console.print("no warehouse yet")
+        return
+    try:
+        with open_warehouse(config.warehouse_path, read_only=True) as con:
+            counts = raw_counts(con)
+            if not counts:
+                console.print("raw: no tables yet")
+                return
+            quarantine = quarantine_by_reason(con)
+            statuses = files_by_status(con)
+    except WarehouseBusy as e:
+        console.print(str(e))
+        return
+    files: dict[str, dict[str, int]] = {}
+    for table, st, n in statuses:
+        files.setdefault(table, {})[st] = n
+    q_total: dict[str, int] = {}
+    for table, _, _, n in quarantine:
+        q_total[table] = q_total.get(table, 0) + n
+    t = Table(title="Raw tables", title_justify="left")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    t.add_column("quarantined", justify="right")
+    t.add_column("files")
+    for table, n in counts.items():
+        fs = ", ".join(f"{k} {v}" for k, v in sorted(files.get(table, {}).items())) or "-"
+        t.add_row(f"raw.{table}", f"{n:,}", f"{q_total.get(table, 0):,}", fs)
+    console.print(t)
+    if quarantine:
+        q = Table(title="Quarantine by reason (raw.quarantine)", title_justify="left")
+        q.add_column("table")
+        q.add_column("reason")
+        q.add_column("field")
+        q.add_column("rows", justify="right")
+        for table, reason, fld, n in quarantine:
+            q.add_row(table, reason, fld, f"{n:,}")
+        console.print(q)
+
+
+def latest_run(dagster_home: Path) -> dict | None:
+    if not (dagster_home / "dagster.yaml").exists():
+        return None
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        records = instance.get_run_records(limit=1)
+        if not records:
+            return None
+        rec = records[0]
+        run = rec.dagster_run
+
+        def ts(x):
+            return datetime.fromtimestamp(x, timezone.utc).isoformat(timespec="seconds") if x else None
+
+        return {
+            "run_id": run.run_id,
+            "job": run.job_name,
+            "status": run.status.value,
+            "started_at": ts(rec.start_time),
+            "finished_at": ts(rec.end_time),
+            "stages": run.tags.get("tessera/stages", "all"),
+            "trigger": run.tags.get("tessera/trigger", "dagster"),
+        }
+
+
+def status_dict(config: Config, config_path: Path) -> dict:
+    info: dict = {
+        "config": str(config_path),
+        "project": config.project,
+        "paths": {
+            "landing": str(config.landing_dir),
+            "warehouse": str(config.warehouse_path),
+            "published": str(config.published_dir),
+            "dagster_home": str(config.dagster_home),
+            "reports": str(config.reports_dir),
+        },
+        "sources": [{"name": s.name, "kind": s.kind, "entities": sorted(s.entities)} for s in config.enabled_sources()],
+        "latest_run": latest_run(config.dagster_home),
+    }
+    last_cli = config.dagster_home / "last_run.json"
+    if info["latest_run"] and last_cli.exists():
+        import json
+
+        record = json.loads(last_cli.read_text())
+        if record.get("run_id") == info["latest_run"]["run_id"]:
+            failed = [c for c in record.get("checks", []) if not c["passed"]]
+            info["latest_run"]["ok"] = record.get("ok")
+            info["latest_run"]["failed_checks"] = [f"{c['asset']}:{c['check']} ({c['severity']})" for c in failed]
+    if config.warehouse_path.exists():
+        try:
+            with open_warehouse(config.warehouse_path, read_only=True) as con:
+                info["raw_tables"] = raw_counts(con)
+                info["quarantined_rows"] = sum(r[3] for r in quarantine_by_reason(con)) if info["raw_tables"] else 0
+        except WarehouseBusy as e:
+            info["warehouse_error"] = str(e)
+    return info

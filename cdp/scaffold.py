@@ -1,0 +1,129 @@
+"""``cdp init DIR``: a working folder with a commented ``cdp.yaml`` and its folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdp.config import load_config
+
+DEFAULT_CONFIG = """\
+# Tessera CDP configuration: the one file you edit.
+# Relative paths resolve against the folder holding this file.
+# Validate it any time with `cdp status` (errors name the key and say what to fix).
+version: 1
+project: {project}
+
+# Reference date of a run (YYYY-MM-DD). Empty = now. Set a past date to backtest:
+# every stage then sees only data up to that day.
+as_of:
+
+paths:
+  landing: landing            # where source systems drop files
+  warehouse: warehouse/tessera.duckdb
+  published: published        # published snapshots (what marketers and syncs read)
+  dagster_home: .dagster      # Dagster run history, schedules and sensor state
+  reports: reports
+
+ingestion:
+  # A file whose share of malformed rows is above this is rejected whole (nothing applied).
+  max_bad_row_rate: 0.05
+
+# Each source is one system instance. A kind (web, email, pos, support, catalog) may have
+# several instances, e.g. two store systems. Each entity gives a glob under paths.landing;
+# `columns` maps landed column names onto the contract, `formats` gives strptime formats
+# for dates/timestamps that are not ISO 8601. Remove the sources you do not have.
+sources:
+  - name: web
+    kind: web
+    entities:
+      events: {{path: "web/events_*.jsonl"}}
+
+  - name: email
+    kind: email
+    entities:
+      subscribers: {{path: "email/subscribers*.csv"}}
+      events: {{path: "email/events_*.csv"}}
+
+  - name: pos
+    kind: pos
+    entities:
+      transactions: {{path: "pos/transactions_*.csv"}}
+      line_items: {{path: "pos/line_items_*.csv"}}
+      loyalty_members: {{path: "pos/loyalty_members*.csv"}}
+
+  # A second store system whose loyalty export uses its own headers and date formats.
+  - name: pos_outlet
+    kind: pos
+    entities:
+      loyalty_members:
+        path: "pos_outlet/members*.csv"
+        columns:
+          MemberNo: loyalty_id
+          FirstName: first_name
+          Surname: last_name
+          EmailAddress: email
+          Mobile: phone
+          Street: address_line1
+          Town: city
+          PostCode: postcode
+          DOB: date_of_birth
+          JoinedOn: enrolled_at
+        formats:
+          date_of_birth: "%d/%m/%Y"
+          enrolled_at: "%d/%m/%Y %H:%M"
+
+  - name: support
+    kind: support
+    entities:
+      tickets: {{path: "support/tickets_*.jsonl"}}
+
+  - name: catalog
+    kind: catalog
+    entities:
+      products: {{path: "catalog/products*.csv"}}
+
+# Later stages read these sections; their defaults are documented in the README.
+identity: {{}}
+segments: {{}}
+offers: {{}}
+syncs: []
+quality: {{}}
+"""
+
+# Dagster instance settings: one run at a time and one warehouse writer at a time
+# (DuckDB allows a single writing process per file), no telemetry.
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+# Stage progress lines (Python loggers named tessera.*) appear in each run's event log.
+python_logs:
+  managed_python_loggers:
+    - tessera
+concurrency:
+  runs:
+    max_concurrent_runs: 1
+  pools:
+    default_limit: 1
+"""
+
+
+def init_project(directory: Path, force: bool = False, project: str | None = None) -> Path:
+    directory = directory.resolve()
+    cfg_path = directory / "cdp.yaml"
+    if cfg_path.exists() and not force:
+        raise FileExistsError(f"{cfg_path} already exists; pass --force to overwrite it")
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(DEFAULT_CONFIG.format(project=project or directory.name or "tessera"))
+    config = load_config(cfg_path)  # the template must always validate
+    for d in (config.landing_dir, config.warehouse_path.parent, config.published_dir, config.reports_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    ensure_dagster_home(config.dagster_home)
+    return cfg_path
+
+
+def ensure_dagster_home(dagster_home: Path) -> Path:
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    yaml_path = dagster_home / "dagster.yaml"
+    if not yaml_path.exists():
+        yaml_path.write_text(DAGSTER_YAML)
+    return dagster_home

@@ -1,0 +1,58 @@
+"""Opening the DuckDB warehouse.
+
+DuckDB allows one writing process per file. Every writer goes through
+:func:`connect`, which turns DuckDB's lock error into a message that says what to do.
+Readers of published snapshots open them read-only.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process holds the warehouse's write lock."""
+
+
+def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.exists():
+        raise FileNotFoundError(f"{path}: no warehouse file here yet; run `cdp run` first")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as e:
+        if "lock" in str(e).lower():
+            raise WarehouseBusy(
+                f"{path} is open for writing by another process (a Dagster run, `cdp run` or a "
+                f"notebook). Wait for it to finish or close it, then retry. DuckDB said: {e}"
+            ) from None
+        raise
+    # Every timestamp is stored and shown in UTC, whatever the machine's zone.
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+@contextmanager
+def open_warehouse(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = connect(path, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def fetch_all(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
+    """Run a query and fetch every row at once (DuckDB 2.0 relations have no fetchone,
+    and an unfinished result blocks the connection's next query)."""
+    return con.execute(sql, params or []).fetchall()
+
+
+def fetch_value(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    rows = fetch_all(con, sql, params)
+    return rows[0][0] if rows else None

@@ -1,0 +1,121 @@
+"""Ingestion assets: one per raw table, each loading every configured source of its kind."""
+
+
+import logging
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
+
+from dagster_project.defs.resources import TesseraResource
+from ingestion.contracts import ENTITIES, Entity
+from ingestion.loader import CHANGED, REJECTED, ingest
+
+INGESTION_GROUP = "ingestion"
+# Every asset that writes the warehouse shares this pool; the instance limits it to one
+# step at a time because DuckDB allows a single writing process per file.
+WAREHOUSE_POOL = "tessera_warehouse"
+log = logging.getLogger("tessera.ingestion")
+
+
+def raw_asset_key(ent: Entity) -> AssetKey:
+    return AssetKey(["raw", ent.table])
+
+
+def _raw_asset(ent: Entity):
+    key = raw_asset_key(ent)
+
+    @multi_asset(
+        name=f"raw_{ent.table}",
+        specs=[
+            AssetSpec(
+                key,
+                group_name=INGESTION_GROUP,
+                description=(
+                    f"Landed {ent.kind} {ent.name.replace('_', ' ')} (contract `{ent.kind}.{ent.name}`), "
+                    f"as landed plus lineage columns. {ent.description}"
+                ),
+                kinds={"duckdb", "python"},
+                metadata={"contract_fields": MetadataValue.md(_fields_md(ent))},
+            )
+        ],
+        check_specs=[
+            AssetCheckSpec(
+                "files_accepted",
+                asset=key,
+                description="No landed file was rejected whole or changed under a name already loaded.",
+            ),
+            AssetCheckSpec(
+                "quarantine_rate_below_1pct",
+                asset=key,
+                description="Of the rows landed in this run, under 1% went to raw.quarantine.",
+            ),
+        ],
+        pool=WAREHOUSE_POOL,
+    )
+    def _asset(context: AssetExecutionContext, tessera: TesseraResource):
+        config = tessera.load()
+        with tessera.warehouse() as con:
+            report = ingest(config, con, tables=[ent.table], progress=log.info)
+            total_rows = con.execute(f"SELECT count(*) FROM raw.{ent.table}").fetchall()[0][0]
+            load_ids = [f.load_id for f in report.files if f.load_id]
+            by_reason = dict(
+                con.execute(
+                    "SELECT reason || coalesce(' (' || nullif(field, '') || ')', ''), count(*) "
+                    "FROM raw.quarantine WHERE _load_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1 ORDER BY 2 DESC",
+                    [load_ids],
+                ).fetchall()
+            )
+        bad_files = [f for f in report.files if f.status in (REJECTED, CHANGED)]
+        loaded, quarantined = report.rows_loaded(), report.rows_quarantined()
+        landed = loaded + quarantined
+        yield MaterializeResult(
+            asset_key=key,
+            metadata={
+                "rows_total": total_rows,
+                "rows_loaded_this_run": loaded,
+                "rows_quarantined_this_run": quarantined,
+                "files_loaded": sum(f.status == "loaded" for f in report.files),
+                "files_rejected": len(bad_files),
+                "quarantine_by_reason": by_reason,
+            },
+        )
+        yield AssetCheckResult(
+            asset_key=key,
+            check_name="files_accepted",
+            passed=not bad_files,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "problems": MetadataValue.md(
+                    "\n".join(f"- `{f.file}` ({f.source}): **{f.status}** — {f.message}" for f in bad_files)
+                    or "none"
+                )
+            },
+        )
+        rate = quarantined / landed if landed else 0.0
+        yield AssetCheckResult(
+            asset_key=key,
+            check_name="quarantine_rate_below_1pct",
+            passed=rate < 0.01,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"quarantine_rate": rate, "rows_landed": landed},
+        )
+
+    return _asset
+
+
+def _fields_md(ent: Entity) -> str:
+    rows = [f"| `{f.name}` | {f.type} | {'yes' if f.required else ''} | {f.description} |" for f in ent.fields]
+    return "| field | type | required | description |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+RAW_ASSETS = [_raw_asset(ent) for ent in ENTITIES]
+RAW_ASSET_KEYS = [raw_asset_key(ent) for ent in ENTITIES]

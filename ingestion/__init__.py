@@ -1,0 +1,1 @@
+"""Landing files -> raw.* in DuckDB: contracts, synthetic data generator, loaders, quarantine."""

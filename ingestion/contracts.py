@@ -1,0 +1,254 @@
+"""Canonical landing contracts: what each source kind delivers, field by field.
+
+One ``Entity`` per landed table (a source kind can land several, e.g. POS lands
+transactions, line items and loyalty members). Each becomes one ``raw.<kind>_<entity>``
+table; several instances of a kind (two store systems) share the table and are told
+apart by the ``_source`` lineage column.
+
+A user whose files have other column names or date formats maps them in ``cdp.yaml``
+(``columns`` / ``formats`` of a source entity); the contract itself never changes per
+deployment. Bump ``CONTRACT_VERSION`` when a contract changes incompatibly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CONTRACT_VERSION = 1
+
+# Field types the loader knows how to check and cast.
+STRING, TIMESTAMP, DATE, INTEGER, DECIMAL, JSON, BOOLEAN = (
+    "string", "timestamp", "date", "integer", "decimal", "json", "boolean",
+)
+DUCKDB_TYPES = {
+    STRING: "VARCHAR",
+    TIMESTAMP: "TIMESTAMPTZ",
+    DATE: "DATE",
+    INTEGER: "BIGINT",
+    DECIMAL: "DOUBLE",
+    JSON: "JSON",
+    BOOLEAN: "BOOLEAN",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str = STRING
+    required: bool = False
+    values: tuple[str, ...] = ()  # allowed values (an enum), empty = any
+    pii: bool = False  # personal data: never logged, masked in reports
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Entity:
+    kind: str  # source kind: web, email, pos, support, catalog
+    name: str  # entity within the kind: events, subscribers, ...
+    format: str  # default landing format: jsonl or csv
+    key: tuple[str, ...]  # natural key within one source instance
+    fields: tuple[Field, ...]
+    description: str = ""
+    # Row-level rules beyond single fields: (SQL condition that must hold, with {field}
+    # placeholders for the landed values; "reason: field").
+    row_rules: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def table(self) -> str:
+        return f"{self.kind}_{self.name}"
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def get(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+WEB_EVENT_TYPES = ("track", "identify", "page")
+# Track event names, snake_case as in DESIGN.md (Segment's e-commerce spec, renamed).
+WEB_TRACK_EVENTS = (
+    "product_viewed",
+    "product_added",
+    "checkout_started",
+    "order_completed",
+    "products_searched",
+    "consent_updated",
+)
+EMAIL_EVENT_TYPES = ("sent", "delivered", "open", "click", "bounce", "unsubscribe", "spam_complaint")
+SUBSCRIBER_STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending")
+TICKET_CHANNELS = ("email", "phone", "chat", "web_form")
+TICKET_STATUSES = ("open", "pending", "solved", "closed")
+SATISFACTION = ("good", "bad")
+POS_CHANNELS = ("store", "web")
+
+ENTITIES: tuple[Entity, ...] = (
+    Entity(
+        kind="web",
+        name="events",
+        format="jsonl",
+        key=("messageId",),
+        description=(
+            "Segment-spec events, one JSON object per line. `properties` carries product_id, "
+            "price, quantity, cart_id, order_id, revenue, discount, products[], query, and for "
+            "consent_updated: channel + granted. `context` carries page {url, path, referrer}, "
+            "campaign {source, medium, name}, userAgent, ip. An email click-through lands on a "
+            "page whose url holds `tid=<link_tracking_id>`."
+        ),
+        fields=(
+            Field("messageId", STRING, required=True, description="Unique event id."),
+            Field("type", STRING, required=True, values=WEB_EVENT_TYPES),
+            Field("event", STRING, description="Track event name; null for page/identify."),
+            Field("anonymousId", STRING, description="Device/browser id."),
+            Field("userId", STRING, description="Site account id, set once logged in."),
+            Field("traits", JSON, pii=True, description="identify traits: email, first_name, last_name, phone."),
+            Field("properties", JSON, description="Event properties."),
+            Field("context", JSON, pii=True, description="page, campaign, userAgent, ip."),
+            Field("timestamp", TIMESTAMP, required=True),
+        ),
+        row_rules=(
+            ("coalesce({anonymousId}, {userId}) IS NOT NULL", "missing_required: anonymousId|userId"),
+        ),
+    ),
+    Entity(
+        kind="email",
+        name="subscribers",
+        format="csv",
+        key=("subscriber_id",),
+        description="The email tool's audience export: one row per subscriber.",
+        fields=(
+            Field("subscriber_id", STRING, required=True),
+            Field("email", STRING, required=True, pii=True),
+            Field("first_name", STRING, pii=True),
+            Field("last_name", STRING, pii=True),
+            Field("status", STRING, required=True, values=SUBSCRIBER_STATUSES),
+            Field("opted_in_at", TIMESTAMP),
+            Field("opted_out_at", TIMESTAMP),
+            Field("created_at", TIMESTAMP, required=True),
+            Field("updated_at", TIMESTAMP),
+        ),
+    ),
+    Entity(
+        kind="email",
+        name="events",
+        format="csv",
+        key=("event_id",),
+        description="Email activity. A click carries the link's tracking id, which the landing page view repeats.",
+        fields=(
+            Field("event_id", STRING, required=True),
+            Field("subscriber_id", STRING, required=True),
+            Field("email", STRING, pii=True),
+            Field("campaign_id", STRING),
+            Field("event_type", STRING, required=True, values=EMAIL_EVENT_TYPES),
+            Field("occurred_at", TIMESTAMP, required=True),
+            Field("link_tracking_id", STRING),
+            Field("url", STRING),
+        ),
+    ),
+    Entity(
+        kind="pos",
+        name="transactions",
+        format="csv",
+        key=("transaction_id",),
+        description=(
+            "Receipts. Identity is optional: a receipt may carry a loyalty id, only an email or "
+            "a phone, or nothing. Web orders fulfilled through the store system appear here too "
+            "with channel=web and order_ref = the web order_id (count them once)."
+        ),
+        fields=(
+            Field("transaction_id", STRING, required=True),
+            Field("store_id", STRING, required=True),
+            Field("occurred_at", TIMESTAMP, required=True),
+            Field("loyalty_id", STRING),
+            Field("email", STRING, pii=True),
+            Field("phone", STRING, pii=True),
+            Field("channel", STRING, values=POS_CHANNELS),
+            Field("order_ref", STRING),
+            Field("subtotal", DECIMAL),
+            Field("discount", DECIMAL),
+            Field("total", DECIMAL, required=True),
+            Field("payment_method", STRING),
+        ),
+    ),
+    Entity(
+        kind="pos",
+        name="line_items",
+        format="csv",
+        key=("transaction_id", "line_no"),
+        fields=(
+            Field("transaction_id", STRING, required=True),
+            Field("line_no", INTEGER, required=True),
+            Field("sku", STRING, required=True),
+            Field("quantity", INTEGER, required=True),
+            Field("unit_price", DECIMAL, required=True),
+            Field("discount", DECIMAL),
+        ),
+    ),
+    Entity(
+        kind="pos",
+        name="loyalty_members",
+        format="csv",
+        key=("loyalty_id",),
+        description="Loyalty programme members as exported by a store system.",
+        fields=(
+            Field("loyalty_id", STRING, required=True),
+            Field("first_name", STRING, pii=True),
+            Field("last_name", STRING, pii=True),
+            Field("email", STRING, pii=True),
+            Field("phone", STRING, pii=True),
+            Field("address_line1", STRING, pii=True),
+            Field("city", STRING, pii=True),
+            Field("postcode", STRING, pii=True),
+            Field("date_of_birth", DATE, pii=True),
+            Field("enrolled_at", TIMESTAMP, required=True),
+        ),
+    ),
+    Entity(
+        kind="support",
+        name="tickets",
+        format="jsonl",
+        key=("ticket_id",),
+        description="Help-desk tickets, one JSON object per line. tags may hold 'do_not_contact'.",
+        fields=(
+            Field("ticket_id", STRING, required=True),
+            Field("requester_name", STRING, pii=True),
+            Field("requester_email", STRING, pii=True),
+            Field("requester_phone", STRING, pii=True),
+            Field("channel", STRING, values=TICKET_CHANNELS),
+            Field("category", STRING),
+            Field("status", STRING, values=TICKET_STATUSES),
+            Field("satisfaction", STRING, values=SATISFACTION),
+            Field("tags", JSON),
+            Field("created_at", TIMESTAMP, required=True),
+            Field("resolved_at", TIMESTAMP),
+        ),
+    ),
+    Entity(
+        kind="catalog",
+        name="products",
+        format="csv",
+        key=("sku",),
+        description="Product catalog.",
+        fields=(
+            Field("sku", STRING, required=True),
+            Field("name", STRING, required=True),
+            Field("category", STRING, required=True),
+            Field("price", DECIMAL, required=True),
+            Field("margin", DECIMAL, description="Gross margin as a fraction of price, 0..1."),
+        ),
+    ),
+)
+
+SOURCE_KINDS = tuple(dict.fromkeys(e.kind for e in ENTITIES))
+_BY_KEY = {(e.kind, e.name): e for e in ENTITIES}
+
+
+def entity(kind: str, name: str) -> Entity:
+    return _BY_KEY[(kind, name)]
+
+
+def entities_of(kind: str) -> list[Entity]:
+    return [e for e in ENTITIES if e.kind == kind]
