@@ -7,6 +7,7 @@ and exit with status 2; a pipeline run that fails exits with status 1.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from datetime import date
@@ -120,15 +121,27 @@ def run(config_path, only, as_json) -> None:
     sys.exit(0 if summary.ok else 1)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (it may be swapped, e.g. by test runners)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _show_stage_progress() -> None:
     """Print the stages' progress lines (logger `tessera`) as short lines on stderr."""
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log = logging.getLogger("tessera")
-    log.addHandler(handler)
     log.setLevel(logging.INFO)
+    if not any(getattr(h, "_tessera_cli", False) for h in log.handlers):
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler._tessera_cli = True
+        log.addHandler(handler)
 
 
 def _print_run_summary(summary, config_path) -> None:

@@ -81,7 +81,19 @@ def _metadata_value(v):
 def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] | None = None) -> RunSummary:
     cfg_path = find_config_path(config_path)
     config = load_config(cfg_path)
+    saved = {k: os.environ.get(k) for k in (CONFIG_ENV, "DAGSTER_HOME")}
     prepare_environment(config, cfg_path)
+    try:
+        return _execute(config, only)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _execute(config: Config, only: list[str] | None) -> RunSummary:
 
     from dagster import AssetSelection, DagsterInstance
 

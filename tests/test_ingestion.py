@@ -1,0 +1,368 @@
+"""Landing -> raw: quarantine, whole-file rejection, idempotence, atomicity."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cdp.warehouse import connect
+from ingestion.loader import CHANGED, DUPLICATE, LOADED, REJECTED, UNCHANGED, ingest
+from tests.conftest import make_config, write
+
+WEB = [{"name": "web", "kind": "web", "entities": {"events": {"path": "web/*.jsonl"}}}]
+LINE_ITEMS = [{"name": "pos", "kind": "pos", "entities": {"line_items": {"path": "pos/line_items*.csv"}}}]
+
+
+def web_line(i: int, **overrides) -> str:
+    rec = {
+        "messageId": f"m{i}",
+        "type": "track",
+        "event": "product_viewed",
+        "anonymousId": f"a{i % 7}",
+        "properties": {"product_id": f"S{i % 5}", "price": 9.5},
+        "context": {"page": {"url": f"https://shop.example/p/{i}"}},
+        "timestamp": f"2025-03-01T10:{i % 60:02d}:00.000Z",
+    }
+    rec.update(overrides)
+    return json.dumps({k: v for k, v in rec.items() if v is not None})
+
+
+def counts(con, table: str) -> tuple[int, int]:
+    rows = con.execute(f"SELECT count(*) FROM raw.{table}").fetchall()[0][0]
+    q = con.execute("SELECT count(*) FROM raw.quarantine WHERE table_name = ?", [table]).fetchall()[0][0]
+    return rows, q
+
+
+@pytest.fixture
+def web_project(tmp_path):
+    # These files are mostly bad rows by design: lift the whole-file bound.
+    config = make_config(tmp_path, WEB, ingestion={"max_bad_row_rate": 1.0})
+    con = connect(config.warehouse_path)
+    yield config, con
+    con.close()
+
+
+# ------------------------------------------------------------------ quarantine
+def test_each_malformed_row_kind_is_quarantined_with_its_reason(web_project):
+    config, con = web_project
+    lines = [
+        web_line(1),
+        web_line(2, timestamp="2025-02-30T25:61:00Z"),  # impossible date
+        web_line(3, messageId=None),  # required key missing
+        web_line(4, anonymousId=None),  # neither anonymousId nor userId
+        web_line(5)[:40],  # broken JSON (truncated)
+        web_line(6, type="bogus"),  # value outside the contract's enum
+        web_line(7, timestamp="1970-01-01T00:00:00Z"),  # impossible: before 2000
+        web_line(8, timestamp="yesterday"),  # wrong type
+        "",  # a blank line is not a row
+        web_line(9, anonymousId=None, userId="u9"),  # a logged-in event is fine
+        web_line(10),
+    ]
+    write(config.landing_dir / "web" / "e1.jsonl", "\n".join(lines) + "\n")
+    report = ingest(config, con)
+    [res] = report.files
+    assert (res.status, res.rows_loaded, res.rows_quarantined) == (LOADED, 3, 7)
+    loaded = con.execute('SELECT "messageId", _row, _file, _source FROM raw.web_events ORDER BY _row').fetchall()
+    assert loaded == [("m1", 1, "web/e1.jsonl", "web"), ("m9", 10, "web/e1.jsonl", "web"), ("m10", 11, "web/e1.jsonl", "web")]
+    q = con.execute("SELECT _row, reason, field, raw_record FROM raw.quarantine ORDER BY _row").fetchall()
+    assert [(r[0], r[1], r[2]) for r in q] == [
+        (2, "invalid_timestamp", "timestamp"),
+        (3, "missing_required", "messageId"),
+        (4, "missing_required", "anonymousId|userId"),
+        (5, "malformed_json", ""),
+        (6, "invalid_value", "type"),
+        (7, "impossible_timestamp", "timestamp"),
+        (8, "invalid_timestamp", "timestamp"),
+    ]
+    # Quarantined rows are kept verbatim.
+    assert q[3][3] == lines[4]
+    assert q[0][3] == lines[1]
+
+
+def test_csv_bad_rows_quarantined_and_good_rows_load(tmp_path):
+    config = make_config(tmp_path, LINE_ITEMS, ingestion={"max_bad_row_rate": 1.0})
+    write(
+        config.landing_dir / "pos" / "line_items_1.csv",
+        "transaction_id,line_no,sku,quantity,unit_price,discount\n"
+        "T1,1,S1,2,9.5,0\n"
+        "T1,2,S2,three,1.0,0\n"  # wrong type
+        ",1,S3,1,1.0,0\n"  # required key missing
+        "T2,1,S1,1,9.5\n"  # too few fields
+        "T3,1,S1,1,9.5,0,extra\n"  # too many fields
+        "T4,1,S9,1,2.5,0\n",
+    )
+    con = connect(config.warehouse_path)
+    [res] = ingest(config, con).files
+    assert (res.status, res.rows_loaded, res.rows_quarantined) == (LOADED, 2, 4)
+    assert con.execute("SELECT transaction_id, _row, quantity FROM raw.pos_line_items ORDER BY _row").fetchall() == [
+        ("T1", 1, 2),
+        ("T4", 6, 1),
+    ]
+    q = con.execute("SELECT _row, reason, field FROM raw.quarantine ORDER BY _row").fetchall()
+    assert [(r, reason) for r, reason, _ in q] == [
+        (2, "invalid_type"),
+        (3, "missing_required"),
+        (4, "malformed_csv_line"),
+        (5, "malformed_csv_line"),
+    ]
+    assert q[0][2] == "quantity" and q[1][2] == "transaction_id"
+    raw = con.execute("SELECT raw_record FROM raw.quarantine WHERE _row = 5").fetchall()[0][0]
+    assert raw == "T3,1,S1,1,9.5,0,extra"
+
+
+def test_exact_and_fast_paths_load_identical_rows(tmp_path):
+    """A clean file takes DuckDB's JSON reader; a file with one bad line is re-read line by
+    line. The good rows must come out the same either way."""
+    good = [web_line(i, traits={"email": f"x{i}@example.com"} if i % 3 == 0 else None) for i in range(1, 40)]
+    cfg_a = make_config(tmp_path / "a", WEB)
+    write(cfg_a.landing_dir / "web" / "e.jsonl", "\n".join(good) + "\n")
+    cfg_b = make_config(tmp_path / "b", WEB, ingestion={"max_bad_row_rate": 0.5})
+    write(cfg_b.landing_dir / "web" / "e.jsonl", "\n".join(good[:20] + ["{not json"] + good[20:]) + "\n")
+    cols = '"messageId", type, event, "anonymousId", traits::VARCHAR, properties::VARCHAR, context::VARCHAR, timestamp'
+    out = []
+    for cfg in (cfg_a, cfg_b):
+        con = connect(cfg.warehouse_path)
+        ingest(cfg, con)
+        out.append(con.execute(f'SELECT {cols} FROM raw.web_events ORDER BY "messageId"').fetchall())
+        con.close()
+    assert len(out[0]) == 39
+    assert out[0] == out[1]
+
+
+# ------------------------------------------------------------------ whole-file rejection
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("transaction_id,line_no,sku,unit_price\nT1,1,S1,2.0\n", r"required column\(s\) missing: quantity"),
+        ("", r"the file is empty"),
+        ("transaction_id,line_no,sku,quantity,unit_price\n", r"the file has no rows"),
+        (
+            "transaction_id,line_no,sku,quantity,unit_price\nT1,x,S1,1,1\nT2,y,S1,1,1\nT3,1,S1,1,1\n",
+            r"2 of 3 rows break the contract \(66.7%, over the 5.0% bound in ingestion.max_bad_row_rate\): "
+            r"invalid_type in field 'line_no' \(2 rows, first at row 1\)",
+        ),
+        ("transaction_id,sku,sku,quantity,unit_price,line_no\nT1,1,S,1,1,1\n", r"names a column twice"),
+    ],
+)
+def test_file_breaking_the_contract_is_rejected_whole(tmp_path, content, message):
+    config = make_config(tmp_path, LINE_ITEMS)
+    write(config.landing_dir / "pos" / "line_items_bad.csv", content)
+    write(config.landing_dir / "pos" / "line_items_good.csv", "transaction_id,line_no,sku,quantity,unit_price\nT9,1,S1,1,1\n")
+    con = connect(config.warehouse_path)
+    report = ingest(config, con)
+    bad = next(f for f in report.files if f.file.endswith("bad.csv"))
+    assert bad.status == REJECTED
+    assert bad.rows_loaded == 0
+    import re
+
+    assert re.search(message, bad.message), bad.message
+    assert not report.ok
+    # Nothing of the rejected file was applied; the good file loaded.
+    assert con.execute("SELECT DISTINCT _file FROM raw.pos_line_items").fetchall() == [("pos/line_items_good.csv",)]
+    assert con.execute("SELECT count(*) FROM raw.quarantine").fetchall()[0][0] == 0
+    assert con.execute(
+        "SELECT status, message FROM raw.loads WHERE file = 'pos/line_items_bad.csv'"
+    ).fetchall()[0][0] == REJECTED
+
+
+def test_binary_garbage_is_rejected_not_crashing(tmp_path):
+    config = make_config(tmp_path, WEB)
+    (config.landing_dir / "web").mkdir(parents=True)
+    (config.landing_dir / "web" / "junk.jsonl").write_bytes(os.urandom(4096))
+    con = connect(config.warehouse_path)
+    [res] = ingest(config, con).files
+    assert res.status == REJECTED
+    assert con.execute("SELECT count(*) FROM raw.web_events").fetchall()[0][0] == 0
+
+
+def test_rejected_file_loads_once_fixed(tmp_path):
+    config = make_config(tmp_path, LINE_ITEMS)
+    path = write(config.landing_dir / "pos" / "line_items_1.csv", "transaction_id,sku\nT1,S1\n")
+    con = connect(config.warehouse_path)
+    assert ingest(config, con).files[0].status == REJECTED
+    path.write_text("transaction_id,line_no,sku,quantity,unit_price\nT1,1,S1,1,1\n")
+    assert ingest(config, con).files[0].status == LOADED
+    assert counts(con, "pos_line_items") == (1, 0)
+
+
+# ------------------------------------------------------------------ incremental, idempotent
+def test_reingest_adds_nothing_and_changes_are_detected(web_project):
+    config, con = web_project
+    f1 = write(config.landing_dir / "web" / "e1.jsonl", "\n".join(web_line(i) for i in range(10)) + "\n")
+    write(config.landing_dir / "web" / "e2.jsonl", "\n".join(web_line(i) for i in range(10, 15)) + "\n")
+    assert [f.status for f in ingest(config, con).files] == [LOADED, LOADED]
+    assert counts(con, "web_events") == (15, 0)
+
+    # Same files again: nothing read, nothing added.
+    assert [f.status for f in ingest(config, con).files] == [UNCHANGED, UNCHANGED]
+    # Touched (new mtime) but identical content: still nothing added.
+    os.utime(f1, (time.time() + 5, time.time() + 5))
+    assert ingest(config, con).files[0].status == UNCHANGED
+    # The same content landed again under another name: a duplicate, skipped.
+    shutil.copy(f1, config.landing_dir / "web" / "e1_copy.jsonl")
+    statuses = {f.file: f.status for f in ingest(config, con).files}
+    assert statuses["web/e1_copy.jsonl"] == DUPLICATE
+    # New content under a name already loaded: reported, not double-loaded.
+    f1.write_text("\n".join(web_line(i) for i in range(100, 103)) + "\n")
+    report = ingest(config, con)
+    changed = next(f for f in report.files if f.file == "web/e1.jsonl")
+    assert changed.status == CHANGED and "different content" in changed.message
+    assert not report.ok
+    assert counts(con, "web_events") == (15, 0)
+    assert con.execute("SELECT count(DISTINCT _load_id) FROM raw.web_events").fetchall()[0][0] == 2
+
+
+def test_column_mapping_formats_and_two_instances_of_one_kind(tmp_path):
+    config = make_config(
+        tmp_path,
+        ingestion={"max_bad_row_rate": 0.5},
+        sources=[
+            {"name": "pos_north", "kind": "pos", "entities": {"loyalty_members": {"path": "north/*.csv"}}},
+            {
+                "name": "pos_outlet",
+                "kind": "pos",
+                "entities": {
+                    "loyalty_members": {
+                        "path": "outlet/*.csv",
+                        "delimiter": ";",
+                        "columns": {"MemberNo": "loyalty_id", "Surname": "last_name", "DOB": "date_of_birth", "JoinedOn": "enrolled_at"},
+                        "formats": {"date_of_birth": "%d/%m/%Y", "enrolled_at": "%d/%m/%Y %H:%M"},
+                    }
+                },
+            },
+        ],
+    )
+    write(
+        config.landing_dir / "north" / "m.csv",
+        "loyalty_id,first_name,last_name,date_of_birth,enrolled_at\nN1,Ann,Lee,1990-04-03,2024-01-02T10:00:00Z\n",
+    )
+    write(
+        config.landing_dir / "outlet" / "m.csv",
+        "MemberNo;Surname;DOB;JoinedOn\nO1;Lee;03/04/1990;02/01/2024 10:00\nO2;Kay;31/02/1990;02/01/2024 10:00\n",
+    )
+    con = connect(config.warehouse_path)
+    ingest(config, con)
+    rows = con.execute(
+        "SELECT _source, loyalty_id, last_name, date_of_birth::VARCHAR, enrolled_at::VARCHAR "
+        "FROM raw.pos_loyalty_members ORDER BY loyalty_id"
+    ).fetchall()
+    assert rows == [
+        ("pos_north", "N1", "Lee", "1990-04-03", "2024-01-02 10:00:00+00"),
+        ("pos_outlet", "O1", "Lee", "1990-04-03", "2024-01-02 10:00:00+00"),
+    ]
+    # 31/02 is no date: quarantined under the contract's field name.
+    assert con.execute("SELECT reason, field FROM raw.quarantine").fetchall() == [("invalid_timestamp", "date_of_birth")]
+
+
+def test_any_subset_of_sources(tmp_path):
+    """Only POS configured and landed: every raw table exists, the others are empty."""
+    config = make_config(tmp_path, LINE_ITEMS)
+    write(config.landing_dir / "pos" / "line_items_1.csv", "transaction_id,line_no,sku,quantity,unit_price\nT1,1,S1,1,1\n")
+    con = connect(config.warehouse_path)
+    assert ingest(config, con).ok
+    assert counts(con, "pos_line_items") == (1, 0)
+    assert counts(con, "web_events") == (0, 0)
+
+
+# ------------------------------------------------------------------ crash safety
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from cdp.config import config_from_dict
+    from cdp.warehouse import connect
+    import ingestion.loader as loader
+
+    root, mode = Path(sys.argv[1]), sys.argv[2]
+    config = config_from_dict({"sources": [{"name": "web", "kind": "web",
+                               "entities": {"events": {"path": "web/*.jsonl"}}}]}, root)
+    if mode == "kill_before_commit":
+        # Die the hard way after the rows are inserted, before the transaction commits.
+        real_record = loader._record
+        calls = {"n": 0}
+        def record_then_die(con, res, *a):
+            real_record(con, res, *a)
+            calls["n"] += 1
+            if calls["n"] == 2:   # the second file, mid-transaction
+                os.kill(os.getpid(), signal.SIGKILL)
+        loader._record = record_then_die
+    con = connect(config.warehouse_path)
+    loader.ingest(config, con)
+    con.close()
+    """
+)
+
+
+def _land_web_files(config, n_files: int, rows: int) -> int:
+    total = 0
+    for f in range(n_files):
+        lines = [web_line(f * rows + i) for i in range(rows)]
+        write(config.landing_dir / "web" / f"e{f:02d}.jsonl", "\n".join(lines) + "\n")
+        total += rows
+    return total
+
+
+def _run_loader(root: Path, mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CRASH_SCRIPT, str(root), mode],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_crash_mid_load_leaves_nothing_partial_and_rerun_completes(tmp_path):
+    config = make_config(tmp_path, WEB)
+    total = _land_web_files(config, n_files=3, rows=2000)
+    proc = _run_loader(tmp_path, "kill_before_commit")
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    con = connect(config.warehouse_path)
+    # Only the first file committed; the killed transaction left no rows and no manifest row.
+    assert counts(con, "web_events") == (2000, 0)
+    assert con.execute("SELECT count(*) FROM raw.loads").fetchall()[0][0] == 1
+    con.close()
+    proc = _run_loader(tmp_path, "normal")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    con = connect(config.warehouse_path)
+    assert counts(con, "web_events") == (total, 0)
+    assert con.execute('SELECT count(DISTINCT "messageId") FROM raw.web_events').fetchall()[0][0] == total
+
+
+def test_kill_at_random_moments_then_rerun_gives_exact_counts(tmp_path):
+    config = make_config(tmp_path, WEB)
+    total = _land_web_files(config, n_files=6, rows=20000)
+    for delay in (0.8, 1.6, 2.4):
+        proc = _run_loader(tmp_path, "normal")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    proc = _run_loader(tmp_path, "normal")
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    con = connect(config.warehouse_path)
+    assert counts(con, "web_events") == (total, 0)
+    assert con.execute('SELECT count(DISTINCT "messageId") FROM raw.web_events').fetchall()[0][0] == total
+    assert con.execute("SELECT count(*) FROM raw.loads WHERE status = 'loaded'").fetchall()[0][0] == 6
+
+
+def test_error_messages_do_not_leak_values(tmp_path):
+    """A rejection message names file, row and field - never the personal value itself."""
+    config = make_config(
+        tmp_path, [{"name": "pos", "kind": "pos", "entities": {"loyalty_members": {"path": "m/*.csv"}}}]
+    )
+    secret = "jane.doe.secret@example.com"
+    write(
+        config.landing_dir / "m" / "m.csv",
+        "loyalty_id,email,date_of_birth,enrolled_at\n" + f"L1,{secret},not-a-date,2024-01-01\n" * 3,
+    )
+    con = connect(config.warehouse_path)
+    [res] = ingest(config, con).files
+    assert res.status == REJECTED and "date_of_birth" in res.message and "row 1" in res.message
+    assert secret not in res.message
