@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cdp init $(DEMO_DIR) --force
+	rm -rf $(DEMO_DIR)
+	$(BIN)/cdp init $(DEMO_DIR)
 	$(BIN)/cdp generate --config $(DEMO_DIR)/cdp.yaml --customers $(DEMO_CUSTOMERS) --seed 7
 	$(BIN)/cdp run --config $(DEMO_DIR)/cdp.yaml
 
@@ -31,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 dev: $(STAMP)
 	@test -f $(DEMO_DIR)/cdp.yaml || $(MAKE) demo

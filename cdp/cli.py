@@ -90,7 +90,7 @@ def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
         customers=customers, seed=seed, out=Path(out_dir),
         as_of=as_of.date() if as_of else None, progress=_progress, clean=clean,
     )
-    rows = getattr(summary, "total_rows", None)
+    rows = summary.rows
     out.print(f"wrote sample data for {customers:,} customers to {out_dir} in {time.perf_counter() - t0:.1f}s"
               + (f" ({rows:,} rows)" if rows else ""))
     out.print(f"ground truth (never read by the pipeline): {Path(out_dir) / 'ground_truth'}")

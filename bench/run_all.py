@@ -1,0 +1,42 @@
+"""`make bench`: every benchmark, with its figures printed and saved to bench_out/results.json.
+
+    python -m bench.run_all [--customers N] [--only generator,ingestion,identity]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+
+from bench.common import OUT
+
+BENCHES = ["generator", "ingestion", "identity"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--customers", type=int, default=1_000_000)
+    ap.add_argument("--only", default=",".join(BENCHES))
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name in [b for b in args.only.split(",") if b]:
+        try:
+            module = importlib.import_module(f"bench.bench_{name}")
+        except ModuleNotFoundError:
+            print(f"== {name}: not built yet, skipped")
+            continue
+        print(f"== {name} ({args.customers:,} customers)", flush=True)
+        t0 = time.perf_counter()
+        results[name] = module.main(args.customers)
+        results[name]["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+        for k, v in results[name].items():
+            print(f"   {k:<28} {v}")
+    (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"figures saved to {OUT / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
