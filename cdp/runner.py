@@ -79,6 +79,9 @@ def _metadata_value(v):
 
 
 def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] | None = None) -> RunSummary:
+    unknown = [s for s in (only or []) if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
     cfg_path = find_config_path(config_path)
     config = load_config(cfg_path)
     saved = {k: os.environ.get(k) for k in (CONFIG_ENV, "DAGSTER_HOME")}
@@ -102,9 +105,6 @@ def _execute(config: Config, only: list[str] | None) -> RunSummary:
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     if only:
-        unknown = [s for s in only if s not in STAGES]
-        if unknown:
-            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
         groups = [g for s in only for g in STAGES[s]]
         keys = list(AssetSelection.groups(*groups).resolve(graph))
     else:

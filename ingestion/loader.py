@@ -297,8 +297,9 @@ def _csv_header(path: Path, files: EntityFiles) -> list[str]:
     return header
 
 
-def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles) -> None:
-    """Parse a CSV into temp table _landed; malformed lines come from DuckDB's reject table."""
+def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles) -> list[str]:
+    """Parse a CSV into temp table _landed; malformed lines come from DuckDB's reject table.
+    Returns notes for the load's message (columns outside the contract, which are ignored)."""
     try:
         header = _csv_header(path, files)
     except (UnicodeDecodeError, csv.Error) as e:
@@ -313,6 +314,9 @@ def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles) -> None:
             f"the header has: {', '.join(header)}"
         )
     landed_key = {target: landed for landed, target in to_contract.items()}
+    contract_fields = set(ent.field_names)
+    extra = [h for h in header if to_contract[h] not in contract_fields]
+    notes = [f"ignored column(s) not in the contract: {', '.join(extra)}"] if extra else []
     columns_sql = "{" + ", ".join(f"{_lit(h)}: 'VARCHAR'" for h in header) + "}"
 
     def raw_name(n: str) -> str:
@@ -372,6 +376,7 @@ def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles) -> None:
         """
     )
     con.execute("DROP TABLE IF EXISTS _parsed; DROP TABLE IF EXISTS _rejects")
+    return notes
 
 
 def _decode_reasons(con, decode: str) -> None:
@@ -424,8 +429,10 @@ def _record(con, res: FileResult, checksum: str | None, stat, started: datetime)
     )
 
 
-def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, line_count: Future) -> tuple[int, int]:
-    """Parse and check a file into _landed; returns (rows, bad rows)."""
+def _stage(
+    con, path: Path, ent: Entity, files: EntityFiles, size: int, line_count: Future, notes: list[str]
+) -> tuple[int, int]:
+    """Parse and check a file into _landed; returns (rows, bad rows), adding to notes."""
     fmt = files.format or ent.format
     if size == 0:
         raise FileRejected("the file is empty")
@@ -437,7 +444,7 @@ def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, line_cou
 
     try:
         if fmt != "jsonl":
-            _stage_csv(con, path, ent, files)
+            notes.extend(_stage_csv(con, path, ent, files))
             return counts()
         _stage_jsonl(con, path, ent, files, exact=False)
         total, bad = counts()
@@ -498,8 +505,9 @@ def load_file(
     with ThreadPoolExecutor(max_workers=1) as pool:
         hashing = pool.submit(checksum_and_lines, path)
         rejection: str | None = None
+        notes: list[str] = []
         try:
-            total, bad = _stage(con, path, ent, files, stat.st_size, hashing)
+            total, bad = _stage(con, path, ent, files, stat.st_size, hashing, notes)
             rejection = _batch_rejection(con, total, bad, max_bad_row_rate)
         except FileRejected as e:
             rejection = str(e)
@@ -542,8 +550,7 @@ def load_file(
             f"WHERE _reason IS NOT NULL ORDER BY _row"
         )
         res.rows_loaded, res.rows_quarantined = total - bad, bad
-        if bad:
-            res.message = f"{bad} row(s) quarantined"
+        res.message = "; ".join(([f"{bad} row(s) quarantined"] if bad else []) + notes)
         _record(con, res, checksum, stat, started)
         con.execute("COMMIT")
     except BaseException:
@@ -558,7 +565,8 @@ def load_file(
 def _describe(res: FileResult) -> str:
     if res.status == LOADED:
         extra = f", {res.rows_quarantined:,} quarantined" if res.rows_quarantined else ""
-        return f"[{res.source}] {res.file}: loaded {res.rows_loaded:,} rows{extra} ({res.seconds:.1f}s)"
+        notes = "".join(f" — {m}" for m in res.message.split("; ") if m.startswith("ignored"))
+        return f"[{res.source}] {res.file}: loaded {res.rows_loaded:,} rows{extra} ({res.seconds:.1f}s){notes}"
     return f"[{res.source}] {res.file}: {res.status.upper()} — {res.message}"
 
 

@@ -261,6 +261,18 @@ def test_column_mapping_formats_and_two_instances_of_one_kind(tmp_path):
     assert con.execute("SELECT reason, field FROM raw.quarantine").fetchall() == [("invalid_timestamp", "date_of_birth")]
 
 
+def test_extra_columns_are_ignored_and_reported(tmp_path):
+    config = make_config(tmp_path, LINE_ITEMS)
+    write(
+        config.landing_dir / "pos" / "line_items_1.csv",
+        "transaction_id,line_no,sku,quantity,unit_price,gift_wrap\nT1,1,S1,1,1,yes\n",
+    )
+    con = connect(config.warehouse_path)
+    [res] = ingest(config, con).files
+    assert res.status == LOADED and res.rows_loaded == 1
+    assert "ignored column(s) not in the contract: gift_wrap" in res.message
+
+
 def test_any_subset_of_sources(tmp_path):
     """Only POS configured and landed: every raw table exists, the others are empty."""
     config = make_config(tmp_path, LINE_ITEMS)
