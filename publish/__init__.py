@@ -1,0 +1,1 @@
+"""Write-audit-publish: versioned snapshots of the marts, swapped in atomically."""

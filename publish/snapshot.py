@@ -1,0 +1,173 @@
+"""Published snapshots: what marketers and syncs read, replaced atomically.
+
+Layout under the config's ``paths.published``::
+
+    tessera.duckdb              the current snapshot (a hard link to one file in snapshots/)
+    snapshots/<run_id>.duckdb   the last N published snapshots, for rollback
+    manifest.json               history: run, published_at, tables and row counts, gate result
+
+Publishing writes a complete new DuckDB file under ``snapshots/`` first, then links it to a
+temporary name and ``os.replace``-s that over ``tessera.duckdb``: one atomic rename. A
+reader that opened the old file keeps its inode, so it goes on reading the old snapshot
+undisturbed; the next reader opens the new one. Nothing is ever written into a published
+file after it is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+CURRENT = "tessera.duckdb"
+MANIFEST = "manifest.json"
+SNAPSHOTS = "snapshots"
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    run_id: str
+    path: Path
+    published_at: str
+    tables: dict[str, int]
+    gate: dict
+
+
+def _safe_run_id(run_id: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", run_id):
+        raise PublishError(f"run id {run_id!r} cannot name a snapshot file (letters, digits, _ . - only)")
+    return run_id
+
+
+def _write_json_atomically(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(published_dir: Path) -> dict:
+    path = published_dir / MANIFEST
+    if not path.exists():
+        return {"current": None, "history": []}
+    return json.loads(path.read_text())
+
+
+def _switch_current(published_dir: Path, snapshot_file: Path) -> None:
+    tmp = published_dir / f".{CURRENT}.switch"
+    tmp.unlink(missing_ok=True)
+    os.link(snapshot_file, tmp)
+    os.replace(tmp, published_dir / CURRENT)  # the atomic step
+    dir_fd = os.open(published_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_snapshot(
+    con: duckdb.DuckDBPyConnection, tables: dict[str, str], published_dir: Path, run_id: str
+) -> tuple[Path, dict[str, int]]:
+    """Copy ``{published_name: "schema.table"}`` from the warehouse into a new snapshot file
+    (not yet current). Returns its path and row counts."""
+    run_id = _safe_run_id(run_id)
+    snap_dir = published_dir / SNAPSHOTS
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    final = snap_dir / f"{run_id}.duckdb"
+    if final.exists():
+        raise PublishError(f"a snapshot for run {run_id} already exists: {final}")
+    partial = snap_dir / f".{run_id}.duckdb.partial"
+    partial.unlink(missing_ok=True)
+    alias = "tessera_snapshot_out"
+    con.execute(f"ATTACH '{partial}' AS {alias}")
+    counts: dict[str, int] = {}
+    try:
+        for name, source in tables.items():
+            con.execute(f'CREATE TABLE {alias}.main."{name}" AS SELECT * FROM {source}')
+            counts[name] = con.execute(f'SELECT count(*) FROM {alias}.main."{name}"').fetchall()[0][0]
+        con.execute(f"CHECKPOINT {alias}")
+    except BaseException:
+        con.execute(f"DETACH {alias}")
+        partial.unlink(missing_ok=True)
+        partial.with_name(partial.name + ".wal").unlink(missing_ok=True)
+        raise
+    con.execute(f"DETACH {alias}")
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, final)
+    return final, counts
+
+
+def publish(
+    con: duckdb.DuckDBPyConnection,
+    tables: dict[str, str],
+    published_dir: Path,
+    run_id: str,
+    gate: dict,
+    keep: int = 5,
+) -> Snapshot:
+    """Write a new snapshot and make it current atomically; keep the last ``keep``."""
+    published_dir.mkdir(parents=True, exist_ok=True)
+    path, counts = write_snapshot(con, tables, published_dir, run_id)
+    _switch_current(published_dir, path)
+    snap = Snapshot(run_id, path, datetime.now(timezone.utc).isoformat(timespec="seconds"), counts, gate)
+    manifest = read_manifest(published_dir)
+    manifest["history"] = [
+        {"run_id": snap.run_id, "published_at": snap.published_at, "tables": counts, "gate": gate},
+        *manifest["history"],
+    ]
+    manifest["current"] = snap.run_id
+    manifest["history"], dropped = manifest["history"][:keep], manifest["history"][keep:]
+    _write_json_atomically(published_dir / MANIFEST, manifest)
+    for old in dropped:
+        if old["run_id"] != manifest["current"]:
+            (published_dir / SNAPSHOTS / f"{old['run_id']}.duckdb").unlink(missing_ok=True)
+    return snap
+
+
+def rollback(published_dir: Path, to_run: str | None = None) -> str:
+    """Make an earlier kept snapshot current (the one before the current, by default)."""
+    manifest = read_manifest(published_dir)
+    history = manifest["history"]
+    if not history:
+        raise PublishError(f"{published_dir}: nothing has been published yet")
+    runs = [h["run_id"] for h in history]
+    if to_run is None:
+        idx = runs.index(manifest["current"]) if manifest["current"] in runs else 0
+        if idx + 1 >= len(runs):
+            raise PublishError("there is no earlier kept snapshot to roll back to")
+        to_run = runs[idx + 1]
+    if to_run not in runs:
+        raise PublishError(f"run {to_run!r} is not among the kept snapshots: {', '.join(runs)}")
+    path = published_dir / SNAPSHOTS / f"{_safe_run_id(to_run)}.duckdb"
+    if not path.exists():
+        raise PublishError(f"the snapshot file for run {to_run} is missing: {path}")
+    _switch_current(published_dir, path)
+    manifest["current"] = to_run
+    manifest.setdefault("rollbacks", []).append(
+        {"to": to_run, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    )
+    _write_json_atomically(published_dir / MANIFEST, manifest)
+    return to_run
+
+
+def current_path(published_dir: Path) -> Path:
+    return published_dir / CURRENT
+
+
+def open_current(published_dir: Path) -> duckdb.DuckDBPyConnection:
+    """The published snapshot, read-only (readers never take the write lock)."""
+    path = current_path(published_dir)
+    if not path.exists():
+        raise PublishError(f"{path}: nothing has been published yet; run `cdp run` first")
+    return duckdb.connect(str(path), read_only=True)
