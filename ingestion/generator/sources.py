@@ -1,0 +1,166 @@
+"""Source records: what each system holds about people, identifiers rendered with the mess.
+
+Each function returns a table (dict of numpy columns) ready for writers.py, including a
+``person`` column (never written to landing files, used for ground truth) and, where the
+record takes part in identity resolution, an ``identifiable`` column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import names
+from .behaviour import SATISFACTION_BAD, Activity, Latent, Table
+from .identity_mess import MISSING_DAYS, MessRates, MessRenderer, usable
+from .population import Population
+from .textops import pick
+from .timeline import US_PER_DAY, US_PER_HOUR, US_PER_MINUTE, Timeline
+
+RECEIPT_LOYALTY, RECEIPT_EMAIL, RECEIPT_PHONE, RECEIPT_NOTHING = range(4)
+STORES_PER_CITY = 2
+PAYMENT_METHODS = ("card", "contactless", "cash", "apple_pay", "gift_card")
+
+
+def _name_plus_something(first, last, *others) -> np.ndarray:
+    has_name = usable(first) & usable(last)
+    return has_name & np.logical_or.reduce([usable(o) if o.dtype.kind == "T" else (o != MISSING_DAYS) for o in others])
+
+
+def loyalty_members(pop: Population, mess: MessRenderer, timeline: Timeline, outlet: bool) -> Table:
+    """Main store loyalty export (old address for movers) or the outlet system's (current address)."""
+    source = "pos_outlet" if outlet else "pos"
+    member = pop.outlet_member if outlet else pop.loyalty_member
+    joined = pop.outlet_joined_us if outlet else pop.loyalty_enrolled_us
+    person = np.flatnonzero(member & (joined < timeline.cutoff_us))
+    first, last = mess.names(source, person)
+    email = mess.email(source, person, gmail_variants=False)
+    phone = mess.phone(source, person)
+    street, city, postcode = mess.address(source, person, old=not outlet)
+    dob = mess.date_of_birth(source, person)
+    return {
+        "person": person,
+        "loyalty_id": (pop.outlet_id if outlet else pop.loyalty_id)[person],
+        "first_name": first, "last_name": last, "email": email, "phone": phone,
+        "address_line1": street, "city": city, "postcode": postcode, "dob_days": dob,
+        "enrolled_us": joined[person],
+        "identifiable": usable(email) | usable(phone) | _name_plus_something(first, last, street, postcode, dob),
+    }
+
+
+def subscribers(pop: Population, mess: MessRenderer, activity: Activity, timeline: Timeline, rng) -> Table:
+    person = np.flatnonzero(pop.subscriber & (pop.subscribed_us < timeline.cutoff_us))
+    first, last = mess.names("email", person)
+    email = mess.email("email", person, gmail_variants=False)
+    subscribed = pop.subscribed_us[person]
+    unsub = activity.unsubscribed_us[person]
+    cleaned = activity.cleaned_us[person]
+    pending = pop.subscription_pending[person]
+    status = np.where(pending, "pending", np.where(unsub >= 0, "unsubscribed", np.where(cleaned >= 0, "cleaned", "subscribed")))
+    opted_out = np.where(unsub >= 0, unsub, -1)
+    created = subscribed - rng.integers(0, 600, len(person)) * 1_000_000
+    updated = np.maximum.reduce([subscribed, unsub, cleaned])
+    return {
+        "person": person, "subscriber_id": pop.subscriber_id[person], "email": email,
+        "first_name": first, "last_name": last, "status": status,
+        "opted_in_us": np.where(pending, -1, subscribed), "opted_out_us": opted_out,
+        "created_us": created, "updated_us": updated, "identifiable": usable(email),
+    }
+
+
+def device_traits(pop: Population, mess: MessRenderer) -> Table:
+    """What each browser's identify calls carry (a device is one web record)."""
+    person = pop.devices.person.astype(np.int64)
+    first, last = mess.names("web", person)
+    return {
+        "device": np.arange(len(person)), "person": person,
+        "anonymous_id": pop.devices.anonymous_id,
+        "email": mess.email("web", person, gmail_variants=True),
+        "first_name": first, "last_name": last, "phone": mess.phone("web", person),
+        "user_agent_index": pop.devices.user_agent, "ip": pop.devices.ip,
+    }
+
+
+def tickets(pop: Population, latent: Latent, mess: MessRenderer, timeline: Timeline, rng) -> Table:
+    t = latent.tickets
+    keep = t["created_us"] < timeline.cutoff_us
+    person = t["person"][keep].astype(np.int64)
+    created = t["created_us"][keep]
+    order = np.argsort(created, kind="stable")
+    person, created, satisfaction = person[order], created[order], t["satisfaction"][keep][order]
+    k = len(person)
+    channel = rng.choice(len(("email", "phone", "chat", "web_form")), k, p=[0.4, 0.2, 0.25, 0.15])
+    name = mess.full_name("support", person)
+    email = mess.email("support", person, gmail_variants=True)
+    phone = mess.phone("support", person)
+    # Phone tickets always know the number; other channels sometimes; emails are rare by phone.
+    phone = np.where((channel == 1) | (rng.random(k) < 0.2), phone, "")
+    email = np.where((channel != 1) | (rng.random(k) < 0.3), email, "")
+    resolved = created + (rng.lognormal(3.0, 1.0, k) * US_PER_HOUR).astype(np.int64)
+    done = resolved < timeline.cutoff_us
+    status = np.where(done, np.where(resolved + 4 * US_PER_DAY < timeline.cutoff_us, "closed", "solved"),
+                      np.where(rng.random(k) < 0.5, "open", "pending"))
+    dnc = rng.random(k) < 0.02
+    category = pick(names.TICKET_CATEGORIES, rng.integers(0, len(names.TICKET_CATEGORIES), k))
+    return {
+        "person": person, "ticket_number": np.arange(1, k + 1), "requester_name": name,
+        "requester_email": email, "requester_phone": phone,
+        "channel": pick(("email", "phone", "chat", "web_form"), channel), "category": category,
+        "status": status, "satisfaction": np.where(done, satisfaction, 0).astype(np.int8),
+        "do_not_contact": dnc, "created_us": created, "resolved_us": np.where(done, resolved, -1),
+        "bad": satisfaction == SATISFACTION_BAD,
+        "identifiable": usable(email) | usable(phone),
+    }
+
+
+def pos_transactions(pop: Population, activity: Activity, mess: MessRenderer, rates: MessRates,
+                     timeline: Timeline, rng) -> Table:
+    """Receipts: every store order, plus ~30% of web orders (channel=web, order_ref set)."""
+    o = activity.orders
+    in_pos = ~o["web"] | (rng.random(len(o["order"])) < rates.web_order_in_pos)
+    keep = np.flatnonzero(in_pos & (o["occurred_us"] < timeline.cutoff_us))
+    # Web orders reach the store system a few minutes after the web order.
+    occurred = o["occurred_us"][keep] + np.where(o["web"][keep], rng.integers(1, 30, len(keep)) * US_PER_MINUTE, 0)
+    keep = keep[np.argsort(occurred, kind="stable")]
+    occurred = np.sort(occurred)
+    person = o["person"][keep].astype(np.int64)
+    k = len(keep)
+    # What identity the receipt carries: loyalty id (members, once enrolled), email, phone, or nothing.
+    member = pop.loyalty_member[person] & (pop.loyalty_enrolled_us[person] <= occurred)
+    member_share = max(member.mean(), 1e-9) if k else 1.0
+    p_loyalty = min(rates.receipt_loyalty / member_share, 0.97)
+    rest = max(1 - rates.receipt_loyalty, 1e-9)
+    u = rng.random(k)
+    v = rng.random(k)
+    mode = np.where(member & (u < p_loyalty), RECEIPT_LOYALTY,
+                    np.where(v < rates.receipt_email_only / rest, RECEIPT_EMAIL,
+                             np.where(v < (rates.receipt_email_only + rates.receipt_phone_only) / rest,
+                                      RECEIPT_PHONE, RECEIPT_NOTHING)))
+    # A receipt that carries only an email or a phone always has it (that is its identity).
+    # Strings are rendered only for those receipts; the writer looks them up by row.
+    by_email = np.flatnonzero(mode == RECEIPT_EMAIL)
+    by_phone = np.flatnonzero(mode == RECEIPT_PHONE)
+    emails = mess.email("pos", person[by_email], gmail_variants=False, may_be_missing=False)
+    phones = mess.phone("pos", person[by_phone], mobile_only=True, may_be_missing=False)
+    email_row = np.full(k, -1, dtype=np.int64)
+    email_row[by_email] = np.arange(len(by_email))
+    phone_row = np.full(k, -1, dtype=np.int64)
+    phone_row[by_phone] = np.arange(len(by_phone))
+    identifiable = mode == RECEIPT_LOYALTY
+    identifiable[by_email] = usable(emails)
+    identifiable[by_phone] = usable(phones)
+    city = pop.city[person]
+    store = np.where(rng.random(k) < 0.85, city * STORES_PER_CITY + rng.integers(0, STORES_PER_CITY, k),
+                     rng.integers(0, len(names.CITIES) * STORES_PER_CITY, k))
+    web = o["web"][keep]
+    return {
+        "person": person, "transaction_number": np.arange(1, k + 1), "order": o["order"][keep],
+        "basket": o["basket"][keep], "occurred_us": occurred,
+        "store": np.where(web, -1, store + 1),  # -1: the web shop
+        "loyalty_person": np.where(mode == RECEIPT_LOYALTY, person, -1),  # whose loyalty id it carries
+        "email_row": email_row, "emails": emails, "phone_row": phone_row, "phones": phones,
+        "web": web, "order_ref_number": np.where(web, o["order"][keep], -1),
+        "subtotal": o["subtotal"][keep], "discount": o["discount"][keep], "total": o["total"][keep],
+        "payment_method": rng.choice(len(PAYMENT_METHODS), k, p=[0.45, 0.3, 0.1, 0.1, 0.05]),
+        "identity_mode": mode.astype(np.int8),
+        "identifiable": identifiable,
+    }
