@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from identity.settings import IdentitySettings
 from ingestion.contracts import ENTITIES, SOURCE_KINDS, entities_of
 
 CONFIG_ENV = "CDP_CONFIG"
@@ -122,7 +123,7 @@ class Config(_Strict):
     sources: list[Source] = Field(default_factory=list)
     # Sections filled in by later stages; kept as plain mappings until their stage
     # defines a model, so a config written today keeps loading.
-    identity: dict[str, Any] = Field(default_factory=dict)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
     segments: dict[str, Any] = Field(default_factory=dict)
     offers: dict[str, Any] = Field(default_factory=dict)
     syncs: list[dict[str, Any]] = Field(default_factory=list)

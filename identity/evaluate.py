@@ -1,0 +1,135 @@
+"""Evaluation of the identity graph against ground truth (the generator's
+``<landing>/ground_truth/record_person.csv``: source, entity, record_id, person_id, identifiable).
+
+Metrics over the records present in both the graph and the truth (by default only the
+identifiable ones: a record with no usable identifier cannot be linked by anyone):
+
+- pairwise precision / recall / F1 over record pairs placed together;
+- B-cubed precision / recall / F1 (per record: share of its predicted cluster that is truly
+  its person, and share of its person found in its cluster);
+- over-merged clusters (holding records of 2+ true persons) and under-merged persons (spread
+  over 2+ clusters);
+- the same pairwise numbers without POS receipts (``excluding_transactions``): receipts are
+  numerous and mostly trivially linked, so they flatter the overall figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+
+def truth_path(config) -> Path:
+    return config.landing_dir / "ground_truth" / "record_person.csv"
+
+
+def load_truth(con: duckdb.DuckDBPyConnection, path: Path, table: str = "id_truth") -> None:
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT source || '|' || entity || '|' || record_id AS record_key, person_id AS true_id,
+               CAST(identifiable AS BOOLEAN) AS identifiable, entity
+        FROM read_csv('{str(path).replace("'", "''")}', header = true, all_varchar = true)""")
+
+
+def pair_metrics(con: duckdb.DuckDBPyConnection, joined: str) -> dict:
+    """``joined`` is a relation (record_key, pred, truth). Pairwise and B-cubed metrics."""
+    r = con.sql(f"""
+        WITH j AS ({joined}),
+        cell AS (SELECT pred, truth, count(*) AS n FROM j GROUP BY ALL),
+        pc AS (SELECT pred, sum(n) AS n FROM cell GROUP BY pred),
+        tc AS (SELECT truth, sum(n) AS n FROM cell GROUP BY truth)
+        SELECT
+            (SELECT sum(n * (n - 1) / 2) FROM cell) AS tp,
+            (SELECT sum(n * (n - 1) / 2) FROM pc) AS pred_pairs,
+            (SELECT sum(n * (n - 1) / 2) FROM tc) AS true_pairs,
+            (SELECT sum(c.n * c.n / p.n) FROM cell c JOIN pc p USING (pred)) AS b3p_sum,
+            (SELECT sum(c.n * c.n / t.n) FROM cell c JOIN tc t USING (truth)) AS b3r_sum,
+            (SELECT sum(n) FROM cell) AS records,
+            (SELECT count(*) FROM (SELECT pred FROM cell GROUP BY pred HAVING count(*) > 1)) AS over_merged,
+            (SELECT count(*) FROM (SELECT truth FROM cell GROUP BY truth HAVING count(*) > 1)) AS under_merged,
+            (SELECT count(*) FROM pc) AS clusters, (SELECT count(*) FROM tc) AS persons
+    """).fetchall()[0]
+    tp, pp, tpairs, b3p, b3r, n, over, under, clusters, persons = [float(x or 0) for x in r]
+    precision = tp / pp if pp else 1.0
+    recall = tp / tpairs if tpairs else 1.0
+    bp = b3p / n if n else 1.0
+    br = b3r / n if n else 1.0
+    return {
+        "records": int(n), "predicted_clusters": int(clusters), "true_persons": int(persons),
+        "pairwise_precision": round(precision, 6), "pairwise_recall": round(recall, 6),
+        "pairwise_f1": round(2 * precision * recall / (precision + recall), 6) if precision + recall else 0.0,
+        "true_positive_pairs": int(tp), "predicted_pairs": int(pp), "true_pairs": int(tpairs),
+        "bcubed_precision": round(bp, 6), "bcubed_recall": round(br, 6),
+        "bcubed_f1": round(2 * bp * br / (bp + br), 6) if bp + br else 0.0,
+        "over_merged_clusters": int(over), "under_merged_persons": int(under),
+    }
+
+
+def evaluate(con: duckdb.DuckDBPyConnection, truth_csv: Path, schema: str = "identity",
+             identifiable_only: bool = True) -> dict:
+    load_truth(con, truth_csv)
+    only = "AND t.identifiable" if identifiable_only else ""
+    base = f"""SELECT g.record_key, g.person_id AS pred, t.true_id AS truth, t.entity
+               FROM {schema}.graph g JOIN id_truth t USING (record_key) WHERE TRUE {only}"""
+    out = pair_metrics(con, base)
+    out["excluding_transactions"] = pair_metrics(con, f"SELECT * FROM ({base}) WHERE entity <> 'transactions'")
+    missing = con.sql(f"""SELECT count(*) FROM id_truth t WHERE t.identifiable
+                         AND t.record_key NOT IN (SELECT record_key FROM {schema}.graph)""").fetchall()[0][0]
+    out["truth_records_not_in_graph"] = int(missing)
+    out["unique_id_conflicts"] = unique_id_conflicts(con, schema)
+    return out
+
+
+def error_examples(con: duckdb.DuckDBPyConnection, schema: str = "identity", limit: int = 20) -> dict:
+    """Over-merged clusters and split persons, with the records involved (after evaluate())."""
+    over = con.sql(f"""
+        WITH j AS (SELECT g.person_id, t.true_id, g.record_key FROM {schema}.graph g JOIN id_truth t USING (record_key)
+                   WHERE t.identifiable)
+        SELECT person_id, list(DISTINCT true_id) FROM j GROUP BY person_id HAVING count(DISTINCT true_id) > 1
+        LIMIT {limit}""").fetchall()
+    under = con.sql(f"""
+        WITH j AS (SELECT g.person_id, t.true_id FROM {schema}.graph g JOIN id_truth t USING (record_key)
+                   WHERE t.identifiable)
+        SELECT true_id, list(DISTINCT person_id) FROM j GROUP BY true_id HAVING count(DISTINCT person_id) > 1
+        LIMIT {limit}""").fetchall()
+    return {"over_merged": over, "under_merged": under}
+
+
+def unique_id_conflicts(con: duckdb.DuckDBPyConnection, schema: str = "identity") -> int:
+    """Persons holding two different loyalty ids of one source, or two login user ids."""
+    return int(con.sql(f"""
+        SELECT count(*) FROM (
+            SELECT g.person_id FROM {schema}.records r JOIN {schema}.graph g USING (rid)
+            WHERE r.entity = 'loyalty_members' GROUP BY g.person_id, r.source HAVING count(DISTINCT r.loyalty_id) > 1
+            UNION ALL
+            SELECT g.person_id FROM {schema}.records r JOIN {schema}.graph g USING (rid)
+            WHERE r.user_id IS NOT NULL GROUP BY g.person_id, r.source HAVING count(DISTINCT r.user_id) > 1)
+    """).fetchall()[0][0])
+
+
+def evaluate_config(config, con: duckdb.DuckDBPyConnection | None = None) -> dict:
+    """What ``cdp evaluate identity --json`` prints."""
+    from cdp.warehouse import open_warehouse
+
+    path = truth_path(config)
+    if not path.is_file():
+        return {"error": f"no ground truth at {path} (only generated data has one)"}
+    from identity.db import table_exists
+
+    def run(c):
+        if not table_exists(c, "identity", "graph"):
+            return {"error": "no identity graph yet: run the identity stage first"}
+        return evaluate(c, path)
+
+    if con is not None:
+        return run(con)
+    with open_warehouse(config.warehouse_path, read_only=True) as c:
+        return run(c)
+
+
+def evaluate_from_file(config_path: str | None = None) -> dict:
+    """For the CLI: ``cdp evaluate identity --json`` (reads the warehouse read-only)."""
+    from cdp.config import load_config
+
+    return evaluate_config(load_config(config_path))

@@ -1,0 +1,85 @@
+"""Golden record: one row per person, each field chosen by its survivorship rule, with the
+source of the chosen value.
+
+Strategies (``identity.survivorship.<field>``): ``most_recent`` (the record seen last),
+``most_frequent`` (the value most records agree on), ``source_priority`` (the first source
+in ``source_priority`` that has a value). Ties fall back to recency, then source priority,
+then the value itself, so the result is deterministic. The address block (line 1, city,
+postcode) is taken from one record, chosen by the ``address_line1`` rule, so a person never
+gets one address's street with another's postcode.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from identity.settings import IdentitySettings, SurvivorshipRule
+
+_PROPER = "upper(left({x}, 1)) || lower(substr({x}, 2))"
+# field -> (key expression for agreement, display expression)
+FIELDS = {
+    "first_name": ("r.first_name_canon", _PROPER.format(x="r.first_name_display")),
+    "last_name": ("r.last_name", _PROPER.format(x="r.last_name_display")),
+    "email": ("r.email_canon", "r.email"),
+    "phone": ("r.phone", "r.phone"),
+    "date_of_birth": ("r.date_of_birth", "CAST(r.date_of_birth AS VARCHAR)"),
+}
+
+
+def _order(rule: SurvivorshipRule, srank: str) -> str:
+    if rule.strategy == "most_frequent":
+        return f"freq DESC, latest DESC NULLS LAST, {srank}, k"
+    if rule.strategy == "source_priority":
+        return f"{srank}, latest DESC NULLS LAST, freq DESC, k"
+    return f"latest DESC NULLS LAST, freq DESC, {srank}, k"
+
+
+def _srank(rule: SurvivorshipRule, col: str = "source") -> str:
+    if not rule.source_priority:
+        return "0"
+    whens = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(rule.source_priority))
+    return f"min(CASE {col} {whens} ELSE {len(rule.source_priority)} END)"
+
+
+def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity") -> int:
+    parts = []
+    for name, (key, display) in FIELDS.items():
+        rule = settings.survivorship[name]
+        parts.append(f"""
+        {name}_v AS (
+            SELECT person_id, arg_max(d, latest) AS d, arg_max(src, latest) AS src FROM (
+                SELECT person_id, k, count(*) AS freq, max(last_seen_at) AS latest, {_srank(rule)} AS srank,
+                       arg_max(d, last_seen_at) AS d, arg_max(source, last_seen_at) AS src
+                FROM (SELECT g.person_id, r.source, r.last_seen_at, {key} AS k, {display} AS d
+                      FROM {schema}.records r JOIN {schema}.graph g USING (rid) WHERE {key} IS NOT NULL)
+                GROUP BY person_id, k
+                QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY {_order(rule, 'srank')}) = 1)
+            GROUP BY person_id)""")
+    arule = settings.survivorship["address_line1"]
+    parts.append(f"""
+        address_v AS (
+            SELECT person_id, address_line1_display AS a, city_display AS c, postcode_display AS p, source AS src FROM (
+                SELECT g.person_id, r.*, 1 AS freq, r.last_seen_at AS latest, r.address AS k,
+                       {_srank(arule, 'r.source').replace('min(', '(', 1)} AS srank
+                FROM {schema}.records r JOIN {schema}.graph g USING (rid)
+                WHERE r.address IS NOT NULL OR r.postcode IS NOT NULL)
+            QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY (address IS NULL), {_order(arule, 'srank')}) = 1)""")
+    con.execute(f"""
+        CREATE OR REPLACE TABLE {schema}.golden AS
+        WITH {', '.join(parts)},
+        persons AS (SELECT person_id, count(*) AS records, min(source) AS any_source,
+                           list(DISTINCT source ORDER BY source) AS sources FROM {schema}.graph GROUP BY person_id)
+        SELECT p.person_id,
+               f.d AS first_name, f.src AS first_name_source,
+               l.d AS last_name, l.src AS last_name_source,
+               e.d AS email, e.src AS email_source,
+               ph.d AS phone, ph.src AS phone_source,
+               a.a AS address_line1, a.c AS city, a.p AS postcode, a.src AS address_source,
+               CAST(dob.d AS DATE) AS date_of_birth, dob.src AS date_of_birth_source,
+               p.records, p.sources
+        FROM persons p
+        LEFT JOIN first_name_v f USING (person_id) LEFT JOIN last_name_v l USING (person_id)
+        LEFT JOIN email_v e USING (person_id) LEFT JOIN phone_v ph USING (person_id)
+        LEFT JOIN address_v a USING (person_id) LEFT JOIN date_of_birth_v dob USING (person_id)
+        ORDER BY p.person_id""")
+    return con.sql(f"SELECT count(*) FROM {schema}.golden").fetchall()[0][0]

@@ -1,0 +1,178 @@
+"""One entry point for the identity stage: ``resolve(config, con, ...)``.
+
+raw.* -> identity.records -> deterministic edges + Splink pairs -> constrained clustering ->
+stable person ids -> identity.graph, identity.golden, identity.changes, identity.runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+
+from identity import clustering, golden, records, rules, splink_model, stable_ids
+from identity.settings import IdentitySettings, settings_of
+
+Progress = Callable[[str], None]
+MIN_SPLINK_RECORDS = 50  # below this there is nothing for EM to learn from
+
+
+@dataclass
+class IdentityResult:
+    run_id: str
+    records: int
+    persons: int
+    multi_record_persons: int
+    merge_rate: float  # 1 - persons / records
+    largest_cluster: int
+    largest_profile_cluster: int
+    held_clusters: int
+    deterministic_edges: int
+    splink_pairs: int
+    edges_accepted: int
+    edges_refused: int
+    refused_by_reason: dict[str, int]
+    unique_id_conflicts: int
+    changes: dict[str, int]
+    model_path: str | None
+    model_problems: list[str]
+    model_notes: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    evaluation: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def models_dir(config) -> Path:
+    return config.warehouse_path.parent / "identity_models"
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, as_of: datetime | None = None,
+            progress: Progress | None = None, *, settings: IdentitySettings | None = None,
+            schema: str = "identity", model: Path | dict | None = None, write_history: bool = True,
+            model_dir: Path | None = None, splink_threads: int | None = None) -> IdentityResult:
+    """Resolve identities from raw.* into ``<schema>.*``.
+
+    ``model``: a trained Splink model (path or dict) to reuse instead of training (the plan
+    uses the current run's model so that only the config change differs).
+    ``write_history=False`` computes ids without recording the run (dry runs).
+    Raises ``splink_model.ModelSanityError`` when a trained parameter makes no sense.
+    """
+    say = progress or (lambda m: None)
+    settings = settings or settings_of(config)
+    run_id = run_id or new_run_id()
+    started = datetime.now(timezone.utc)
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    stable_ids.ensure_tables(con, schema)
+
+    n_records = records.build_records(con, settings, schema)
+    t["records"] = time.perf_counter() - t0
+    say(f"identity: {n_records:,} identity records ({t['records']:.1f}s)")
+
+    t0 = time.perf_counter()
+    n_det = rules.build_deterministic_edges(con, settings, schema)
+    t["deterministic"] = time.perf_counter() - t0
+    say(f"identity: {n_det:,} deterministic edges ({t['deterministic']:.1f}s)")
+
+    pairs = None
+    model_path: str | None = None
+    problems: list[str] = []
+    notes: list[str] = []
+    if settings.splink.enabled:
+        t0 = time.perf_counter()
+        tbl = con.sql(splink_model.input_sql(schema)).to_arrow_table()
+        if tbl.num_rows >= MIN_SPLINK_RECORDS:
+            linker, sdb = splink_model.make_linker(tbl, settings, model=model, threads=splink_threads)
+            del tbl
+            try:
+                if model is None:
+                    t.update({f"splink_{k}": v for k, v in splink_model.train(linker, settings, say).items()})
+                    notes = splink_model.smooth_untrained(linker)
+                md = splink_model.model_dict(linker)
+                problems = splink_model.check_parameters(md)
+                if write_history or model_dir is not None:
+                    path = (model_dir or models_dir(config)) / f"{run_id}.json"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(md, indent=2, default=str))
+                    model_path = str(path)
+                if problems:
+                    raise splink_model.ModelSanityError(
+                        "the trained Splink model fails its sanity checks (model kept at "
+                        f"{model_path}): " + "; ".join(problems))
+                t1 = time.perf_counter()
+                pairs = splink_model.predict(linker, settings.match_threshold)
+                t["splink_predict"] = time.perf_counter() - t1
+            finally:
+                sdb.close()
+            say(f"identity: Splink proposed {pairs.num_rows:,} pairs at >= {settings.match_threshold}")
+        t["splink"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cstats = clustering.cluster(con, settings, pairs, schema)
+    t["clustering"] = time.perf_counter() - t0
+    say(f"identity: clustering accepted {cstats.accepted:,} edges, refused {cstats.refused:,} ({t['clustering']:.1f}s)")
+
+    t0 = time.perf_counter()
+    seq = con.sql(f"SELECT coalesce(max(seq), 0) + 1 FROM {schema}.runs").fetchall()[0][0]
+    changes = stable_ids.assign_ids(con, run_id, seq, schema, write=write_history)
+    _build_graph(con, schema)
+    t["stable_ids"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    golden.build_golden(con, settings, schema)
+    t["golden"] = time.perf_counter() - t0
+
+    from identity.evaluate import unique_id_conflicts
+
+    stats = con.sql(f"""
+        WITH c AS (SELECT person_id, count(*) AS n, count(*) FILTER (WHERE entity <> 'transactions') AS np
+                   FROM {schema}.graph GROUP BY person_id)
+        SELECT count(*), count(*) FILTER (WHERE n > 1), coalesce(max(n), 0), coalesce(max(np), 0) FROM c""").fetchall()[0]
+    persons, multi, largest, largest_profile = (int(x) for x in stats)
+    result = IdentityResult(
+        run_id=run_id, records=n_records, persons=persons, multi_record_persons=multi,
+        merge_rate=round(1 - persons / n_records, 6) if n_records else 0.0,
+        largest_cluster=largest, largest_profile_cluster=largest_profile, held_clusters=cstats.held_clusters,
+        deterministic_edges=n_det, splink_pairs=int(pairs.num_rows) if pairs is not None else 0,
+        edges_accepted=cstats.accepted, edges_refused=cstats.refused, refused_by_reason=cstats.refused_by_reason,
+        unique_id_conflicts=unique_id_conflicts(con, schema), changes=changes, model_path=model_path,
+        model_problems=problems, model_notes=notes, timings={k: round(v, 3) for k, v in t.items()},
+    )
+    if write_history:
+        con.execute(f"INSERT INTO {schema}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            run_id, seq, started, datetime.now(timezone.utc), as_of, n_records, persons, model_path,
+            json.dumps({k: v for k, v in result.to_dict().items() if k != "evaluation"}, default=str)])
+    for tname in ("id_det_edges", "id_edge_order", "id_splink_pairs", "id_cur"):
+        con.execute(f"DROP TABLE IF EXISTS {tname}")
+    return result
+
+
+def _build_graph(con: duckdb.DuckDBPyConnection, schema: str) -> None:
+    """identity.graph: each record's person_id, how it was matched and with what probability."""
+    con.execute(f"""
+        CREATE OR REPLACE TABLE {schema}.graph AS
+        WITH ends AS (
+            SELECT rid_l AS rid, method, match_probability FROM {schema}.edges WHERE decision = 'accepted'
+            UNION ALL SELECT rid_r, method, match_probability FROM {schema}.edges WHERE decision = 'accepted'),
+        best AS (SELECT rid, arg_min(method, (method = 'splink', -match_probability, method)) AS method,
+                        max(match_probability) FILTER (WHERE method = 'splink') AS splink_p
+                 FROM ends GROUP BY rid)
+        SELECT r.record_key, r.rid, r.source, r.entity, r.source_record_id, p.person_id,
+               coalesce(b.method, 'single record') AS match_method,
+               CASE WHEN b.method = 'splink' THEN b.splink_p WHEN b.method IS NOT NULL THEN 1.0 END AS match_probability,
+               c.held AS held_for_review
+        FROM {schema}.records r JOIN id_clusters c USING (rid) JOIN id_person p USING (cluster_id)
+        LEFT JOIN best b USING (rid)
+        ORDER BY r.rid""")

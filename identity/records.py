@@ -1,0 +1,202 @@
+"""``identity.records``: one row per source record, with normalised identifiers.
+
+Built straight from ``raw.*`` in DuckDB SQL (one statement per entity, vectorised):
+
+| entity | grain | source_record_id |
+|---|---|---|
+| loyalty_members | a member row of one ``_source`` (latest load wins) | loyalty_id |
+| subscribers | an email-tool subscriber | subscriber_id |
+| tickets | a support ticket | ticket_id |
+| transactions | a POS receipt carrying a loyalty id, an email or a phone | transaction_id |
+| anonymous_id | a web browser/device; identify traits aggregated (latest wins) | anonymousId |
+| user_id | a logged-in web account; identify traits aggregated | userId |
+
+``record_key`` = ``source|entity|source_record_id`` (it maps to the generator's ground truth
+``(source, entity, record_id)``); ``rid`` is a dense integer id ordered by record_key, used
+by Splink and the clustering. Blocked values of each identifier (settings.rules) are
+nulled here, so junk never links anything.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from identity.normalise import blocked_sql, install_macros, phone_fallback_table
+from identity.settings import IdentitySettings
+
+RECORD_COLUMNS = (
+    "record_key", "rid", "source", "entity", "source_record_id",
+    "first_name", "first_name_canon", "last_name", "email", "email_canon", "email_local", "phone",
+    "address", "postcode", "postcode_outward", "date_of_birth", "loyalty_id", "user_id", "anonymous_id",
+    "subscriber_id", "first_name_display", "last_name_display", "address_line1_display", "city_display",
+    "postcode_display", "first_seen_at", "last_seen_at", "order_ref", "is_satellite",
+)
+
+_RAW_ENTITIES = {
+    "loyalty_members": "pos_loyalty_members",
+    "subscribers": "email_subscribers",
+    "tickets": "support_tickets",
+    "transactions": "pos_transactions",
+    "web": "web_events",
+}
+
+
+def raw_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _source_filter(sources: list[str] | None) -> str:
+    if not sources:
+        return "TRUE"
+    return "_source IN (" + ", ".join("'" + s.replace("'", "''") + "'" for s in sources) + ")"
+
+
+def staged_sql(present: set[str], sources: list[str] | None) -> str:
+    """The UNION of every entity's records, identifiers as written (before normalisation)."""
+    f = _source_filter(sources)
+    parts = []
+    if "pos_loyalty_members" in present:
+        parts.append(f"""
+        SELECT _source AS source, 'loyalty_members' AS entity, loyalty_id AS source_record_id,
+               first_name, last_name, email, phone, address_line1, city, postcode,
+               CAST(date_of_birth AS VARCHAR) AS dob, loyalty_id, NULL AS user_id, NULL AS anonymous_id,
+               NULL AS subscriber_id, enrolled_at AS first_seen_at, enrolled_at AS last_seen_at,
+               NULL AS order_ref
+        FROM raw.pos_loyalty_members WHERE {f} AND loyalty_id IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY _source, loyalty_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
+    if "email_subscribers" in present:
+        parts.append(f"""
+        SELECT _source, 'subscribers', subscriber_id, first_name, last_name, email, NULL, NULL, NULL, NULL,
+               NULL, NULL, NULL, NULL, subscriber_id, created_at, coalesce(updated_at, created_at), NULL
+        FROM raw.email_subscribers WHERE {f} AND subscriber_id IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY _source, subscriber_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
+    if "support_tickets" in present:
+        parts.append(f"""
+        SELECT _source, 'tickets', ticket_id,
+               regexp_extract(trim(requester_name), '^(\\S+)', 1),
+               CASE WHEN regexp_matches(trim(requester_name), '\\s') THEN regexp_extract(trim(requester_name), '(\\S+)$', 1) END,
+               requester_email, requester_phone, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+               created_at, coalesce(resolved_at, created_at), NULL
+        FROM raw.support_tickets WHERE {f} AND ticket_id IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY _source, ticket_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
+    if "pos_transactions" in present:
+        parts.append(f"""
+        SELECT _source, 'transactions', transaction_id, NULL, NULL, email, phone, NULL, NULL, NULL, NULL,
+               nullif(trim(loyalty_id), ''), NULL, NULL, NULL, occurred_at, occurred_at, nullif(trim(order_ref), '')
+        FROM raw.pos_transactions
+        WHERE {f} AND transaction_id IS NOT NULL
+          AND coalesce(nullif(trim(loyalty_id), ''), nullif(trim(email), ''), nullif(trim(phone), '')) IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY _source, transaction_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
+    if "web_events" in present:
+        for key, entity in (("anonymousId", "anonymous_id"), ("userId", "user_id")):
+            uid = "NULL" if entity == "anonymous_id" else key
+            aid = key if entity == "anonymous_id" else "NULL"
+            parts.append(f"""
+        SELECT _source, '{entity}', {key},
+               arg_max(t_first, timestamp) FILTER (WHERE t_first IS NOT NULL),
+               arg_max(t_last, timestamp) FILTER (WHERE t_last IS NOT NULL),
+               arg_max(t_email, timestamp) FILTER (WHERE t_email IS NOT NULL),
+               arg_max(t_phone, timestamp) FILTER (WHERE t_phone IS NOT NULL),
+               NULL, NULL, NULL, NULL, NULL, any_value({uid}), any_value({aid}), NULL,
+               min(timestamp), max(timestamp), NULL
+        FROM web_traits WHERE {key} IS NOT NULL
+        GROUP BY _source, {key}""")
+    if not parts:
+        return ""
+    return " UNION ALL ".join(parts)
+
+
+def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity",
+                  sources: list[str] | None = None) -> int:
+    """(Re)build ``<schema>.records``; returns its row count."""
+    install_macros(con)
+    present = raw_tables(con) & set(_RAW_ENTITIES.values())
+    sources = sources if sources is not None else settings.sources
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    if "web_events" in present:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE web_traits AS
+            SELECT _source, anonymousId, userId, timestamp,
+                   CASE WHEN type = 'identify' THEN nullif(trim(traits->>'$.first_name'), '') END AS t_first,
+                   CASE WHEN type = 'identify' THEN nullif(trim(traits->>'$.last_name'), '') END AS t_last,
+                   CASE WHEN type = 'identify' THEN nullif(trim(traits->>'$.email'), '') END AS t_email,
+                   CASE WHEN type = 'identify' THEN nullif(trim(traits->>'$.phone'), '') END AS t_phone
+            FROM raw.web_events
+            WHERE {_source_filter(sources)}""")
+    union = staged_sql(present, sources)
+    if not union:
+        con.execute(f"CREATE OR REPLACE TABLE {schema}.records AS SELECT * FROM ({empty_records_sql()})")
+        return 0
+    con.execute(f"CREATE OR REPLACE TEMP TABLE id_staged AS {union}")
+
+    region = settings.default_phone_region
+    fast = region == "GB"
+    phone_fallback_table(con, "id_staged", "phone", region, fast)
+    phone_expr = "coalesce(id_phone_gb_fast(s.phone), pm.e164)" if fast else "pm.e164"
+
+    r = settings.rule
+    first = blocked_sql("id_norm_name(s.first_name)", r("first_name").blocked_values, r("first_name").blocked_patterns)
+    last = blocked_sql("id_norm_name(s.last_name)", r("last_name").blocked_values, r("last_name").blocked_patterns)
+    email = blocked_sql("id_norm_email(s.email)", r("email").blocked_values, r("email").blocked_patterns)
+    phone = blocked_sql("(" + phone_expr + ")", r("phone").blocked_values, r("phone").blocked_patterns)
+    postcode = blocked_sql("id_postcode(s.postcode)", r("postcode").blocked_values, r("postcode").blocked_patterns)
+    dob = blocked_sql("s.dob", r("date_of_birth").blocked_values, r("date_of_birth").blocked_patterns)
+    loyalty = blocked_sql("nullif(trim(s.loyalty_id), '')", r("loyalty_id").blocked_values, r("loyalty_id").blocked_patterns)
+    user = blocked_sql("nullif(trim(s.user_id), '')", r("user_id").blocked_values, r("user_id").blocked_patterns)
+    anon = blocked_sql("nullif(trim(s.anonymous_id), '')", r("anonymous_id").blocked_values, r("anonymous_id").blocked_patterns)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_norm AS
+        SELECT s.source, s.entity, s.source_record_id,
+               {first} AS first_name, {last} AS last_name, {email} AS email, {phone} AS phone,
+               id_address(s.address_line1) AS address, {postcode} AS postcode,
+               TRY_CAST({dob} AS DATE) AS date_of_birth,
+               {loyalty} AS loyalty_id, {user} AS user_id, {anon} AS anonymous_id,
+               nullif(trim(s.subscriber_id), '') AS subscriber_id,
+               nullif(trim(s.first_name), '') AS first_name_display, nullif(trim(s.last_name), '') AS last_name_display,
+               nullif(trim(s.address_line1), '') AS address_line1_display, nullif(trim(s.city), '') AS city_display,
+               s.postcode AS postcode_raw, s.first_seen_at, s.last_seen_at, s.order_ref
+        FROM id_staged s LEFT JOIN id_phone_map pm ON pm.raw = s.phone""")
+    con.execute(f"""
+        CREATE OR REPLACE TABLE {schema}.records AS
+        WITH n AS (
+            SELECT n.*, coalesce(nk.canon, n.first_name) AS first_name_canon,
+                   id_email_canon(n.email) AS email_canon
+            FROM id_norm n LEFT JOIN id_nicknames nk ON nk.name = n.first_name
+            WHERE n.entity <> 'transactions' OR coalesce(n.loyalty_id, n.email, n.phone) IS NOT NULL
+        )
+        SELECT n.source || '|' || n.entity || '|' || n.source_record_id AS record_key,
+               CAST(row_number() OVER (ORDER BY n.source, n.entity, n.source_record_id) AS BIGINT) AS rid,
+               n.source, n.entity, n.source_record_id,
+               first_name, first_name_canon, last_name, email, email_canon,
+               split_part(email_canon, '@', 1) AS email_local, phone, address, postcode,
+               CASE WHEN length(postcode) > 3 THEN left(postcode, length(postcode) - 3) END AS postcode_outward,
+               CASE WHEN date_of_birth BETWEEN DATE '1900-01-02' AND current_date THEN date_of_birth END AS date_of_birth,
+               loyalty_id, user_id, anonymous_id, subscriber_id,
+               first_name_display, last_name_display, address_line1_display, city_display,
+               CASE WHEN length(postcode) > 3 THEN left(postcode, length(postcode) - 3) || ' ' || right(postcode, 3)
+                    ELSE postcode END AS postcode_display,
+               first_seen_at, last_seen_at, order_ref,
+               -- a receipt with a single identifier (and no web order) only follows the profile records holding it
+               (n.entity = 'transactions' AND order_ref IS NULL AND (CAST(loyalty_id IS NOT NULL AS INT) + CAST(email IS NOT NULL AS INT)
+                    + CAST(phone IS NOT NULL AS INT)) = 1) AS is_satellite
+        FROM n ORDER BY rid""")
+    for t in ("id_staged", "id_norm", "web_traits"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+    return con.execute(f"SELECT count(*) FROM {schema}.records").fetchall()[0][0]
+
+
+def empty_records_sql() -> str:
+    return """
+        SELECT NULL::VARCHAR record_key, NULL::BIGINT rid, NULL::VARCHAR source, NULL::VARCHAR entity,
+          NULL::VARCHAR source_record_id, NULL::VARCHAR first_name, NULL::VARCHAR first_name_canon,
+          NULL::VARCHAR last_name, NULL::VARCHAR email, NULL::VARCHAR email_canon, NULL::VARCHAR email_local,
+          NULL::VARCHAR phone, NULL::VARCHAR address, NULL::VARCHAR postcode, NULL::VARCHAR postcode_outward,
+          NULL::DATE date_of_birth, NULL::VARCHAR loyalty_id, NULL::VARCHAR user_id, NULL::VARCHAR anonymous_id,
+          NULL::VARCHAR subscriber_id, NULL::VARCHAR first_name_display, NULL::VARCHAR last_name_display,
+          NULL::VARCHAR address_line1_display, NULL::VARCHAR city_display, NULL::VARCHAR postcode_display,
+          NULL::TIMESTAMPTZ first_seen_at, NULL::TIMESTAMPTZ last_seen_at, NULL::VARCHAR order_ref,
+          NULL::BOOLEAN is_satellite
+        WHERE FALSE"""

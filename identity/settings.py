@@ -1,0 +1,176 @@
+"""The ``identity:`` section of ``cdp.yaml``: thresholds, per-identifier rules, survivorship.
+
+Every field has a default, so ``identity: {}`` is a complete, working configuration, and
+unknown keys are errors (``extra="forbid"``) so that a typo never silently falls back to a
+default.
+
+Per-identifier rules, as the better CDPs have them:
+
+- ``priority``: deterministic edges of a lower number are applied first.
+- ``max_per_profile``: a merge that would give one person more distinct values is refused.
+- ``blocked_values`` / ``blocked_patterns``: exact values (compared after normalisation,
+  case-insensitively) and regular expressions (RE2, on the normalised value) that are junk:
+  they are dropped from the identity record and never link anything.
+- ``unique``: merge protection. Two clusters holding different values never merge.
+- ``requires``: a deterministic edge on this identifier also needs these fields to be
+  compatible (households share a landline and a surname, not a first name).
+- ``link``: whether equal values make a deterministic edge at all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+IDENTIFIERS = (
+    "loyalty_id", "user_id", "anonymous_id", "link_tracking_id", "order_ref", "subscriber_id",
+    "email", "phone", "first_name", "last_name", "postcode", "date_of_birth",
+)
+GOLDEN_FIELDS = ("first_name", "last_name", "email", "phone", "address_line1", "city", "postcode", "date_of_birth")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentifierRule(_Strict):
+    link: bool = Field(default=True, description="Equal values make a deterministic edge.")
+    priority: int = Field(default=50, ge=0, description="Lower = applied earlier (stronger).")
+    max_per_profile: int | None = Field(default=None, ge=1, description="At most this many distinct values per person.")
+    blocked_values: list[str] = Field(default_factory=list, description="Junk values, compared case-insensitively.")
+    blocked_patterns: list[str] = Field(default_factory=list, description="RE2 patterns on the normalised value.")
+    unique: bool = Field(default=False, description="Merge protection: clusters with different values never merge.")
+    requires: list[Literal["first_name", "last_name"]] = Field(
+        default_factory=list, description="Fields that must be compatible for an edge on this identifier."
+    )
+
+
+_JUNK_EMAIL_VALUES = [
+    "test@test.com", "noemail@none.com", "none@none.com", "a@a.com", "no@email.com", "noemail@noemail.com",
+    "na@na.com", "n/a", "none", "null", "unknown", "email@email.com", "customer@customer.com",
+]
+_JUNK_EMAIL_PATTERNS = [
+    r"^(test|testing|noemail|no-email|none|nobody|null|na|n\.a|unknown|dummy|fake|asdf|abc|xxx+|no)@",
+    r"@(example\.(com|org|net|co\.uk)|test\.com|none\.com|noemail\.com|email\.com|mailinator\.com)$",
+    r"^[^@]*$",  # not an address at all
+]
+_JUNK_PHONE_PATTERNS = [r"0000000", r"1234567", r"9876543", r"1111111", r"9999999", r"^\+44(0|7)0{6,}", r"^\+?\d{0,7}$"]
+_JUNK_NAME_VALUES = ["n/a", "na", "none", "-", "test", "x", "xx", "xxx", "unknown", "null", "tbc", "customer",
+                     "mr", "mrs", "ms", "miss", "dr", "anon", "anonymous", "no name", "noname", "guest"]
+
+
+def _default_rules() -> dict[str, IdentifierRule]:
+    return {
+        "loyalty_id": IdentifierRule(priority=10, unique=True, max_per_profile=1),
+        "user_id": IdentifierRule(priority=10, unique=True, max_per_profile=1),
+        "anonymous_id": IdentifierRule(priority=20, max_per_profile=200),
+        "link_tracking_id": IdentifierRule(priority=30),
+        "order_ref": IdentifierRule(priority=25),
+        "subscriber_id": IdentifierRule(priority=30, max_per_profile=5),
+        "email": IdentifierRule(priority=40, max_per_profile=10, blocked_values=_JUNK_EMAIL_VALUES,
+                                blocked_patterns=_JUNK_EMAIL_PATTERNS),
+        "phone": IdentifierRule(priority=50, max_per_profile=5, blocked_patterns=_JUNK_PHONE_PATTERNS,
+                                blocked_values=["n/a", "none", "0", "unknown"], requires=["first_name"]),
+        "first_name": IdentifierRule(link=False, blocked_values=_JUNK_NAME_VALUES, blocked_patterns=[r"^[^a-z]*$"]),
+        "last_name": IdentifierRule(link=False, blocked_values=_JUNK_NAME_VALUES, blocked_patterns=[r"^[^a-z]*$"]),
+        "postcode": IdentifierRule(link=False, blocked_values=["n/a", "none", "unknown"]),
+        "date_of_birth": IdentifierRule(link=False, blocked_values=["1900-01-01", "1970-01-01", "1901-01-01"]),
+    }
+
+
+class SurvivorshipRule(_Strict):
+    strategy: Literal["most_recent", "most_frequent", "source_priority"] = "most_recent"
+    source_priority: list[str] = Field(
+        default_factory=list, description="Source names, best first (ties and 'source_priority' strategy)."
+    )
+
+
+def _default_survivorship() -> dict[str, SurvivorshipRule]:
+    return {
+        "first_name": SurvivorshipRule(strategy="most_frequent"),
+        "last_name": SurvivorshipRule(strategy="most_frequent"),
+        "email": SurvivorshipRule(strategy="most_recent"),
+        "phone": SurvivorshipRule(strategy="most_recent"),
+        "address_line1": SurvivorshipRule(strategy="most_recent"),
+        "city": SurvivorshipRule(strategy="most_recent"),
+        "postcode": SurvivorshipRule(strategy="most_recent"),
+        "date_of_birth": SurvivorshipRule(strategy="most_frequent"),
+    }
+
+
+class SplinkTraining(_Strict):
+    enabled: bool = Field(default=True, description="Off = deterministic rules only.")
+    u_max_pairs: float = Field(default=3e6, gt=0, description="Random pairs sampled to estimate u.")
+    em_max_pairs: float = Field(default=2e6, gt=0, description="Blocked pairs used per EM session, at most.")
+    seed: int = 42
+    recall_of_deterministic_rules: float = Field(default=0.7, gt=0, le=1)
+    max_iterations: int = Field(default=25, ge=1)
+    term_frequencies: bool = Field(default=True, description="Term-frequency adjust exact name matches.")
+
+
+class IdentitySettings(_Strict):
+    match_threshold: float = Field(
+        default=0.99, gt=0, lt=1, description="Splink match probability at or above which an edge is proposed."
+    )
+    max_cluster_size: int = Field(
+        default=60, ge=2,
+        description="Most profile records (transactions not counted) one person may hold; bigger merges are refused and flagged.",
+    )
+    default_phone_region: str = Field(default="GB", description="Region for phone numbers written without +country.")
+    sources: list[str] | None = Field(
+        default=None, description="Source instance names to resolve; empty = every enabled source."
+    )
+    rules: dict[str, IdentifierRule] = Field(default_factory=_default_rules)
+    survivorship: dict[str, SurvivorshipRule] = Field(default_factory=_default_survivorship)
+    splink: SplinkTraining = SplinkTraining()
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _merge_rule_defaults(cls, v):
+        """A rule given in the config overrides that identifier's default rule field by field."""
+        if not isinstance(v, dict):
+            return v
+        merged: dict = {k: r.model_dump() for k, r in _default_rules().items()}
+        for name, rule in v.items():
+            if name not in IDENTIFIERS:
+                raise ValueError(f"unknown identifier {name!r}; use one of: {', '.join(IDENTIFIERS)}")
+            if isinstance(rule, IdentifierRule):
+                rule = rule.model_dump()
+            if not isinstance(rule, dict):
+                raise ValueError(f"rules.{name} must be a mapping")
+            merged[name] = {**merged.get(name, {}), **rule}
+        return merged
+
+    @field_validator("survivorship", mode="before")
+    @classmethod
+    def _merge_survivorship_defaults(cls, v):
+        if not isinstance(v, dict):
+            return v
+        merged: dict = {k: r.model_dump() for k, r in _default_survivorship().items()}
+        for name, rule in v.items():
+            if name not in GOLDEN_FIELDS:
+                raise ValueError(f"unknown field {name!r}; use one of: {', '.join(GOLDEN_FIELDS)}")
+            merged[name] = rule.model_dump() if isinstance(rule, SurvivorshipRule) else rule
+        return merged
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        import phonenumbers
+
+        v = v.upper()
+        if phonenumbers.country_code_for_region(v) == 0:
+            raise ValueError(f"{v!r} is not a region phonenumbers knows (use ISO codes such as GB, IE, US)")
+        return v
+
+    def rule(self, identifier: str) -> IdentifierRule:
+        return self.rules.get(identifier, IdentifierRule(link=False))
+
+
+def settings_of(config) -> IdentitySettings:
+    """The identity settings of a Config (accepts the model, or a raw mapping)."""
+    ident = getattr(config, "identity", config)
+    if isinstance(ident, IdentitySettings):
+        return ident
+    return IdentitySettings.model_validate(ident or {})

@@ -1,0 +1,116 @@
+"""Stable person ids that survive reruns, new data, merges and splits.
+
+- A new cluster's id comes from its content: ``P`` + 12 hex of md5(its smallest record_key)
+  (salted on the rare collision), so a full rebuild from the same data gives the same ids.
+- On later runs ids are inherited by record overlap with the previous run
+  (``identity.id_history``): each old id is *kept* by the new cluster holding most of its
+  records (ties: the smaller cluster id).
+  - merge: a cluster keeping several old ids keeps the one with most records (ties: the
+    smaller id), the others are recorded ``merged_into`` it;
+  - split: the largest part keeps the id; every other part gets a new id recorded
+    ``split_from`` it;
+  - an old id with no records left is ``erased``.
+- ``identity.id_history`` is append-only: a row per record whenever its person_id is new or
+  different (what each record's id was in each run is the latest row at or before that run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import duckdb
+import pyarrow as pa
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection, schema: str = "identity") -> None:
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    con.execute(f"""CREATE TABLE IF NOT EXISTS {schema}.runs (
+        run_id VARCHAR PRIMARY KEY, seq BIGINT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, as_of TIMESTAMPTZ,
+        records BIGINT, persons BIGINT, model_path VARCHAR, metrics JSON)""")
+    con.execute(f"""CREATE TABLE IF NOT EXISTS {schema}.id_history (
+        run_id VARCHAR, run_seq BIGINT, record_key VARCHAR, person_id VARCHAR)""")
+    con.execute(f"""CREATE TABLE IF NOT EXISTS {schema}.changes (
+        run_id VARCHAR, person_id VARCHAR, change VARCHAR, other_person_id VARCHAR, records BIGINT,
+        changed_at TIMESTAMPTZ)""")
+
+
+def content_id(record_key: str, salt: int = 0) -> str:
+    raw = record_key if not salt else f"{record_key}#{salt}"
+    return "P" + hashlib.md5(raw.encode()).hexdigest()[:12].upper()
+
+
+def assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema: str = "identity",
+               clusters: str = "id_clusters", write: bool = True) -> dict[str, int]:
+    """Map ``clusters(rid, cluster_id)`` to person ids: temp table ``id_person(cluster_id, person_id)``
+    and temp table ``id_run_changes``; with ``write``, appends to id_history and changes."""
+    ensure_tables(con, schema)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_prev AS
+        SELECT record_key, arg_max(person_id, run_seq) AS person_id FROM {schema}.id_history
+        WHERE run_seq < {run_seq} GROUP BY record_key""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_cur AS
+        SELECT r.record_key, c.cluster_id FROM {clusters} c JOIN {schema}.records r USING (rid)""")
+    # overlap of new clusters with old ids; each old id kept by its biggest overlap
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE id_overlap AS
+        SELECT c.cluster_id, p.person_id, count(*) AS n FROM id_cur c JOIN id_prev p USING (record_key) GROUP BY ALL""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE id_keeper AS
+        SELECT person_id, cluster_id, n FROM id_overlap
+        QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY n DESC, cluster_id) = 1""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE id_survivor AS
+        SELECT cluster_id, person_id FROM id_keeper
+        QUALIFY row_number() OVER (PARTITION BY cluster_id ORDER BY n DESC, person_id) = 1""")
+    # clusters that keep nothing: new ids from content
+    fresh = con.sql("""
+        SELECT c.cluster_id, min(c.record_key) AS first_key,
+               (SELECT arg_max(o.person_id, o.n) FROM id_overlap o WHERE o.cluster_id = c.cluster_id) AS split_from
+        FROM id_cur c WHERE c.cluster_id NOT IN (SELECT cluster_id FROM id_survivor)
+        GROUP BY c.cluster_id ORDER BY first_key""").fetchall()
+    used = {r[0] for r in con.sql(f"SELECT DISTINCT person_id FROM {schema}.id_history").fetchall()}
+    used |= {r[0] for r in con.sql("SELECT person_id FROM id_survivor").fetchall()}
+    new_ids, new_split = [], []
+    for cluster_id, first_key, split_from in fresh:
+        salt = 0
+        pid = content_id(first_key)
+        while pid in used:
+            salt += 1
+            pid = content_id(first_key, salt)
+        used.add(pid)
+        new_ids.append((cluster_id, pid))
+        new_split.append(split_from)
+    con.register("_fresh", pa.table({
+        "cluster_id": pa.array([c for c, _ in new_ids], pa.int64()),
+        "person_id": pa.array([p for _, p in new_ids], pa.string()),
+        "split_from": pa.array(new_split, pa.string()),
+    }))
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE id_person AS
+        SELECT cluster_id, person_id FROM id_survivor UNION ALL SELECT cluster_id, person_id FROM _fresh""")
+    sizes = "(SELECT cluster_id, count(*) AS n FROM id_cur GROUP BY cluster_id)"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_run_changes AS
+        SELECT f.person_id, CASE WHEN f.split_from IS NULL THEN 'new' ELSE 'split_from' END AS change,
+               f.split_from AS other_person_id, s.n AS records
+        FROM _fresh f JOIN {sizes} s USING (cluster_id)
+        UNION ALL
+        SELECT k.person_id, 'merged_into', sv.person_id, k.n
+        FROM id_keeper k JOIN id_survivor sv USING (cluster_id) WHERE k.person_id <> sv.person_id
+        UNION ALL
+        SELECT p.person_id, 'erased', NULL, count(*) FROM id_prev p
+        WHERE p.person_id NOT IN (SELECT person_id FROM id_keeper) GROUP BY p.person_id""")
+    con.unregister("_fresh")
+    counts = dict(con.sql("SELECT change, count(*) FROM id_run_changes GROUP BY ALL").fetchall())
+    if write:
+        con.execute(f"""INSERT INTO {schema}.changes
+                        SELECT '{run_id}', person_id, change, other_person_id, records, now() FROM id_run_changes""")
+        con.execute(f"""
+            INSERT INTO {schema}.id_history
+            SELECT '{run_id}', {run_seq}, c.record_key, p.person_id
+            FROM id_cur c JOIN id_person p USING (cluster_id) LEFT JOIN id_prev o USING (record_key)
+            WHERE o.person_id IS DISTINCT FROM p.person_id""")
+    for t in ("id_prev", "id_overlap", "id_keeper", "id_survivor"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+    return {k: int(v) for k, v in counts.items()}
