@@ -1,0 +1,61 @@
+{#- A table, not a view: the largest source, read by several intermediate models; parsing its
+    JSON and de-duplicating it once per run is much cheaper than once per reader. -#}
+{{ config(materialized='table') }}
+
+with source as (
+    select * from {{ source('raw', 'web_events') }}
+),
+
+renamed as (
+    select
+        messageId as message_id,
+        _source as source,
+        {{ adapter.quote('type') }} as event_type,
+        {{ adapter.quote('event') }} as event_name,
+        {{ clean_text('anonymousId') }} as anonymous_id,
+        {{ clean_text('userId') }} as user_id,
+        {{ normalise_email(json_text('traits', 'email')) }} as email,
+        {{ clean_name(json_text('traits', 'first_name')) }} as first_name,
+        {{ clean_name(json_text('traits', 'last_name')) }} as last_name,
+        {{ normalise_phone(json_text('traits', 'phone')) }} as phone,
+        {{ json_text('context', 'page.url') }} as page_url,
+        {{ json_text('context', 'page.path') }} as page_path,
+        {{ json_text('context', 'campaign.source') }} as utm_source,
+        {{ json_text('context', 'campaign.medium') }} as utm_medium,
+        {{ json_text('context', 'campaign.name') }} as utm_campaign,
+        regexp_extract({{ json_text('context', 'page.url') }}, 'tid=([A-Za-z0-9_-]+)', 1) as link_tracking_id,
+        {{ json_text('properties', 'product_id') }} as product_id,
+        {{ json_text('properties', 'category') }} as product_category,
+        {{ json_number('properties', 'price') }} as product_price,
+        cast({{ json_number('properties', 'quantity') }} as {{ dbt.type_int() }}) as product_quantity,
+        {{ json_text('properties', 'cart_id') }} as cart_id,
+        {{ json_text('properties', 'order_id') }} as order_id,
+        {{ json_number('properties', 'revenue') }} as order_revenue,
+        {{ json_number('properties', 'discount') }} as order_discount,
+        {{ json_array_text('properties', 'products') }} as order_products,
+        {{ json_text('properties', 'query') }} as search_query,
+        cast({{ adapter.quote('timestamp') }} as {{ dbt.type_timestamp() }}) as occurred_at,
+        cast(_loaded_at as {{ dbt.type_timestamp() }}) as loaded_at,
+        _load_id as load_id,
+        _file as landed_file,
+        _row as landed_row
+    from source
+),
+
+latest as (
+    {{ latest_per_key('renamed', 'source, message_id') }}
+),
+
+final as (
+    select
+        message_id, source, event_type, event_name, anonymous_id, user_id,
+        email, first_name, last_name, phone,
+        page_url, page_path, utm_source, utm_medium, utm_campaign, nullif(link_tracking_id, '') as link_tracking_id,
+        product_id, product_category, product_price, product_quantity,
+        cart_id, order_id, order_revenue, order_discount, order_products, search_query,
+        occurred_at, loaded_at, load_id, landed_file, landed_row
+    from latest
+    where occurred_at <= {{ as_of() }}
+)
+
+select * from final

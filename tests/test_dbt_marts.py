@@ -1,0 +1,314 @@
+"""The dbt project (dbt/) and its Dagster wiring, built for real on a small generated dataset.
+
+The identity tables the marts read (identity.graph / golden / changes) are built here FROM THE
+GENERATOR'S GROUND TRUTH by ``build_identity_from_ground_truth``: these tests check the marts
+(order de-duplication, RFM, lifecycle, as_of, segment history, documentation), not identity
+resolution, which has its own tests.
+
+One module-scoped warehouse, built twice: first `dbt run` as of a past date (a backtest), then
+the whole project through the Dagster dbt assets as of the generator's last day - the second
+build also exercises entries and exits in segment_membership_history.
+"""
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdp.config import load_config
+from cdp.scaffold import init_project
+from cdp.warehouse import fetch_all, fetch_value, open_warehouse
+
+REPO = Path(__file__).resolve().parents[1]
+DBT_DIR = REPO / "dbt"
+DBT = str(Path(sys.executable).parent / "dbt")
+
+AS_OF = dt.date(2026, 6, 30)  # the generator's last day and the "current" run
+AS_OF_TS = dt.datetime(2026, 6, 30, 23, 59, 59)
+PAST = dt.date(2026, 3, 31)  # the backtest
+PAST_TS = dt.datetime(2026, 3, 31, 23, 59, 59)
+PUBLISHED = ("customers", "customer_traits", "segment_membership", "identity_graph", "identity_changes")
+
+
+def build_identity_from_ground_truth(con, ground_truth: Path) -> None:
+    """identity.graph / golden / changes in the agreed shape, taken from the generator's ground
+    truth. FOR TESTS OF THE MARTS ONLY - a perfect identity, never the project's identity stage.
+
+    Records follow identity's grain: receipts are records only when they carry an email or
+    phone (receipts with only a loyalty id belong to the member's person); records the ground
+    truth marks unidentifiable are left out."""
+    rp, people = ground_truth / "record_person.csv", ground_truth / "people.csv"
+    con.execute("CREATE SCHEMA IF NOT EXISTS identity")
+    con.execute(f"""
+        CREATE OR REPLACE TABLE identity.graph AS
+        SELECT source || ':' || entity || ':' || record_id AS record_key, source, entity,
+               record_id AS source_record_id, person_id,
+               'ground_truth' AS match_method, 1.0 AS match_probability
+        FROM read_csv('{rp}', all_varchar = true) AS gt
+        WHERE identifiable = 'true'
+          AND (entity <> 'transactions' OR EXISTS (
+                SELECT 1 FROM raw.pos_transactions t
+                WHERE t._source = gt.source AND t.transaction_id = gt.record_id
+                  AND (t.email IS NOT NULL OR t.phone IS NOT NULL)))
+        -- The generator's random loyalty ids can collide at scale: one person per record.
+        QUALIFY row_number() OVER (PARTITION BY source, entity, record_id ORDER BY person_id) = 1""")
+    con.execute(f"""
+        CREATE OR REPLACE TABLE identity.golden AS
+        SELECT person_id,
+               first_name, 'ground_truth' AS first_name_source,
+               last_name, 'ground_truth' AS last_name_source,
+               primary_email AS email, 'ground_truth' AS email_source,
+               mobile AS phone, 'ground_truth' AS phone_source,
+               street AS address_line1, 'ground_truth' AS address_line1_source,
+               city, 'ground_truth' AS city_source,
+               postcode, 'ground_truth' AS postcode_source,
+               CAST(date_of_birth AS DATE) AS date_of_birth, 'ground_truth' AS date_of_birth_source
+        FROM read_csv('{people}', all_varchar = true)
+        WHERE person_id IN (SELECT person_id FROM identity.graph)""")
+    con.execute("""
+        CREATE OR REPLACE TABLE identity.changes AS
+        SELECT 'fixture' AS run_id, person_id, 'new' AS change, CAST(NULL AS VARCHAR) AS other_person_id,
+               TIMESTAMPTZ '2024-01-01 00:00:00+00' AS changed_at
+        FROM identity.golden""")
+
+
+def dbt(args: list[str], warehouse: Path, target: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TESSERA_WAREHOUSE": str(warehouse), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    done = subprocess.run(
+        [DBT, *args, "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
+         "--target-path", str(target), "--log-path", str(target)],
+        env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    return done
+
+
+def direct_order_count(con, until: dt.datetime) -> int:
+    """Orders straight from raw: distinct web orders, plus receipts that are not the store
+    copy (channel=web, order_ref = a web order id) of one of them."""
+    return fetch_value(con, """
+        WITH web AS (
+            SELECT DISTINCT properties->>'order_id' AS order_id FROM raw.web_events
+            WHERE event = 'order_completed' AND "timestamp" <= ?::TIMESTAMP
+        )
+        SELECT (SELECT count(*) FROM web)
+             + (SELECT count(*) FROM raw.pos_transactions
+                WHERE occurred_at <= ?::TIMESTAMP
+                  AND NOT (coalesce(channel, 'store') = 'web' AND order_ref IN (SELECT order_id FROM web)))
+    """, [until, until])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from dagster import AssetSelection, DagsterInstance, Definitions, in_process_executor
+
+    from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_LAYERS, DBT_RESOURCES
+    from dagster_project.defs.ingestion import RAW_ASSETS
+    from dagster_project.defs.resources import TesseraResource
+    from ingestion.generator import generate
+    from ingestion.loader import ingest
+
+    root = tmp_path_factory.mktemp("dbt")
+    cfg_path = init_project(root / "proj")
+    cfg_path.write_text(cfg_path.read_text().replace("\nas_of:\n", f"\nas_of: {AS_OF.isoformat()}\n"))
+    config = load_config(cfg_path)
+    assert config.as_of == AS_OF
+    generate(customers=400, seed=11, out=config.landing_dir, as_of=AS_OF, clean=True)
+    with open_warehouse(config.warehouse_path) as con:
+        ingest(config, con)
+        build_identity_from_ground_truth(con, config.landing_dir / "ground_truth")
+
+    # 1. A backtest, as of a past date, with plain dbt.
+    dbt(["run", "--vars", json.dumps({"as_of": PAST.isoformat()})], config.warehouse_path, root / "target_past")
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        past = {
+            "orders": fetch_value(con, "SELECT count(*) FROM intermediate.int_orders"),
+            "max_ordered_at": fetch_value(con, "SELECT max(ordered_at) FROM intermediate.int_orders"),
+            "max_event_at": fetch_value(con, "SELECT max(occurred_at) FROM staging.stg_web__events"),
+            "max_email_at": fetch_value(con, "SELECT max(occurred_at) FROM staging.stg_email__events"),
+            "max_ticket_at": fetch_value(con, "SELECT max(created_at) FROM staging.stg_support__tickets"),
+            "traits_as_of": fetch_all(con, "SELECT DISTINCT as_of FROM marts.customer_traits"),
+            "last_order": dict(fetch_all(con, "SELECT person_id, last_order_at FROM marts.customer_traits")),
+            "direct_orders": direct_order_count(con, PAST_TS),
+        }
+
+    # 2. The current run: every dbt asset through Dagster, as_of from cdp.yaml.
+    defs = Definitions(
+        assets=[*RAW_ASSETS, *DBT_ASSETS],
+        resources={"tessera": TesseraResource(config_path=str(cfg_path)), **DBT_RESOURCES},
+        executor=in_process_executor,
+    )
+    keys = list(AssetSelection.groups(*DBT_LAYERS).resolve(defs.resolve_asset_graph()))
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=keys, raise_on_error=False
+        )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    materialized = {
+        ev.event_specific_data.materialization.asset_key.to_user_string(): ev.event_specific_data.materialization.metadata
+        for ev in result.get_asset_materialization_events()
+    }
+    checks = result.get_asset_check_evaluations()
+    return {"config": config, "past": past, "materialized": materialized, "checks": checks, "root": root}
+
+
+@pytest.fixture
+def con(built):
+    with open_warehouse(built["config"].warehouse_path, read_only=True) as c:
+        yield c
+
+
+def test_dagster_run_builds_every_model_passes_every_check_and_counts_rows(built):
+    mats = built["materialized"]
+    for name in PUBLISHED:
+        assert f"marts/{name}" in mats
+        meta = mats[f"marts/{name}"]
+        assert meta["dagster/row_count"].value > 0
+        assert meta["as_of"].value == "2026-06-30 23:59:59"
+    assert "staging/stg_web__events" in mats and "intermediate/int_orders" in mats
+    assert len(built["checks"]) > 100
+    assert [c.check_name for c in built["checks"] if not c.passed] == []
+
+
+def test_web_orders_fulfilled_in_store_are_counted_once(con):
+    orders = fetch_value(con, "SELECT count(*) FROM intermediate.int_orders")
+    assert orders == direct_order_count(con, AS_OF_TS)
+    # Every store copy of a web order is attached to its web order, and never an order itself.
+    copies = fetch_value(con, """
+        SELECT count(*) FROM raw.pos_transactions
+        WHERE channel = 'web' AND order_ref IN (SELECT properties->>'order_id' FROM raw.web_events WHERE event = 'order_completed')""")
+    assert copies > 20  # the generator fulfils ~30% of web orders in store
+    assert fetch_value(con, "SELECT count(*) FROM intermediate.int_orders WHERE order_source = 'web' AND pos_transaction_id IS NOT NULL") == copies
+    assert fetch_value(con, """
+        SELECT count(*) FROM intermediate.int_orders o JOIN raw.pos_transactions t
+          ON o.order_source = 'pos' AND t.transaction_id = o.order_id
+        WHERE t.channel = 'web' AND t.order_ref IN (SELECT properties->>'order_id' FROM raw.web_events WHERE event = 'order_completed')""") == 0
+    # Revenue is not inflated either: web orders carry web revenue, the rest their receipt total.
+    total = fetch_value(con, "SELECT round(sum(order_total), 2) FROM intermediate.int_orders")
+    direct = fetch_value(con, """
+        WITH web AS (SELECT properties->>'order_id' AS order_id, any_value(CAST(properties->>'revenue' AS DOUBLE)) AS revenue
+                     FROM raw.web_events WHERE event = 'order_completed' GROUP BY 1)
+        SELECT round((SELECT sum(revenue) FROM web) + (SELECT sum(total) FROM raw.pos_transactions
+               WHERE NOT (channel = 'web' AND order_ref IN (SELECT order_id FROM web))), 2)""")
+    assert total == pytest.approx(direct)
+    # Traits add up to the attributed orders.
+    assert fetch_value(con, "SELECT sum(order_count) FROM marts.customer_traits") == fetch_value(
+        con, "SELECT count(*) FROM intermediate.int_orders WHERE person_id IN (SELECT person_id FROM marts.customers)")
+
+
+def test_rfm_scores_are_1_to_5_and_monotone(con):
+    rows = fetch_all(con, "SELECT order_count, recency_days, revenue, r_score, f_score, m_score FROM marts.customer_traits")
+    buyers = [r for r in rows if r[0] > 0]
+    assert len(buyers) > 100
+    assert all(r[3] is None and r[4] is None and r[5] is None for r in rows if r[0] == 0)
+    for r in buyers:
+        assert all(s in (1, 2, 3, 4, 5) for s in r[3:6])
+    for value_index, score_index, better in ((1, 3, min), (0, 4, max), (2, 5, max)):
+        by_value = sorted(buyers, key=lambda r: r[value_index], reverse=better is min)
+        scores = [r[score_index] for r in by_value]
+        assert scores == sorted(scores), "a better value never gets a lower score"
+        assert scores[0] == 1 and scores[-1] == 5
+    # Roughly quintiles on recency (ties aside): no score holds more than 40% of buyers.
+    r_counts = {s: sum(r[3] == s for r in buyers) for s in range(1, 6)}
+    assert max(r_counts.values()) < 0.4 * len(buyers), r_counts
+
+
+def test_lifecycle_stages_follow_their_thresholds(con):
+    rows = fetch_all(con, "SELECT first_order_at, last_order_at, lifecycle_stage FROM marts.customer_traits")
+    seen = set()
+    for first, last, stage in rows:
+        if first is None:
+            expected = "never_purchased"
+        elif (AS_OF - first.date()).days <= 30:
+            expected = "new"
+        elif (AS_OF - last.date()).days <= 90:
+            expected = "active"
+        elif (AS_OF - last.date()).days <= 180:
+            expected = "lapsing"
+        else:
+            expected = "lapsed"
+        assert stage == expected, (first, last, stage)
+        seen.add(stage)
+    assert {"never_purchased", "active", "lapsing", "lapsed"} <= seen
+    # The stages are segments too, each person in exactly one.
+    assert fetch_value(con, """
+        SELECT count(*) FROM (SELECT person_id FROM marts.segment_membership WHERE segment_type = 'lifecycle'
+                              GROUP BY 1 HAVING count(*) <> 1)""") == 0
+    assert fetch_value(con, "SELECT count(DISTINCT person_id) FROM marts.segment_membership WHERE segment_type = 'lifecycle'") == len(rows)
+
+
+def test_as_of_in_the_past_hides_later_data(built, con):
+    past = built["past"]
+    assert past["traits_as_of"] == [(PAST_TS,)]
+    for key in ("max_ordered_at", "max_event_at", "max_email_at", "max_ticket_at"):
+        assert past[key] <= PAST_TS, key
+    assert past["orders"] == past["direct_orders"]
+    now_orders = fetch_value(con, "SELECT count(*) FROM intermediate.int_orders")
+    assert now_orders > past["orders"]
+    assert fetch_value(con, "SELECT max(ordered_at) FROM intermediate.int_orders") > PAST_TS
+    # A person's last order as of the past is never after the past date.
+    assert all(v is None or v <= PAST_TS for v in past["last_order"].values())
+
+
+def test_segment_history_records_entries_exits_and_since(con):
+    rows = fetch_all(con, "SELECT entered_at, exited_at, last_evaluated_at FROM marts.segment_membership_history")
+    assert {r[2] for r in rows} == {AS_OF_TS}  # the latest run looked at every spell it wrote
+    stayed = [r for r in rows if r[0] == PAST_TS and r[1] is None]
+    left = [r for r in rows if r[0] == PAST_TS and r[1] == AS_OF_TS]
+    joined = [r for r in rows if r[0] == AS_OF_TS and r[1] is None]
+    assert stayed and left and joined
+    assert len(stayed) + len(left) + len(joined) == len(rows)
+    since = dict(fetch_all(con, "SELECT since, count(*) FROM marts.segment_membership GROUP BY 1"))
+    assert since == {PAST_TS: len(stayed), AS_OF_TS: len(joined)}
+
+
+def test_every_published_column_is_documented(built, con):
+    manifest = json.loads((DBT_DIR / "target" / "manifest.json").read_text())
+    models = {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    for name, node in models.items():
+        assert node["description"].strip(), f"{name} has no description"
+        schema = node["config"]["schema"]
+        actual = [r[0] for r in fetch_all(
+            con, "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            [schema, name])]
+        assert actual, f"{schema}.{name} was not built"
+        documented = {c: v["description"].strip() for c, v in node["columns"].items()}
+        missing = [c for c in actual if not documented.get(c)]
+        assert not missing, f"{name}: undocumented columns {missing}"
+        extra = set(documented) - set(actual)
+        assert not extra, f"{name}: documented columns that do not exist {extra}"
+        if schema == "marts" and name != "segment_membership_history":
+            assert "as_of" in actual, f"{name} has no as_of"
+    for name in PUBLISHED:
+        assert models[name]["config"]["materialized"] == "table"
+
+
+def test_dagster_dbt_assets_have_the_upstream_keys_groups_and_pool():
+    from dagster import AssetKey
+
+    from dagster_project.defs.dbt_marts import DBT_ASSETS
+    from dagster_project.defs.ingestion import RAW_ASSET_KEYS, WAREHOUSE_POOL
+
+    (assets,) = DBT_ASSETS
+    specs = {spec.key: spec for spec in assets.specs}
+    deps = {key: {d.asset_key for d in spec.deps} for key, spec in specs.items()}
+    assert AssetKey(["raw", "web_events"]) in deps[AssetKey(["staging", "stg_web__events"])]
+    assert AssetKey(["raw", "pos_transactions"]) in deps[AssetKey(["staging", "stg_pos__transactions"])]
+    for table in ("graph", "golden", "changes"):
+        assert AssetKey(["identity", table]) in deps[AssetKey(["staging", f"stg_identity__{table}"])]
+    upstream = set().union(*deps.values()) - set(specs)
+    assert upstream <= set(RAW_ASSET_KEYS) | {AssetKey(["identity", t]) for t in ("graph", "golden", "changes")}
+    assert upstream >= set(RAW_ASSET_KEYS)
+    groups = {spec.group_name for spec in specs.values()}
+    assert groups == {"staging", "intermediate", "marts"}
+    for name in PUBLISHED:
+        spec = specs[AssetKey(["marts", name])]
+        assert spec.group_name == "marts" and spec.description
+    assert all(spec.description for spec in specs.values())
+    assert assets.node_def.pool == WAREHOUSE_POOL
+    check_assets = {k.asset_key for k in assets.check_keys}
+    assert AssetKey(["marts", "customers"]) in check_assets and AssetKey(["marts", "customer_traits"]) in check_assets
