@@ -195,5 +195,66 @@ def status(config_path, as_json) -> None:
         out.print(f"  raw.{table:<22} {n:>12,} rows")
 
 
+# --------------------------------------------------------------------------- identity
+@main.group()
+def identity() -> None:
+    """Identity resolution: what a config change would do."""
+
+
+@identity.command("plan")
+@config_option
+@click.option("--proposed", "proposed_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="A cdp.yaml, or a YAML file holding only the proposed `identity:` section.")
+@click.option("--json", "as_json", is_flag=True)
+def identity_plan(config_path, proposed_path, as_json) -> None:
+    """Dry run: merges, splits and records moved if the proposed identity settings were applied."""
+    from identity.plan import plan_from_files
+
+    _load(config_path)
+    try:
+        result = plan_from_files(config_path, proposed_path)
+    except (ConfigError, ValueError) as e:
+        raise UserError(str(e)) from None
+    except WarehouseBusy as e:
+        raise UserError(str(e)) from None
+    if as_json:
+        out.print_json(json.dumps(result, default=str))
+        return
+    for key in ("changed_settings", "merges", "splits", "records_moved", "persons_before", "persons_after"):
+        if key in result:
+            value = result[key]
+            out.print(f"{key:<18} {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+    for key, value in result.items():
+        if key not in ("changed_settings", "merges", "splits", "records_moved", "persons_before", "persons_after"):
+            out.print(f"{key:<18} {json.dumps(value, default=str)[:500]}")
+    out.print("nothing was changed (dry run)")
+
+
+# --------------------------------------------------------------------------- evaluate
+@main.group()
+def evaluate() -> None:
+    """Measure a stage against the generator's ground truth."""
+
+
+@evaluate.command("identity")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def evaluate_identity(config_path, as_json) -> None:
+    """Pairwise precision/recall/F1, B-cubed, over- and under-merged clusters."""
+    from identity.evaluate import evaluate_config
+
+    try:
+        result = evaluate_config(_load(config_path))
+    except WarehouseBusy as e:
+        raise UserError(str(e)) from None
+    if "error" in result:
+        raise UserError(result["error"])
+    if as_json:
+        out.print_json(json.dumps(result, default=str))
+    else:
+        for k, v in result.items():
+            out.print(f"{k:<28} {v}")
+
+
 if __name__ == "__main__":
     main()

@@ -16,6 +16,9 @@ from cdp.scaffold import ensure_dagster_home
 # `cdp run --only STAGE` → the Dagster asset groups it runs. Later stages add theirs.
 STAGES: dict[str, list[str]] = {
     "ingestion": ["ingestion"],
+    "identity": ["identity"],
+    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer.
+    "marts": ["staging", "intermediate", "marts"],
 }
 
 
