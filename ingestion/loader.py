@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -235,13 +235,14 @@ def _reason_sql(cases: list[tuple[str, str, str]]) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- parsing
-def _stage_jsonl(con, path: Path, ent: Entity, files: EntityFiles, exact: bool) -> None:
-    """Parse a JSON-lines file into temp table _landed(_row, _raw_record, _t_<field>..., _case).
+def _jsonl_checked_sql(path: Path, ent: Entity, files: EntityFiles, exact: bool) -> tuple[str, str]:
+    """SQL for a JSON-lines file as rows (_row, _raw_record, _t_<field>..., _case), and the SQL
+    that decodes _case into _reason/_field.
 
-    Fast path (``exact=False``): DuckDB's JSON reader with the contract's columns declared;
+    Fast (``exact=False``): DuckDB's JSON reader with the contract's columns declared;
     unparseable lines are skipped, which the caller detects by comparing row and line
-    counts. Exact path: lines are read raw, so that a broken one is kept verbatim, and
-    parsed with ``from_json``. Both then type and check the same way.
+    counts. Exact: lines are read raw, so that a broken one is kept verbatim, and parsed
+    with ``from_json``. Both type and check the same way.
     """
     landed_key = {target: landed for landed, target in files.columns.items()}
     landed = {f.name: landed_key.get(f.name, f.name) for f in ent.fields}
@@ -272,17 +273,38 @@ def _stage_jsonl(con, path: Path, ent: Entity, files: EntityFiles, exact: bool) 
             SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _raw_record, false AS _bad_json, {unpack}
             FROM read_json({_lit(str(path))}, format='newline_delimited', columns={columns},
                            ignore_errors=true)"""
+    sql = f"""
+        WITH parsed AS ({parsed}),
+        typed AS (SELECT *, {typed_cols} FROM parsed)
+        SELECT _row, _raw_record, {', '.join(f'_t_{f.name}' for f in ent.fields)}, {case_index} AS _case FROM typed
+    """
+    return sql, decode
+
+
+def _stage_jsonl(con, path: Path, ent: Entity, files: EntityFiles) -> None:
+    """The exact path into temp table _landed (every bad row kept verbatim, with its reason)."""
+    sql, decode = _jsonl_checked_sql(path, ent, files, exact=True)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _landed AS
-        WITH parsed AS ({parsed}),
-        typed AS (SELECT *, {typed_cols} FROM parsed),
-        checked AS (SELECT _row, _raw_record, {', '.join(f'_t_{f.name}' for f in ent.fields)}, {case_index} AS _case FROM typed)
         -- keep the verbatim line only where it is needed: for the quarantine
-        SELECT * REPLACE (CASE WHEN _case IS NOT NULL THEN _raw_record END AS _raw_record) FROM checked
+        SELECT * REPLACE (CASE WHEN _case IS NOT NULL THEN _raw_record END AS _raw_record) FROM ({sql})
         """
     )
     _decode_reasons(con, decode)
+
+
+def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineage: str) -> int:
+    """Fast path, inside the caller's transaction: insert the rows that parse and pass every
+    check straight from DuckDB's JSON reader into the raw table; returns how many. The
+    caller compares that with the file's line count and rolls back on any difference."""
+    sql, _ = _jsonl_checked_sql(path, ent, files, exact=False)
+    cols = ", ".join(_q(f.name) for f in ent.fields)
+    typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
+    return con.execute(
+        f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
+        f"SELECT {typed}, {lineage} FROM ({sql}) WHERE _case IS NULL"
+    ).fetchall()[0][0]
 
 
 def _csv_header(path: Path, files: EntityFiles) -> list[str]:
@@ -429,9 +451,7 @@ def _record(con, res: FileResult, checksum: str | None, stat, started: datetime)
     )
 
 
-def _stage(
-    con, path: Path, ent: Entity, files: EntityFiles, size: int, line_count: Future, notes: list[str]
-) -> tuple[int, int]:
+def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, notes: list[str]) -> tuple[int, int]:
     """Parse and check a file into _landed; returns (rows, bad rows), adding to notes."""
     fmt = files.format or ent.format
     if size == 0:
@@ -446,13 +466,7 @@ def _stage(
         if fmt != "jsonl":
             notes.extend(_stage_csv(con, path, ent, files))
             return counts()
-        _stage_jsonl(con, path, ent, files, exact=False)
-        total, bad = counts()
-        if bad == 0 and total == line_count.result()[1]:
-            return total, bad
-        # Some line failed to parse, or a row breaks the contract: redo the file line by
-        # line so that each bad row reaches the quarantine verbatim with its line number.
-        _stage_jsonl(con, path, ent, files, exact=True)
+        _stage_jsonl(con, path, ent, files)
         return counts()
     except duckdb.Error as e:
         raise FileRejected(f"cannot read as {fmt}: {str(e).splitlines()[0]}") from None
@@ -500,20 +514,37 @@ def load_file(
     if prior and prior.status == LOADED and prior.size_bytes == stat.st_size and prior.mtime_ns == stat.st_mtime_ns:
         res.status = UNCHANGED  # fast path: same name, size and mtime as a loaded file
         return res
+    res.load_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    lineage = f"{_lit(source.name)}, {_lit(rel_name)}, _row, {_lit(res.load_id)}, now()"
+    fmt = files.format or ent.format
     # Hash in a thread while DuckDB parses (it releases the GIL): the checksum is needed
-    # only to decide, before anything is applied, whether this content is new.
+    # only to decide, before anything is committed, whether this content is new.
     with ThreadPoolExecutor(max_workers=1) as pool:
         hashing = pool.submit(checksum_and_lines, path)
+        fast_rows: int | None = None  # rows inserted by the fast path, in an open transaction
+        if fmt == "jsonl" and stat.st_size > 0:
+            # Optimistic: a clean file goes straight from DuckDB's JSON reader into the raw
+            # table. If any line failed to parse or any row broke the contract, fewer rows
+            # than lines arrive: roll back and take the exact path below.
+            con.execute("BEGIN TRANSACTION")
+            try:
+                fast_rows = _insert_clean_jsonl(con, path, ent, files, lineage)
+            except duckdb.Error:
+                fast_rows = None
+            if fast_rows is None or fast_rows == 0 or fast_rows != hashing.result()[1]:
+                con.execute("ROLLBACK")
+                fast_rows = None
         rejection: str | None = None
         notes: list[str] = []
-        try:
-            total, bad = _stage(con, path, ent, files, stat.st_size, hashing, notes)
-            rejection = _batch_rejection(con, total, bad, max_bad_row_rate)
-        except FileRejected as e:
-            rejection = str(e)
+        total = bad = 0
+        if fast_rows is None:
+            try:
+                total, bad = _stage(con, path, ent, files, stat.st_size, notes)
+                rejection = _batch_rejection(con, total, bad, max_bad_row_rate)
+            except FileRejected as e:
+                rejection = str(e)
         checksum = res.checksum = hashing.result()[0]
 
-    res.load_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     if prior and prior.checksum == checksum and prior.status == LOADED:
         res.status, res.load_id = UNCHANGED, None  # touched but identical
     elif checksum in applied:
@@ -529,15 +560,27 @@ def load_file(
         # (a rejected file is tried again each run: the fix may have been to the config)
         res.status, res.message = REJECTED, rejection
     if res.status != LOADED:
+        if fast_rows is not None:
+            con.execute("ROLLBACK")
         con.execute("DROP TABLE IF EXISTS _landed")
         if res.status != UNCHANGED:
             _record(con, res, checksum, stat, started)
         res.seconds = time.perf_counter() - t0
         return res
 
+    if fast_rows is not None:  # rows already inserted, transaction open
+        try:
+            res.rows_loaded = fast_rows
+            _record(con, res, checksum, stat, started)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        res.seconds = time.perf_counter() - t0
+        return res
+
     cols = ", ".join(_q(f.name) for f in ent.fields)
     typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
-    lineage = f"{_lit(source.name)}, {_lit(rel_name)}, _row, {_lit(res.load_id)}, now()"
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
