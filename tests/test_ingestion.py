@@ -134,6 +134,14 @@ def test_exact_and_fast_paths_load_identical_rows(tmp_path):
         con.close()
     assert len(out[0]) == 39
     assert out[0] == out[1]
+    # Both paths record each row's line number.
+    for cfg, bad_line_at in ((cfg_a, None), (cfg_b, 21)):
+        con = connect(cfg.warehouse_path)
+        rows = con.execute('SELECT "messageId", _row FROM raw.web_events').fetchall()
+        con.close()
+        for message_id, row in rows:
+            i = int(message_id[1:])
+            assert row == (i if bad_line_at is None or i <= 20 else i + 1), (cfg.root, message_id, row)
 
 
 # ------------------------------------------------------------------ whole-file rejection
