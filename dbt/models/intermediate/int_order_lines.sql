@@ -6,9 +6,8 @@ with orders as (
     select * from {{ ref('int_orders') }}
 ),
 
-web_events as (
-    select * from {{ ref('stg_web__events') }}
-    where event_name = 'order_completed' and order_id is not null
+web_order_events as (
+    select * from {{ ref('int_web_order_events') }}
 ),
 
 pos_line_items as (
@@ -17,18 +16,6 @@ pos_line_items as (
 
 products as (
     select * from {{ ref('stg_catalog__products') }}
-),
-
--- The event int_orders kept for each web order (its first order_completed).
-web_order_events as (
-    select *
-    from (
-        select
-            web_events.*,
-            row_number() over (partition by source, order_id order by occurred_at, message_id) as order_event_rank
-        from web_events
-    ) as ranked
-    where order_event_rank = 1
 ),
 
 web_products as (

@@ -3,9 +3,8 @@
     store system) and is not counted again. Each order is attached to a person through the
     identity graph. -#}
 
-with web_events as (
-    select * from {{ ref('stg_web__events') }}
-    where event_name = 'order_completed' and order_id is not null
+with web_orders as (
+    select * from {{ ref('int_web_order_events') }}
 ),
 
 pos_transactions as (
@@ -14,18 +13,6 @@ pos_transactions as (
 
 graph as (
     select * from {{ ref('stg_identity__graph') }}
-),
-
--- A web order reported twice (a replayed event with a new messageId) is one order: keep its first event.
-web_orders as (
-    select *
-    from (
-        select
-            web_events.*,
-            row_number() over (partition by source, order_id order by occurred_at, message_id) as order_event_rank
-        from web_events
-    ) as ranked
-    where order_event_rank = 1
 ),
 
 -- The POS copy of a web order (channel=web, order_ref = web order id). One receipt per order at most.

@@ -1,0 +1,23 @@
+{#- One order_completed event per web order: a web order reported twice (a replayed event
+    with a new messageId) is one order, represented by its first event. Read by int_orders
+    and int_order_lines, so both agree on which event stands for the order. -#}
+
+with web_events as (
+    select * from {{ ref('stg_web__events') }}
+    where event_name = 'order_completed' and order_id is not null
+),
+
+ranked as (
+    select
+        web_events.*,
+        row_number() over (partition by source, order_id order by occurred_at, message_id) as order_event_rank
+    from web_events
+),
+
+final as (
+    select * exclude (order_event_rank)
+    from ranked
+    where order_event_rank = 1
+)
+
+select * from final
