@@ -145,10 +145,11 @@ def _show_stage_progress() -> None:
 
 
 def _print_run_summary(summary, config_path) -> None:
-    from cdp.reporting import print_raw_overview
+    from cdp.reporting import print_downstream_overview, print_raw_overview
 
     config = _load(config_path)
     print_raw_overview(out, config)
+    print_downstream_overview(out, config)
     for c in summary.failed_checks:
         colour = "red" if c.severity == "ERROR" else "yellow"
         out.print(f"[{colour}]check failed ({c.severity}):[/] {c.asset} {c.check}", markup=True)
