@@ -10,12 +10,10 @@ import json
 import logging
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from cdp.config import ConfigError, find_config_path, load_config
 from cdp.warehouse import WarehouseBusy

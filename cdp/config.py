@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from identity.settings import IdentitySettings
-from ingestion.contracts import ENTITIES, SOURCE_KINDS, entities_of
+from ingestion.contracts import SOURCE_KINDS, entities_of
 
 CONFIG_ENV = "CDP_CONFIG"
 DEFAULT_CONFIG_NAME = "cdp.yaml"
@@ -224,5 +224,3 @@ def config_from_dict(data: dict[str, Any], root: Path) -> Config:
     except ValidationError as e:
         raise ConfigError(_format_validation_error(Path(root) / DEFAULT_CONFIG_NAME, e)) from None
 
-
-ALL_ENTITY_TABLES = tuple(e.table for e in ENTITIES)

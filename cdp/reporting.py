@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cdp.config import Config
-from cdp.warehouse import WarehouseBusy, open_warehouse
+from cdp.warehouse import WarehouseBusy, open_warehouse, table_exists
 from ingestion.contracts import ENTITIES
 
 
@@ -80,19 +80,13 @@ def print_raw_overview(console: Console, config: Config) -> None:
         console.print(q)
 
 
-def _table_exists(con, schema: str, name: str) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, name]
-    ).fetchall()[0][0])
-
-
 def print_downstream_overview(console: Console, config: Config) -> None:
     """Identity and marts, as far as they have been built: what a run made."""
     if not config.warehouse_path.exists():
         return
     try:
         with open_warehouse(config.warehouse_path, read_only=True) as con:
-            if _table_exists(con, "identity", "graph"):
+            if table_exists(con, "identity", "graph"):
                 records, persons, multi, largest = con.execute(
                     """SELECT count(*), count(DISTINCT person_id),
                               count(*) FILTER (WHERE n > 1), max(n)
@@ -103,7 +97,7 @@ def print_downstream_overview(console: Console, config: Config) -> None:
                     f"({multi / records:.0%} of records share their person with another record; "
                     f"largest person holds {largest:,} records)"
                 )
-            if _table_exists(con, "marts", "segment_membership"):
+            if table_exists(con, "marts", "segment_membership"):
                 t = Table(title="Segments (marts.segment_membership)", title_justify="left")
                 t.add_column("segment")
                 t.add_column("persons", justify="right")
@@ -112,7 +106,7 @@ def print_downstream_overview(console: Console, config: Config) -> None:
                 ).fetchall()
                 for segment, n in rows:
                     t.add_row(segment, f"{n:,}")
-                customers = con.execute("SELECT count(*) FROM marts.customers").fetchall()[0][0] if _table_exists(
+                customers = con.execute("SELECT count(*) FROM marts.customers").fetchall()[0][0] if table_exists(
                     con, "marts", "customers") else 0
                 console.print(f"Marts: {customers:,} customers")
                 console.print(t)

@@ -56,3 +56,9 @@ def fetch_all(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = No
 def fetch_value(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
     rows = fetch_all(con, sql, params)
     return rows[0][0] if rows else None
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return bool(fetch_all(
+        con, "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+    ))

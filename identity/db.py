@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import duckdb
 
+from cdp.warehouse import table_exists  # noqa: F401  (re-exported for identity modules)
+
 
 def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
     """A query's whole result as a pyarrow Table."""
@@ -19,6 +21,3 @@ def value(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
     return r[0][0] if r else None
 
 
-def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(rows(con, "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                     [schema, table]))

@@ -148,10 +148,6 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection, entities: Iterable[Entity]
 
 
 # --------------------------------------------------------------------------- helpers
-def sha256_of(path: Path) -> str:
-    return checksum_and_lines(path)[0]
-
-
 def checksum_and_lines(path: Path) -> tuple[str, int]:
     """SHA-256 of the file and its number of non-empty-terminated lines, in one read."""
     h = hashlib.sha256()
@@ -402,7 +398,7 @@ def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles) -> list[str]:
     )
     _decode_reasons(con, decode)
     con.execute(
-        f"""
+        """
         INSERT INTO _landed BY NAME
         SELECT data_row AS _row, csv_line AS _raw_record, 0 AS _case,
                'malformed_csv_line' AS _reason, coalesce(column_name, '') AS _field

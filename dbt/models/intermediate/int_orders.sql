@@ -61,20 +61,13 @@ web_people as (
     select
         web_orders.source,
         web_orders.order_id,
-        coalesce(user_record.person_id, anonymous_record.person_id) as person_id,
+        {{ web_person_id() }} as person_id,
         case
             when user_record.person_id is not null then 'web_user_id'
             when anonymous_record.person_id is not null then 'web_anonymous_id'
         end as identified_via
     from web_orders
-    left join graph as user_record
-        on user_record.entity = 'user_id'
-        and user_record.source = web_orders.source
-        and user_record.source_record_id = web_orders.user_id
-    left join graph as anonymous_record
-        on anonymous_record.entity = 'anonymous_id'
-        and anonymous_record.source = web_orders.source
-        and anonymous_record.source_record_id = web_orders.anonymous_id
+    {{ join_web_person('web_orders') }}
 ),
 
 web_final as (

@@ -22,16 +22,9 @@ attributed as (
         events.utm_source,
         events.utm_medium,
         events.utm_campaign,
-        coalesce(user_record.person_id, anonymous_record.person_id) as person_id
+        {{ web_person_id() }} as person_id
     from events
-    left join graph as user_record
-        on user_record.entity = 'user_id'
-        and user_record.source = events.source
-        and user_record.source_record_id = events.user_id
-    left join graph as anonymous_record
-        on anonymous_record.entity = 'anonymous_id'
-        and anonymous_record.source = events.source
-        and anonymous_record.source_record_id = events.anonymous_id
+    {{ join_web_person('events') }}
 ),
 
 visitors as (
