@@ -255,5 +255,9 @@ def evaluate_identity(config_path, as_json) -> None:
             out.print(f"{k:<28} {v}")
 
 
+from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
+
+main.add_command(sync_command)
+
 if __name__ == "__main__":
     main()

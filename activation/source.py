@@ -1,0 +1,181 @@
+"""What a sync should have delivered, read from the published snapshot only (read-only).
+
+A segment or table source is joined to the golden record (``customers``) and
+``customer_traits`` so the identifier and mapped fields can come from either; a query source
+returns its own columns. Persons without the sync's consent are split off: they are never
+sent, and are removed from the destination if they were there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import json
+from dataclasses import dataclass
+
+import duckdb
+
+from activation.config import SyncConfig
+
+
+class SourceError(ValueError):
+    """The sync's source cannot be read from the published snapshot; says what to fix."""
+
+
+@dataclass(frozen=True)
+class Wanted:
+    person_id: str
+    key: str
+    fields: dict
+    field_hash: str
+
+
+@dataclass
+class SourceRead:
+    wanted: dict[str, Wanted]           # consented persons with an identifier
+    no_consent: set[str]                # in the source but without consent
+    no_identifier: int                  # in the source but no identifier value
+    duplicate_key: int                  # a second person with an identifier already taken
+    known_persons: set[str]             # every person_id in customers (to tell "left" from "vanished")
+    merged_into: dict[str, str]         # old person_id -> surviving person_id
+    consented: set[str] | None          # persons with the sync's consent granted (None: no rule)
+    snapshot: str | None
+
+
+def _tables(con) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+
+
+def _columns(con, table: str) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
+        "ORDER BY ordinal_position", [table]).fetchall()]
+
+
+def _jsonable(v):
+    if isinstance(v, (dt.datetime, dt.date)):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def field_hash(key: str, fields: dict) -> str:
+    return hashlib.sha256(json.dumps([key, fields], sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def normalise_key(identifier: str, value) -> str | None:
+    if value is None:
+        return None
+    s = str(value).strip()
+    if identifier == "email":
+        s = s.lower()
+    return s or None
+
+
+def base_select(con, tables: set[str]) -> str:
+    """customers joined with customer_traits, one row per person, customers' columns first."""
+    if "customers" not in tables:
+        raise SourceError("the published snapshot has no customers table; publish the marts first")
+    cust = _columns(con, "customers")
+    if "customer_traits" not in tables:
+        return "SELECT * FROM customers"
+    extra = [c for c in _columns(con, "customer_traits") if c not in cust]
+    cols = ", ".join(["c.*"] + [f't."{c}"' for c in extra])
+    return f"SELECT {cols} FROM customers c LEFT JOIN customer_traits t USING (person_id)"
+
+
+def source_sql(sync: SyncConfig, con) -> tuple[str, list]:
+    tables = _tables(con)
+    src = sync.source
+    if src.query:
+        return src.query, []
+    base = base_select(con, tables)
+    if src.segment:
+        if "segment_membership" not in tables:
+            raise SourceError(f"syncs[{sync.name}].source.segment: the published snapshot has no segment_membership")
+        known = {r[0] for r in con.execute("SELECT DISTINCT segment FROM segment_membership").fetchall()}
+        if "segment_catalog" in tables:
+            known |= {r[0] for r in con.execute("SELECT segment FROM segment_catalog").fetchall()}
+        if src.segment not in known:
+            raise SourceError(
+                f"syncs[{sync.name}].source.segment: no segment named {src.segment!r} in the published snapshot; "
+                f"known: {', '.join(sorted(known)[:20]) or '(none)'}"
+            )
+        return (f"SELECT b.* FROM ({base}) b WHERE b.person_id IN "
+                f"(SELECT person_id FROM segment_membership WHERE segment = ?)", [src.segment])
+    table = src.table
+    if table not in tables:
+        raise SourceError(f"syncs[{sync.name}].source.table: {table!r} is not a published table; "
+                          f"published: {', '.join(sorted(tables))}")
+    if table in ("customers", "customer_traits"):
+        return base, []
+    tcols = _columns(con, table)
+    if "person_id" not in tcols:
+        raise SourceError(f"syncs[{sync.name}].source.table: {table!r} has no person_id column")
+    basecols = set(_columns(con, "customers")) | (set(_columns(con, "customer_traits")) if "customer_traits" in tables else set())
+    extra = [c for c in tcols if c not in basecols]
+    cols = ", ".join(["b.*"] + [f'x."{c}"' for c in extra])
+    return f'SELECT {cols} FROM ({base}) b JOIN "{table}" x USING (person_id)', []
+
+
+def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str | None = None) -> SourceRead:
+    sql, params = source_sql(sync, con)
+    try:
+        rel = con.execute(f"SELECT * FROM ({sql}) q ORDER BY person_id", params)
+    except duckdb.Error as e:
+        raise SourceError(f"syncs[{sync.name}].source: the published snapshot cannot run it: {e}") from None
+    cols = [d[0] for d in rel.description]
+    rows = rel.fetchall()
+    needed = {"person_id", sync.identifier, *sync.fields.values()}
+    missing = sorted(c for c in needed if c not in cols)
+    if missing:
+        raise SourceError(
+            f"syncs[{sync.name}]: the source has no column(s) {', '.join(missing)} "
+            f"(identifier / fields); available: {', '.join(cols)}"
+        )
+    tables = _tables(con)
+    consented: set[str] | None = None
+    if sync.consent is not None:
+        if "consent" not in tables:
+            consented = set()  # no consent table published yet: nobody may be contacted
+        else:
+            consented = {r[0] for r in con.execute(
+                "SELECT person_id FROM consent WHERE channel = ? AND status = 'granted'",
+                [sync.consent.channel]).fetchall()}
+    idx = {c: i for i, c in enumerate(cols)}
+    wanted: dict[str, Wanted] = {}
+    taken: set[str] = set()
+    no_consent, no_id, dup = set(), 0, 0
+    for r in rows:
+        pid = str(r[idx["person_id"]])
+        if pid in wanted:
+            continue
+        if consented is not None and pid not in consented:
+            no_consent.add(pid)
+            continue
+        key = normalise_key(sync.identifier, r[idx[sync.identifier]])
+        if key is None:
+            no_id += 1
+            continue
+        if key in taken:
+            dup += 1
+            continue
+        taken.add(key)
+        fields = {dest: _jsonable(r[idx[col]]) for dest, col in sync.fields.items()}
+        wanted[pid] = Wanted(pid, key, fields, field_hash(key, fields))
+    known = {r[0] for r in con.execute("SELECT person_id FROM customers").fetchall()} if "customers" in tables else set()
+    merged: dict[str, str] = {}
+    if "identity_changes" in tables:
+        for old, new in con.execute(
+            "SELECT person_id, other_person_id FROM identity_changes WHERE change = 'merged_into' "
+            "AND other_person_id IS NOT NULL ORDER BY changed_at"
+        ).fetchall():
+            merged[old] = new
+    return SourceRead(wanted, no_consent, no_id, dup, known, merged, consented, snapshot)
