@@ -235,3 +235,113 @@ def test_config_rules_and_clear_errors(tmp_path, monkeypatch):
         run_sync(make_config(tmp_path, [{**base, "source": {"segment": "nope"}}]), "vip_klaviyo")
     with pytest.raises(SyncError, match="no sync named 'other'"):
         run_sync(cfg, "other")
+
+
+def test_webhook_signed_batches_and_file_drops(tmp_path, monkeypatch):
+    import hashlib
+    import hmac
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    received, bad_signatures = [], []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            ts = self.headers["X-Tessera-Timestamp"]
+            expected = "sha256=" + hmac.new(b"s3cret", ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, self.headers["X-Tessera-Signature"]):
+                bad_signatures.append(1)
+                self.send_response(401)
+                self.end_headers()
+                return
+            events = json.loads(body)["events"]
+            received.extend(events)
+            out = json.dumps({"rejected": [{"person_id": e["person_id"], "reason": "blocked domain"}
+                                           for e in events if e["person_id"] == "P00003"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HOOK_SECRET", "s3cret")
+    w = World.make(8)
+    w.publish(tmp_path / "published")
+    big_spenders = "SELECT person_id, email, order_count FROM customer_traits JOIN customers USING (person_id) " \
+                   "WHERE order_count >= 3"
+    syncs = [
+        {"name": "hook", "source": {"segment": "vip"}, "fields": {"first_name": "first_name"},
+         "destination": {"type": "webhook", "url": f"http://127.0.0.1:{server.server_address[1]}/in",
+                         "secret_env": "HOOK_SECRET", "batch_size": 3},
+         "consent": {"channel": "email_marketing"}, "mode": "mirror"},
+        {"name": "drop_csv", "source": {"query": big_spenders}, "fields": {"orders": "order_count"},
+         "destination": {"type": "files", "folder": "drops", "format": "csv"}, "mode": "mirror"},
+        {"name": "drop_parquet", "source": {"table": "customer_traits"}, "fields": {"stage": "lifecycle_stage"},
+         "destination": {"type": "files", "folder": "drops", "format": "parquet"}},
+    ]
+    try:
+        cfg = make_config(tmp_path, syncs)
+        for name in ("hook", "drop_csv", "drop_parquet"):
+            assert run_sync(cfg, name).ok
+        assert not bad_signatures and len(received) == 8
+        assert [r for r in _log(tmp_path, "hook") if r[2] == "rejected"] == \
+            [("P00003", "upsert", "rejected", 1, "blocked domain")]
+        csvs = sorted((tmp_path / "drops").glob("drop_csv__*.csv"))
+        assert len(csvs) == 1
+        assert sorted(pacsv.read_csv(csvs[0]).column("person_id").to_pylist()) == \
+            sorted(p for p, v in w.persons.items() if v["order_count"] >= 3)
+        assert pq.read_table(next((tmp_path / "drops").glob("drop_parquet__*.parquet"))).num_rows == 8
+        assert not list((tmp_path / "drops").glob(".*"))  # no partial file left behind
+
+        w.persons["P00004"]["order_count"] = 0        # leaves the query's audience: mirror removes
+        w.consent.pop(("P00005", "email_marketing"))  # no consent row: removed from the webhook
+        w.publish(tmp_path / "published")
+        received.clear()
+        assert run_sync(cfg, "hook").ok and run_sync(cfg, "drop_csv").ok
+        assert [(e["action"], e["person_id"]) for e in received] == [("remove", "P00005")]
+        removals = next((tmp_path / "drops").glob("drop_csv__*__remove.csv"))
+        assert pacsv.read_csv(removals).column("person_id").to_pylist() == ["P00004"]
+
+        received.clear()
+        report = erase_persons(cfg, ["P00004"])
+        assert report["complete"] and {d["sync"] for d in report["destinations"]} == {"hook", "drop_csv", "drop_parquet"}
+        assert [(e["action"], e["person_id"]) for e in received] == [("erase", "P00004")]
+        for f in (tmp_path / "drops").iterdir():
+            assert b"ann.lee4@" not in f.read_bytes() and b"P00004" not in f.read_bytes()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dagster_asset_per_sync_downstream_of_publish_with_schedule(tmp_path):
+    from dagster import AssetKey, Definitions, materialize
+
+    from dagster_project.defs.activation import build_sync_asset, build_sync_schedule
+    from dagster_project.defs.resources import TesseraResource
+
+    w = World.make(5)
+    w.publish(tmp_path / "published")
+    with LocalMailchimp() as m:
+        sync = mailchimp_sync(m.url, schedule="30 5 * * 1")
+        (tmp_path / "cdp.yaml").write_text(json.dumps({"paths": {"published": "published"}, "syncs": [sync]}))
+        cfg = make_config(tmp_path, [sync])
+        asset = build_sync_asset(cfg.syncs[0])
+        schedule = build_sync_schedule(cfg.syncs[0])
+        defs = Definitions(assets=[asset], schedules=[schedule],
+                           resources={"tessera": TesseraResource(config_path=str(tmp_path / "cdp.yaml"))})
+        graph = defs.resolve_asset_graph()
+        key = AssetKey(["activation", "vip_mailchimp"])
+        assert graph.get(key).parent_keys == {AssetKey(["publish", "snapshot"])}
+        assert defs.resolve_schedule_def("sync_vip_mailchimp").cron_schedule == "30 5 * * 1"
+        result = materialize([asset], resources={"tessera": TesseraResource(config_path=str(tmp_path / "cdp.yaml"))})
+        assert result.success
+        meta = result.asset_materializations_for_node(asset.op.name)[0].metadata
+        assert meta["sent"].value == 5 and len(m.deliveries) == 5
