@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sync_state (
@@ -39,19 +38,21 @@ CREATE TABLE IF NOT EXISTS sync_runs (
 """
 
 
-SYNC_STATE_COLS = ["sync", "person_id", "dest_key", "dest_id", "field_hash", "in_audience", "rejected_reason",
-                   "updated_at"]
-SYNC_LOG_COLS = ["sync", "run_id", "person_id", "action", "result", "attempt", "reason", "logged_at"]
+STATE_COLS = {"person_id": "VARCHAR", "dest_key": "VARCHAR", "dest_id": "VARCHAR", "field_hash": "VARCHAR",
+              "in_audience": "BOOLEAN", "rejected_reason": "VARCHAR"}
+LOG_COLS = {"person_id": "VARCHAR", "action": "VARCHAR", "result": "VARCHAR", "attempt": "INTEGER", "reason": "VARCHAR"}
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple]) -> None:
-    """Insert many rows at once through Arrow (executemany is row by row)."""
-    batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
-    con.register("_tessera_batch", batch)
-    try:
-        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _tessera_batch")
-    finally:
-        con.unregister("_tessera_batch")
+def _insert(con: duckdb.DuckDBPyConnection, table: str, constants: dict, columns: dict[str, str],
+            rows: list[tuple]) -> None:
+    """Insert many rows in one statement: each varying column goes in as one typed list
+    parameter and is unnested; columns equal for the whole batch go in once. (executemany runs
+    row by row, and the Arrow route imports pandas, which costs more than the insert.)"""
+    values = [list(col) for col in zip(*rows)]
+    names = list(constants) + list(columns)
+    select = ["?"] * len(constants) + [f"unnest(?::{t}[])" for t in columns.values()]
+    con.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(select)}",
+                list(constants.values()) + values)
 
 
 class StateBusy(RuntimeError):
@@ -132,11 +133,11 @@ class SyncState:
                 con.executemany("DELETE FROM sync_state WHERE sync = ? AND person_id = ? AND dest_key = ?",
                                 [(sync, p, k) for p, k in deletes])
             if upserts:
-                con.execute("DELETE FROM sync_state WHERE sync = ? AND list_contains(?, person_id)",
+                con.execute("DELETE FROM sync_state WHERE sync = ? AND person_id IN (SELECT unnest(?::VARCHAR[]))",
                             [sync, [u[0] for u in upserts]])
-                _insert(con, "sync_state", SYNC_STATE_COLS, [(sync, *u, t) for u in upserts])
+                _insert(con, "sync_state", {"sync": sync, "updated_at": t}, STATE_COLS, upserts)
             if cleared_pending:
-                con.execute("DELETE FROM sync_pending WHERE sync = ? AND list_contains(?, person_id)",
+                con.execute("DELETE FROM sync_pending WHERE sync = ? AND person_id IN (SELECT unnest(?::VARCHAR[]))",
                             [sync, cleared_pending])
             if failed:
                 con.executemany(
@@ -146,7 +147,7 @@ class SyncState:
                     [(sync, p, a, e, t) for p, a, e in failed],
                 )
             if log_rows:
-                _insert(con, "sync_log", SYNC_LOG_COLS, [(sync, run_id, *r, t) for r in log_rows])
+                _insert(con, "sync_log", {"sync": sync, "run_id": run_id, "logged_at": t}, LOG_COLS, log_rows)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -73,27 +73,24 @@ class KlaviyoDestination(Destination):
             attrs["properties"] = props
         return {"type": "profile", "attributes": attrs}
 
-    def _job_body(self, profiles_json: list[str]) -> bytes:
-        rel = ""
+    def _job_body(self, profiles: list[dict]) -> bytes:
+        data: dict = {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": profiles}}}
         if self.cfg.list_id:
-            rel = ', "relationships": {"lists": {"data": [%s]}}' % json.dumps({"type": "list", "id": self.cfg.list_id})
-        return ('{"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [%s]}}%s}}'
-                % (", ".join(profiles_json), rel)).encode()
+            data["relationships"] = {"lists": {"data": [{"type": "list", "id": self.cfg.list_id}]}}
+        return json.dumps({"data": data}, separators=(",", ":")).encode()
 
-    def _batches(self, changes: list[Change]) -> Iterator[tuple[list[Change], list[str]]]:
-        """≤ batch_size profiles and ≤ max_request_bytes per request."""
-        budget = self.cfg.max_request_bytes - 1024  # envelope
-        batch, texts, size = [], [], 0
-        for c in changes:
-            t = json.dumps(self._profile(c), separators=(",", ":"))
-            if batch and (len(batch) >= self.cfg.batch_size or size + len(t) + 2 > budget):
-                yield batch, texts
-                batch, texts, size = [], [], 0
-            batch.append(c)
-            texts.append(t)
-            size += len(t) + 2
-        if batch:
-            yield batch, texts
+    def _batches(self, changes: list[Change]) -> Iterator[tuple[list[Change], bytes]]:
+        """≤ batch_size profiles and ≤ max_request_bytes per request (a batch over the byte
+        limit is halved until it fits)."""
+        pending = [changes[i:i + self.cfg.batch_size] for i in range(0, len(changes), self.cfg.batch_size)]
+        while pending:
+            batch = pending.pop(0)
+            body = self._job_body([self._profile(c) for c in batch])
+            if len(body) > self.cfg.max_request_bytes and len(batch) > 1:
+                half = len(batch) // 2
+                pending[:0] = [batch[:half], batch[half:]]
+                continue
+            yield batch, body
 
     # ---------------------------------------------------------------- upserts
     def _wait_for_job(self, job_id: str) -> dict:
@@ -120,8 +117,8 @@ class KlaviyoDestination(Destination):
         return errors
 
     def _upsert(self, changes: list[Change]) -> Iterator[list[Outcome]]:
-        for batch, texts in self._batches(changes):
-            resp = self.http.request("POST", f"{self.base}/api/profile-bulk-import-jobs/", data=self._job_body(texts))
+        for batch, body in self._batches(changes):
+            resp = self.http.request("POST", f"{self.base}/api/profile-bulk-import-jobs/", data=body)
             if resp.status_code >= 400:  # the destination refused the whole request
                 reason = _reason(resp)
                 yield [Outcome(c, False, reason) for c in batch]
