@@ -28,7 +28,7 @@ class Change:
     action: str
     person_id: str
     key: str
-    fields: dict
+    fields: dict                  # filled in from the snapshot for upserts (see sync.plan_sync)
     field_hash: str | None
     dest_id: str | None
     reason: str                   # new | changed | rejoined | no_consent | left_source | merged | key_changed
@@ -80,7 +80,7 @@ def make_plan(sync: SyncConfig, src: SourceRead, delivered: dict[str, Delivered]
         takes_over = existing.person_id if existing is not None and existing.person_id != pid else None
 
         if existing is None:
-            changes.append(Change("upsert", pid, w.key, w.fields, w.field_hash, None, "new"))
+            changes.append(Change("upsert", pid, w.key, {}, w.field_hash, None, "new"))
             continue
         if existing.rejected_reason is not None and existing.field_hash == w.field_hash:
             skipped["rejected_unchanged"] += 1   # the destination refused exactly this; wait for a change
@@ -88,10 +88,10 @@ def make_plan(sync: SyncConfig, src: SourceRead, delivered: dict[str, Delivered]
                 takeovers.append((pid, existing))
             continue
         if existing.field_hash != w.field_hash and not (sync.mode == "add_only" and existing.in_audience):
-            changes.append(Change("upsert", pid, w.key, w.fields, w.field_hash, existing.dest_id, "changed",
+            changes.append(Change("upsert", pid, w.key, {}, w.field_hash, existing.dest_id, "changed",
                                   takes_over, existing.in_audience))
         elif not existing.in_audience:
-            changes.append(Change("add_membership", pid, w.key, w.fields, w.field_hash, existing.dest_id,
+            changes.append(Change("add_membership", pid, w.key, {}, w.field_hash, existing.dest_id,
                                   "rejoined", takes_over))
         elif takes_over:
             takeovers.append((pid, existing))

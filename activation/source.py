@@ -25,8 +25,7 @@ class SourceError(ValueError):
 class Wanted:
     person_id: str
     key: str
-    fields: dict
-    field_hash: str
+    field_hash: str        # the fields themselves are fetched only for persons that are sent
 
 
 @dataclass
@@ -52,7 +51,12 @@ def _columns(con, table: str) -> list[str]:
         "ORDER BY ordinal_position", [table]).fetchall()]
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _jsonable(v):
+    if type(v) in _PLAIN:
+        return v
     if isinstance(v, (dt.datetime, dt.date)):
         return v.isoformat()
     if isinstance(v, decimal.Decimal):
@@ -133,10 +137,9 @@ def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str 
     if sync.identifier == "email":
         key = f"lower({key})"
     packed = ", ".join([f"{_q('~key')} := {key}"] + [f"{_q(dest)} := q.{_q(col)}" for dest, col in sync.fields.items()])
-    field_cols = "".join(f", q.{_q(col)}" for col in sync.fields.values())
     rows = con.execute(
         f"SELECT CAST(q.person_id AS VARCHAR), NULLIF({key}, ''), "
-        f"md5(CAST(to_json(struct_pack({packed})) AS VARCHAR)){field_cols} "
+        f"md5(CAST(to_json(struct_pack({packed})) AS VARCHAR)) "
         f"FROM ({sql}) q ORDER BY 1", params).fetchall()
     tables = _tables(con)
     consented: set[str] | None = None
@@ -147,7 +150,6 @@ def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str 
             consented = {r[0] for r in con.execute(
                 "SELECT person_id FROM consent WHERE channel = ? AND status = 'granted'",
                 [sync.consent.channel]).fetchall()}
-    dests = list(sync.fields)
     wanted: dict[str, Wanted] = {}
     taken: set[str] = set()
     no_consent, no_id, dup = set(), 0, 0
@@ -165,8 +167,7 @@ def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str 
             dup += 1
             continue
         taken.add(r[1])
-        fields = {d: _jsonable(v) for d, v in zip(dests, r[3:])}
-        wanted[pid] = Wanted(pid, r[1], fields, r[2])
+        wanted[pid] = Wanted(pid, r[1], r[2])
     known = {r[0] for r in con.execute("SELECT person_id FROM customers").fetchall()} if "customers" in tables else set()
     merged: dict[str, str] = {}
     if "identity_changes" in tables:
@@ -176,3 +177,16 @@ def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str 
         ).fetchall():
             merged[old] = new
     return SourceRead(wanted, no_consent, no_id, dup, known, merged, consented, snapshot)
+
+
+def fetch_fields(sync: SyncConfig, con: duckdb.DuckDBPyConnection, person_ids: list[str]) -> dict[str, dict]:
+    """Destination field -> JSON-ready value, for the persons about to be sent."""
+    if not person_ids:
+        return {}
+    sql, params = source_sql(sync, con)
+    cols = "".join(f", q.{_q(col)}" for col in sync.fields.values())
+    rows = con.execute(
+        f"SELECT CAST(q.person_id AS VARCHAR){cols} FROM ({sql}) q "
+        f"WHERE CAST(q.person_id AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))", params + [person_ids]).fetchall()
+    names = list(sync.fields)
+    return {r[0]: {n: _jsonable(v) for n, v in zip(names, r[1:])} for r in rows}

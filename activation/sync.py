@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -20,7 +20,7 @@ from activation.config import SyncConfig
 from activation.destinations.base import Destination, ErasureTarget, MissingSecret, Outcome
 from activation.http import DeliveryFailed
 from activation.plan import ACTION_ORDER, Change, Plan, make_plan
-from activation.source import SourceError, read_source
+from activation.source import SourceError, fetch_fields, read_source
 from activation.state import SyncState, state_path
 from publish.snapshot import PublishError, open_current, read_manifest
 
@@ -105,11 +105,15 @@ def plan_sync(config, sync: SyncConfig, state: SyncState) -> Plan:
         raise SyncError(str(e)) from None
     try:
         src = read_source(sync, con, read_manifest(published).get("current"))
+        plan = make_plan(sync, src, state.delivered(sync.name))
+        sending = [c.person_id for c in plan.changes if c.action in ("upsert", "add_membership")]
+        fields = fetch_fields(sync, con, sending)
     except SourceError as e:
         raise SyncError(str(e)) from None
     finally:
         con.close()
-    plan = make_plan(sync, src, state.delivered(sync.name))
+    plan.changes = [replace(c, fields=fields.get(c.person_id, {})) if c.action in ("upsert", "add_membership") else c
+                    for c in plan.changes]
     plan.snapshot = src.snapshot
     return plan
 
