@@ -89,6 +89,10 @@ class HttpClient:
                         wait = min(float(retry_after), MAX_SERVER_WAIT_S) if retry_after else self._backoff(attempt)
                     except ValueError:
                         wait = self._backoff(attempt)
+                elif resp.status_code in (401, 403):
+                    # Not the rows' fault: nothing is marked rejected, everything stays pending.
+                    raise DeliveryFailed(f"{what}: HTTP {resp.status_code}, the destination refused the credentials; "
+                                         "check the API key in the environment variable the config names")
                 elif resp.status_code >= 500:
                     last = f"{resp.status_code} {resp.reason}"
                     wait = self._backoff(attempt)

@@ -9,6 +9,7 @@ again. Nothing acknowledged is ever sent twice, because it is committed before t
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -68,6 +69,14 @@ def mask(value: str | None) -> str:
     if len(s) > 6 and sum(ch.isdigit() for ch in s) >= 6:
         return s[:3] + "*" * (len(s) - 5) + s[-2:]
     return s[:1] + "***"
+
+
+_EMAIL_RE = re.compile(r"[^\s@\"'<>,;:()]+@[^\s@\"'<>,;:()]+")
+
+
+def scrub(text: str | None) -> str | None:
+    """A destination's message with any email address in it masked (they quote them back)."""
+    return _EMAIL_RE.sub(lambda m: mask(m.group(0)), text) if text else text
 
 
 def get_sync(config, name: str) -> SyncConfig:
@@ -149,10 +158,11 @@ def _commit(state: SyncState, sync: str, run_id: str, action: str, outcomes: lis
                 upserts.append((c.person_id, c.key, dest_id, c.field_hash, True, None))
         else:
             rejected += 1
-            logs.append((c.person_id, action, "rejected", attempt, o.reason))
+            logs.append((c.person_id, action, "rejected", attempt, scrub(o.reason)))
             if action in ("upsert", "add_membership"):
                 # Remember what was refused, so it is not resent until the person's fields change.
-                upserts.append((c.person_id, c.key, dest_id, c.field_hash, c.was_in_audience, o.reason or "rejected"))
+                upserts.append((c.person_id, c.key, dest_id, c.field_hash, c.was_in_audience,
+                                scrub(o.reason) or "rejected"))
         if c.takes_over and action in ("upsert", "add_membership"):
             deletes.append((c.takes_over, c.key))
     state.commit_batch(sync, run_id, upserts, deletes, logs, cleared, [])

@@ -114,19 +114,28 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         assert b"ann.lee10@example.com" not in raw and b"P00010" not in raw
 
 
-def test_mailchimp_faults_archive_and_permanent_delete(tmp_path):
+def test_mailchimp_faults_archive_and_permanent_delete(tmp_path, monkeypatch):
     w = World.make(30, consent_every=3)
+    w.persons["P00009"]["email"] = "ann.nine@nodomain"   # Mailchimp refuses it, quoting the address
     pub = tmp_path / "published"
     w.publish(pub)
     with LocalMailchimp(burst_per_s=5, steady_per_min=1000) as m:
         cfg = make_config(tmp_path, [mailchimp_sync(m.url)])
+        monkeypatch.setenv("TEST_MAILCHIMP_KEY", "wrong-key")
+        r = run_sync(cfg, "vip_mailchimp")   # refused credentials: nothing rejected, all left pending
+        assert (r.sent, r.rejected, r.failed) == (0, 0, 10) and "credentials" in r.error
+        monkeypatch.setenv("TEST_MAILCHIMP_KEY", "mc_test-us1")
         m.inject("POST /3.0/lists/AUD1", "429", 0.01)
         m.inject("POST /3.0/lists/AUD1", "500", skip=1)
         m.inject("POST /3.0/lists/AUD1", "drop", skip=1)
         r = run_sync(cfg, "vip_mailchimp")
-        assert r.ok and r.sent == 10
-        assert dict(m.deliveries) == {e: 1 for e in _consented(w)}
-        assert m.member_keys() == _consented(w)
+        assert r.ok and (r.sent, r.rejected) == (9, 1)
+        wanted = _consented(w) - {"ann.nine@nodomain"}
+        assert dict(m.deliveries) == {e: 1 for e in wanted}
+        assert m.member_keys() == wanted
+        rejected = [row for row in _log(tmp_path, "vip_mailchimp") if row[2] == "rejected"]
+        assert [(p, a, n) for p, a, _, n, _ in rejected] == [("P00009", "upsert", 2)]  # 2nd attempt: 1st was refused
+        assert "ann.nine@" not in rejected[0][4] and "looks fake or invalid" in rejected[0][4]
         assert m.member("ann.lee3@example.com")["merge_fields"] == {"FNAME": "Ann3", "LNAME": "Lee3"}
         assert run_sync(cfg, "vip_mailchimp").requests == 0
 
