@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -121,8 +121,9 @@ def plan_sync(config, sync: SyncConfig, state: SyncState) -> Plan:
         raise SyncError(str(e)) from None
     finally:
         con.close()
-    plan.changes = [replace(c, fields=fields.get(c.person_id, {})) if c.action in ("upsert", "add_membership") else c
-                    for c in plan.changes]
+    for c in plan.changes:
+        if c.action in ("upsert", "add_membership"):
+            c.fields.update(fields.get(c.person_id, {}))  # each change owns its dict
     plan.snapshot = src.snapshot
     return plan
 
