@@ -76,7 +76,7 @@ class HttpClient:
             self.stats.requests += 1
             try:
                 resp = self.session.request(method, url, timeout=self.retry.timeout_s, **kwargs)
-            except (requests.Timeout, requests.ConnectionError) as e:
+            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 last = f"{type(e).__name__}"
                 wait = self._backoff(attempt)
             else:

@@ -31,7 +31,7 @@ class Change:
     fields: dict                  # filled in from the snapshot for upserts (see sync.plan_sync)
     field_hash: str | None
     dest_id: str | None
-    reason: str                   # new | changed | rejoined | no_consent | left_source | merged | key_changed
+    reason: str                   # new | changed | rejoined | no_consent | left_source | merged | vanished | key_changed
     takes_over: str | None = None  # person_id whose state row this person inherits
     was_in_audience: bool = False
 
@@ -101,8 +101,10 @@ def make_plan(sync: SyncConfig, src: SourceRead, delivered: dict[str, Delivered]
             continue  # still this person's (or the survivor's) profile
         if pid in orphans:
             action, reason = "retire", "key_changed"
-        elif pid in src.merged_into or pid not in src.known_persons:
+        elif pid in src.merged_into:
             action, reason = "retire", "merged"
+        elif pid not in src.known_persons:
+            action, reason = "retire", "vanished"  # no longer a person at all (erased, or split up)
         elif src.consented is not None and pid not in src.consented and d.in_audience:
             action, reason = "remove", "no_consent"
         elif sync.mode == "mirror" and d.in_audience and pid not in src.wanted:

@@ -14,6 +14,7 @@ run that stops half-way resumes where it stopped.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,21 +79,26 @@ def now() -> datetime:
 
 
 class SyncState:
-    def __init__(self, path: Path, read_only: bool = False):
+    def __init__(self, path: Path, read_only: bool = False, lock_wait_s: float = 60.0):
         self.path = Path(path)
         if read_only and not self.path.exists():
             self.con = duckdb.connect(":memory:")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self.con = duckdb.connect(str(self.path), read_only=read_only)
-            except duckdb.IOException as e:
-                if "lock" in str(e).lower():
-                    raise StateBusy(
-                        f"{self.path} is in use by another sync run (a Dagster run or `cdp sync`); "
-                        "wait for it to finish, then retry"
-                    ) from None
-                raise
+            deadline = time.monotonic() + lock_wait_s
+            while True:
+                try:
+                    self.con = duckdb.connect(str(self.path), read_only=read_only)
+                    break
+                except duckdb.IOException as e:
+                    if "lock" not in str(e).lower():
+                        raise
+                    if time.monotonic() > deadline:
+                        raise StateBusy(
+                            f"{self.path} is in use by another sync run (a Dagster run or `cdp sync`); "
+                            "wait for it to finish, then retry"
+                        ) from None
+                    time.sleep(0.5)  # another sync is running: syncs take turns
         if not read_only or not self.path.exists():
             self.con.execute(SCHEMA)
 
