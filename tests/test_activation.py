@@ -147,6 +147,13 @@ def test_mailchimp_faults_archive_and_permanent_delete(tmp_path, monkeypatch):
         assert m.member("ann.lee3@example.com")["status"] == "archived"
         assert "ann.lee3@example.com" not in m.member_keys()
 
+        w.persons["P00012"]["email"] = "Ann.New12@Example.com "   # a new address: one live member, the old archived
+        w.publish(pub)
+        r3 = run_sync(cfg, "vip_mailchimp")
+        assert r3.ok and (r3.planned["additions"], r3.planned["retirements"]) == (1, 1)
+        assert m.member("ann.lee12@example.com")["status"] == "archived"
+        assert m.member("ann.new12@example.com")["status"] == "subscribed"
+
         m.inject("POST /3.0/lists/AUD1/members", "drop")
         report = erase_persons(cfg, ["P00006", "P00003"])
         assert report["complete"]
