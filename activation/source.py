@@ -179,14 +179,20 @@ def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str 
     return SourceRead(wanted, no_consent, no_id, dup, known, merged, consented, snapshot)
 
 
-def fetch_fields(sync: SyncConfig, con: duckdb.DuckDBPyConnection, person_ids: list[str]) -> dict[str, dict]:
-    """Destination field -> JSON-ready value, for the persons about to be sent."""
+def fetch_fields(sync: SyncConfig, con: duckdb.DuckDBPyConnection, person_ids: list[str],
+                 of_total: int | None = None) -> dict[str, dict]:
+    """Destination field -> JSON-ready value, for the persons about to be sent (all rows are
+    read when that is most of the source: cheaper than passing a long id list in)."""
     if not person_ids:
         return {}
     sql, params = source_sql(sync, con)
     cols = "".join(f", q.{_q(col)}" for col in sync.fields.values())
-    rows = con.execute(
-        f"SELECT CAST(q.person_id AS VARCHAR){cols} FROM ({sql}) q "
-        f"WHERE CAST(q.person_id AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))", params + [person_ids]).fetchall()
+    select = f"SELECT CAST(q.person_id AS VARCHAR){cols} FROM ({sql}) q"
+    if of_total and len(person_ids) * 2 > of_total:
+        wanted = set(person_ids)
+        rows = [r for r in con.execute(select, params).fetchall() if r[0] in wanted]
+    else:
+        rows = con.execute(f"{select} WHERE CAST(q.person_id AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))",
+                           params + [person_ids]).fetchall()
     names = list(sync.fields)
     return {r[0]: {n: _jsonable(v) for n, v in zip(names, r[1:])} for r in rows}

@@ -116,7 +116,7 @@ def plan_sync(config, sync: SyncConfig, state: SyncState) -> Plan:
         src = read_source(sync, con, read_manifest(published).get("current"))
         plan = make_plan(sync, src, state.delivered(sync.name))
         sending = [c.person_id for c in plan.changes if c.action in ("upsert", "add_membership")]
-        fields = fetch_fields(sync, con, sending)
+        fields = fetch_fields(sync, con, sending, of_total=len(src.wanted))
     except SourceError as e:
         raise SyncError(str(e)) from None
     finally:

@@ -1,5 +1,7 @@
 """The diff on its own: what each mode sends, given what the source wants and what was delivered."""
 
+import json
+
 from activation.config import SyncConfig
 from activation.plan import make_plan
 from activation.source import SourceRead, Wanted
@@ -66,3 +68,23 @@ def test_merges_and_key_changes_leave_one_profile():
     # a person who vanished without a merge record is retired too
     plan = make_plan(_sync("upsert"), _src({}, known=set()), {"C": DELIVERED["C"]})
     assert _actions(plan) == [("retire", "C", "vanished")]
+
+
+def test_klaviyo_import_jobs_respect_the_byte_limit(monkeypatch):
+    from activation.config import Klaviyo, Retry
+    from activation.destinations.klaviyo import KlaviyoDestination
+    from activation.plan import Change
+
+    monkeypatch.setenv("K", "pk")
+    cfg = Klaviyo.model_validate({"type": "klaviyo", "api_key_env": "K", "list_id": "L", "batch_size": 100,
+                                  "max_request_bytes": 10_000})
+    dest = KlaviyoDestination("s", cfg, Retry(), "email")
+    changes = [Change("upsert", f"P{i}", f"p{i}@x.io", {"first_name": "N" * 200, "tier": i}, "h", None, "new")
+               for i in range(250)]
+    batches = list(dest._batches(changes))
+    assert all(len(body) <= 10_000 for _, body in batches)
+    assert [c.person_id for b, _ in batches for c in b] == [c.person_id for c in changes]
+    first = json.loads(batches[0][1])["data"]
+    assert first["relationships"]["lists"]["data"] == [{"type": "list", "id": "L"}]
+    assert first["attributes"]["profiles"]["data"][0]["attributes"] == {
+        "email": "p0@x.io", "first_name": "N" * 200, "properties": {"tier": 0}}
