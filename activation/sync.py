@@ -14,7 +14,6 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
 from activation.config import SyncConfig

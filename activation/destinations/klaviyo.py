@@ -157,7 +157,7 @@ class KlaviyoDestination(Destination):
         for part in chunks(missing, LOOKUP_PAGE):
             flt = "any(%s,%s)" % (self.id_attr, json.dumps(part))
             url = f"{self.base}/api/profiles/"
-            params = {"filter": flt, "page[size]": str(LOOKUP_PAGE), f"fields[profile]": self.id_attr}
+            params = {"filter": flt, "page[size]": str(LOOKUP_PAGE), "fields[profile]": self.id_attr}
             while url:
                 resp = self.http.request("GET", url, params=params)
                 if resp.status_code >= 400:
