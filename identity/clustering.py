@@ -133,7 +133,7 @@ def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_pairs: pa.Table | None,
-            schema: str = "identity") -> ClusterStats:
+            schema: str = "identity", edge_by_edge: bool = False) -> ClusterStats:
     """Cluster profile records; writes temp table ``id_clusters(rid, cluster_id, held)`` and
     ``<schema>.edges`` (every edge with its decision and reason).
 
@@ -142,7 +142,8 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     and size cap respected, one canonical first name, one date of birth, no ambiguous attach)
     becomes one cluster outright; its edges are accepted along the spanning forest taken in
     processing order (the rest are redundant), as the edge-by-edge loop would decide.
-    Only the components where some check *could* fail go through that loop."""
+    Only the components where some check *could* fail go through that loop
+    (``edge_by_edge=True`` sends every component through it: the reference, for tests)."""
     stats = ClusterStats()
     rec = f"{schema}.records"
     n_max, stats.profile_records = con.execute(
@@ -180,10 +181,9 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     con.register("_id_comp", pa.table({"rid": np.arange(n_max, dtype=np.int64), "c1": c1, "c2": c2}))
     con.execute("CREATE OR REPLACE TEMP TABLE id_comp AS SELECT * FROM _id_comp")
     con.unregister("_id_comp")
-    dirty_comps = _components_needing_checks(con, settings, rec)
-    dirty_node = np.zeros(n_max, bool)
-    if len(dirty_comps):
-        dirty_node = np.isin(c2, dirty_comps)
+    dirty_node = np.ones(n_max, bool)
+    if not edge_by_edge:
+        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec))
     dirty_edge = dirty_node[left]
 
     decision = np.full(m, REDUNDANT, dtype=object)
