@@ -110,6 +110,7 @@ class ClusterStats:
     refused: int = 0
     refused_by_reason: dict[str, int] = field(default_factory=dict)
     held_clusters: int = 0
+    edges_checked_one_by_one: int = 0  # edges in components where a merge check could fail
 
 
 class _UnionFind:
@@ -185,6 +186,7 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     if not edge_by_edge:
         dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec))
     dirty_edge = dirty_node[left]
+    stats.edges_checked_one_by_one = int(dirty_edge.sum())
 
     decision = np.full(m, REDUNDANT, dtype=object)
     reason = np.full(m, None, dtype=object)
