@@ -140,7 +140,7 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
 
     Vectorised where it can be: the connected components of all edges are computed at once,
     and a component where no merge check could fail (one value per unique identifier, limits
-    and size cap respected, one canonical first name, one date of birth, no ambiguous attach)
+    and size cap respected, first names and dates of birth compatible two by two, no ambiguous attach)
     becomes one cluster outright; its edges are accepted along the spanning forest taken in
     processing order (the rest are redundant), as the edge-by-edge loop would decide.
     Only the components where some check *could* fail go through that loop
@@ -257,19 +257,43 @@ _COLUMN = {"email": "email_canon"}
 
 def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str) -> np.ndarray:
     """c2 labels of components where some merge check could fail (a superset is safe: those
-    components just take the exact edge-by-edge path)."""
-    conds = [f"count(*) FILTER (WHERE r.entity <> 'transactions') > {settings.max_cluster_size}",
-             "count(DISTINCT r.first_name_canon) > 1", "count(DISTINCT r.date_of_birth) > 1"]
+    components just take the exact edge-by-edge path).
+
+    Names and dates of birth: a component with several is still conflict-free when every two
+    of its records are compatible (the checks only grow more permissive as clusters grow)."""
+    conds = [f"count(*) FILTER (WHERE r.entity <> 'transactions') > {settings.max_cluster_size}"]
     conds += [f"count(DISTINCT r.{_COLUMN.get(n, n)}) > {mx}" for n, mx in _limited(settings).items()]
     uniq = " OR ".join(f"count(DISTINCT r.{_COLUMN.get(n, n)}) > 1" for n in _unique_ids(settings)) or "FALSE"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_comp_records AS
+        SELECT r.rid, r.source, r.entity, r.loyalty_id, r.user_id, r.subscriber_id, r.anonymous_id, r.email_canon,
+               r.phone, r.first_name, r.first_name_canon, r.last_name, r.date_of_birth, c.c2
+        FROM {rec} r JOIN id_comp c USING (rid)
+        WHERE NOT r.is_satellite AND c.c2 IN (SELECT c2 FROM id_comp GROUP BY c2 HAVING count(*) > 1)""")
     rows = con.execute(f"""
-        WITH r AS (SELECT r.*, c.c2 FROM {rec} r JOIN id_comp c USING (rid)
-                   WHERE NOT r.is_satellite AND c.c2 IN (SELECT c2 FROM id_comp GROUP BY c2 HAVING count(*) > 1))
+        WITH r AS (SELECT * FROM id_comp_records)
         SELECT c2 FROM r GROUP BY c2 HAVING {' OR '.join(conds)}
         UNION SELECT c2 FROM r GROUP BY c2, source HAVING {uniq}
         UNION SELECT c.c2 FROM id_edge_order e JOIN id_comp c ON c.rid = e.rid_l JOIN id_comp t ON t.rid = e.rid_r
               WHERE e.phase = 'attach' GROUP BY e.rid_l, c.c2 HAVING count(DISTINCT t.c1) > 1""").fetchall()
-    return np.array(sorted(r[0] for r in rows), dtype=np.int64)
+    dirty = {r[0] for r in rows}
+    # several first names or dates of birth: dirty unless every two records are compatible
+    varied = con.execute("""
+        SELECT c2, list(DISTINCT [first_name, first_name_canon, last_name]) FILTER (WHERE first_name IS NOT NULL),
+               list(DISTINCT CAST(date_of_birth AS VARCHAR)) FILTER (WHERE date_of_birth IS NOT NULL)
+        FROM id_comp_records GROUP BY c2
+        HAVING count(DISTINCT first_name_canon) > 1 OR count(DISTINCT date_of_birth) > 1""").fetchall()
+    con.execute("DROP TABLE IF EXISTS id_comp_records")
+    for c2, names, dobs in varied:
+        if c2 in dirty:
+            continue
+        names, dobs = names or [], dobs or []
+        ok = all(names_compatible({a[0], a[1]}, {a[2]} if a[2] else None, {b[0], b[1]}, {b[2]} if b[2] else None)
+                 for i, a in enumerate(names) for b in names[i + 1:])
+        ok = ok and all(dobs_compatible({a}, {b}) for i, a in enumerate(dobs) for b in dobs[i + 1:])
+        if not ok:
+            dirty.add(c2)
+    return np.array(sorted(dirty), dtype=np.int64)
 
 
 def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, idx: np.ndarray,

@@ -169,7 +169,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                first_name_display, last_name_display, address_line1_display, city_display,
                postcode_raw, first_seen_at, last_seen_at, order_ref
         FROM id_unblocked""")
-    con.execute(f"""
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE id_records AS
         WITH n AS (
             SELECT n.*, coalesce(nk.canon, n.first_name) AS first_name_canon,

@@ -93,7 +93,6 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
             continue
         req = [REQUIRED_COLUMNS[f] for f in rule.requires]
         has_req = " AND ".join(f"{c} IS NOT NULL" for c in req)
-        gpart = partition + ", " + ", ".join(req)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE id_req_{name} AS
             SELECT rid, ({has_req}) AS named,
