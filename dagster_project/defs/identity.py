@@ -89,7 +89,8 @@ def identity_resolution(context: AssetExecutionContext, tessera: TesseraResource
     }
     if evaluation:
         for k in ("pairwise_precision", "pairwise_recall", "pairwise_f1", "bcubed_precision", "bcubed_recall",
-                  "bcubed_f1", "over_merged_clusters", "under_merged_persons"):
+                  "bcubed_f1", "over_merged_clusters", "under_merged_persons", "pairwise_recall_linkable",
+                  "pairwise_recall_linkable_by_identifiers"):
             graph_meta[f"eval_{k}"] = evaluation[k]
     yield MaterializeResult(asset_key=RECORDS_KEY, metadata={**common, "records": result.records})
     yield MaterializeResult(asset_key=GRAPH_KEY, metadata=graph_meta)
