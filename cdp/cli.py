@@ -255,5 +255,12 @@ def evaluate_identity(config_path, as_json) -> None:
             out.print(f"{k:<28} {v}")
 
 
+# --------------------------------------------------------------------------- marketers
+from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS  # noqa: E402
+
+for _command in MARKETING_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()
