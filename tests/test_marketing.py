@@ -318,7 +318,7 @@ def test_nothing_published_and_missing_tables_are_said_plainly(built, tmp_path):
         assert "nothing has been published yet" in result.stderr
     # A snapshot with only the real marts: no consent table -> no export for email.
     partial = load_config(cfg)
-    con = duckdb.connect(str(config.warehouse_path), read_only=True)
+    con = duckdb.connect(str(config.warehouse_path))  # publish() attaches the new snapshot file to write it
     try:
         publish(con, {"customers": "marts.customers", "segment_membership": "marts.segment_membership",
                       "identity_graph": "marts.identity_graph"}, partial.published_dir, run_id="p1", gate={})
@@ -383,3 +383,58 @@ def test_report_holds_every_chart_with_data_and_needs_no_network(built):
     # `cdp report` points at it.
     result = cdp(cfg_path, "report", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["report"] == str(path)
+
+
+# --------------------------------------------------------------------------- docs
+def test_every_published_column_is_described_in_dbt(built, tmp_path, capsys):
+    from marketing.table_docs import main as check_docs
+
+    _, config = built
+    manifest = Path(__file__).resolve().parents[1] / "dbt" / "target" / "manifest.json"  # parsed by the build
+    r1 = str(config.published_dir / "snapshots" / "r1.duckdb")  # the real marts only
+    assert check_docs(["--manifest", str(manifest), "--database", r1]) == 0
+    assert "every one described" in capsys.readouterr().out
+    # Blank one column's description: the check names it.
+    data = json.loads(manifest.read_text())
+    node = next(n for n in data["nodes"].values() if n.get("name") == "customers" and n["resource_type"] == "model")
+    node["columns"]["email"]["description"] = ""
+    blanked = tmp_path / "manifest.json"
+    blanked.write_text(json.dumps(data))
+    assert check_docs(["--manifest", str(blanked), "--database", r1]) == 1
+    assert "customers.email: column has no description" in capsys.readouterr().err
+    # r2 also holds this test's stand-in tables, which no dbt model describes (yet).
+    assert check_docs(["--manifest", str(manifest), "--database", str(config.published_dir / CURRENT)]) == 1
+    assert "churn_scores: published table without a dbt model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- Dagster
+def test_every_dagster_asset_has_a_stage_group_and_description_and_every_materialization_metadata(built):
+    from dagster import DagsterEventType, DagsterInstance
+
+    from dagster_project.definitions import defs
+
+    specs = defs.resolve_all_asset_specs()
+    assert specs
+    for spec in specs:
+        assert spec.group_name and spec.group_name != "default", f"{spec.key.to_user_string()} has no stage group"
+        assert (spec.description or "").strip(), f"{spec.key.to_user_string()} has no description"
+    graph = defs.resolve_asset_graph()
+    checked = {k.asset_key for k in graph.asset_check_keys}
+    assert {s.key for s in specs if s.group_name in ("ingestion", "marts")} <= checked
+    for name in ("daily_refresh",):
+        assert defs.resolve_schedule_def(name).description
+    assert defs.resolve_sensor_def("landing_files_sensor").description
+
+    # The fixture's `cdp run`: every materialization carried metadata, tables their row counts.
+    _, config = built
+    with DagsterInstance.from_config(str(config.dagster_home)) as instance:
+        (record,) = instance.get_run_records(limit=1)
+        events = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    materialized = {e.dagster_event.asset_key.to_user_string(): e.dagster_event.event_specific_data.materialization
+                    for e in events}
+    assert len(materialized) == len(specs)
+    for key, mat in materialized.items():
+        assert mat.metadata, f"{key} materialized without metadata"
+    for key in ("marts/customers", "marts/segment_membership"):
+        assert materialized[key].metadata["dagster/row_count"].value > 0
+    assert materialized["identity/graph"].metadata["persons"].value > 0
