@@ -140,7 +140,7 @@ def segments_overview(published_dir: Path) -> dict:
         size = sizes.get(name, 0)
         segments.append({
             "segment": name,
-            "kind": entry.get("kind") or ("builtin" if not catalog else None),
+            "kind": entry.get("kind"),  # None: segment_catalog not published, or the segment not in it
             "size": size,
             "previous_size": prev_sizes.get(name, 0) if prev is not None else None,
             "change": size - prev_sizes.get(name, 0) if prev is not None else None,
