@@ -204,7 +204,11 @@ def profile_command(config_path, email, person_id, as_json) -> None:
         _print_json(info)
         return
     sections = info["sections"]
-    out.print(f"[bold]person {info['person_id']}[/]", markup=True)
+    as_of = next((r.get("as_of") for r in sections.get("customers", []) if r.get("as_of")), None)
+    out.print(f"[bold]person {info['person_id']}[/]" + (f" (published data as of {_cell(as_of)})" if as_of else ""),
+              markup=True)
+    # Shown once above; record_key repeats source|entity|id.
+    hidden = {"person_id", "as_of", "record_key"}
     for note in info["notes"]:
         out.print(f"note: {note}")
     for table, rows in sections.items():
@@ -217,11 +221,11 @@ def profile_command(config_path, email, person_id, as_json) -> None:
             t.add_column("field", style="bold")
             t.add_column("value", overflow="fold")
             for k, v in rows[0].items():
-                if k != "person_id":
+                if k not in hidden:
                     t.add_row(k, _cell(v))
             out.print(t)
         else:
-            cols = [c for c in rows[0] if c != "person_id"]
+            cols = [c for c in rows[0] if c not in hidden]
             out.print(_table(cols, [tuple(r[c] for c in cols) for r in rows], title=f"{table} ({len(rows)})"))
     if info["not_published"]:
         out.print(f"not in the published snapshot yet: {', '.join(info['not_published'])}")
