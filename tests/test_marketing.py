@@ -4,8 +4,8 @@ report, against real published snapshots of a real pipeline build.
 One module-scoped project: `cdp generate --customers 1500` + `cdp run` (ingestion, identity,
 dbt), then two publishes with ``publish.snapshot.publish``:
   r1 - the real marts, with segment membership altered so that r2 has entries and exits;
-  r2 - the real marts plus STAND-INS for the tables later stages publish (consent, churn_scores,
-       cart_intent, next_best_offer, recommendations, segment_catalog, model_metrics), in the
+  r2 - the real marts (consent included) plus STAND-INS for the tables later stages publish
+       (churn_scores, cart_intent, next_best_offer, recommendations, segment_catalog, model_metrics), in the
        shape interfaces.md states. FOR THESE TESTS ONLY: they exercise the commands and the
        report on every table; the real ones come from the scoring, segments and privacy stages.
 Every answer is compared with direct SQL on the snapshot file.
@@ -33,8 +33,9 @@ from cdp.scaffold import init_project
 from marketing.report import CHARTS, report_path, write_report
 from publish.snapshot import CURRENT, publish
 
-REAL_MARTS = ("customers", "customer_traits", "identity_graph", "identity_changes", "segment_membership_history")
-STANDINS = ("consent", "churn_scores", "cart_intent", "next_best_offer", "recommendations", "segment_catalog",
+REAL_MARTS = ("customers", "customer_traits", "identity_graph", "identity_changes", "segment_membership_history",
+              "consent")
+STANDINS = ("churn_scores", "cart_intent", "next_best_offer", "recommendations", "segment_catalog",
             "model_metrics")
 
 
@@ -43,13 +44,6 @@ def _build_standins(con) -> None:
     con.execute("CREATE SCHEMA IF NOT EXISTS standin")
     con.execute("""CREATE OR REPLACE TABLE standin.persons AS
                    SELECT person_id, CAST(hash(person_id) % 1000 AS BIGINT) AS h, as_of FROM marts.customers""")
-    # email: 1/5 no row (= no consent), 1/5 denied, the rest granted; sms: half granted.
-    con.execute("""CREATE OR REPLACE TABLE standin.consent AS
-        SELECT person_id, 'email_marketing' AS channel, CASE WHEN h % 5 = 1 THEN 'denied' ELSE 'granted' END AS status,
-               TIMESTAMP '2026-01-01' AS since, 'email' AS source, as_of FROM standin.persons WHERE h % 5 <> 0
-        UNION ALL
-        SELECT person_id, 'sms_marketing', CASE WHEN h % 2 = 0 THEN 'granted' ELSE 'denied' END,
-               TIMESTAMP '2026-01-01', 'web', as_of FROM standin.persons""")
     con.execute("""CREATE OR REPLACE TABLE standin.churn_scores AS
         SELECT person_id, h / 1000.0 AS churn_probability,
                CASE WHEN h >= 700 THEN 'high' WHEN h >= 400 THEN 'medium' ELSE 'low' END AS risk_tier,
