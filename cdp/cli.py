@@ -258,6 +258,12 @@ def evaluate_identity(config_path, as_json) -> None:
 from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
 
 main.add_command(sync_command)
+# --------------------------------------------------------------------------- marketers
+from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS  # noqa: E402
+
+for _command in MARKETING_COMMANDS:
+    main.add_command(_command)
+
 
 if __name__ == "__main__":
     main()
