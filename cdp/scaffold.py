@@ -104,6 +104,9 @@ DAGSTER_YAML = """\
 telemetry:
   enabled: false
 # Stage progress lines (Python loggers named tessera.*) appear in each run's event log.
+# Emails and phone numbers in them are masked when each record is created (the code location
+# installs privacy.masking at import), so the event log never receives them; a handler added
+# under dagster_handler_config can take the same filter: {"()": privacy.masking.MaskPII}.
 python_logs:
   managed_python_loggers:
     - tessera
