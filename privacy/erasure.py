@@ -17,7 +17,8 @@ For each pending request:
 5. **Warehouse**, in one transaction: every raw row carrying an erased hash (which covers the
    persons' records and their identifiers), quarantined lines that contain one, and every row
    of every other table keyed by the persons' person_id or record keys (identity, marts,
-   scoring, segments, sync state...). dbt rebuilds the marts afterwards.
+   scoring, segments, sync state...) or carrying one of their identifiers in a column named
+   for it (dbt staging tables). dbt rebuilds the marts afterwards.
 6. **Report** ``<privacy.folder>/reports/erasure-<request>.json``: hashes, table names and row
    counts only; the request file moves to ``requests/done/``.
 
@@ -234,6 +235,9 @@ def erase_from_warehouse(con, request_id: str) -> dict[str, int]:
             conds.append('"record_key" IN (SELECT record_key FROM pv_records)')
         if schema == "identity":
             conds += [f'"{c}" IN (SELECT rid FROM pv_records)' for c in ("rid_l", "rid_r") if c in cols]
+        by_identifier = keys.derived_erased_sql(cols)  # dbt staging tables and the like, without person_id
+        if by_identifier:
+            conds.append(by_identifier)
         if conds:
             n = con.execute(f'DELETE FROM "{schema}"."{table}" WHERE {" OR ".join(conds)}').fetchall()[0][0]
             if n:

@@ -46,6 +46,15 @@ RECORD_ENTITY_KIND = {
     "transactions": "transaction_id", "anonymous_id": "anonymous_id", "user_id": "user_id",
 }
 
+# Identifier columns of tables derived from raw (dbt staging and intermediate tables, others'
+# outputs), by column name; scoped ids need the table's `source` (or `_source`) column.
+DERIVED_COLUMN_KINDS = {
+    "email": "email", "requester_email": "email", "phone": "phone", "requester_phone": "phone",
+    "subscriber_id": "subscriber_id", "anonymous_id": "anonymous_id", "anonymousId": "anonymous_id",
+    "user_id": "user_id", "userId": "user_id", "loyalty_id": "loyalty_id", "ticket_id": "ticket_id",
+    "transaction_id": "transaction_id", "pos_transaction_id": "transaction_id",
+}
+
 EMAIL_TOKEN_RE = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+"
 PHONE_TOKEN_RE = r"\+?\(?[0-9][0-9 ()\-]{7,18}[0-9]"
 ID_TOKEN_RE = r"[A-Za-z0-9_.\-]+"
@@ -140,6 +149,20 @@ def row_erased_sql(table: str, naming=lambda f: f'"{f}"', source_expr: str = "_s
     if not hashes:
         return None
     # one semi-join per key (scales with the number of erased hashes, unlike a list lookup)
+    return "coalesce(" + " OR ".join(f"{h} IN (SELECT hash FROM {erased})" for h in hashes) + ", false)"
+
+
+def derived_erased_sql(columns: list[str], erased: str = "pv_erased") -> str | None:
+    """Like row_erased_sql, for any table: its identifier columns found by name."""
+    source = "_source" if "_source" in columns else "source" if "source" in columns else None
+    hashes = []
+    for col in columns:
+        kind = DERIVED_COLUMN_KINDS.get(col)
+        if kind is None or (kind in SCOPED_KINDS and source is None):
+            continue
+        hashes += value_hashes_sql(kind, f'"{col}"', f'"{source}"')
+    if not hashes:
+        return None
     return "coalesce(" + " OR ".join(f"{h} IN (SELECT hash FROM {erased})" for h in hashes) + ", false)"
 
 
