@@ -16,7 +16,8 @@ ranked as (
 ),
 
 final as (
-    select * exclude (order_event_rank, email, first_name, last_name, phone)
+    -- consent_* are only set on consent_updated events; the identify traits are PII.
+    select * exclude (order_event_rank, consent_channel, consent_granted, email, first_name, last_name, phone)
     from ranked
     where order_event_rank = 1
 )
