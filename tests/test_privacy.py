@@ -245,7 +245,7 @@ def story(tmp_path_factory):
 
     s["run1"] = cdp(cfg_path, "run")
     marts = ("customers", "customer_traits", "segment_membership", "segment_membership_history",
-             "identity_graph", "identity_changes")
+             "identity_graph", "identity_changes", "consent")
     with open_warehouse(config.warehouse_path) as con:
         tables = {t: f"marts.{t}" for t in marts}
         publish(con, tables, config.published_dir, run_id="first", gate={"test": "privacy"})
@@ -374,6 +374,7 @@ def test_subject_export_holds_every_source_record_of_the_person(story):
     profile = export["profile"]
     assert [r["person_id"] for r in profile["golden_record"]] == [story["person_id"]]
     assert len(profile["traits"]) == 1 and "segments" in profile
+    assert all(r["person_id"] == story["person_id"] for r in profile["consent"])
     assert export["identity"]["graph"] and "sync_history" in export
     assert "wrote" in story["export_cli"].output
 
