@@ -46,10 +46,9 @@ SKIP_SCHEMAS = ("raw", "privacy", "information_schema", "pg_catalog")
 PERSON_COLUMNS = ("person_id", "other_person_id")
 
 
-def _tables(con, catalog: str | None = None) -> list[tuple[str, str, list[str]]]:
-    """(schema, table, columns) of every base table of a database."""
-    where = "t.table_type = 'BASE TABLE'" + (f" AND t.table_catalog = '{catalog}'" if catalog else
-                                             " AND t.table_catalog = current_database()")
+def _tables(con) -> list[tuple[str, str, list[str]]]:
+    """(schema, table, columns) of every base table of the connection's database."""
+    where = "t.table_type = 'BASE TABLE' AND t.table_catalog = current_database()"
     rows = con.execute(f"""
         SELECT t.table_schema, t.table_name, list(c.column_name ORDER BY c.ordinal_position)
         FROM information_schema.tables t JOIN information_schema.columns c
@@ -127,7 +126,7 @@ def erase_from_sync_destinations(config, person_ids: list[str]) -> dict:
 def erase_from_snapshots(config, person_ids: list[str]) -> dict[str, dict[str, int]]:
     """Rewrite every kept published snapshot that holds the persons, without them; returns
     {run_id: {table: rows removed}} for the snapshots changed."""
-    from publish.snapshot import CURRENT, MANIFEST, SNAPSHOTS, _switch_current, _write_json_atomically, read_manifest
+    from publish.snapshot import CURRENT, MANIFEST, SNAPSHOTS, _write_json_atomically, read_manifest
 
     published = config.published_dir
     snap_dir = published / SNAPSHOTS
