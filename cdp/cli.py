@@ -133,12 +133,16 @@ class _CurrentStderrHandler(logging.StreamHandler):
 
 def _show_stage_progress() -> None:
     """Print the stages' progress lines (logger `tessera`) as short lines on stderr."""
+    from privacy.masking import MaskPII, install_log_masking
+
+    install_log_masking()
     log = logging.getLogger("tessera")
     log.setLevel(logging.INFO)
     if not any(getattr(h, "_tessera_cli", False) for h in log.handlers):
         handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         handler._tessera_cli = True
+        handler.addFilter(MaskPII())
         log.addHandler(handler)
 
 
@@ -263,6 +267,11 @@ from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS  # noqa: E402
 
 for _command in MARKETING_COMMANDS:
     main.add_command(_command)
+# --------------------------------------------------------------------------- privacy
+from cdp.commands_privacy import export_subject_command, forget  # noqa: E402
+
+main.add_command(forget)
+main.add_command(export_subject_command)
 
 
 if __name__ == "__main__":

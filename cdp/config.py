@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from activation.config import Syncs
 from identity.settings import IdentitySettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
+from privacy.settings import PrivacySettings
 
 CONFIG_ENV = "CDP_CONFIG"
 DEFAULT_CONFIG_NAME = "cdp.yaml"
@@ -129,6 +130,7 @@ class Config(_Strict):
     offers: dict[str, Any] = Field(default_factory=dict)
     syncs: Syncs = Field(default_factory=list)
     quality: dict[str, Any] = Field(default_factory=dict)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     root: Path = Field(default=Path("."), exclude=True)
 

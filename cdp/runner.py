@@ -12,10 +12,12 @@ from pathlib import Path
 
 from cdp.config import CONFIG_ENV, Config, find_config_path, load_config
 from cdp.scaffold import ensure_dagster_home
+from privacy.masking import mask_pii
 
 # `cdp run --only STAGE` → the Dagster asset groups it runs. Later stages add theirs.
 STAGES: dict[str, list[str]] = {
     "ingestion": ["ingestion"],
+    "privacy": ["privacy"],  # erasure requests (cdp forget), between ingestion and identity
     "identity": ["identity"],
     # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer.
     "marts": ["staging", "intermediate", "marts"],
@@ -136,15 +138,15 @@ def _execute(config: Config, only: list[str] | None) -> RunSummary:
                 check=ev.check_name,
                 passed=ev.passed,
                 severity=ev.severity.value,
-                detail="; ".join(
+                detail=mask_pii("; ".join(
                     f"{k}: {_metadata_value(v)}" for k, v in ev.metadata.items() if not ev.passed
-                ),
+                )),
             )
         )
     for event in result.all_events:
         if event.is_step_failure:
             err = event.event_specific_data.error
-            summary.failures.append(f"{event.step_key}: {err.message.strip() if err else 'failed'}")
+            summary.failures.append(mask_pii(f"{event.step_key}: {err.message.strip() if err else 'failed'}"))
     _save_last_run(config, summary)
     return summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cdp.config import load_config
+from privacy.salt import salt_path, write_salt_file
 
 DEFAULT_CONFIG = """\
 # Tessera CDP configuration: the one file you edit.
@@ -95,6 +96,13 @@ offers: {{}}
 #     consent: {{channel: email_marketing}}
 syncs: []
 quality: {{}}
+
+# Erasure (`cdp forget`) keeps salted hashes of an erased person's identifiers so that files
+# landed later do not bring them back. The salt is a secret: `cdp init` writes a random one to
+# salt_file (owner-only); $CDP_PRIVACY_SALT overrides it. Keep it for the life of the project.
+privacy:
+  salt_file: .secrets/privacy_salt
+  folder: privacy             # erasure requests and reports (hashes only)
 """
 
 # Dagster instance settings: one run at a time and one warehouse writer at a time
@@ -103,6 +111,9 @@ DAGSTER_YAML = """\
 telemetry:
   enabled: false
 # Stage progress lines (Python loggers named tessera.*) appear in each run's event log.
+# Emails and phone numbers in them are masked when each record is created (the code location
+# installs privacy.masking at import), so the event log never receives them; a handler added
+# under dagster_handler_config can take the same filter: {"()": privacy.masking.MaskPII}.
 python_logs:
   managed_python_loggers:
     - tessera
@@ -125,6 +136,7 @@ def init_project(directory: Path, force: bool = False, project: str | None = Non
     for d in (config.landing_dir, config.warehouse_path.parent, config.published_dir, config.reports_dir):
         d.mkdir(parents=True, exist_ok=True)
     ensure_dagster_home(config.dagster_home)
+    write_salt_file(salt_path(config))
     return cfg_path
 
 

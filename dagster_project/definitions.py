@@ -8,10 +8,16 @@ from dagster_project.defs.automation import daily_refresh, ingest_job, landing_f
 from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_RESOURCES
 from dagster_project.defs.identity import IDENTITY_ASSETS
 from dagster_project.defs.ingestion import RAW_ASSETS
+from dagster_project.defs.privacy import PRIVACY_ASSETS
 from dagster_project.defs.resources import tessera_from_env
+from privacy.masking import install_log_masking
+
+# Every log record of this code location is masked for emails and phone numbers at creation,
+# before Dagster's handlers copy it into the event log (see privacy/masking.py).
+install_log_masking()
 
 defs = Definitions(
-    assets=[*RAW_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SYNC_ASSETS],
+    assets=[*RAW_ASSETS, *PRIVACY_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SYNC_ASSETS],
     jobs=[ingest_job, refresh_job],
     schedules=[daily_refresh, *SYNC_SCHEDULES],
     sensors=[landing_files_sensor],

@@ -37,7 +37,8 @@ CHANGES_KEY = AssetKey(["identity", "changes"])
     name="identity_resolution",
     specs=[
         AssetSpec(RECORDS_KEY, group_name=IDENTITY_GROUP, kinds={"duckdb", "python"},
-                  deps=[AssetKey(["raw", t]) for t in RAW_INPUTS],
+                  # erasure requests are applied to raw.* before identity reads it
+                  deps=[*(AssetKey(["raw", t]) for t in RAW_INPUTS), AssetKey(["privacy", "erasure"])],
                   description="One row per source record (loyalty member, subscriber, ticket, receipt with an "
                               "identifier, web device, web account) with normalised identifiers."),
         AssetSpec(GRAPH_KEY, group_name=IDENTITY_GROUP, kinds={"duckdb", "python", "splink"}, deps=[RECORDS_KEY],
