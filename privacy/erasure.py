@@ -108,18 +108,29 @@ def collect_identifiers(con) -> None:
 
 # --------------------------------------------------------------------------- sync destinations
 def erase_from_sync_destinations(config, person_ids: list[str]) -> dict:
-    """Delete the persons from every sync destination and purge their sync state.
+    """Delete the persons from every sync destination and purge their sync state
+    (``activation.erase_persons``). Returns counts only: the erasure report keeps no ids.
 
-    WIRING NOTE (lead): calls ``activation.erase_persons(config, person_ids) -> report``
-    (built on the activation branch). It runs while the erasure asset holds the warehouse's
-    write connection; its report must hold counts only (no PII), and it must raise when a
-    destination could not be reached, so that the request stays pending and is retried.
-    """
-    try:
-        from activation import erase_persons  # type: ignore[attr-defined]
-    except ImportError:
-        return {"status": "skipped", "reason": "activation.erase_persons is not available in this build"}
-    return erase_persons(config, person_ids)
+    Runs first, before anything is deleted here: when a destination cannot be reached this
+    raises, the request stays pending, and the next run retries it (the destinations'
+    deletions are idempotent)."""
+    from activation import erase_persons
+
+    report = erase_persons(config, person_ids)
+    if not report.get("complete", True):
+        unreached = sorted({f["sync"] for f in report["failed"]})
+        raise ErasureIncomplete(
+            f"could not delete {len(report['failed'])} person(s) from sync destination(s) "
+            f"{', '.join(unreached)}; the request stays pending and the next run retries it")
+    return {
+        "destinations": [{"sync": d["sync"], "destination": d["destination"], "deleted": len(d["deleted"])}
+                         for d in report["destinations"]],
+        "sync_state_rows_removed": report.get("state_rows_removed", {}),
+    }
+
+
+class ErasureIncomplete(RuntimeError):
+    """A sync destination could not be reached: nothing was erased, the request is kept."""
 
 
 # --------------------------------------------------------------------------- snapshots
