@@ -6,9 +6,14 @@ here), driven through the real `cdp` command in subprocesses:
 
 1. `cdp run` in a subprocess (the full asset graph; its stdout/stderr and Dagster's storage
    are scanned for PII), then two published snapshots written with ``publish.snapshot.publish``;
-2. a person present in all four sources, whose records identity links completely, is chosen
-   from the generator's ground truth; `cdp export-subject --email` for them;
-3. `cdp forget --email`, then the erasure asset alone (`cdp run --only privacy`);
+   then two syncs of the consented customers (`cdp sync --all`) to a local Klaviyo and a local
+   Mailchimp server on 127.0.0.1;
+2. a person present in all four sources, whose records identity links completely and whom the
+   syncs delivered to both destinations, is chosen from the generator's ground truth;
+   `cdp export-subject --email` for them;
+3. `cdp forget --email`, then the erasure asset alone (`cdp run --only privacy`) twice: first
+   with Mailchimp stopped (the run fails, the request stays pending, nothing is deleted from
+   the warehouse), then with it back;
 4. their old files landed again - identical copies under new names, and new files holding
    only their rows (one line malformed) - and `cdp run --only ingestion`: the loader drops
    their rows. (identity and dbt rebuild only from raw, which then holds nothing of them; the
@@ -16,7 +21,8 @@ here), driven through the real `cdp` command in subprocesses:
    here instead of three keeps the module within the test-time budget.)
 
 The warehouse (every table and view of every schema, every column as text) and every kept
-snapshot are searched for the person's identifiers after steps 1, 3 and 4.
+snapshot are searched for the person's identifiers after steps 1, 3 and 4; the sync state file
+(tables and bytes) and both destinations' stored data after steps 1 and 3.
 """
 
 from __future__ import annotations
@@ -35,10 +41,13 @@ import duckdb
 import pytest
 import yaml
 
+from activation.local_servers import LocalKlaviyo, LocalMailchimp
+from activation.state import state_path
 from cdp.config import load_config
 from cdp.scaffold import init_project
 from cdp.warehouse import open_warehouse
 from identity.normalise import phone_e164
+from privacy.requests import requests_dir
 from publish.snapshot import SNAPSHOTS, current_path, publish, read_manifest
 
 # One shared build of three runs; on a loaded 2-core machine it can take several minutes.
@@ -132,8 +141,9 @@ def exclusive_needles(values: dict[str, dict[str, set[str]]], pid: str) -> dict[
     return {"emails": emails, "phones": phones, "ids": ids}
 
 
-def choose_person(con, truth: Path) -> tuple[str, str, dict]:
-    """A true person in all four sources whose records identity put in exactly one person, alone."""
+def choose_person(con, truth: Path, delivered: set[str]) -> tuple[str, str, dict]:
+    """A true person in all four sources whose records identity put in exactly one person, alone,
+    and whom the syncs delivered to both destinations (``delivered``: person ids)."""
     values = person_values(con, truth)
     linked = con.execute("""
         WITH m AS (SELECT gt.person_id AS true_id, gt.source, g.person_id AS pid FROM gt
@@ -147,12 +157,13 @@ def choose_person(con, truth: Path) -> tuple[str, str, dict]:
            AND any_value(pid) IN (SELECT pid FROM pure)
         ORDER BY true_id""").fetchall()
     for true_id, pid, sources in linked:
-        if {KIND_OF_SOURCE[s] for s in sources} != {"web", "email", "pos", "support"}:
+        if pid not in delivered or {KIND_OF_SOURCE[s] for s in sources} != {"web", "email", "pos", "support"}:
             continue
         needles = exclusive_needles(values, true_id)
         if needles["emails"] and needles["phones"] and len(needles["ids"]) >= 4:
             return true_id, pid, needles
-    raise AssertionError("no person in all four sources with exclusive identifiers; change SEED")
+    raise AssertionError("no person in all four sources, delivered to both destinations, with exclusive "
+                         "identifiers; change SEED")
 
 
 # --------------------------------------------------------------------------- searching
@@ -200,6 +211,75 @@ def search_everywhere(config, needles: set[str]) -> dict:
     with open_warehouse(config.warehouse_path, read_only=True) as con:
         warehouse = search_db(con, needles)
     return {"warehouse": warehouse, "snapshots": search_snapshots(config.published_dir, needles)}
+
+
+def search_sync_state(config, needles: set[str]) -> dict[str, int]:
+    """The sync state file: its tables (every column as text) and its bytes."""
+    path = state_path(config.root)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        hits = search_db(con, needles)
+    finally:
+        con.close()
+    raw = b"".join(f.read_bytes().lower() for f in (path, Path(f"{path}.wal")) if f.exists())
+    hits.update({f"bytes:{n}": 1 for n in needles if len(n) >= 6 and n.lower().encode() in raw})
+    return hits
+
+
+def search_destinations(klaviyo, mailchimp, needles: set[str]) -> dict[str, list[str]]:
+    """What the two local destinations hold (Klaviyo's profiles, lists and import jobs;
+    Mailchimp's audiences), searched as JSON text. Their counters of calls (deliveries,
+    deleted, archived) are the tests' instruments, not data a real destination keeps."""
+    with klaviyo.lock:
+        k = json.dumps({"profiles": klaviyo.profiles, "lists": {i: sorted(m) for i, m in klaviyo.lists.items()},
+                        "jobs": klaviyo.jobs}, default=str)
+    with mailchimp.lock:
+        m = json.dumps(mailchimp.lists, default=str)
+    pattern = re.compile(_pattern(needles))
+    found = {name: sorted({hit.group(2) for hit in pattern.finditer(text.lower())})
+             for name, text in (("klaviyo", k), ("mailchimp", m))}
+    return {name: hits for name, hits in found.items() if hits}
+
+
+def row_counts(config) -> dict[str, int]:
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables() "
+                             "WHERE database_name = current_database()").fetchall()
+        return {f"{s}.{t}": con.execute(f'SELECT count(*) FROM "{s}"."{t}"').fetchall()[0][0] for s, t in tables}
+
+
+# --------------------------------------------------------------------------- sync destinations
+KLAVIYO_KEY, MAILCHIMP_KEY = ("PRIVACY_TEST_KLAVIYO_KEY", "pk_privacy"), ("PRIVACY_TEST_MAILCHIMP_KEY", "mc_privacy-us1")
+QUICK_RETRY = {"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.05, "timeout_s": 5.0}
+
+
+def add_syncs(cfg_path: Path, klaviyo_url: str, mailchimp_url: str) -> None:
+    """Two syncs of the consented customers, one to each local destination; they also carry the
+    person's phone and person_id, so that those must be erased there too."""
+    data = yaml.safe_load(cfg_path.read_text())
+    source, consent = {"table": "customers"}, {"channel": "email_marketing"}
+    data["syncs"] = [
+        {"name": "customers_to_klaviyo", "source": source, "consent": consent, "retry": QUICK_RETRY,
+         "destination": {"type": "klaviyo", "base_url": klaviyo_url, "api_key_env": KLAVIYO_KEY[0],
+                         "list_id": "LIST1", "job_poll_interval_s": 0.0},
+         "fields": {"first_name": "first_name", "last_name": "last_name", "phone": "phone",
+                    "external_id": "person_id"}},
+        {"name": "customers_to_mailchimp", "source": source, "consent": consent, "retry": QUICK_RETRY,
+         "destination": {"type": "mailchimp", "base_url": mailchimp_url, "api_key_env": MAILCHIMP_KEY[0],
+                         "list_id": "AUD1"},
+         "fields": {"FNAME": "first_name", "LNAME": "last_name", "PHONE": "phone", "TESSERA_ID": "person_id"}},
+    ]
+    cfg_path.write_text(yaml.safe_dump(data))
+
+
+def delivered_to_both(config) -> set[str]:
+    con = duckdb.connect(str(state_path(config.root)), read_only=True)
+    try:
+        return {r[0] for r in con.execute("""
+            SELECT person_id FROM sync_state WHERE in_audience AND rejected_reason IS NULL
+            GROUP BY 1 HAVING count(DISTINCT sync) = 2""").fetchall()}
+    finally:
+        con.close()
 
 
 # --------------------------------------------------------------------------- landing again
@@ -252,7 +332,28 @@ def story(tmp_path_factory):
         tables = {t: f"marts.{t}" for t in marts}
         publish(con, tables, config.published_dir, run_id="first", gate={"test": "privacy"})
         publish(con, tables, config.published_dir, run_id="second", gate={"test": "privacy"})
-        s["true_id"], s["person_id"], s["needles"] = choose_person(con, truth)
+
+    # Two sync destinations, fed from the published snapshot by the real syncs.
+    env = pytest.MonkeyPatch()
+    klaviyo = LocalKlaviyo(api_key=KLAVIYO_KEY[1]).start()
+    mailchimp = LocalMailchimp(api_key=MAILCHIMP_KEY[1]).start()
+    s["klaviyo"], s["mailchimp"] = klaviyo, mailchimp
+    try:
+        env.setenv(*KLAVIYO_KEY)
+        env.setenv(*MAILCHIMP_KEY)
+        add_syncs(cfg_path, klaviyo.url, mailchimp.url)
+        s["sync"] = cdp_inprocess(cfg_path, "sync", "--all")
+        delivered = delivered_to_both(config)
+        yield from _story_after_syncs(s, config, cfg_path, root, truth, delivered)
+    finally:
+        klaviyo.stop()
+        mailchimp.stop()
+        env.undo()
+
+
+def _story_after_syncs(s, config, cfg_path, root, truth, delivered):
+    with open_warehouse(config.warehouse_path) as con:
+        s["true_id"], s["person_id"], s["needles"] = choose_person(con, truth, delivered)
         s["gt_records"] = con.execute("SELECT source, entity, record_id FROM gt WHERE person_id = ?",
                                       [s["true_id"]]).fetchall()
         s["data_emails"] = {r[0] for r in con.execute(f"""
@@ -267,7 +368,12 @@ def story(tmp_path_factory):
                 UNION ALL SELECT phone FROM raw.pos_transactions UNION ALL SELECT traits->>'$.phone' FROM raw.web_events)
             WHERE length(regexp_replace(v, '[^0-9]', '', 'g')) >= 10""").fetchall()}
     s["needle_set"] = set().union(*s["needles"].values()) | {s["person_id"]}
+    klaviyo, mailchimp = s["klaviyo"], s["mailchimp"]
     s["before"] = search_everywhere(config, s["needle_set"])
+    s["before_destinations"] = search_destinations(klaviyo, mailchimp, s["needle_set"])
+    s["before_state"] = search_sync_state(config, s["needle_set"])
+    s["delivered_key"] = next((e for e in s["needles"]["emails"] if klaviyo.profile(e) and mailchimp.member(e)), None)
+    s["delivered_counts"] = {"klaviyo": len(klaviyo.profiles), "mailchimp": len(mailchimp.lists["AUD1"])}
 
     email = sorted(s["needles"]["emails"])[0]
     s["export_path"] = root / "subject.json"
@@ -275,13 +381,30 @@ def story(tmp_path_factory):
     s["export"] = json.loads(s["export_path"].read_text())
 
     s["forget"] = cdp_inprocess(cfg_path, "forget", "--email", email)
+    # First with Mailchimp unreachable: the run fails, the request stays pending, nothing is
+    # deleted from the warehouse or the snapshots; then with it back, the request is applied.
+    counts = row_counts(config)
+    mailchimp.stop()
+    s["run_unreachable"] = cdp_inprocess(cfg_path, "run", "--only", "privacy", check=False)
+    s["after_unreachable"] = {
+        "pending": sorted(p.name for p in requests_dir(config).glob("*.json")),
+        "done": sorted(p.name for p in (requests_dir(config) / "done").glob("*.json")),
+        "reports": sorted(p.name for p in (config.resolve(config.privacy.folder) / "reports").glob("*.json")),
+        "search": search_everywhere(config, s["needle_set"]),
+        "row_counts_changed": {t: (n, m) for t, n in counts.items() if (m := row_counts(config).get(t)) != n},
+        "state": search_sync_state(config, s["needle_set"]),
+    }
+    mailchimp.start()  # the same port and audience: the destination is back
+
     s["run2"] = cdp_inprocess(cfg_path, "run", "--only", "privacy")
     s["after_erasure"] = search_everywhere(config, s["needle_set"])
+    s["after_erasure_destinations"] = search_destinations(klaviyo, mailchimp, s["needle_set"])
+    s["after_erasure_state"] = search_sync_state(config, s["needle_set"])
 
     s["relanded"] = land_again(config, s["needles"]["emails"] | s["needles"]["phones"] | s["needles"]["ids"])
     s["run3"] = cdp_inprocess(cfg_path, "run", "--only", "ingestion")
     s["after_reland"] = search_everywhere(config, s["needle_set"])
-    return s
+    yield s
 
 
 # --------------------------------------------------------------------------- erasure
@@ -292,10 +415,45 @@ def test_person_is_found_everywhere_before_erasure(story):
                   "identity.records", "identity.graph", "marts.customers", "marts.identity_graph"):
         assert hits.get(table), (table, hits)
     assert set(story["before"]["snapshots"]) >= {"first.duckdb", "second.duckdb", "tessera.duckdb"}
+    # the syncs delivered them to both destinations, with their email, phone and person_id
+    for name in ("klaviyo", "mailchimp"):
+        found = set(story["before_destinations"].get(name, []))
+        assert found & story["needles"]["emails"] and found & story["needles"]["phones"], (name, found)
+        assert story["person_id"].lower() in found, (name, found)
+    assert story["before_state"].get("main.sync_state") == 2 and story["before_state"].get("main.sync_log", 0) >= 2
 
 
 def test_erasure_leaves_no_trace_in_warehouse_or_snapshots(story):
     assert story["after_erasure"] == {"warehouse": {}, "snapshots": {}}, story["after_erasure"]
+
+
+def test_erasure_reaches_both_sync_destinations_and_the_sync_state(story):
+    assert story["after_erasure_destinations"] == {}, story["after_erasure_destinations"]
+    assert story["after_erasure_state"] == {}, story["after_erasure_state"]
+    # deleted for good (a data-privacy deletion job / permanent delete), not only unsubscribed
+    key = story["delivered_key"]
+    assert key in story["klaviyo"].deleted and key in story["mailchimp"].deleted
+    assert story["klaviyo"].profile(key) is None and story["mailchimp"].member(key) is None
+    # the other persons stay where they were
+    assert len(story["klaviyo"].profiles) == story["delivered_counts"]["klaviyo"] - 1
+    assert len(story["mailchimp"].lists["AUD1"]) == story["delivered_counts"]["mailchimp"] - 1
+
+
+def test_an_unreachable_destination_keeps_the_request_pending_and_the_warehouse_whole(story):
+    failed, after = story["run_unreachable"], story["after_unreachable"]
+    assert failed.exit_code == 1, failed.output[-3000:]
+    out = " ".join(failed.output.split())
+    assert "customers_to_mailchimp" in out and "stays pending" in out, out[-3000:]
+    assert not [n for n in story["needle_set"] if n.lower() in out.lower()]
+    assert len(after["pending"]) == 1 and after["done"] == [] and after["reports"] == []
+    assert after["row_counts_changed"] == {}
+    assert after["search"] == story["before"], after["search"]
+    # the sync state keeps the person, so that the next run retries their deletion
+    assert after["state"].get("main.sync_state") == 2, after["state"]
+    # with the destination back, the next run applied it: see the report and the searches
+    report = json.loads(next((story["config"].resolve(story["config"].privacy.folder) / "reports")
+                             .glob("erasure-*.json")).read_text())
+    assert report["request_id"] + ".json" == after["pending"][0]
 
 
 def test_landing_the_old_files_again_does_not_bring_the_person_back(story):
@@ -329,6 +487,10 @@ def test_erasure_report_holds_hashes_and_counts_only(story):
     assert set(report["snapshots_rewritten"]) == {"first", "second"}
     assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in report["erased_hashes"])
     assert not [n for n in story["needle_set"] if n.lower() in text.lower()]
+    sync = report["sync_destinations"]
+    assert sorted((d["sync"], d["deleted"]) for d in sync["destinations"]) == [
+        ("customers_to_klaviyo", 1), ("customers_to_mailchimp", 1)], sync
+    assert sync["sync_state_rows_removed"]["sync_state"] == 2, sync
     # the manifest's row counts follow the rewritten snapshots
     manifest = read_manifest(config.published_dir)
     with duckdb.connect(str(current_path(config.published_dir)), read_only=True) as con:
@@ -401,7 +563,8 @@ def test_only_customers_holds_pii_among_published_tables(story):
 
 def test_logs_of_a_full_run_hold_no_email_or_phone(story):
     config = story["config"]
-    logs = [story["run1"].stdout, story["run1"].stderr, story["run2"].output, story["run3"].output]
+    logs = [story["run1"].stdout, story["run1"].stderr, story["run2"].output, story["run3"].output,
+            story["sync"].output, story["run_unreachable"].output]
     for path in config.dagster_home.rglob("*"):  # all runs' event logs, compute logs, last_run.json
         if path.is_file():
             logs.append(path.read_bytes().decode("utf-8", "ignore"))
