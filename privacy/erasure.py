@@ -5,7 +5,8 @@ For each pending request:
 1. **Resolve** the requested hashes to persons through the last identity graph (an email,
    its canonical form, a phone, or a person id), then collect every identifier of every
    record of those persons: emails, phones and the source systems' ids (loyalty, subscriber,
-   web account and device, receipt, ticket).
+   web account and device, receipt, ticket), and the ids their records had before a merge
+   (``identity.id_history``) that nobody holds now.
 2. **Keep only hashes**: the identifiers no other person holds are hashed with the secret salt
    into ``privacy.erased_identifiers``. Identifiers another person also holds (a household's
    landline) are neither hashed nor used to find rows: that person's rows stay.
@@ -104,6 +105,19 @@ def collect_identifiers(con) -> None:
                    WHERE value IS NOT NULL AND person_id NOT IN (SELECT person_id FROM pv_persons))
         SELECT m.kind, m.value, o.value IS NOT NULL AS shared
         FROM mine m LEFT JOIN others o USING (kind, value)""")
+
+
+def former_person_ids(con) -> list[str]:
+    """Ids the persons' records had in earlier identity runs and nobody holds now (merged away
+    since): kept snapshots, the sync state and incremental tables may still hold rows under
+    them. An old id another person holds now (a split) is that person's, and is left alone."""
+    if not _has(con, "identity", "id_history"):
+        return []
+    return [r[0] for r in con.execute("""
+        SELECT DISTINCT h.person_id FROM identity.id_history h
+        WHERE h.record_key IN (SELECT record_key FROM pv_records) AND h.person_id IS NOT NULL
+          AND h.person_id NOT IN (SELECT person_id FROM identity.graph WHERE person_id IS NOT NULL)
+        ORDER BY 1""").fetchall()]
 
 
 # --------------------------------------------------------------------------- sync destinations
@@ -276,8 +290,13 @@ def _process(config, con, request: ErasureRequest, say: Progress) -> dict:
     con.executemany("INSERT INTO pv_request VALUES (?, ?)", [list(h) for h in request.hashes])
     resolve_persons(con)
     person_ids = [r[0] for r in con.execute("SELECT person_id FROM pv_persons ORDER BY 1").fetchall()]
+    former: list[str] = []
     if person_ids:
         collect_identifiers(con)
+        former = former_person_ids(con)
+        # rows still keyed by an id the person had before a merge go too (the sync state,
+        # older snapshots, incremental tables)
+        con.execute("INSERT INTO pv_persons SELECT unnest(?::VARCHAR[])", [former])
     else:
         con.execute("CREATE OR REPLACE TEMP TABLE pv_records (record_key VARCHAR, rid BIGINT)")
         con.execute("CREATE OR REPLACE TEMP TABLE pv_identifiers (kind VARCHAR, value VARCHAR, shared BOOLEAN)")
@@ -285,8 +304,9 @@ def _process(config, con, request: ErasureRequest, say: Progress) -> dict:
                          FROM pv_identifiers GROUP BY kind ORDER BY kind""").fetchall()
     say(f"privacy: request {request.request_id}: {len(person_ids)} person(s) found")
 
-    sync = erase_from_sync_destinations(config, person_ids) if person_ids else {"status": "nothing to erase"}
-    snapshots = erase_from_snapshots(config, person_ids)
+    all_ids = person_ids + former
+    sync = erase_from_sync_destinations(config, all_ids) if person_ids else {"status": "nothing to erase"}
+    snapshots = erase_from_snapshots(config, all_ids)
     con.execute("BEGIN TRANSACTION")
     try:
         removed = erase_from_warehouse(con, request.request_id)
@@ -302,6 +322,7 @@ def _process(config, con, request: ErasureRequest, say: Progress) -> dict:
         "status": "erased" if person_ids else "not_found",
         "requested": [{"kind": k, "hash": h} for k, h in request.hashes],
         "persons": [salt_hash("person_id", p) for p in person_ids],
+        "former_person_ids": len(former),
         "identifiers_erased": {k: n for k, n, _ in ids if n},
         "identifiers_kept_shared_with_other_persons": {k: s for k, _, s in ids if s},
         "erased_hashes": [r[0] for r in con.execute(

@@ -602,3 +602,56 @@ def test_log_records_are_masked_when_created(capsys):
     assert seen == ["row for <email> / <phone> at 2026-06-30 12:00:00, 1,234 rows, run 20260630T120000"]
     for phone in ("+447700900123", "07700 900123", "447700900123", "07700-900-123", "+44 7700 900123"):
         assert mask_pii(f"x {phone} y") == "x <phone> y", phone
+
+
+def test_erasure_reaches_rows_kept_under_an_id_merged_away_since(tmp_path, monkeypatch):
+    """A person synced and published under an old id, merged into another since (the sync and
+    the older snapshot still hold the old id): erasure finds the old id through
+    identity.id_history and removes it from the destination, the sync state and the snapshot."""
+    from activation.sync import run_sync
+    from privacy.erasure import process_requests
+    from privacy.requests import record_request
+
+    cfg_path = init_project(tmp_path / "proj")
+    with LocalMailchimp(api_key=MAILCHIMP_KEY[1]) as mailchimp:
+        monkeypatch.setenv(*MAILCHIMP_KEY)
+        monkeypatch.setenv(*KLAVIYO_KEY)
+        add_syncs(cfg_path, "http://127.0.0.1:9", mailchimp.url)  # the Klaviyo sync is not run here
+        config = load_config(cfg_path)
+        with open_warehouse(config.warehouse_path) as con:
+            con.execute("CREATE SCHEMA identity; CREATE SCHEMA marts")
+            con.execute("""CREATE TABLE identity.records AS SELECT * FROM (VALUES
+                ('r1', 'email', 'subscribers', 'S1', 'old.self@example.com', 'old.self@example.com', NULL),
+                ('r2', 'pos', 'loyalty_members', 'L2', 'new.self@example.com', 'new.self@example.com', NULL))
+                t(record_key, source, entity, source_record_id, email, email_canon, phone)""")
+            con.execute("""ALTER TABLE identity.records ADD COLUMN loyalty_id VARCHAR;
+                ALTER TABLE identity.records ADD COLUMN user_id VARCHAR;
+                ALTER TABLE identity.records ADD COLUMN anonymous_id VARCHAR;
+                ALTER TABLE identity.records ADD COLUMN subscriber_id VARCHAR""")
+            con.execute("""CREATE TABLE identity.graph AS SELECT * FROM (VALUES
+                ('r1', 1, 'PNEW', 'email', 'subscribers', 'S1'), ('r2', 2, 'PNEW', 'pos', 'loyalty_members', 'L2'))
+                t(record_key, rid, person_id, source, entity, source_record_id)""")
+            con.execute("""CREATE TABLE identity.id_history AS SELECT * FROM (VALUES
+                ('run1', 1, 'r1', 'POLD'), ('run1', 1, 'r2', 'PNEW'), ('run2', 2, 'r1', 'PNEW'))
+                t(run_id, run_seq, record_key, person_id)""")
+            # what was published before the merge: the old id, with the old email
+            con.execute("""CREATE TABLE marts.customers AS SELECT * FROM (VALUES
+                ('POLD', 'Old', 'Self', 'old.self@example.com', NULL), ('PKEEP', 'Other', 'One', 'other@example.com', NULL))
+                t(person_id, first_name, last_name, email, phone)""")
+            con.execute("""CREATE TABLE marts.consent AS SELECT * FROM (VALUES
+                ('POLD', 'email_marketing', 'granted'), ('PKEEP', 'email_marketing', 'granted')) t(person_id, channel, status)""")
+            publish(con, {"customers": "marts.customers", "consent": "marts.consent"}, config.published_dir,
+                    run_id="before_merge", gate={"test": "privacy"})
+        report = run_sync(config, "customers_to_mailchimp")
+        assert report.ok and mailchimp.member_keys() == {"old.self@example.com", "other@example.com"}
+
+        record_request(config, "email", "new.self@example.com")
+        with open_warehouse(config.warehouse_path) as con:
+            (erasure,) = process_requests(config, con)
+        assert erasure["former_person_ids"] == 1, erasure
+        assert mailchimp.member_keys() == {"other@example.com"}  # deleted, not only archived
+        assert "old.self@example.com" in mailchimp.deleted
+        assert search_sync_state(config, {"old.self@example.com", "pold"}) == {}
+        assert search_snapshots(config.published_dir, {"old.self@example.com", "pold"}) == {}
+        with duckdb.connect(str(current_path(config.published_dir)), read_only=True) as con:
+            assert con.execute("SELECT list(person_id) FROM customers").fetchall()[0][0] == ["PKEEP"]
