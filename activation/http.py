@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,17 @@ from activation.config import Retry
 
 log = logging.getLogger("tessera.activation")
 MAX_SERVER_WAIT_S = 120.0  # a Retry-After / RateLimit-Reset longer than this is treated as this
+
+
+# Mailchimp's member paths carry the MD5 of the member's email: a pseudonymous key that
+# outlives an erasure in logs and messages, so it is never quoted.
+_MEMBER_IN_PATH = re.compile(r"(/members/)[^/?#]+")
+
+
+def describe(method: str, url: str) -> str:
+    """'METHOD path' for logs and messages: no query string, no member hash."""
+    path = _MEMBER_IN_PATH.sub(r"\1<member>", url.split("?")[0])
+    return f"{method} {path}"
 
 
 class DeliveryFailed(RuntimeError):
@@ -69,7 +81,7 @@ class HttpClient:
                 pass
 
     def request(self, method: str, url: str, **kwargs) -> requests.Response:
-        what = f"{method} {url.split('?')[0]}"
+        what = describe(method, url)
         last = ""
         for attempt in range(1, self.retry.max_attempts + 1):
             self._sleep(self._not_before - time.monotonic())
