@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from identity.settings import IdentitySettings
+from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
 
 CONFIG_ENV = "CDP_CONFIG"
@@ -125,7 +126,9 @@ class Config(_Strict):
     # defines a model, so a config written today keeps loading.
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     segments: dict[str, Any] = Field(default_factory=dict)
-    offers: dict[str, Any] = Field(default_factory=dict)
+    churn: ChurnSettings = Field(default_factory=ChurnSettings)
+    cart_intent: CartIntentSettings = Field(default_factory=CartIntentSettings)
+    offers: OffersSettings = Field(default_factory=OffersSettings)
     syncs: list[dict[str, Any]] = Field(default_factory=list)
     quality: dict[str, Any] = Field(default_factory=dict)
 
