@@ -62,7 +62,7 @@ class Offer(_Strict):
 def _default_catalog() -> dict[str, Offer]:
     return {
         "cart_reminder": Offer(value=0.30, cost=0.02, lift=0.0),
-        "cart_reminder_discount": Offer(value=0.20, cost=0.05, discount_pct=0.10, lift=0.15),
+        "cart_reminder_discount": Offer(value=0.30, cost=0.05, discount_pct=0.10, lift=0.15),
         "winback_discount": Offer(value=25.0, cost=2.0, discount_pct=0.15, lift=0.20),
         "cross_sell": Offer(value=12.0, cost=0.05, lift=0.04),
         "replenishment": Offer(value=15.0, cost=0.05, lift=0.10),
