@@ -24,7 +24,8 @@ FEATURES = [
     "orders_365d", "revenue_365d", "avg_order_value_365d", "discounted_order_share_365d", "orders_trend_90d",
     "web_sessions_30d", "web_sessions_90d", "web_sessions_trend_90d", "cart_adds_90d", "days_since_last_session",
     "emails_sent_90d", "email_opens_30d", "email_opens_90d", "email_opens_trend_90d", "email_clicks_90d",
-    "support_tickets_365d", "bad_tickets_365d", "bad_tickets_90d",
+    "support_tickets_365d", "bad_tickets_365d", "bad_tickets_90d", "emails_sent_365d", "email_opens_365d",
+    "days_since_last_open", "web_sessions_365d", "orders_per_90d_lifetime",
 ]
 LABEL = "churned"
 
@@ -53,6 +54,11 @@ _WORDING = {
     "support_tickets_365d": "{v:.0f} support tickets in 365 days (typical {t:.0f})",
     "bad_tickets_365d": "{v:.0f} bad support experiences in 365 days (typical {t:.0f})",
     "bad_tickets_90d": "{v:.0f} bad support experiences in 90 days (typical {t:.0f})",
+    "emails_sent_365d": "{v:.0f} emails received in 365 days (typical {t:.0f})",
+    "email_opens_365d": "{v:.0f} email opens in 365 days (typical {t:.0f})",
+    "days_since_last_open": "no email opened for {v:.0f} days (typical {t:.0f})",
+    "web_sessions_365d": "{v:.0f} site visits in 365 days (typical {t:.0f})",
+    "orders_per_90d_lifetime": "{v:.1f} orders per 90 days over their tenure (typical {t:.1f})",
 }
 
 

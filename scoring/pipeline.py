@@ -15,6 +15,7 @@ import duckdb
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from cdp.warehouse import table_exists
 from scoring import cart, churn
 from scoring.offers import decide_offers
 from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
@@ -54,9 +55,7 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> pd.DataFram
 
 
 def _require(con, schema: str, table: str, why: str) -> None:
-    n = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                    [schema, table]).fetchall()[0][0]
-    if not n:
+    if not table_exists(con, schema, table):
         raise ValueError(f"scoring: {schema}.{table} is missing ({why}); build the dbt core models first "
                          f"(`cdp run --only marts`)")
 

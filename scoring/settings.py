@@ -20,8 +20,8 @@ class _Strict(BaseModel):
 class ChurnSettings(_Strict):
     horizon_days: int = Field(default=90, ge=14, le=365,
                               description="Churned = no purchase in this many days (among buyers of the prior 365).")
-    high_risk_at: float = Field(default=0.6, gt=0, lt=1, description="churn_probability >= this -> risk tier high.")
-    medium_risk_at: float = Field(default=0.3, gt=0, lt=1, description="churn_probability >= this -> medium; else low.")
+    high_risk_at: float = Field(default=0.7, gt=0, lt=1, description="churn_probability >= this -> risk tier high.")
+    medium_risk_at: float = Field(default=0.4, gt=0, lt=1, description="churn_probability >= this -> medium; else low.")
     top_reasons: int = Field(default=3, ge=1, le=10)
     algorithms: list[Literal["gradient_boosting", "logistic_regression"]] = Field(
         default_factory=lambda: list(ALGORITHMS), min_length=1,

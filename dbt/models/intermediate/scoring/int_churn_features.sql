@@ -64,6 +64,7 @@ session_features as (
         {{ count_before_cutoff('sessions.started_at', 'cutoffs.cutoff_at', 30) }} as web_sessions_30d,
         {{ count_before_cutoff('sessions.started_at', 'cutoffs.cutoff_at', 90) }} as web_sessions_90d,
         {{ count_before_cutoff('sessions.started_at', 'cutoffs.cutoff_at', 180, 90) }} as web_sessions_prev_90d,
+        count(*) as web_sessions_365d,
         sum(case when {{ before_cutoff('sessions.started_at', 'cutoffs.cutoff_at', 90) }} then sessions.cart_adds else 0 end) as cart_adds_90d,
         min({{ days_between('sessions.started_at', 'cutoffs.cutoff_at') }}) as days_since_last_session
     from cutoffs
@@ -81,11 +82,14 @@ email_features as (
         {{ count_before_cutoff('email.occurred_at', 'cutoffs.cutoff_at', 30, 0, "email.event_type = 'open'") }} as email_opens_30d,
         {{ count_before_cutoff('email.occurred_at', 'cutoffs.cutoff_at', 90, 0, "email.event_type = 'open'") }} as email_opens_90d,
         {{ count_before_cutoff('email.occurred_at', 'cutoffs.cutoff_at', 180, 90, "email.event_type = 'open'") }} as email_opens_prev_90d,
-        {{ count_before_cutoff('email.occurred_at', 'cutoffs.cutoff_at', 90, 0, "email.event_type = 'click'") }} as email_clicks_90d
+        {{ count_before_cutoff('email.occurred_at', 'cutoffs.cutoff_at', 90, 0, "email.event_type = 'click'") }} as email_clicks_90d,
+        {{ count_before_cutoff('email.occurred_at', 'cutoffs.cutoff_at', 365, 0, "email.event_type = 'sent'") }} as emails_sent_365d,
+        {{ count_before_cutoff('email.occurred_at', 'cutoffs.cutoff_at', 365, 0, "email.event_type = 'open'") }} as email_opens_365d,
+        min(case when email.event_type = 'open' then {{ days_between('email.occurred_at', 'cutoffs.cutoff_at') }} end) as days_since_last_open
     from cutoffs
     inner join email
         on email.occurred_at < cutoffs.cutoff_at
-        and email.occurred_at >= {{ dbt.dateadd('day', -180, 'cutoffs.cutoff_at') }}
+        and email.occurred_at >= {{ dbt.dateadd('day', -365, 'cutoffs.cutoff_at') }}
     group by cutoffs.snapshot, email.person_id
 ),
 
@@ -141,6 +145,12 @@ final as (
         coalesce(email_features.email_opens_90d, 0) as email_opens_90d,
         coalesce(email_features.email_opens_90d, 0) - coalesce(email_features.email_opens_prev_90d, 0) as email_opens_trend_90d,
         coalesce(email_features.email_clicks_90d, 0) as email_clicks_90d,
+        coalesce(email_features.emails_sent_365d, 0) as emails_sent_365d,
+        coalesce(email_features.email_opens_365d, 0) as email_opens_365d,
+        coalesce(email_features.days_since_last_open, 365) as days_since_last_open,
+        coalesce(session_features.web_sessions_365d, 0) as web_sessions_365d,
+        -- The long-run pace against the recent one: orders per 90 days over the whole tenure.
+        order_features.orders_total * 90.0 / (case when order_features.days_since_first_order > 90 then order_features.days_since_first_order else 90 end) as orders_per_90d_lifetime,
         coalesce(ticket_features.support_tickets_365d, 0) as support_tickets_365d,
         coalesce(ticket_features.bad_tickets_365d, 0) as bad_tickets_365d,
         coalesce(ticket_features.bad_tickets_90d, 0) as bad_tickets_90d,
