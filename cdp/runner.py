@@ -17,8 +17,10 @@ from cdp.scaffold import ensure_dagster_home
 STAGES: dict[str, list[str]] = {
     "ingestion": ["ingestion"],
     "identity": ["identity"],
-    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer.
-    "marts": ["staging", "intermediate", "marts"],
+    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer, and the scoring stage the
+    # marts tagged after_scoring read (dagster_project/defs/scoring.py).
+    "marts": ["staging", "intermediate", "scoring", "marts"],
+    "scoring": ["scoring"],
 }
 
 

@@ -69,16 +69,15 @@ def train_and_score(features: pd.DataFrame, past_gaps_hours: np.ndarray, setting
     frame[FEATURES] = frame[FEATURES].astype(float).fillna(0.0)
     history = frame[frame["snapshot"] == "history"]
     score = frame[frame["snapshot"] == "score"]
-    if history.empty or history[LABEL].nunique() < 2:
-        raise ValueError("cart intent: no open carts with both outcomes at the past weekly cutoffs; "
-                         "more web history is needed")
+    # A time split: fit on the older weekly cutoffs, validate on the latest labelled one. Too few
+    # carts for both outcomes -> the base rate (select_and_fit), never a failed run.
     latest = history["cutoff_at"].max()
     train, validate = history[history["cutoff_at"] < latest], history[history["cutoff_at"] == latest]
     algorithm, candidates, validation_p = select_and_fit(
         train, validate, FEATURES, LABEL, ["gradient_boosting", "logistic_regression"], settings.seed)
     model = make_model(algorithm, settings.seed).fit(history[FEATURES].to_numpy(float), history[LABEL].to_numpy(int))
     as_of = pd.Timestamp(score["cutoff_at"].iloc[0]) if not score.empty else None
-    version = model_version("cart_intent", algorithm, as_of or latest, history, FEATURES)
+    version = model_version("cart_intent", algorithm, as_of if as_of is not None else latest, history, FEATURES)
 
     # One row per person: their latest open cart.
     latest_carts = (score.sort_values(["person_id", "last_added_at", "cart_id"], kind="stable")

@@ -60,11 +60,13 @@ def _person_truth_map(con, ground_truth: Path) -> pd.DataFrame:
     path = str(ground_truth / "record_person.csv").replace("'", "''")
     return con.execute(f"""
         WITH truth AS (
-            SELECT source || '|' || entity || '|' || record_id AS record_key, person_id AS true_id
+            SELECT source, entity, record_id, person_id AS true_id
             FROM read_csv('{path}', header = true, all_varchar = true)),
         votes AS (
             SELECT g.person_id, t.true_id, count(*) AS n
-            FROM identity.graph g JOIN truth t USING (record_key) GROUP BY ALL)
+            FROM identity.graph g JOIN truth t
+              ON t.source = g.source AND t.entity = g.entity AND t.record_id = CAST(g.source_record_id AS VARCHAR)
+            GROUP BY ALL)
         SELECT person_id, arg_max(true_id, n) AS true_id FROM votes GROUP BY person_id""").df()
 
 

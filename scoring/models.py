@@ -22,7 +22,22 @@ def _signed_log1p(x):
     return np.sign(x) * np.log1p(np.abs(x))
 
 
+class BaseRate:
+    """The fallback when the data holds a single outcome (a small or new shop): everyone gets
+    the observed rate. Same interface as the scikit-learn models used here."""
+
+    def fit(self, X, y):
+        self.rate_ = float(np.mean(y)) if len(y) else 0.0
+        return self
+
+    def predict_proba(self, X):
+        p = np.full(len(X), self.rate_)
+        return np.column_stack([1 - p, p])
+
+
 def make_model(algorithm: str, seed: int):
+    if algorithm == "base_rate":
+        return BaseRate()
     if algorithm == "gradient_boosting":
         return HistGradientBoostingClassifier(
             learning_rate=0.05, max_iter=250, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0,
@@ -65,10 +80,9 @@ def select_and_fit(train: pd.DataFrame, validate: pd.DataFrame, features: list[s
                    algorithms: list[str], seed: int) -> tuple[str, dict[str, dict], np.ndarray]:
     """Fit each candidate on `train`, score `validate`; return the best algorithm by validation
     ROC AUC (ties: the first listed), every candidate's validation metrics, and the best one's
-    validation predictions."""
+    validation predictions. With a single outcome in `train` nothing can be learnt: 'base_rate'."""
     if train[label].nunique() < 2:
-        raise ValueError(f"cannot train: the training snapshot has only one class of {label!r} "
-                         f"({len(train)} rows); more history is needed")
+        algorithms = ["base_rate"]
     results, predictions = {}, {}
     for algorithm in algorithms:
         model = make_model(algorithm, seed).fit(train[features].to_numpy(float), train[label].to_numpy(int))
@@ -106,4 +120,5 @@ def reasons(model, X: pd.DataFrame, features: list[str], describe, top: int, tow
 def model_version(name: str, algorithm: str, as_of, frame: pd.DataFrame, features: list[str]) -> str:
     """Readable and reproducible: model, algorithm, as_of date, and a digest of the training data."""
     digest = hashlib.sha256(pd.util.hash_pandas_object(frame[features], index=False).to_numpy().tobytes()).hexdigest()[:8]
-    return f"{name}-{algorithm}-{pd.Timestamp(as_of):%Y%m%d}-{digest}"
+    stamp = pd.Timestamp(as_of) if as_of is not None else pd.NaT
+    return f"{name}-{algorithm}-{'unknown' if pd.isna(stamp) else stamp.strftime('%Y%m%d')}-{digest}"
