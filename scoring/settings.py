@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ALGORITHMS = ("gradient_boosting", "logistic_regression")
 OFFER_NAMES = ("cart_reminder", "cart_reminder_discount", "winback_discount", "cross_sell", "replenishment",
@@ -80,12 +80,13 @@ class OffersSettings(_Strict):
     replenish_after_days: int = Field(default=45, ge=1, description="A product bought twice or more and last bought this many days ago or more is due.")
     catalog: dict[str, Offer] = Field(default_factory=_default_catalog)
 
-    @model_validator(mode="after")
-    def _known_offers(self) -> "OffersSettings":
-        unknown = sorted(set(self.catalog) - set(OFFER_NAMES))
+    @field_validator("catalog")
+    @classmethod
+    def _known_offers(cls, catalog: dict[str, Offer]) -> dict[str, Offer]:
+        unknown = sorted(set(catalog) - set(OFFER_NAMES))
         if unknown:
-            raise ValueError(f"catalog: unknown offer(s) {', '.join(unknown)}; offers are: {', '.join(OFFER_NAMES)}")
-        return self
+            raise ValueError(f"unknown offer(s) {', '.join(unknown)}; offers are: {', '.join(OFFER_NAMES)}")
+        return catalog
 
     def offer(self, name: str) -> Offer | None:
         return self.catalog.get(name)

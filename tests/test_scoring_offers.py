@@ -187,3 +187,30 @@ def test_offer_inputs_count_sends_consent_and_recent_purchases_from_the_warehous
     assert bool(frame.loc["p1", "is_vip"]) and not bool(frame.loc["p3", "is_vip"])
     assert pd.isna(frame.loc["p3", "cross_sell_sku"])  # never bought: no cross-sell
     assert set(frame.columns) >= set(INPUT_COLUMNS) - {"person_id"}
+
+
+# ---------------------------------------------------------------------------- settings and helpers
+def test_model_settings_errors_name_the_key(tmp_path):
+    from cdp.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"offers\.catalog.*unknown offer\(s\) free_pony"):
+        config_from_dict({"offers": {"catalog": {"free_pony": {"value": 1.0}}}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"churn.*medium_risk_at must be below high_risk_at"):
+        config_from_dict({"churn": {"high_risk_at": 0.3, "medium_risk_at": 0.5}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"cart_intent\.likley_at: unknown key"):
+        config_from_dict({"cart_intent": {"likley_at": 0.4}}, tmp_path)
+    config = config_from_dict({"churn": {"horizon_days": 60}}, tmp_path)
+    from scoring.settings import dbt_vars
+
+    assert dbt_vars(config.churn, config.cart_intent) == {"churn_horizon_days": 60}  # defaults are not passed
+
+
+def test_expected_return_window_is_the_median_remaining_gap_of_carts_this_old():
+    from scoring.cart import expected_return_hours
+
+    gaps = [2.0, 4.0, 10.0, 30.0, 100.0]
+    got = expected_return_hours(np.array([0.0, 5.0, 50.0, 200.0]), gaps)
+    assert got[0] == pytest.approx(10.0)  # median of all gaps
+    assert got[1] == pytest.approx(30.0 - 5.0)  # gaps longer than 5 h: 10, 30, 100 -> 30
+    assert got[2] == pytest.approx(100.0 - 50.0)
+    assert np.isnan(got[3])  # no past cart came back this late
