@@ -19,7 +19,7 @@ def print_model_overview(console: Console, con) -> None:
             metrics.setdefault((model, algorithm), {})[metric] = value
         t = Table(title="Models (time-split validation; `cdp evaluate churn` for ground truth)", title_justify="left")
         for col in ("model", "algorithm", "ROC AUC", "PR AUC", "Brier", "positive rate", "rows"):
-            t.add_column(col, justify="left" if col in ("model", "algorithm") else "right")
+            t.add_column(col, justify="left" if col in ("model", "algorithm") else "right", no_wrap=True)
         for (model, algorithm), m in sorted(metrics.items()):
             t.add_row(model, algorithm, *(f"{m.get(k, float('nan')):.3f}" for k in ("roc_auc", "pr_auc", "brier", "positive_rate")),
                       f"{int(m.get('rows', 0)):,}")
