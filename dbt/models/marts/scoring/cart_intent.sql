@@ -14,11 +14,11 @@ final as (
     select
         predictions.person_id,
         predictions.cart_id,
-        cast(predictions.cart_value as {{ dbt.type_float() }}) as cart_value,
+        cast(predictions.cart_value as double) as cart_value,
         predictions.cart_added_at,
-        cast(predictions.purchase_probability as {{ dbt.type_float() }}) as purchase_probability,
+        cast(predictions.purchase_probability as double) as purchase_probability,
         predictions.intent_group,
-        cast(predictions.expected_return_hours as {{ dbt.type_float() }}) as expected_return_hours,
+        cast(predictions.expected_return_hours as double) as expected_return_hours,
         predictions.model_version,
         {{ as_of() }} as as_of
     from predictions

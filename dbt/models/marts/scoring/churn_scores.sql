@@ -13,7 +13,7 @@ customers as (
 final as (
     select
         predictions.person_id,
-        cast(predictions.churn_probability as {{ dbt.type_float() }}) as churn_probability,
+        cast(predictions.churn_probability as double) as churn_probability,
         predictions.risk_tier,
         predictions.model_version,
         predictions.top_reasons,

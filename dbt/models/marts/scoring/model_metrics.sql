@@ -10,7 +10,7 @@ final as (
     select
         model,
         metric,
-        cast(value as {{ dbt.type_float() }}) as value,
+        cast(value as double) as value,
         dataset,
         algorithm,
         selected,
