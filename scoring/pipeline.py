@@ -9,6 +9,7 @@ model_metrics. Plain functions over a DuckDB connection; Dagster only calls `run
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import duckdb
@@ -171,13 +172,14 @@ def run_scoring(con: duckdb.DuckDBPyConnection, churn_settings: ChurnSettings, c
 
 
 def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress) -> ScoringResult:
+    started = time.perf_counter()
     for table, why in (("int_churn_features", "churn features"), ("int_cart_features", "cart features"),
                        ("int_carts", "abandon-and-return gaps")):
         _require(con, "intermediate", table, why)
     churn_features = _frame(con, "SELECT * FROM intermediate.int_churn_features")
     churn_result = churn.train_and_score(churn_features, churn_settings)
     progress(f"scoring: churn {churn_result.algorithm}, validation ROC AUC {churn_result.validation['roc_auc']:.3f}, "
-             f"{len(churn_result.predictions):,} scored")
+             f"{len(churn_result.predictions):,} scored ({time.perf_counter() - started:.1f}s)")
 
     cart_features = _frame(con, "SELECT * FROM intermediate.int_cart_features")
     window_hours = cart_settings.window_days * 24
@@ -187,12 +189,14 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress) -
                   [window_hours, as_of.to_pydatetime()])["return_gap_hours"].to_numpy(float)
     cart_result = cart.train_and_score(cart_features, gaps, cart_settings)
     progress(f"scoring: cart intent {cart_result.algorithm}, validation ROC AUC "
-             f"{cart_result.validation['roc_auc']:.3f}, {len(cart_result.predictions):,} open carts scored")
+             f"{cart_result.validation['roc_auc']:.3f}, {len(cart_result.predictions):,} open carts scored "
+             f"({time.perf_counter() - started:.1f}s)")
 
     offers = decide_offers(offer_inputs(con, churn_result.predictions, cart_result.predictions, offer_settings, as_of),
                            offer_settings)
     offers["as_of"] = as_of
-    progress(f"scoring: next-best-offer for {len(offers):,} contactable people, {int(offers['holdout'].sum()):,} held out")
+    progress(f"scoring: next-best-offer for {len(offers):,} contactable people, {int(offers['holdout'].sum()):,} held out "
+             f"({time.perf_counter() - started:.1f}s)")
     metrics = metrics_rows(churn_result, cart_result)
 
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
