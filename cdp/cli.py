@@ -255,6 +255,10 @@ def evaluate_identity(config_path, as_json) -> None:
             out.print(f"{k:<28} {v}")
 
 
+from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
+
+main.add_command(sync_command)
+
 from cdp.commands_scoring import evaluate_churn  # noqa: E402
 
 evaluate.add_command(evaluate_churn)

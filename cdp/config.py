@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from activation.config import Syncs
 from identity.settings import IdentitySettings
 from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
@@ -129,7 +130,7 @@ class Config(_Strict):
     churn: ChurnSettings = Field(default_factory=ChurnSettings)
     cart_intent: CartIntentSettings = Field(default_factory=CartIntentSettings)
     offers: OffersSettings = Field(default_factory=OffersSettings)
-    syncs: list[dict[str, Any]] = Field(default_factory=list)
+    syncs: Syncs = Field(default_factory=list)
     quality: dict[str, Any] = Field(default_factory=dict)
 
     root: Path = Field(default=Path("."), exclude=True)
