@@ -274,5 +274,10 @@ main.add_command(forget)
 main.add_command(export_subject_command)
 
 
+from cdp.commands_scoring import evaluate_churn  # noqa: E402
+
+evaluate.add_command(evaluate_churn)
+
+
 if __name__ == "__main__":
     main()

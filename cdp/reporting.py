@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cdp.config import Config
+from cdp.reporting_scoring import print_model_overview
 from cdp.warehouse import WarehouseBusy, open_warehouse, table_exists
 from ingestion.contracts import ENTITIES
 
@@ -110,6 +111,7 @@ def print_downstream_overview(console: Console, config: Config) -> None:
                     con, "marts", "customers") else 0
                 console.print(f"Marts: {customers:,} customers")
                 console.print(t)
+            print_model_overview(console, con)
     except WarehouseBusy as e:
         console.print(str(e))
 

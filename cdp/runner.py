@@ -19,8 +19,10 @@ STAGES: dict[str, list[str]] = {
     "ingestion": ["ingestion"],
     "privacy": ["privacy"],  # erasure requests (cdp forget), between ingestion and identity
     "identity": ["identity"],
-    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer.
-    "marts": ["staging", "intermediate", "marts"],
+    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer, and the scoring stage the
+    # marts tagged after_scoring read (dagster_project/defs/scoring.py).
+    "marts": ["staging", "intermediate", "scoring", "marts"],
+    "scoring": ["scoring"],
 }
 
 

@@ -86,6 +86,11 @@ sources:
 # Later stages read these sections; their defaults are documented in the README.
 identity: {{}}
 segments: {{}}
+# Models (see README "Churn, cart intent, next-best-offer"): churn.horizon_days (90), risk
+# cut points churn.high_risk_at / medium_risk_at; cart_intent.likely_at / unlikely_below;
+# offers: experiment, holdout_share (0.1), max_emails_per_7_days (3) and the offer catalog.
+churn: {{}}
+cart_intent: {{}}
 offers: {{}}
 # Reverse-ETL syncs (README "Activation"), e.g.
 #   - name: vip_to_klaviyo

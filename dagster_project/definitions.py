@@ -10,6 +10,7 @@ from dagster_project.defs.identity import IDENTITY_ASSETS
 from dagster_project.defs.ingestion import RAW_ASSETS
 from dagster_project.defs.privacy import PRIVACY_ASSETS
 from dagster_project.defs.resources import tessera_from_env
+from dagster_project.defs.scoring import SCORING_ASSETS
 from privacy.masking import install_log_masking
 
 # Every log record of this code location is masked for emails and phone numbers at creation,
@@ -17,7 +18,7 @@ from privacy.masking import install_log_masking
 install_log_masking()
 
 defs = Definitions(
-    assets=[*RAW_ASSETS, *PRIVACY_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SYNC_ASSETS],
+    assets=[*RAW_ASSETS, *PRIVACY_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SCORING_ASSETS, *SYNC_ASSETS],
     jobs=[ingest_job, refresh_job],
     schedules=[daily_refresh, *SYNC_SCHEDULES],
     sensors=[landing_files_sensor],
