@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from expectations.settings import QualitySettings
 from identity.settings import IdentitySettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
 
@@ -127,7 +128,7 @@ class Config(_Strict):
     segments: dict[str, Any] = Field(default_factory=dict)
     offers: dict[str, Any] = Field(default_factory=dict)
     syncs: list[dict[str, Any]] = Field(default_factory=list)
-    quality: dict[str, Any] = Field(default_factory=dict)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
 
     root: Path = Field(default=Path("."), exclude=True)
 
