@@ -100,14 +100,15 @@ def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
 @click.option("--only", "only", multiple=True, metavar="STAGE",
               help="Run only this stage (repeatable), e.g. --only ingestion.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def run(config_path, only, as_json) -> None:
+@click.option("--accept-drift", is_flag=True, help="Publish even if drift checks fail (every other check must pass).")
+def run(config_path, only, as_json, accept_drift) -> None:
     """Run the asset graph in this process (what the Dagster UI runs), then summarise."""
     from cdp.runner import run_pipeline
 
     _load(config_path)  # validate first, with a clear message
     _show_stage_progress()
     try:
-        summary = run_pipeline(config_path, only=list(only) or None)
+        summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift)
     except ValueError as e:
         raise UserError(str(e)) from None
     except WarehouseBusy as e:
@@ -155,6 +156,9 @@ def _print_run_summary(summary, config_path) -> None:
             out.print("    " + c.detail.replace("\n", "\n    ")[:2000], markup=False)
     for f in summary.failures:
         err.print(f"[bold red]failed:[/] {f}", markup=True)
+    from cdp.commands_quality import print_gate_outcome
+
+    print_gate_outcome(out, summary)
     passed = sum(c.passed for c in summary.checks)
     verdict = "[bold green]OK[/]" if summary.ok else "[bold red]FAILED[/]"
     out.print(
@@ -192,6 +196,9 @@ def status(config_path, as_json) -> None:
         out.print(f"warehouse  {info['warehouse_error']}")
     for table, n in (info.get("raw_tables") or {}).items():
         out.print(f"  raw.{table:<22} {n:>12,} rows")
+    from cdp.commands_quality import print_publish_status
+
+    print_publish_status(out, info)
 
 
 # --------------------------------------------------------------------------- identity
@@ -254,6 +261,11 @@ def evaluate_identity(config_path, as_json) -> None:
         for k, v in result.items():
             out.print(f"{k:<28} {v}")
 
+
+from cdp.commands_quality import publish_command, rollback_command  # noqa: E402
+
+main.add_command(publish_command)
+main.add_command(rollback_command)
 
 if __name__ == "__main__":
     main()

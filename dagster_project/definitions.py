@@ -7,10 +7,16 @@ from dagster_project.defs.automation import daily_refresh, ingest_job, landing_f
 from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_RESOURCES
 from dagster_project.defs.identity import IDENTITY_ASSETS
 from dagster_project.defs.ingestion import RAW_ASSETS
+from dagster_project.defs.quality import build_quality_defs, build_source_checks
 from dagster_project.defs.resources import tessera_from_env
 
+PIPELINE_ASSETS = [*RAW_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS]
+# The quality gate's checks and publish/snapshot, wired to the published marts defined above.
+PUBLISH_ASSETS, GATE_CHECKS = build_quality_defs({key for a in PIPELINE_ASSETS for key in a.keys})
+
 defs = Definitions(
-    assets=[*RAW_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS],
+    assets=[*PIPELINE_ASSETS, *PUBLISH_ASSETS],
+    asset_checks=[*GATE_CHECKS, build_source_checks()],
     jobs=[ingest_job, refresh_job],
     schedules=[daily_refresh],
     sensors=[landing_files_sensor],
