@@ -156,12 +156,6 @@ def _frame(values: dict):
     return pd.DataFrame({k: [None if v is None else float(v)] for k, v in values.items()}, dtype="float64")
 
 
-def _empty_frame(columns: list[str]):
-    import pandas as pd
-
-    return pd.DataFrame({c: pd.Series([], dtype="object") for c in columns})
-
-
 def _group(outcomes, metrics: list[Metric], values: dict, table: str, asset: str, kind: str,
            con, sample_rows: int, pii: tuple[str, ...] = ()) -> list[CheckResult]:
     """GX outcomes (one per expectation) -> one CheckResult per check name."""
@@ -197,23 +191,34 @@ def _fmt(v) -> str:
 
 
 # --------------------------------------------------------------------------- published tables
+def _table_frame(columns: list[str], metrics: dict):
+    """One row: the table's own columns (empty; what the schema expectation reads) and its metrics."""
+    clash = set(columns) & set(metrics)
+    if clash:
+        raise ValueError(f"metric names clash with table columns: {sorted(clash)}")
+    return _frame({**{c: None for c in columns}, **metrics})
+
+
 def check_published_table(con, gx, t: PublishedTable, present: set[str], sample_rows: int) -> list[CheckResult]:
     asset = "/".join(t.asset_path)
     columns = _columns(con, t.schema, t.table)
-    schema_outcomes = gx.validate(f"published_{t.name}_schema", _empty_frame(columns))
-    schema_ok = all(o.success for o in schema_outcomes)
     missing = [c for c in t.required_columns if c not in columns]
-    schema = CheckResult(t.name, asset, "schema", "suite", schema_ok, True,
-                         detail="" if schema_ok else f"missing columns: {', '.join(missing)} (has: {', '.join(columns)})",
-                         observed={"columns": columns})
-    if not schema_ok:  # the metrics would reference missing columns
-        return [schema]
-    metrics = published_metrics(t, existing=present)
-    values = dict(zip([m.name for m in metrics], fetch_all(con, published_metrics_sql(t, metrics))[0]))
-    frame_values = {m.name: values.get(m.name) for m in published_metrics(t, existing={"marts.consent"})}
-    frame_values.update(values)
-    outcomes = gx.validate(f"published_{t.name}", _frame(frame_values))
-    return [schema, *_group(outcomes, metrics, values, t.name, asset, "suite", con, sample_rows, t.pii_columns)]
+    all_metrics = published_metrics(t, existing={"marts.consent"})
+    values = {m.name: None for m in all_metrics}
+    metrics: list[Metric] = []
+    if not missing:  # the metrics would reference missing columns
+        metrics = published_metrics(t, existing=present)
+        values.update(zip([m.name for m in metrics], fetch_all(con, published_metrics_sql(t, metrics))[0]))
+    outcomes = gx.validate(f"published_{t.name}", _table_frame(columns, values))
+    results = _group(outcomes, metrics, values, t.name, asset, "suite", con, sample_rows, t.pii_columns)
+    for r in results:
+        if r.check == "schema":
+            r.observed = {"columns": columns}
+            if not r.passed:
+                r.detail = f"missing columns: {', '.join(missing)} (has: {', '.join(columns)})"
+    if missing:  # nothing else was measured
+        results = [r for r in results if r.check == "schema"]
+    return results
 
 
 # --------------------------------------------------------------------------- identity sanity
@@ -374,9 +379,12 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
     relations = {t.relation for t in present.values()}
     for t in present.values():
         checks += check_published_table(con, gx, t, relations, config.quality.sample_rows)
-    if "identity_graph" in present:
+    # Identity sanity and drift read columns the schema checks vouch for.
+    sound = {n: t for n, t in present.items()
+             if not any(c.table == n and c.check == "schema" and not c.passed for c in checks)}
+    if "identity_graph" in sound:
         checks += check_identity(con, gx, config)
-    checks += check_drift(con, gx, config, present, accept_drift)
+    checks += check_drift(con, gx, config, sound, accept_drift)
     result = GateResult(gate_id, dagster_run_id, now.isoformat(timespec="seconds"), accept_drift, checks,
                         sorted(present), skipped)
     try:
@@ -450,12 +458,14 @@ def run_source_checks(config: Config, con, since: datetime | None, tables: list[
         if not table_exists(con, "raw", ent.table):
             continue
         columns = _columns(con, "raw", ent.table)
-        schema_outcomes = gx.validate(f"source_{ent.table}_schema", _empty_frame(columns))
-        ok = all(o.success for o in schema_outcomes)
         missing = [c for c in ent.field_names if c not in columns]
-        results.append(CheckResult(name, asset, "schema", "source", ok, True,
-                                   detail="" if ok else f"missing contract columns: {', '.join(missing)}"))
-        if not ok:
+        if missing:
+            empty = {m.name: None for m in [*source_metrics(ent, "true"), BAD_ROW_RATE]}
+            outcomes = gx.validate(f"source_{ent.table}", _table_frame(columns, empty))  # recorded in Data Docs
+            schema_ok = all(o.success for o in outcomes if o.check == "schema")
+            results.append(CheckResult(name, asset, "schema", "source", schema_ok, True,
+                                       detail=f"missing contract columns: {', '.join(missing)}",
+                                       observed={"columns": columns}))
             continue
         loads_filter = f"started_at >= {since_sql}"
         batch_filter = (f"_load_id IN (SELECT load_id FROM raw.loads WHERE table_name = '{ent.table}' "
@@ -465,7 +475,8 @@ def run_source_checks(config: Config, con, since: datetime | None, tables: list[
         values = dict(zip(["rows_in_batch", *[m.name for m in metrics], "bad_row_rate"], row))
         params = {"max_bad_row_rate": config.ingestion.max_bad_row_rate,
                   "max_invalid_format_rate": config.quality.sources.max_invalid_format_rate}
-        outcomes = gx.validate(f"source_{ent.table}", _frame({k: v for k, v in values.items() if k != "rows_in_batch"}), params)
+        outcomes = gx.validate(f"source_{ent.table}",
+                               _table_frame(columns, {k: v for k, v in values.items() if k != "rows_in_batch"}), params)
         group = _group(outcomes, [*metrics, BAD_ROW_RATE], values, name, asset, "source", con, config.quality.sample_rows)
         for r in group:
             r.observed["rows_in_batch"] = values["rows_in_batch"]

@@ -3,9 +3,9 @@
 GX 1.x has no DuckDB datasource, and reading a 5-million-row mart into pandas to count its
 duplicate keys would cost more than the build. So each table is measured in DuckDB first:
 one SQL query returns one row of *metrics* (rows with a null key, duplicated keys,
-probabilities out of range, persons not in ``customers``...), and GX validates that one-row
-DataFrame against the table's suite. The schema suite runs on a zero-row DataFrame of the
-table's columns. Drift and identity sanity are measured the same way and validated against
+probabilities out of range, persons not in ``customers``...), and GX validates a one-row
+DataFrame holding the table's own columns (empty, for the schema expectation) and those
+metrics against the table's suite. Drift and identity sanity are measured the same way and validated against
 suites whose bounds are ``$PARAMETER``s filled from the ``quality:`` config.
 
 Every metric knows its check name (the Dagster asset check and the name in messages) and how
@@ -127,19 +127,17 @@ def published_metrics_sql(t: PublishedTable, metrics: list[Metric]) -> str:
 
 
 def published_suite(t: PublishedTable) -> dict:
-    # The suite holds every expectation the table can have; the consent-dependent ones are
-    # validated only when the consent table exists (see gate.py).
+    """Validated against one row: the table's own columns (empty) plus its metrics. The suite
+    holds every expectation the table can have; the consent-dependent metrics are left empty
+    (and so pass) while no consent table exists."""
     metrics = published_metrics(t, existing={"marts.consent"})
-    return _suite(f"published_{t.name}", [x.expectation(t.name) for x in metrics],
-                  f"Metrics of the published table {t.name} ({t.relation}), measured in DuckDB.")
-
-
-def published_schema_suite(t: PublishedTable) -> dict:
-    return _suite(f"published_{t.name}_schema", [{
+    schema = {
         "type": "expect_table_columns_to_match_set",
         "kwargs": {"column_set": list(t.required_columns), "exact_match": False},
         "meta": {"check": "schema", "table": t.name, "blocking": True},
-    }], f"Columns the published table {t.name} must have (more are allowed).")
+    }
+    return _suite(f"published_{t.name}", [schema, *[x.expectation(t.name) for x in metrics]],
+                  f"Columns and metrics of the published table {t.name} ({t.relation}), measured in DuckDB.")
 
 
 # --------------------------------------------------------------------------- sources
@@ -189,16 +187,14 @@ BAD_ROW_RATE = Metric("bad_row_rate", "bad_row_rate", "", max_value="max_bad_row
 
 def source_suite(ent: Entity) -> dict:
     metrics = [*source_metrics(ent, "true"), BAD_ROW_RATE]
-    return _suite(f"source_{ent.table}", [x.expectation(f"raw.{ent.table}") for x in metrics],
-                  f"Each load of raw.{ent.table}: required fields, allowed values, ranges, formats, bad-row rate.")
-
-
-def source_schema_suite(ent: Entity) -> dict:
-    return _suite(f"source_{ent.table}_schema", [{
+    schema = {
         "type": "expect_table_columns_to_match_set",
         "kwargs": {"column_set": [*ent.field_names, "_source", "_file", "_row", "_load_id"], "exact_match": False},
         "meta": {"check": "schema", "table": f"raw.{ent.table}", "blocking": True},
-    }], f"Contract columns of raw.{ent.table} (contract {ent.kind}.{ent.name}).")
+    }
+    return _suite(f"source_{ent.table}", [schema, *[x.expectation(f"raw.{ent.table}") for x in metrics]],
+                  f"Each load of raw.{ent.table}: contract columns, required fields, allowed values, ranges, "
+                  f"formats, bad-row rate.")
 
 
 # --------------------------------------------------------------------------- drift and identity
@@ -242,9 +238,9 @@ def _suite(name: str, expectations: list[dict], notes: str) -> dict:
 def all_suites() -> list[dict]:
     suites = []
     for t in PUBLISHED_TABLES:
-        suites += [published_schema_suite(t), published_suite(t)]
+        suites.append(published_suite(t))
     for ent in ENTITIES:
-        suites += [source_schema_suite(ent), source_suite(ent)]
+        suites.append(source_suite(ent))
     return [*suites, drift_suite(), identity_suite()]
 
 
