@@ -157,7 +157,7 @@ def _frame(values: dict):
 
 
 def _group(outcomes, metrics: list[Metric], values: dict, table: str, asset: str, kind: str,
-           con, sample_rows: int, pii: tuple[str, ...] = ()) -> list[CheckResult]:
+           con, sample_rows: int, pii: tuple[str, ...] = (), params: dict | None = None) -> list[CheckResult]:
     """GX outcomes (one per expectation) -> one CheckResult per check name."""
     by_metric = {m.name: m for m in metrics}
     results: dict[str, CheckResult] = {}
@@ -169,16 +169,16 @@ def _group(outcomes, metrics: list[Metric], values: dict, table: str, asset: str
             r.observed[o.column] = values[o.column]
         if not o.success:
             r.passed = False
-            bound = _bounds_text(metric) if metric else ""
+            bound = _bounds_text(metric, params or {}) if metric else ""
             r.detail = "; ".join(filter(None, [r.detail, f"{o.column} = {_fmt(values.get(o.column, o.observed))}{bound}"]))
             if metric and metric.failing_rows_sql and len(r.sample) < sample_rows:
                 r.sample += masked_rows(con, metric.failing_rows_sql, sample_rows - len(r.sample), pii)
     return list(results.values())
 
 
-def _bounds_text(m: Metric) -> str:
-    lo = m.min_value if not isinstance(m.min_value, str) else f"${m.min_value}"
-    hi = m.max_value if not isinstance(m.max_value, str) else f"${m.max_value}"
+def _bounds_text(m: Metric, params: dict) -> str:
+    lo = params.get(m.min_value, m.min_value) if isinstance(m.min_value, str) else m.min_value
+    hi = params.get(m.max_value, m.max_value) if isinstance(m.max_value, str) else m.max_value
     if lo is not None and hi is not None:
         return f" (expected {lo}..{hi})" if lo != hi else f" (expected {lo})"
     return f" (expected >= {lo})" if lo is not None else f" (expected {'<' if m.strict_max else '<='} {hi})"
@@ -241,7 +241,7 @@ def check_identity(con, gx, config: Config) -> list[CheckResult]:
     values = identity_metrics(con, max_emails=bounds.max_emails_per_person)
     outcomes = gx.validate("gate_identity", _frame(values), bounds.model_dump())
     results = _group(outcomes, list(IDENTITY_METRICS), values, "identity_graph", "marts/identity_graph",
-                     "identity", con, 0)
+                     "identity", con, 0, params=bounds.model_dump())
     for r in results:
         if not r.passed and r.check == "identity_largest_cluster":
             r.sample = [{"person_id": p, "records": n} for p, n in fetch_all(
@@ -341,7 +341,7 @@ def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], acc
         if table not in present:
             continue
         asset = "/".join(present[table].asset_path)
-        results += _group(own, metrics, values, table, asset, "drift", con, 0)
+        results += _group(own, metrics, values, table, asset, "drift", con, 0, params=params)
     for r in results:
         r.observed.update({"compared_with": prev_run or "nothing published yet", **details.get(r.check, {})})
         if not r.passed:
@@ -459,9 +459,11 @@ def run_source_checks(config: Config, con, since: datetime | None, tables: list[
             continue
         columns = _columns(con, "raw", ent.table)
         missing = [c for c in ent.field_names if c not in columns]
+        params = {"max_bad_row_rate": config.ingestion.max_bad_row_rate,
+                  "max_invalid_format_rate": config.quality.sources.max_invalid_format_rate}
         if missing:
             empty = {m.name: None for m in [*source_metrics(ent, "true"), BAD_ROW_RATE]}
-            outcomes = gx.validate(f"source_{ent.table}", _table_frame(columns, empty))  # recorded in Data Docs
+            outcomes = gx.validate(f"source_{ent.table}", _table_frame(columns, empty), params)  # for Data Docs
             schema_ok = all(o.success for o in outcomes if o.check == "schema")
             results.append(CheckResult(name, asset, "schema", "source", schema_ok, True,
                                        detail=f"missing contract columns: {', '.join(missing)}",
@@ -473,11 +475,10 @@ def run_source_checks(config: Config, con, since: datetime | None, tables: list[
         metrics = source_metrics(ent, batch_filter)
         row = fetch_all(con, source_metrics_sql(ent, metrics, batch_filter, loads_filter))[0]
         values = dict(zip(["rows_in_batch", *[m.name for m in metrics], "bad_row_rate"], row))
-        params = {"max_bad_row_rate": config.ingestion.max_bad_row_rate,
-                  "max_invalid_format_rate": config.quality.sources.max_invalid_format_rate}
         outcomes = gx.validate(f"source_{ent.table}",
                                _table_frame(columns, {k: v for k, v in values.items() if k != "rows_in_batch"}), params)
-        group = _group(outcomes, [*metrics, BAD_ROW_RATE], values, name, asset, "source", con, config.quality.sample_rows)
+        group = _group(outcomes, [*metrics, BAD_ROW_RATE], values, name, asset, "source", con,
+                       config.quality.sample_rows, params=params)
         for r in group:
             r.observed["rows_in_batch"] = values["rows_in_batch"]
         results += group

@@ -74,7 +74,9 @@ class GxRunner:
         yml = self.root / "great_expectations.yml"
         if not yml.exists():
             shutil.copy(GX_DIR / "great_expectations.yml", yml)
-        for sub in ("expectations", "validation_definitions"):
+        # Suites come fresh from the repository; validation results and Data Docs of earlier
+        # processes are dropped, so the docs show this run's validations (and stay quick to build).
+        for sub in ("expectations", "validation_definitions", "uncommitted/validations", "uncommitted/data_docs"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 

@@ -116,7 +116,7 @@ def base(tmp_path_factory):
 
 def copy_project(base_cfg: Path, dest: Path) -> Path:
     src = base_cfg.parent
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".dagster", "landing", "gx"))
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("landing", "gx"))
     return dest / "cdp.yaml"
 
 
@@ -145,10 +145,11 @@ def _most_common_segment(con) -> str:
     return fetch_value(con, "SELECT segment FROM marts.segment_membership GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")
 
 
+NAMED = "email IS NOT NULL AND first_name IS NOT NULL AND last_name IS NOT NULL ORDER BY person_id"
 FAULTS = {
     "schema drift": ("ALTER TABLE marts.churn_scores RENAME COLUMN churn_probability TO churn_prob",
                      "schema on churn_scores"),
-    "duplicated keys": ("INSERT INTO marts.customers SELECT * FROM marts.customers ORDER BY person_id LIMIT 1",
+    "duplicated keys": ("INSERT INTO marts.customers SELECT * FROM marts.customers WHERE " + NAMED + " LIMIT 1",
                         "keys_unique on customers"),
     "probability out of range": (
         "UPDATE marts.cart_intent SET purchase_probability = 1.7 "
@@ -161,8 +162,11 @@ FAULTS = {
         "email_audience_has_consent on next_best_offer"),
     "segment collapsing to zero": (
         "DELETE FROM marts.segment_membership WHERE segment = '{segment}'", "drift_segment_sizes on segment_membership"),
-    "giant identity cluster": (
-        "UPDATE marts.identity_graph SET person_id = (SELECT min(person_id) FROM marts.customers)",
+    "giant identity cluster": (  # 600 more source records resolved to one person
+        """INSERT INTO marts.identity_graph (source, entity, source_record_id, record_key, person_id, match_method,
+                                             match_probability, as_of)
+           SELECT 'web', 'device', 'fake-' || i, 'web:device:fake-' || i, (SELECT min(person_id) FROM marts.customers),
+                  'splink', 0.99, (SELECT max(as_of) FROM marts.customers) FROM range(600) t(i)""",
         "identity_largest_cluster on identity_graph"),
 }
 
@@ -192,24 +196,17 @@ def test_bad_data_blocks_the_publish_and_leaves_the_snapshot_byte_identical(base
                                 "WHERE gate_id = ? AND NOT passed", [gate["gate_id"]])
     check, table = expected.split(" on ")
     assert (f"{table}:{check}",) in stored
-
-
-def test_report_samples_failing_rows_with_pii_masked(base, tmp_path):
-    cfg_path = copy_project(base, tmp_path / "proj")
-    config = load_config(cfg_path)
-    with open_warehouse(config.warehouse_path) as con:
-        email, first, phone = fetch_all(con, "SELECT email, first_name, phone FROM marts.customers "
-                                             "WHERE email IS NOT NULL AND first_name IS NOT NULL AND phone IS NOT NULL "
-                                             "ORDER BY person_id LIMIT 1")[0]
-        con.execute("INSERT INTO marts.customers SELECT * FROM marts.customers WHERE email = ?", [email])
-    result = cli("publish", "--config", str(cfg_path))
-    assert result.exit_code == 1
     report = (config.reports_dir / "quality" / "latest.md").read_text()
-    assert "### keys_unique on customers (BLOCKING)" in report
-    assert f"{email[0]}***@***" in report  # the duplicated row is shown, masked
-    for secret in (email, first, phone, email.split("@")[0]):
-        assert secret not in report and secret not in result.output
-    assert "keys_unique on customers" in (config.reports_dir / "quality" / "latest.html").read_text()
+    assert f"### {check} on {table} (BLOCKING)" in report
+    assert expected in (config.reports_dir / "quality" / "latest.html").read_text()
+    if fault == "duplicated keys":  # the failing rows are sampled, with personal data masked
+        with open_warehouse(config.warehouse_path, read_only=True) as con:
+            email, first, last = fetch_all(
+                con, f"SELECT email, first_name, last_name FROM marts.customers WHERE {NAMED} LIMIT 1")[0]
+        assert f"{email[0]}***@***" in report and f"{first[0]}***" in report
+        assert email not in report and email not in result.output
+        for name in (email.split("@")[0], first, last):
+            assert f"| {name} |" not in report
 
 
 READER = textwrap.dedent("""
@@ -315,3 +312,39 @@ def test_dagster_wiring_publish_is_downstream_of_every_mart_and_checks_block():
     assert specs[("segment_membership", "drift_segment_sizes")].blocking
     assert not specs[("customers", "row_count")].blocking if ("customers", "row_count") in specs else True
     assert gate.node_def.pool == WAREHOUSE_POOL
+
+
+def test_drift_defaults_block_a_halved_person_count_and_a_shifted_churn_distribution(tmp_path):
+    from cdp.config import config_from_dict
+    from expectations.gate import _frame, drift_values
+    from expectations.gx_runner import runner_for
+
+    before = {"persons": 1000, "segments": {"a": 100, "b": 10}, "merged_share": 0.5,
+              "churn_hist": [0.1] * 10, "churn_mean": 0.5}
+    drift = config_from_dict({}, tmp_path).quality.drift
+    params = {"max_person_count_change": drift.max_person_count_change, "max_emptied_segments": 0,
+              "max_segment_size_change": 1e18, "max_merge_rate_change": drift.max_merge_rate_change,
+              "max_churn_mean_change": drift.max_churn_mean_change, "max_churn_psi": drift.max_churn_psi}
+    gx = runner_for(tmp_path)
+
+    def failing(now):
+        values, _ = drift_values(now, before, drift.min_segment_size)
+        return {o.check for o in gx.validate("gate_drift", _frame(values), params) if not o.success}
+
+    steady = {"persons": 1100, "segments": {"a": 90, "b": 12}, "merged_share": 0.52,
+              "churn_hist": [0.1] * 10, "churn_mean": 0.51}
+    assert failing(steady) == set()
+    assert failing({**steady, "persons": 500}) == {"drift_person_count"}  # dropped by half
+    assert failing({**steady, "persons": 1500}) == {"drift_person_count"}  # rose by half
+    assert failing({**steady, "segments": {"a": 90}}) == {"drift_segment_sizes"}  # b emptied
+    skewed = [0.01] * 9 + [0.91]
+    assert failing({**steady, "churn_hist": skewed, "churn_mean": 0.9}) == {"drift_churn_distribution"}
+    assert failing({**steady, "merged_share": 0.8}) == {"drift_merge_rate"}
+
+
+def test_masking_keeps_no_personal_value():
+    from expectations.gate import mask
+
+    assert mask("email", "jane.doe@example.co.uk") == "j***@***.uk"
+    assert mask("phone", "+44 7700 900123") == "***23"
+    assert mask("first_name", "Jane") == "J***"
