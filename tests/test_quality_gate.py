@@ -11,6 +11,7 @@ shapes of the shared interface, when the dbt run did not build them.
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,13 @@ from publish.snapshot import CURRENT, read_manifest
 AS_OF = dt.date(2026, 6, 30)
 
 OTHER_MARTS = {
+    # Only if a dbt selection left them out (after the dbt split they are built after scoring).
+    "segment_membership": """
+        SELECT 'lifecycle_' || lifecycle_stage AS segment, 'lifecycle' AS segment_type, person_id,
+               as_of AS since, as_of FROM marts.customer_traits""",
+    "segment_membership_history": """
+        SELECT segment, segment_type, person_id, since AS entered_at, NULL::TIMESTAMP AS exited_at,
+               since AS last_evaluated_at FROM marts.segment_membership""",
     "consent": """
         SELECT person_id, ch.channel,
                CASE WHEN hash(person_id || ch.channel) % 3 = 0 THEN 'denied' ELSE 'granted' END AS status,
@@ -66,10 +74,6 @@ OTHER_MARTS = {
         FROM marts.segment_membership""",
     "model_metrics": "SELECT 'churn' AS model, 'roc_auc' AS metric, 0.8 AS value, 'validation' AS dataset, "
                      "TIMESTAMP '2026-06-30 23:59:59' AS as_of",
-    # Only if a dbt selection left it out (after the dbt split it is built after scoring).
-    "segment_membership": """
-        SELECT 'lifecycle_' || lifecycle_stage AS segment, 'lifecycle' AS segment_type, person_id,
-               as_of AS since, as_of FROM marts.customer_traits""",
 }
 
 
@@ -100,12 +104,11 @@ def base(tmp_path_factory):
         [DBT, "run", "--exclude", "tag:after_scoring", "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
          "--target-path", str(root / "target"), "--log-path", str(root / "target"),
          "--vars", json.dumps({"as_of": AS_OF.isoformat()})],
-        env={**__import__("os").environ, "TESSERA_WAREHOUSE": str(config.warehouse_path)},
+        env={**os.environ, "TESSERA_WAREHOUSE": str(config.warehouse_path)},
         capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
     with open_warehouse(config.warehouse_path) as con:
-        for name in ("segment_membership", "consent", "churn_scores", "cart_intent", "next_best_offer",
-                     "recommendations", "segment_catalog", "model_metrics"):
+        for name in OTHER_MARTS:  # in dependency order
             if not table_exists(con, "marts", name):
                 con.execute(f"CREATE TABLE marts.{name} AS {OTHER_MARTS[name]}")
     result = cli("run", "--config", str(cfg_path), "--only", "publish")
@@ -154,11 +157,12 @@ FAULTS = {
     "probability out of range": (
         "UPDATE marts.cart_intent SET purchase_probability = 1.7 "
         "WHERE person_id = (SELECT min(person_id) FROM marts.cart_intent)", "probabilities_in_range on cart_intent"),
-    "opted-out person in an email audience": (
-        """UPDATE marts.next_best_offer SET channel = 'email', offer = 'cart_reminder'
-           WHERE person_id = (SELECT min(person_id) FROM marts.consent
-                              WHERE channel = 'email_marketing' AND status = 'denied'
-                                AND person_id IN (SELECT person_id FROM marts.next_best_offer))""",
+    "opted-out person in an email audience": (  # a person who withdrew email consent gets an email offer
+        """DELETE FROM marts.next_best_offer WHERE person_id = ({opted_out});
+           INSERT INTO marts.next_best_offer (person_id, offer, channel, expected_value, reason_codes, holdout,
+                                              experiment, as_of)
+           SELECT ({opted_out}), 'cart_reminder', 'email', 1.0, ['test'], false, 'exp1',
+                  (SELECT max(as_of) FROM marts.customers)""",
         "email_audience_has_consent on next_best_offer"),
     "segment collapsing to zero": (
         "DELETE FROM marts.segment_membership WHERE segment = '{segment}'", "drift_segment_sizes on segment_membership"),
@@ -179,7 +183,10 @@ def test_bad_data_blocks_the_publish_and_leaves_the_snapshot_byte_identical(base
     before, manifest_before = digest(current), (config.published_dir / "manifest.json").read_text()
     sql, expected = FAULTS[fault]
     with open_warehouse(config.warehouse_path) as con:
-        con.execute(sql.format(segment=_most_common_segment(con)))
+        opted_out = ("SELECT min(person_id) FROM marts.consent WHERE channel = 'email_marketing' "
+                     "AND status = 'denied'")
+        assert fetch_value(con, opted_out) is not None
+        con.execute(sql.format(segment=_most_common_segment(con), opted_out=opted_out))
 
     result = cli("run", "--config", str(cfg_path), "--only", "publish")
 
