@@ -12,7 +12,7 @@ import time
 
 from bench.common import OUT
 
-BENCHES = ["generator", "ingestion", "identity", "gate"]
+BENCHES = ["generator", "ingestion", "identity", "gate", "activation"]
 
 
 def main() -> None:

@@ -262,8 +262,10 @@ def evaluate_identity(config_path, as_json) -> None:
             out.print(f"{k:<28} {v}")
 
 
+from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
 from cdp.commands_quality import publish_command, rollback_command  # noqa: E402
 
+main.add_command(sync_command)
 main.add_command(publish_command)
 main.add_command(rollback_command)
 

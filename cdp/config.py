@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from activation.config import Syncs
 from expectations.settings import QualitySettings
 from identity.settings import IdentitySettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
@@ -127,7 +128,7 @@ class Config(_Strict):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     segments: dict[str, Any] = Field(default_factory=dict)
     offers: dict[str, Any] = Field(default_factory=dict)
-    syncs: list[dict[str, Any]] = Field(default_factory=list)
+    syncs: Syncs = Field(default_factory=list)
     quality: QualitySettings = Field(default_factory=QualitySettings)
 
     root: Path = Field(default=Path("."), exclude=True)

@@ -86,6 +86,13 @@ sources:
 identity: {{}}
 segments: {{}}
 offers: {{}}
+# Reverse-ETL syncs (README "Activation"), e.g.
+#   - name: vip_to_klaviyo
+#     source: {{segment: vip}}
+#     destination: {{type: klaviyo, api_key_env: KLAVIYO_API_KEY, list_id: YOUR_LIST}}
+#     fields: {{first_name: first_name, last_name: last_name}}
+#     mode: mirror
+#     consent: {{channel: email_marketing}}
 syncs: []
 # Quality gate (README: "Quality gate and publishing"). Defaults, all optional:
 #   keep_snapshots: 5

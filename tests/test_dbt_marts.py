@@ -31,7 +31,7 @@ AS_OF = dt.date(2026, 6, 30)  # the generator's last day and the "current" run
 AS_OF_TS = dt.datetime(2026, 6, 30, 23, 59, 59)
 PAST = dt.date(2026, 3, 31)  # the backtest
 PAST_TS = dt.datetime(2026, 3, 31, 23, 59, 59)
-PUBLISHED = ("customers", "customer_traits", "segment_membership", "identity_graph", "identity_changes")
+PUBLISHED = ("customers", "customer_traits", "segment_membership", "identity_graph", "identity_changes", "consent")
 
 
 def build_identity_from_ground_truth(con, ground_truth: Path) -> None:
@@ -293,15 +293,16 @@ def test_dagster_dbt_assets_have_the_upstream_keys_groups_and_pool():
     from dagster_project.defs.dbt_marts import DBT_ASSETS
     from dagster_project.defs.ingestion import RAW_ASSET_KEYS, WAREHOUSE_POOL
 
-    (assets,) = DBT_ASSETS
-    specs = {spec.key: spec for spec in assets.specs}
+    core, after_scoring = DBT_ASSETS
+    specs = {spec.key: spec for assets in DBT_ASSETS for spec in assets.specs}
     deps = {key: {d.asset_key for d in spec.deps} for key, spec in specs.items()}
     assert AssetKey(["raw", "web_events"]) in deps[AssetKey(["staging", "stg_web__events"])]
     assert AssetKey(["raw", "pos_transactions"]) in deps[AssetKey(["staging", "stg_pos__transactions"])]
     for table in ("graph", "golden", "changes"):
         assert AssetKey(["identity", table]) in deps[AssetKey(["staging", f"stg_identity__{table}"])]
     upstream = set().union(*deps.values()) - set(specs)
-    assert upstream <= set(RAW_ASSET_KEYS) | {AssetKey(["identity", t]) for t in ("graph", "golden", "changes")}
+    assert upstream <= set(RAW_ASSET_KEYS) | {AssetKey(["identity", t]) for t in ("graph", "golden", "changes")} | {
+        k for k in upstream if k.path[0] in ("scoring", "segments")}
     assert upstream >= set(RAW_ASSET_KEYS)
     groups = {spec.group_name for spec in specs.values()}
     assert groups == {"staging", "intermediate", "marts"}
@@ -309,6 +310,39 @@ def test_dagster_dbt_assets_have_the_upstream_keys_groups_and_pool():
         spec = specs[AssetKey(["marts", name])]
         assert spec.group_name == "marts" and spec.description
     assert all(spec.description for spec in specs.values())
-    assert assets.node_def.pool == WAREHOUSE_POOL
-    check_assets = {k.asset_key for k in assets.check_keys}
+    assert core.node_def.pool == after_scoring.node_def.pool == WAREHOUSE_POOL
+    # The split: models on the scoring stage's outputs wait for it; the rest feed it.
+    after = {spec.key for spec in after_scoring.specs}
+    assert AssetKey(["marts", "segment_membership"]) in after
+    assert AssetKey(["marts", "customer_traits"]) not in after
+    assert not after & {spec.key for spec in core.specs}
+    check_assets = {k.asset_key for assets in DBT_ASSETS for k in assets.check_keys}
     assert AssetKey(["marts", "customers"]) in check_assets and AssetKey(["marts", "customer_traits"]) in check_assets
+
+
+def test_consent_latest_signal_wins_and_support_do_not_contact_withdraws(con):
+    rows = fetch_all(con, "SELECT channel, status, count(*) FROM marts.consent GROUP BY ALL")
+    by = {(c, s): n for c, s, n in rows}
+    assert by.get(("email_marketing", "granted"), 0) > 0 and by.get(("email_marketing", "denied"), 0) > 0
+    # One row per person and channel.
+    assert fetch_value(con, "SELECT count(*) - count(DISTINCT (person_id, channel)) FROM marts.consent") == 0
+    # Every person whose last email-tool word is an unsubscribe, with no later grant anywhere, is denied.
+    wrongly_granted = fetch_value(con, """
+        WITH last_unsub AS (
+            SELECT person_id, max(occurred_at) AS at FROM intermediate.int_email_activity
+            WHERE event_type = 'unsubscribe' AND person_id IS NOT NULL GROUP BY 1)
+        SELECT count(*) FROM last_unsub u JOIN marts.consent c
+          ON c.person_id = u.person_id AND c.channel = 'email_marketing'
+        WHERE c.status = 'granted' AND c.since <= u.at""")
+    assert wrongly_granted == 0
+    # A do-not-contact ticket withdraws email and SMS unless a later grant followed.
+    dnc = fetch_all(con, """
+        SELECT t.person_id, ch.channel, c.status, c.since, max(t.created_at) AS asked_at
+        FROM intermediate.int_support_tickets t
+        CROSS JOIN (VALUES ('email_marketing'), ('sms_marketing')) ch(channel)
+        LEFT JOIN marts.consent c ON c.person_id = t.person_id AND c.channel = ch.channel
+        WHERE t.is_do_not_contact AND t.person_id IS NOT NULL GROUP BY ALL""")
+    assert dnc, "the sample data should hold do-not-contact tickets"
+    for person, channel, status, since, asked_at in dnc:
+        assert status is not None, f"{person} asked not to be contacted but has no {channel} consent row"
+        assert status == "denied" or since > asked_at

@@ -1,3 +1,5 @@
+{{ config(tags=['after_scoring']) }}
+
 with members as (
     select * from {{ ref('int_segment_membership') }}
 ),

@@ -9,6 +9,7 @@
 
 {{ config(
     materialized='incremental',
+    tags=['after_scoring'],
     unique_key='spell_key',
     incremental_strategy=('merge' if target.type in ('spark', 'databricks') else 'delete+insert'),
     full_refresh=false,
