@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from activation.config import Syncs
+from expectations.settings import QualitySettings
 from identity.settings import IdentitySettings
 from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
@@ -132,7 +133,7 @@ class Config(_Strict):
     cart_intent: CartIntentSettings = Field(default_factory=CartIntentSettings)
     offers: OffersSettings = Field(default_factory=OffersSettings)
     syncs: Syncs = Field(default_factory=list)
-    quality: dict[str, Any] = Field(default_factory=dict)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     root: Path = Field(default=Path("."), exclude=True)

@@ -165,6 +165,9 @@ def status_dict(config: Config, config_path: Path) -> dict:
             failed = [c for c in record.get("checks", []) if not c["passed"]]
             info["latest_run"]["ok"] = record.get("ok")
             info["latest_run"]["failed_checks"] = [f"{c['asset']}:{c['check']} ({c['severity']})" for c in failed]
+    from cdp.commands_quality import publish_status
+
+    info.update(publish_status(config))
     if config.warehouse_path.exists():
         try:
             with open_warehouse(config.warehouse_path, read_only=True) as con:
