@@ -46,16 +46,22 @@ DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR)
 
 @contextmanager
 def _warehouse_env(path: Path | str) -> Iterator[None]:
-    """Point profiles.yml at a warehouse file for the duration of a dbt invocation."""
-    saved = os.environ.get(WAREHOUSE_ENV)
-    os.environ[WAREHOUSE_ENV] = str(path)
+    """Point profiles.yml at a warehouse file for the duration of a dbt invocation.
+
+    Also sets dbt's indirect selection to `buildable`: Dagster may run a subset of a dbt
+    selection as its own step, and with dbt's default (`eager`) a subset holding `customers`
+    would pull in the relationship tests of after-scoring models that are not built yet."""
+    wanted = {WAREHOUSE_ENV: str(path), "DBT_INDIRECT_SELECTION": os.environ.get("DBT_INDIRECT_SELECTION", "buildable")}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop(WAREHOUSE_ENV, None)
-        else:
-            os.environ[WAREHOUSE_ENV] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _parse_warehouse_path() -> Path:
