@@ -61,6 +61,8 @@ def print_gate_outcome(out, summary) -> None:
     if published:
         out.print(f"published snapshot {published.metadata.get('snapshot')} "
                   f"({len(published.metadata.get('tables') or {})} tables)", markup=False)
+        if published.metadata.get("report"):
+            out.print(f"report (charts, opens offline): {published.metadata['report']}", markup=False)
     if gate and not gate["passed"]:
         out.print("[bold red]publish blocked by the quality gate:[/]", markup=True)
         for label in gate["blocking_failures"]:

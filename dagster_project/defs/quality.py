@@ -30,6 +30,7 @@ from dagster import (
     multi_asset_check,
 )
 
+from cdp.warehouse import fetch_all
 from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
 from dagster_project.defs.resources import TesseraResource
 from expectations.registry import PUBLISHED_TABLES
@@ -151,6 +152,8 @@ def _publish_asset(deps: list[AssetKey]):
                        "for `cdp rollback`.")
     def publish_snapshot(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
         from expectations.gate import gate_for_run, run_gate
+        from activation.state import sync_overview
+        from marketing.report import write_report
         from publish.snapshot import publish_build
 
         config = tessera.load()
@@ -163,11 +166,18 @@ def _publish_asset(deps: list[AssetKey]):
                 raise Failure(f"publish blocked by the quality gate: {', '.join(gate['blocking_failures'])}",
                               metadata={"report": gate.get("report", "")})
             snap = publish_build(config, con, gate)
+            checks = [{"check": c, "table": t, "severity": "blocking" if b else "warn", "passed": p}
+                      for c, t, b, p in fetch_all(con, """
+                          SELECT check_name, table_name, blocking, passed OR accepted FROM quality.check_results
+                          WHERE gate_id = ? ORDER BY table_name, check_name""", [gate["gate_id"]])]
         log.info("publish: snapshot %s is current (%s)", snap.run_id, snap.path)
+        report = write_report(config.published_dir, snap.run_id, syncs=sync_overview(config.root), quality=checks)
+        log.info("publish: report %s", report)
         return MaterializeResult(metadata={
             "snapshot": snap.run_id, "path": MetadataValue.path(str(snap.path)), "tables": snap.tables,
             "skipped_tables": gate["skipped_tables"], "quality_report": MetadataValue.path(gate.get("report", "")),
             "accepted_drift": gate.get("accepted_drift", []),
+            "report": MetadataValue.path(str(report)),
         })
 
     return publish_snapshot
