@@ -18,7 +18,8 @@ from rich.console import Console
 from cdp.config import ConfigError, find_config_path, load_config
 from cdp.warehouse import WarehouseBusy
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (make demo's log, CI) keeps wide tables readable instead of truncating at 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 config_option = click.option(
