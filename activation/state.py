@@ -203,3 +203,22 @@ class SyncState:
         os.replace(tmp, self.path)
         Path(str(self.path) + ".wal").unlink(missing_ok=True)
         self.con = duckdb.connect(str(self.path))
+
+
+def sync_overview(root: Path) -> list[dict]:
+    """The latest run of every sync (counts only, no PII), for the per-publish report and status.
+    Empty when no sync has run."""
+    path = state_path(root)
+    if not path.exists():
+        return []
+    with SyncState(path, read_only=True) as state:
+        rows = state.con.execute("""
+            SELECT sync, run_id, snapshot, status, planned, sent, rejected, failed, requests,
+                   (SELECT count(*) FROM sync_pending p WHERE p.sync = r.sync) AS pending,
+                   (SELECT count(*) FROM sync_state s WHERE s.sync = r.sync AND s.in_audience) AS in_audience,
+                   started_at, finished_at
+            FROM sync_runs r
+            QUALIFY row_number() OVER (PARTITION BY sync ORDER BY started_at DESC) = 1
+            ORDER BY sync""").fetchall()
+        names = [d[0] for d in state.con.description]
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in zip(names, row)} for row in rows]

@@ -18,7 +18,8 @@ from rich.console import Console
 from cdp.config import ConfigError, find_config_path, load_config
 from cdp.warehouse import WarehouseBusy
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (make demo's log, CI) keeps wide tables readable instead of truncating at 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 config_option = click.option(
@@ -100,14 +101,15 @@ def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
 @click.option("--only", "only", multiple=True, metavar="STAGE",
               help="Run only this stage (repeatable), e.g. --only ingestion.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def run(config_path, only, as_json) -> None:
+@click.option("--accept-drift", is_flag=True, help="Publish even if drift checks fail (every other check must pass).")
+def run(config_path, only, as_json, accept_drift) -> None:
     """Run the asset graph in this process (what the Dagster UI runs), then summarise."""
     from cdp.runner import run_pipeline
 
     _load(config_path)  # validate first, with a clear message
     _show_stage_progress()
     try:
-        summary = run_pipeline(config_path, only=list(only) or None)
+        summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift)
     except ValueError as e:
         raise UserError(str(e)) from None
     except WarehouseBusy as e:
@@ -159,6 +161,9 @@ def _print_run_summary(summary, config_path) -> None:
             out.print("    " + c.detail.replace("\n", "\n    ")[:2000], markup=False)
     for f in summary.failures:
         err.print(f"[bold red]failed:[/] {f}", markup=True)
+    from cdp.commands_quality import print_gate_outcome
+
+    print_gate_outcome(out, summary)
     passed = sum(c.passed for c in summary.checks)
     verdict = "[bold green]OK[/]" if summary.ok else "[bold red]FAILED[/]"
     out.print(
@@ -196,6 +201,9 @@ def status(config_path, as_json) -> None:
         out.print(f"warehouse  {info['warehouse_error']}")
     for table, n in (info.get("raw_tables") or {}).items():
         out.print(f"  raw.{table:<22} {n:>12,} rows")
+    from cdp.commands_quality import print_publish_status
+
+    print_publish_status(out, info)
 
 
 # --------------------------------------------------------------------------- identity
@@ -260,6 +268,7 @@ def evaluate_identity(config_path, as_json) -> None:
 
 
 from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
+from cdp.commands_quality import publish_command, rollback_command  # noqa: E402
 
 main.add_command(sync_command)
 # --------------------------------------------------------------------------- marketers
@@ -273,6 +282,13 @@ from cdp.commands_privacy import export_subject_command, forget  # noqa: E402
 main.add_command(forget)
 main.add_command(export_subject_command)
 
+
+from cdp.commands_scoring import evaluate_churn  # noqa: E402
+
+evaluate.add_command(evaluate_churn)
+
+main.add_command(publish_command)
+main.add_command(rollback_command)
 
 if __name__ == "__main__":
     main()

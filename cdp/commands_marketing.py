@@ -274,6 +274,7 @@ def query_command(sql, config_path, csv_path, limit, as_json) -> None:
 @_user_errors
 def report_command(config_path, regenerate, as_json) -> None:
     """Where the current snapshot's HTML report is (charts; opens without network)."""
+    from activation.state import sync_overview
     from marketing.report import report_path, write_report
     from publish.snapshot import read_manifest
 
@@ -283,7 +284,7 @@ def report_command(config_path, regenerate, as_json) -> None:
         raise UserError(f"nothing has been published yet under {published_dir}: run `cdp run` first")
     path = report_path(published_dir, run_id)
     if regenerate or not path.exists():
-        path = write_report(published_dir, run_id)
+        path = write_report(published_dir, run_id, syncs=sync_overview(_load(config_path).root))
     if as_json:
         _print_json({"run_id": run_id, "report": str(path)})
     else:

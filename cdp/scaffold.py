@@ -86,6 +86,11 @@ sources:
 # Later stages read these sections; their defaults are documented in the README.
 identity: {{}}
 segments: {{}}
+# Models (see README "Churn, cart intent, next-best-offer"): churn.horizon_days (90), risk
+# cut points churn.high_risk_at / medium_risk_at; cart_intent.likely_at / unlikely_below;
+# offers: experiment, holdout_share (0.1), max_emails_per_7_days (3) and the offer catalog.
+churn: {{}}
+cart_intent: {{}}
 offers: {{}}
 # Reverse-ETL syncs (README "Activation"), e.g.
 #   - name: vip_to_klaviyo
@@ -95,6 +100,11 @@ offers: {{}}
 #     mode: mirror
 #     consent: {{channel: email_marketing}}
 syncs: []
+# Quality gate (README: "Quality gate and publishing"). Defaults, all optional:
+#   keep_snapshots: 5
+#   drift: {{max_person_count_change: 0.5, block_emptied_segment: true, max_merge_rate_change: 0.15,
+#           max_churn_mean_change: 0.2, max_churn_psi: 0.25}}
+#   identity: {{max_cluster_records: 500, max_emails_per_person: 10, max_persons_over_email_limit: 0}}
 quality: {{}}
 
 # Erasure (`cdp forget`) keeps salted hashes of an erased person's identifiers so that files

@@ -183,6 +183,8 @@ def gate_checks(gate: dict | None) -> list[dict]:
                  for k, v in gate.items() if isinstance(v, (bool, dict))]
     elif isinstance(items, dict):
         items = [{"check": k, **(v if isinstance(v, dict) else {"passed": v})} for k, v in items.items()]
+    elif not isinstance(items, list):  # a summary holding only a count of checks
+        items = []
     rows = []
     for item in items:
         if not isinstance(item, dict):

@@ -27,6 +27,7 @@ from cdp.config import CONFIG_ENV, ConfigError, load_config
 from cdp.warehouse import fetch_all, open_warehouse
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
+from scoring.settings import dbt_vars
 
 log = logging.getLogger("tessera.dbt")
 
@@ -45,16 +46,22 @@ DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR)
 
 @contextmanager
 def _warehouse_env(path: Path | str) -> Iterator[None]:
-    """Point profiles.yml at a warehouse file for the duration of a dbt invocation."""
-    saved = os.environ.get(WAREHOUSE_ENV)
-    os.environ[WAREHOUSE_ENV] = str(path)
+    """Point profiles.yml at a warehouse file for the duration of a dbt invocation.
+
+    Also sets dbt's indirect selection to `buildable`: Dagster may run a subset of a dbt
+    selection as its own step, and with dbt's default (`eager`) a subset holding `customers`
+    would pull in the relationship tests of after-scoring models that are not built yet."""
+    wanted = {WAREHOUSE_ENV: str(path), "DBT_INDIRECT_SELECTION": os.environ.get("DBT_INDIRECT_SELECTION", "buildable")}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop(WAREHOUSE_ENV, None)
-        else:
-            os.environ[WAREHOUSE_ENV] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _parse_warehouse_path() -> Path:
@@ -142,12 +149,14 @@ class TesseraDbtTranslator(DagsterDbtTranslator):
         return description or f"dbt {kind} {dbt_resource_props['name']}"
 
 
-def _dbt_args(as_of) -> list[str]:
+def _dbt_args(as_of, model_vars: dict | None = None) -> list[str]:
     # Without an as_of in cdp.yaml, dbt's default (the invocation's start) applies and no --vars
-    # is passed: changing vars makes dbt re-parse the whole project.
+    # is passed: changing vars makes dbt re-parse the whole project. `model_vars` are the
+    # feature models' settings that differ from dbt_project.yml (scoring.settings.dbt_vars).
     args = ["build"]
-    if as_of is not None:
-        args += ["--vars", json.dumps({"as_of": as_of.isoformat()})]
+    variables = {**({"as_of": as_of.isoformat()} if as_of is not None else {}), **(model_vars or {})}
+    if variables:
+        args += ["--vars", json.dumps(variables)]
     return args
 
 
@@ -198,7 +207,8 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     """`dbt build` of the selection the context asks for, with row counts and as_of as metadata."""
     config = tessera.load()
     with _warehouse_env(config.warehouse_path):
-        invocation = dbt.cli(_dbt_args(config.as_of), context=context, raise_on_error=False)
+        invocation = dbt.cli(_dbt_args(config.as_of, dbt_vars(config.churn, config.cart_intent)), context=context,
+                             raise_on_error=False)
         with contextlib.redirect_stdout(_DbtProgress()):
             events = list(invocation.stream())
     _keep_partial_parse(invocation.target_path)

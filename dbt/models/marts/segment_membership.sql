@@ -2,6 +2,7 @@
 
 with members as (
     select * from {{ ref('int_segment_membership') }}
+    union all select segment, segment_type, person_id from {{ ref('int_model_segments') }}
 ),
 
 history as (

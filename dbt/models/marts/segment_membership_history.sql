@@ -19,6 +19,7 @@
 with members as (
     select segment, segment_type, person_id
     from {{ ref('int_segment_membership') }}
+    union all select segment, segment_type, person_id from {{ ref('int_model_segments') }}
 ),
 
 {% if is_incremental() %}
