@@ -255,5 +255,10 @@ def evaluate_identity(config_path, as_json) -> None:
             out.print(f"{k:<28} {v}")
 
 
+from cdp.commands_segments import segments as _segments_commands  # noqa: E402
+
+main.add_command(_segments_commands)
+
+
 if __name__ == "__main__":
     main()

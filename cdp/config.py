@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from identity.settings import IdentitySettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
+from segments.settings import SegmentsSettings
 
 CONFIG_ENV = "CDP_CONFIG"
 DEFAULT_CONFIG_NAME = "cdp.yaml"
@@ -124,7 +125,7 @@ class Config(_Strict):
     # Sections filled in by later stages; kept as plain mappings until their stage
     # defines a model, so a config written today keeps loading.
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
-    segments: dict[str, Any] = Field(default_factory=dict)
+    segments: SegmentsSettings = Field(default_factory=SegmentsSettings)
     offers: dict[str, Any] = Field(default_factory=dict)
     syncs: list[dict[str, Any]] = Field(default_factory=list)
     quality: dict[str, Any] = Field(default_factory=dict)
@@ -159,6 +160,10 @@ class Config(_Strict):
     @property
     def dagster_home(self) -> Path:
         return self.resolve(self.paths.dagster_home)
+
+    @property
+    def segments_file(self) -> Path:
+        return self.resolve(self.segments.file)
 
     @property
     def reports_dir(self) -> Path:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from cdp.config import load_config
 
+# The example segments file `cdp init` writes beside cdp.yaml.
+EXAMPLE_SEGMENTS = Path(__file__).resolve().parents[1] / "segments" / "example.yaml"
+
 DEFAULT_CONFIG = """\
 # Tessera CDP configuration: the one file you edit.
 # Relative paths resolve against the folder holding this file.
@@ -84,7 +87,9 @@ sources:
 
 # Later stages read these sections; their defaults are documented in the README.
 identity: {{}}
-segments: {{}}
+# Rule-based segments marketers define: one YAML file (`cdp segments validate` checks it).
+segments:
+  file: segments.yaml
 offers: {{}}
 syncs: []
 quality: {{}}
@@ -115,6 +120,8 @@ def init_project(directory: Path, force: bool = False, project: str | None = Non
     directory.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(DEFAULT_CONFIG.format(project=project or directory.name or "tessera"))
     config = load_config(cfg_path)  # the template must always validate
+    if not config.segments_file.exists():
+        config.segments_file.write_text(EXAMPLE_SEGMENTS.read_text(encoding="utf-8"), encoding="utf-8")
     for d in (config.landing_dir, config.warehouse_path.parent, config.published_dir, config.reports_dir):
         d.mkdir(parents=True, exist_ok=True)
     ensure_dagster_home(config.dagster_home)
