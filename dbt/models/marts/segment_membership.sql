@@ -1,5 +1,8 @@
+-- Built-in and declarative segments alike.
 with members as (
-    select * from {{ ref('int_segment_membership') }}
+    select segment, segment_type, person_id from {{ ref('int_segment_membership') }}
+    union all
+    select segment, segment_type, person_id from {{ ref('int_declarative_segment_membership') }}
 ),
 
 history as (

@@ -13,11 +13,14 @@
     incremental_strategy=('merge' if target.type in ('spark', 'databricks') else 'delete+insert'),
     full_refresh=false,
     on_schema_change='fail',
+    tags=['after_scoring'],
 ) }}
 
+-- Built-in and declarative segments alike.
 with members as (
-    select segment, segment_type, person_id
-    from {{ ref('int_segment_membership') }}
+    select segment, segment_type, person_id from {{ ref('int_segment_membership') }}
+    union all
+    select segment, segment_type, person_id from {{ ref('int_declarative_segment_membership') }}
 ),
 
 {% if is_incremental() %}
