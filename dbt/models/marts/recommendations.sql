@@ -65,13 +65,13 @@ viewed_pairs as (
 -- Cosine similarity of the two products' baskets: co-occurrence discounted by popularity.
 similarities as (
     select pairs.sku, pairs.neighbour_sku, 'bought_together' as reason,
-        pairs.together / sqrt(cast(sku_counts.baskets * neighbour_counts.baskets as {{ dbt.type_float() }})) as similarity
+        pairs.together / sqrt(cast(sku_counts.baskets * neighbour_counts.baskets as double)) as similarity
     from bought_pairs as pairs
     inner join item_orders as sku_counts on sku_counts.sku = pairs.sku
     inner join item_orders as neighbour_counts on neighbour_counts.sku = pairs.neighbour_sku
     union all
     select pairs.sku, pairs.neighbour_sku, 'viewed_together' as reason,
-        pairs.together / sqrt(cast(sku_counts.baskets * neighbour_counts.baskets as {{ dbt.type_float() }})) as similarity
+        pairs.together / sqrt(cast(sku_counts.baskets * neighbour_counts.baskets as double)) as similarity
     from viewed_pairs as pairs
     inner join item_sessions as sku_counts on sku_counts.sku = pairs.sku
     inner join item_sessions as neighbour_counts on neighbour_counts.sku = pairs.neighbour_sku
@@ -202,16 +202,23 @@ eligible as (
     where recently_bought.sku is null
 ),
 
--- One score per person and product (the sum of every signal); the reason is the strongest one.
+-- One score per person and product: the sum of every signal. (Aggregates, not windows over
+-- (person, product): millions of tiny partitions make windows slow.)
+scored as (
+    select person_id, sku, sum(score) as total_score, max(score) as top_signal
+    from eligible
+    group by person_id, sku
+),
+
+-- The reason is the strongest signal (ties: the first reason by name).
 blended as (
-    select person_id, sku, reason, score, total_score
-    from (
-        select eligible.*,
-            sum(score) over (partition by person_id, sku) as total_score,
-            row_number() over (partition by person_id, sku order by score desc, reason) as reason_rank
-        from eligible
-    ) as ranked
-    where reason_rank = 1
+    select scored.person_id, scored.sku, scored.total_score, min(eligible.reason) as reason
+    from scored
+    inner join eligible
+        on eligible.person_id = scored.person_id
+        and eligible.sku = scored.sku
+        and eligible.score = scored.top_signal
+    group by scored.person_id, scored.sku, scored.total_score
 ),
 
 ranked as (
@@ -225,7 +232,7 @@ final as (
         person_id,
         cast(product_rank as {{ dbt.type_int() }}) as {{ adapter.quote('rank') }},
         sku,
-        cast(round(total_score, 6) as {{ dbt.type_float() }}) as score,
+        cast(round(total_score, 6) as double) as score,
         reason,
         {{ as_of() }} as as_of
     from ranked
