@@ -19,6 +19,8 @@ STAGES: dict[str, list[str]] = {
     "identity": ["identity"],
     # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer.
     "marts": ["staging", "intermediate", "marts"],
+    # Declarative segments (dagster_project/defs/segments.py): the segments file evaluated.
+    "segments": ["segments"],
 }
 
 

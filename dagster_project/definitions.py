@@ -8,9 +8,10 @@ from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_RESOURCES
 from dagster_project.defs.identity import IDENTITY_ASSETS
 from dagster_project.defs.ingestion import RAW_ASSETS
 from dagster_project.defs.resources import tessera_from_env
+from dagster_project.defs.segments import SEGMENT_ASSETS
 
 defs = Definitions(
-    assets=[*RAW_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS],
+    assets=[*RAW_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SEGMENT_ASSETS],
     jobs=[ingest_job, refresh_job],
     schedules=[daily_refresh],
     sensors=[landing_files_sensor],

@@ -7,11 +7,10 @@ after-scoring dbt selection unions into segment_membership / its history and lis
 segment_catalog (dbt sources ``source('segments', ...)``).
 """
 
-from __future__ import annotations
 
 import logging
 
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
@@ -23,22 +22,36 @@ log = logging.getLogger("tessera.segments")
 SEGMENTS_GROUP = "segments"
 DECLARATIVE_MEMBERSHIP_KEY = AssetKey(["segments", "declarative_membership"])
 
-# What the compiled queries read (segments/vocabulary.py), and the scoring outputs they may use.
-UPSTREAM = [
+# What the compiled queries read (segments/vocabulary.py).
+CORE_INPUTS = [
     AssetKey(["marts", "customer_traits"]),
     AssetKey(["intermediate", "int_orders"]),
     AssetKey(["intermediate", "int_order_lines"]),
     AssetKey(["intermediate", "int_web_product_events"]),
     AssetKey(["intermediate", "int_email_activity"]),
-    AssetKey(["scoring", "churn_predictions"]),
-    AssetKey(["scoring", "cart_predictions"]),
 ]
+
+
+def _scoring_outputs() -> list[AssetKey]:
+    """The scoring stage's assets (`scoring/*`), when that stage is part of the project:
+    segments may use churn and intent scores, so they are evaluated after it. (A dependency on
+    an asset that is not defined would break whole-graph runs, hence the look-up.)"""
+    try:
+        from dagster_project.defs import scoring
+    except ImportError:
+        return []
+    keys = set()
+    for value in vars(scoring).values():
+        for definition in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(definition, AssetsDefinition):
+                keys |= {k for k in definition.keys if k.path[0] == "scoring"}
+    return sorted(keys, key=lambda k: k.to_user_string())
 
 
 @asset(
     key=DECLARATIVE_MEMBERSHIP_KEY,
     group_name=SEGMENTS_GROUP,
-    deps=UPSTREAM,
+    deps=[*CORE_INPUTS, *_scoring_outputs()],
     kinds={"duckdb", "python"},
     pool=WAREHOUSE_POOL,
     description="Members of every declarative segment (the file named by cdp.yaml's `segments.file`) at the "
