@@ -312,3 +312,147 @@ def test_dagster_dbt_assets_have_the_upstream_keys_groups_and_pool():
     assert assets.node_def.pool == WAREHOUSE_POOL
     check_assets = {k.asset_key for k in assets.check_keys}
     assert AssetKey(["marts", "customers"]) in check_assets and AssetKey(["marts", "customer_traits"]) in check_assets
+
+
+# --------------------------------------------------------------------------- declarative segments
+def _within(ts, days, as_of=AS_OF_TS) -> bool:
+    return ts is not None and as_of - dt.timedelta(days=days) < ts <= as_of
+
+
+def _example_members_by_hand(con) -> dict[str, set[str]]:
+    """The scaffolded example segments (segments/example.yaml), worked out in Python from the
+    rows of the tables they read - independently of the compiler."""
+    from collections import Counter, defaultdict
+
+    traits = {p: (rev, stage) for p, rev, stage in fetch_all(
+        con, "SELECT person_id, revenue, lifecycle_stage FROM marts.customer_traits")}
+    orders = fetch_all(con, "SELECT person_id, ordered_at, order_total FROM intermediate.int_orders WHERE person_id IS NOT NULL")
+    n_90, spent_90, ordered_7 = Counter(), defaultdict(float), set()
+    for p, at, total in orders:
+        if _within(at, 90):
+            n_90[p] += 1
+            spent_90[p] += total
+        if _within(at, 7):
+            ordered_7.add(p)
+    bought_electronics_30 = {p for p, at, cat in fetch_all(
+        con, "SELECT person_id, ordered_at, category FROM intermediate.int_order_lines") if cat == "electronics" and _within(at, 30)}
+    web = fetch_all(con, "SELECT person_id, event_name, category, occurred_at FROM intermediate.int_web_product_events")
+    electronics_views = Counter(p for p, e, cat, at in web if e == "product_viewed" and cat == "electronics" and _within(at, 30))
+    added_7 = {p for p, e, cat, at in web if e == "product_added" and _within(at, 7)}
+    emailed = {p for p, e, at in fetch_all(con, "SELECT person_id, event_type, occurred_at FROM intermediate.int_email_activity")
+               if e in ("open", "click") and _within(at, 30)}
+    return {
+        "vip_recent_buyers": {p for p, (rev, _) in traits.items() if rev >= 500 and (n_90[p] >= 2 or spent_90[p] >= 300)},
+        "electronics_browsers": {p for p in traits if electronics_views[p] >= 3 and p not in bought_electronics_30},
+        "recent_cart_abandoners": {p for p in traits if p in added_7 and p not in ordered_7},
+        "engaged_but_lapsing": {p for p, (_, stage) in traits.items() if stage in ("lapsing", "lapsed") and p in emailed},
+    }
+
+
+def test_declarative_segments_reach_segment_membership_with_the_members_worked_out_by_hand(built, con):
+    assert built["materialized"]["segments/declarative_membership"]["segments"].value == 4
+    by_hand = _example_members_by_hand(con)
+    got = {}
+    for segment, person, since in fetch_all(
+            con, "SELECT segment, person_id, since FROM marts.segment_membership WHERE segment_type = 'declarative'"):
+        got.setdefault(segment, set()).add(person)
+        assert since == AS_OF_TS  # the backtest ran without them: everyone entered this run
+    for name, members in by_hand.items():
+        assert got.get(name, set()) == members, name
+    assert sum(1 for m in by_hand.values() if m) >= 3, {k: len(v) for k, v in by_hand.items()}
+    # History has a spell for each, opened this run.
+    assert fetch_value(con, """
+        SELECT count(*) FROM marts.segment_membership_history
+        WHERE segment_type = 'declarative' AND entered_at = ? AND exited_at IS NULL""", [AS_OF_TS]) == sum(map(len, by_hand.values()))
+
+
+def test_segment_catalog_lists_every_segment_with_kind_description_and_size(con):
+    catalog = {r[0]: r[1:] for r in fetch_all(
+        con, "SELECT segment, kind, segment_type, description, definition, members FROM marts.segment_catalog")}
+    sizes = dict(fetch_all(con, "SELECT segment, count(*) FROM marts.segment_membership GROUP BY 1"))
+    assert set(sizes) <= set(catalog)
+    for segment, (kind, segment_type, description, definition, members) in catalog.items():
+        assert members == sizes.get(segment, 0), segment
+        assert description and definition, segment
+        assert kind == ("declarative" if segment_type == "declarative" else "builtin")
+    builtin = {s for s, row in catalog.items() if row[0] == "builtin"}
+    assert {"rfm_champions", "rfm_lost", "lifecycle_new", "lifecycle_never_purchased"} <= builtin
+    declarative = {s: row for s, row in catalog.items() if row[0] == "declarative"}
+    assert set(declarative) == {"vip_recent_buyers", "electronics_browsers", "recent_cart_abandoners", "engaged_but_lapsing"}
+    assert json.loads(declarative["recent_cart_abandoners"][3]) == {
+        "all": [{"event": "added_to_cart", "within_days": 7}, {"not": {"event": "ordered", "within_days": 7}}]}
+
+
+def test_segment_trait_vocabulary_is_exactly_the_customer_traits_columns(con):
+    from segments.vocabulary import TRAITS
+
+    columns = {r[0] for r in fetch_all(
+        con, "SELECT column_name FROM information_schema.columns WHERE table_schema = 'marts' AND table_name = 'customer_traits'")}
+    assert columns - {"person_id", "as_of"} == {t.name for t in TRAITS.values() if t.table == "customer_traits"}
+
+
+def test_declarative_segment_entries_exits_and_since_on_a_later_run(built, tmp_path):
+    """A later run with a changed segments file: members who no longer qualify exit, a new
+    segment's members enter, and stayers keep their since - through the real dbt models."""
+    from segments.evaluator import write_segments
+    from segments.model import parse_segments
+
+    later = dt.date(2026, 7, 1)
+    later_ts = dt.datetime(2026, 7, 1, 23, 59, 59)
+    warehouse = tmp_path / "later.duckdb"
+    warehouse.write_bytes(built["config"].warehouse_path.read_bytes())
+    changed = parse_segments({"segments": [
+        {"name": "vip_recent_buyers", "description": "now 1000+", "where": {"all": [
+            {"trait": "revenue", "op": ">=", "value": 1000},
+            {"any": [{"event": "ordered", "within_days": 90, "at_least": 2},
+                     {"event": "ordered", "within_days": 90, "min_total": 300}]}]}},
+        {"name": "big_spenders", "description": "spent 800+", "where": {"trait": "revenue", "op": ">=", "value": 800}},
+    ]})
+    with open_warehouse(warehouse) as c:
+        before = {r[0] for r in fetch_all(c, "SELECT person_id FROM marts.segment_membership WHERE segment = 'vip_recent_buyers'")}
+        write_segments(c, changed)
+    dbt(["run", "--select", "int_declarative_segment_membership", "segment_membership_history", "segment_membership",
+         "segment_catalog", "--vars", json.dumps({"as_of": later.isoformat()})], warehouse, tmp_path / "target")
+    with open_warehouse(warehouse, read_only=True) as c:
+        now = {p: since for p, since in fetch_all(
+            c, "SELECT person_id, since FROM marts.segment_membership WHERE segment = 'vip_recent_buyers'")}
+        spells = fetch_all(c, """SELECT person_id, entered_at, exited_at FROM marts.segment_membership_history
+                                 WHERE segment = 'vip_recent_buyers'""")
+        big = fetch_all(c, "SELECT DISTINCT since FROM marts.segment_membership WHERE segment = 'big_spenders'")
+        gone = fetch_all(c, "SELECT count(*) FROM marts.segment_membership WHERE segment IN ('electronics_browsers', 'engaged_but_lapsing')")
+        catalog = {r[0] for r in fetch_all(c, "SELECT segment FROM marts.segment_catalog WHERE kind = 'declarative'")}
+    assert now and set(now) < before  # a stricter rule: fewer members, all of them earlier members
+    assert set(now.values()) == {AS_OF_TS}  # stayers keep since
+    exited = {p for p, entered, exited_at in spells if exited_at == later_ts}
+    assert exited == before - set(now) and exited
+    assert {p for p, _, exited_at in spells if exited_at is None} == set(now)
+    assert big == [(later_ts,)]
+    assert gone == [(0,)]  # segments removed from the file have no members any more
+    assert catalog == {"vip_recent_buyers", "big_spenders"}
+
+
+# --------------------------------------------------------------------------- recommendations
+def test_recommendations_five_per_person_never_recently_bought_cold_starts_trending(con):
+    customers = fetch_value(con, "SELECT count(*) FROM marts.customers")
+    per_person = fetch_all(con, """SELECT count(*), min("rank"), max("rank"), count(DISTINCT sku)
+                                  FROM marts.recommendations GROUP BY person_id""")
+    assert len(per_person) == customers
+    assert set(per_person) == {(5, 1, 5, 5)}
+    assert fetch_value(con, """
+        SELECT count(*) FROM marts.recommendations r JOIN intermediate.int_order_lines l
+          ON l.person_id = r.person_id AND l.sku = r.sku
+        WHERE l.ordered_at > ?::TIMESTAMP - INTERVAL 30 DAY""", [AS_OF_TS]) == 0
+    assert fetch_value(con, "SELECT count(*) FROM marts.recommendations WHERE sku NOT IN (SELECT sku FROM staging.stg_catalog__products)") == 0
+    reasons = dict(fetch_all(con, "SELECT reason, count(*) FROM marts.recommendations GROUP BY 1"))
+    assert set(reasons) == {"bought_together", "viewed_together", "category_affinity", "trending"}, reasons
+    # Scores never increase down a person's list.
+    assert fetch_value(con, """
+        SELECT count(*) FROM marts.recommendations a JOIN marts.recommendations b
+          ON a.person_id = b.person_id AND b."rank" = a."rank" + 1 WHERE b.score > a.score""") == 0
+    # People with no purchase and no product view all get the same trending list.
+    cold = fetch_all(con, """
+        SELECT DISTINCT list(sku ORDER BY "rank"), list(DISTINCT reason) FROM marts.recommendations
+        WHERE person_id NOT IN (SELECT person_id FROM intermediate.int_order_lines WHERE person_id IS NOT NULL)
+          AND person_id NOT IN (SELECT person_id FROM intermediate.int_web_product_events)
+        GROUP BY person_id""")
+    assert len(cold) == 1 and cold[0][1] == ["trending"]
