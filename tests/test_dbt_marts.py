@@ -31,7 +31,8 @@ AS_OF = dt.date(2026, 6, 30)  # the generator's last day and the "current" run
 AS_OF_TS = dt.datetime(2026, 6, 30, 23, 59, 59)
 PAST = dt.date(2026, 3, 31)  # the backtest
 PAST_TS = dt.datetime(2026, 3, 31, 23, 59, 59)
-PUBLISHED = ("customers", "customer_traits", "segment_membership", "identity_graph", "identity_changes")
+PUBLISHED = ("customers", "customer_traits", "segment_membership", "identity_graph", "identity_changes", "consent",
+             "segment_catalog", "recommendations")
 
 
 def build_identity_from_ground_truth(con, ground_truth: Path) -> None:
@@ -109,6 +110,7 @@ def built(tmp_path_factory):
     from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_LAYERS, DBT_RESOURCES
     from dagster_project.defs.ingestion import RAW_ASSETS
     from dagster_project.defs.resources import TesseraResource
+    from dagster_project.defs.segments import SEGMENT_ASSETS
     from ingestion.generator import generate
     from ingestion.loader import ingest
 
@@ -138,11 +140,12 @@ def built(tmp_path_factory):
 
     # 2. The current run: every dbt asset through Dagster, as_of from cdp.yaml.
     defs = Definitions(
-        assets=[*RAW_ASSETS, *DBT_ASSETS],
+        assets=[*RAW_ASSETS, *DBT_ASSETS, *SEGMENT_ASSETS],
         resources={"tessera": TesseraResource(config_path=str(cfg_path)), **DBT_RESOURCES},
         executor=in_process_executor,
     )
-    keys = list(AssetSelection.groups(*DBT_LAYERS).resolve(defs.resolve_asset_graph()))
+    # dbt and the declarative segments (the scaffolded example segments.yaml) between its two selections.
+    keys = list(AssetSelection.groups(*DBT_LAYERS, "segments").resolve(defs.resolve_asset_graph()))
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=keys, raise_on_error=False
@@ -293,15 +296,16 @@ def test_dagster_dbt_assets_have_the_upstream_keys_groups_and_pool():
     from dagster_project.defs.dbt_marts import DBT_ASSETS
     from dagster_project.defs.ingestion import RAW_ASSET_KEYS, WAREHOUSE_POOL
 
-    (assets,) = DBT_ASSETS
-    specs = {spec.key: spec for spec in assets.specs}
+    core, after_scoring = DBT_ASSETS
+    specs = {spec.key: spec for assets in DBT_ASSETS for spec in assets.specs}
     deps = {key: {d.asset_key for d in spec.deps} for key, spec in specs.items()}
     assert AssetKey(["raw", "web_events"]) in deps[AssetKey(["staging", "stg_web__events"])]
     assert AssetKey(["raw", "pos_transactions"]) in deps[AssetKey(["staging", "stg_pos__transactions"])]
     for table in ("graph", "golden", "changes"):
         assert AssetKey(["identity", table]) in deps[AssetKey(["staging", f"stg_identity__{table}"])]
     upstream = set().union(*deps.values()) - set(specs)
-    assert upstream <= set(RAW_ASSET_KEYS) | {AssetKey(["identity", t]) for t in ("graph", "golden", "changes")}
+    assert upstream <= set(RAW_ASSET_KEYS) | {AssetKey(["identity", t]) for t in ("graph", "golden", "changes")} | {
+        k for k in upstream if k.path[0] in ("scoring", "segments")}
     assert upstream >= set(RAW_ASSET_KEYS)
     groups = {spec.group_name for spec in specs.values()}
     assert groups == {"staging", "intermediate", "marts"}
@@ -309,9 +313,42 @@ def test_dagster_dbt_assets_have_the_upstream_keys_groups_and_pool():
         spec = specs[AssetKey(["marts", name])]
         assert spec.group_name == "marts" and spec.description
     assert all(spec.description for spec in specs.values())
-    assert assets.node_def.pool == WAREHOUSE_POOL
-    check_assets = {k.asset_key for k in assets.check_keys}
+    assert core.node_def.pool == after_scoring.node_def.pool == WAREHOUSE_POOL
+    # The split: models on the scoring stage's outputs wait for it; the rest feed it.
+    after = {spec.key for spec in after_scoring.specs}
+    assert AssetKey(["marts", "segment_membership"]) in after
+    assert AssetKey(["marts", "customer_traits"]) not in after
+    assert not after & {spec.key for spec in core.specs}
+    check_assets = {k.asset_key for assets in DBT_ASSETS for k in assets.check_keys}
     assert AssetKey(["marts", "customers"]) in check_assets and AssetKey(["marts", "customer_traits"]) in check_assets
+
+
+def test_consent_latest_signal_wins_and_support_do_not_contact_withdraws(con):
+    rows = fetch_all(con, "SELECT channel, status, count(*) FROM marts.consent GROUP BY ALL")
+    by = {(c, s): n for c, s, n in rows}
+    assert by.get(("email_marketing", "granted"), 0) > 0 and by.get(("email_marketing", "denied"), 0) > 0
+    # One row per person and channel.
+    assert fetch_value(con, "SELECT count(*) - count(DISTINCT (person_id, channel)) FROM marts.consent") == 0
+    # Every person whose last email-tool word is an unsubscribe, with no later grant anywhere, is denied.
+    wrongly_granted = fetch_value(con, """
+        WITH last_unsub AS (
+            SELECT person_id, max(occurred_at) AS at FROM intermediate.int_email_activity
+            WHERE event_type = 'unsubscribe' AND person_id IS NOT NULL GROUP BY 1)
+        SELECT count(*) FROM last_unsub u JOIN marts.consent c
+          ON c.person_id = u.person_id AND c.channel = 'email_marketing'
+        WHERE c.status = 'granted' AND c.since <= u.at""")
+    assert wrongly_granted == 0
+    # A do-not-contact ticket withdraws email and SMS unless a later grant followed.
+    dnc = fetch_all(con, """
+        SELECT t.person_id, ch.channel, c.status, c.since, max(t.created_at) AS asked_at
+        FROM intermediate.int_support_tickets t
+        CROSS JOIN (VALUES ('email_marketing'), ('sms_marketing')) ch(channel)
+        LEFT JOIN marts.consent c ON c.person_id = t.person_id AND c.channel = ch.channel
+        WHERE t.is_do_not_contact AND t.person_id IS NOT NULL GROUP BY ALL""")
+    assert dnc, "the sample data should hold do-not-contact tickets"
+    for person, channel, status, since, asked_at in dnc:
+        assert status is not None, f"{person} asked not to be contacted but has no {channel} consent row"
+        assert status == "denied" or since > asked_at
 
 
 # --------------------------------------------------------------------------- declarative segments
@@ -456,3 +493,19 @@ def test_recommendations_five_per_person_never_recently_bought_cold_starts_trend
           AND person_id NOT IN (SELECT person_id FROM intermediate.int_web_product_events)
         GROUP BY person_id""")
     assert len(cold) == 1 and cold[0][1] == ["trending"]
+
+
+def test_declarative_segments_asset_sits_between_the_two_dbt_selections():
+    from dagster import AssetKey
+
+    from dagster_project.defs.dbt_marts import DBT_ASSETS
+    from dagster_project.defs.segments import DECLARATIVE_MEMBERSHIP_KEY, declarative_membership
+
+    core, after_scoring = DBT_ASSETS
+    (spec,) = declarative_membership.specs
+    assert {d.asset_key for d in spec.deps} <= {s.key for s in core.specs}
+    assert AssetKey(["marts", "customer_traits"]) in {d.asset_key for d in spec.deps}
+    after = {s.key: {d.asset_key for d in s.deps} for s in after_scoring.specs}
+    assert DECLARATIVE_MEMBERSHIP_KEY in after[AssetKey(["intermediate", "int_declarative_segment_membership"])]
+    assert DECLARATIVE_MEMBERSHIP_KEY in after[AssetKey(["marts", "segment_catalog"])]
+    assert AssetKey(["marts", "recommendations"]) in {s.key for s in core.specs}

@@ -194,14 +194,8 @@ def _built_as_of(warehouse: Path) -> Optional[str]:
     return rows[0][0].isoformat(sep=" ") if rows and rows[0][0] is not None else None
 
 
-@dbt_assets(
-    manifest=ensure_manifest(),
-    project=DBT_PROJECT,
-    dagster_dbt_translator=TesseraDbtTranslator(),
-    name="dbt_tessera",
-    pool=WAREHOUSE_POOL,
-)
-def dbt_tessera(context: AssetExecutionContext, dbt: DbtCliResource, tessera: TesseraResource):
+def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: TesseraResource):
+    """`dbt build` of the selection the context asks for, with row counts and as_of as metadata."""
     config = tessera.load()
     with _warehouse_env(config.warehouse_path):
         invocation = dbt.cli(_dbt_args(config.as_of), context=context, raise_on_error=False)
@@ -221,7 +215,7 @@ def dbt_tessera(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Te
     as_of = None
     try:
         counts = _row_counts(config.warehouse_path, built_tables)
-        if "model.tessera.customers" in built_tables:
+        if built_tables:  # marts.customers exists once the core selection has run
             as_of = _built_as_of(config.warehouse_path)
     except Exception as e:  # metadata only: never fail a good build over it
         log.warning("dbt: could not read row counts / as_of: %s", e)
@@ -240,6 +234,38 @@ def dbt_tessera(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Te
         raise error
 
 
-DBT_ASSETS = [dbt_tessera]
+# The models that read the Python scoring stage's tables (and everything built on them) carry
+# this tag. One @dbt_assets cannot both feed the scoring assets and wait on them, so the
+# project is split into two selections with scoring in between.
+AFTER_SCORING_TAG = "after_scoring"
+
+
+@dbt_assets(
+    manifest=ensure_manifest(),
+    project=DBT_PROJECT,
+    dagster_dbt_translator=TesseraDbtTranslator(),
+    name="dbt_core",
+    exclude=f"tag:{AFTER_SCORING_TAG}",
+    pool=WAREHOUSE_POOL,
+)
+def dbt_core(context: AssetExecutionContext, dbt: DbtCliResource, tessera: TesseraResource):
+    """Staging, intermediate and the marts that need no model scores."""
+    yield from _build(context, dbt, tessera)
+
+
+@dbt_assets(
+    manifest=ensure_manifest(),
+    project=DBT_PROJECT,
+    dagster_dbt_translator=TesseraDbtTranslator(),
+    name="dbt_after_scoring",
+    select=f"tag:{AFTER_SCORING_TAG}",
+    pool=WAREHOUSE_POOL,
+)
+def dbt_after_scoring(context: AssetExecutionContext, dbt: DbtCliResource, tessera: TesseraResource):
+    """The marts built on the scoring stage's outputs: scores, offers, segment membership."""
+    yield from _build(context, dbt, tessera)
+
+
+DBT_ASSETS = [dbt_core, dbt_after_scoring]
 # The resource the dbt assets need; add to Definitions(resources=...).
 DBT_RESOURCES = {"dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=DBT_EXECUTABLE)}

@@ -15,7 +15,8 @@ ranked as (
 ),
 
 final as (
-    select * exclude (order_event_rank)
+    -- consent_* are only set on consent_updated events.
+    select * exclude (order_event_rank, consent_channel, consent_granted)
     from ranked
     where order_event_rank = 1
 )

@@ -1,4 +1,4 @@
-{#- Every segment there is: the built-in ones (seeds/builtin_segments.csv) and the marketers'
+{#- Every segment there is: the built-in ones (seeds/intermediate/builtin_segments.csv) and the marketers'
     declarative ones (segments.definitions), with what each means and how many members it has. -#}
 with builtin as (
     select segment, segment_type, description, definition

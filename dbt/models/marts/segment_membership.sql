@@ -1,3 +1,5 @@
+{{ config(tags=['after_scoring']) }}
+
 -- Built-in and declarative segments alike.
 with members as (
     select segment, segment_type, person_id from {{ ref('int_segment_membership') }}

@@ -9,11 +9,11 @@
 
 {{ config(
     materialized='incremental',
+    tags=['after_scoring'],
     unique_key='spell_key',
     incremental_strategy=('merge' if target.type in ('spark', 'databricks') else 'delete+insert'),
     full_refresh=false,
     on_schema_change='fail',
-    tags=['after_scoring'],
 ) }}
 
 -- Built-in and declarative segments alike.

@@ -34,6 +34,8 @@ renamed as (
         {{ json_number('properties', 'discount') }} as order_discount,
         {{ json_array_text('properties', 'products') }} as order_products,
         {{ json_text('properties', 'query') }} as search_query,
+        {{ json_text('properties', 'channel') }} as consent_channel,
+        lower({{ json_text('properties', 'granted') }}) = 'true' as consent_granted,
         cast({{ adapter.quote('timestamp') }} as {{ dbt.type_timestamp() }}) as occurred_at,
         cast(_loaded_at as {{ dbt.type_timestamp() }}) as loaded_at,
         _load_id as load_id,
@@ -53,6 +55,8 @@ final as (
         page_url, page_path, utm_source, utm_medium, utm_campaign, nullif(link_tracking_id, '') as link_tracking_id,
         product_id, product_category, product_price, product_quantity,
         cart_id, order_id, order_revenue, order_discount, order_products, search_query,
+        case when event_name = 'consent_updated' then consent_channel end as consent_channel,
+        case when event_name = 'consent_updated' then consent_granted end as consent_granted,
         occurred_at, loaded_at, load_id, landed_file, landed_row
     from latest
     where occurred_at <= {{ as_of() }}
