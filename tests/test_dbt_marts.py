@@ -388,6 +388,7 @@ def _example_members_by_hand(con) -> dict[str, set[str]]:
 
 def test_declarative_segments_reach_segment_membership_with_the_members_worked_out_by_hand(built, con):
     assert built["materialized"]["segments/declarative_membership"]["segments"].value == 4
+    assert built["materialized"]["segments/definitions"]["dagster/row_count"].value == 4
     by_hand = _example_members_by_hand(con)
     got = {}
     for segment, person, since in fetch_all(
@@ -499,13 +500,18 @@ def test_declarative_segments_asset_sits_between_the_two_dbt_selections():
     from dagster import AssetKey
 
     from dagster_project.defs.dbt_marts import DBT_ASSETS
-    from dagster_project.defs.segments import DECLARATIVE_MEMBERSHIP_KEY, declarative_membership
+    from dagster_project.defs.segments import DECLARATIVE_MEMBERSHIP_KEY, DEFINITIONS_KEY, SEGMENT_ASSETS
 
     core, after_scoring = DBT_ASSETS
-    (spec,) = declarative_membership.specs
-    assert {d.asset_key for d in spec.deps} <= {s.key for s in core.specs}
-    assert AssetKey(["marts", "customer_traits"]) in {d.asset_key for d in spec.deps}
+    (segments,) = SEGMENT_ASSETS
+    specs = {s.key: s for s in segments.specs}
+    assert set(specs) == {DECLARATIVE_MEMBERSHIP_KEY, DEFINITIONS_KEY}
+    inputs = {d.asset_key for d in specs[DECLARATIVE_MEMBERSHIP_KEY].deps}
+    assert AssetKey(["marts", "customer_traits"]) in inputs and inputs <= {s.key for s in core.specs}
     after = {s.key: {d.asset_key for d in s.deps} for s in after_scoring.specs}
     assert DECLARATIVE_MEMBERSHIP_KEY in after[AssetKey(["intermediate", "int_declarative_segment_membership"])]
-    assert DECLARATIVE_MEMBERSHIP_KEY in after[AssetKey(["marts", "segment_catalog"])]
+    assert DEFINITIONS_KEY in after[AssetKey(["marts", "segment_catalog"])]
+    # Every dbt source of the segments schema is an asset this module defines.
+    upstream = set().union(*after.values())
+    assert {k for k in upstream if k.path[0] == "segments"} <= set(specs)
     assert AssetKey(["marts", "recommendations"]) in {s.key for s in core.specs}

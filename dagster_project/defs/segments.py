@@ -10,7 +10,7 @@ segment_catalog (dbt sources ``source('segments', ...)``).
 
 import logging
 
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, AssetSpec, MaterializeResult, MetadataValue, multi_asset
 
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
@@ -21,6 +21,7 @@ log = logging.getLogger("tessera.segments")
 
 SEGMENTS_GROUP = "segments"
 DECLARATIVE_MEMBERSHIP_KEY = AssetKey(["segments", "declarative_membership"])
+DEFINITIONS_KEY = AssetKey(["segments", "definitions"])
 
 # What the compiled queries read (segments/vocabulary.py).
 CORE_INPUTS = [
@@ -48,17 +49,25 @@ def _scoring_outputs() -> list[AssetKey]:
     return sorted(keys, key=lambda k: k.to_user_string())
 
 
-@asset(
-    key=DECLARATIVE_MEMBERSHIP_KEY,
-    group_name=SEGMENTS_GROUP,
-    deps=[*CORE_INPUTS, *_scoring_outputs()],
-    kinds={"duckdb", "python"},
+@multi_asset(
+    name="declarative_segments",
+    specs=[
+        AssetSpec(
+            DECLARATIVE_MEMBERSHIP_KEY, group_name=SEGMENTS_GROUP, kinds={"duckdb", "python"},
+            deps=[*CORE_INPUTS, *_scoring_outputs()],
+            description="Members of every declarative segment (the file named by cdp.yaml's `segments.file`) "
+                        "at the run's as_of: segments.declarative_membership(segment, person_id, as_of).",
+        ),
+        AssetSpec(
+            DEFINITIONS_KEY, group_name=SEGMENTS_GROUP, kinds={"duckdb", "python"},
+            deps=[DECLARATIVE_MEMBERSHIP_KEY],
+            description="Each declarative segment's description and definition (its `where` as JSON): "
+                        "segments.definitions(segment, description, definition, as_of).",
+        ),
+    ],
     pool=WAREHOUSE_POOL,
-    description="Members of every declarative segment (the file named by cdp.yaml's `segments.file`) at the "
-                "run's as_of, in segments.declarative_membership(segment, person_id, as_of), and each "
-                "segment's description and definition in segments.definitions.",
 )
-def declarative_membership(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
+def declarative_segments(context: AssetExecutionContext, tessera: TesseraResource):
     config = tessera.load()
     try:
         segment_file = load_configured_segments(config.segments_file)
@@ -71,13 +80,10 @@ def declarative_membership(context: AssetExecutionContext, tessera: TesseraResou
         except SegmentFileError as e:
             raise RuntimeError(str(e)) from None
     sizes = {r.name: r.members for r in results}
-    return MaterializeResult(metadata={
-        "segments_file": str(config.segments_file),
-        "as_of": as_of.isoformat(sep=" "),
-        "segments": len(results),
-        "dagster/row_count": sum(sizes.values()),
-        "members_per_segment": MetadataValue.json(sizes),
-    })
+    common = {"segments_file": str(config.segments_file), "as_of": as_of.isoformat(sep=" "), "segments": len(results)}
+    yield MaterializeResult(asset_key=DECLARATIVE_MEMBERSHIP_KEY, metadata={
+        **common, "dagster/row_count": sum(sizes.values()), "members_per_segment": MetadataValue.json(sizes)})
+    yield MaterializeResult(asset_key=DEFINITIONS_KEY, metadata={**common, "dagster/row_count": len(results)})
 
 
-SEGMENT_ASSETS = [declarative_membership]
+SEGMENT_ASSETS = [declarative_segments]

@@ -1,8 +1,8 @@
-{#- Every segment there is: the built-in ones (seeds/intermediate/builtin_segments.csv) and the marketers'
+{#- Every segment there is: the built-in ones (int_builtin_segments) and the marketers'
     declarative ones (segments.definitions), with what each means and how many members it has. -#}
 with builtin as (
     select segment, segment_type, description, definition
-    from {{ ref('builtin_segments') }}
+    from {{ ref('int_builtin_segments') }}
 ),
 
 declarative as (
