@@ -44,46 +44,42 @@ def run_as_of(con: duckdb.DuckDBPyConnection) -> datetime:
     return value
 
 
-def resolve_trait_tables(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, str]]:
-    """Each trait table's first existing candidate (scoring output of this run, else the last
-    published mart)."""
-    found = {}
-    for key, candidates in TRAIT_TABLES.items():
-        for schema, table in candidates:
-            if table_exists(con, schema, table):
-                found[key] = (schema, table)
-                break
-    return found
-
-
 def _columns(con, schema: str, table: str) -> set[str]:
     return {r[0] for r in fetch_all(
         con, "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
         [schema, table])}
 
 
+def resolve_trait_tables(con: duckdb.DuckDBPyConnection, segment) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """For each trait table the segment uses, the first candidate that exists and holds every
+    column it needs; and the problems when there is none."""
+    found, problems = {}, []
+    needed: dict[str, set[str]] = {}
+    for trait in _traits_used(segment):
+        needed.setdefault(TRAITS[trait].table, set()).add(trait)
+    needed.setdefault("customer_traits", set())
+    for key, columns in sorted(needed.items()):
+        for schema, table in TRAIT_TABLES[key]:
+            if table_exists(con, schema, table) and columns <= _columns(con, schema, table):
+                found[key] = (schema, table)
+                break
+        else:
+            options = " or ".join(f"{s}.{t}" for s, t in TRAIT_TABLES[key])
+            problems.append(f"segment {segment.name!r} uses {', '.join(sorted(columns)) or 'the traits'}, which no table "
+                            f"holds yet (looked in {options}); build that stage first or remove the condition")
+    return found, problems
+
+
 def compile_for_warehouse(con: duckdb.DuckDBPyConnection, segment_file: SegmentFile,
                           as_of: datetime) -> list[CompiledSegment]:
     """Compile every segment against the tables this warehouse has; a segment that needs a
     table or column that is not there is an error naming it and what to run."""
-    tables = resolve_trait_tables(con)
-    problems = []
-    compiled = []
+    problems, compiled = [], []
     for segment in segment_file.segments:
-        missing = [key for key in _trait_tables_used(segment) if key not in tables]
-        if missing:
-            options = " or ".join(f"{s}.{t}" for key in missing for s, t in TRAIT_TABLES[key])
-            problems.append(f"segment {segment.name!r} uses a score that is not in the warehouse yet ({options}); "
-                            f"run the scoring stage first or remove the condition")
-            continue
-        c = compile_segment(segment, as_of, tables)
-        for key, (schema, table) in c.tables.items():
-            have = _columns(con, schema, table)
-            wanted = {t for t in _traits_used(segment) if TRAITS[t].table == key}
-            lacking = sorted(wanted - have)
-            if lacking:
-                problems.append(f"segment {segment.name!r}: {schema}.{table} has no column {', '.join(lacking)}")
-        compiled.append(c)
+        tables, missing = resolve_trait_tables(con, segment)
+        problems += missing
+        if not missing:
+            compiled.append(compile_segment(segment, as_of, tables))
     if problems:
         raise SegmentFileError(f"{segment_file.path}: segments cannot be evaluated:\n" + "\n".join(f"  - {p}" for p in problems))
     return compiled
@@ -103,10 +99,6 @@ def _walk(node):
 
 def _traits_used(segment) -> set[str]:
     return {n.trait for n in _walk(segment.where) if hasattr(n, "trait")}
-
-
-def _trait_tables_used(segment) -> set[str]:
-    return {TRAITS[t].table for t in _traits_used(segment)}
 
 
 def write_segments(con: duckdb.DuckDBPyConnection, segment_file: SegmentFile,

@@ -244,7 +244,7 @@ class SegmentFile:
 
 class _SegmentHeader(_Strict):
     name: str
-    description: str = ""
+    description: str | None = ""
     where: Any
 
     @field_validator("name")
@@ -367,7 +367,7 @@ def parse_segments(data: Any, path: Path | str = "segments.yaml") -> SegmentFile
         seen.add(header.name)
         where = _parse_node(header.where, f"{label} where", problems)
         if where is not None:
-            segments.append(Segment(header.name, header.description.strip(), where, raw["where"]))
+            segments.append(Segment(header.name, (header.description or "").strip(), where, raw["where"]))
     if problems.items:
         raise SegmentFileError(_report(path, problems))
     return SegmentFile(path, tuple(segments))

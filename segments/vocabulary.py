@@ -43,14 +43,14 @@ _CUSTOMER_TRAITS = [
 # uses one of these needs the scoring tables to exist when it is evaluated.
 _SCORING_TRAITS = [
     Trait("churn_probability", NUMBER, table="churn"),
-    Trait("risk_tier", TEXT, table="churn", values=("low", "medium", "high")),
+    Trait("risk_tier", TEXT, table="churn"),
     Trait("purchase_probability", NUMBER, table="cart"),
     Trait("intent_group", TEXT, table="cart", values=("likely", "on_the_fence", "unlikely")),
 ]
 TRAITS: dict[str, Trait] = {t.name: t for t in _CUSTOMER_TRAITS + _SCORING_TRAITS}
 
-# Where each trait table is read from, first existing candidate wins: the scoring stage's own
-# tables (fresh in this run), else last run's published marts.
+# Where each trait table is read from: the first candidate that exists and has the columns a
+# segment uses - the scoring stage's own tables (fresh in this run), else the marts.
 TRAIT_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "customer_traits": (("marts", "customer_traits"),),
     "churn": (("scoring", "churn_predictions"), ("marts", "churn_scores")),

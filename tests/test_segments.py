@@ -309,7 +309,7 @@ def test_write_segments_replaces_both_tables_and_keeps_them_when_evaluation_fail
         # A segment on a score whose table is missing: a clear error, the previous tables stay.
         con.execute("DROP TABLE scoring.churn_predictions")
         bad = parse_segments(one({"trait": "churn_probability", "op": ">", "value": 0.5}, name="risky"))
-        with pytest.raises(SegmentFileError, match="segment 'risky' uses a score that is not in the warehouse yet"):
+        with pytest.raises(SegmentFileError, match="segment .risky. uses churn_probability, which no table holds yet"):
             write_segments(con, bad)
         assert fetch_value(con, "SELECT count(*) FROM segments.definitions") == 2
 
@@ -333,3 +333,17 @@ def test_scaffolded_example_validates_and_cli_prints_sql_with_placeholders(tmp_p
     done = runner.invoke(main, ["segments", "validate", "--config", str(cfg), "--file", str(bad)])
     assert done.exit_code == 2
     assert "segment 'oops' (segments[0]) where.op: unknown operator '~'" in done.output
+
+
+def test_a_score_is_read_from_the_first_table_that_has_it(warehouse, tmp_path):
+    copy = tmp_path / "wh.duckdb"
+    copy.write_bytes(warehouse.read_bytes())
+    segment_file = parse_segments(one({"trait": "risk_tier", "op": "=", "value": "high"}, name="high_risk"))
+    with open_warehouse(copy) as con:
+        write_segments(con, segment_file)
+        assert {r[0] for r in fetch_all(con, "SELECT person_id FROM segments.declarative_membership")} == {"p2", "p5"}
+        # The scoring stage's table without the column: last run's mart is used instead.
+        con.execute("ALTER TABLE scoring.churn_predictions DROP COLUMN risk_tier")
+        con.execute("CREATE TABLE marts.churn_scores AS SELECT 'p3' AS person_id, 'high' AS risk_tier")
+        write_segments(con, segment_file)
+        assert {r[0] for r in fetch_all(con, "SELECT person_id FROM segments.declarative_membership")} == {"p3"}
