@@ -34,13 +34,16 @@ class SegmentResult:
     members: int
 
 
-def run_as_of(con: duckdb.DuckDBPyConnection) -> datetime:
-    """The as_of the marts were built with: windows are relative to the run's as_of."""
+def run_as_of(con: duckdb.DuckDBPyConnection, default: datetime | None = None) -> datetime:
+    """The as_of the marts were built with: windows are relative to the run's as_of. `default`
+    (the config's) when the marts hold nobody to read it from."""
     if not table_exists(con, "marts", "customer_traits"):
         raise RuntimeError("marts.customer_traits does not exist yet; build the marts first (`cdp run --only marts`)")
     value = fetch_value(con, "SELECT max(as_of) FROM marts.customer_traits")
     if value is None:
-        raise RuntimeError("marts.customer_traits is empty, so the run's as_of is unknown; build the marts first")
+        if default is None:
+            raise RuntimeError("marts.customer_traits is empty, so the run's as_of is unknown; build the marts first")
+        return default
     return value
 
 

@@ -347,3 +347,16 @@ def test_a_score_is_read_from_the_first_table_that_has_it(warehouse, tmp_path):
         con.execute("CREATE TABLE marts.churn_scores AS SELECT 'p3' AS person_id, 'high' AS risk_tier")
         write_segments(con, segment_file)
         assert {r[0] for r in fetch_all(con, "SELECT person_id FROM segments.declarative_membership")} == {"p3"}
+
+
+def test_windows_use_the_marts_as_of_or_the_configured_one_when_there_is_nobody(warehouse, tmp_path):
+    from segments.evaluator import run_as_of
+
+    copy = tmp_path / "wh.duckdb"
+    copy.write_bytes(warehouse.read_bytes())
+    with open_warehouse(copy) as con:
+        assert run_as_of(con) == AS_OF
+        con.execute("DELETE FROM marts.customer_traits")
+        with pytest.raises(RuntimeError, match="empty"):
+            run_as_of(con)
+        assert run_as_of(con, default=AS_OF - DAY) == AS_OF - DAY

@@ -74,7 +74,7 @@ def declarative_segments(context: AssetExecutionContext, tessera: TesseraResourc
     except SegmentFileError as e:
         raise RuntimeError(str(e)) from None  # the message names the segment, the condition and the fix
     with tessera.warehouse() as con:
-        as_of = run_as_of(con)
+        as_of = run_as_of(con, default=config.as_of_datetime().replace(tzinfo=None, microsecond=0))
         try:
             results = write_segments(con, segment_file, as_of)
         except SegmentFileError as e:
