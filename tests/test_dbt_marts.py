@@ -113,6 +113,8 @@ def built(tmp_path_factory):
     from dagster_project.defs.segments import SEGMENT_ASSETS
     from ingestion.generator import generate
     from ingestion.loader import ingest
+    from segments.evaluator import write_segments
+    from segments.model import load_segments
 
     root = tmp_path_factory.mktemp("dbt")
     cfg_path = init_project(root / "proj")
@@ -124,10 +126,16 @@ def built(tmp_path_factory):
         ingest(config, con)
         build_identity_from_ground_truth(con, config.landing_dir / "ground_truth")
 
-    # 1. A backtest, as of a past date, with plain dbt.
-    dbt(["run", "--vars", json.dumps({"as_of": PAST.isoformat()})], config.warehouse_path, root / "target_past")
+    # 1. A backtest, as of a past date, with plain dbt - the core models, the declarative segments
+    # (the scaffolded example file), then the models after scoring, as a run orders them.
+    past_vars = json.dumps({"as_of": PAST.isoformat()})
+    dbt(["run", "--exclude", "tag:after_scoring", "--vars", past_vars], config.warehouse_path, root / "target_past")
+    with open_warehouse(config.warehouse_path) as con:
+        write_segments(con, load_segments(config.segments_file))
+    dbt(["run", "--select", "tag:after_scoring", "--vars", past_vars], config.warehouse_path, root / "target_past")
     with open_warehouse(config.warehouse_path, read_only=True) as con:
         past = {
+            "declarative": set(fetch_all(con, "SELECT segment, person_id FROM segments.declarative_membership")),
             "orders": fetch_value(con, "SELECT count(*) FROM intermediate.int_orders"),
             "max_ordered_at": fetch_value(con, "SELECT max(ordered_at) FROM intermediate.int_orders"),
             "max_event_at": fetch_value(con, "SELECT max(occurred_at) FROM staging.stg_web__events"),
@@ -391,17 +399,28 @@ def test_declarative_segments_reach_segment_membership_with_the_members_worked_o
     assert built["materialized"]["segments/definitions"]["dagster/row_count"].value == 4
     by_hand = _example_members_by_hand(con)
     got = {}
-    for segment, person, since in fetch_all(
-            con, "SELECT segment, person_id, since FROM marts.segment_membership WHERE segment_type = 'declarative'"):
+    for segment, person in fetch_all(
+            con, "SELECT segment, person_id FROM marts.segment_membership WHERE segment_type = 'declarative'"):
         got.setdefault(segment, set()).add(person)
-        assert since == AS_OF_TS  # the backtest ran without them: everyone entered this run
     for name, members in by_hand.items():
         assert got.get(name, set()) == members, name
     assert sum(1 for m in by_hand.values() if m) >= 3, {k: len(v) for k, v in by_hand.items()}
-    # History has a spell for each, opened this run.
-    assert fetch_value(con, """
-        SELECT count(*) FROM marts.segment_membership_history
-        WHERE segment_type = 'declarative' AND entered_at = ? AND exited_at IS NULL""", [AS_OF_TS]) == sum(map(len, by_hand.values()))
+
+
+def test_declarative_segments_have_since_and_entries_and_exits_across_runs(built, con):
+    """The backtest evaluated the same file as of the past date: people in a segment then and
+    now stayed (since = the past run), people only now entered, people only then exited."""
+    past = built["past"]["declarative"]
+    now = {(s, p): since for s, p, since in fetch_all(
+        con, "SELECT segment, person_id, since FROM marts.segment_membership WHERE segment_type = 'declarative'")}
+    stayed, entered, exited = set(now) & past, set(now) - past, past - set(now)
+    assert stayed and entered and exited, (len(stayed), len(entered), len(exited))
+    assert {k for k, since in now.items() if since == PAST_TS} == stayed
+    assert {k for k, since in now.items() if since == AS_OF_TS} == entered
+    spells = fetch_all(con, """SELECT segment, person_id, entered_at, exited_at FROM marts.segment_membership_history
+                              WHERE segment_type = 'declarative'""")
+    assert {(s, p) for s, p, entered_at, exited_at in spells if entered_at == PAST_TS and exited_at == AS_OF_TS} == exited
+    assert {(s, p) for s, p, _, exited_at in spells if exited_at is None} == set(now)
 
 
 def test_segment_catalog_lists_every_segment_with_kind_description_and_size(con):
@@ -427,46 +446,6 @@ def test_segment_trait_vocabulary_is_exactly_the_customer_traits_columns(con):
     columns = {r[0] for r in fetch_all(
         con, "SELECT column_name FROM information_schema.columns WHERE table_schema = 'marts' AND table_name = 'customer_traits'")}
     assert columns - {"person_id", "as_of"} == {t.name for t in TRAITS.values() if t.table == "customer_traits"}
-
-
-def test_declarative_segment_entries_exits_and_since_on_a_later_run(built, tmp_path):
-    """A later run with a changed segments file: members who no longer qualify exit, a new
-    segment's members enter, and stayers keep their since - through the real dbt models."""
-    from segments.evaluator import write_segments
-    from segments.model import parse_segments
-
-    later = dt.date(2026, 7, 1)
-    later_ts = dt.datetime(2026, 7, 1, 23, 59, 59)
-    warehouse = tmp_path / "later.duckdb"
-    warehouse.write_bytes(built["config"].warehouse_path.read_bytes())
-    changed = parse_segments({"segments": [
-        {"name": "vip_recent_buyers", "description": "now 1000+", "where": {"all": [
-            {"trait": "revenue", "op": ">=", "value": 1000},
-            {"any": [{"event": "ordered", "within_days": 90, "at_least": 2},
-                     {"event": "ordered", "within_days": 90, "min_total": 300}]}]}},
-        {"name": "big_spenders", "description": "spent 800+", "where": {"trait": "revenue", "op": ">=", "value": 800}},
-    ]})
-    with open_warehouse(warehouse) as c:
-        before = {r[0] for r in fetch_all(c, "SELECT person_id FROM marts.segment_membership WHERE segment = 'vip_recent_buyers'")}
-        write_segments(c, changed)
-    dbt(["run", "--select", "int_declarative_segment_membership", "segment_membership_history", "segment_membership",
-         "segment_catalog", "--vars", json.dumps({"as_of": later.isoformat()})], warehouse, tmp_path / "target")
-    with open_warehouse(warehouse, read_only=True) as c:
-        now = {p: since for p, since in fetch_all(
-            c, "SELECT person_id, since FROM marts.segment_membership WHERE segment = 'vip_recent_buyers'")}
-        spells = fetch_all(c, """SELECT person_id, entered_at, exited_at FROM marts.segment_membership_history
-                                 WHERE segment = 'vip_recent_buyers'""")
-        big = fetch_all(c, "SELECT DISTINCT since FROM marts.segment_membership WHERE segment = 'big_spenders'")
-        gone = fetch_all(c, "SELECT count(*) FROM marts.segment_membership WHERE segment IN ('electronics_browsers', 'engaged_but_lapsing')")
-        catalog = {r[0] for r in fetch_all(c, "SELECT segment FROM marts.segment_catalog WHERE kind = 'declarative'")}
-    assert now and set(now) < before  # a stricter rule: fewer members, all of them earlier members
-    assert set(now.values()) == {AS_OF_TS}  # stayers keep since
-    exited = {p for p, entered, exited_at in spells if exited_at == later_ts}
-    assert exited == before - set(now) and exited
-    assert {p for p, _, exited_at in spells if exited_at is None} == set(now)
-    assert big == [(later_ts,)]
-    assert gone == [(0,)]  # segments removed from the file have no members any more
-    assert catalog == {"vip_recent_buyers", "big_spenders"}
 
 
 # --------------------------------------------------------------------------- recommendations
