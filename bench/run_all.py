@@ -12,7 +12,7 @@ import time
 
 from bench.common import OUT
 
-BENCHES = ["generator", "ingestion", "identity"]
+BENCHES = ["generator", "ingestion", "identity", "activation"]
 
 
 def main() -> None:

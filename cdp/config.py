@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from activation.config import Syncs
 from identity.settings import IdentitySettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
 from segments.settings import SegmentsSettings
@@ -127,7 +128,7 @@ class Config(_Strict):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     segments: SegmentsSettings = Field(default_factory=SegmentsSettings)
     offers: dict[str, Any] = Field(default_factory=dict)
-    syncs: list[dict[str, Any]] = Field(default_factory=list)
+    syncs: Syncs = Field(default_factory=list)
     quality: dict[str, Any] = Field(default_factory=dict)
 
     root: Path = Field(default=Path("."), exclude=True)

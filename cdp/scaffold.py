@@ -91,6 +91,13 @@ identity: {{}}
 segments:
   file: segments.yaml
 offers: {{}}
+# Reverse-ETL syncs (README "Activation"), e.g.
+#   - name: vip_to_klaviyo
+#     source: {{segment: vip}}
+#     destination: {{type: klaviyo, api_key_env: KLAVIYO_API_KEY, list_id: YOUR_LIST}}
+#     fields: {{first_name: first_name, last_name: last_name}}
+#     mode: mirror
+#     consent: {{channel: email_marketing}}
 syncs: []
 quality: {{}}
 """

@@ -3,6 +3,7 @@ assets live in ``dagster_project/defs/<stage>.py`` and its logic in its own pack
 
 from dagster import Definitions, in_process_executor
 
+from dagster_project.defs.activation import SYNC_ASSETS, SYNC_SCHEDULES
 from dagster_project.defs.automation import daily_refresh, ingest_job, landing_files_sensor, refresh_job
 from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_RESOURCES
 from dagster_project.defs.identity import IDENTITY_ASSETS
@@ -11,9 +12,9 @@ from dagster_project.defs.resources import tessera_from_env
 from dagster_project.defs.segments import SEGMENT_ASSETS
 
 defs = Definitions(
-    assets=[*RAW_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SEGMENT_ASSETS],
+    assets=[*RAW_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SEGMENT_ASSETS, *SYNC_ASSETS],
     jobs=[ingest_job, refresh_job],
-    schedules=[daily_refresh],
+    schedules=[daily_refresh, *SYNC_SCHEDULES],
     sensors=[landing_files_sensor],
     resources={"tessera": tessera_from_env(), **DBT_RESOURCES},
     # Steps run one after another in the run's process: every stage writes the same

@@ -1,0 +1,66 @@
+"""What every destination offers the sync runner.
+
+``deliver(action, changes)`` sends one action's changes in the destination's batches and
+yields one list of :class:`Outcome` per acknowledged batch, so the runner can commit state
+after each; it raises :class:`~activation.http.DeliveryFailed` for a batch that could not be
+delivered (nothing of it acknowledged). ``erase(entries)`` deletes persons for good.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from activation.plan import Change
+
+
+class MissingSecret(RuntimeError):
+    """The environment variable the config names for a secret is not set."""
+
+
+def secret_from_env(sync: str, key: str, var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        raise MissingSecret(
+            f"syncs[{sync}].destination.{key}: the environment variable {var} is not set; "
+            f"export it with the destination's secret before running the sync"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Outcome:
+    change: Change
+    ok: bool
+    reason: str | None = None      # the destination's reason for a rejection
+    dest_id: str | None = None     # the destination's own id for the profile, when learned
+
+
+@dataclass(frozen=True)
+class ErasureTarget:
+    person_id: str
+    key: str
+    dest_id: str | None
+
+
+class Destination:
+    name = "destination"
+
+    def deliver(self, action: str, changes: list[Change]) -> Iterator[list[Outcome]]:
+        raise NotImplementedError
+
+    def erase(self, targets: list[ErasureTarget]) -> Iterator[list[tuple[ErasureTarget, bool, str | None]]]:
+        raise NotImplementedError
+
+    @property
+    def requests(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,205 @@
+"""What each sync last delivered, in its own DuckDB file (never the warehouse, so syncs never
+take the warehouse's write lock).
+
+    sync_state   (sync, person_id) -> destination key, destination id, field hash, in audience,
+                 rejected reason: what the destination has acknowledged
+    sync_pending (sync, person_id) -> attempts and last error of a change that could not be
+                 delivered; retried next run
+    sync_log     one row per person and change per run: sent | rejected | failed
+
+State is written per acknowledged batch, in one transaction with that batch's log rows, so a
+run that stops half-way resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sync_state (
+    sync VARCHAR NOT NULL, person_id VARCHAR NOT NULL, dest_key VARCHAR NOT NULL, dest_id VARCHAR,
+    field_hash VARCHAR, in_audience BOOLEAN NOT NULL, rejected_reason VARCHAR, updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (sync, person_id));
+CREATE TABLE IF NOT EXISTS sync_pending (
+    sync VARCHAR NOT NULL, person_id VARCHAR NOT NULL, action VARCHAR NOT NULL, attempts INTEGER NOT NULL,
+    last_error VARCHAR, updated_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (sync, person_id));
+CREATE TABLE IF NOT EXISTS sync_log (
+    sync VARCHAR NOT NULL, run_id VARCHAR NOT NULL, person_id VARCHAR NOT NULL, action VARCHAR NOT NULL,
+    result VARCHAR NOT NULL, attempt INTEGER NOT NULL, reason VARCHAR, logged_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS sync_runs (
+    sync VARCHAR NOT NULL, run_id VARCHAR NOT NULL, started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ,
+    snapshot VARCHAR, planned INTEGER, sent INTEGER, rejected INTEGER, failed INTEGER, requests INTEGER,
+    status VARCHAR);
+"""
+
+
+STATE_COLS = {"person_id": "VARCHAR", "dest_key": "VARCHAR", "dest_id": "VARCHAR", "field_hash": "VARCHAR",
+              "in_audience": "BOOLEAN", "rejected_reason": "VARCHAR"}
+LOG_COLS = {"person_id": "VARCHAR", "action": "VARCHAR", "result": "VARCHAR", "attempt": "INTEGER", "reason": "VARCHAR"}
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, constants: dict, columns: dict[str, str],
+            rows: list[tuple]) -> None:
+    """Insert many rows in one statement: each varying column goes in as one typed list
+    parameter and is unnested; columns equal for the whole batch go in once. (executemany runs
+    row by row, and the Arrow route imports pandas, which costs more than the insert.)"""
+    values = [list(col) for col in zip(*rows)]
+    names = list(constants) + list(columns)
+    select = ["?"] * len(constants) + [f"unnest(?::{t}[])" for t in columns.values()]
+    con.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(select)}",
+                list(constants.values()) + values)
+
+
+class StateBusy(RuntimeError):
+    """Another sync run holds the sync state file."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    person_id: str
+    dest_key: str
+    dest_id: str | None
+    field_hash: str | None
+    in_audience: bool
+    rejected_reason: str | None
+
+
+def state_path(root: Path) -> Path:
+    return Path(root) / "activation" / "sync_state.duckdb"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SyncState:
+    def __init__(self, path: Path, read_only: bool = False, lock_wait_s: float = 60.0):
+        self.path = Path(path)
+        if read_only and not self.path.exists():
+            self.con = duckdb.connect(":memory:")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            deadline = time.monotonic() + lock_wait_s
+            while True:
+                try:
+                    self.con = duckdb.connect(str(self.path), read_only=read_only)
+                    break
+                except duckdb.IOException as e:
+                    if "lock" not in str(e).lower():
+                        raise
+                    if time.monotonic() > deadline:
+                        raise StateBusy(
+                            f"{self.path} is in use by another sync run (a Dagster run or `cdp sync`); "
+                            "wait for it to finish, then retry"
+                        ) from None
+                    time.sleep(0.5)  # another sync is running: syncs take turns
+        if not read_only or not self.path.exists():
+            self.con.execute(SCHEMA)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "SyncState":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # reading ------------------------------------------------------------------------
+    def delivered(self, sync: str) -> dict[str, Delivered]:
+        rows = self.con.execute(
+            "SELECT person_id, dest_key, dest_id, field_hash, in_audience, rejected_reason "
+            "FROM sync_state WHERE sync = ?", [sync]
+        ).fetchall()
+        return {r[0]: Delivered(*r) for r in rows}
+
+    def pending(self, sync: str) -> dict[str, int]:
+        rows = self.con.execute("SELECT person_id, attempts FROM sync_pending WHERE sync = ?", [sync]).fetchall()
+        return dict(rows)
+
+    # writing: one transaction per acknowledged batch ----------------------------------
+    def commit_batch(self, sync: str, run_id: str, upserts: list[tuple], deletes: list[tuple[str, str]],
+                     log_rows: list[tuple], cleared_pending: list[str], failed: list[tuple]) -> None:
+        """One acknowledged batch, atomically.
+
+        upserts: (person_id, dest_key, dest_id, field_hash, in_audience, rejected_reason) replace the
+        person's row; deletes: (person_id, dest_key) rows that go; log_rows: (person_id, action,
+        result, attempt, reason); failed: (person_id, action, error) kept pending for the next run."""
+        t = now()
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            if deletes:
+                con.executemany("DELETE FROM sync_state WHERE sync = ? AND person_id = ? AND dest_key = ?",
+                                [(sync, p, k) for p, k in deletes])
+            if upserts:
+                con.execute("DELETE FROM sync_state WHERE sync = ? AND person_id IN (SELECT unnest(?::VARCHAR[]))",
+                            [sync, [u[0] for u in upserts]])
+                _insert(con, "sync_state", {"sync": sync, "updated_at": t}, STATE_COLS, upserts)
+            if cleared_pending:
+                con.execute("DELETE FROM sync_pending WHERE sync = ? AND person_id IN (SELECT unnest(?::VARCHAR[]))",
+                            [sync, cleared_pending])
+            if failed:
+                con.executemany(
+                    "INSERT INTO sync_pending VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (sync, person_id) DO UPDATE "
+                    "SET attempts = sync_pending.attempts + 1, action = excluded.action, "
+                    "last_error = excluded.last_error, updated_at = excluded.updated_at",
+                    [(sync, p, a, e, t) for p, a, e in failed],
+                )
+            if log_rows:
+                _insert(con, "sync_log", {"sync": sync, "run_id": run_id, "logged_at": t}, LOG_COLS, log_rows)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def start_run(self, sync: str, run_id: str, snapshot: str | None, planned: int) -> None:
+        self.con.execute(
+            "INSERT INTO sync_runs VALUES (?, ?, ?, NULL, ?, ?, 0, 0, 0, 0, 'running')",
+            [sync, run_id, now(), snapshot, planned],
+        )
+
+    def finish_run(self, sync: str, run_id: str, sent: int, rejected: int, failed: int, requests: int) -> None:
+        self.con.execute(
+            "UPDATE sync_runs SET finished_at = ?, sent = ?, rejected = ?, failed = ?, requests = ?, status = ? "
+            "WHERE sync = ? AND run_id = ?",
+            [now(), sent, rejected, failed, requests, "ok" if failed == 0 else "incomplete", sync, run_id],
+        )
+
+    def purge_persons(self, person_ids: list[str]) -> dict[str, int]:
+        """Forget persons everywhere in the state file (erasure), then rewrite the file so no
+        deleted row lingers in a free block."""
+        counts = {}
+        self.con.execute("BEGIN")
+        for table in ("sync_state", "sync_pending", "sync_log"):
+            n = self.con.execute(f"SELECT count(*) FROM {table} WHERE list_contains(?, person_id)",
+                                 [person_ids]).fetchall()[0][0]
+            self.con.execute(f"DELETE FROM {table} WHERE list_contains(?, person_id)", [person_ids])
+            counts[table] = n
+        self.con.execute("COMMIT")
+        self._rewrite()
+        return counts
+
+    def _rewrite(self) -> None:
+        if not self.path.exists():
+            return
+        self.con.close()
+        tmp = self.path.with_name(f".{self.path.name}.rewrite")
+        tmp.unlink(missing_ok=True)
+        con = duckdb.connect(str(tmp))
+        con.execute(SCHEMA)
+        con.execute(f"ATTACH '{self.path}' AS old (READ_ONLY)")
+        for table in ("sync_state", "sync_pending", "sync_log", "sync_runs"):
+            con.execute(f"INSERT INTO main.{table} SELECT * FROM old.main.{table}")
+        con.execute("DETACH old")
+        con.execute("CHECKPOINT")
+        con.close()
+        os.replace(tmp, self.path)
+        Path(str(self.path) + ".wal").unlink(missing_ok=True)
+        self.con = duckdb.connect(str(self.path))

@@ -1,0 +1,282 @@
+"""Running a sync: read the published snapshot, diff against the sync state, deliver in the
+destination's batches, and commit each acknowledged batch to the state with its log rows.
+
+If the destination stops answering (bounded retries exhausted), the run stops: every change
+not acknowledged is recorded as failed and stays pending, and the next run's diff sends it
+again. Nothing acknowledged is ever sent twice, because it is committed before the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from activation.config import SyncConfig
+from activation.destinations.base import Destination, ErasureTarget, MissingSecret, Outcome
+from activation.http import DeliveryFailed
+from activation.plan import ACTION_ORDER, Change, Plan, make_plan
+from activation.source import SourceError, fetch_fields, read_source
+from activation.state import SyncState, state_path
+from publish.snapshot import PublishError, open_current, read_manifest
+
+log = logging.getLogger("tessera.activation")
+
+
+class SyncError(RuntimeError):
+    """A sync cannot run as configured; the message says what to fix."""
+
+
+@dataclass
+class SyncReport:
+    sync: str
+    run_id: str
+    destination: str
+    snapshot: str | None
+    dry_run: bool
+    planned: dict[str, int]
+    skipped: dict[str, int]
+    sent: int = 0
+    rejected: int = 0
+    failed: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    sample: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.failed == 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mask(value: str | None) -> str:
+    """j***@e***.com / +44*******89 / Ja*** : enough to recognise a shape, not a person."""
+    if not value:
+        return ""
+    s = str(value)
+    if "@" in s:
+        local, _, domain = s.partition("@")
+        host, dot, tld = domain.rpartition(".")
+        return f"{local[:1]}***@{(host or tld)[:1]}***{dot}{tld if host else ''}"
+    if len(s) > 6 and sum(ch.isdigit() for ch in s) >= 6:
+        return s[:3] + "*" * (len(s) - 5) + s[-2:]
+    return s[:1] + "***"
+
+
+_EMAIL_RE = re.compile(r"[^\s@\"'<>,;:()]+@[^\s@\"'<>,;:()]+")
+
+
+def scrub(text: str | None) -> str | None:
+    """A destination's message with any email address in it masked (they quote them back)."""
+    return _EMAIL_RE.sub(lambda m: mask(m.group(0)), text) if text else text
+
+
+def get_sync(config, name: str) -> SyncConfig:
+    for s in config.syncs:
+        if s.name == name:
+            return s
+    known = ", ".join(s.name for s in config.syncs) or "(none configured)"
+    raise SyncError(f"no sync named {name!r} in {config.root / 'cdp.yaml'}; syncs: {known}")
+
+
+def make_destination(config, sync: SyncConfig, run_id: str) -> Destination:
+    d = sync.destination
+    if d.type == "klaviyo":
+        from activation.destinations.klaviyo import KlaviyoDestination
+        return KlaviyoDestination(sync.name, d, sync.retry, sync.identifier)
+    if d.type == "mailchimp":
+        from activation.destinations.mailchimp import MailchimpDestination
+        return MailchimpDestination(sync.name, d, sync.retry)
+    if d.type == "webhook":
+        from activation.destinations.webhook import WebhookDestination
+        return WebhookDestination(sync.name, d, sync.retry)
+    from activation.destinations.files import FilesDestination
+    return FilesDestination(sync.name, d, config.root, run_id, list(sync.fields))
+
+
+def _new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def plan_sync(config, sync: SyncConfig, state: SyncState) -> Plan:
+    published = config.published_dir
+    try:
+        con = open_current(published)
+    except PublishError as e:
+        raise SyncError(str(e)) from None
+    try:
+        src = read_source(sync, con, read_manifest(published).get("current"))
+        plan = make_plan(sync, src, state.delivered(sync.name))
+        sending = [c.person_id for c in plan.changes if c.action in ("upsert", "add_membership")]
+        fields = fetch_fields(sync, con, sending, of_total=len(src.wanted))
+    except SourceError as e:
+        raise SyncError(str(e)) from None
+    finally:
+        con.close()
+    for c in plan.changes:
+        if c.action in ("upsert", "add_membership"):
+            c.fields.update(fields.get(c.person_id, {}))  # each change owns its dict
+    plan.snapshot = src.snapshot
+    return plan
+
+
+def _sample(plan: Plan, n: int = 5) -> list[dict]:
+    out, per = [], {}
+    for c in plan.changes:
+        if per.get(c.action, 0) >= n:
+            continue
+        per[c.action] = per.get(c.action, 0) + 1
+        out.append({"action": c.action, "reason": c.reason, "person_id": c.person_id, "key": mask(c.key),
+                    "fields": sorted(c.fields)})
+    return out
+
+
+def _commit(state: SyncState, sync: str, run_id: str, action: str, outcomes: list[Outcome],
+            attempts: dict[str, int]) -> tuple[int, int]:
+    upserts, deletes, logs, cleared = [], [], [], []
+    sent = rejected = 0
+    for o in outcomes:
+        c = o.change
+        attempt = attempts.get(c.person_id, 0) + 1
+        dest_id = o.dest_id or c.dest_id
+        cleared.append(c.person_id)
+        if o.ok:
+            sent += 1
+            logs.append((c.person_id, action, "sent", attempt, None))
+            if action == "retire":
+                deletes.append((c.person_id, c.key))
+            elif action == "remove":
+                upserts.append((c.person_id, c.key, dest_id, c.field_hash, False, None))
+            else:
+                upserts.append((c.person_id, c.key, dest_id, c.field_hash, True, None))
+        else:
+            rejected += 1
+            logs.append((c.person_id, action, "rejected", attempt, scrub(o.reason)))
+            if action in ("upsert", "add_membership"):
+                # Remember what was refused, so it is not resent until the person's fields change.
+                upserts.append((c.person_id, c.key, dest_id, c.field_hash, c.was_in_audience,
+                                scrub(o.reason) or "rejected"))
+        if c.takes_over and action in ("upsert", "add_membership"):
+            deletes.append((c.takes_over, c.key))
+    state.commit_batch(sync, run_id, upserts, deletes, logs, cleared, [])
+    return sent, rejected
+
+
+def run_sync(config, name: str, dry_run: bool = False,
+             progress: Callable[[str], None] | None = None) -> SyncReport:
+    """Run one sync (or, with ``dry_run``, only plan it). Returns what happened."""
+    sync = get_sync(config, name)
+    say = progress or (lambda m: log.info(m))
+    run_id = _new_run_id()
+    t0 = time.perf_counter()
+    with SyncState(state_path(config.root), read_only=dry_run) as state:
+        plan = plan_sync(config, sync, state)
+        report = SyncReport(sync.name, run_id, sync.destination.type, plan.snapshot, dry_run, plan.counts(),
+                            dict(plan.skipped), sample=_sample(plan))
+        if dry_run:
+            report.seconds = round(time.perf_counter() - t0, 3)
+            return report
+        try:
+            dest = make_destination(config, sync, run_id)
+        except MissingSecret as e:
+            raise SyncError(str(e)) from None
+        attempts = state.pending(sync.name)
+        state.start_run(sync.name, run_id, plan.snapshot, len(plan.changes))
+        if plan.takeovers:  # merges where the survivor already holds the profile: state only
+            state.commit_batch(sync.name, run_id,
+                               [(pid, d.dest_key, d.dest_id, d.field_hash, d.in_audience, d.rejected_reason)
+                                for pid, d in plan.takeovers],
+                               [(d.person_id, d.dest_key) for _, d in plan.takeovers], [], [], [])
+        say(f"sync {sync.name}: {report.planned} to {sync.destination.type} (snapshot {plan.snapshot})")
+        remaining: list[Change] = []
+        try:
+            for action in ACTION_ORDER:
+                todo = plan.by_action(action)
+                if not todo:
+                    continue
+                done: set[str] = set()
+                try:
+                    for outcomes in dest.deliver(action, todo):
+                        s, r = _commit(state, sync.name, run_id, action, outcomes, attempts)
+                        report.sent += s
+                        report.rejected += r
+                        done.update(o.change.person_id for o in outcomes)
+                except DeliveryFailed as e:
+                    report.error = str(e)
+                    remaining = [c for c in todo if c.person_id not in done]
+                    later = ACTION_ORDER[ACTION_ORDER.index(action) + 1:]
+                    remaining += [c for a in later for c in plan.by_action(a)]
+                    break
+        finally:
+            if remaining:
+                reason = f"not acknowledged: {report.error}"
+                state.commit_batch(sync.name, run_id, [], [],
+                                   [(c.person_id, c.action, "failed", attempts.get(c.person_id, 0) + 1, reason)
+                                    for c in remaining], [],
+                                   [(c.person_id, c.action, reason) for c in remaining])
+                report.failed = len(remaining)
+            report.requests = dest.requests
+            dest.close()
+            state.finish_run(sync.name, run_id, report.sent, report.rejected, report.failed, report.requests)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    say(f"sync {sync.name}: sent {report.sent}, rejected {report.rejected}, failed {report.failed} "
+        f"in {report.requests} requests, {report.seconds:.1f}s")
+    return report
+
+
+def run_all(config, dry_run: bool = False, progress=None) -> list[SyncReport]:
+    return [run_sync(config, s.name, dry_run=dry_run, progress=progress) for s in config.syncs if s.enabled]
+
+
+def erase_persons(config, person_ids) -> dict:
+    """Delete these persons from every destination any sync delivered them to, then purge them
+    from the sync state and the sync log. Returns a report of where each was found and what
+    was removed. A destination that cannot be reached leaves those persons' state in place (so
+    a second call retries them) and is listed under ``failed``."""
+    person_ids = sorted({str(p) for p in person_ids})
+    report = {"persons": len(person_ids), "destinations": [], "failed": [], "state_rows_removed": {}}
+    if not person_ids:
+        return report
+    keep: set[str] = set()
+    configured = {s.name: s for s in config.syncs}
+    with SyncState(state_path(config.root)) as state:
+        synced = [r[0] for r in state.con.execute(
+            "SELECT DISTINCT sync FROM sync_state WHERE list_contains(?, person_id)", [person_ids]).fetchall()]
+        for name in sorted(synced):
+            delivered = state.delivered(name)
+            targets = [ErasureTarget(p, delivered[p].dest_key, delivered[p].dest_id)
+                       for p in person_ids if p in delivered]
+            sync = configured.get(name)
+            if sync is None:
+                report["failed"].append({"sync": name, "reason": "sync no longer in the config; its destination "
+                                         "was not contacted", "persons": [t.person_id for t in targets]})
+                continue
+            entry = {"sync": name, "destination": sync.destination.type, "deleted": [], "failed": []}
+            try:
+                dest = make_destination(config, sync, "erasure-" + _new_run_id())
+                try:
+                    for results in dest.erase(targets):
+                        for t, ok, reason in results:
+                            (entry["deleted"] if ok else entry["failed"]).append(
+                                t.person_id if ok else {"person_id": t.person_id, "reason": reason})
+                finally:
+                    dest.close()
+            except (DeliveryFailed, MissingSecret) as e:
+                done = set(entry["deleted"])
+                entry["failed"] += [{"person_id": t.person_id, "reason": str(e)} for t in targets
+                                    if t.person_id not in done]
+            keep |= {f["person_id"] for f in entry["failed"]}
+            report["destinations"].append(entry)
+            if entry["failed"]:
+                report["failed"].append({"sync": name, "persons": [f["person_id"] for f in entry["failed"]]})
+        purge = [p for p in person_ids if p not in keep]
+        report["state_rows_removed"] = state.purge_persons(purge) if purge else {}
+    report["complete"] = not report["failed"]
+    return report
