@@ -255,16 +255,14 @@ def evaluate_identity(config_path, as_json) -> None:
             out.print(f"{k:<28} {v}")
 
 
-<<<<<<< HEAD
+from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
+
+main.add_command(sync_command)
+
 from cdp.commands_segments import segments as _segments_commands  # noqa: E402
 
 main.add_command(_segments_commands)
 
-=======
-from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
-
-main.add_command(sync_command)
->>>>>>> main
 
 if __name__ == "__main__":
     main()
