@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test bench dev clean
+.PHONY: venv demo test bench dev docs clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,16 @@ bench: $(STAMP)
 dev: $(STAMP)
 	@test -f $(DEMO_DIR)/cdp.yaml || $(MAKE) demo
 	CDP_CONFIG=$(abspath $(DEMO_DIR))/cdp.yaml DAGSTER_HOME=$(abspath $(DEMO_DIR))/.dagster $(BIN)/dagster dev -w workspace.yaml
+
+# The dbt docs site of the demo warehouse (a single static page, opens without a server), then
+# a check that every published table and column is described.
+docs: $(STAMP)
+	@test -f $(DEMO_DIR)/cdp.yaml || $(MAKE) demo
+	TESSERA_WAREHOUSE=$(abspath $(DEMO_DIR))/warehouse/tessera.duckdb $(BIN)/dbt docs generate --static \
+		--project-dir dbt --profiles-dir dbt --target-path $(abspath $(DEMO_DIR))/dbt_docs
+	$(BIN)/python -m marketing.table_docs --manifest $(DEMO_DIR)/dbt_docs/manifest.json \
+		--catalog $(DEMO_DIR)/dbt_docs/catalog.json
+	@echo "dbt docs: $(abspath $(DEMO_DIR))/dbt_docs/static_index.html"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -100,14 +100,15 @@ def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
 @click.option("--only", "only", multiple=True, metavar="STAGE",
               help="Run only this stage (repeatable), e.g. --only ingestion.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def run(config_path, only, as_json) -> None:
+@click.option("--accept-drift", is_flag=True, help="Publish even if drift checks fail (every other check must pass).")
+def run(config_path, only, as_json, accept_drift) -> None:
     """Run the asset graph in this process (what the Dagster UI runs), then summarise."""
     from cdp.runner import run_pipeline
 
     _load(config_path)  # validate first, with a clear message
     _show_stage_progress()
     try:
-        summary = run_pipeline(config_path, only=list(only) or None)
+        summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift)
     except ValueError as e:
         raise UserError(str(e)) from None
     except WarehouseBusy as e:
@@ -133,12 +134,16 @@ class _CurrentStderrHandler(logging.StreamHandler):
 
 def _show_stage_progress() -> None:
     """Print the stages' progress lines (logger `tessera`) as short lines on stderr."""
+    from privacy.masking import MaskPII, install_log_masking
+
+    install_log_masking()
     log = logging.getLogger("tessera")
     log.setLevel(logging.INFO)
     if not any(getattr(h, "_tessera_cli", False) for h in log.handlers):
         handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         handler._tessera_cli = True
+        handler.addFilter(MaskPII())
         log.addHandler(handler)
 
 
@@ -155,6 +160,9 @@ def _print_run_summary(summary, config_path) -> None:
             out.print("    " + c.detail.replace("\n", "\n    ")[:2000], markup=False)
     for f in summary.failures:
         err.print(f"[bold red]failed:[/] {f}", markup=True)
+    from cdp.commands_quality import print_gate_outcome
+
+    print_gate_outcome(out, summary)
     passed = sum(c.passed for c in summary.checks)
     verdict = "[bold green]OK[/]" if summary.ok else "[bold red]FAILED[/]"
     out.print(
@@ -192,6 +200,9 @@ def status(config_path, as_json) -> None:
         out.print(f"warehouse  {info['warehouse_error']}")
     for table, n in (info.get("raw_tables") or {}).items():
         out.print(f"  raw.{table:<22} {n:>12,} rows")
+    from cdp.commands_quality import print_publish_status
+
+    print_publish_status(out, info)
 
 
 # --------------------------------------------------------------------------- identity
@@ -256,8 +267,27 @@ def evaluate_identity(config_path, as_json) -> None:
 
 
 from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
+from cdp.commands_quality import publish_command, rollback_command  # noqa: E402
 
 main.add_command(sync_command)
+# --------------------------------------------------------------------------- marketers
+from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS  # noqa: E402
+
+for _command in MARKETING_COMMANDS:
+    main.add_command(_command)
+# --------------------------------------------------------------------------- privacy
+from cdp.commands_privacy import export_subject_command, forget  # noqa: E402
+
+main.add_command(forget)
+main.add_command(export_subject_command)
+
+
+from cdp.commands_scoring import evaluate_churn  # noqa: E402
+
+evaluate.add_command(evaluate_churn)
+
+main.add_command(publish_command)
+main.add_command(rollback_command)
 
 from cdp.commands_segments import segments as _segments_commands  # noqa: E402
 

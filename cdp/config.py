@@ -18,8 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from activation.config import Syncs
+from expectations.settings import QualitySettings
 from identity.settings import IdentitySettings
+from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
+from privacy.settings import PrivacySettings
 from segments.settings import SegmentsSettings
 
 CONFIG_ENV = "CDP_CONFIG"
@@ -127,9 +130,12 @@ class Config(_Strict):
     # defines a model, so a config written today keeps loading.
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     segments: SegmentsSettings = Field(default_factory=SegmentsSettings)
-    offers: dict[str, Any] = Field(default_factory=dict)
+    churn: ChurnSettings = Field(default_factory=ChurnSettings)
+    cart_intent: CartIntentSettings = Field(default_factory=CartIntentSettings)
+    offers: OffersSettings = Field(default_factory=OffersSettings)
     syncs: Syncs = Field(default_factory=list)
-    quality: dict[str, Any] = Field(default_factory=dict)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     root: Path = Field(default=Path("."), exclude=True)
 

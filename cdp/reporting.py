@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cdp.config import Config
+from cdp.reporting_scoring import print_model_overview
 from cdp.warehouse import WarehouseBusy, open_warehouse, table_exists
 from ingestion.contracts import ENTITIES
 
@@ -110,6 +111,7 @@ def print_downstream_overview(console: Console, config: Config) -> None:
                     con, "marts", "customers") else 0
                 console.print(f"Marts: {customers:,} customers")
                 console.print(t)
+            print_model_overview(console, con)
     except WarehouseBusy as e:
         console.print(str(e))
 
@@ -163,6 +165,9 @@ def status_dict(config: Config, config_path: Path) -> dict:
             failed = [c for c in record.get("checks", []) if not c["passed"]]
             info["latest_run"]["ok"] = record.get("ok")
             info["latest_run"]["failed_checks"] = [f"{c['asset']}:{c['check']} ({c['severity']})" for c in failed]
+    from cdp.commands_quality import publish_status
+
+    info.update(publish_status(config))
     if config.warehouse_path.exists():
         try:
             with open_warehouse(config.warehouse_path, read_only=True) as con:

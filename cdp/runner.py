@@ -12,15 +12,21 @@ from pathlib import Path
 
 from cdp.config import CONFIG_ENV, Config, find_config_path, load_config
 from cdp.scaffold import ensure_dagster_home
+from privacy.masking import mask_pii
 
 # `cdp run --only STAGE` → the Dagster asset groups it runs. Later stages add theirs.
 STAGES: dict[str, list[str]] = {
     "ingestion": ["ingestion"],
+    "privacy": ["privacy"],  # erasure requests (cdp forget), between ingestion and identity
     "identity": ["identity"],
-    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer.
-    "marts": ["staging", "intermediate", "marts"],
-    # Declarative segments (dagster_project/defs/segments.py): the segments file evaluated.
+    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer, and the stages the marts
+    # tagged after_scoring read: scoring (defs/scoring.py) and declarative segments (defs/segments.py).
+    "marts": ["staging", "intermediate", "scoring", "segments", "marts"],
+    "scoring": ["scoring"],
+    # Declarative segments: the segments file evaluated against the current marts.
     "segments": ["segments"],
+    # The quality gate's checks on the built marts, then publish/snapshot (defs/quality.py).
+    "publish": ["publish"],
 }
 
 
@@ -46,6 +52,7 @@ class RunSummary:
     materialized: list[AssetOutcome] = field(default_factory=list)
     checks: list[CheckOutcome] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    gate: dict | None = None  # the quality gate's outcome in this run (expectations/gate.py)
 
     @property
     def failed_checks(self) -> list[CheckOutcome]:
@@ -64,6 +71,7 @@ class RunSummary:
             "failures": self.failures,
             "materialized": [{"asset": a.asset, "metadata": a.metadata} for a in self.materialized],
             "checks": [c.__dict__ for c in self.checks],
+            "gate": self.gate,
         }
 
 
@@ -83,7 +91,8 @@ def _metadata_value(v):
     return str(value)
 
 
-def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] | None = None) -> RunSummary:
+def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] | None = None,
+                 accept_drift: bool = False) -> RunSummary:
     unknown = [s for s in (only or []) if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
@@ -92,7 +101,7 @@ def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] |
     saved = {k: os.environ.get(k) for k in (CONFIG_ENV, "DAGSTER_HOME")}
     prepare_environment(config, cfg_path)
     try:
-        return _execute(config, only)
+        return _execute(config, only, accept_drift)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -101,26 +110,36 @@ def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] |
                 os.environ[k] = v
 
 
-def _execute(config: Config, only: list[str] | None) -> RunSummary:
+def _execute(config: Config, only: list[str] | None, accept_drift: bool = False) -> RunSummary:
 
     from dagster import AssetSelection, DagsterInstance
 
-    from dagster_project.definitions import defs
+    from dagster_project.defs.quality import ACCEPT_DRIFT_TAG
+    from dagster_project.definitions import GATE_CHECKS, defs
 
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     if only:
         groups = [g for s in only for g in STAGES[s]]
-        keys = list(AssetSelection.groups(*groups).resolve(graph))
+        selection = AssetSelection.groups(*groups)
+        if "publish" in only:
+            # Publishing the current build re-runs the gate's checks on the marts, not the build.
+            selection = selection | AssetSelection.checks(*GATE_CHECKS)
+        job = job.get_subset(asset_selection=set(selection.resolve(graph)),
+                             asset_check_selection=set(selection.resolve_checks(graph)))
+        keys = None
     else:
         keys = list(graph.get_all_asset_keys())
 
+    tags = {"tessera/trigger": "cli", "tessera/stages": ",".join(only or ["all"])}
+    if accept_drift:
+        tags[ACCEPT_DRIFT_TAG] = "true"
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,
             asset_selection=keys,
             raise_on_error=False,
-            tags={"tessera/trigger": "cli", "tessera/stages": ",".join(only or ["all"])},
+            tags=tags,
             # Dagster's own console lines only for warnings and errors; the stages'
             # progress comes through the `tessera` Python logger (see cli.py).
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
@@ -138,15 +157,20 @@ def _execute(config: Config, only: list[str] | None) -> RunSummary:
                 check=ev.check_name,
                 passed=ev.passed,
                 severity=ev.severity.value,
-                detail="; ".join(
+                detail=mask_pii("; ".join(
                     f"{k}: {_metadata_value(v)}" for k, v in ev.metadata.items() if not ev.passed
-                ),
+                )),
             )
         )
     for event in result.all_events:
         if event.is_step_failure:
             err = event.event_specific_data.error
-            summary.failures.append(f"{event.step_key}: {err.message.strip() if err else 'failed'}")
+            summary.failures.append(mask_pii(f"{event.step_key}: {err.message.strip() if err else 'failed'}"))
+    from expectations.gate import latest_gate
+
+    gate = latest_gate(config.reports_dir)
+    if gate and gate.get("dagster_run_id") == result.run_id:
+        summary.gate = gate
     _save_last_run(config, summary)
     return summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cdp.config import load_config
+from privacy.salt import salt_path, write_salt_file
 
 # The example segments file `cdp init` writes beside cdp.yaml.
 EXAMPLE_SEGMENTS = Path(__file__).resolve().parents[1] / "segments" / "example.yaml"
@@ -90,6 +91,11 @@ identity: {{}}
 # Rule-based segments marketers define: one YAML file (`cdp segments validate` checks it).
 segments:
   file: segments.yaml
+# Models (see README "Churn, cart intent, next-best-offer"): churn.horizon_days (90), risk
+# cut points churn.high_risk_at / medium_risk_at; cart_intent.likely_at / unlikely_below;
+# offers: experiment, holdout_share (0.1), max_emails_per_7_days (3) and the offer catalog.
+churn: {{}}
+cart_intent: {{}}
 offers: {{}}
 # Reverse-ETL syncs (README "Activation"), e.g.
 #   - name: vip_to_klaviyo
@@ -99,7 +105,19 @@ offers: {{}}
 #     mode: mirror
 #     consent: {{channel: email_marketing}}
 syncs: []
+# Quality gate (README: "Quality gate and publishing"). Defaults, all optional:
+#   keep_snapshots: 5
+#   drift: {{max_person_count_change: 0.5, block_emptied_segment: true, max_merge_rate_change: 0.15,
+#           max_churn_mean_change: 0.2, max_churn_psi: 0.25}}
+#   identity: {{max_cluster_records: 500, max_emails_per_person: 10, max_persons_over_email_limit: 0}}
 quality: {{}}
+
+# Erasure (`cdp forget`) keeps salted hashes of an erased person's identifiers so that files
+# landed later do not bring them back. The salt is a secret: `cdp init` writes a random one to
+# salt_file (owner-only); $CDP_PRIVACY_SALT overrides it. Keep it for the life of the project.
+privacy:
+  salt_file: .secrets/privacy_salt
+  folder: privacy             # erasure requests and reports (hashes only)
 """
 
 # Dagster instance settings: one run at a time and one warehouse writer at a time
@@ -108,6 +126,9 @@ DAGSTER_YAML = """\
 telemetry:
   enabled: false
 # Stage progress lines (Python loggers named tessera.*) appear in each run's event log.
+# Emails and phone numbers in them are masked when each record is created (the code location
+# installs privacy.masking at import), so the event log never receives them; a handler added
+# under dagster_handler_config can take the same filter: {"()": privacy.masking.MaskPII}.
 python_logs:
   managed_python_loggers:
     - tessera
@@ -132,6 +153,7 @@ def init_project(directory: Path, force: bool = False, project: str | None = Non
     for d in (config.landing_dir, config.warehouse_path.parent, config.published_dir, config.reports_dir):
         d.mkdir(parents=True, exist_ok=True)
     ensure_dagster_home(config.dagster_home)
+    write_salt_file(salt_path(config))
     return cfg_path
 
 

@@ -33,7 +33,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from identity.settings import IdentitySettings
 
@@ -107,6 +110,7 @@ class ClusterStats:
     refused: int = 0
     refused_by_reason: dict[str, int] = field(default_factory=dict)
     held_clusters: int = 0
+    edges_checked_one_by_one: int = 0  # edges in components where a merge check could fail
 
 
 class _UnionFind:
@@ -123,18 +127,189 @@ class _UnionFind:
         return root
 
 
+def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Connected-component label of every node 0..n-1 (scipy, vectorised)."""
+    graph = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
 def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_pairs: pa.Table | None,
-            schema: str = "identity") -> ClusterStats:
+            schema: str = "identity", edge_by_edge: bool = False) -> ClusterStats:
     """Cluster profile records; writes temp table ``id_clusters(rid, cluster_id, held)`` and
-    ``<schema>.edges`` (every edge with its decision and reason)."""
+    ``<schema>.edges`` (every edge with its decision and reason).
+
+    Vectorised where it can be: the connected components of all edges are computed at once,
+    and a component where no merge check could fail (one value per unique identifier, limits
+    and size cap respected, first names and dates of birth compatible two by two, no ambiguous attach)
+    becomes one cluster outright; its edges are accepted along the spanning forest taken in
+    processing order (the rest are redundant), as the edge-by-edge loop would decide.
+    Only the components where some check *could* fail go through that loop
+    (``edge_by_edge=True`` sends every component through it: the reference, for tests)."""
     stats = ClusterStats()
     rec = f"{schema}.records"
+    n_max, stats.profile_records = con.execute(
+        f"SELECT coalesce(max(rid), 0) + 1, count(*) FILTER (WHERE NOT is_satellite) FROM {rec}").fetchall()[0]
+
+    # ---- edges in processing order
+    con.execute("CREATE OR REPLACE TEMP TABLE id_splink_pairs (rid_l BIGINT, rid_r BIGINT, match_probability DOUBLE)")
+    if splink_pairs is not None and splink_pairs.num_rows:
+        con.register("_splink_pairs", splink_pairs)
+        con.execute("""INSERT INTO id_splink_pairs SELECT least(unique_id_l, unique_id_r), greatest(unique_id_l, unique_id_r),
+                       max(match_probability) FROM _splink_pairs GROUP BY ALL""")
+        con.unregister("_splink_pairs")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE id_edge_order AS
+        SELECT row_number() OVER (ORDER BY stage, priority, rule, neg_p, rid_l, rid_r) - 1 AS seq, * FROM (
+            SELECT rid_l, rid_r, 'deterministic:' || rule AS method, rule, priority, 1.0 AS match_probability,
+                   CASE WHEN phase = 'attach' THEN 3 ELSE 1 END AS stage, 0.0 AS neg_p, phase
+            FROM id_det_edges
+            UNION ALL
+            SELECT s.rid_l, s.rid_r, 'splink', 'splink', 1000, s.match_probability, 2, -s.match_probability, 'link'
+            FROM id_splink_pairs s
+            WHERE NOT EXISTS (SELECT 1 FROM id_det_edges d WHERE d.phase = 'link'
+                              AND d.rid_l = s.rid_l AND d.rid_r = s.rid_r))""")
+    e = con.sql("SELECT rid_l, rid_r, phase = 'attach' AS attach FROM id_edge_order ORDER BY seq").to_arrow_table()
+    left = e.column("rid_l").to_numpy().astype(np.int64)
+    right = e.column("rid_r").to_numpy().astype(np.int64)
+    attach = e.column("attach").to_numpy(zero_copy_only=False).astype(bool)
+    del e
+    m = len(left)
+    stats.edges = m
+
+    # ---- components: c1 over link and Splink edges, c2 over every edge (attach too)
+    c1 = _components(n_max, left[~attach], right[~attach])
+    c2 = _components(n_max, left, right)
+    con.register("_id_comp", pa.table({"rid": np.arange(n_max, dtype=np.int64), "c1": c1, "c2": c2}))
+    con.execute("CREATE OR REPLACE TEMP TABLE id_comp AS SELECT * FROM _id_comp")
+    con.unregister("_id_comp")
+    dirty_node = np.ones(n_max, bool)
+    if not edge_by_edge:
+        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec))
+    dirty_edge = dirty_node[left]
+    stats.edges_checked_one_by_one = int(dirty_edge.sum())
+
+    decision = np.full(m, REDUNDANT, dtype=object)
+    reason = np.full(m, None, dtype=object)
+
+    # ---- conflict-free components: the spanning forest in processing order is accepted (Kruskal)
+    clean_link = ~dirty_edge & ~attach
+    idx = np.flatnonzero(clean_link)
+    if len(idx):
+        weights = (idx + 1).astype(np.float64)  # unique, increasing with seq
+        tree = minimum_spanning_tree(coo_matrix((weights, (left[idx], right[idx])), shape=(n_max, n_max)).tocsr())
+        decision[tree.tocoo().data.astype(np.int64) - 1] = ACCEPTED
+    clean_attach = ~dirty_edge & attach
+    decision[clean_attach & (c1[left] != c1[right])] = ACCEPTED
+
+    # ---- components where a check could fail: edge by edge, strongest first
+    key = c2.astype(np.int64)  # cluster key per rid; dirty rids get n_max + their union-find root
+    held_roots: set[int] = set()
+    if dirty_edge.any():
+        dirty_idx = np.flatnonzero(dirty_edge)
+        dec, why, roots, held_roots = _constrained_union(con, settings, rec, n_max, dirty_idx, left, right, attach)
+        decision[dirty_idx] = dec
+        reason[dirty_idx] = why
+        key[dirty_node] = n_max + roots[dirty_node]
+    held = np.zeros(n_max, bool)
+    if held_roots:
+        held[dirty_node] = np.isin(key[dirty_node] - n_max, np.fromiter(held_roots, np.int64))
+
+    # ---- results back to DuckDB: cluster id = the cluster's smallest rid
+    con.register("_uf", pa.table({"rid": np.arange(n_max, dtype=np.int64), "k": key, "held": held}))
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE id_clusters AS
+                    SELECT u.rid, min(u.rid) OVER (PARTITION BY u.k) AS cluster_id, u.held
+                    FROM _uf u JOIN {rec} r USING (rid) WHERE NOT r.is_satellite""")
+    con.unregister("_uf")
+    con.register("_dec", pa.table({"seq": np.arange(m, dtype=np.int64), "decision": pa.array(decision.tolist(), pa.string()),
+                                   "reason": pa.array(reason.tolist(), pa.string())}))
+    con.execute(f"""
+        CREATE OR REPLACE TABLE {schema}.edges AS
+        SELECT o.seq, o.rid_l, o.rid_r, o.method, o.match_probability, d.decision,
+               coalesce(d.reason, CASE d.decision WHEN 'accepted' THEN 'passed merge checks'
+                                                  WHEN 'redundant' THEN 'already in the same cluster' END) AS reason
+        FROM id_edge_order o JOIN _dec d USING (seq)""")
+    con.unregister("_dec")
+    stats.accepted = int((decision == ACCEPTED).sum())
+    stats.refused = int((decision == REFUSED).sum())
+    for r in reason:
+        if r:
+            k = r.split(":")[0] if r.startswith("limit") else r
+            stats.refused_by_reason[k] = stats.refused_by_reason.get(k, 0) + 1
+    stats.held_clusters = len(held_roots)
+    attach_satellites(con, settings, schema)
+    con.execute("DROP TABLE IF EXISTS id_comp")
+    return stats
+
+
+def _unique_ids(settings: IdentitySettings) -> list[str]:
+    return [i for i in ("loyalty_id", "user_id", "subscriber_id", "anonymous_id", "email", "phone")
+            if settings.rule(i).unique]
+
+
+def _limited(settings: IdentitySettings) -> dict[str, int]:
+    return {i: settings.rule(i).max_per_profile for i in ("email", "phone", "subscriber_id", "anonymous_id",
+                                                          "loyalty_id", "user_id")
+            if settings.rule(i).max_per_profile and not settings.rule(i).unique}
+
+
+_COLUMN = {"email": "email_canon"}
+
+
+def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str) -> np.ndarray:
+    """c2 labels of components where some merge check could fail (a superset is safe: those
+    components just take the exact edge-by-edge path).
+
+    Names and dates of birth: a component with several is still conflict-free when every two
+    of its records are compatible (the checks only grow more permissive as clusters grow)."""
+    conds = [f"count(*) FILTER (WHERE r.entity <> 'transactions') > {settings.max_cluster_size}"]
+    conds += [f"count(DISTINCT r.{_COLUMN.get(n, n)}) > {mx}" for n, mx in _limited(settings).items()]
+    uniq = " OR ".join(f"count(DISTINCT r.{_COLUMN.get(n, n)}) > 1" for n in _unique_ids(settings)) or "FALSE"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_comp_records AS
+        SELECT r.rid, r.source, r.entity, r.loyalty_id, r.user_id, r.subscriber_id, r.anonymous_id, r.email_canon,
+               r.phone, r.first_name, r.first_name_canon, r.last_name, r.date_of_birth, c.c2
+        FROM {rec} r JOIN id_comp c USING (rid)
+        WHERE NOT r.is_satellite AND c.c2 IN (SELECT c2 FROM id_comp GROUP BY c2 HAVING count(*) > 1)""")
+    rows = con.execute(f"""
+        WITH r AS (SELECT * FROM id_comp_records)
+        SELECT c2 FROM r GROUP BY c2 HAVING {' OR '.join(conds)}
+        UNION SELECT c2 FROM r GROUP BY c2, source HAVING {uniq}
+        UNION SELECT c.c2 FROM id_edge_order e JOIN id_comp c ON c.rid = e.rid_l JOIN id_comp t ON t.rid = e.rid_r
+              WHERE e.phase = 'attach' GROUP BY e.rid_l, c.c2 HAVING count(DISTINCT t.c1) > 1""").fetchall()
+    dirty = {r[0] for r in rows}
+    # several first names or dates of birth: dirty unless every two records are compatible
+    varied = con.execute("""
+        SELECT c2, list(DISTINCT [first_name, first_name_canon, last_name]) FILTER (WHERE first_name IS NOT NULL),
+               list(DISTINCT CAST(date_of_birth AS VARCHAR)) FILTER (WHERE date_of_birth IS NOT NULL)
+        FROM id_comp_records GROUP BY c2
+        HAVING count(DISTINCT first_name_canon) > 1 OR count(DISTINCT date_of_birth) > 1""").fetchall()
+    con.execute("DROP TABLE IF EXISTS id_comp_records")
+    for c2, names, dobs in varied:
+        if c2 in dirty:
+            continue
+        names, dobs = names or [], dobs or []
+        ok = all(names_compatible({a[0], a[1]}, {a[2]} if a[2] else None, {b[0], b[1]}, {b[2]} if b[2] else None)
+                 for i, a in enumerate(names) for b in names[i + 1:])
+        ok = ok and all(dobs_compatible({a}, {b}) for i, a in enumerate(dobs) for b in dobs[i + 1:])
+        if not ok:
+            dirty.add(c2)
+    return np.array(sorted(dirty), dtype=np.int64)
+
+
+def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, idx: np.ndarray,
+                       left: np.ndarray, right: np.ndarray, is_attach: np.ndarray):
+    """The exact edge-by-edge clustering over the edges ``idx`` (in processing order).
+
+    Returns (decision per edge, reason per edge, union-find root per rid, roots held for review)."""
+    con.register("_id_dirty", pa.table({"rid": np.unique(np.concatenate([left[idx], right[idx]]))}))
     cols = con.sql(f"""
         SELECT rid, source, entity, loyalty_id, user_id, subscriber_id, anonymous_id, email_canon, phone,
                first_name, first_name_canon, last_name, CAST(date_of_birth AS VARCHAR) AS dob
-        FROM {rec} WHERE NOT is_satellite ORDER BY rid""").to_arrow_table().to_pydict()
-    n_max = (max(cols["rid"]) + 1) if cols["rid"] else 1
-    stats.profile_records = len(cols["rid"])
+        FROM {rec} WHERE NOT is_satellite AND rid IN (SELECT rid FROM _id_dirty) ORDER BY rid""").to_arrow_table().to_pydict()
+    con.unregister("_id_dirty")
+    con.register("_id_idx", pa.table({"seq": idx}))
+    rules = [r[0] for r in con.execute("SELECT o.rule FROM id_edge_order o JOIN _id_idx i USING (seq) ORDER BY seq").fetchall()]
+    con.unregister("_id_idx")
 
     # ---- per-cluster state, keyed by root rid
     size = [0] * n_max
@@ -143,13 +318,9 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     firsts: dict[int, set] = {}
     lasts: dict[int, set] = {}
     dobs: dict[int, set] = {}
-    unique_ids = [i for i in ("loyalty_id", "user_id", "subscriber_id", "anonymous_id") if settings.rule(i).unique]
-    if settings.rule("email").unique or settings.rule("phone").unique:
-        unique_ids += [i for i in ("email", "phone") if settings.rule(i).unique]
-    limited = {i: settings.rule(i).max_per_profile for i in ("email", "phone", "subscriber_id", "anonymous_id",
-                                                              "loyalty_id", "user_id")
-               if settings.rule(i).max_per_profile and not settings.rule(i).unique}
-    col_of = {"email": "email_canon"}
+    unique_ids = _unique_ids(settings)
+    limited = _limited(settings)
+    col_of = _COLUMN
     for name in limited:
         multi[name] = {}
     for i, rid in enumerate(cols["rid"]):
@@ -171,32 +342,12 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
             dobs[rid] = {cols["dob"][i]}
     del cols
 
-    # ---- edges in processing order
-    con.execute("CREATE OR REPLACE TEMP TABLE id_splink_pairs (rid_l BIGINT, rid_r BIGINT, match_probability DOUBLE)")
-    if splink_pairs is not None and splink_pairs.num_rows:
-        con.register("_splink_pairs", splink_pairs)
-        con.execute("""INSERT INTO id_splink_pairs SELECT least(unique_id_l, unique_id_r), greatest(unique_id_l, unique_id_r),
-                       max(match_probability) FROM _splink_pairs GROUP BY ALL""")
-        con.unregister("_splink_pairs")
     requires = {name: bool(settings.rule(name).requires) for name in
                 ("loyalty_id", "user_id", "subscriber_id", "email", "phone", "anonymous_id", "link_tracking_id",
                  "order_ref")}
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE id_edge_order AS
-        SELECT row_number() OVER (ORDER BY stage, priority, rule, neg_p, rid_l, rid_r) - 1 AS seq, * FROM (
-            SELECT rid_l, rid_r, 'deterministic:' || rule AS method, rule, priority, 1.0 AS match_probability,
-                   CASE WHEN phase = 'attach' THEN 3 ELSE 1 END AS stage, 0.0 AS neg_p, phase
-            FROM id_det_edges
-            UNION ALL
-            SELECT s.rid_l, s.rid_r, 'splink', 'splink', 1000, s.match_probability, 2, -s.match_probability, 'link'
-            FROM id_splink_pairs s
-            WHERE NOT EXISTS (SELECT 1 FROM id_det_edges d WHERE d.phase = 'link'
-                              AND d.rid_l = s.rid_l AND d.rid_r = s.rid_r))""")
-    e = con.sql("SELECT rid_l, rid_r, rule, phase FROM id_edge_order ORDER BY seq").to_arrow_table().to_pydict()
-    L, R, rules, phases = e["rid_l"], e["rid_r"], e["rule"], e["phase"]
-    del e
+    L, R = left[idx].tolist(), right[idx].tolist()
+    phases = ["attach" if a else "link" for a in is_attach[idx]]
     m = len(L)
-    stats.edges = m
     decision = [REDUNDANT] * m
     reason: list[str | None] = [None] * m
     uf = _UnionFind(n_max)
@@ -309,38 +460,10 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
                 held.add(rb)
     settle_attach(attach_edges)
 
-    # ---- results back to DuckDB
-    rids = [r for r in range(n_max)]
-    roots = [find(r) for r in rids]
-    cluster_min: dict[int, int] = {}
-    for r, root in zip(rids, roots):
-        if root not in cluster_min:
-            cluster_min[root] = r  # rids ascend, so the first seen is the smallest
-    con.register("_uf", pa.table({
-        "rid": pa.array(rids, pa.int64()),
-        "cluster_id": pa.array([cluster_min[root] for root in roots], pa.int64()),
-        "held": pa.array([root in held for root in roots], pa.bool_()),
-    }))
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE id_clusters AS
-                    SELECT u.* FROM _uf u JOIN {rec} r USING (rid) WHERE NOT r.is_satellite""")
-    con.unregister("_uf")
-    con.register("_dec", pa.table({"seq": pa.array(range(m), pa.int64()), "decision": decision, "reason": reason}))
-    con.execute(f"""
-        CREATE OR REPLACE TABLE {schema}.edges AS
-        SELECT o.seq, o.rid_l, o.rid_r, o.method, o.match_probability, d.decision,
-               coalesce(d.reason, CASE d.decision WHEN 'accepted' THEN 'passed merge checks'
-                                                  WHEN 'redundant' THEN 'already in the same cluster' END) AS reason
-        FROM id_edge_order o JOIN _dec d USING (seq)""")
-    con.unregister("_dec")
-    stats.accepted = decision.count(ACCEPTED)
-    stats.refused = decision.count(REFUSED)
-    for r in reason:
-        if r:
-            stats.refused_by_reason[r.split(":")[0] if r.startswith("limit") else r] = \
-                stats.refused_by_reason.get(r.split(":")[0] if r.startswith("limit") else r, 0) + 1
-    stats.held_clusters = len(held)
-    attach_satellites(con, settings, schema)
-    return stats
+    roots = np.arange(n_max, dtype=np.int64)
+    for r in set(L) | set(R):
+        roots[r] = find(r)
+    return decision, reason, roots, {find(h) for h in held}
 
 
 def attach_satellites(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity") -> None:

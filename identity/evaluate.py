@@ -10,7 +10,15 @@ identifiable ones: a record with no usable identifier cannot be linked by anyone
 - over-merged clusters (holding records of 2+ true persons) and under-merged persons (spread
   over 2+ clusters);
 - the same pairwise numbers without POS receipts (``excluding_transactions``): receipts are
-  numerous and mostly trivially linked, so they flatter the overall figures.
+  numerous and mostly trivially linked, so they flatter the overall figures;
+- recall on *linkable* pairs (``pairwise_recall_linkable``): a true pair counts as linkable
+  when its two records are joined, inside that person's own records, by a chain of records
+  sharing an exact normalised value: an identifier (canonical email, E.164 phone, loyalty id
+  of one source, login user id, subscriber id, a deterministic web/email/order link) or the
+  full name (canonical first name + surname). A pair with no such chain has nothing in
+  common that any resolver could use (e.g. a receipt whose only phone appears nowhere else,
+  a web login that never sent a trait), so it is an upper bound, and labelled as such.
+  ``pairwise_recall_linkable_by_identifiers`` is the same with identifiers only (no names).
 """
 
 from __future__ import annotations
@@ -77,7 +85,54 @@ def evaluate(con: duckdb.DuckDBPyConnection, truth_csv: Path, schema: str = "ide
     missing = con.sql(f"""SELECT count(*) FROM id_truth t WHERE t.identifiable
                          AND t.record_key NOT IN (SELECT record_key FROM {schema}.graph)""").fetchall()[0][0]
     out["truth_records_not_in_graph"] = int(missing)
+    out.update(linkable_recall(con, schema, only))
     out["unique_id_conflicts"] = unique_id_conflicts(con, schema)
+    return out
+
+
+def linkable_recall(con: duckdb.DuckDBPyConnection, schema: str = "identity", only: str = "AND t.identifiable") -> dict:
+    """Recall on the true pairs that shared data could link at all (see the module docstring):
+    ``..._by_identifiers`` counts chains of identifiers only, ``pairwise_recall_linkable`` also
+    exact full names (a weaker ceiling: a full name alone is shared by different people too)."""
+    import numpy as np
+    import pyarrow as pa
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rec = f"{schema}.records"
+    n = con.execute(f"SELECT coalesce(max(rid), 0) + 1 FROM {rec}").fetchall()[0][0]
+    out: dict = {}
+    for suffix, names in (("_by_identifiers", False), ("", True)):
+        name_values = f"""UNION ALL SELECT rid, 'n' || first_name_canon || ' ' || last_name FROM {rec}
+                          WHERE first_name_canon IS NOT NULL AND last_name IS NOT NULL""" if names else ""
+        # exact shared values, each as a star (every record to the smallest record holding the value)
+        edges = con.sql(f"""
+            WITH v AS (
+                SELECT rid, 'e' || email_canon AS v FROM {rec} WHERE email_canon IS NOT NULL
+                UNION ALL SELECT rid, 'p' || phone FROM {rec} WHERE phone IS NOT NULL
+                UNION ALL SELECT rid, 'l' || source || '|' || loyalty_id FROM {rec} WHERE loyalty_id IS NOT NULL
+                UNION ALL SELECT rid, 'u' || source || '|' || user_id FROM {rec} WHERE user_id IS NOT NULL
+                UNION ALL SELECT rid, 's' || source || '|' || subscriber_id FROM {rec} WHERE subscriber_id IS NOT NULL
+                {name_values}),
+            e AS (SELECT rid AS a, min(rid) OVER (PARTITION BY v) AS b FROM v
+                  UNION ALL SELECT rid_l, rid_r FROM {schema}.edges WHERE method LIKE 'deterministic:%')
+            SELECT e.a, e.b FROM e JOIN {rec} ra ON ra.rid = e.a JOIN {rec} rb ON rb.rid = e.b
+            JOIN id_truth ta ON ta.record_key = ra.record_key JOIN id_truth tb ON tb.record_key = rb.record_key
+            WHERE e.a <> e.b AND ta.true_id = tb.true_id""").to_arrow_table()
+        a = edges.column("a").to_numpy().astype(np.int64)
+        b = edges.column("b").to_numpy().astype(np.int64)
+        comp = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False)[1]
+        con.register("_id_linkable", pa.table({"rid": np.arange(n, dtype=np.int64), "comp": comp}))
+        r = con.execute(f"""
+            WITH j AS (SELECT g.person_id AS pred, c.comp FROM {schema}.graph g JOIN id_truth t USING (record_key)
+                       JOIN _id_linkable c USING (rid) WHERE TRUE {only}),
+            lc AS (SELECT comp, count(*) AS n FROM j GROUP BY comp),
+            hit AS (SELECT pred, comp, count(*) AS n FROM j GROUP BY ALL)
+            SELECT (SELECT sum(n * (n - 1) / 2) FROM lc), (SELECT sum(n * (n - 1) / 2) FROM hit)""").fetchall()[0]
+        con.unregister("_id_linkable")
+        linkable, found = float(r[0] or 0), float(r[1] or 0)
+        out[f"linkable_true_pairs{suffix}"] = int(linkable)
+        out[f"pairwise_recall_linkable{suffix}"] = round(found / linkable, 6) if linkable else 1.0
     return out
 
 

@@ -131,26 +131,29 @@ def install_macros(con: duckdb.DuckDBPyConnection) -> None:
                     replace(split_part(split_part(e, '@', 1), '+', 1), '.', '') || '@gmail.com'
                  ELSE split_part(split_part(e, '@', 1), '+', 1) || '@' || split_part(e, '@', -1) END;
         CREATE OR REPLACE TEMP MACRO id_digits(v) AS regexp_replace(v, '[^0-9+]', '', 'g');
-        CREATE OR REPLACE TEMP MACRO id_phone_gb_fast(v) AS (
-            WITH d AS (SELECT id_digits(v) AS d)
-            SELECT CASE
-                WHEN regexp_full_match(d, '\\+44[1-9][0-9]{{8,9}}') THEN d
-                WHEN regexp_full_match(d, '\\+440[1-9][0-9]{{8,9}}') THEN '+44' || substr(d, 5)
-                WHEN regexp_full_match(d, '0044[1-9][0-9]{{8,9}}') THEN '+' || substr(d, 3)
-                WHEN regexp_full_match(d, '44[1-9][0-9]{{9}}') THEN '+' || d
-                WHEN regexp_full_match(d, '0[1-9][0-9]{{8,9}}') THEN '+44' || substr(d, 2)
-                END FROM d);
+        -- (plain expressions, no subqueries: a macro holding a SELECT runs as a correlated subquery per row)
+        -- UK shapes: +44 N, +44 0N, 0044 N, 44 N (12 digits), 0N; N = [1-9][0-9]{{8,9}} (string ops, not regexes)
+        CREATE OR REPLACE TEMP MACRO id_gb_nsn(d) AS
+            CASE WHEN starts_with(d, '+440') THEN substr(d, 5) WHEN starts_with(d, '+44') THEN substr(d, 4)
+                 WHEN starts_with(d, '0044') THEN substr(d, 5)
+                 WHEN starts_with(d, '44') AND length(d) = 12 THEN substr(d, 3)
+                 WHEN starts_with(d, '0') THEN substr(d, 2) END;
+        CREATE OR REPLACE TEMP MACRO id_phone_gb_nsn(n) AS
+            CASE WHEN length(n) BETWEEN 9 AND 10 AND NOT starts_with(n, '0') AND translate(n, '0123456789', '') = ''
+                 THEN '+44' || n END;
+        CREATE OR REPLACE TEMP MACRO id_phone_gb_digits(d) AS id_phone_gb_nsn(id_gb_nsn(d));
+        CREATE OR REPLACE TEMP MACRO id_phone_gb_fast(v) AS id_phone_gb_digits(id_digits(v));
         CREATE OR REPLACE TEMP MACRO id_postcode(v) AS
             nullif(regexp_replace(upper(v), '[^A-Z0-9]', '', 'g'), '');
-        CREATE OR REPLACE TEMP MACRO id_address(v) AS (
-            WITH a AS (SELECT trim(regexp_replace(regexp_replace(lower(strip_accents(v)), '[^a-z0-9 ]', ' ', 'g'),
-                                                  ' +', ' ', 'g')) AS s)
-            SELECT nullif({abbreviations}, '') FROM a);
+        CREATE OR REPLACE TEMP MACRO id_address_words(s) AS nullif({abbreviations}, '');
+        CREATE OR REPLACE TEMP MACRO id_address(v) AS
+            id_address_words(trim(regexp_replace(regexp_replace(lower(strip_accents(v)), '[^a-z0-9 ]', ' ', 'g'), ' +', ' ', 'g')));
         """
     )
     rows = sorted(nicknames().items())
     con.execute("CREATE OR REPLACE TEMP TABLE id_nicknames (name VARCHAR PRIMARY KEY, canon VARCHAR)")
-    con.executemany("INSERT INTO id_nicknames VALUES (?, ?)", rows)
+    con.execute("INSERT INTO id_nicknames SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
+                [[r[0] for r in rows], [r[1] for r in rows]])
 
 
 def blocked_sql(expr: str, values: list[str], patterns: list[str]) -> str:
@@ -175,14 +178,9 @@ def phone_fallback_table(con: duckdb.DuckDBPyConnection, raw_table: str, column:
     """Map raw phone strings SQL could not settle to E.164 with phonenumbers (distinct values only)."""
     where = f"{column} IS NOT NULL AND regexp_matches({column}, '[0-9]')"
     if fast:
-        where += f" AND id_phone_gb_fast({column}) IS NULL"
+        where += " AND id_phone_gb_digits(phone_digits) IS NULL"  # (the table's digits of the value)
     values = [r[0] for r in con.execute(f"SELECT DISTINCT {column} FROM {raw_table} WHERE {where}").fetchall()]
     con.execute(f"CREATE OR REPLACE TEMP TABLE {out} (raw VARCHAR PRIMARY KEY, e164 VARCHAR)")
-    pairs = [(v, phone_e164(v, region)) for v in values]
-    if pairs:
-        import pyarrow as pa
-
-        tbl = pa.table({"raw": [p[0] for p in pairs], "e164": [p[1] for p in pairs]})
-        con.register("_id_phone_pairs", tbl)
-        con.execute(f"INSERT INTO {out} SELECT raw, e164 FROM _id_phone_pairs")
-        con.unregister("_id_phone_pairs")
+    if values:  # two list parameters, unnested side by side (no Arrow round trip)
+        con.execute(f"INSERT INTO {out} SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
+                    [values, [phone_e164(v, region) for v in values]])

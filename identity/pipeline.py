@@ -122,7 +122,8 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     t0 = time.perf_counter()
     cstats = clustering.cluster(con, settings, pairs, schema)
     t["clustering"] = time.perf_counter() - t0
-    say(f"identity: clustering accepted {cstats.accepted:,} edges, refused {cstats.refused:,} ({t['clustering']:.1f}s)")
+    say(f"identity: clustering accepted {cstats.accepted:,} edges, refused {cstats.refused:,}; "
+        f"{cstats.edges_checked_one_by_one:,} of {cstats.edges:,} edges checked one by one ({t['clustering']:.1f}s)")
 
     t0 = time.perf_counter()
     seq = con.sql(f"SELECT coalesce(max(seq), 0) + 1 FROM {schema}.runs").fetchall()[0][0]

@@ -130,37 +130,47 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
     if not union:
         con.execute(f"CREATE OR REPLACE TABLE {schema}.records AS SELECT * FROM ({empty_records_sql()})")
         return 0
-    con.execute(f"CREATE OR REPLACE TEMP TABLE id_staged AS {union}")
+    # Each step materialises its columns: a macro's argument is substituted wherever it is used, so
+    # nesting normalisation inside the blocked-value checks would recompute it many times per row.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE id_staged AS SELECT *, id_digits(phone) AS phone_digits FROM ({union})")
 
     region = settings.default_phone_region
     fast = region == "GB"
     phone_fallback_table(con, "id_staged", "phone", region, fast)
-    phone_expr = "coalesce(id_phone_gb_fast(s.phone), pm.e164)" if fast else "pm.e164"
-
-    r = settings.rule
-    first = blocked_sql("id_norm_name(s.first_name)", r("first_name").blocked_values, r("first_name").blocked_patterns)
-    last = blocked_sql("id_norm_name(s.last_name)", r("last_name").blocked_values, r("last_name").blocked_patterns)
-    email = blocked_sql("id_norm_email(s.email)", r("email").blocked_values, r("email").blocked_patterns)
-    phone = blocked_sql("(" + phone_expr + ")", r("phone").blocked_values, r("phone").blocked_patterns)
-    postcode = blocked_sql("id_postcode(s.postcode)", r("postcode").blocked_values, r("postcode").blocked_patterns)
-    dob = blocked_sql("s.dob", r("date_of_birth").blocked_values, r("date_of_birth").blocked_patterns)
-    loyalty = blocked_sql("nullif(trim(s.loyalty_id), '')", r("loyalty_id").blocked_values, r("loyalty_id").blocked_patterns)
-    user = blocked_sql("nullif(trim(s.user_id), '')", r("user_id").blocked_values, r("user_id").blocked_patterns)
-    anon = blocked_sql("nullif(trim(s.anonymous_id), '')", r("anonymous_id").blocked_values, r("anonymous_id").blocked_patterns)
+    phone_expr = "coalesce(id_phone_gb_digits(s.phone_digits), pm.e164)" if fast else "pm.e164"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE id_norm AS
+        CREATE OR REPLACE TEMP TABLE id_unblocked AS
         SELECT s.source, s.entity, s.source_record_id,
-               {first} AS first_name, {last} AS last_name, {email} AS email, {phone} AS phone,
-               id_address(s.address_line1) AS address, {postcode} AS postcode,
-               TRY_CAST({dob} AS DATE) AS date_of_birth,
-               {loyalty} AS loyalty_id, {user} AS user_id, {anon} AS anonymous_id,
+               id_norm_name(s.first_name) AS first_name, id_norm_name(s.last_name) AS last_name,
+               id_norm_email(s.email) AS email, {phone_expr} AS phone,
+               id_address(s.address_line1) AS address, id_postcode(s.postcode) AS postcode, s.dob,
+               nullif(trim(s.loyalty_id), '') AS loyalty_id, nullif(trim(s.user_id), '') AS user_id,
+               nullif(trim(s.anonymous_id), '') AS anonymous_id,
                nullif(trim(s.subscriber_id), '') AS subscriber_id,
                nullif(trim(s.first_name), '') AS first_name_display, nullif(trim(s.last_name), '') AS last_name_display,
                nullif(trim(s.address_line1), '') AS address_line1_display, nullif(trim(s.city), '') AS city_display,
                s.postcode AS postcode_raw, s.first_seen_at, s.last_seen_at, s.order_ref
         FROM id_staged s LEFT JOIN id_phone_map pm ON pm.raw = s.phone""")
+
+    r = settings.rule
+    blocked = {name: blocked_sql(column, r(name).blocked_values, r(name).blocked_patterns)
+               for name, column in (("first_name", "first_name"), ("last_name", "last_name"), ("email", "email"),
+                                    ("phone", "phone"), ("postcode", "postcode"), ("date_of_birth", "dob"),
+                                    ("loyalty_id", "loyalty_id"), ("user_id", "user_id"),
+                                    ("anonymous_id", "anonymous_id"))}
     con.execute(f"""
-        CREATE OR REPLACE TABLE {schema}.records AS
+        CREATE OR REPLACE TEMP TABLE id_norm AS
+        SELECT source, entity, source_record_id,
+               {blocked['first_name']} AS first_name, {blocked['last_name']} AS last_name,
+               {blocked['email']} AS email, {blocked['phone']} AS phone, address, {blocked['postcode']} AS postcode,
+               TRY_CAST({blocked['date_of_birth']} AS DATE) AS date_of_birth,
+               {blocked['loyalty_id']} AS loyalty_id, {blocked['user_id']} AS user_id,
+               {blocked['anonymous_id']} AS anonymous_id, subscriber_id,
+               first_name_display, last_name_display, address_line1_display, city_display,
+               postcode_raw, first_seen_at, last_seen_at, order_ref
+        FROM id_unblocked""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE id_records AS
         WITH n AS (
             SELECT n.*, coalesce(nk.canon, n.first_name) AS first_name_canon,
                    id_email_canon(n.email) AS email_canon
@@ -183,7 +193,8 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                (n.entity = 'transactions' AND order_ref IS NULL AND (CAST(loyalty_id IS NOT NULL AS INT) + CAST(email IS NOT NULL AS INT)
                     + CAST(phone IS NOT NULL AS INT)) = 1) AS is_satellite
         FROM n ORDER BY rid""")
-    for t in ("id_staged", "id_norm", "web_traits"):
+    con.execute(f"CREATE OR REPLACE TABLE {schema}.records AS SELECT * FROM id_records")
+    for t in ("id_staged", "id_unblocked", "id_norm", "web_traits", "id_phone_map", "id_records"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return con.execute(f"SELECT count(*) FROM {schema}.records").fetchall()[0][0]
 

@@ -65,7 +65,9 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
             JOIN (SELECT DISTINCT _source, anonymousId,
                          regexp_extract(context->>'$.page.url', '[?&]tid=([^&#]+)', 1) AS tid
                   FROM raw.web_events
-                  WHERE anonymousId IS NOT NULL AND contains(context->>'$.page.url', 'tid=')) w
+                  -- (a plain text search first: extracting the url parses every event's JSON)
+                  WHERE anonymousId IS NOT NULL AND contains(CAST(context AS VARCHAR), 'tid=')
+                    AND contains(context->>'$.page.url', 'tid=')) w
               ON w.tid = c.link_tracking_id
             JOIN {rec} s ON s.entity = 'subscribers' AND s.source = c._source AND s.source_record_id = c.subscriber_id
             JOIN {rec} a ON a.entity = 'anonymous_id' AND a.source = w._source AND a.source_record_id = w.anonymousId""")
@@ -93,7 +95,6 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
             continue
         req = [REQUIRED_COLUMNS[f] for f in rule.requires]
         has_req = " AND ".join(f"{c} IS NOT NULL" for c in req)
-        gpart = partition + ", " + ", ".join(req)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE id_req_{name} AS
             SELECT rid, ({has_req}) AS named,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 
 import duckdb
-import pyarrow as pa
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection, schema: str = "identity") -> None:
@@ -63,45 +62,54 @@ def assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema
         CREATE OR REPLACE TEMP TABLE id_survivor AS
         SELECT cluster_id, person_id FROM id_keeper
         QUALIFY row_number() OVER (PARTITION BY cluster_id ORDER BY n DESC, person_id) = 1""")
-    # clusters that keep nothing: new ids from content
-    fresh = con.sql("""
-        SELECT c.cluster_id, min(c.record_key) AS first_key,
-               (SELECT arg_max(o.person_id, o.n) FROM id_overlap o WHERE o.cluster_id = c.cluster_id) AS split_from
-        FROM id_cur c WHERE c.cluster_id NOT IN (SELECT cluster_id FROM id_survivor)
-        GROUP BY c.cluster_id ORDER BY first_key""").fetchall()
-    used = {r[0] for r in con.sql(f"SELECT DISTINCT person_id FROM {schema}.id_history").fetchall()}
-    used |= {r[0] for r in con.sql("SELECT person_id FROM id_survivor").fetchall()}
-    new_ids, new_split = [], []
-    for cluster_id, first_key, split_from in fresh:
-        salt = 0
-        pid = content_id(first_key)
-        while pid in used:
-            salt += 1
-            pid = content_id(first_key, salt)
-        used.add(pid)
-        new_ids.append((cluster_id, pid))
-        new_split.append(split_from)
-    con.register("_fresh", pa.table({
-        "cluster_id": pa.array([c for c, _ in new_ids], pa.int64()),
-        "person_id": pa.array([p for _, p in new_ids], pa.string()),
-        "split_from": pa.array(new_split, pa.string()),
-    }))
+    # clusters that keep nothing: new ids from content, in SQL; the rare id already taken (by an
+    # earlier run, a survivor or a cluster whose first record sorts earlier) is salted in Python
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE id_fresh AS
+        WITH f AS (SELECT cluster_id, min(record_key) AS first_key FROM id_cur
+                   WHERE cluster_id NOT IN (SELECT cluster_id FROM id_survivor) GROUP BY cluster_id),
+        split AS (SELECT cluster_id, arg_max(person_id, n) AS split_from FROM id_overlap GROUP BY cluster_id)
+        SELECT f.cluster_id, f.first_key, 'P' || upper(left(md5(f.first_key), 12)) AS person_id, s.split_from
+        FROM f LEFT JOIN split s USING (cluster_id)""")
+    clashes = con.execute(f"""
+        SELECT cluster_id, first_key FROM (
+            SELECT *, row_number() OVER (PARTITION BY person_id ORDER BY first_key) AS k FROM id_fresh)
+        WHERE k > 1 OR person_id IN (SELECT person_id FROM {schema}.id_history)
+              OR person_id IN (SELECT person_id FROM id_survivor)
+        ORDER BY first_key""").fetchall()
+    if clashes:
+        clash_ids = [c for c, _ in clashes]
+        used = {r[0] for r in con.execute(f"""
+            SELECT person_id FROM {schema}.id_history UNION SELECT person_id FROM id_survivor
+            UNION SELECT person_id FROM id_fresh WHERE cluster_id NOT IN (SELECT unnest(?::BIGINT[]))""",
+            [clash_ids]).fetchall()}
+        salted = []
+        for _, first_key in clashes:
+            salt = 0
+            pid = content_id(first_key)
+            while pid in used:
+                salt += 1
+                pid = content_id(first_key, salt)
+            used.add(pid)
+            salted.append(pid)
+        con.execute("""UPDATE id_fresh SET person_id = s.pid
+                       FROM (SELECT unnest(?::BIGINT[]) AS cluster_id, unnest(?::VARCHAR[]) AS pid) s
+                       WHERE id_fresh.cluster_id = s.cluster_id""", [clash_ids, salted])
     con.execute("""
         CREATE OR REPLACE TEMP TABLE id_person AS
-        SELECT cluster_id, person_id FROM id_survivor UNION ALL SELECT cluster_id, person_id FROM _fresh""")
+        SELECT cluster_id, person_id FROM id_survivor UNION ALL SELECT cluster_id, person_id FROM id_fresh""")
     sizes = "(SELECT cluster_id, count(*) AS n FROM id_cur GROUP BY cluster_id)"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_run_changes AS
         SELECT f.person_id, CASE WHEN f.split_from IS NULL THEN 'new' ELSE 'split_from' END AS change,
                f.split_from AS other_person_id, s.n AS records
-        FROM _fresh f JOIN {sizes} s USING (cluster_id)
+        FROM id_fresh f JOIN {sizes} s USING (cluster_id)
         UNION ALL
         SELECT k.person_id, 'merged_into', sv.person_id, k.n
         FROM id_keeper k JOIN id_survivor sv USING (cluster_id) WHERE k.person_id <> sv.person_id
         UNION ALL
         SELECT p.person_id, 'erased', NULL, count(*) FROM id_prev p
         WHERE p.person_id NOT IN (SELECT person_id FROM id_keeper) GROUP BY p.person_id""")
-    con.unregister("_fresh")
     counts = dict(con.sql("SELECT change, count(*) FROM id_run_changes GROUP BY ALL").fetchall())
     if write:
         con.execute(f"""INSERT INTO {schema}.changes
@@ -111,6 +119,6 @@ def assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema
             SELECT '{run_id}', {run_seq}, c.record_key, p.person_id
             FROM id_cur c JOIN id_person p USING (cluster_id) LEFT JOIN id_prev o USING (record_key)
             WHERE o.person_id IS DISTINCT FROM p.person_id""")
-    for t in ("id_prev", "id_overlap", "id_keeper", "id_survivor"):
+    for t in ("id_prev", "id_overlap", "id_keeper", "id_survivor", "id_fresh"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return {k: int(v) for k, v in counts.items()}

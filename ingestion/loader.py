@@ -17,6 +17,10 @@ How one file is loaded:
    transaction: a crash mid-load leaves nothing behind and the rerun loads the file.
 
 Error messages name the file, row and field, never the value (values may be personal).
+
+Erased persons (``cdp forget``) stay out: once ``privacy.erased_identifiers`` holds salted
+hashes, every row whose identifiers hash to one of them is dropped at load time and counted in
+``raw.loads.rows_erased`` - never quarantined, since the quarantine keeps lines verbatim.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from typing import Callable, Iterable
 import duckdb
 
 from cdp.config import Config, EntityFiles, Source
+from privacy.keys import erased_count, load_erased, row_erased_sql, text_erased_sql
+from privacy.keys import install as install_hashing
+from privacy.salt import load_salt
 from ingestion.contracts import (
     DATE,
     DECIMAL,
@@ -78,6 +85,7 @@ class FileResult:
     status: str
     rows_loaded: int = 0
     rows_quarantined: int = 0
+    rows_erased: int = 0  # rows of erased persons, dropped (see privacy/)
     message: str = ""
     load_id: str | None = None
     checksum: str | None = None
@@ -124,9 +132,12 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection, entities: Iterable[Entity]
             rows_quarantined BIGINT NOT NULL DEFAULT 0,
             message VARCHAR,
             started_at TIMESTAMPTZ NOT NULL,
-            finished_at TIMESTAMPTZ NOT NULL
+            finished_at TIMESTAMPTZ NOT NULL,
+            rows_erased BIGINT DEFAULT 0
         )"""
     )
+    # warehouses made before erasure existed
+    con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS rows_erased BIGINT DEFAULT 0")
     con.execute(
         """
         CREATE TABLE IF NOT EXISTS raw.quarantine (
@@ -450,34 +461,49 @@ def _manifest(con, source: str, table: str) -> tuple[dict[str, _Known], set[str]
 
 def _record(con, res: FileResult, checksum: str | None, stat, started: datetime) -> None:
     con.execute(
-        "INSERT INTO raw.loads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+        "INSERT INTO raw.loads (load_id, source, table_name, file, checksum, size_bytes, mtime_ns, status, "
+        "rows_loaded, rows_quarantined, message, started_at, finished_at, rows_erased) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
         [
             res.load_id, res.source, res.table, res.file, checksum,
             stat.st_size if stat else None, stat.st_mtime_ns if stat else None,
-            res.status, res.rows_loaded, res.rows_quarantined, res.message, started,
+            res.status, res.rows_loaded, res.rows_quarantined, res.message, started, res.rows_erased,
         ],
     )
 
 
-def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, notes: list[str]) -> tuple[int, int]:
-    """Parse and check a file into _landed; returns (rows, bad rows), adding to notes."""
+def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, notes: list[str],
+           source_name: str = "", erased_filter: bool = False) -> tuple[int, int, int]:
+    """Parse and check a file into _landed; returns (rows, bad rows, erased rows), adding to
+    notes. Rows of erased persons are flagged ``_erased`` and count as neither good nor bad."""
     fmt = files.format or ent.format
     if size == 0:
         raise FileRejected("the file is empty")
 
-    def counts() -> tuple[int, int]:
-        return con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE _reason IS NOT NULL) FROM _landed"
-        ).fetchall()[0]
-
     try:
         if fmt != "jsonl":
             notes.extend(_stage_csv(con, path, ent, files))
-            return counts()
-        _stage_jsonl(con, path, ent, files)
-        return counts()
+        else:
+            _stage_jsonl(con, path, ent, files)
     except duckdb.Error as e:
         raise FileRejected(f"cannot read as {fmt}: {str(e).splitlines()[0]}") from None
+    _mark_erased(con, ent, source_name, erased_filter)
+    return con.execute(
+        "SELECT count(*) FILTER (WHERE NOT _erased), count(*) FILTER (WHERE _reason IS NOT NULL AND NOT _erased), "
+        "count(*) FILTER (WHERE _erased) FROM _landed"
+    ).fetchall()[0]
+
+
+def _mark_erased(con, ent: Entity, source_name: str, erased_filter: bool) -> None:
+    """Flag rows of _landed that carry an erased identifier: by their fields, and for bad rows
+    also by the identifiers found in the verbatim line (a malformed line has no fields)."""
+    con.execute("ALTER TABLE _landed ADD COLUMN _erased BOOLEAN DEFAULT false")
+    if not erased_filter:
+        return
+    by_fields = row_erased_sql(ent.table, naming=lambda f: f"_t_{f}", source_expr=_lit(source_name))
+    by_text = text_erased_sql("_raw_record", _lit(source_name))
+    cond = f"({by_fields}) OR (_reason IS NOT NULL AND {by_text})" if by_fields else f"_reason IS NOT NULL AND {by_text}"
+    con.execute(f"UPDATE _landed SET _erased = true WHERE {cond}")
 
 
 def _batch_rejection(con, total: int, bad: int, max_bad_row_rate: float) -> str | None:
@@ -510,8 +536,11 @@ def load_file(
     max_bad_row_rate: float,
     known: dict[str, _Known] | None = None,
     applied: set[str] | None = None,
+    erased_filter: bool = False,
 ) -> FileResult:
-    """Load one landed file; returns what happened. Never raises for bad data."""
+    """Load one landed file; returns what happened. Never raises for bad data.
+    ``erased_filter``: drop rows of erased persons (needs ``privacy.keys.install`` and the
+    ``pv_erased`` temp table on ``con``; :func:`ingest` sets both up)."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)
     if known is None or applied is None:
@@ -544,11 +573,12 @@ def load_file(
                 fast_rows = None
         rejection: str | None = None
         notes: list[str] = []
-        total = bad = 0
+        total = bad = erased = 0
         if fast_rows is None:
             try:
-                total, bad = _stage(con, path, ent, files, stat.st_size, notes)
-                rejection = _batch_rejection(con, total, bad, max_bad_row_rate)
+                total, bad, erased = _stage(con, path, ent, files, stat.st_size, notes, source.name, erased_filter)
+                # (a file holding only rows of erased persons is loaded, with nothing in it)
+                rejection = None if total == 0 and erased else _batch_rejection(con, total, bad, max_bad_row_rate)
             except FileRejected as e:
                 rejection = str(e)
         checksum = res.checksum = hashing.result()[0]
@@ -578,7 +608,8 @@ def load_file(
 
     if fast_rows is not None:  # rows already inserted, transaction open
         try:
-            res.rows_loaded = fast_rows
+            res.rows_erased = _delete_erased(con, ent, res.load_id) if erased_filter else 0
+            res.rows_loaded = fast_rows - res.rows_erased
             _record(con, res, checksum, stat, started)
             con.execute("COMMIT")
         except BaseException:
@@ -593,15 +624,16 @@ def load_file(
     try:
         con.execute(
             f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
-            f"SELECT {typed}, {lineage} FROM _landed WHERE _reason IS NULL"
+            f"SELECT {typed}, {lineage} FROM _landed WHERE _reason IS NULL AND NOT _erased"
         )
         con.execute(
             f"INSERT INTO raw.quarantine SELECT {_lit(res.load_id)}, {_lit(source.name)}, {_lit(rel_name)}, "
             f"_row, {_lit(ent.table)}, _reason, _field, _raw_record, now() FROM _landed "
-            f"WHERE _reason IS NOT NULL ORDER BY _row"
+            f"WHERE _reason IS NOT NULL AND NOT _erased ORDER BY _row"
         )
-        res.rows_loaded, res.rows_quarantined = total - bad, bad
-        res.message = "; ".join(([f"{bad} row(s) quarantined"] if bad else []) + notes)
+        res.rows_loaded, res.rows_quarantined, res.rows_erased = total - bad, bad, erased
+        res.message = "; ".join(([f"{bad} row(s) quarantined"] if bad else [])
+                                + ([f"{erased} row(s) of erased persons dropped"] if erased else []) + notes)
         _record(con, res, checksum, stat, started)
         con.execute("COMMIT")
     except BaseException:
@@ -613,9 +645,18 @@ def load_file(
     return res
 
 
+def _delete_erased(con, ent: Entity, load_id: str) -> int:
+    """Fast path: remove the just-inserted rows of erased persons (same transaction)."""
+    cond = row_erased_sql(ent.table)
+    if cond is None:
+        return 0
+    return con.execute(f"DELETE FROM raw.{ent.table} WHERE _load_id = ? AND {cond}", [load_id]).fetchall()[0][0]
+
+
 def _describe(res: FileResult) -> str:
     if res.status == LOADED:
         extra = f", {res.rows_quarantined:,} quarantined" if res.rows_quarantined else ""
+        extra += f", {res.rows_erased:,} of erased persons dropped" if res.rows_erased else ""
         notes = "".join(f" — {m}" for m in res.message.split("; ") if m.startswith("ignored"))
         return f"[{res.source}] {res.file}: loaded {res.rows_loaded:,} rows{extra} ({res.seconds:.1f}s){notes}"
     return f"[{res.source}] {res.file}: {res.status.upper()} — {res.message}"
@@ -638,6 +679,7 @@ def ingest(
     """Load every new landed file of every enabled source (or only the given raw tables)."""
     wanted = set(tables) if tables is not None else None
     ensure_raw_schema(con)
+    erased_filter = prepare_erased_filter(config, con)
     report = IngestReport()
     for source in config.enabled_sources():
         for entity_name, files in source.entities.items():
@@ -647,7 +689,8 @@ def ingest(
             known, applied = _manifest(con, source.name, ent.table)
             for path, rel in landed_files(config, source, entity_name):
                 res = load_file(
-                    con, source, ent, files, path, rel, config.ingestion.max_bad_row_rate, known, applied
+                    con, source, ent, files, path, rel, config.ingestion.max_bad_row_rate, known, applied,
+                    erased_filter=erased_filter,
                 )
                 report.files.append(res)
                 if res.status == LOADED:
@@ -655,3 +698,14 @@ def ingest(
                 if progress and res.status != UNCHANGED:
                     progress(_describe(res))
     return report
+
+
+def prepare_erased_filter(config: Config, con: duckdb.DuckDBPyConnection) -> bool:
+    """True when persons have been erased: the hashing macros and ``pv_erased`` are then set up
+    on ``con``. Raises ``privacy.salt.SaltMissing`` when there are erased hashes but no salt
+    (loading without the filter would bring erased persons back)."""
+    if erased_count(con) == 0:
+        return False
+    install_hashing(con, load_salt(config))
+    load_erased(con)
+    return True

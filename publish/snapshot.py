@@ -171,3 +171,16 @@ def open_current(published_dir: Path) -> duckdb.DuckDBPyConnection:
     if not path.exists():
         raise PublishError(f"{path}: nothing has been published yet; run `cdp run` first")
     return duckdb.connect(str(path), read_only=True)
+
+
+def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict) -> Snapshot:
+    """Publish the audited build: the tables the gate checked, named as the gate recorded
+    them, as snapshot ``gate['gate_id']``. Refuses a build whose gate did not pass."""
+    from expectations.registry import published_table
+
+    if not gate.get("passed"):
+        raise PublishError(f"the quality gate of {gate.get('gate_id')} did not pass: "
+                           f"{', '.join(gate.get('blocking_failures', []))}; nothing was published")
+    tables = {name: published_table(name).relation for name in gate["tables"]}
+    return publish(con, tables, config.published_dir, run_id=gate["gate_id"], gate=gate,
+                   keep=config.quality.keep_snapshots)

@@ -35,7 +35,7 @@ from segments.vocabulary import (
 
 NAME_PATTERN = r"[a-z][a-z0-9_]{0,62}"
 # Built-in segment families own these prefixes in segment_membership.
-RESERVED_PREFIXES = ("rfm_", "lifecycle_", "churn_", "intent_")
+RESERVED_PREFIXES = ("rfm_", "lifecycle_", "churn_", "intent_", "cart_intent_", "high_churn_risk")
 MAX_DEPTH = 12
 MAX_LIST_VALUES = 1000
 

@@ -110,6 +110,12 @@ def built(tmp_path_factory):
     from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_LAYERS, DBT_RESOURCES
     from dagster_project.defs.ingestion import RAW_ASSETS
     from dagster_project.defs.resources import TesseraResource
+    from dagster_project.defs.scoring import SCORING_ASSETS, SCORING_GROUP
+    from ingestion.generator import generate
+    from ingestion.loader import ingest
+    from scoring.pipeline import run_scoring
+
+
     from dagster_project.defs.segments import SEGMENT_ASSETS
     from ingestion.generator import generate
     from ingestion.loader import ingest
@@ -125,6 +131,13 @@ def built(tmp_path_factory):
     with open_warehouse(config.warehouse_path) as con:
         ingest(config, con)
         build_identity_from_ground_truth(con, config.landing_dir / "ground_truth")
+
+    # 1. A backtest, as of a past date, with plain dbt around the scoring stage (as in the pipeline).
+    past_vars = json.dumps({"as_of": PAST.isoformat()})
+    dbt(["run", "--exclude", "tag:after_scoring", "--vars", past_vars], config.warehouse_path, root / "target_past")
+    with open_warehouse(config.warehouse_path) as con:
+        run_scoring(con, config.churn, config.cart_intent, config.offers)
+
 
     # 1. A backtest, as of a past date, with plain dbt - the core models, the declarative segments
     # (the scaffolded example file), then the models after scoring, as a run orders them.
@@ -144,10 +157,19 @@ def built(tmp_path_factory):
             "traits_as_of": fetch_all(con, "SELECT DISTINCT as_of FROM marts.customer_traits"),
             "last_order": dict(fetch_all(con, "SELECT person_id, last_order_at FROM marts.customer_traits")),
             "direct_orders": direct_order_count(con, PAST_TS),
+            "churn_scores_as_of": fetch_all(con, "SELECT DISTINCT as_of FROM marts.churn_scores"),
+            "churn_cutoffs": dict(fetch_all(con, "SELECT snapshot, max(cutoff_at) FROM intermediate.int_churn_features GROUP BY 1")),
         }
 
     # 2. The current run: every dbt asset through Dagster, as_of from cdp.yaml.
     defs = Definitions(
+        assets=[*RAW_ASSETS, *DBT_ASSETS, *SCORING_ASSETS],
+        resources={"tessera": TesseraResource(config_path=str(cfg_path)), **DBT_RESOURCES},
+        executor=in_process_executor,
+    )
+    keys = list(AssetSelection.groups(*DBT_LAYERS, SCORING_GROUP).resolve(defs.resolve_asset_graph()))
+
+
         assets=[*RAW_ASSETS, *DBT_ASSETS, *SEGMENT_ASSETS],
         resources={"tessera": TesseraResource(config_path=str(cfg_path)), **DBT_RESOURCES},
         executor=in_process_executor,
@@ -357,6 +379,114 @@ def test_consent_latest_signal_wins_and_support_do_not_contact_withdraws(con):
     for person, channel, status, since, asked_at in dnc:
         assert status is not None, f"{person} asked not to be contacted but has no {channel} consent row"
         assert status == "denied" or since > asked_at
+
+
+# ---------------------------------------------------------------------------- scoring (churn, cart intent, offers)
+def test_scoring_assets_feed_the_published_scores_offers_and_metrics(built, con):
+    from scoring.offers import in_holdout
+    from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
+
+    mats = built["materialized"]
+    churn_meta = mats["scoring/churn_predictions"]
+    assert churn_meta["algorithm"].value in ("gradient_boosting", "logistic_regression")
+    assert 0.5 < churn_meta["churn_validation_roc_auc"].value <= 1
+    for name in ("churn_scores", "cart_intent", "next_best_offer", "model_metrics"):
+        assert mats[f"marts/{name}"]["dagster/row_count"].value > 0, name
+    churn, cart, offers = ChurnSettings(), CartIntentSettings(), OffersSettings()
+    # Risk tiers and intent groups follow the configured cut points.
+    assert fetch_value(con, f"""SELECT count(*) FROM marts.churn_scores WHERE risk_tier <> CASE
+        WHEN churn_probability >= {churn.high_risk_at} THEN 'high' WHEN churn_probability >= {churn.medium_risk_at}
+        THEN 'medium' ELSE 'low' END""") == 0
+    assert fetch_value(con, f"""SELECT count(*) FROM marts.cart_intent WHERE intent_group <> CASE
+        WHEN purchase_probability >= {cart.likely_at} THEN 'likely' WHEN purchase_probability < {cart.unlikely_below}
+        THEN 'unlikely' ELSE 'on_the_fence' END""") == 0
+    # Scored: exactly the people who bought in the 365 days before as_of.
+    assert fetch_value(con, "SELECT count(*) FROM marts.churn_scores") == fetch_value(con, """
+        SELECT count(DISTINCT person_id) FROM intermediate.int_orders
+        WHERE person_id IS NOT NULL AND ordered_at > TIMESTAMP '2026-06-30 23:59:59' - INTERVAL 365 DAY""")
+    assert fetch_value(con, "SELECT count(*) FROM marts.churn_scores WHERE risk_tier = 'high' AND top_reasons = ''") == 0
+    # One offer row per person with marketing-email consent (the default catalog is all email).
+    assert fetch_value(con, "SELECT count(*) FROM marts.next_best_offer") == fetch_value(con, """
+        SELECT count(DISTINCT person_id) FROM marts.consent WHERE channel = 'email_marketing' AND status = 'granted'
+          AND person_id IN (SELECT person_id FROM marts.customers)""")
+    rows = fetch_all(con, "SELECT person_id, holdout, offer FROM marts.next_best_offer ORDER BY person_id")
+    assert [r[1] for r in rows] == list(in_holdout([r[0] for r in rows], offers.experiment, offers.holdout_share))
+    assert all((offer == "holdout") == holdout for _, holdout, offer in rows)
+    # Metrics: both candidates validated, the selected one has the best ROC AUC.
+    aucs = dict(fetch_all(con, """SELECT algorithm, value FROM marts.model_metrics
+                                  WHERE model = 'churn' AND metric = 'roc_auc' AND dataset = 'validation'"""))
+    selected = fetch_value(con, "SELECT DISTINCT algorithm FROM marts.model_metrics WHERE model = 'churn' AND selected")
+    assert set(aucs) == {"gradient_boosting", "logistic_regression"} and aucs[selected] == max(aucs.values())
+    assert fetch_value(con, "SELECT count(*) FROM marts.model_metrics WHERE model = 'churn' AND metric = 'calibration_observed'") == 10
+
+
+def test_churn_features_use_a_time_split_and_the_backtest_scores_as_of_its_date(built, con):
+    cutoffs = dict(fetch_all(con, "SELECT snapshot, max(cutoff_at) FROM intermediate.int_churn_features GROUP BY 1"))
+    assert cutoffs == {"train": AS_OF_TS - dt.timedelta(days=180), "validate": AS_OF_TS - dt.timedelta(days=90),
+                       "score": AS_OF_TS}
+    labels = dict(fetch_all(con, "SELECT snapshot, count(churned) FROM intermediate.int_churn_features GROUP BY 1"))
+    assert labels["score"] == 0 and labels["train"] > 0 and labels["validate"] > 0
+    # A feature never looks past its cutoff: recency is positive at every snapshot.
+    assert fetch_value(con, "SELECT min(days_since_last_order) FROM intermediate.int_churn_features") > 0
+    past = built["past"]
+    assert past["churn_scores_as_of"] == [(PAST_TS,)]
+    assert past["churn_cutoffs"]["score"] == PAST_TS
+
+
+def test_model_segments_join_segment_membership_and_its_history(con):
+    assert fetch_value(con, """
+        SELECT count(*) FROM (
+            SELECT person_id FROM marts.segment_membership WHERE segment = 'high_churn_risk'
+            EXCEPT SELECT person_id FROM marts.churn_scores WHERE risk_tier = 'high')""") == 0
+    assert fetch_value(con, "SELECT count(*) FROM marts.segment_membership WHERE segment = 'high_churn_risk'") == \
+        fetch_value(con, "SELECT count(*) FROM marts.churn_scores WHERE risk_tier = 'high'")
+    by_group = dict(fetch_all(con, "SELECT 'cart_intent_' || intent_group, count(*) FROM marts.cart_intent GROUP BY 1"))
+    in_segments = dict(fetch_all(con, """SELECT segment, count(*) FROM marts.segment_membership
+                                         WHERE segment LIKE 'cart_intent_%' GROUP BY 1"""))
+    assert in_segments == by_group and sum(by_group.values()) > 0
+    assert fetch_value(con, """SELECT count(*) FROM marts.segment_membership_history
+                              WHERE segment = 'high_churn_risk' AND exited_at IS NULL""") == \
+        fetch_value(con, "SELECT count(*) FROM marts.segment_membership WHERE segment = 'high_churn_risk'")
+
+
+def test_scoring_is_deterministic(built, con):
+    from threadpoolctl import threadpool_limits
+
+    from scoring import cart, churn
+    from scoring.settings import CartIntentSettings, ChurnSettings
+
+    stored = con.execute("SELECT person_id, churn_probability, model_version FROM scoring.churn_predictions ORDER BY 1").df()
+    with threadpool_limits(1):
+        again = churn.train_and_score(con.execute("SELECT * FROM intermediate.int_churn_features").df(), ChurnSettings())
+        carts = cart.train_and_score(con.execute("SELECT * FROM intermediate.int_cart_features").df(), [],
+                                     CartIntentSettings())
+    again_p = again.predictions.sort_values("person_id").reset_index(drop=True)
+    assert again_p["person_id"].tolist() == stored["person_id"].tolist()
+    assert again_p["churn_probability"].tolist() == stored["churn_probability"].tolist()
+    assert again.model_version == stored["model_version"].iloc[0]
+    stored_carts = con.execute("SELECT cart_id, purchase_probability FROM scoring.cart_predictions ORDER BY 1").df()
+    again_carts = carts.predictions.sort_values("cart_id")
+    assert again_carts["purchase_probability"].tolist() == stored_carts["purchase_probability"].tolist()
+
+
+def test_cdp_evaluate_churn_reports_validation_and_ground_truth(built):
+    from click.testing import CliRunner
+
+    from cdp.cli import main
+
+    config = built["config"]
+    res = CliRunner().invoke(main, ["evaluate", "churn", "--config", str(config.root / "cdp.yaml"), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    churn = report["churn"]
+    assert churn["stored"]["validation"]["roc_auc"] > 0.5
+    assert len(churn["stored"]["validation"]["calibration"]) == 10
+    gt = churn["ground_truth"]
+    assert gt["persons_matched_to_truth"] == gt["persons_scored"] > 50  # the fixture's identity is the truth
+    assert 0.6 < gt["roc_auc"] <= 1 and 0 < gt["brier"] < 0.3
+    groups = report["cart_intent"]["ground_truth"]["groups"]
+    assert set(groups) == {"likely", "on_the_fence", "unlikely"}
+    assert sum(g["carts"] for g in groups.values()) == report["cart_intent"]["ground_truth"]["carts_matched_to_truth"] > 0
 
 
 # --------------------------------------------------------------------------- declarative segments

@@ -48,6 +48,9 @@ def test_accuracy_floors_and_no_unique_id_conflicts(generated):
     assert ev["pairwise_recall"] >= 0.93, ev
     assert ev["bcubed_precision"] >= 0.995, ev
     assert ev["unique_id_conflicts"] == 0 == result.unique_id_conflicts
+    # recall on the pairs that shared identifiers could link at all (an upper bound, labelled as such)
+    assert ev["linkable_true_pairs_by_identifiers"] <= ev["linkable_true_pairs"] <= ev["true_pairs"]
+    assert ev["pairwise_recall_linkable_by_identifiers"] >= 0.99, ev
     assert result.model_problems == [] and result.model_path and result.largest_profile_cluster <= 60
     # what `cdp evaluate identity --json` prints
     assert evaluate_config(config)["pairwise_precision"] == ev["pairwise_precision"]
@@ -142,3 +145,31 @@ def test_dagster_asset_materialises_with_checks(generated, monkeypatch):
     graph = [m for m in res.get_asset_materialization_events() if m.asset_key.path == ["identity", "graph"]][0]
     md = graph.materialization.metadata
     assert md["eval_pairwise_precision"].value >= 0.995 and md["persons"].value > 0
+
+
+def test_vectorised_clustering_matches_the_edge_by_edge_loop(generated, tmp_path):
+    """Conflict-free components are settled at once; the result must be what the exact loop gives."""
+    import duckdb
+
+    from identity import clustering, rules, splink_model
+
+    config, result, _ = generated
+    db = tmp_path / "cluster.duckdb"
+    shutil.copy(config.warehouse_path, db)
+    con = duckdb.connect(str(db))
+    rules.build_deterministic_edges(con, config.identity)
+    linker, sdb = splink_model.make_linker(con.sql(splink_model.input_sql()).to_arrow_table(), config.identity,
+                                           model=result.model_path)
+    pairs = splink_model.predict(linker, config.identity.match_threshold)
+    sdb.close()
+    out = {}
+    for exact in (False, True):
+        stats = clustering.cluster(con, config.identity, pairs, edge_by_edge=exact)
+        clusters = con.sql("SELECT rid, cluster_id, held FROM id_clusters ORDER BY rid").fetchall()
+        edges = con.sql("SELECT seq, decision, reason FROM identity.edges ORDER BY seq").fetchall()
+        out[exact] = (stats, clusters, edges)
+    con.close()
+    (fast, fast_clusters, fast_edges), (loop, loop_clusters, loop_edges) = out[False], out[True]
+    assert fast_clusters == loop_clusters
+    assert fast.refused_by_reason == loop.refused_by_reason and fast.accepted == loop.accepted > 0
+    assert fast_edges == loop_edges

@@ -204,3 +204,42 @@ def test_works_with_a_subset_of_sources(env):
     sub = IdentitySettings.model_validate({"splink": {"enabled": False}, "sources": ["support"]})
     res = resolve(cfg, con, settings=sub, schema="identity_support_only")
     assert res.records == 1
+
+
+def test_recall_on_linkable_pairs_counts_only_pairs_with_shared_data(env, tmp_path):
+    """Truth: one person with a loyalty card and a subscription sharing an email (linkable by
+    identifiers), a ticket under the same full name but another email (linkable by name only)
+    and a receipt whose only phone appears nowhere else (linkable by nothing)."""
+    from identity.evaluate import evaluate
+
+    cfg, con = env
+    member(con, "L1", "Nia", "Okafor", email="nia.okafor@gmail.com")
+    subscriber(con, "S1", "nia.okafor@gmail.com")
+    ticket(con, "T1", name="Nia Okafor", email="nia.work@firm.co.uk")
+    receipt(con, "R1", phone="07700 900555")
+    resolve(cfg, con)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("source,entity,record_id,person_id,identifiable\n" + "".join(
+        f"{s},{e},{r},P1,true\n" for s, e, r in (("pos", "loyalty_members", "L1"), ("email", "subscribers", "S1"),
+                                                 ("support", "tickets", "T1"), ("pos", "transactions", "R1"))))
+    ev = evaluate(con, truth)
+    assert ev["true_pairs"] == 6 and ev["true_positive_pairs"] == 1  # only the card and the subscription
+    assert ev["linkable_true_pairs_by_identifiers"] == 1 and ev["pairwise_recall_linkable_by_identifiers"] == 1.0
+    assert ev["linkable_true_pairs"] == 3 and ev["pairwise_recall_linkable"] == pytest.approx(1 / 3)
+
+
+def test_new_id_already_taken_is_salted():
+    """Run 1: {a, b, c} gets P(a). Run 2 splits off {a}: {b, c} keeps P(a) (larger part), so {a}
+    cannot take its content id P(a) again and gets the salted one."""
+    from identity.stable_ids import assign_ids, content_id
+
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA identity")
+    con.execute("CREATE TABLE identity.records AS SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, 'c')) t(rid, record_key)")
+    con.execute("CREATE TEMP TABLE id_clusters AS SELECT * FROM (VALUES (1, 1), (2, 1), (3, 1)) t(rid, cluster_id)")
+    assert assign_ids(con, "r1", 1) == {"new": 1}
+    assert con.sql("SELECT DISTINCT person_id FROM id_person").fetchall() == [(content_id("a"),)]
+    con.execute("CREATE OR REPLACE TEMP TABLE id_clusters AS SELECT * FROM (VALUES (1, 1), (2, 2), (3, 2)) t(rid, cluster_id)")
+    assert assign_ids(con, "r2", 2) == {"split_from": 1}
+    ids = dict(con.sql("SELECT cluster_id, person_id FROM id_person").fetchall())
+    assert ids == {2: content_id("a"), 1: content_id("a", 1)}

@@ -27,6 +27,7 @@ from cdp.config import CONFIG_ENV, ConfigError, load_config
 from cdp.warehouse import fetch_all, open_warehouse
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
+from scoring.settings import dbt_vars
 
 log = logging.getLogger("tessera.dbt")
 
@@ -142,12 +143,14 @@ class TesseraDbtTranslator(DagsterDbtTranslator):
         return description or f"dbt {kind} {dbt_resource_props['name']}"
 
 
-def _dbt_args(as_of) -> list[str]:
+def _dbt_args(as_of, model_vars: dict | None = None) -> list[str]:
     # Without an as_of in cdp.yaml, dbt's default (the invocation's start) applies and no --vars
-    # is passed: changing vars makes dbt re-parse the whole project.
+    # is passed: changing vars makes dbt re-parse the whole project. `model_vars` are the
+    # feature models' settings that differ from dbt_project.yml (scoring.settings.dbt_vars).
     args = ["build"]
-    if as_of is not None:
-        args += ["--vars", json.dumps({"as_of": as_of.isoformat()})]
+    variables = {**({"as_of": as_of.isoformat()} if as_of is not None else {}), **(model_vars or {})}
+    if variables:
+        args += ["--vars", json.dumps(variables)]
     return args
 
 
@@ -198,7 +201,8 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     """`dbt build` of the selection the context asks for, with row counts and as_of as metadata."""
     config = tessera.load()
     with _warehouse_env(config.warehouse_path):
-        invocation = dbt.cli(_dbt_args(config.as_of), context=context, raise_on_error=False)
+        invocation = dbt.cli(_dbt_args(config.as_of, dbt_vars(config.churn, config.cart_intent)), context=context,
+                             raise_on_error=False)
         with contextlib.redirect_stdout(_DbtProgress()):
             events = list(invocation.stream())
     _keep_partial_parse(invocation.target_path)

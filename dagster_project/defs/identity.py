@@ -37,7 +37,8 @@ CHANGES_KEY = AssetKey(["identity", "changes"])
     name="identity_resolution",
     specs=[
         AssetSpec(RECORDS_KEY, group_name=IDENTITY_GROUP, kinds={"duckdb", "python"},
-                  deps=[AssetKey(["raw", t]) for t in RAW_INPUTS],
+                  # erasure requests are applied to raw.* before identity reads it
+                  deps=[*(AssetKey(["raw", t]) for t in RAW_INPUTS), AssetKey(["privacy", "erasure"])],
                   description="One row per source record (loyalty member, subscriber, ticket, receipt with an "
                               "identifier, web device, web account) with normalised identifiers."),
         AssetSpec(GRAPH_KEY, group_name=IDENTITY_GROUP, kinds={"duckdb", "python", "splink"}, deps=[RECORDS_KEY],
@@ -89,7 +90,8 @@ def identity_resolution(context: AssetExecutionContext, tessera: TesseraResource
     }
     if evaluation:
         for k in ("pairwise_precision", "pairwise_recall", "pairwise_f1", "bcubed_precision", "bcubed_recall",
-                  "bcubed_f1", "over_merged_clusters", "under_merged_persons"):
+                  "bcubed_f1", "over_merged_clusters", "under_merged_persons", "pairwise_recall_linkable",
+                  "pairwise_recall_linkable_by_identifiers"):
             graph_meta[f"eval_{k}"] = evaluation[k]
     yield MaterializeResult(asset_key=RECORDS_KEY, metadata={**common, "records": result.records})
     yield MaterializeResult(asset_key=GRAPH_KEY, metadata=graph_meta)

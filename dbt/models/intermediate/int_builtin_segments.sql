@@ -19,7 +19,11 @@
     ('lifecycle_active', 'lifecycle', 'Last order in the last 90 days.', "lifecycle_stage = 'active' (last order <= lifecycle_active_days ago)"),
     ('lifecycle_lapsing', 'lifecycle', 'Last order 91 to 180 days ago.', "lifecycle_stage = 'lapsing' (last order <= lifecycle_lapsing_days ago)"),
     ('lifecycle_lapsed', 'lifecycle', 'Last order more than 180 days ago.', "lifecycle_stage = 'lapsed'"),
-    ('lifecycle_never_purchased', 'lifecycle', 'Known to us, never ordered.', "lifecycle_stage = 'never_purchased' (no order up to as_of)")
+    ('lifecycle_never_purchased', 'lifecycle', 'Known to us, never ordered.', "lifecycle_stage = 'never_purchased' (no order up to as_of)"),
+    ('high_churn_risk', 'churn', 'Recent buyers the churn model expects not to buy again within the horizon.', "churn_scores.risk_tier = 'high'"),
+    ('cart_intent_likely', 'cart_intent', 'Open cart, likely to buy within 7 days without help.', "cart_intent.intent_group = 'likely'"),
+    ('cart_intent_on_the_fence', 'cart_intent', 'Open cart, might buy within 7 days: worth a nudge.', "cart_intent.intent_group = 'on_the_fence'"),
+    ('cart_intent_unlikely', 'cart_intent', 'Open cart, unlikely to buy within 7 days.', "cart_intent.intent_group = 'unlikely'")
 ] -%}
 
 with builtin as (

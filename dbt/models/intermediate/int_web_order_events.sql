@@ -1,6 +1,7 @@
 {#- One order_completed event per web order: a web order reported twice (a replayed event
     with a new messageId) is one order, represented by its first event. Read by int_orders
-    and int_order_lines, so both agree on which event stands for the order. -#}
+    and int_order_lines, so both agree on which event stands for the order. The identify traits
+    (email, names, phone) are left out: orders need the person, not their PII. -#}
 
 with web_events as (
     select * from {{ ref('stg_web__events') }}
@@ -15,8 +16,8 @@ ranked as (
 ),
 
 final as (
-    -- consent_* are only set on consent_updated events.
-    select * exclude (order_event_rank, consent_channel, consent_granted)
+    -- consent_* are only set on consent_updated events; the identify traits are PII.
+    select * exclude (order_event_rank, consent_channel, consent_granted, email, first_name, last_name, phone)
     from ranked
     where order_event_rank = 1
 )

@@ -20,6 +20,8 @@
 with members as (
     select segment, segment_type, person_id from {{ ref('int_segment_membership') }}
     union all
+    select segment, segment_type, person_id from {{ ref('int_model_segments') }}
+    union all
     select segment, segment_type, person_id from {{ ref('int_declarative_segment_membership') }}
 ),
 

@@ -1,0 +1,120 @@
+"""`cdp publish` and `cdp rollback`, and what `cdp status` shows about the published snapshot
+and the quality gate."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cdp.config import Config
+
+
+def publish_status(config: Config) -> dict:
+    """The current published snapshot and the latest gate outcome (read from files: works
+    while a run holds the warehouse)."""
+    from expectations.gate import latest_gate
+    from publish.snapshot import current_path, read_manifest
+
+    manifest = read_manifest(config.published_dir)
+    current = next((h for h in manifest["history"] if h["run_id"] == manifest.get("current")), None)
+    published = None
+    if current:
+        published = {
+            "snapshot": current["run_id"], "published_at": current["published_at"],
+            "path": str(current_path(config.published_dir)), "tables": current["tables"],
+            "gate_passed": current.get("gate", {}).get("passed"),
+            "kept": [h["run_id"] for h in manifest["history"]],
+        }
+        if manifest.get("rollbacks") and manifest["rollbacks"][-1]["to"] == current["run_id"]:
+            published["rolled_back_at"] = manifest["rollbacks"][-1]["at"]
+    return {"published": published, "quality_gate": latest_gate(config.reports_dir)}
+
+
+def print_publish_status(out, info: dict) -> None:
+    pub = info.get("published")
+    if pub:
+        rolled = f", rolled back to at {pub['rolled_back_at']}" if pub.get("rolled_back_at") else ""
+        out.print(f"published  snapshot {pub['snapshot']} (published {pub['published_at']}{rolled}; "
+                  f"{len(pub['tables'])} tables) -> {pub['path']}", markup=False)
+        out.print(f"           kept for rollback: {', '.join(pub['kept'])}", markup=False)
+    else:
+        out.print("published  nothing yet")
+    gate = info.get("quality_gate")
+    if gate:
+        verdict = "passed" if gate["passed"] else "FAILED (publish blocked)"
+        out.print(f"gate       {gate['gate_id']} {verdict}: {gate['checks']} checks at {gate['checked_at']}", markup=False)
+        for label in gate.get("blocking_failures", []):
+            out.print(f"           blocking failure: {label}", markup=False)
+        for label in gate.get("accepted_drift", []):
+            out.print(f"           drift accepted: {label}", markup=False)
+        if gate.get("report"):
+            out.print(f"           report: {gate['report']}", markup=False)
+    else:
+        out.print("gate       not run yet")
+
+
+def print_gate_outcome(out, summary) -> None:
+    """After a run: whether it published, and if not, which check on which table blocked it."""
+    gate = summary.gate
+    published = next((a for a in summary.materialized if a.asset == "publish/snapshot"), None)
+    if published:
+        out.print(f"published snapshot {published.metadata.get('snapshot')} "
+                  f"({len(published.metadata.get('tables') or {})} tables)", markup=False)
+    if gate and not gate["passed"]:
+        out.print("[bold red]publish blocked by the quality gate:[/]", markup=True)
+        for label in gate["blocking_failures"]:
+            out.print(f"    {label}", markup=False)
+        if all(label.startswith("drift_") for label in gate["blocking_failures"]):
+            out.print("    only drift failed: if the change is real, accept it with `cdp publish --accept-drift`",
+                      markup=False)
+        out.print(f"    report: {gate['report']}", markup=False)
+    if gate and gate.get("skipped_tables"):
+        out.print(f"not built yet, not published: {', '.join(gate['skipped_tables'])}", markup=False)
+
+
+@click.command("publish")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).")
+@click.option("--accept-drift", is_flag=True,
+              help="Publish even though drift checks failed (every other check must still pass).")
+@click.option("--json", "as_json", is_flag=True)
+def publish_command(config_path, accept_drift, as_json) -> None:
+    """Audit the current build again and publish it if the gate passes (no rebuild)."""
+    from cdp.cli import UserError, _load, _print_run_summary, _show_stage_progress, out
+    from cdp.runner import run_pipeline
+    from cdp.warehouse import WarehouseBusy
+
+    config = _load(config_path)
+    if not config.warehouse_path.exists():
+        raise UserError(f"{config.warehouse_path}: nothing built yet; run `cdp run` first")
+    _show_stage_progress()
+    try:
+        summary = run_pipeline(config_path, only=["publish"], accept_drift=accept_drift)
+    except WarehouseBusy as e:
+        raise UserError(str(e)) from None
+    if as_json:
+        import json
+
+        out.print_json(json.dumps(summary.to_dict(), default=str))
+    else:
+        _print_run_summary(summary, config_path)
+    sys.exit(0 if summary.ok else 1)
+
+
+@click.command("rollback")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).")
+@click.option("--to", "to_run", default=None, metavar="RUN",
+              help="The snapshot to make current (see `cdp status`); default: the one before the current.")
+def rollback_command(config_path, to_run) -> None:
+    """Make an earlier published snapshot current again (atomically)."""
+    from cdp.cli import UserError, _load, out
+    from publish.snapshot import PublishError, rollback
+
+    config = _load(config_path)
+    try:
+        now = rollback(config.published_dir, to_run)
+    except PublishError as e:
+        raise UserError(str(e)) from None
+    out.print(f"snapshot {now} is current again ({config.published_dir / 'tessera.duckdb'})", markup=False)

@@ -1,0 +1,215 @@
+"""The quality gate and write-audit-publish, as Dagster asset checks and the publish asset.
+
+- ``source_suites``: checks on every raw table (GX suites on this run's loads).
+- ``quality_gate``: checks on every published mart (GX suites, identity sanity, drift against
+  the last published snapshot). Blocking checks fail with ERROR severity: Dagster then skips
+  everything downstream of the checked asset, which is ``publish/snapshot``.
+- ``publish/snapshot``: downstream of every published mart; writes the new snapshot aside and
+  switches it in atomically (``publish.snapshot``) only once the gate passed.
+
+Drift failures can be accepted deliberately with the run tag ``tessera/accept_drift=true``
+(what ``cdp publish --accept-drift`` and ``cdp run --accept-drift`` set): they are then
+reported with WARN severity and do not block. Logic lives in ``expectations/`` and ``publish/``.
+"""
+
+
+import logging
+from datetime import datetime, timezone
+
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset_check,
+)
+
+from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
+from dagster_project.defs.resources import TesseraResource
+from expectations.registry import PUBLISHED_TABLES
+from expectations.suites import DRIFT_METRICS, IDENTITY_METRICS, published_metrics, source_metrics
+from ingestion.contracts import ENTITIES
+
+log = logging.getLogger("tessera.quality")
+
+PUBLISH_GROUP = "publish"
+PUBLISH_KEY = AssetKey(["publish", "snapshot"])
+ACCEPT_DRIFT_TAG = "tessera/accept_drift"
+NON_BLOCKING = {"row_count", "formats"}
+
+CHECK_DESCRIPTIONS = {
+    "schema": "The table has every column the contract requires (GX expect_table_columns_to_match_set).",
+    "not_empty": "The table has rows.",
+    "row_count": "Row count (recorded; never blocks).",
+    "keys_not_null": "No row has a null key.",
+    "keys_unique": "No key value appears twice.",
+    "probabilities_in_range": "Every probability is a number in [0, 1].",
+    "values_in_set": "Enumerated columns hold only their allowed values.",
+    "values_non_negative": "Counts and hours are never negative.",
+    "persons_exist": "Every person_id is a person in customers.",
+    "email_audience_has_consent": "Every next_best_offer row with channel 'email' is a person with a granted "
+                                  "email_marketing consent.",
+    "one_offer_per_contactable_person": "Every person with a granted marketing consent has an offer row.",
+    "identity_largest_cluster": "No person holds more source records than quality.identity.max_cluster_records.",
+    "identity_emails_per_person": "Persons with more than quality.identity.max_emails_per_person emails stay within bound.",
+    "identity_merged_share": "The share of source records merged with another is within quality.identity bounds.",
+    "drift_person_count": "The person count changed less than quality.drift.max_person_count_change vs the published snapshot.",
+    "drift_segment_sizes": "No segment emptied (and none changed beyond quality.drift.max_segment_size_change).",
+    "drift_merge_rate": "The merged share changed less than quality.drift.max_merge_rate_change.",
+    "drift_churn_distribution": "Mean churn probability and its PSI moved less than the quality.drift bounds.",
+    "required_fields_present": "This run's loads have every required contract field.",
+    "values_in_range": "Prices and totals are not negative; margins are in [0, 1].",
+    "formats": "Malformed emails stay under quality.sources.max_invalid_format_rate (warning).",
+    "bad_row_rate": "Quarantined rows of this run's loads stay under ingestion.max_bad_row_rate.",
+    "table_present": "The registered published table was built.",
+}
+
+
+def gate_check_names() -> dict[str, list[str]]:
+    """Published table -> the names of its gate checks (stable: they are the Dagster check names)."""
+    names: dict[str, list[str]] = {}
+    for t in PUBLISHED_TABLES:
+        checks = ["table_present", "schema"] + [m.check for m in published_metrics(t, existing={"marts.consent"})]
+        names[t.name] = list(dict.fromkeys(checks))
+    names["identity_graph"] += [m.check for m in IDENTITY_METRICS]
+    for table, m in DRIFT_METRICS:
+        names[table].append(m.check)
+    return {k: list(dict.fromkeys(v)) for k, v in names.items()}
+
+
+def _spec(name: str, key: AssetKey) -> AssetCheckSpec:
+    return AssetCheckSpec(name, asset=key, description=CHECK_DESCRIPTIONS.get(name, name),
+                          blocking=name not in NON_BLOCKING)
+
+
+def _result(key: AssetKey, name: str, passed: bool, blocking: bool, metadata: dict) -> AssetCheckResult:
+    return AssetCheckResult(asset_key=key, check_name=name, passed=passed, metadata=metadata,
+                            severity=AssetCheckSeverity.ERROR if blocking else AssetCheckSeverity.WARN)
+
+
+def _check_metadata(c) -> dict:
+    meta = {"detail": c.detail or "ok", "kind": c.kind}
+    observed = {k: v for k, v in c.observed.items() if k != "columns"}
+    if observed:
+        meta["observed"] = MetadataValue.json(observed)
+    if c.sample:
+        meta["failing_rows_masked"] = MetadataValue.json(c.sample)
+    if c.accepted:
+        meta["accepted"] = "drift accepted with --accept-drift"
+    return meta
+
+
+def build_quality_defs(defined_keys: set[AssetKey]) -> tuple[list, list]:
+    """(assets, checks): publish/snapshot and the gate's checks, for the published marts defined
+    in this code location (a registered mart that is not defined yet is left out of the wiring)."""
+    tables = [t for t in PUBLISHED_TABLES if AssetKey(list(t.asset_path)) in defined_keys]
+    key_of = {t.name: AssetKey(list(t.asset_path)) for t in tables}
+    names = gate_check_names()
+    specs = [_spec(n, key_of[t.name]) for t in tables for n in names[t.name]]
+    return [_publish_asset(list(key_of.values()))], ([_gate_checks(specs, key_of)] if specs else [])
+
+
+def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey]):
+    @multi_asset_check(specs=specs, name="quality_gate", can_subset=True, pool=WAREHOUSE_POOL,
+                       description="GX suites, identity sanity and drift on every published mart.")
+    def quality_gate(context, tessera: TesseraResource):
+        from expectations.gate import run_gate
+
+        config = tessera.load()
+        accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
+        with tessera.warehouse() as con:
+            gate = run_gate(config, con, dagster_run_id=context.run.run_id, accept_drift=accept)
+        selected = context.selected_asset_check_keys
+        emitted: set[AssetCheckKey] = set()
+        for c in gate.checks:
+            key = key_of.get(c.table)
+            if key is None or AssetCheckKey(key, c.check) not in selected:
+                continue
+            emitted.add(AssetCheckKey(key, c.check))
+            blocking = c.blocking and not c.accepted
+            yield _result(key, c.check, c.passed, blocking, _check_metadata(c))
+        for ck in sorted(selected - emitted, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+            table = next(n for n, k in key_of.items() if k == ck.asset_key)
+            reason = ("not built yet: skipped and not published" if table in gate.skipped_tables
+                      else "nothing to compare with yet" if ck.name.startswith("drift_") else "not applicable")
+            passed = ck.name != "table_present" or table not in gate.skipped_tables
+            yield _result(ck.asset_key, ck.name, passed, False, {"detail": reason})
+
+    return quality_gate
+
+
+def _publish_asset(deps: list[AssetKey]):
+    @asset(key=PUBLISH_KEY, deps=deps, group_name=PUBLISH_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"},
+           description="The published snapshot marketers and syncs read: a separate DuckDB file written aside and "
+                       "switched in atomically, only when every blocking quality check passed. The last N are kept "
+                       "for `cdp rollback`.")
+    def publish_snapshot(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
+        from expectations.gate import gate_for_run, run_gate
+        from publish.snapshot import publish_build
+
+        config = tessera.load()
+        accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
+        with tessera.warehouse() as con:
+            gate = gate_for_run(con, context.run_id)
+            if gate is None:  # materialized on its own: audit now, never publish unchecked
+                gate = run_gate(config, con, dagster_run_id=context.run_id, accept_drift=accept).summary()
+            if not gate["passed"]:
+                raise Failure(f"publish blocked by the quality gate: {', '.join(gate['blocking_failures'])}",
+                              metadata={"report": gate.get("report", "")})
+            snap = publish_build(config, con, gate)
+        log.info("publish: snapshot %s is current (%s)", snap.run_id, snap.path)
+        return MaterializeResult(metadata={
+            "snapshot": snap.run_id, "path": MetadataValue.path(str(snap.path)), "tables": snap.tables,
+            "skipped_tables": gate["skipped_tables"], "quality_report": MetadataValue.path(gate.get("report", "")),
+            "accepted_drift": gate.get("accepted_drift", []),
+        })
+
+    return publish_snapshot
+
+
+# --------------------------------------------------------------------------- source suites
+def source_check_names() -> dict[str, list[str]]:
+    out = {}
+    for ent in ENTITIES:
+        names = ["schema"] + [m.check for m in source_metrics(ent, "true")] + ["bad_row_rate"]
+        out[ent.table] = list(dict.fromkeys(names))
+    return out
+
+
+def _run_started_at(context) -> datetime | None:
+    record = context.instance.get_run_record_by_id(context.run.run_id)
+    start = record.start_time if record else None
+    return datetime.fromtimestamp(start, timezone.utc) if start else None
+
+
+def build_source_checks():
+    names = source_check_names()
+    key_of = {ent.table: raw_asset_key(ent) for ent in ENTITIES}
+    specs = [_spec(n, key_of[t]) for t, ns in names.items() for n in ns]
+
+    @multi_asset_check(specs=specs, name="source_suites", can_subset=True, pool=WAREHOUSE_POOL,
+                       description="GX suites on the rows each raw table loaded in this run.")
+    def source_suites(context, tessera: TesseraResource):
+        from expectations.gate import run_source_checks
+
+        config = tessera.load()
+        selected = context.selected_asset_check_keys
+        tables = sorted({k.asset_key.path[-1] for k in selected})
+        with tessera.warehouse() as con:
+            results = run_source_checks(config, con, since=_run_started_at(context), tables=tables)
+        emitted = set()
+        for c in results:
+            key = key_of[c.table.removeprefix("raw.")]
+            if AssetCheckKey(key, c.check) in selected:
+                emitted.add(AssetCheckKey(key, c.check))
+                yield _result(key, c.check, c.passed, c.blocking, _check_metadata(c))
+        for ck in selected - emitted:
+            yield _result(ck.asset_key, ck.name, True, False, {"detail": "no table loaded yet"})
+
+    return source_suites

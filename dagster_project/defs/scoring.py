@@ -1,0 +1,74 @@
+"""Scoring assets: churn, cart intent and next-best-offer (scoring/ package), between dbt's
+core models (the feature tables) and the dbt marts tagged `after_scoring` that publish them.
+One multi-asset: one run of the stage writes the four tables of schema `scoring` together."""
+
+
+import logging
+
+from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+
+from dagster_project.defs.ingestion import WAREHOUSE_POOL
+from dagster_project.defs.resources import TesseraResource
+from scoring.pipeline import run_scoring
+
+SCORING_GROUP = "scoring"
+log = logging.getLogger("tessera.scoring")
+
+CHURN_KEY = AssetKey(["scoring", "churn_predictions"])
+CART_KEY = AssetKey(["scoring", "cart_predictions"])
+OFFERS_KEY = AssetKey(["scoring", "offer_decisions"])
+METRICS_KEY = AssetKey(["scoring", "model_metrics"])
+# The dbt core models the stage reads (keys as dagster_project/defs/dbt_marts.py names them).
+FEATURE_INPUTS = [AssetKey(["intermediate", m]) for m in ("int_churn_features", "int_cart_features", "int_carts")]
+OFFER_INPUTS = [AssetKey(["intermediate", m]) for m in ("int_order_lines", "int_email_activity")] + [
+    AssetKey(["marts", m]) for m in ("consent", "customer_traits")]
+
+
+@multi_asset(
+    name="scoring_models",
+    specs=[
+        AssetSpec(CHURN_KEY, group_name=SCORING_GROUP, kinds={"duckdb", "python", "scikitlearn"}, deps=FEATURE_INPUTS,
+                  description="Churn probability (no purchase in churn.horizon_days) for every recent buyer, with "
+                              "risk tier and top reasons; model chosen on a time split (scoring/churn.py)."),
+        AssetSpec(CART_KEY, group_name=SCORING_GROUP, kinds={"duckdb", "python", "scikitlearn"}, deps=FEATURE_INPUTS,
+                  description="Each person's latest open cart: probability of buying within cart_intent.window_days, "
+                              "intent group, expected return window (scoring/cart.py)."),
+        AssetSpec(OFFERS_KEY, group_name=SCORING_GROUP, kinds={"duckdb", "python"},
+                  deps=[CHURN_KEY, CART_KEY, *OFFER_INPUTS],
+                  description="Next-best-offer per contactable person: consent, frequency cap, exclusions, expected "
+                              "value, deterministic holdout (scoring/offers.py)."),
+        AssetSpec(METRICS_KEY, group_name=SCORING_GROUP, kinds={"duckdb"}, deps=[CHURN_KEY, CART_KEY],
+                  description="Validation metrics per model and candidate algorithm (ROC AUC, PR AUC, Brier) and "
+                              "calibration deciles."),
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def scoring_models(context: AssetExecutionContext, tessera: TesseraResource):
+    config = tessera.load()
+    with tessera.warehouse() as con:
+        try:
+            result = run_scoring(con, config.churn, config.cart_intent, config.offers, progress=log.info)
+        except ValueError as e:
+            raise RuntimeError(str(e)) from e
+    s = result.summary()
+    churn, cart = result.churn, result.cart
+    calibration = "\n".join(["| decile | rows | predicted | observed |", "|---|---|---|---|"] + [
+        f"| {b['bin']} | {b['rows']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in churn.calibration])
+    yield MaterializeResult(asset_key=CHURN_KEY, metadata={
+        "dagster/row_count": s["churn_scored"], "algorithm": churn.algorithm, "model_version": churn.model_version,
+        **{k: v for k, v in s.items() if k.startswith("churn_validation_")}, "risk_tiers": s["churn_risk_tiers"],
+        "candidates": {a: {m: round(v, 4) for m, v in r.items()} for a, r in churn.candidates.items()},
+        "calibration": MetadataValue.md(calibration), "as_of": str(churn.as_of)})
+    yield MaterializeResult(asset_key=CART_KEY, metadata={
+        "dagster/row_count": s["cart_scored"], "algorithm": cart.algorithm, "model_version": cart.model_version,
+        **{k: v for k, v in s.items() if k.startswith("cart_validation_")}, "intent_groups": s["cart_intent_groups"],
+        "candidates": {a: {m: round(v, 4) for m, v in r.items()} for a, r in cart.candidates.items()}})
+    yield MaterializeResult(asset_key=OFFERS_KEY, metadata={
+        "dagster/row_count": s["offer_rows"], "offers": s["offers"], "holdout": s["holdout"],
+        "experiment": config.offers.experiment})
+    yield MaterializeResult(asset_key=METRICS_KEY, metadata={
+        "dagster/row_count": int(len(result.metrics)),
+        **{k: v for k, v in s.items() if "validation" in k}})
+
+
+SCORING_ASSETS = [scoring_models]

@@ -1,0 +1,489 @@
+"""The quality gate: every check a build must pass before it is published.
+
+``run_gate`` measures the built marts in DuckDB, validates the measurements with the GX
+suites (see ``suites.py``), adds identity sanity and drift against the published snapshot,
+stores the outcome in the warehouse (``quality.gate_runs``, ``quality.check_results``) and
+in ``<reports>/quality/``, and writes the per-run report. It never publishes: the publish
+step (``publish_build``) runs only when no blocking check failed.
+
+``run_source_checks`` validates the rows of one load batch of each raw table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from cdp.config import Config
+from cdp.warehouse import fetch_all, table_exists
+from expectations import registry
+from expectations.registry import PUBLISHED_TABLES, PublishedTable
+from expectations.suites import (
+    BAD_ROW_RATE, DRIFT_METRICS, IDENTITY_METRICS, Metric, published_metrics, published_metrics_sql,
+    source_metrics, source_metrics_sql,
+)
+
+log = logging.getLogger("tessera.quality")
+
+DRIFT_CHECKS = {m.check for _, m in DRIFT_METRICS}
+CHURN_BINS = 10
+
+
+@dataclass
+class CheckResult:
+    table: str  # published table name, or raw.<table> for source checks
+    asset: str  # Dagster asset key, e.g. marts/customers
+    check: str
+    kind: str  # suite | drift | identity | source
+    passed: bool
+    blocking: bool
+    accepted: bool = False  # a drift failure accepted with --accept-drift
+    detail: str = ""
+    observed: dict = field(default_factory=dict)
+    sample: list[dict] = field(default_factory=list)  # failing rows, PII masked
+
+    @property
+    def blocks(self) -> bool:
+        return not self.passed and self.blocking and not self.accepted
+
+    @property
+    def label(self) -> str:
+        return f"{self.check} on {self.table}"
+
+
+@dataclass
+class GateResult:
+    gate_id: str  # also the snapshot's run id when published
+    dagster_run_id: str
+    checked_at: str
+    accept_drift: bool
+    checks: list[CheckResult]
+    tables: list[str]  # published tables present and checked
+    skipped_tables: list[str]  # registered, not built yet
+    seconds: float = 0.0
+    report: str = ""
+    data_docs: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not any(c.blocks for c in self.checks)
+
+    @property
+    def blocking_failures(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.blocks]
+
+    def message(self) -> str:
+        if self.passed:
+            return f"quality gate passed: {len(self.checks)} checks on {len(self.tables)} tables"
+        fails = "; ".join(f"{c.check} on {c.table} ({c.detail})" for c in self.blocking_failures)
+        hint = " (drift can be accepted deliberately with `cdp publish --accept-drift`)" if all(
+            c.check in DRIFT_CHECKS for c in self.blocking_failures) else ""
+        return f"quality gate FAILED, publish blocked: {fails}{hint}"
+
+    def summary(self) -> dict:
+        """What goes into the snapshot manifest and `cdp status`."""
+        return {
+            "gate_id": self.gate_id, "dagster_run_id": self.dagster_run_id, "checked_at": self.checked_at,
+            "passed": self.passed, "accept_drift": self.accept_drift, "checks": len(self.checks),
+            "failed": [c.label for c in self.checks if not c.passed],
+            "blocking_failures": [c.label for c in self.blocking_failures],
+            "accepted_drift": [c.label for c in self.checks if c.accepted],
+            "tables": self.tables, "skipped_tables": self.skipped_tables, "seconds": round(self.seconds, 2),
+            "report": self.report, "data_docs": self.data_docs,
+        }
+
+
+# --------------------------------------------------------------------------- masking
+PII_COLUMNS = {"email", "phone", "first_name", "last_name", "name", "requester_name", "requester_email",
+               "requester_phone", "address_line1", "city", "postcode", "date_of_birth", "traits", "context",
+               "raw_record"}
+
+
+def mask(column: str, value):
+    """Mask personal data for reports: keep a hint of the shape, never the value."""
+    if value is None:
+        return None
+    text = str(value)
+    if "email" in column and "@" in text:
+        local, _, domain = text.partition("@")
+        return f"{local[:1]}***@***{domain[domain.rfind('.'):] if '.' in domain else ''}"
+    if "phone" in column:
+        return "***" + "".join(ch for ch in text if ch.isdigit())[-2:]
+    return text[:1] + "***" if text else text
+
+
+def masked_rows(con, sql: str, limit: int, extra_pii: tuple[str, ...] = ()) -> list[dict]:
+    if not sql or limit <= 0:
+        return []
+    cur = con.execute(f"SELECT * FROM ({sql}) LIMIT {int(limit)}")
+    names = [d[0] for d in cur.description]
+    pii = PII_COLUMNS | set(extra_pii)
+    rows = []
+    for row in cur.fetchall():
+        rows.append({n: (mask(n, v) if (n in pii or "email" in n or "phone" in n) else _plain(v))
+                     for n, v in zip(names, row)})
+    return rows
+
+
+def _plain(v):
+    if isinstance(v, float) and math.isnan(v):
+        return "NaN"
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return str(v)
+
+
+# --------------------------------------------------------------------------- helpers
+def existing_tables(con) -> dict[str, PublishedTable]:
+    return {t.name: t for t in PUBLISHED_TABLES if table_exists(con, t.schema, t.table)}
+
+
+def _columns(con, schema: str, table: str) -> list[str]:
+    return [r[0] for r in fetch_all(
+        con, "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+             "ORDER BY ordinal_position", [schema, table])]
+
+
+def _frame(values: dict):
+    import pandas as pd
+
+    return pd.DataFrame({k: [None if v is None else float(v)] for k, v in values.items()}, dtype="float64")
+
+
+def _group(outcomes, metrics: list[Metric], values: dict, table: str, asset: str, kind: str,
+           con, sample_rows: int, pii: tuple[str, ...] = (), params: dict | None = None) -> list[CheckResult]:
+    """GX outcomes (one per expectation) -> one CheckResult per check name."""
+    by_metric = {m.name: m for m in metrics}
+    results: dict[str, CheckResult] = {}
+    for o in outcomes:
+        metric = by_metric.get(o.column)
+        r = results.setdefault(o.check, CheckResult(table, asset, o.check, kind, True, o.blocking))
+        r.blocking = r.blocking or o.blocking
+        if o.column in values:
+            r.observed[o.column] = values[o.column]
+        if not o.success:
+            r.passed = False
+            bound = _bounds_text(metric, params or {}) if metric else ""
+            r.detail = "; ".join(filter(None, [r.detail, f"{o.column} = {_fmt(values.get(o.column, o.observed))}{bound}"]))
+            if metric and metric.failing_rows_sql and len(r.sample) < sample_rows:
+                r.sample += masked_rows(con, metric.failing_rows_sql, sample_rows - len(r.sample), pii)
+    return list(results.values())
+
+
+def _bounds_text(m: Metric, params: dict) -> str:
+    lo = params.get(m.min_value, m.min_value) if isinstance(m.min_value, str) else m.min_value
+    hi = params.get(m.max_value, m.max_value) if isinstance(m.max_value, str) else m.max_value
+    if lo is not None and hi is not None:
+        return f" (expected {lo}..{hi})" if lo != hi else f" (expected {lo})"
+    return f" (expected >= {lo})" if lo is not None else f" (expected {'<' if m.strict_max else '<='} {hi})"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------- published tables
+def _table_frame(columns: list[str], metrics: dict):
+    """One row: the table's own columns (empty; what the schema expectation reads) and its metrics."""
+    clash = set(columns) & set(metrics)
+    if clash:
+        raise ValueError(f"metric names clash with table columns: {sorted(clash)}")
+    return _frame({**{c: None for c in columns}, **metrics})
+
+
+def check_published_table(con, gx, t: PublishedTable, present: set[str], sample_rows: int) -> list[CheckResult]:
+    asset = "/".join(t.asset_path)
+    columns = _columns(con, t.schema, t.table)
+    missing = [c for c in t.required_columns if c not in columns]
+    all_metrics = published_metrics(t, existing={"marts.consent"})
+    values = {m.name: None for m in all_metrics}
+    metrics: list[Metric] = []
+    if not missing:  # the metrics would reference missing columns
+        metrics = published_metrics(t, existing=present)
+        values.update(zip([m.name for m in metrics], fetch_all(con, published_metrics_sql(t, metrics))[0]))
+    outcomes = gx.validate(f"published_{t.name}", _table_frame(columns, values))
+    results = _group(outcomes, metrics, values, t.name, asset, "suite", con, sample_rows, t.pii_columns)
+    for r in results:
+        if r.check == "schema":
+            r.observed = {"columns": columns}
+            if not r.passed:
+                r.detail = f"missing columns: {', '.join(missing)} (has: {', '.join(columns)})"
+    if missing:  # nothing else was measured
+        results = [r for r in results if r.check == "schema"]
+    return results
+
+
+# --------------------------------------------------------------------------- identity sanity
+def identity_metrics(con, graph: str = "marts.identity_graph", max_emails: int = 10) -> dict:
+    size_row = fetch_all(con, f"""
+        WITH sizes AS (SELECT person_id, count(*) AS n FROM {graph} GROUP BY 1)
+        SELECT max(n), coalesce(sum(n) FILTER (WHERE n > 1) / nullif(sum(n), 0), 0) FROM sizes""")[0]
+    values = {"largest_cluster_records": size_row[0], "merged_share": size_row[1], "persons_over_email_limit": None}
+    if table_exists(con, "identity", "records") and "record_key" in _columns(con, *graph.split(".")):
+        values["persons_over_email_limit"] = fetch_all(con, f"""
+            SELECT count(*) FROM (
+                SELECT g.person_id FROM {graph} g JOIN identity.records r USING (record_key)
+                WHERE r.email_canon IS NOT NULL GROUP BY 1 HAVING count(DISTINCT r.email_canon) > ?)""",
+            [max_emails])[0][0]
+    return values
+
+
+def check_identity(con, gx, config: Config) -> list[CheckResult]:
+    bounds = config.quality.identity
+    values = identity_metrics(con, max_emails=bounds.max_emails_per_person)
+    outcomes = gx.validate("gate_identity", _frame(values), bounds.model_dump())
+    results = _group(outcomes, list(IDENTITY_METRICS), values, "identity_graph", "marts/identity_graph",
+                     "identity", con, 0, params=bounds.model_dump())
+    for r in results:
+        if not r.passed and r.check == "identity_largest_cluster":
+            r.sample = [{"person_id": p, "records": n} for p, n in fetch_all(
+                con, "SELECT person_id, count(*) AS n FROM marts.identity_graph GROUP BY 1 ORDER BY 2 DESC LIMIT ?",
+                [config.quality.sample_rows])]
+    return results
+
+
+# --------------------------------------------------------------------------- drift
+def profile(con, relation: dict[str, str]) -> dict:
+    """The numbers drift compares: persons, segment sizes, merged share, churn distribution.
+    ``relation``: published name -> relation to read (warehouse or snapshot)."""
+    out: dict = {}
+    if "customers" in relation:
+        out["persons"] = fetch_all(con, f"SELECT count(*) FROM {relation['customers']}")[0][0]
+    if "segment_membership" in relation:
+        out["segments"] = dict(fetch_all(con, f"SELECT segment, count(*) FROM {relation['segment_membership']} GROUP BY 1"))
+    if "identity_graph" in relation:
+        out["merged_share"] = identity_metrics(con, relation["identity_graph"])["merged_share"]
+    if "churn_scores" in relation:
+        rows = fetch_all(con, f"""
+            SELECT least(floor(churn_probability * {CHURN_BINS}), {CHURN_BINS - 1})::INT AS bin, count(*), avg(churn_probability)
+            FROM {relation['churn_scores']} WHERE churn_probability BETWEEN 0 AND 1 GROUP BY 1""")
+        total = sum(r[1] for r in rows)
+        if total:
+            out["churn_hist"] = [sum(r[1] for r in rows if r[0] == b) / total for b in range(CHURN_BINS)]
+            out["churn_mean"] = sum(r[1] * r[2] for r in rows) / total
+    return out
+
+
+def previous_profile(config: Config) -> tuple[dict | None, str | None]:
+    from publish.snapshot import current_path, read_manifest
+
+    path = current_path(config.published_dir)
+    if not path.exists():
+        return None, None
+    ro = duckdb.connect(str(path), read_only=True)
+    try:
+        names = {r[0] for r in fetch_all(ro, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")}
+        prof = profile(ro, {n: f'main."{n}"' for n in names})
+    finally:
+        ro.close()
+    return prof, read_manifest(config.published_dir).get("current")
+
+
+def _psi(now: list[float], before: list[float]) -> float:
+    eps = 1e-4
+    return sum((max(a, eps) - max(b, eps)) * math.log(max(a, eps) / max(b, eps)) for a, b in zip(now, before))
+
+
+def drift_values(now: dict, before: dict, min_segment_size: int) -> tuple[dict, dict]:
+    """Drift metrics (None when there is nothing to compare) and the details behind them."""
+    values = {m.name: None for _, m in DRIFT_METRICS}
+    details: dict = {}
+    if before.get("persons") and "persons" in now:
+        values["person_count_change"] = abs(now["persons"] - before["persons"]) / before["persons"]
+        details["drift_person_count"] = {"persons": now["persons"], "published": before["persons"]}
+    if "segments" in before and "segments" in now:
+        emptied = sorted(s for s, n in before["segments"].items() if n > 0 and now["segments"].get(s, 0) == 0)
+        values["emptied_segments"] = len(emptied)
+        changes = {s: abs(now["segments"].get(s, 0) - n) / n for s, n in before["segments"].items()
+                   if n >= max(min_segment_size, 1)}
+        values["segment_size_change"] = max(changes.values()) if changes else None
+        details["drift_segment_sizes"] = {"emptied": emptied,
+                                          "largest_change": max(changes, key=changes.get) if changes else None}
+    if before.get("merged_share") is not None and now.get("merged_share") is not None:
+        values["merge_rate_change"] = abs(now["merged_share"] - before["merged_share"])
+        details["drift_merge_rate"] = {"merged_share": now["merged_share"], "published": before["merged_share"]}
+    if "churn_hist" in before and "churn_hist" in now:
+        values["churn_mean_change"] = abs(now["churn_mean"] - before["churn_mean"])
+        values["churn_psi"] = _psi(now["churn_hist"], before["churn_hist"])
+        details["drift_churn_distribution"] = {"mean": now["churn_mean"], "published_mean": before["churn_mean"]}
+    return values, details
+
+
+def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], accept: bool) -> list[CheckResult]:
+    before, prev_run = previous_profile(config)
+    bounds = config.quality.drift
+    now = profile(con, {n: t.relation for n, t in present.items()})
+    if before is None:
+        values, details = {m.name: None for _, m in DRIFT_METRICS}, {}
+    else:
+        values, details = drift_values(now, before, bounds.min_segment_size)
+    params = {
+        "max_person_count_change": bounds.max_person_count_change,
+        "max_emptied_segments": 0 if bounds.block_emptied_segment else 10**9,
+        "max_segment_size_change": bounds.max_segment_size_change or 1e18,
+        "max_merge_rate_change": bounds.max_merge_rate_change,
+        "max_churn_mean_change": bounds.max_churn_mean_change,
+        "max_churn_psi": bounds.max_churn_psi,
+    }
+    outcomes = gx.validate("gate_drift", _frame(values), params)
+    metrics = [m for _, m in DRIFT_METRICS]
+    results: list[CheckResult] = []
+    for table in dict.fromkeys(t for t, _ in DRIFT_METRICS):
+        own = [o for o in outcomes if o.table == table]
+        if table not in present:
+            continue
+        asset = "/".join(present[table].asset_path)
+        results += _group(own, metrics, values, table, asset, "drift", con, 0, params=params)
+    for r in results:
+        r.observed.update({"compared_with": prev_run or "nothing published yet", **details.get(r.check, {})})
+        if not r.passed:
+            if r.check == "drift_segment_sizes" and details.get(r.check, {}).get("emptied"):
+                r.detail = f"segments emptied since the last publish: {', '.join(details[r.check]['emptied'])}; " + r.detail
+                r.sample = [{"segment": s, "published_members": before["segments"][s], "members_now": 0}
+                            for s in details[r.check]["emptied"][: max(config.quality.sample_rows, 1)]]
+            r.detail += f" vs published snapshot {prev_run}"
+            r.accepted = accept
+    return results
+
+
+# --------------------------------------------------------------------------- the gate
+def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool = False,
+             gate_id: str | None = None) -> GateResult:
+    """Check the built marts; store and report the outcome. Never publishes."""
+    import time
+
+    from expectations.gx_runner import runner_for
+
+    t0 = time.perf_counter()
+    now = datetime.now(timezone.utc)
+    gate_id = gate_id or f"{now:%Y%m%dT%H%M%S}-{(dagster_run_id or 'manual').replace('-', '')[:8]}"
+    gx = runner_for(config.reports_dir)
+    present = existing_tables(con)
+    skipped = [t.name for t in PUBLISHED_TABLES if t.name not in present]
+    checks: list[CheckResult] = []
+    for name in skipped:
+        t = registry.published_table(name)
+        if registry.REQUIRE_ALL_TABLES:
+            checks.append(CheckResult(name, "/".join(t.asset_path), "table_present", "suite", False, True,
+                                      detail=f"{t.relation} was not built"))
+        else:
+            log.warning("quality: %s is registered for publishing but %s does not exist yet; skipped", name, t.relation)
+    relations = {t.relation for t in present.values()}
+    for t in present.values():
+        checks += check_published_table(con, gx, t, relations, config.quality.sample_rows)
+    # Identity sanity and drift read columns the schema checks vouch for.
+    sound = {n: t for n, t in present.items()
+             if not any(c.table == n and c.check == "schema" and not c.passed for c in checks)}
+    if "identity_graph" in sound:
+        checks += check_identity(con, gx, config)
+    checks += check_drift(con, gx, config, sound, accept_drift)
+    result = GateResult(gate_id, dagster_run_id, now.isoformat(timespec="seconds"), accept_drift, checks,
+                        sorted(present), skipped)
+    try:
+        result.data_docs = str(gx.build_docs())
+    except Exception as e:  # the docs are a convenience; the gate's verdict stands without them
+        log.warning("quality: could not build GX Data Docs: %s", e)
+    result.seconds = time.perf_counter() - t0
+    from expectations.report import write_report
+
+    result.report = str(write_report(config, result))
+    store(con, result, config.reports_dir)
+    log.info("quality: %s (%.1fs)", result.message(), result.seconds)
+    return result
+
+
+def store(con, result: GateResult, reports_dir: Path) -> None:
+    """Keep the outcome in the warehouse (quality schema) and in reports/quality/latest.json."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS quality")
+    con.execute("""CREATE TABLE IF NOT EXISTS quality.gate_runs (
+        gate_id VARCHAR PRIMARY KEY, dagster_run_id VARCHAR, checked_at TIMESTAMPTZ, passed BOOLEAN,
+        accept_drift BOOLEAN, checks INTEGER, blocking_failures VARCHAR[], tables VARCHAR[],
+        skipped_tables VARCHAR[], seconds DOUBLE, report VARCHAR, summary JSON)""")
+    con.execute("""CREATE TABLE IF NOT EXISTS quality.check_results (
+        gate_id VARCHAR, table_name VARCHAR, asset VARCHAR, check_name VARCHAR, kind VARCHAR, passed BOOLEAN,
+        blocking BOOLEAN, accepted BOOLEAN, detail VARCHAR, observed JSON, sample JSON)""")
+    s = result.summary()
+    con.execute("BEGIN")
+    con.execute("DELETE FROM quality.check_results WHERE gate_id = ?", [result.gate_id])
+    con.execute("DELETE FROM quality.gate_runs WHERE gate_id = ?", [result.gate_id])
+    con.execute("INSERT INTO quality.gate_runs VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        result.gate_id, result.dagster_run_id, result.checked_at, result.passed, result.accept_drift,
+        len(result.checks), s["blocking_failures"], result.tables, result.skipped_tables, result.seconds,
+        result.report, json.dumps(s, default=str)])
+    con.executemany("INSERT INTO quality.check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        [result.gate_id, c.table, c.asset, c.check, c.kind, c.passed, c.blocking, c.accepted, c.detail,
+         json.dumps(c.observed, default=str), json.dumps(c.sample, default=str)] for c in result.checks])
+    con.execute("COMMIT")
+    out = Path(reports_dir) / "quality"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".latest.json.tmp"
+    tmp.write_text(json.dumps(s, indent=2, default=str))
+    tmp.replace(out / "latest.json")
+
+
+def latest_gate(reports_dir: Path) -> dict | None:
+    path = Path(reports_dir) / "quality" / "latest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def gate_for_run(con, dagster_run_id: str) -> dict | None:
+    if not table_exists(con, "quality", "gate_runs"):
+        return None
+    rows = fetch_all(con, "SELECT summary FROM quality.gate_runs WHERE dagster_run_id = ? ORDER BY checked_at DESC LIMIT 1",
+                     [dagster_run_id])
+    return json.loads(rows[0][0]) if rows else None
+
+
+# --------------------------------------------------------------------------- sources
+def run_source_checks(config: Config, con, since: datetime | None, tables: list[str] | None = None) -> list[CheckResult]:
+    """Validate the rows loaded since ``since`` (this run's loads) of each raw table."""
+    from expectations.gx_runner import runner_for
+    from ingestion.contracts import ENTITIES
+
+    gx = runner_for(config.reports_dir)
+    results: list[CheckResult] = []
+    since_sql = f"TIMESTAMPTZ '{since.isoformat()}'" if since else "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
+    for ent in ENTITIES:
+        if tables is not None and ent.table not in tables:
+            continue
+        name, asset = f"raw.{ent.table}", f"raw/{ent.table}"
+        if not table_exists(con, "raw", ent.table):
+            continue
+        columns = _columns(con, "raw", ent.table)
+        missing = [c for c in ent.field_names if c not in columns]
+        params = {"max_bad_row_rate": config.ingestion.max_bad_row_rate,
+                  "max_invalid_format_rate": config.quality.sources.max_invalid_format_rate}
+        if missing:
+            empty = {m.name: None for m in [*source_metrics(ent, "true"), BAD_ROW_RATE]}
+            outcomes = gx.validate(f"source_{ent.table}", _table_frame(columns, empty), params)  # for Data Docs
+            schema_ok = all(o.success for o in outcomes if o.check == "schema")
+            results.append(CheckResult(name, asset, "schema", "source", schema_ok, True,
+                                       detail=f"missing contract columns: {', '.join(missing)}",
+                                       observed={"columns": columns}))
+            continue
+        loads_filter = f"started_at >= {since_sql}"
+        batch_filter = (f"_load_id IN (SELECT load_id FROM raw.loads WHERE table_name = '{ent.table}' "
+                        f"AND {loads_filter})")
+        metrics = source_metrics(ent, batch_filter)
+        row = fetch_all(con, source_metrics_sql(ent, metrics, batch_filter, loads_filter))[0]
+        values = dict(zip(["rows_in_batch", *[m.name for m in metrics], "bad_row_rate"], row))
+        outcomes = gx.validate(f"source_{ent.table}",
+                               _table_frame(columns, {k: v for k, v in values.items() if k != "rows_in_batch"}), params)
+        group = _group(outcomes, [*metrics, BAD_ROW_RATE], values, name, asset, "source", con,
+                       config.quality.sample_rows, params=params)
+        for r in group:
+            r.observed["rows_in_batch"] = values["rows_in_batch"]
+        results += group
+    return results
+
+
+def as_dict(c: CheckResult) -> dict:
+    return asdict(c)

@@ -1,0 +1,76 @@
+"""The ``quality:`` section of ``cdp.yaml``: drift bounds, identity sanity bounds, snapshots kept.
+
+Every field has a default, so ``quality: {}`` is a complete configuration; unknown keys are
+errors. The defaults block what is almost always a broken build rather than real change: the
+person count halving or doubling, a segment that empties, one "person" swallowing hundreds
+of records.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DriftBounds(_Strict):
+    """Change against the last published snapshot that blocks a publish (unless accepted with
+    ``cdp publish --accept-drift``). Nothing to compare on the first publish."""
+
+    max_person_count_change: float = Field(
+        default=0.5, gt=0,
+        description="Relative change of the person count that blocks (0.5: dropping to half or rising by half).",
+    )
+    block_emptied_segment: bool = Field(
+        default=True, description="A segment that had members in the last publish and has none now blocks.",
+    )
+    max_segment_size_change: float | None = Field(
+        default=None, gt=0,
+        description="Relative change of any segment's size that blocks (for segments of at least "
+                    "min_segment_size members); empty = only an emptied segment blocks.",
+    )
+    min_segment_size: int = Field(default=50, ge=0, description="Smaller segments are not held to max_segment_size_change.")
+    max_merge_rate_change: float = Field(
+        default=0.15, gt=0,
+        description="Absolute change of the share of source records merged with another that blocks.",
+    )
+    max_churn_mean_change: float = Field(
+        default=0.2, gt=0, description="Absolute change of the mean churn probability that blocks.",
+    )
+    max_churn_psi: float = Field(
+        default=0.25, gt=0,
+        description="Population stability index of churn probabilities (10 fixed bins) that blocks; "
+                    "0.25 is the usual 'significant shift' mark.",
+    )
+
+
+class IdentityBounds(_Strict):
+    """Sanity of the resolved identities, on every build."""
+
+    max_cluster_records: int = Field(default=500, ge=1, description="Most source records one person may hold.")
+    max_emails_per_person: int = Field(default=10, ge=1, description="A person with more distinct emails is suspect.")
+    max_persons_over_email_limit: int = Field(
+        default=0, ge=0, description="How many persons may exceed max_emails_per_person before it blocks.",
+    )
+    min_merged_share: float = Field(default=0.0, ge=0, le=1, description="Lowest share of records merged with another.")
+    max_merged_share: float = Field(default=0.98, ge=0, le=1, description="Highest share of records merged with another.")
+
+
+class SourceBounds(_Strict):
+    """Suites on each load of a source."""
+
+    max_invalid_format_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Share of malformed emails in a loaded table above which the check fails.",
+    )
+
+
+class QualitySettings(_Strict):
+    keep_snapshots: int = Field(default=5, ge=1, description="Published snapshots kept for rollback.")
+    sample_rows: int = Field(
+        default=5, ge=0, le=100, description="Failing rows shown per failed check in the report (PII masked).",
+    )
+    drift: DriftBounds = Field(default_factory=DriftBounds)
+    identity: IdentityBounds = Field(default_factory=IdentityBounds)
+    sources: SourceBounds = Field(default_factory=SourceBounds)

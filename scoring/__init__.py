@@ -1,0 +1,1 @@
+"""Churn, cart-intent and next-best-offer models (scikit-learn) over dbt feature tables."""

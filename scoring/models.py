@@ -1,0 +1,124 @@
+"""Model selection, metrics and explanations shared by the churn and cart-intent models.
+
+Candidates are scikit-learn's gradient boosting (HistGradientBoostingClassifier) and a
+logistic regression on log-scaled, standardised features; the one with the better validation
+ROC AUC wins. Everything is seeded, so the same data gives the same model and scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+
+def _signed_log1p(x):
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+class BaseRate:
+    """The fallback when the data holds a single outcome (a small or new shop): everyone gets
+    the observed rate. Same interface as the scikit-learn models used here."""
+
+    def fit(self, X, y):
+        self.rate_ = float(np.mean(y)) if len(y) else 0.0
+        return self
+
+    def predict_proba(self, X):
+        p = np.full(len(X), self.rate_)
+        return np.column_stack([1 - p, p])
+
+
+def make_model(algorithm: str, seed: int):
+    if algorithm == "base_rate":
+        return BaseRate()
+    if algorithm == "gradient_boosting":
+        return HistGradientBoostingClassifier(
+            learning_rate=0.05, max_iter=250, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0,
+            early_stopping=True, validation_fraction=0.15, n_iter_no_change=20, random_state=seed)
+    if algorithm == "logistic_regression":
+        return make_pipeline(FunctionTransformer(_signed_log1p), StandardScaler(),
+                             LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
+    raise ValueError(f"unknown algorithm {algorithm!r}")
+
+
+def binary_metrics(y_true, p) -> dict[str, float]:
+    """ROC AUC, PR AUC (average precision), Brier score, base rate and rows; AUCs are null
+    when only one class is present."""
+    y_true = np.asarray(y_true, dtype=int)
+    p = np.asarray(p, dtype=float)
+    both = len(np.unique(y_true)) == 2
+    return {
+        "roc_auc": float(roc_auc_score(y_true, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y_true, p)) if both else float("nan"),
+        "brier": float(brier_score_loss(y_true, p)) if len(y_true) else float("nan"),
+        "positive_rate": float(y_true.mean()) if len(y_true) else float("nan"),
+        "mean_predicted": float(p.mean()) if len(p) else float("nan"),
+        "rows": float(len(y_true)),
+    }
+
+
+def calibration_table(y_true, p, bins: int = 10) -> list[dict]:
+    """Deciles of predicted probability: rows, mean predicted, observed rate per decile."""
+    frame = pd.DataFrame({"y": np.asarray(y_true, dtype=float), "p": np.asarray(p, dtype=float)})
+    if frame.empty:
+        return []
+    # Rank first so that ties never make an empty or merged decile.
+    frame["bin"] = (frame["p"].rank(method="first") - 1).mul(bins).floordiv(len(frame)).astype(int) + 1
+    table = frame.groupby("bin").agg(rows=("y", "size"), predicted=("p", "mean"), observed=("y", "mean")).reset_index()
+    return [{"bin": int(r.bin), "rows": int(r.rows), "predicted": float(r.predicted), "observed": float(r.observed)}
+            for r in table.itertuples()]
+
+
+def select_and_fit(train: pd.DataFrame, validate: pd.DataFrame, features: list[str], label: str,
+                   algorithms: list[str], seed: int) -> tuple[str, dict[str, dict], np.ndarray]:
+    """Fit each candidate on `train`, score `validate`; return the best algorithm by validation
+    ROC AUC (ties: the first listed), every candidate's validation metrics, and the best one's
+    validation predictions. With a single outcome in `train` nothing can be learnt: 'base_rate'."""
+    if train[label].nunique() < 2:
+        algorithms = ["base_rate"]
+    results, predictions = {}, {}
+    for algorithm in algorithms:
+        model = make_model(algorithm, seed).fit(train[features].to_numpy(float), train[label].to_numpy(int))
+        p = model.predict_proba(validate[features].to_numpy(float))[:, 1]
+        results[algorithm] = binary_metrics(validate[label], p)
+        predictions[algorithm] = p
+    best = max(algorithms, key=lambda a: (np.nan_to_num(results[a]["roc_auc"], nan=-1.0), -algorithms.index(a)))
+    return best, results, predictions[best]
+
+
+def reasons(model, X: pd.DataFrame, features: list[str], describe, top: int, toward_positive: bool = True) -> list[str]:
+    """Top reasons per row: for each feature, how much the predicted probability moves when
+    the row's value is replaced by the population's median (its contribution against a typical
+    person). The features that raise the probability most, worded by `describe(feature, value,
+    typical)`, joined with '; '. One-at-a-time, so interactions are not split: it answers "what
+    about this person differs from typical and pushes the score up"."""
+    values = X[features].to_numpy(float)
+    base = model.predict_proba(values)[:, 1]
+    medians = np.median(values, axis=0) if len(values) else np.zeros(len(features))
+    contributions = np.zeros_like(values)
+    for j in range(len(features)):
+        typical = values.copy()
+        typical[:, j] = medians[j]
+        contributions[:, j] = base - model.predict_proba(typical)[:, 1]
+    if not toward_positive:
+        contributions = -contributions
+    order = np.argsort(-contributions, axis=1, kind="stable")[:, :top]
+    out = []
+    for i in range(len(values)):
+        parts = [describe(features[j], values[i, j], medians[j]) for j in order[i] if contributions[i, j] > 0.005]
+        out.append("; ".join(parts))
+    return out
+
+
+def model_version(name: str, algorithm: str, as_of, frame: pd.DataFrame, features: list[str]) -> str:
+    """Readable and reproducible: model, algorithm, as_of date, and a digest of the training data."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame[features], index=False).to_numpy().tobytes()).hexdigest()[:8]
+    stamp = pd.Timestamp(as_of) if as_of is not None else pd.NaT
+    return f"{name}-{algorithm}-{'unknown' if pd.isna(stamp) else stamp.strftime('%Y%m%d')}-{digest}"

@@ -1,0 +1,101 @@
+"""cdp.yaml's `churn`, `cart_intent` and `offers` sections (validated like the rest of the
+config: unknown keys are errors naming the key)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ALGORITHMS = ("gradient_boosting", "logistic_regression")
+OFFER_NAMES = ("cart_reminder", "cart_reminder_discount", "winback_discount", "cross_sell", "replenishment",
+               "vip_early_access", "none")
+CHANNELS = {"email": "email_marketing", "sms": "sms_marketing", "web": "web_personalisation"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChurnSettings(_Strict):
+    horizon_days: int = Field(default=90, ge=14, le=365,
+                              description="Churned = no purchase in this many days (among buyers of the prior 365).")
+    high_risk_at: float = Field(default=0.7, gt=0, lt=1, description="churn_probability >= this -> risk tier high.")
+    medium_risk_at: float = Field(default=0.4, gt=0, lt=1, description="churn_probability >= this -> medium; else low.")
+    top_reasons: int = Field(default=3, ge=1, le=10)
+    algorithms: list[Literal["gradient_boosting", "logistic_regression"]] = Field(
+        default_factory=lambda: list(ALGORITHMS), min_length=1,
+        description="Candidates; the one with the best time-split validation ROC AUC is used.")
+    seed: int = 7
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ChurnSettings":
+        if self.medium_risk_at >= self.high_risk_at:
+            raise ValueError("medium_risk_at must be below high_risk_at")
+        return self
+
+
+class CartIntentSettings(_Strict):
+    window_days: int = Field(default=7, ge=1, le=30, description="Intent = the open cart is ordered within this many days.")
+    lookback_days: int = Field(default=30, ge=1, le=90,
+                               description="A cart last touched this many days before the cutoff, unordered, is open.")
+    history_weeks: int = Field(default=12, ge=2, le=52, description="Weekly past cutoffs the model learns from.")
+    likely_at: float = Field(default=0.3, gt=0, lt=1, description="purchase_probability >= this -> 'likely'.")
+    unlikely_below: float = Field(default=0.05, gt=0, lt=1, description="purchase_probability < this -> 'unlikely'.")
+    seed: int = 7
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "CartIntentSettings":
+        if self.unlikely_below >= self.likely_at:
+            raise ValueError("unlikely_below must be below likely_at")
+        return self
+
+
+class Offer(_Strict):
+    channel: Literal["email", "sms", "web"] = "email"
+    value: float = Field(ge=0, description="Margin (currency) a conversion brings; cart offers: share of the cart's value.")
+    cost: float = Field(default=0.0, ge=0, description="Cost per contact, including the expected cost of any discount.")
+    discount_pct: float = Field(default=0.0, ge=0, le=1, description="Discount the offer gives (0 = none).")
+    lift: float = Field(default=0.0, ge=0, le=1, description="Response the offer adds (see README: propensities).")
+
+
+def _default_catalog() -> dict[str, Offer]:
+    return {
+        "cart_reminder": Offer(value=0.30, cost=0.02, lift=0.0),
+        "cart_reminder_discount": Offer(value=0.30, cost=0.05, discount_pct=0.10, lift=0.15),
+        "winback_discount": Offer(value=25.0, cost=2.0, discount_pct=0.15, lift=0.20),
+        "cross_sell": Offer(value=12.0, cost=0.05, lift=0.04),
+        "replenishment": Offer(value=15.0, cost=0.05, lift=0.10),
+        "vip_early_access": Offer(value=20.0, cost=0.10, lift=0.08),
+        "none": Offer(value=0.0, cost=0.0),
+    }
+
+
+class OffersSettings(_Strict):
+    experiment: str = Field(default="nbo", min_length=1, description="Experiment name; salts the holdout hash.")
+    holdout_share: float = Field(default=0.10, ge=0, lt=1, description="Share of people held out (offer 'holdout').")
+    max_emails_per_7_days: int = Field(default=3, ge=0,
+                                       description="Frequency cap: no email offer after this many marketing sends in 7 days.")
+    recent_purchase_days: int = Field(default=30, ge=0, description="Nothing offered that was bought in this many days.")
+    replenish_after_days: int = Field(default=45, ge=1, description="A product bought twice or more and last bought this many days ago or more is due.")
+    catalog: dict[str, Offer] = Field(default_factory=_default_catalog)
+
+    @field_validator("catalog")
+    @classmethod
+    def _known_offers(cls, catalog: dict[str, Offer]) -> dict[str, Offer]:
+        unknown = sorted(set(catalog) - set(OFFER_NAMES))
+        if unknown:
+            raise ValueError(f"unknown offer(s) {', '.join(unknown)}; offers are: {', '.join(OFFER_NAMES)}")
+        return catalog
+
+    def offer(self, name: str) -> Offer | None:
+        return self.catalog.get(name)
+
+
+def dbt_vars(churn: ChurnSettings, cart: CartIntentSettings) -> dict[str, int]:
+    """dbt vars for the feature models, only where they differ from dbt_project.yml's defaults
+    (passing vars makes dbt re-parse the project)."""
+    wanted = {"churn_horizon_days": churn.horizon_days, "cart_intent_days": cart.window_days,
+              "cart_lookback_days": cart.lookback_days, "cart_history_weeks": cart.history_weeks}
+    defaults = {"churn_horizon_days": 90, "cart_intent_days": 7, "cart_lookback_days": 30, "cart_history_weeks": 12}
+    return {k: v for k, v in wanted.items() if v != defaults[k]}
