@@ -111,14 +111,10 @@ def built(tmp_path_factory):
     from dagster_project.defs.ingestion import RAW_ASSETS
     from dagster_project.defs.resources import TesseraResource
     from dagster_project.defs.scoring import SCORING_ASSETS, SCORING_GROUP
-    from ingestion.generator import generate
-    from ingestion.loader import ingest
-    from scoring.pipeline import run_scoring
-
-
     from dagster_project.defs.segments import SEGMENT_ASSETS
     from ingestion.generator import generate
     from ingestion.loader import ingest
+    from scoring.pipeline import run_scoring
     from segments.evaluator import write_segments
     from segments.model import load_segments
 
@@ -132,18 +128,12 @@ def built(tmp_path_factory):
         ingest(config, con)
         build_identity_from_ground_truth(con, config.landing_dir / "ground_truth")
 
-    # 1. A backtest, as of a past date, with plain dbt around the scoring stage (as in the pipeline).
+    # 1. A backtest, as of a past date, with plain dbt around the scoring stage and the
+    # declarative segments (the scaffolded example file), as in the pipeline.
     past_vars = json.dumps({"as_of": PAST.isoformat()})
     dbt(["run", "--exclude", "tag:after_scoring", "--vars", past_vars], config.warehouse_path, root / "target_past")
     with open_warehouse(config.warehouse_path) as con:
         run_scoring(con, config.churn, config.cart_intent, config.offers)
-
-
-    # 1. A backtest, as of a past date, with plain dbt - the core models, the declarative segments
-    # (the scaffolded example file), then the models after scoring, as a run orders them.
-    past_vars = json.dumps({"as_of": PAST.isoformat()})
-    dbt(["run", "--exclude", "tag:after_scoring", "--vars", past_vars], config.warehouse_path, root / "target_past")
-    with open_warehouse(config.warehouse_path) as con:
         write_segments(con, load_segments(config.segments_file))
     dbt(["run", "--select", "tag:after_scoring", "--vars", past_vars], config.warehouse_path, root / "target_past")
     with open_warehouse(config.warehouse_path, read_only=True) as con:
@@ -161,21 +151,14 @@ def built(tmp_path_factory):
             "churn_cutoffs": dict(fetch_all(con, "SELECT snapshot, max(cutoff_at) FROM intermediate.int_churn_features GROUP BY 1")),
         }
 
-    # 2. The current run: every dbt asset through Dagster, as_of from cdp.yaml.
+    # 2. The current run: every dbt asset through Dagster, with scoring and the declarative
+    # segments between the two dbt selections; as_of from cdp.yaml.
     defs = Definitions(
-        assets=[*RAW_ASSETS, *DBT_ASSETS, *SCORING_ASSETS],
+        assets=[*RAW_ASSETS, *DBT_ASSETS, *SCORING_ASSETS, *SEGMENT_ASSETS],
         resources={"tessera": TesseraResource(config_path=str(cfg_path)), **DBT_RESOURCES},
         executor=in_process_executor,
     )
-    keys = list(AssetSelection.groups(*DBT_LAYERS, SCORING_GROUP).resolve(defs.resolve_asset_graph()))
-
-
-        assets=[*RAW_ASSETS, *DBT_ASSETS, *SEGMENT_ASSETS],
-        resources={"tessera": TesseraResource(config_path=str(cfg_path)), **DBT_RESOURCES},
-        executor=in_process_executor,
-    )
-    # dbt and the declarative segments (the scaffolded example segments.yaml) between its two selections.
-    keys = list(AssetSelection.groups(*DBT_LAYERS, "segments").resolve(defs.resolve_asset_graph()))
+    keys = list(AssetSelection.groups(*DBT_LAYERS, SCORING_GROUP, "segments").resolve(defs.resolve_asset_graph()))
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=keys, raise_on_error=False
