@@ -42,10 +42,9 @@ def _scoring_outputs() -> list[AssetKey]:
     except ImportError:
         return []
     keys = set()
-    for value in vars(scoring).values():
-        for definition in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(definition, AssetsDefinition):
-                keys |= {k for k in definition.keys if k.path[0] == "scoring"}
+    for definition in getattr(scoring, "SCORING_ASSETS", []):
+        if isinstance(definition, AssetsDefinition):
+            keys |= {k for k in definition.keys if k.path[0] == "scoring"}
     return sorted(keys, key=lambda k: k.to_user_string())
 
 
