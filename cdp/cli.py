@@ -290,5 +290,10 @@ evaluate.add_command(evaluate_churn)
 main.add_command(publish_command)
 main.add_command(rollback_command)
 
+from cdp.commands_segments import segments as _segments_commands  # noqa: E402
+
+main.add_command(_segments_commands)
+
+
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from identity.settings import IdentitySettings
 from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
 from ingestion.contracts import SOURCE_KINDS, entities_of
 from privacy.settings import PrivacySettings
+from segments.settings import SegmentsSettings
 
 CONFIG_ENV = "CDP_CONFIG"
 DEFAULT_CONFIG_NAME = "cdp.yaml"
@@ -128,7 +129,7 @@ class Config(_Strict):
     # Sections filled in by later stages; kept as plain mappings until their stage
     # defines a model, so a config written today keeps loading.
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
-    segments: dict[str, Any] = Field(default_factory=dict)
+    segments: SegmentsSettings = Field(default_factory=SegmentsSettings)
     churn: ChurnSettings = Field(default_factory=ChurnSettings)
     cart_intent: CartIntentSettings = Field(default_factory=CartIntentSettings)
     offers: OffersSettings = Field(default_factory=OffersSettings)
@@ -166,6 +167,10 @@ class Config(_Strict):
     @property
     def dagster_home(self) -> Path:
         return self.resolve(self.paths.dagster_home)
+
+    @property
+    def segments_file(self) -> Path:
+        return self.resolve(self.segments.file)
 
     @property
     def reports_dir(self) -> Path:

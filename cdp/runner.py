@@ -19,10 +19,12 @@ STAGES: dict[str, list[str]] = {
     "ingestion": ["ingestion"],
     "privacy": ["privacy"],  # erasure requests (cdp forget), between ingestion and identity
     "identity": ["identity"],
-    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer, and the scoring stage the
-    # marts tagged after_scoring read (dagster_project/defs/scoring.py).
-    "marts": ["staging", "intermediate", "scoring", "marts"],
+    # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer, and the stages the marts
+    # tagged after_scoring read: scoring (defs/scoring.py) and declarative segments (defs/segments.py).
+    "marts": ["staging", "intermediate", "scoring", "segments", "marts"],
     "scoring": ["scoring"],
+    # Declarative segments: the segments file evaluated against the current marts.
+    "segments": ["segments"],
     # The quality gate's checks on the built marts, then publish/snapshot (defs/quality.py).
     "publish": ["publish"],
 }

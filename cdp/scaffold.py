@@ -7,6 +7,9 @@ from pathlib import Path
 from cdp.config import load_config
 from privacy.salt import salt_path, write_salt_file
 
+# The example segments file `cdp init` writes beside cdp.yaml.
+EXAMPLE_SEGMENTS = Path(__file__).resolve().parents[1] / "segments" / "example.yaml"
+
 DEFAULT_CONFIG = """\
 # Tessera CDP configuration: the one file you edit.
 # Relative paths resolve against the folder holding this file.
@@ -85,7 +88,9 @@ sources:
 
 # Later stages read these sections; their defaults are documented in the README.
 identity: {{}}
-segments: {{}}
+# Rule-based segments marketers define: one YAML file (`cdp segments validate` checks it).
+segments:
+  file: segments.yaml
 # Models (see README "Churn, cart intent, next-best-offer"): churn.horizon_days (90), risk
 # cut points churn.high_risk_at / medium_risk_at; cart_intent.likely_at / unlikely_below;
 # offers: experiment, holdout_share (0.1), max_emails_per_7_days (3) and the offer catalog.
@@ -143,6 +148,8 @@ def init_project(directory: Path, force: bool = False, project: str | None = Non
     directory.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(DEFAULT_CONFIG.format(project=project or directory.name or "tessera"))
     config = load_config(cfg_path)  # the template must always validate
+    if not config.segments_file.exists():
+        config.segments_file.write_text(EXAMPLE_SEGMENTS.read_text(encoding="utf-8"), encoding="utf-8")
     for d in (config.landing_dir, config.warehouse_path.parent, config.published_dir, config.reports_dir):
         d.mkdir(parents=True, exist_ok=True)
     ensure_dagster_home(config.dagster_home)

@@ -12,13 +12,14 @@ from dagster_project.defs.privacy import PRIVACY_ASSETS
 from dagster_project.defs.quality import build_quality_defs, build_source_checks
 from dagster_project.defs.resources import tessera_from_env
 from dagster_project.defs.scoring import SCORING_ASSETS
+from dagster_project.defs.segments import SEGMENT_ASSETS
 from privacy.masking import install_log_masking
 
 # Every log record of this code location is masked for emails and phone numbers at creation,
 # before Dagster's handlers copy it into the event log (see privacy/masking.py).
 install_log_masking()
 
-PIPELINE_ASSETS = [*RAW_ASSETS, *PRIVACY_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SCORING_ASSETS]
+PIPELINE_ASSETS = [*RAW_ASSETS, *PRIVACY_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SCORING_ASSETS, *SEGMENT_ASSETS]
 # The quality gate's checks and publish/snapshot, wired to the published marts defined above.
 PUBLISH_ASSETS, GATE_CHECKS = build_quality_defs({key for a in PIPELINE_ASSETS for key in a.keys})
 

@@ -31,7 +31,8 @@ AS_OF = dt.date(2026, 6, 30)  # the generator's last day and the "current" run
 AS_OF_TS = dt.datetime(2026, 6, 30, 23, 59, 59)
 PAST = dt.date(2026, 3, 31)  # the backtest
 PAST_TS = dt.datetime(2026, 3, 31, 23, 59, 59)
-PUBLISHED = ("customers", "customer_traits", "segment_membership", "identity_graph", "identity_changes", "consent")
+PUBLISHED = ("customers", "customer_traits", "segment_membership", "identity_graph", "identity_changes", "consent",
+             "segment_catalog", "recommendations")
 
 
 def build_identity_from_ground_truth(con, ground_truth: Path) -> None:
@@ -110,9 +111,12 @@ def built(tmp_path_factory):
     from dagster_project.defs.ingestion import RAW_ASSETS
     from dagster_project.defs.resources import TesseraResource
     from dagster_project.defs.scoring import SCORING_ASSETS, SCORING_GROUP
+    from dagster_project.defs.segments import SEGMENT_ASSETS
     from ingestion.generator import generate
     from ingestion.loader import ingest
     from scoring.pipeline import run_scoring
+    from segments.evaluator import write_segments
+    from segments.model import load_segments
 
     root = tmp_path_factory.mktemp("dbt")
     cfg_path = init_project(root / "proj")
@@ -124,14 +128,17 @@ def built(tmp_path_factory):
         ingest(config, con)
         build_identity_from_ground_truth(con, config.landing_dir / "ground_truth")
 
-    # 1. A backtest, as of a past date, with plain dbt around the scoring stage (as in the pipeline).
+    # 1. A backtest, as of a past date, with plain dbt around the scoring stage and the
+    # declarative segments (the scaffolded example file), as in the pipeline.
     past_vars = json.dumps({"as_of": PAST.isoformat()})
     dbt(["run", "--exclude", "tag:after_scoring", "--vars", past_vars], config.warehouse_path, root / "target_past")
     with open_warehouse(config.warehouse_path) as con:
         run_scoring(con, config.churn, config.cart_intent, config.offers)
+        write_segments(con, load_segments(config.segments_file))
     dbt(["run", "--select", "tag:after_scoring", "--vars", past_vars], config.warehouse_path, root / "target_past")
     with open_warehouse(config.warehouse_path, read_only=True) as con:
         past = {
+            "declarative": set(fetch_all(con, "SELECT segment, person_id FROM segments.declarative_membership")),
             "orders": fetch_value(con, "SELECT count(*) FROM intermediate.int_orders"),
             "max_ordered_at": fetch_value(con, "SELECT max(ordered_at) FROM intermediate.int_orders"),
             "max_event_at": fetch_value(con, "SELECT max(occurred_at) FROM staging.stg_web__events"),
@@ -144,13 +151,14 @@ def built(tmp_path_factory):
             "churn_cutoffs": dict(fetch_all(con, "SELECT snapshot, max(cutoff_at) FROM intermediate.int_churn_features GROUP BY 1")),
         }
 
-    # 2. The current run: every dbt asset through Dagster, as_of from cdp.yaml.
+    # 2. The current run: every dbt asset through Dagster, with scoring and the declarative
+    # segments between the two dbt selections; as_of from cdp.yaml.
     defs = Definitions(
-        assets=[*RAW_ASSETS, *DBT_ASSETS, *SCORING_ASSETS],
+        assets=[*RAW_ASSETS, *DBT_ASSETS, *SCORING_ASSETS, *SEGMENT_ASSETS],
         resources={"tessera": TesseraResource(config_path=str(cfg_path)), **DBT_RESOURCES},
         executor=in_process_executor,
     )
-    keys = list(AssetSelection.groups(*DBT_LAYERS, SCORING_GROUP).resolve(defs.resolve_asset_graph()))
+    keys = list(AssetSelection.groups(*DBT_LAYERS, SCORING_GROUP, "segments").resolve(defs.resolve_asset_graph()))
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=keys, raise_on_error=False
@@ -462,3 +470,142 @@ def test_cdp_evaluate_churn_reports_validation_and_ground_truth(built):
     groups = report["cart_intent"]["ground_truth"]["groups"]
     assert set(groups) == {"likely", "on_the_fence", "unlikely"}
     assert sum(g["carts"] for g in groups.values()) == report["cart_intent"]["ground_truth"]["carts_matched_to_truth"] > 0
+
+
+# --------------------------------------------------------------------------- declarative segments
+def _within(ts, days, as_of=AS_OF_TS) -> bool:
+    return ts is not None and as_of - dt.timedelta(days=days) < ts <= as_of
+
+
+def _example_members_by_hand(con) -> dict[str, set[str]]:
+    """The scaffolded example segments (segments/example.yaml), worked out in Python from the
+    rows of the tables they read - independently of the compiler."""
+    from collections import Counter, defaultdict
+
+    traits = {p: (rev, stage) for p, rev, stage in fetch_all(
+        con, "SELECT person_id, revenue, lifecycle_stage FROM marts.customer_traits")}
+    orders = fetch_all(con, "SELECT person_id, ordered_at, order_total FROM intermediate.int_orders WHERE person_id IS NOT NULL")
+    n_90, spent_90, ordered_7 = Counter(), defaultdict(float), set()
+    for p, at, total in orders:
+        if _within(at, 90):
+            n_90[p] += 1
+            spent_90[p] += total
+        if _within(at, 7):
+            ordered_7.add(p)
+    bought_electronics_30 = {p for p, at, cat in fetch_all(
+        con, "SELECT person_id, ordered_at, category FROM intermediate.int_order_lines") if cat == "electronics" and _within(at, 30)}
+    web = fetch_all(con, "SELECT person_id, event_name, category, occurred_at FROM intermediate.int_web_product_events")
+    electronics_views = Counter(p for p, e, cat, at in web if e == "product_viewed" and cat == "electronics" and _within(at, 30))
+    added_7 = {p for p, e, cat, at in web if e == "product_added" and _within(at, 7)}
+    emailed = {p for p, e, at in fetch_all(con, "SELECT person_id, event_type, occurred_at FROM intermediate.int_email_activity")
+               if e in ("open", "click") and _within(at, 30)}
+    return {
+        "vip_recent_buyers": {p for p, (rev, _) in traits.items() if rev >= 500 and (n_90[p] >= 2 or spent_90[p] >= 300)},
+        "electronics_browsers": {p for p in traits if electronics_views[p] >= 3 and p not in bought_electronics_30},
+        "recent_cart_abandoners": {p for p in traits if p in added_7 and p not in ordered_7},
+        "engaged_but_lapsing": {p for p, (_, stage) in traits.items() if stage in ("lapsing", "lapsed") and p in emailed},
+    }
+
+
+def test_declarative_segments_reach_segment_membership_with_the_members_worked_out_by_hand(built, con):
+    assert built["materialized"]["segments/declarative_membership"]["segments"].value == 4
+    assert built["materialized"]["segments/definitions"]["dagster/row_count"].value == 4
+    by_hand = _example_members_by_hand(con)
+    got = {}
+    for segment, person in fetch_all(
+            con, "SELECT segment, person_id FROM marts.segment_membership WHERE segment_type = 'declarative'"):
+        got.setdefault(segment, set()).add(person)
+    for name, members in by_hand.items():
+        assert got.get(name, set()) == members, name
+    assert sum(1 for m in by_hand.values() if m) >= 3, {k: len(v) for k, v in by_hand.items()}
+
+
+def test_declarative_segments_have_since_and_entries_and_exits_across_runs(built, con):
+    """The backtest evaluated the same file as of the past date: people in a segment then and
+    now stayed (since = the past run), people only now entered, people only then exited."""
+    past = built["past"]["declarative"]
+    now = {(s, p): since for s, p, since in fetch_all(
+        con, "SELECT segment, person_id, since FROM marts.segment_membership WHERE segment_type = 'declarative'")}
+    stayed, entered, exited = set(now) & past, set(now) - past, past - set(now)
+    assert stayed and entered and exited, (len(stayed), len(entered), len(exited))
+    assert {k for k, since in now.items() if since == PAST_TS} == stayed
+    assert {k for k, since in now.items() if since == AS_OF_TS} == entered
+    spells = fetch_all(con, """SELECT segment, person_id, entered_at, exited_at FROM marts.segment_membership_history
+                              WHERE segment_type = 'declarative'""")
+    assert {(s, p) for s, p, entered_at, exited_at in spells if entered_at == PAST_TS and exited_at == AS_OF_TS} == exited
+    assert {(s, p) for s, p, _, exited_at in spells if exited_at is None} == set(now)
+
+
+def test_segment_catalog_lists_every_segment_with_kind_description_and_size(con):
+    catalog = {r[0]: r[1:] for r in fetch_all(
+        con, "SELECT segment, kind, segment_type, description, definition, members FROM marts.segment_catalog")}
+    sizes = dict(fetch_all(con, "SELECT segment, count(*) FROM marts.segment_membership GROUP BY 1"))
+    assert set(sizes) <= set(catalog)
+    for segment, (kind, segment_type, description, definition, members) in catalog.items():
+        assert members == sizes.get(segment, 0), segment
+        assert description and definition, segment
+        assert kind == ("declarative" if segment_type == "declarative" else "builtin")
+    builtin = {s for s, row in catalog.items() if row[0] == "builtin"}
+    assert {"rfm_champions", "rfm_lost", "lifecycle_new", "lifecycle_never_purchased"} <= builtin
+    declarative = {s: row for s, row in catalog.items() if row[0] == "declarative"}
+    assert set(declarative) == {"vip_recent_buyers", "electronics_browsers", "recent_cart_abandoners", "engaged_but_lapsing"}
+    assert json.loads(declarative["recent_cart_abandoners"][3]) == {
+        "all": [{"event": "added_to_cart", "within_days": 7}, {"not": {"event": "ordered", "within_days": 7}}]}
+
+
+def test_segment_trait_vocabulary_is_exactly_the_customer_traits_columns(con):
+    from segments.vocabulary import TRAITS
+
+    columns = {r[0] for r in fetch_all(
+        con, "SELECT column_name FROM information_schema.columns WHERE table_schema = 'marts' AND table_name = 'customer_traits'")}
+    assert columns - {"person_id", "as_of"} == {t.name for t in TRAITS.values() if t.table == "customer_traits"}
+
+
+# --------------------------------------------------------------------------- recommendations
+def test_recommendations_five_per_person_never_recently_bought_cold_starts_trending(con):
+    customers = fetch_value(con, "SELECT count(*) FROM marts.customers")
+    per_person = fetch_all(con, """SELECT count(*), min("rank"), max("rank"), count(DISTINCT sku)
+                                  FROM marts.recommendations GROUP BY person_id""")
+    assert len(per_person) == customers
+    assert set(per_person) == {(5, 1, 5, 5)}
+    assert fetch_value(con, """
+        SELECT count(*) FROM marts.recommendations r JOIN intermediate.int_order_lines l
+          ON l.person_id = r.person_id AND l.sku = r.sku
+        WHERE l.ordered_at > ?::TIMESTAMP - INTERVAL 30 DAY""", [AS_OF_TS]) == 0
+    assert fetch_value(con, "SELECT count(*) FROM marts.recommendations WHERE sku NOT IN (SELECT sku FROM staging.stg_catalog__products)") == 0
+    reasons = dict(fetch_all(con, "SELECT reason, count(*) FROM marts.recommendations GROUP BY 1"))
+    assert set(reasons) == {"bought_together", "viewed_together", "category_affinity", "trending"}, reasons
+    # Scores never increase down a person's list.
+    assert fetch_value(con, """
+        SELECT count(*) FROM marts.recommendations a JOIN marts.recommendations b
+          ON a.person_id = b.person_id AND b."rank" = a."rank" + 1 WHERE b.score > a.score""") == 0
+    # People with no purchase and no product view all get the same trending list.
+    cold = fetch_all(con, """
+        SELECT DISTINCT list(sku ORDER BY "rank"), list(DISTINCT reason) FROM marts.recommendations
+        WHERE person_id NOT IN (SELECT person_id FROM intermediate.int_order_lines WHERE person_id IS NOT NULL)
+          AND person_id NOT IN (SELECT person_id FROM intermediate.int_web_product_events)
+        GROUP BY person_id""")
+    assert len(cold) == 1 and cold[0][1] == ["trending"]
+
+
+def test_declarative_segments_asset_sits_between_the_two_dbt_selections():
+    from dagster import AssetKey
+
+    from dagster_project.defs.dbt_marts import DBT_ASSETS
+    from dagster_project.defs.segments import DECLARATIVE_MEMBERSHIP_KEY, DEFINITIONS_KEY, SEGMENT_ASSETS
+
+    core, after_scoring = DBT_ASSETS
+    (segments,) = SEGMENT_ASSETS
+    specs = {s.key: s for s in segments.specs}
+    assert set(specs) == {DECLARATIVE_MEMBERSHIP_KEY, DEFINITIONS_KEY}
+    inputs = {d.asset_key for d in specs[DECLARATIVE_MEMBERSHIP_KEY].deps}
+    scoring = {k for k in inputs if k.path[0] == "scoring"}
+    assert AssetKey(["marts", "customer_traits"]) in inputs and inputs - scoring <= {s.key for s in core.specs}
+    assert AssetKey(["scoring", "churn_predictions"]) in scoring  # scores may be used in segments
+    after = {s.key: {d.asset_key for d in s.deps} for s in after_scoring.specs}
+    assert DECLARATIVE_MEMBERSHIP_KEY in after[AssetKey(["intermediate", "int_declarative_segment_membership"])]
+    assert DEFINITIONS_KEY in after[AssetKey(["marts", "segment_catalog"])]
+    # Every dbt source of the segments schema is an asset this module defines.
+    upstream = set().union(*after.values())
+    assert {k for k in upstream if k.path[0] == "segments"} <= set(specs)
+    assert AssetKey(["marts", "recommendations"]) in {s.key for s in core.specs}

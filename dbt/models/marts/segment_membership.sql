@@ -1,8 +1,12 @@
 {{ config(tags=['after_scoring']) }}
 
+-- Built-in and declarative segments alike.
 with members as (
-    select * from {{ ref('int_segment_membership') }}
-    union all select segment, segment_type, person_id from {{ ref('int_model_segments') }}
+    select segment, segment_type, person_id from {{ ref('int_segment_membership') }}
+    union all
+    select segment, segment_type, person_id from {{ ref('int_model_segments') }}
+    union all
+    select segment, segment_type, person_id from {{ ref('int_declarative_segment_membership') }}
 ),
 
 history as (

@@ -16,10 +16,13 @@
     on_schema_change='fail',
 ) }}
 
+-- Built-in and declarative segments alike.
 with members as (
-    select segment, segment_type, person_id
-    from {{ ref('int_segment_membership') }}
-    union all select segment, segment_type, person_id from {{ ref('int_model_segments') }}
+    select segment, segment_type, person_id from {{ ref('int_segment_membership') }}
+    union all
+    select segment, segment_type, person_id from {{ ref('int_model_segments') }}
+    union all
+    select segment, segment_type, person_id from {{ ref('int_declarative_segment_membership') }}
 ),
 
 {% if is_incremental() %}
