@@ -259,6 +259,8 @@ def profile(con, relation: dict[str, str]) -> dict:
         out["persons"] = fetch_all(con, f"SELECT count(*) FROM {relation['customers']}")[0][0]
     if "segment_membership" in relation:
         out["segments"] = dict(fetch_all(con, f"SELECT segment, count(*) FROM {relation['segment_membership']} GROUP BY 1"))
+    if "segment_catalog" in relation:
+        out["defined_segments"] = {r[0] for r in fetch_all(con, f"SELECT segment FROM {relation['segment_catalog']}")}
     if "identity_graph" in relation:
         out["merged_share"] = identity_metrics(con, relation["identity_graph"])["merged_share"]
     if "churn_scores" in relation:
@@ -300,9 +302,13 @@ def drift_values(now: dict, before: dict, min_segment_size: int) -> tuple[dict, 
         values["person_count_change"] = abs(now["persons"] - before["persons"]) / before["persons"]
         details["drift_person_count"] = {"persons": now["persons"], "published": before["persons"]}
     if "segments" in before and "segments" in now:
-        emptied = sorted(s for s, n in before["segments"].items() if n > 0 and now["segments"].get(s, 0) == 0)
+        # A segment the marketer deleted from segments.yaml is gone on purpose, not emptied:
+        # compare only segments the current build still defines.
+        defined = now.get("defined_segments")
+        published = {s: n for s, n in before["segments"].items() if defined is None or s in defined}
+        emptied = sorted(s for s, n in published.items() if n > 0 and now["segments"].get(s, 0) == 0)
         values["emptied_segments"] = len(emptied)
-        changes = {s: abs(now["segments"].get(s, 0) - n) / n for s, n in before["segments"].items()
+        changes = {s: abs(now["segments"].get(s, 0) - n) / n for s, n in published.items()
                    if n >= max(min_segment_size, 1)}
         values["segment_size_change"] = max(changes.values()) if changes else None
         details["drift_segment_sizes"] = {"emptied": emptied,

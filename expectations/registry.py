@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-REQUIRE_ALL_TABLES = False
+REQUIRE_ALL_TABLES = True
 
 CONSENT_CHANNELS = ("email_marketing", "sms_marketing", "web_personalisation")
 # Persons reachable by a marketing channel: a granted consent on one of these.

@@ -344,6 +344,9 @@ def test_drift_defaults_block_a_halved_person_count_and_a_shifted_churn_distribu
     assert failing({**steady, "persons": 500}) == {"drift_person_count"}  # dropped by half
     assert failing({**steady, "persons": 1500}) == {"drift_person_count"}  # rose by half
     assert failing({**steady, "segments": {"a": 90}}) == {"drift_segment_sizes"}  # b emptied
+    # b still defined but empty blocks; b deleted from the segment definitions does not.
+    assert failing({**steady, "segments": {"a": 90}, "defined_segments": {"a", "b"}}) == {"drift_segment_sizes"}
+    assert failing({**steady, "segments": {"a": 90}, "defined_segments": {"a"}}) == set()
     skewed = [0.01] * 9 + [0.91]
     assert failing({**steady, "churn_hist": skewed, "churn_mean": 0.9}) == {"drift_churn_distribution"}
     assert failing({**steady, "merged_share": 0.8}) == {"drift_merge_rate"}
