@@ -290,9 +290,11 @@ evaluate.add_command(evaluate_churn)
 main.add_command(publish_command)
 main.add_command(rollback_command)
 
-from cdp.commands_segments import segments as _segments_commands  # noqa: E402
+# `cdp segments` lists the published segments; `cdp segments validate` checks the definitions file.
+from cdp.commands_marketing import segments_command  # noqa: E402
+from cdp.commands_segments import validate as _validate_segments  # noqa: E402
 
-main.add_command(_segments_commands)
+segments_command.add_command(_validate_segments)
 
 
 if __name__ == "__main__":

@@ -115,12 +115,16 @@ def _user_errors(fn):
 
 
 # --------------------------------------------------------------------------- segments
-@click.command("segments")
+@click.group("segments", invoke_without_command=True)
 @config_option
 @json_option
+@click.pass_context
 @_user_errors
-def segments_command(config_path, as_json) -> None:
-    """Every segment: size, kind, definition, and the change since the previous publish."""
+def segments_command(ctx, config_path, as_json) -> None:
+    """Every segment: size, kind, definition, and the change since the previous publish.
+    `cdp segments validate` checks the declarative segments file."""
+    if ctx.invoked_subcommand:
+        return
     info = pub.segments_overview(_published_dir(config_path))
     if as_json:
         _print_json(info)

@@ -7,12 +7,8 @@ from datetime import datetime, timezone
 import click
 
 
-@click.group()
-def segments() -> None:
-    """Declarative segments (the file named by cdp.yaml's `segments.file`)."""
-
-
-@segments.command("validate")
+# Registered under `cdp segments` (cdp/cli.py), beside the listing of published segments.
+@click.command("validate")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).")
 @click.option("--file", "file_path", type=click.Path(dir_okay=False), default=None,

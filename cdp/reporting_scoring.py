@@ -21,7 +21,7 @@ def print_model_overview(console: Console, con) -> None:
         for col in ("model", "algorithm", "ROC AUC", "PR AUC", "Brier", "positive rate", "rows"):
             t.add_column(col, justify="left" if col in ("model", "algorithm") else "right", no_wrap=True)
         for (model, algorithm), m in sorted(metrics.items()):
-            t.add_row(model, algorithm, *(f"{m.get(k, float('nan')):.3f}" for k in ("roc_auc", "pr_auc", "brier", "positive_rate")),
+            t.add_row(model, algorithm, *("n/a" if m.get(k) is None else f"{m[k]:.3f}" for k in ("roc_auc", "pr_auc", "brier", "positive_rate")),
                       f"{int(m.get('rows', 0)):,}")
         console.print(t)
     if table_exists(con, "scoring", "churn_predictions"):

@@ -84,11 +84,15 @@ def built(tmp_path_factory):
     cfg_path = init_project(root / "proj")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cli = [sys.executable, "-m", "cdp.cli"]
-    subprocess.run([*cli, "generate", "--config", str(cfg_path), "--customers", "1500", "--seed", "7"],
+    subprocess.run([*cli, "generate", "--config", str(cfg_path), "--customers", "600", "--seed", "7"],
                    check=True, env=env, capture_output=True)
     done = subprocess.run([*cli, "run", "--config", str(cfg_path)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     config = load_config(cfg_path)
+    # `cdp run` published the real build; these tests publish their own two (r1, r2) instead,
+    # so that the history and the change between publishes are known.
+    shutil.rmtree(config.published_dir)
+    config.published_dir.mkdir()
     con = duckdb.connect(str(config.warehouse_path))
     _build_standins(con)
     tables = {t: f"marts.{t}" for t in REAL_MARTS}
@@ -396,9 +400,13 @@ def test_every_published_column_is_described_in_dbt(built, tmp_path, capsys):
     blanked.write_text(json.dumps(data))
     assert check_docs(["--manifest", str(blanked), "--database", r1]) == 1
     assert "customers.email: column has no description" in capsys.readouterr().err
-    # r2 also holds this test's stand-in tables, which no dbt model describes (yet).
-    assert check_docs(["--manifest", str(manifest), "--database", str(config.published_dir / CURRENT)]) == 1
-    assert "churn_scores: published table without a dbt model" in capsys.readouterr().err
+    # A published table no dbt model describes is named.
+    extra = tmp_path / "extra.duckdb"
+    shutil.copy(r1, extra)
+    with duckdb.connect(str(extra)) as con:
+        con.execute("CREATE TABLE not_a_model AS SELECT 1 AS person_id")
+    assert check_docs(["--manifest", str(manifest), "--database", str(extra)]) == 1
+    assert "not_a_model: published table without a dbt model" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- Dagster
