@@ -69,12 +69,14 @@ def _build_standins(con) -> None:
                'revenue >= 500 and ordered in the last 30 days'""")
     con.execute("""CREATE OR REPLACE TABLE standin.model_metrics AS
         SELECT 'churn' AS model, 'roc_auc' AS metric, 0.8 AS value, 'validation' AS dataset""")
-    # r1's membership: a tenth of the persons not yet in their segments, plus a segment that r2 drops.
+    # r1's membership: a tenth of the persons not yet in their segments, plus a segment that r2 drops
+    # (5 members taken from the largest segment, which always has 5).
     con.execute("""CREATE OR REPLACE TABLE standin.segment_membership_r1 AS
         SELECT * FROM marts.segment_membership WHERE hash(person_id) % 10 <> 0
         UNION ALL
         SELECT * FROM (SELECT 'retired_segment', 'rfm', person_id, since, as_of FROM marts.segment_membership
-                       WHERE segment = (SELECT min(segment) FROM marts.segment_membership)
+                       WHERE segment = (SELECT segment FROM marts.segment_membership
+                                        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1)
                        ORDER BY person_id LIMIT 5)""")
 
 
