@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -83,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("DELETE")
 
 
-class LocalAPI:
+class LocalAPI(ABC):
     """Common parts: start/stop, faults, rate limit, request counts."""
 
     def __init__(self, burst_per_s: int | None = None, steady_per_min: int | None = None):
@@ -230,8 +231,9 @@ class LocalAPI:
     def check_auth(self, headers):
         return None
 
+    @abstractmethod
     def handle(self, method, path, query, payload, size):
-        raise NotImplementedError
+        """The API itself: (status, headers, JSON body) for one authorised, unfaulted request."""
 
 
 # ------------------------------------------------------------------------------ Klaviyo

@@ -13,37 +13,11 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from cdp.config import ConfigError, find_config_path, load_config
+from cdp.config import ConfigError, find_config_path
 from cdp.warehouse import WarehouseBusy
 
-# Piped output (make demo's log, CI) keeps wide tables readable instead of truncating at 80 columns.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).",
-)
-
-
-class UserError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        err.print(f"[bold red]error:[/] {self.message}", markup=True)
-
-
-def _load(config_path):
-    try:
-        return load_config(config_path)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
-
-
-def _progress(msg: str) -> None:
-    err.print(f"{time.strftime('%H:%M:%S')} {msg}", markup=False)
+from cdp.cli_common import UserError, _load, _progress, config_option, err, out  # noqa: F401 (re-exported)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

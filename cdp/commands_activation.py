@@ -6,14 +6,8 @@ import json
 import sys
 
 import click
-from rich.console import Console
 
-# cdp.cli imports this module to register the command, so its helpers are imported lazily.
-out = Console(highlight=False, soft_wrap=True)
-config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).",
-)
+from cdp.cli_common import UserError, _load, _progress, config_option, out
 
 
 def _print_report(r) -> None:
@@ -43,7 +37,6 @@ def _print_report(r) -> None:
 def sync_command(config_path, name, all_syncs, dry_run, as_json) -> None:
     """Sync audiences and traits from the published snapshot to a destination (diffed, consent-safe)."""
     from activation.state import StateBusy
-    from cdp.cli import UserError, _load, _progress
     from activation.sync import SyncError, run_all, run_sync
 
     config = _load(config_path)

@@ -9,45 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from cdp.config import ConfigError, load_config
 from marketing import published as pub
 from marketing.published import MarketingError
 
 # Not imported from cdp.cli, which registers these commands (`python -m cdp.cli` would
 # import it twice otherwise).
-# Tables wider than 80 columns stay readable when piped to a file or a pager.
-out = Console(highlight=False, soft_wrap=True,
-              width=None if sys.stdout.isatty() else max(shutil.get_terminal_size((160, 40)).columns, 160))
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).",
-)
-
-
-class UserError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        err.print(f"[bold red]error:[/] {self.message}", markup=True)
-
-
-def _load(config_path):
-    try:
-        return load_config(config_path)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")
+from cdp.cli_common import UserError, _load, config_option, json_option, out  # noqa: E402
 
 
 def _json_default(v):

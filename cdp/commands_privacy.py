@@ -7,33 +7,12 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from cdp.config import ConfigError, load_config
 from cdp.warehouse import WarehouseBusy
 
 # Not imported from cdp.cli: cli.py registers these commands, and `python -m cdp.cli` would
 # then import it twice (as __main__ and as cdp.cli), a circular import.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).",
-)
-
-
-class UserError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        err.print(f"[bold red]error:[/] {self.message}", markup=True)
-
-
-def _load(config_path):
-    try:
-        return load_config(config_path)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+from cdp.cli_common import UserError, _load, config_option, err, out  # noqa: E402
 
 
 def _identifier_options(f):

@@ -9,6 +9,7 @@ delivered (nothing of it acknowledged). ``erase(entries)`` deletes persons for g
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -44,14 +45,16 @@ class ErasureTarget:
     dest_id: str | None
 
 
-class Destination:
+class Destination(ABC):
     name = "destination"
 
+    @abstractmethod
     def deliver(self, action: str, changes: list[Change]) -> Iterator[list[Outcome]]:
-        raise NotImplementedError
+        """Send one kind of change in batches, yielding each acknowledged batch's outcomes."""
 
+    @abstractmethod
     def erase(self, targets: list[ErasureTarget]) -> Iterator[list[tuple[ErasureTarget, bool, str | None]]]:
-        raise NotImplementedError
+        """Delete persons at the destination, yielding (target, deleted, reason) per batch."""
 
     @property
     def requests(self) -> int:
