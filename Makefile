@@ -28,8 +28,11 @@ demo: $(STAMP)
 	$(BIN)/cdp generate --config $(DEMO_DIR)/cdp.yaml --customers $(DEMO_CUSTOMERS) --seed 7
 	$(BIN)/cdp run --config $(DEMO_DIR)/cdp.yaml
 
+# Test modules run in parallel, one module per worker at a time (--dist loadfile): each
+# module builds its own project, so they share nothing but the CPU.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
