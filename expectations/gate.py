@@ -362,8 +362,13 @@ def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], acc
 
 # --------------------------------------------------------------------------- the gate
 def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool = False,
-             gate_id: str | None = None) -> GateResult:
-    """Check the built marts; store and report the outcome. Never publishes."""
+             gate_id: str | None = None, interim_tables: set[str] | None = None) -> GateResult:
+    """Check the built marts; store and report the outcome. Never publishes.
+
+    ``interim_tables``: an early look at only these tables, while others are still being built
+    in the same run (Dagster runs a subset of the gate's checks right after each dbt step).
+    Their results are returned, not stored or reported: the gate's verdict, which publish reads,
+    is the run over every table once all are built."""
     import time
 
     from expectations.gx_runner import runner_for
@@ -373,7 +378,11 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
     gate_id = gate_id or f"{now:%Y%m%dT%H%M%S}-{(dagster_run_id or 'manual').replace('-', '')[:8]}"
     gx = runner_for(config.reports_dir)
     present = existing_tables(con)
-    skipped = [t.name for t in PUBLISHED_TABLES if t.name not in present]
+    relations = {t.relation for t in present.values()}  # (checks may read other built tables)
+    if interim_tables is not None:
+        present = {n: t for n, t in present.items() if n in interim_tables}
+    registered = [t for t in PUBLISHED_TABLES if interim_tables is None or t.name in interim_tables]
+    skipped = [t.name for t in registered if t.name not in present]
     checks: list[CheckResult] = []
     for name in skipped:
         t = registry.published_table(name)
@@ -382,7 +391,6 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
                                       detail=f"{t.relation} was not built"))
         else:
             log.warning("quality: %s is registered for publishing but %s does not exist yet; skipped", name, t.relation)
-    relations = {t.relation for t in present.values()}
     for t in present.values():
         checks += check_published_table(con, gx, t, relations, config.quality.sample_rows)
     # Identity sanity and drift read columns the schema checks vouch for.
@@ -393,6 +401,12 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
     checks += check_drift(con, gx, config, sound, accept_drift)
     result = GateResult(gate_id, dagster_run_id, now.isoformat(timespec="seconds"), accept_drift, checks,
                         sorted(present), skipped)
+    if interim_tables is not None:
+        result.seconds = time.perf_counter() - t0
+        log.info("quality: %s checked as soon as built (%d checks, %d failing; %.1fs); the gate's verdict "
+                 "comes once every published table is built", ", ".join(sorted(interim_tables)), len(checks),
+                 sum(not c.passed for c in checks), result.seconds)
+        return result
     try:
         result.data_docs = str(gx.build_docs())
     except Exception as e:  # the docs are a convenience; the gate's verdict stands without them

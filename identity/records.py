@@ -169,8 +169,9 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                first_name_display, last_name_display, address_line1_display, city_display,
                postcode_raw, first_seen_at, last_seen_at, order_ref
         FROM id_unblocked""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE id_records AS
+    # Straight into the persistent table: a temp table copied over cost a second full write.
+    con.execute(f"""
+        CREATE OR REPLACE TABLE {schema}.records AS
         WITH n AS (
             SELECT n.*, coalesce(nk.canon, n.first_name) AS first_name_canon,
                    id_email_canon(n.email) AS email_canon
@@ -193,8 +194,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                (n.entity = 'transactions' AND order_ref IS NULL AND (CAST(loyalty_id IS NOT NULL AS INT) + CAST(email IS NOT NULL AS INT)
                     + CAST(phone IS NOT NULL AS INT)) = 1) AS is_satellite
         FROM n ORDER BY rid""")
-    con.execute(f"CREATE OR REPLACE TABLE {schema}.records AS SELECT * FROM id_records")
-    for t in ("id_staged", "id_unblocked", "id_norm", "web_traits", "id_phone_map", "id_records"):
+    for t in ("id_staged", "id_unblocked", "id_norm", "web_traits", "id_phone_map"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return con.execute(f"SELECT count(*) FROM {schema}.records").fetchall()[0][0]
 

@@ -443,3 +443,36 @@ def test_every_dagster_asset_has_a_stage_group_and_description_and_every_materia
     for key in ("marts/customers", "marts/segment_membership"):
         assert materialized[key].metadata["dagster/row_count"].value > 0
     assert materialized["identity/graph"].metadata["persons"].value > 0
+
+
+def test_a_pipeline_run_stores_one_gate_verdict_and_reports_every_check_once(built):
+    """Dagster runs the gate's checks in steps, right after the dbt step that builds their
+    tables; only the last step, with every table built, gives the stored verdict."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    _, config = built
+    with DagsterInstance.from_config(str(config.dagster_home)) as instance:
+        (record,) = instance.get_run_records(limit=1)
+        run_id = record.dagster_run.run_id
+        evaluations = [e.dagster_event.event_specific_data for e in
+                       instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)]
+    with duckdb.connect(str(config.warehouse_path), read_only=True) as con:
+        verdicts = con.execute("SELECT dagster_run_id, passed, skipped_tables FROM quality.gate_runs").fetchall()
+        stored = set(con.execute("SELECT asset, check_name FROM quality.check_results").fetchall())
+    assert verdicts == [(run_id, True, [])]
+    gate_keys = _gate_check_keys()
+    gate = [e for e in evaluations
+            if (e.asset_check_key.asset_key.to_user_string(), e.asset_check_key.name) in gate_keys]
+    keys = [(e.asset_check_key.asset_key.to_user_string(), e.asset_check_key.name) for e in gate]
+    assert len(keys) == len(set(keys)), "a gate check was reported twice"
+    assert set(keys) == gate_keys
+    assert all(e.passed for e in gate), [k for k, e in zip(keys, gate) if not e.passed]
+    assert stored and stored <= gate_keys  # the verdict's checks are the ones Dagster showed
+
+
+def _gate_check_keys() -> set[tuple[str, str]]:
+    from dagster_project.defs.quality import gate_check_names
+    from expectations.registry import PUBLISHED_TABLES
+
+    names = gate_check_names()
+    return {("/".join(t.asset_path), n) for t in PUBLISHED_TABLES for n in names[t.name]}
