@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import resource
 import shutil
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_AS_OF = "2025-06-30"  # every bench generates as of this day (bench_generator.py too)
 OUT = Path(os.environ.get("TESSERA_BENCH_DIR", ROOT / "bench_out"))
 
 
@@ -22,7 +24,8 @@ def data_dir(customers: int, clean: bool = True) -> Path:
 
         shutil.rmtree(d, ignore_errors=True)
         t0 = time.perf_counter()
-        generate(customers=customers, seed=11, out=d, clean=clean, progress=lambda m: print(f"  generate: {m}", flush=True))
+        generate(customers=customers, seed=11, out=d, clean=clean, as_of=dt.date.fromisoformat(BENCH_AS_OF),
+                 progress=lambda m: print(f"  generate: {m}", flush=True))
         print(f"  generated {customers:,} customers in {time.perf_counter() - t0:.1f}s", flush=True)
         (d / ".complete").write_text("ok")
     return d
