@@ -23,14 +23,14 @@ from ingestion.generator import generate  # noqa: E402
 def main(customers: int = 1_000_000, seed: int = 7, keep: bool = True) -> dict:
     """Generate `customers` (clean: no malformed rows, so bare DuckDB can read the files)
     into the shared bench data folder, which the ingestion bench then reuses."""
-    from bench.common import OUT
+    from bench.common import BENCH_AS_OF, OUT
 
     out = OUT / f"data_{customers}_clean"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     started = time.perf_counter()
     try:
-        summary = generate(customers, seed, out, as_of=dt.date(2025, 6, 30), clean=True,
+        summary = generate(customers, seed, out, as_of=dt.date.fromisoformat(BENCH_AS_OF), clean=True,
                            progress=lambda msg: print(f"  {time.perf_counter() - started:7.1f}s  {msg}", flush=True))
         wall = time.perf_counter() - started
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

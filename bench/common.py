@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_AS_OF = "2025-06-30"  # every bench generates as of this day (bench_generator.py too)
+BENCH_AS_OF = "2025-06-30"  # every bench generates its data as of this day
 OUT = Path(os.environ.get("TESSERA_BENCH_DIR", ROOT / "bench_out"))
 
 
