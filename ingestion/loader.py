@@ -28,8 +28,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import threading
 import time
 import uuid
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -277,7 +279,7 @@ def _jsonl_checked_sql(path: Path, ent: Entity, files: EntityFiles, exact: bool)
         columns = "{" + ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in struct.items()) + "}"
         unpack = ", ".join(f"{_q(landed[f.name])} AS _l_{f.name}" for f in ent.fields)
         parsed = f"""
-            SELECT NULL::BIGINT AS _row, NULL::VARCHAR AS _raw_record, false AS _bad_json, {unpack}
+            SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _raw_record, false AS _bad_json, {unpack}
             FROM read_json({_lit(str(path))}, format='newline_delimited', columns={columns},
                            ignore_errors=true)"""
     sql = f"""
@@ -301,29 +303,24 @@ def _stage_jsonl(con, path: Path, ent: Entity, files: EntityFiles) -> None:
     _decode_reasons(con, decode)
 
 
-def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineage: str, load_id: str) -> int:
+def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineage: str) -> int:
     """Fast path, inside the caller's transaction: insert the rows that parse and pass every
     check straight from DuckDB's JSON reader into the raw table; returns how many. The
     caller compares that with the file's line count and rolls back on any difference.
 
-    Line numbers: any ordinal (row_number, WITH ORDINALITY) serialises the scan and halves
-    its speed, so rows go in without one, in file order (DuckDB preserves insertion order),
-    and ``_row`` is then set from their position in the table. Only used when every line
-    became a row, so position = line number.
+    ``row_number() OVER ()`` numbers the lines in file order; it makes this one scan
+    single-threaded, so :func:`ingest` loads several files at once instead. (Numbering
+    afterwards with an UPDATE instead cost more than the scan: DuckDB writes every updated
+    row to its write-ahead log at commit.) Only used when every line became a row, so the
+    row number is the line number.
     """
     sql, _ = _jsonl_checked_sql(path, ent, files, exact=False)
     cols = ", ".join(_q(f.name) for f in ent.fields)
     typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
-    inserted = con.execute(
+    return con.execute(
         f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
         f"SELECT {typed}, {lineage} FROM ({sql}) WHERE _case IS NULL"
     ).fetchall()[0][0]
-    con.execute(
-        f"UPDATE raw.{ent.table} SET _row = rowid - "
-        f"(SELECT min(rowid) FROM raw.{ent.table} WHERE _load_id = ?) + 1 WHERE _load_id = ?",
-        [load_id, load_id],
-    )
-    return inserted
 
 
 def _csv_header(path: Path, files: EntityFiles) -> list[str]:
@@ -537,10 +534,14 @@ def load_file(
     known: dict[str, _Known] | None = None,
     applied: set[str] | None = None,
     erased_filter: bool = False,
+    claim_lock: threading.Lock | None = None,
 ) -> FileResult:
     """Load one landed file; returns what happened. Never raises for bad data.
     ``erased_filter``: drop rows of erased persons (needs ``privacy.keys.install`` and the
-    ``pv_erased`` temp table on ``con``; :func:`ingest` sets both up)."""
+    ``pv_erased`` temp table on ``con``; :func:`ingest` sets both up).
+    ``claim_lock``: held while this file's content is checked against, and added to,
+    ``applied``, when several files load at once (two copies of one file landed together
+    must still load once)."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)
     if known is None or applied is None:
@@ -565,7 +566,7 @@ def load_file(
             # than lines arrive: roll back and take the exact path below.
             con.execute("BEGIN TRANSACTION")
             try:
-                fast_rows = _insert_clean_jsonl(con, path, ent, files, lineage, res.load_id)
+                fast_rows = _insert_clean_jsonl(con, path, ent, files, lineage)
             except duckdb.Error:
                 fast_rows = None
             if fast_rows is None or fast_rows == 0 or fast_rows != hashing.result()[1]:
@@ -583,20 +584,25 @@ def load_file(
                 rejection = str(e)
         checksum = res.checksum = hashing.result()[0]
 
-    if prior and prior.checksum == checksum and prior.status == LOADED:
-        res.status, res.load_id = UNCHANGED, None  # touched but identical
-    elif checksum in applied:
-        res.status = DUPLICATE
-        res.message = "same content as a file already loaded; skipped"
-    elif prior and prior.status in (LOADED, CHANGED):
-        res.status = CHANGED
-        res.message = (
-            "a file with this name was loaded before with different content; not loaded. "
-            "Land corrections under a new file name to apply them."
-        )
-    elif rejection is not None:
-        # (a rejected file is tried again each run: the fix may have been to the config)
-        res.status, res.message = REJECTED, rejection
+    with claim_lock or nullcontext():
+        if prior and prior.checksum == checksum and prior.status == LOADED:
+            res.status, res.load_id = UNCHANGED, None  # touched but identical
+        elif checksum in applied:
+            res.status = DUPLICATE
+            res.message = "same content as a file already loaded; skipped"
+        elif prior and prior.status in (LOADED, CHANGED):
+            res.status = CHANGED
+            res.message = (
+                "a file with this name was loaded before with different content; not loaded. "
+                "Land corrections under a new file name to apply them."
+            )
+        elif rejection is not None:
+            # (a rejected file is tried again each run: the fix may have been to the config)
+            res.status, res.message = REJECTED, rejection
+        else:
+            # Claimed: a copy loading alongside is now a duplicate. (If this load then fails,
+            # the exception ends the whole ingest, and with it this set.)
+            applied.add(checksum)
     if res.status != LOADED:
         if fast_rows is not None:
             con.execute("ROLLBACK")
@@ -676,27 +682,56 @@ def ingest(
     tables: Iterable[str] | None = None,
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Load every new landed file of every enabled source (or only the given raw tables)."""
+    """Load every new landed file of every enabled source (or only the given raw tables).
+
+    Files load side by side, as many as DuckDB has threads, each on its own cursor and in
+    its own transaction: a clean JSON-lines file is read by a single-threaded scan (it
+    numbers the lines), so parallelism comes from loading several files at once.
+    """
     wanted = set(tables) if tables is not None else None
     ensure_raw_schema(con)
     erased_filter = prepare_erased_filter(config, con)
+    workers = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    claim_lock = threading.Lock()
     report = IngestReport()
-    for source in config.enabled_sources():
-        for entity_name, files in source.entities.items():
-            ent = contract_entity(source.kind, entity_name)
-            if wanted is not None and ent.table not in wanted:
-                continue
-            known, applied = _manifest(con, source.name, ent.table)
-            for path, rel in landed_files(config, source, entity_name):
-                res = load_file(
-                    con, source, ent, files, path, rel, config.ingestion.max_bad_row_rate, known, applied,
-                    erased_filter=erased_filter,
-                )
-                report.files.append(res)
-                if res.status == LOADED:
-                    applied.add(res.checksum)
-                if progress and res.status != UNCHANGED:
-                    progress(_describe(res))
+
+    def load_one(source: Source, ent: Entity, files: EntityFiles, path: Path, rel: str,
+                 known: dict[str, _Known], applied: set[str]) -> FileResult:
+        cur = con.cursor()
+        try:
+            cur.execute("SET TimeZone = 'UTC'")
+            if erased_filter:
+                prepare_erased_filter(config, cur)
+            return load_file(cur, source, ent, files, path, rel, config.ingestion.max_bad_row_rate,
+                             known, applied, erased_filter=erased_filter, claim_lock=claim_lock)
+        finally:
+            cur.close()
+
+    # One DuckDB thread per query: queries side by side on every core beat every query
+    # fighting for all of them (measured: 19 s against 25 s for 8 files on 2 cores).
+    con.execute("SET threads = 1")
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            loads = []
+            for source in config.enabled_sources():
+                for entity_name, files in source.entities.items():
+                    ent = contract_entity(source.kind, entity_name)
+                    if wanted is not None and ent.table not in wanted:
+                        continue
+                    known, applied = _manifest(con, source.name, ent.table)
+                    loads += [pool.submit(load_one, source, ent, files, path, rel, known, applied)
+                              for path, rel in landed_files(config, source, entity_name)]
+            try:
+                for load in loads:  # reported in landing order
+                    res = load.result()
+                    report.files.append(res)
+                    if progress and res.status != UNCHANGED:
+                        progress(_describe(res))
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # loads under way finish or roll back
+                raise
+    finally:
+        con.execute(f"SET threads = {workers}")
     return report
 
 

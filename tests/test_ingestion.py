@@ -227,6 +227,32 @@ def test_reingest_adds_nothing_and_changes_are_detected(web_project):
     assert con.execute("SELECT count(DISTINCT _load_id) FROM raw.web_events").fetchall()[0][0] == 2
 
 
+def test_files_landed_together_load_side_by_side_once_each(tmp_path):
+    """Several files load at once (one per DuckDB thread): every row keeps its own file's line
+    number, and identical copies landed in the same batch load once, whichever runs first."""
+    config = make_config(tmp_path, WEB)
+    for n in range(6):
+        lines = [web_line(n * 1000 + i) for i in range(1, 200 + n)]
+        write(config.landing_dir / "web" / f"e{n}.jsonl", "\n".join(lines) + "\n")
+    for copy in ("e0_copy_a.jsonl", "e0_copy_b.jsonl"):
+        shutil.copy(config.landing_dir / "web" / "e0.jsonl", config.landing_dir / "web" / copy)
+    con = connect(config.warehouse_path)
+    con.execute("SET threads = 3")
+    report = ingest(config, con)
+    statuses = sorted(f.status for f in report.files)
+    assert statuses.count(LOADED) == 6 and statuses.count(DUPLICATE) == 2, statuses
+    assert report.files[0].file == "web/e0.jsonl"  # reported in landing order
+    rows = con.execute('SELECT "messageId", _row, _file FROM raw.web_events').fetchall()
+    assert len(rows) == sum(199 + n for n in range(6))
+    for message_id, row, file in rows:
+        n, i = divmod(int(message_id[1:]), 1000)
+        assert file.endswith(f"e{n}.jsonl") or file.endswith("_copy_a.jsonl") or file.endswith("_copy_b.jsonl")
+        assert row == i, (message_id, row, file)
+    # The loader gives the connection its thread count back.
+    assert con.execute("SELECT current_setting('threads')").fetchall()[0][0] == 3
+    con.close()
+
+
 def test_column_mapping_formats_and_two_instances_of_one_kind(tmp_path):
     config = make_config(
         tmp_path,
@@ -345,9 +371,13 @@ def test_crash_mid_load_leaves_nothing_partial_and_rerun_completes(tmp_path):
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     con = connect(config.warehouse_path)
-    # Only the first file committed; the killed transaction left no rows and no manifest row.
-    assert counts(con, "web_events") == (2000, 0)
-    assert con.execute("SELECT count(*) FROM raw.loads").fetchall()[0][0] == 1
+    # Files load side by side: the first may or may not have committed when the second died,
+    # but whatever committed is whole files, each with its manifest row, and the killed
+    # transaction left no rows and no manifest row.
+    loaded = con.execute("SELECT count(*) FROM raw.loads WHERE status = 'loaded'").fetchall()[0][0]
+    assert loaded in (0, 1)
+    assert counts(con, "web_events") == (2000 * loaded, 0)
+    assert con.execute("SELECT count(*) FROM raw.loads").fetchall()[0][0] == loaded
     con.close()
     proc = _run_loader(tmp_path, "normal")
     assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
