@@ -24,7 +24,7 @@ from dagster import AssetExecutionContext, AssetKey, Output
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
 from cdp.config import CONFIG_ENV, ConfigError, load_config
-from cdp.warehouse import fetch_all, open_warehouse
+from cdp.warehouse import fetch_all, open_warehouse, table_exists
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
 from scoring.settings import dbt_vars
@@ -197,8 +197,11 @@ def _row_counts(warehouse: Path, relations: dict[str, str]) -> dict[str, int]:
 
 
 def _built_as_of(warehouse: Path) -> Optional[str]:
-    """The as_of the marts were built with (dbt resolves 'now' itself)."""
+    """The as_of the marts were built with (dbt resolves 'now' itself); None before
+    marts.customers is first built (a step of staging models only)."""
     with open_warehouse(warehouse, read_only=True) as con:
+        if not table_exists(con, "marts", "customers"):
+            return None
         rows = fetch_all(con, "SELECT max(as_of) FROM marts.customers")
     return rows[0][0].isoformat(sep=" ") if rows and rows[0][0] is not None else None
 
@@ -225,7 +228,7 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     as_of = None
     try:
         counts = _row_counts(config.warehouse_path, built_tables)
-        if built_tables:  # marts.customers exists once the core selection has run
+        if built_tables:
             as_of = _built_as_of(config.warehouse_path)
     except Exception as e:  # metadata only: never fail a good build over it
         log.warning("dbt: could not read row counts / as_of: %s", e)
