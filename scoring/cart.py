@@ -65,7 +65,8 @@ def expected_return_hours(age_hours: np.ndarray, past_gaps_hours: np.ndarray) ->
 
 
 def train_and_score(features: pd.DataFrame, past_gaps_hours: np.ndarray, settings: CartIntentSettings) -> CartResult:
-    frame = features.copy()
+    # Rows in a fixed order (see churn.train_and_score): same data, same model, every run.
+    frame = features.sort_values(["snapshot", "cutoff_at", "cart_id"], kind="stable").reset_index(drop=True)
     frame[FEATURES] = frame[FEATURES].astype(float).fillna(0.0)
     history = frame[frame["snapshot"] == "history"]
     score = frame[frame["snapshot"] == "score"]

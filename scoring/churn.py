@@ -84,11 +84,13 @@ def risk_tier(p: np.ndarray, settings: ChurnSettings) -> np.ndarray:
 
 
 def train_and_score(features: pd.DataFrame, settings: ChurnSettings) -> ChurnResult:
-    frame = features.copy()
+    # Rows in a fixed order: dbt returns them in any order, and boosting's early-stopping
+    # split is by position, so the same data must reach the model the same way every run.
+    frame = features.sort_values(["snapshot", "person_id"], kind="stable").reset_index(drop=True)
     frame[FEATURES] = frame[FEATURES].astype(float).fillna(0.0)
     train = frame[frame["snapshot"] == "train"]
     validate = frame[frame["snapshot"] == "validate"]
-    score = frame[frame["snapshot"] == "score"].sort_values("person_id", kind="stable")
+    score = frame[frame["snapshot"] == "score"]
     if validate.empty or train.empty:
         raise ValueError("churn: no buyers at the train or validate cutoff (as_of - 2 x horizon / as_of - horizon); "
                          "the warehouse needs at least 2 x horizon_days + 365 days of order history")
