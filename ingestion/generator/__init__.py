@@ -78,7 +78,7 @@ def generate(customers: int, seed: int, out: Path, as_of: dt.date | None = None,
     say(f"people: {pop.n:,}")
     latent = simulate_latent(rng["latent"], pop, timeline)
     say(f"churn and support: {int((latent.churned_us >= 0).sum()):,} churned, {len(latent.tickets['person']):,} tickets")
-    activity = simulate_activity(rng["activity"], pop, catalog, timeline, latent)
+    activity = simulate_activity(rng["activity"], pop, catalog, timeline, latent, mess_rates.login_identify)
     say(f"activity: {len(activity.orders['order']):,} orders, {len(activity.web['ts']):,} web events, "
         f"{len(activity.email['ts']):,} email events")
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .population import Population
+from .textops import scramble
 from .timeline import US_PER_DAY, US_PER_HOUR, US_PER_MINUTE, US_PER_SECOND, Timeline
 
 MONTH_US = 30.44 * US_PER_DAY
@@ -278,6 +279,24 @@ def _sessions_table(rng, pop: Population, person, start_us, basket_row, items, o
     }
 
 
+def _identify_at_first_login(sessions: Table, identified: np.ndarray, login_identify: float) -> None:
+    """Segment semantics: a userId on a device means the site called ``identify(userId, traits)``
+    when the person logged in there. The first logged-in session of each device (in time, over
+    the whole history: ``identified`` carries the devices done in earlier months) starts with an
+    identify call, for the share ``login_identify`` of devices (fixed per device by a hash, so
+    the random streams stay as they were)."""
+    first = np.flatnonzero(sessions["logged_in"] & ~identified[sessions["device"]])
+    if not len(first):
+        return
+    first = first[np.lexsort((sessions["start_us"][first], sessions["device"][first]))]
+    device = sessions["device"][first]
+    first = first[np.concatenate([[True], device[1:] != device[:-1]])]
+    device = sessions["device"][first]
+    identified[device] = True
+    sends = (scramble(device, 61) % np.uint64(1000)) < np.uint64(round(login_identify * 1000))
+    sessions["identify_start"][first[sends]] = True
+
+
 def _cart_returns(rng, pop: Population, person, added_us, value, order_count, last_visit_us, engagement,
                   churned_us) -> np.ndarray:
     """When each abandoned cart is bought after all (-1: never).
@@ -321,8 +340,10 @@ def _click_through_pages(rng, pop: Population, clicks: Table) -> Table:
 
 
 def simulate_activity(rng: np.random.Generator, pop: Population, catalog: Catalog, timeline: Timeline,
-                      latent: Latent) -> Activity:
+                      latent: Latent, login_identify: float = 1.0) -> Activity:
+    """``login_identify``: share of devices whose first logged-in session sends identify with traits."""
     n = pop.n
+    identified = np.zeros(len(pop.devices), bool)  # devices whose first login has been seen
     counters = _Counters()
     churned_us = latent.churned_us
     order_count = np.zeros(n, dtype=np.int32)  # orders so far (observable purchase history)
@@ -385,6 +406,7 @@ def simulate_activity(rng: np.random.Generator, pop: Population, catalog: Catalo
                                 done_order_ids, np.ones(len(done), bool), 0.6),
             ]
             sessions = concat(parts)
+            _identify_at_first_login(sessions, identified, login_identify)
             events = _session_events(rng, pop, catalog, sessions, baskets, lines)
             # An order happens at its order_completed event.
             ordered = events["kind"] == ORDERED

@@ -49,6 +49,9 @@ class MessRates:
     receipt_loyalty: float = 0.55
     receipt_email_only: float = 0.10
     receipt_phone_only: float = 0.07
+    # Web logins: a userId on a device means the site called identify(userId, traits) at login
+    # (Segment), so each device's first logged-in session sends one with the device's traits.
+    login_identify: float = 1.0
     # Web orders that also appear in POS (channel=web, order_ref = order_id): count them once
     web_order_in_pos: float = 0.30
 
