@@ -27,6 +27,11 @@ class MessRates:
     # Emails
     gmail_variant: float = 0.25  # gmail addresses in web/support written with dots or a +tag
     secondary_email: float = 0.5  # a person with several emails uses a non-primary one in a source
+    # An email reaches the email tool from a sign-up form (the loyalty card's opt-in, else the
+    # web account's) and support hears from the address the shop writes to: these sources hold
+    # the email given at sign-up (so a secondary one is held by 2+ sources), the rest choose
+    # on their own as above.
+    email_follows_signup: float = 0.9
     # Phones: share written in each of textops.PHONE_FORMATS (E.164 first)
     phone_format_shares: tuple[float, ...] = (0.3, 0.25, 0.08, 0.07, 0.08, 0.17, 0.05)
     household_landline: float = 0.5  # household members give the shared landline, not their mobile
@@ -71,6 +76,7 @@ _NICK_COUNT = np.array([len(names.NICKNAMES.get(f, ())) for f in names.FIRST_NAM
 _NICK_OFFSET = np.concatenate([[0], np.cumsum(_NICK_COUNT)[:-1]])
 _NICK_FLAT = strings([nick for f in names.FIRST_NAMES for nick in names.NICKNAMES.get(f, ())] or [""])
 SOURCE_SALT = {"web": 101, "email": 102, "pos": 103, "pos_outlet": 104, "support": 105}
+SIGNUP_FOLLOWERS = ("email", "support")  # sources whose email comes from where the person signed up
 
 
 class MessRenderer:
@@ -143,7 +149,18 @@ class MessRenderer:
 
     def email_column(self, source: str, person: np.ndarray) -> np.ndarray:
         """Which of a person's emails (column of ``pop.emails``, 0 = primary) a source holds:
-        fixed per person and source."""
+        fixed per person and source. The email tool and support hold the email given where the
+        person signed up (``email_follows_signup``): their loyalty card's, else their web account's."""
+        if source in SIGNUP_FOLLOWERS:
+            own = self._own_email_column(source, person)
+            pop = self.pop
+            signup = np.where(pop.loyalty_member[person], self._own_email_column("pos", person),
+                              np.where(pop.has_account[person], self._own_email_column("web", person), own))
+            follows = (scramble(person, SOURCE_SALT[source] + 13) % 1000) < self.rates.email_follows_signup * 1000
+            return np.where(follows, signup, own)
+        return self._own_email_column(source, person)
+
+    def _own_email_column(self, source: str, person: np.ndarray) -> np.ndarray:
         count = self.pop.email_count[person]
         choice_hash = scramble(person, SOURCE_SALT[source])
         use_secondary = (count > 1) & ((choice_hash % 1000) < self.rates.secondary_email * 1000)
