@@ -279,20 +279,22 @@ def _sessions_table(rng, pop: Population, person, start_us, basket_row, items, o
     }
 
 
-def _identify_at_first_login(sessions: Table, identified: np.ndarray, login_identify: float) -> None:
+def _identify_at_first_login(sessions: Table, first_login_us: np.ndarray, login_identify: float) -> None:
     """Segment semantics: a userId on a device means the site called ``identify(userId, traits)``
-    when the person logged in there. The first logged-in session of each device (in time, over
-    the whole history: ``identified`` carries the devices done in earlier months) starts with an
-    identify call, for the share ``login_identify`` of devices (fixed per device by a hash, so
-    the random streams stay as they were)."""
-    first = np.flatnonzero(sessions["logged_in"] & ~identified[sessions["device"]])
+    when the person logged in there. A logged-in session earlier than any seen so far on its
+    device (``first_login_us``, over all months: a cart bought later can start a session in a
+    later month, so a device may get a second one) starts with an identify call, for the share
+    ``login_identify`` of devices (fixed per device by a hash: the random streams are unchanged)."""
+    first = np.flatnonzero(sessions["logged_in"])
     if not len(first):
         return
     first = first[np.lexsort((sessions["start_us"][first], sessions["device"][first]))]
     device = sessions["device"][first]
-    first = first[np.concatenate([[True], device[1:] != device[:-1]])]
-    device = sessions["device"][first]
-    identified[device] = True
+    first = first[np.concatenate([[True], device[1:] != device[:-1]])]  # each device's earliest here
+    device, start = sessions["device"][first], sessions["start_us"][first]
+    earlier = start < first_login_us[device]
+    first, device = first[earlier], device[earlier]
+    first_login_us[device] = start[earlier]
     sends = (scramble(device, 61) % np.uint64(1000)) < np.uint64(round(login_identify * 1000))
     sessions["identify_start"][first[sends]] = True
 
@@ -343,7 +345,7 @@ def simulate_activity(rng: np.random.Generator, pop: Population, catalog: Catalo
                       latent: Latent, login_identify: float = 1.0) -> Activity:
     """``login_identify``: share of devices whose first logged-in session sends identify with traits."""
     n = pop.n
-    identified = np.zeros(len(pop.devices), bool)  # devices whose first login has been seen
+    first_login_us = np.full(len(pop.devices), np.iinfo(np.int64).max)  # each device's first login so far
     counters = _Counters()
     churned_us = latent.churned_us
     order_count = np.zeros(n, dtype=np.int32)  # orders so far (observable purchase history)
@@ -406,7 +408,7 @@ def simulate_activity(rng: np.random.Generator, pop: Population, catalog: Catalo
                                 done_order_ids, np.ones(len(done), bool), 0.6),
             ]
             sessions = concat(parts)
-            _identify_at_first_login(sessions, identified, login_identify)
+            _identify_at_first_login(sessions, first_login_us, login_identify)
             events = _session_events(rng, pop, catalog, sessions, baskets, lines)
             # An order happens at its order_completed event.
             ordered = events["kind"] == ORDERED
