@@ -279,6 +279,137 @@ def test_receipt_identity_shares(out, db):
     assert phone_only.mean() == pytest.approx(0.07, abs=0.025)
 
 
+def _timestamp(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_every_web_login_sends_identify_with_traits_in_its_first_session(web):
+    """Segment semantics: a userId on a device means the site called identify(userId, traits) at
+    login, so each (device, account) has one in its first logged-in session (login_identify)."""
+    assert MessRates().login_identify == 1.0
+    first_login: dict[tuple[str, str], str] = {}
+    identified: dict[tuple[str, str], str] = {}
+    with_traits = total = 0
+    for e in web:
+        if not e.get("userId"):
+            continue
+        key, ts = (e["anonymousId"], e["userId"]), e["timestamp"]
+        first_login[key] = min(first_login.get(key, ts), ts)
+        if e["type"] == "identify":
+            identified[key] = min(identified.get(key, ts), ts)
+            total += 1
+            with_traits += any(v for v in (e["traits"] or {}).values())
+    assert len(first_login) > 300
+    assert set(identified) == set(first_login)
+    gaps = [_timestamp(identified[k]) - _timestamp(first_login[k]) for k in first_login]
+    assert max(gaps) < dt.timedelta(minutes=10)  # within the first logged-in session
+    assert with_traits / total > 0.99  # traits hold an email, name or phone (all missing is rare)
+
+
+def _canonical_email(value) -> str:
+    email = norm(value)
+    local, _, domain = email.partition("@")
+    if domain == "gmail.com":
+        local = local.split("+")[0].replace(".", "")
+    return f"{local}@{domain}"
+
+
+def _national_phone(value) -> str:
+    digits = re.sub(r"\D", "", str(value))
+    return "0" + digits[2:] if digits.startswith("44") else digits
+
+
+def _held_elsewhere(out, db, truth, web) -> tuple[set, set]:
+    """(person, canonical email) and (person, national phone) held by non-receipt records."""
+    person_of = truth["person_of"]
+    emails, phones = set(), set()
+
+    def add(source, ids, email_values, phone_values=None):
+        for i, (record_id, email) in enumerate(zip(ids, email_values)):
+            person = person_of.get((source, record_id))
+            if person is None:
+                continue
+            if isinstance(email, str) and norm(email) not in names.JUNK_EMAILS:
+                emails.add((person, _canonical_email(email)))
+            phone = None if phone_values is None else phone_values[i]
+            if isinstance(phone, str) and phone.strip() not in names.JUNK_PHONES:
+                phones.add((person, _national_phone(phone)))
+
+    members = read_csv(db, out / "pos/loyalty_members.csv")
+    add("pos", members.loyalty_id, members.email, list(members.phone))
+    outlet = read_csv(db, out / "pos_outlet/members.csv")
+    add("pos_outlet", outlet.MemberNo, outlet.EmailAddress, list(outlet.Mobile))
+    subscribers = read_csv(db, out / "email/subscribers.csv")
+    add("email", subscribers.subscriber_id, subscribers.email)
+    tickets = read_jsonl(db, out / "support/tickets_*.jsonl", "ticket_id, requester_email, requester_phone")
+    add("support", tickets.ticket_id, tickets.requester_email, list(tickets.requester_phone))
+    traits = {e["anonymousId"]: e["traits"] for e in web if e["type"] == "identify"}
+    add("web", list(traits), [t["email"] for t in traits.values()], [t["phone"] for t in traits.values()])
+    return emails, phones
+
+
+def test_receipt_emails_and_phones_are_ones_the_person_uses_elsewhere(out, db, truth, web):
+    """An email or phone typed at the till is one another record of the person holds
+    (receipt_contact_known), not a value seen nowhere else."""
+    assert MessRates().receipt_contact_known == 1.0
+    emails, phones = _held_elsewhere(out, db, truth, web)
+    pos = read_csv(db, out / "pos/transactions_*.csv").dropna(subset=["transaction_id"])
+    pos = pos[pos.loyalty_id.isna() & ~pos.transaction_id.str.startswith("T-BAD")]
+    pos["person"] = [truth["person_of"][("pos", t)] for t in pos.transaction_id]
+    by_email = pos[pos.email.notna() & ~pos.email.map(norm).isin(names.JUNK_EMAILS)]
+    by_phone = pos[pos.email.isna() & pos.phone.notna() & ~pos.phone.str.strip().isin(names.JUNK_PHONES)]
+    assert len(by_email) > 500 and len(by_phone) > 300
+    known_email = [(p, _canonical_email(e)) in emails for p, e in zip(by_email.person, by_email.email)]
+    known_phone = [(p, _national_phone(f)) in phones for p, f in zip(by_phone.person, by_phone.phone)]
+    assert sum(known_email) / len(known_email) == pytest.approx(MessRates().receipt_contact_known, abs=0.005)
+    assert sum(known_phone) / len(known_phone) == pytest.approx(MessRates().receipt_contact_known, abs=0.005)
+    # Several emails per person stays a kind of mess at the till too.
+    people = truth["people"].loc[by_email.person]
+    several = people.emails.str.contains(";").to_numpy()
+    primary = people.primary_email.map(_canonical_email).to_numpy()
+    secondary = by_email.email.map(_canonical_email).to_numpy()[several] != primary[several]
+    assert 0.15 < secondary.mean() < 0.6
+
+
+def _email_column(people: pd.DataFrame, person_ids, written) -> list[int]:
+    """Which of each person's emails a written value is (0 = primary), -1 if none."""
+    out = []
+    for person, value in zip(person_ids, written):
+        known = [_canonical_email(e) for e in people.loc[person, "emails"].split(";")]
+        value = _canonical_email(value) if isinstance(value, str) else None
+        out.append(known.index(value) if value in known else -1)
+    return out
+
+
+def test_secondary_emails_at_stated_rate_and_the_email_tool_holds_the_sign_up_email(out, db, truth):
+    """Each source holds a non-primary email for ~secondary_email of the people with several;
+    the email tool holds the email the loyalty card has (its opt-in) for email_follows_signup
+    of members, the rest choose on their own."""
+    rates = MessRates()
+    people = truth["people"]
+    several = set(people.index[people.emails.str.contains(";")])
+    members = read_csv(db, out / "pos/loyalty_members.csv")
+    members["person"] = [truth["person_of"][("pos", i)] for i in members.loyalty_id]
+    subscribers = read_csv(db, out / "email/subscribers.csv")
+    subscribers["person"] = [truth["person_of"][("email", i)] for i in subscribers.subscriber_id]
+    columns = {}
+    for name, table in (("pos", members), ("email", subscribers)):
+        table = table[table.person.isin(several)]
+        column = pd.Series(_email_column(people, table.person, table.email), index=table.person.to_numpy())
+        column = column[column >= 0]  # written, not junk
+        columns[name] = column
+        assert len(column) > 150
+        # ~250 people here: 3 standard errors of a share near 0.5 is ~0.1
+        assert (column > 0).mean() == pytest.approx(rates.secondary_email, abs=0.1), name
+    both = columns["pos"].index.intersection(columns["email"].index)
+    same = (columns["pos"].loc[both] == columns["email"].loc[both]).mean()
+    counts = people.loc[both, "emails"].str.count(";") + 1
+    s = rates.secondary_email  # two own choices agree: both primary, or the same secondary
+    agree = ((1 - s) ** 2 + s ** 2 / (counts - 1)).mean()
+    assert len(both) > 100
+    assert same == pytest.approx(rates.email_follows_signup + (1 - rates.email_follows_signup) * agree, abs=0.05)
+
+
 # --- identity mess, measured against ground truth --------------------------------------------
 
 def test_nicknames_at_stated_rate(name_records):

@@ -122,11 +122,13 @@ def test_plan_shows_what_a_threshold_change_would_do(generated):
     with open_warehouse(config.warehouse_path) as con:
         before = con.sql("SELECT count(*) FROM identity.changes").fetchall()[0][0]
         same = plan(config, con, config.identity.model_dump())
-        looser = plan(config, con, {**config.identity.model_dump(), "match_threshold": 0.5})
+        # (at 0.5 the clustering refuses every extra Splink pair on this data: two holders of
+        # different user or loyalty ids, or conflicting first names; 0.2 lets some through)
+        looser = plan(config, con, {**config.identity.model_dump(), "match_threshold": 0.2})
         after = con.sql("SELECT count(*) FROM identity.changes").fetchall()[0][0]
         schemas = {r[0] for r in con.sql("SELECT schema_name FROM information_schema.schemata").fetchall()}
     assert same["merges"] == same["splits"] == same["records_moved"] == 0
-    assert looser["merges"] > 0 and looser["settings_changed"] == {"match_threshold": {"current": 0.99, "proposed": 0.5}}
+    assert looser["merges"] > 0 and looser["settings_changed"] == {"match_threshold": {"current": 0.99, "proposed": 0.2}}
     assert before == after and "identity_plan" not in schemas
 
 

@@ -143,22 +143,25 @@ def exclusive_needles(values: dict[str, dict[str, set[str]]], pid: str) -> dict[
 
 
 def choose_person(con, truth: Path, delivered: set[str]) -> tuple[str, str, dict]:
-    """A true person in all four sources whose records identity put in exactly one person, alone,
-    and whom the syncs delivered to both destinations (``delivered``: person ids)."""
+    """A true person in all four sources, with a receipt (the export must hold its line items),
+    whose records identity put in exactly one person, alone, and whom the syncs delivered to
+    both destinations (``delivered``: person ids)."""
     values = person_values(con, truth)
     linked = con.execute("""
-        WITH m AS (SELECT gt.person_id AS true_id, gt.source, g.person_id AS pid FROM gt
+        WITH m AS (SELECT gt.person_id AS true_id, gt.source, gt.entity, g.person_id AS pid FROM gt
                    LEFT JOIN identity.graph g ON g.source = gt.source AND g.entity = gt.entity
                         AND g.source_record_id = gt.record_id),
         pure AS (SELECT g.person_id AS pid FROM identity.graph g JOIN gt ON g.source = gt.source
                      AND g.entity = gt.entity AND g.source_record_id = gt.record_id
                  GROUP BY 1 HAVING count(DISTINCT gt.person_id) = 1)
-        SELECT true_id, any_value(pid), list(DISTINCT source) FROM m GROUP BY true_id
+        SELECT true_id, any_value(pid), list(DISTINCT source), list(DISTINCT entity) FROM m GROUP BY true_id
         HAVING count(DISTINCT pid) = 1 AND count(*) FILTER (WHERE pid IS NULL) = 0
            AND any_value(pid) IN (SELECT pid FROM pure)
         ORDER BY true_id""").fetchall()
-    for true_id, pid, sources in linked:
+    for true_id, pid, sources, entities in linked:
         if pid not in delivered or {KIND_OF_SOURCE[s] for s in sources} != {"web", "email", "pos", "support"}:
+            continue
+        if "transactions" not in entities:
             continue
         needles = exclusive_needles(values, true_id)
         if needles["emails"] and needles["phones"] and len(needles["ids"]) >= 4:

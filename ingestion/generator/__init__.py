@@ -22,7 +22,7 @@ import numpy as np
 
 from . import names, sources
 from .bad_rows import BadRowInjector, BadRowRates
-from .behaviour import CLICK, simulate_activity, simulate_latent, take
+from .behaviour import CLICK, IDENTIFY, simulate_activity, simulate_latent, take
 from .catalog import CATEGORY_NAMES, build_catalog
 from .ground_truth import write_future, write_mess, write_people, write_record_person
 from .identity_mess import MessRates, MessRenderer, usable
@@ -78,7 +78,7 @@ def generate(customers: int, seed: int, out: Path, as_of: dt.date | None = None,
     say(f"people: {pop.n:,}")
     latent = simulate_latent(rng["latent"], pop, timeline)
     say(f"churn and support: {int((latent.churned_us >= 0).sum()):,} churned, {len(latent.tickets['person']):,} tickets")
-    activity = simulate_activity(rng["activity"], pop, catalog, timeline, latent)
+    activity = simulate_activity(rng["activity"], pop, catalog, timeline, latent, mess_rates.login_identify)
     say(f"activity: {len(activity.orders['order']):,} orders, {len(activity.web['ts']):,} web events, "
         f"{len(activity.email['ts']):,} email events")
 
@@ -93,8 +93,14 @@ def generate(customers: int, seed: int, out: Path, as_of: dt.date | None = None,
         "loyalty": sources.loyalty_members(pop, mess, timeline, outlet=False),
         "outlet": sources.loyalty_members(pop, mess, timeline, outlet=True),
         "tickets": sources.tickets(pop, latent, mess, timeline, r),
-        "transactions": sources.pos_transactions(pop, activity, mess, mess_rates, timeline, r),
     }
+    # Devices whose traits reached the site in an identify call before as_of.
+    sent = (activity.web["kind"] == IDENTIFY) & (activity.web["ts"] < timeline.cutoff_us)
+    identified_devices = np.zeros(len(pop.devices), bool)
+    identified_devices[activity.web["device"][sent]] = True
+    email_used, mobile_used = sources.contacts_in_use(pop, mess, records, identified_devices)
+    records["transactions"] = sources.pos_transactions(pop, activity, mess, mess_rates, timeline, r,
+                                                       email_used, mobile_used)
     say("identity mess applied")
 
     out.mkdir(parents=True, exist_ok=True)

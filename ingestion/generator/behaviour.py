@@ -20,6 +20,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .population import Population
+from .textops import scramble
 from .timeline import US_PER_DAY, US_PER_HOUR, US_PER_MINUTE, US_PER_SECOND, Timeline
 
 MONTH_US = 30.44 * US_PER_DAY
@@ -278,6 +279,26 @@ def _sessions_table(rng, pop: Population, person, start_us, basket_row, items, o
     }
 
 
+def _identify_at_first_login(sessions: Table, first_login_us: np.ndarray, login_identify: float) -> None:
+    """Segment semantics: a userId on a device means the site called ``identify(userId, traits)``
+    when the person logged in there. A logged-in session earlier than any seen so far on its
+    device (``first_login_us``, over all months: a cart bought later can start a session in a
+    later month, so a device may get a second one) starts with an identify call, for the share
+    ``login_identify`` of devices (fixed per device by a hash: the random streams are unchanged)."""
+    first = np.flatnonzero(sessions["logged_in"])
+    if not len(first):
+        return
+    first = first[np.lexsort((sessions["start_us"][first], sessions["device"][first]))]
+    device = sessions["device"][first]
+    first = first[np.concatenate([[True], device[1:] != device[:-1]])]  # each device's earliest here
+    device, start = sessions["device"][first], sessions["start_us"][first]
+    earlier = start < first_login_us[device]
+    first, device = first[earlier], device[earlier]
+    first_login_us[device] = start[earlier]
+    sends = (scramble(device, 61) % np.uint64(1000)) < np.uint64(round(login_identify * 1000))
+    sessions["identify_start"][first[sends]] = True
+
+
 def _cart_returns(rng, pop: Population, person, added_us, value, order_count, last_visit_us, engagement,
                   churned_us) -> np.ndarray:
     """When each abandoned cart is bought after all (-1: never).
@@ -321,8 +342,10 @@ def _click_through_pages(rng, pop: Population, clicks: Table) -> Table:
 
 
 def simulate_activity(rng: np.random.Generator, pop: Population, catalog: Catalog, timeline: Timeline,
-                      latent: Latent) -> Activity:
+                      latent: Latent, login_identify: float = 1.0) -> Activity:
+    """``login_identify``: share of devices whose first logged-in session sends identify with traits."""
     n = pop.n
+    first_login_us = np.full(len(pop.devices), np.iinfo(np.int64).max)  # each device's first login so far
     counters = _Counters()
     churned_us = latent.churned_us
     order_count = np.zeros(n, dtype=np.int32)  # orders so far (observable purchase history)
@@ -385,6 +408,7 @@ def simulate_activity(rng: np.random.Generator, pop: Population, catalog: Catalo
                                 done_order_ids, np.ones(len(done), bool), 0.6),
             ]
             sessions = concat(parts)
+            _identify_at_first_login(sessions, first_login_us, login_identify)
             events = _session_events(rng, pop, catalog, sessions, baskets, lines)
             # An order happens at its order_completed event.
             ordered = events["kind"] == ORDERED

@@ -27,6 +27,11 @@ class MessRates:
     # Emails
     gmail_variant: float = 0.25  # gmail addresses in web/support written with dots or a +tag
     secondary_email: float = 0.5  # a person with several emails uses a non-primary one in a source
+    # An email reaches the email tool from a sign-up form (the loyalty card's opt-in, else the
+    # web account's) and support hears from the address the shop writes to: these sources hold
+    # the email given at sign-up (so a secondary one is held by 2+ sources), the rest choose
+    # on their own as above.
+    email_follows_signup: float = 0.9
     # Phones: share written in each of textops.PHONE_FORMATS (E.164 first)
     phone_format_shares: tuple[float, ...] = (0.3, 0.25, 0.08, 0.07, 0.08, 0.17, 0.05)
     household_landline: float = 0.5  # household members give the shared landline, not their mobile
@@ -49,6 +54,14 @@ class MessRates:
     receipt_loyalty: float = 0.55
     receipt_email_only: float = 0.10
     receipt_phone_only: float = 0.07
+    # An email or phone typed at the till for an e-receipt is one the person uses in another
+    # source (an email some other record of theirs holds; their mobile, held elsewhere), never
+    # a value seen nowhere else: receipts of people the shop holds no such value for carry
+    # none, and the email-only/phone-only shares above are kept by the people it does.
+    receipt_contact_known: float = 1.0
+    # Web logins: a userId on a device means the site called identify(userId, traits) at login
+    # (Segment), so each device's first logged-in session sends one with the device's traits.
+    login_identify: float = 1.0
     # Web orders that also appear in POS (channel=web, order_ref = order_id): count them once
     web_order_in_pos: float = 0.30
 
@@ -63,6 +76,7 @@ _NICK_COUNT = np.array([len(names.NICKNAMES.get(f, ())) for f in names.FIRST_NAM
 _NICK_OFFSET = np.concatenate([[0], np.cumsum(_NICK_COUNT)[:-1]])
 _NICK_FLAT = strings([nick for f in names.FIRST_NAMES for nick in names.NICKNAMES.get(f, ())] or [""])
 SOURCE_SALT = {"web": 101, "email": 102, "pos": 103, "pos_outlet": 104, "support": 105}
+SIGNUP_FOLLOWERS = ("email", "support")  # sources whose email comes from where the person signed up
 
 
 class MessRenderer:
@@ -133,16 +147,34 @@ class MessRenderer:
         full = S.strip(S.add(S.add(first, " "), last))
         return self._missing(source, "name", full)
 
-    def email(self, source: str, person: np.ndarray, gmail_variants: bool, may_be_missing: bool = True) -> np.ndarray:
-        """The email a person uses in this source (sometimes not their primary), as written."""
-        n = len(person)
+    def email_column(self, source: str, person: np.ndarray) -> np.ndarray:
+        """Which of a person's emails (column of ``pop.emails``, 0 = primary) a source holds:
+        fixed per person and source. The email tool and support hold the email given where the
+        person signed up (``email_follows_signup``): their loyalty card's, else their web account's."""
+        if source in SIGNUP_FOLLOWERS:
+            own = self._own_email_column(source, person)
+            pop = self.pop
+            signup = np.where(pop.loyalty_member[person], self._own_email_column("pos", person),
+                              np.where(pop.has_account[person], self._own_email_column("web", person), own))
+            follows = (scramble(person, SOURCE_SALT[source] + 13) % 1000) < self.rates.email_follows_signup * 1000
+            return np.where(follows, signup, own)
+        return self._own_email_column(source, person)
+
+    def _own_email_column(self, source: str, person: np.ndarray) -> np.ndarray:
         count = self.pop.email_count[person]
-        # Which of a person's emails a source holds is fixed per person and source.
         choice_hash = scramble(person, SOURCE_SALT[source])
         use_secondary = (count > 1) & ((choice_hash % 1000) < self.rates.secondary_email * 1000)
         column = np.where(use_secondary, 1 + (choice_hash >> np.uint64(20)) % np.maximum(count - 1, 1).astype(np.uint64), 0)
-        self._count(source, "secondary_email", use_secondary)
-        email = self.pop.emails[person, column.astype(np.int64)]
+        return column.astype(np.int64)
+
+    def email(self, source: str, person: np.ndarray, gmail_variants: bool, may_be_missing: bool = True,
+              column: np.ndarray | None = None) -> np.ndarray:
+        """The email a person uses in this source (sometimes not their primary), as written.
+        ``column`` overrides which of the person's emails is written (see ``email_column``)."""
+        n = len(person)
+        column = self.email_column(source, person) if column is None else column
+        self._count(source, "secondary_email", column > 0)
+        email = self.pop.emails[person, column]
         if gmail_variants:
             local, domain = split_email(email)
             is_gmail = domain == "gmail.com"
@@ -166,15 +198,17 @@ class MessRenderer:
         email = self._junk(source, "email", email, names.JUNK_EMAILS)
         return self._missing(source, "email", email) if may_be_missing else email
 
+    def uses_landline(self, source: str, person: np.ndarray) -> np.ndarray:
+        """Whether a source holds the household's shared landline rather than the person's mobile."""
+        landline = self.pop.landline[person]
+        return (landline != "") & ((scramble(person, SOURCE_SALT[source] + 7) % 1000) < self.rates.household_landline * 1000)
+
     def phone(self, source: str, person: np.ndarray, mobile_only: bool = False, may_be_missing: bool = True) -> np.ndarray:
         """Mobile (or a household's shared landline), in the formats people type."""
         n = len(person)
-        landline = self.pop.landline[person]
-        use_landline = (landline != "") & ((scramble(person, SOURCE_SALT[source] + 7) % 1000) < self.rates.household_landline * 1000)
-        if mobile_only:
-            use_landline[:] = False
+        use_landline = np.zeros(n, bool) if mobile_only else self.uses_landline(source, person)
         self._count(source, "household_landline", use_landline)
-        e164 = np.where(use_landline, landline, self.pop.mobile[person])
+        e164 = np.where(use_landline, self.pop.landline[person], self.pop.mobile[person])
         shares = np.array(self.rates.phone_format_shares)
         fmt = self.rng.choice(len(shares), n, p=shares / shares.sum())
         self._count(source, "phone_not_e164", fmt != 0)

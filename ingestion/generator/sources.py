@@ -13,7 +13,7 @@ from . import names
 from .behaviour import SATISFACTION_BAD, Activity, Latent, Table
 from .identity_mess import MISSING_DAYS, MessRates, MessRenderer, usable
 from .population import Population
-from .textops import pick
+from .textops import pick, scramble
 from .timeline import US_PER_DAY, US_PER_HOUR, US_PER_MINUTE, Timeline
 
 RECEIPT_LOYALTY, RECEIPT_EMAIL, RECEIPT_PHONE, RECEIPT_NOTHING = range(4)
@@ -112,9 +112,38 @@ def tickets(pop: Population, latent: Latent, mess: MessRenderer, timeline: Timel
     }
 
 
+def contacts_in_use(pop: Population, mess: MessRenderer, records: dict[str, Table],
+                    identified_devices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of each person's emails (n, MAX_EMAILS) and whether their mobile (n,) some landed
+    record holds, usable: loyalty and outlet members, subscribers, support tickets, and the
+    traits of web devices that sent an identify call (``identified_devices``)."""
+    email_used = np.zeros(pop.emails.shape, bool)
+    mobile_used = np.zeros(pop.n, bool)
+    devices = records["devices"]
+    held = [  # (source, table, row mask, email column, phone column)
+        ("pos", records["loyalty"], None, "email", "phone"),
+        ("pos_outlet", records["outlet"], None, "email", "phone"),
+        ("email", records["subscribers"], None, "email", None),
+        ("support", records["tickets"], None, "requester_email", "requester_phone"),
+        ("web", devices, identified_devices, "email", "phone"),
+    ]
+    for source, table, rows, email, phone in held:  # a loop over 5 sources, each over all its records
+        person = table["person"].astype(np.int64)
+        keep = np.ones(len(person), bool) if rows is None else rows
+        has = keep & usable(table[email])
+        email_used[person[has], mess.email_column(source, person[has])] = True
+        if phone is not None:
+            has = keep & usable(table[phone])
+            mobile_used[person[has & ~mess.uses_landline(source, person)]] = True
+    return email_used, mobile_used
+
+
 def pos_transactions(pop: Population, activity: Activity, mess: MessRenderer, rates: MessRates,
-                     timeline: Timeline, rng) -> Table:
-    """Receipts: every store order, plus ~30% of web orders (channel=web, order_ref set)."""
+                     timeline: Timeline, rng, email_used: np.ndarray, mobile_used: np.ndarray) -> Table:
+    """Receipts: every store order, plus ~30% of web orders (channel=web, order_ref set).
+
+    ``email_used``/``mobile_used`` (from ``contacts_in_use``): the values each person's other
+    records hold; an email or phone typed at the till is one of these (``receipt_contact_known``)."""
     o = activity.orders
     in_pos = ~o["web"] | (rng.random(len(o["order"])) < rates.web_order_in_pos)
     keep = np.flatnonzero(in_pos & (o["occurred_us"] < timeline.cutoff_us))
@@ -128,18 +157,31 @@ def pos_transactions(pop: Population, activity: Activity, mess: MessRenderer, ra
     member = pop.loyalty_member[person] & (pop.loyalty_enrolled_us[person] <= occurred)
     member_share = max(member.mean(), 1e-9) if k else 1.0
     p_loyalty = min(rates.receipt_loyalty / member_share, 0.97)
-    rest = max(1 - rates.receipt_loyalty, 1e-9)
     u = rng.random(k)
     v = rng.random(k)
-    mode = np.where(member & (u < p_loyalty), RECEIPT_LOYALTY,
-                    np.where(v < rates.receipt_email_only / rest, RECEIPT_EMAIL,
-                             np.where(v < (rates.receipt_email_only + rates.receipt_phone_only) / rest,
-                                      RECEIPT_PHONE, RECEIPT_NOTHING)))
+    w = rng.random(k)
+    loyalty = member & (u < p_loyalty)
+    # People the shop knows an email (a mobile) of can give it at the till; the rest of the
+    # people (1 - receipt_contact_known of them) may give any, as the main store system holds it.
+    anything = (scramble(person, 67) % np.uint64(1000)) >= np.uint64(round(rates.receipt_contact_known * 1000))
+    can_email = ~loyalty & (email_used[person].any(axis=1) | anything)
+    p_email = min(rates.receipt_email_only * k / max(np.count_nonzero(can_email), 1), 1.0)
+    by_email_mask = can_email & (v < p_email)
+    can_phone = ~loyalty & ~by_email_mask & (mobile_used[person] | anything)
+    p_phone = min(rates.receipt_phone_only * k / max(np.count_nonzero(can_phone), 1), 1.0)
+    mode = np.where(loyalty, RECEIPT_LOYALTY, np.where(by_email_mask, RECEIPT_EMAIL,
+                    np.where(can_phone & (w < p_phone), RECEIPT_PHONE, RECEIPT_NOTHING)))
     # A receipt that carries only an email or a phone always has it (that is its identity).
     # Strings are rendered only for those receipts; the writer looks them up by row.
     by_email = np.flatnonzero(mode == RECEIPT_EMAIL)
     by_phone = np.flatnonzero(mode == RECEIPT_PHONE)
-    emails = mess.email("pos", person[by_email], gmail_variants=False, may_be_missing=False)
+    # The email: one of those the person's other records hold, the same at every visit.
+    payer = person[by_email]
+    used = email_used[payer]
+    pick_nth = (scramble(payer, 71) % np.maximum(used.sum(axis=1), 1).astype(np.uint64)).astype(np.int64)
+    column = np.where(used.any(axis=1) & ~anything[by_email],
+                      np.argmax(np.cumsum(used, axis=1) > pick_nth[:, None], axis=1), mess.email_column("pos", payer))
+    emails = mess.email("pos", payer, gmail_variants=False, may_be_missing=False, column=column)
     phones = mess.phone("pos", person[by_phone], mobile_only=True, may_be_missing=False)
     email_row = np.full(k, -1, dtype=np.int64)
     email_row[by_email] = np.arange(len(by_email))
