@@ -22,7 +22,7 @@ import numpy as np
 
 from . import names, sources
 from .bad_rows import BadRowInjector, BadRowRates
-from .behaviour import CLICK, IDENTIFY, simulate_activity, simulate_latent, take
+from .behaviour import CLICK, simulate_activity, simulate_latent, take
 from .catalog import CATEGORY_NAMES, build_catalog
 from .ground_truth import write_future, write_mess, write_people, write_record_person
 from .identity_mess import MessRates, MessRenderer, usable
@@ -94,11 +94,7 @@ def generate(customers: int, seed: int, out: Path, as_of: dt.date | None = None,
         "outlet": sources.loyalty_members(pop, mess, timeline, outlet=True),
         "tickets": sources.tickets(pop, latent, mess, timeline, r),
     }
-    # Devices whose traits reached the site in an identify call before as_of.
-    sent = (activity.web["kind"] == IDENTIFY) & (activity.web["ts"] < timeline.cutoff_us)
-    identified_devices = np.zeros(len(pop.devices), bool)
-    identified_devices[activity.web["device"][sent]] = True
-    email_used, mobile_used = sources.contacts_in_use(pop, mess, records, identified_devices)
+    email_used, mobile_used = sources.contacts_in_use(pop, mess, records, activity, timeline)
     records["transactions"] = sources.pos_transactions(pop, activity, mess, mess_rates, timeline, r,
                                                        email_used, mobile_used)
     say("identity mess applied")

@@ -20,7 +20,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .population import Population
-from .textops import scramble
+from .textops import hashed_share
 from .timeline import US_PER_DAY, US_PER_HOUR, US_PER_MINUTE, US_PER_SECOND, Timeline
 
 MONTH_US = 30.44 * US_PER_DAY
@@ -295,7 +295,7 @@ def _identify_at_first_login(sessions: Table, first_login_us: np.ndarray, login_
     earlier = start < first_login_us[device]
     first, device = first[earlier], device[earlier]
     first_login_us[device] = start[earlier]
-    sends = (scramble(device, 61) % np.uint64(1000)) < np.uint64(round(login_identify * 1000))
+    sends = hashed_share(device, 61, login_identify)
     sessions["identify_start"][first[sends]] = True
 
 

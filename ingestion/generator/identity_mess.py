@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import names
-from .textops import S, case_whitespace_noise, phone_formats, pick, scramble, split_email, strings, typo
+from .textops import S, case_whitespace_noise, hashed_share, phone_formats, pick, scramble, split_email, strings, typo
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class MessRenderer:
             pop = self.pop
             signup = np.where(pop.loyalty_member[person], self._own_email_column("pos", person),
                               np.where(pop.has_account[person], self._own_email_column("web", person), own))
-            follows = (scramble(person, SOURCE_SALT[source] + 13) % 1000) < self.rates.email_follows_signup * 1000
+            follows = hashed_share(person, SOURCE_SALT[source] + 13, self.rates.email_follows_signup)
             return np.where(follows, signup, own)
         return self._own_email_column(source, person)
 
@@ -201,7 +201,7 @@ class MessRenderer:
     def uses_landline(self, source: str, person: np.ndarray) -> np.ndarray:
         """Whether a source holds the household's shared landline rather than the person's mobile."""
         landline = self.pop.landline[person]
-        return (landline != "") & ((scramble(person, SOURCE_SALT[source] + 7) % 1000) < self.rates.household_landline * 1000)
+        return (landline != "") & hashed_share(person, SOURCE_SALT[source] + 7, self.rates.household_landline)
 
     def phone(self, source: str, person: np.ndarray, mobile_only: bool = False, may_be_missing: bool = True) -> np.ndarray:
         """Mobile (or a household's shared landline), in the formats people type."""

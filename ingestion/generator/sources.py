@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import names
-from .behaviour import SATISFACTION_BAD, Activity, Latent, Table
+from .behaviour import IDENTIFY, SATISFACTION_BAD, Activity, Latent, Table
 from .identity_mess import MISSING_DAYS, MessRates, MessRenderer, usable
 from .population import Population
-from .textops import pick, scramble
+from .textops import hashed_share, pick, scramble
 from .timeline import US_PER_DAY, US_PER_HOUR, US_PER_MINUTE, Timeline
 
 RECEIPT_LOYALTY, RECEIPT_EMAIL, RECEIPT_PHONE, RECEIPT_NOTHING = range(4)
@@ -112,20 +112,22 @@ def tickets(pop: Population, latent: Latent, mess: MessRenderer, timeline: Timel
     }
 
 
-def contacts_in_use(pop: Population, mess: MessRenderer, records: dict[str, Table],
-                    identified_devices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def contacts_in_use(pop: Population, mess: MessRenderer, records: dict[str, Table], activity: Activity,
+                    timeline: Timeline) -> tuple[np.ndarray, np.ndarray]:
     """Which of each person's emails (n, MAX_EMAILS) and whether their mobile (n,) some landed
     record holds, usable: loyalty and outlet members, subscribers, support tickets, and the
-    traits of web devices that sent an identify call (``identified_devices``)."""
+    traits of web devices that sent an identify call before as_of."""
     email_used = np.zeros(pop.emails.shape, bool)
     mobile_used = np.zeros(pop.n, bool)
-    devices = records["devices"]
+    sent = (activity.web["kind"] == IDENTIFY) & (activity.web["ts"] < timeline.cutoff_us)
+    identified_devices = np.zeros(len(pop.devices), bool)
+    identified_devices[activity.web["device"][sent]] = True
     held = [  # (source, table, row mask, email column, phone column)
         ("pos", records["loyalty"], None, "email", "phone"),
         ("pos_outlet", records["outlet"], None, "email", "phone"),
         ("email", records["subscribers"], None, "email", None),
         ("support", records["tickets"], None, "requester_email", "requester_phone"),
-        ("web", devices, identified_devices, "email", "phone"),
+        ("web", records["devices"], identified_devices, "email", "phone"),
     ]
     for source, table, rows, email, phone in held:  # a loop over 5 sources, each over all its records
         person = table["person"].astype(np.int64)
@@ -163,7 +165,7 @@ def pos_transactions(pop: Population, activity: Activity, mess: MessRenderer, ra
     loyalty = member & (u < p_loyalty)
     # People the shop knows an email (a mobile) of can give it at the till; the rest of the
     # people (1 - receipt_contact_known of them) may give any, as the main store system holds it.
-    anything = (scramble(person, 67) % np.uint64(1000)) >= np.uint64(round(rates.receipt_contact_known * 1000))
+    anything = ~hashed_share(person, 67, rates.receipt_contact_known)
     can_email = ~loyalty & (email_used[person].any(axis=1) | anything)
     p_email = min(rates.receipt_email_only * k / max(np.count_nonzero(can_email), 1), 1.0)
     by_email_mask = can_email & (v < p_email)

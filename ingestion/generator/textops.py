@@ -32,6 +32,12 @@ def scramble(values: np.ndarray, salt: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def hashed_share(values: np.ndarray, salt: int, share: float) -> np.ndarray:
+    """True for a fixed ``share`` of values, chosen by hash: the same value always gets the same
+    answer, and no random draw is spent (the seeded streams stay as they are)."""
+    return (scramble(values, salt) % np.uint64(1000)) < share * 1000
+
+
 def padded(numbers: np.ndarray, width: int, prefix: str = "") -> np.ndarray:
     """Integers -> zero-padded strings with a prefix: padded([12], 6, "OUT-") -> "OUT-000012"."""
     return S.add(prefix, S.zfill(np.asarray(numbers).astype(STR), width))
