@@ -157,16 +157,16 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
         con.execute("""INSERT INTO id_splink_pairs SELECT least(unique_id_l, unique_id_r), greatest(unique_id_l, unique_id_r),
                        max(match_probability) FROM _splink_pairs GROUP BY ALL""")
         con.unregister("_splink_pairs")
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_edge_order AS
         SELECT row_number() OVER (ORDER BY stage, priority, rule, neg_p, rid_l, rid_r) - 1 AS seq, * FROM (
             SELECT rid_l, rid_r, 'deterministic:' || rule AS method, rule, priority, 1.0 AS match_probability,
                    CASE WHEN phase = 'attach' THEN 3 ELSE 1 END AS stage, 0.0 AS neg_p, phase
-            FROM id_det_edges
+            FROM {schema}.det_edges
             UNION ALL
             SELECT s.rid_l, s.rid_r, 'splink', 'splink', 1000, s.match_probability, 2, -s.match_probability, 'link'
             FROM id_splink_pairs s
-            WHERE NOT EXISTS (SELECT 1 FROM id_det_edges d WHERE d.phase = 'link'
+            WHERE NOT EXISTS (SELECT 1 FROM {schema}.det_edges d WHERE d.phase = 'link'
                               AND d.rid_l = s.rid_l AND d.rid_r = s.rid_r))""")
     e = con.sql("SELECT rid_l, rid_r, phase = 'attach' AS attach FROM id_edge_order ORDER BY seq").to_arrow_table()
     left = e.column("rid_l").to_numpy().astype(np.int64)

@@ -4,7 +4,9 @@ source of the chosen value.
 Strategies (``identity.survivorship.<field>``): ``most_recent`` (the record seen last),
 ``most_frequent`` (the value most records agree on), ``source_priority`` (the first source
 in ``source_priority`` that has a value). Ties fall back to recency, then source priority,
-then the value itself, so the result is deterministic. The address block (line 1, city,
+then the value itself, so the result is deterministic. Values are compared normalised (the
+canonical first name, so Bob and Robert agree); the chosen value is shown as most of its
+records write it, then as written most recently. The address block (line 1, city,
 postcode) is taken from one record, chosen by the ``address_line1`` rule, so a person never
 gets one address's street with another's postcode.
 """
@@ -42,33 +44,47 @@ def _srank(rule: SurvivorshipRule, col: str = "source") -> str:
 
 
 def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity") -> int:
+    # every record's person and the columns survivorship reads, joined once
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_golden_in AS
+        SELECT g.person_id, r.source, r.last_seen_at, r.first_name_canon, r.first_name_display, r.last_name,
+               r.last_name_display, r.email_canon, r.email, r.phone, r.date_of_birth, r.address, r.postcode,
+               r.address_line1_display, r.city_display, r.postcode_display
+        FROM {schema}.records r JOIN {schema}.graph g USING (rid)""")
     parts = []
     for name, (key, display) in FIELDS.items():
         rule = settings.survivorship[name]
+        row_rank = _srank(rule).replace("min(", "(", 1)
+        # the value (k) by the field's rule; then, of the ways that value was written (d), the one most
+        # records use, then the most recent, then by source priority and by the text itself
         parts.append(f"""
         {name}_v AS (
-            SELECT person_id, arg_max(d, latest) AS d, arg_max(src, latest) AS src FROM (
-                SELECT person_id, k, count(*) AS freq, max(last_seen_at) AS latest, {_srank(rule)} AS srank,
-                       arg_max(d, last_seen_at) AS d, arg_max(source, last_seen_at) AS src
-                FROM (SELECT g.person_id, r.source, r.last_seen_at, {key} AS k, {display} AS d
-                      FROM {schema}.records r JOIN {schema}.graph g USING (rid) WHERE {key} IS NOT NULL)
-                GROUP BY person_id, k
-                QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY {_order(rule, 'srank')}) = 1)
-            GROUP BY person_id)""")
+            SELECT person_id, d, src FROM (
+                SELECT *, sum(d_freq) OVER w AS freq, max(d_latest) OVER w AS latest, min(d_srank) OVER w AS srank
+                FROM (SELECT person_id, k, d, count(*) AS d_freq, max(last_seen_at) AS d_latest, min(row_srank) AS d_srank,
+                             first(source ORDER BY last_seen_at DESC NULLS LAST, row_srank, source) AS src
+                      FROM (SELECT person_id, source, last_seen_at, {key} AS k, {display} AS d, {row_rank} AS row_srank
+                            FROM id_golden_in r WHERE {key} IS NOT NULL)
+                      GROUP BY person_id, k, d)
+                WINDOW w AS (PARTITION BY person_id, k))
+            QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY {_order(rule, 'srank')},
+                                                                       d_freq DESC, d_latest DESC NULLS LAST, d_srank, d) = 1)""")
     arule = settings.survivorship["address_line1"]
     parts.append(f"""
         address_v AS (
             SELECT person_id, address_line1_display AS a, city_display AS c, postcode_display AS p, source AS src FROM (
-                SELECT g.person_id, r.*, 1 AS freq, r.last_seen_at AS latest, r.address AS k,
+                SELECT r.person_id, r.source, r.address, r.address_line1_display, r.city_display, r.postcode_display,
+                       1 AS freq, r.last_seen_at AS latest, r.address AS k,
                        {_srank(arule, 'r.source').replace('min(', '(', 1)} AS srank
-                FROM {schema}.records r JOIN {schema}.graph g USING (rid)
+                FROM id_golden_in r
                 WHERE r.address IS NOT NULL OR r.postcode IS NOT NULL)
-            QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY (address IS NULL), {_order(arule, 'srank')}) = 1)""")
+            QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY (address IS NULL), {_order(arule, 'srank')},
+                                      source, address_line1_display, city_display, postcode_display) = 1)""")
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.golden AS
         WITH {', '.join(parts)},
-        persons AS (SELECT person_id, count(*) AS records, min(source) AS any_source,
-                           list(DISTINCT source ORDER BY source) AS sources FROM {schema}.graph GROUP BY person_id)
+        persons AS (SELECT person_id, count(*) AS records, list(DISTINCT source ORDER BY source) AS sources
+                    FROM id_golden_in GROUP BY person_id)
         SELECT p.person_id,
                f.d AS first_name, f.src AS first_name_source,
                l.d AS last_name, l.src AS last_name_source,
@@ -82,4 +98,5 @@ def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sch
         LEFT JOIN email_v e USING (person_id) LEFT JOIN phone_v ph USING (person_id)
         LEFT JOIN address_v a USING (person_id) LEFT JOIN date_of_birth_v dob USING (person_id)
         ORDER BY p.person_id""")
+    con.execute("DROP TABLE IF EXISTS id_golden_in")
     return con.sql(f"SELECT count(*) FROM {schema}.golden").fetchall()[0][0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,18 +74,72 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     run_id = run_id or new_run_id()
     started = datetime.now(timezone.utc)
     t: dict[str, float] = {}
-    t0 = time.perf_counter()
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     stable_ids.ensure_tables(con, schema)
+    work = _attach_work(con)
+    # Two workers beside this thread: writing a table to the warehouse file (compression) runs on
+    # one core, so the writes and the deterministic rules overlap with Splink, which leaves a core
+    # idle much of the time.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="identity") as pool:
+        try:
+            return _resolve(config, con, pool, work, settings, run_id, started, as_of, say, t, schema=schema,
+                            model=model, write_history=write_history, model_dir=model_dir,
+                            splink_threads=splink_threads)
+        finally:
+            pool.shutdown(wait=True)  # (before the work catalog goes)
+            con.execute(f"DETACH DATABASE IF EXISTS {WORK_CATALOG}")
 
-    n_records = records.build_records(con, settings, schema)
+
+WORK_CATALOG = "identity_work"
+
+
+def _attach_work(con: duckdb.DuckDBPyConnection) -> str:
+    """An in-memory catalog for the run's working tables, seen by every cursor of ``con``
+    (temp tables are not): the stage computes there and copies the results to the warehouse."""
+    con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {WORK_CATALOG}")
+    return f"{WORK_CATALOG}.main"
+
+
+def _in_cursor(con: duckdb.DuckDBPyConnection, fn, *args):
+    """Run ``fn(cursor, *args)`` on a cursor of its own (for a worker thread)."""
+    cur = con.cursor()
+    try:
+        return fn(cur, *args)
+    finally:
+        cur.close()
+
+
+PUBLISHED_TABLES = ("records", "edges", "graph", "golden")
+NEXT = "__next"  # a result is copied to <schema>.<table>__next, and all are swapped in at the end
+
+
+def _copy_table(cur: duckdb.DuckDBPyConnection, work: str, schema: str, table: str) -> None:
+    """``<work>.<table>`` to ``<schema>.<table>__next`` (the source's row order is kept)."""
+    cur.execute(f"CREATE OR REPLACE TABLE {schema}.{table}{NEXT} AS SELECT * FROM {work}.{table}")
+
+
+def _deterministic(cur: duckdb.DuckDBPyConnection, settings: IdentitySettings, work: str) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = rules.build_deterministic_edges(cur, settings, work)
+    return n, time.perf_counter() - t0
+
+
+def _swap_in(con: duckdb.DuckDBPyConnection, schema: str) -> None:
+    """Replace every published table by its new version (inside the caller's transaction)."""
+    for table in PUBLISHED_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {schema}.{table}")
+        con.execute(f"ALTER TABLE {schema}.{table}{NEXT} RENAME TO {table}")
+
+
+def _resolve(config, con, pool: ThreadPoolExecutor, work: str, settings: IdentitySettings, run_id: str,
+             started: datetime, as_of, say: Progress, t: dict[str, float], *, schema: str, model, write_history: bool,
+             model_dir: Path | None, splink_threads: int | None) -> IdentityResult:
+    t0 = time.perf_counter()
+    n_records = records.build_records(con, settings, work)
     t["records"] = time.perf_counter() - t0
     say(f"identity: {n_records:,} identity records ({t['records']:.1f}s)")
-
-    t0 = time.perf_counter()
-    n_det = rules.build_deterministic_edges(con, settings, schema)
-    t["deterministic"] = time.perf_counter() - t0
-    say(f"identity: {n_det:,} deterministic edges ({t['deterministic']:.1f}s)")
+    copies = [pool.submit(_in_cursor, con, _copy_table, work, schema, "records")]
+    deterministic = pool.submit(_in_cursor, con, _deterministic, settings, work)
 
     pairs = None
     model_path: str | None = None
@@ -92,7 +147,7 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     notes: list[str] = []
     if settings.splink.enabled:
         t0 = time.perf_counter()
-        tbl = con.sql(splink_model.input_sql(schema)).to_arrow_table()
+        tbl = con.sql(splink_model.input_sql(work)).to_arrow_table()
         if tbl.num_rows >= MIN_SPLINK_RECORDS:
             linker, sdb = splink_model.make_linker(tbl, settings, model=model, threads=splink_threads)
             del tbl
@@ -120,43 +175,64 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
         t["splink"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    cstats = clustering.cluster(con, settings, pairs, schema)
+    n_det, t["deterministic"] = deterministic.result()
+    t["deterministic_wait"] = time.perf_counter() - t0  # (it ran beside Splink)
+    say(f"identity: {n_det:,} deterministic edges ({t['deterministic']:.1f}s, beside Splink)")
+
+    t0 = time.perf_counter()
+    cstats = clustering.cluster(con, settings, pairs, work)
     t["clustering"] = time.perf_counter() - t0
     say(f"identity: clustering accepted {cstats.accepted:,} edges, refused {cstats.refused:,}; "
         f"{cstats.edges_checked_one_by_one:,} of {cstats.edges:,} edges checked one by one ({t['clustering']:.1f}s)")
+    copies.append(pool.submit(_in_cursor, con, _copy_table, work, schema, "edges"))
 
     t0 = time.perf_counter()
     seq = con.sql(f"SELECT coalesce(max(seq), 0) + 1 FROM {schema}.runs").fetchall()[0][0]
-    changes = stable_ids.assign_ids(con, run_id, seq, schema, write=write_history)
-    _build_graph(con, schema)
+    changes = stable_ids.assign_ids(con, run_id, seq, schema, write=False, records=f"{work}.records")
+    _build_graph(con, work)
+    copies.append(pool.submit(_in_cursor, con, _copy_table, work, schema, "graph"))
     t["stable_ids"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    golden.build_golden(con, settings, schema)
+    golden.build_golden(con, settings, work)
+    copies.append(pool.submit(_in_cursor, con, _copy_table, work, schema, "golden"))
     t["golden"] = time.perf_counter() - t0
 
     from identity.evaluate import unique_id_conflicts
 
     stats = con.sql(f"""
         WITH c AS (SELECT person_id, count(*) AS n, count(*) FILTER (WHERE entity <> 'transactions') AS np
-                   FROM {schema}.graph GROUP BY person_id)
+                   FROM {work}.graph GROUP BY person_id)
         SELECT count(*), count(*) FILTER (WHERE n > 1), coalesce(max(n), 0), coalesce(max(np), 0) FROM c""").fetchall()[0]
     persons, multi, largest, largest_profile = (int(x) for x in stats)
+    conflicts = unique_id_conflicts(con, work)
+    t0 = time.perf_counter()
+    for copy in copies:
+        copy.result()
     result = IdentityResult(
         run_id=run_id, records=n_records, persons=persons, multi_record_persons=multi,
         merge_rate=round(1 - persons / n_records, 6) if n_records else 0.0,
         largest_cluster=largest, largest_profile_cluster=largest_profile, held_clusters=cstats.held_clusters,
         deterministic_edges=n_det, splink_pairs=int(pairs.num_rows) if pairs is not None else 0,
         edges_accepted=cstats.accepted, edges_refused=cstats.refused, refused_by_reason=cstats.refused_by_reason,
-        unique_id_conflicts=unique_id_conflicts(con, schema), changes=changes, model_path=model_path,
+        unique_id_conflicts=conflicts, changes=changes, model_path=model_path,
         model_problems=problems, model_notes=notes, timings={k: round(v, 3) for k, v in t.items()},
     )
-    if write_history:
-        con.execute(f"INSERT INTO {schema}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-            run_id, seq, started, datetime.now(timezone.utc), as_of, n_records, persons, model_path,
-            json.dumps({k: v for k, v in result.to_dict().items() if k != "evaluation"}, default=str)])
-    for tname in ("id_det_edges", "id_edge_order", "id_splink_pairs", "id_cur"):
-        con.execute(f"DROP TABLE IF EXISTS {tname}")
+    con.execute("BEGIN TRANSACTION")  # the new tables, the id history and the run: all or nothing
+    try:
+        _swap_in(con, schema)
+        if write_history:
+            stable_ids.write_history(con, run_id, seq, schema)
+            con.execute(f"INSERT INTO {schema}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                run_id, seq, started, datetime.now(timezone.utc), as_of, n_records, persons, model_path,
+                json.dumps({k: v for k, v in result.to_dict().items() if k != "evaluation"}, default=str)])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    result.timings["writing"] = round(time.perf_counter() - t0, 3)  # what was left of writing to the warehouse
+    for temp in ("id_edge_order", "id_splink_pairs", "id_cur", "id_prev", "id_person", "id_run_changes"):
+        con.execute(f"DROP TABLE IF EXISTS {temp}")
     return result
 
 

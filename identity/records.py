@@ -92,18 +92,19 @@ def staged_sql(present: set[str], sources: list[str] | None) -> str:
         QUALIFY row_number() OVER (PARTITION BY _source, transaction_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
     if "web_events" in present:
         for key, entity in (("anonymousId", "anonymous_id"), ("userId", "user_id")):
-            uid = "NULL" if entity == "anonymous_id" else key
-            aid = key if entity == "anonymous_id" else "NULL"
+            uid = "NULL" if entity == "anonymous_id" else f"s.{key}"
+            aid = f"s.{key}" if entity == "anonymous_id" else "NULL"
             parts.append(f"""
-        SELECT _source, '{entity}', {key},
-               arg_max(t_first, timestamp) FILTER (WHERE t_first IS NOT NULL),
-               arg_max(t_last, timestamp) FILTER (WHERE t_last IS NOT NULL),
-               arg_max(t_email, timestamp) FILTER (WHERE t_email IS NOT NULL),
-               arg_max(t_phone, timestamp) FILTER (WHERE t_phone IS NOT NULL),
-               NULL, NULL, NULL, NULL, NULL, any_value({uid}), any_value({aid}), NULL,
-               min(timestamp), max(timestamp), NULL
-        FROM web_traits WHERE {key} IS NOT NULL
-        GROUP BY _source, {key}""")
+        SELECT s._source, '{entity}', s.{key}, t.t_first, t.t_last, t.t_email, t.t_phone,
+               NULL, NULL, NULL, NULL, NULL, {uid}, {aid}, NULL, s.first_seen_at, s.last_seen_at, NULL
+        FROM (SELECT _source, {key}, min(first_at) AS first_seen_at, max(last_at) AS last_seen_at FROM web_seen
+              WHERE {key} IS NOT NULL GROUP BY ALL) s
+        LEFT JOIN (SELECT _source, {key},
+                          arg_max(t_first, timestamp) FILTER (WHERE t_first IS NOT NULL) AS t_first,
+                          arg_max(t_last, timestamp) FILTER (WHERE t_last IS NOT NULL) AS t_last,
+                          arg_max(t_email, timestamp) FILTER (WHERE t_email IS NOT NULL) AS t_email,
+                          arg_max(t_phone, timestamp) FILTER (WHERE t_phone IS NOT NULL) AS t_phone
+                   FROM web_identify WHERE {key} IS NOT NULL GROUP BY ALL) t USING (_source, {key})""")
     if not parts:
         return ""
     return " UNION ALL ".join(parts)
@@ -117,15 +118,18 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
     sources = sources if sources is not None else settings.sources
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     if "web_events" in present:
+        # a device's or account's first and last event, and the traits its identify calls sent
+        # (two small tables: every event's row carried through the grouping cost twice as much)
         con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE web_traits AS
-            SELECT _source, anonymousId, userId, timestamp,
-                   CASE WHEN type = 'identify' THEN nullif(trim(traits->>'$.first_name'), '') END AS t_first,
-                   CASE WHEN type = 'identify' THEN nullif(trim(traits->>'$.last_name'), '') END AS t_last,
-                   CASE WHEN type = 'identify' THEN nullif(trim(traits->>'$.email'), '') END AS t_email,
-                   CASE WHEN type = 'identify' THEN nullif(trim(traits->>'$.phone'), '') END AS t_phone
-            FROM raw.web_events
-            WHERE {_source_filter(sources)}""")
+            CREATE OR REPLACE TEMP TABLE web_seen AS
+            SELECT _source, anonymousId, userId, min(timestamp) AS first_at, max(timestamp) AS last_at
+            FROM raw.web_events WHERE {_source_filter(sources)} GROUP BY ALL""")
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE web_identify AS
+            SELECT _source, anonymousId, userId, timestamp, nullif(trim(t[1]), '') AS t_first,
+                   nullif(trim(t[2]), '') AS t_last, nullif(trim(t[3]), '') AS t_email, nullif(trim(t[4]), '') AS t_phone
+            FROM (SELECT *, json_extract_string(traits, ['$.first_name', '$.last_name', '$.email', '$.phone']) AS t
+                  FROM raw.web_events WHERE type = 'identify' AND {_source_filter(sources)})""")
     union = staged_sql(present, sources)
     if not union:
         con.execute(f"CREATE OR REPLACE TABLE {schema}.records AS SELECT * FROM ({empty_records_sql()})")
@@ -169,7 +173,6 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                first_name_display, last_name_display, address_line1_display, city_display,
                postcode_raw, first_seen_at, last_seen_at, order_ref
         FROM id_unblocked""")
-    # Straight into the persistent table: a temp table copied over cost a second full write.
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.records AS
         WITH n AS (
@@ -194,7 +197,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                (n.entity = 'transactions' AND order_ref IS NULL AND (CAST(loyalty_id IS NOT NULL AS INT) + CAST(email IS NOT NULL AS INT)
                     + CAST(phone IS NOT NULL AS INT)) = 1) AS is_satellite
         FROM n ORDER BY rid""")
-    for t in ("id_staged", "id_unblocked", "id_norm", "web_traits", "id_phone_map"):
+    for t in ("id_staged", "id_unblocked", "id_norm", "web_seen", "web_identify", "id_phone_map"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return con.execute(f"SELECT count(*) FROM {schema}.records").fetchall()[0][0]
 

@@ -41,7 +41,7 @@ MAX_GROUPS_PER_VALUE = 8  # a value held under more distinct names than this lin
 
 def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: IdentitySettings,
                               schema: str = "identity") -> int:
-    """Create temp table ``id_det_edges(rid_l, rid_r, rule, priority, phase)``; returns its size."""
+    """Create ``<schema>.det_edges(rid_l, rid_r, rule, priority, phase)``; returns its size."""
     parts: list[str] = []
     rec = f"{schema}.records"
     tables = {r[0] for r in con.execute(
@@ -116,12 +116,12 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
                  u AS (SELECT DISTINCT v, anchor FROM id_req_{name} WHERE NOT named)
             SELECT u.anchor, g.anchor, '{name}', {rule.priority}, 'attach' FROM u JOIN g ON g.v = u.v""")
     if not parts:
-        con.execute("CREATE OR REPLACE TEMP TABLE id_det_edges (rid_l BIGINT, rid_r BIGINT, rule VARCHAR, "
+        con.execute(f"CREATE OR REPLACE TABLE {schema}.det_edges (rid_l BIGINT, rid_r BIGINT, rule VARCHAR, "
                     "priority INTEGER, phase VARCHAR)")
         return 0
     union = " UNION ALL ".join(f"({p})" for p in parts)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE id_det_edges AS
+        CREATE OR REPLACE TABLE {schema}.det_edges AS
         SELECT CASE WHEN phase = 'attach' THEN x ELSE least(x, y) END AS rid_l,
                CASE WHEN phase = 'attach' THEN y ELSE greatest(x, y) END AS rid_r, rule, priority, phase FROM ({union}) e(x, y, rule, priority, phase)
         WHERE x <> y
@@ -129,4 +129,4 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
                                    ORDER BY phase = 'attach', priority, rule) = 1""")
     for name in GROUP_RULES:
         con.execute(f"DROP TABLE IF EXISTS id_req_{name}")
-    return con.execute("SELECT count(*) FROM id_det_edges").fetchall()[0][0]
+    return con.execute(f"SELECT count(*) FROM {schema}.det_edges").fetchall()[0][0]

@@ -39,9 +39,10 @@ def content_id(record_key: str, salt: int = 0) -> str:
 
 
 def assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema: str = "identity",
-               clusters: str = "id_clusters", write: bool = True) -> dict[str, int]:
+               clusters: str = "id_clusters", write: bool = True, records: str | None = None) -> dict[str, int]:
     """Map ``clusters(rid, cluster_id)`` to person ids: temp table ``id_person(cluster_id, person_id)``
-    and temp table ``id_run_changes``; with ``write``, appends to id_history and changes."""
+    and temp table ``id_run_changes``; with ``write``, appends to id_history and changes.
+    ``records``: the records table (default ``<schema>.records``)."""
     ensure_tables(con, schema)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_prev AS
@@ -49,7 +50,7 @@ def assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema
         WHERE run_seq < {run_seq} GROUP BY record_key""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_cur AS
-        SELECT r.record_key, c.cluster_id FROM {clusters} c JOIN {schema}.records r USING (rid)""")
+        SELECT r.record_key, c.cluster_id FROM {clusters} c JOIN {records or schema + '.records'} r USING (rid)""")
     # overlap of new clusters with old ids; each old id kept by its biggest overlap
     con.execute("""
         CREATE OR REPLACE TEMP TABLE id_overlap AS
@@ -112,13 +113,19 @@ def assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema
         WHERE p.person_id NOT IN (SELECT person_id FROM id_keeper) GROUP BY p.person_id""")
     counts = dict(con.sql("SELECT change, count(*) FROM id_run_changes GROUP BY ALL").fetchall())
     if write:
-        con.execute(f"""INSERT INTO {schema}.changes
-                        SELECT '{run_id}', person_id, change, other_person_id, records, now() FROM id_run_changes""")
-        con.execute(f"""
-            INSERT INTO {schema}.id_history
-            SELECT '{run_id}', {run_seq}, c.record_key, p.person_id
-            FROM id_cur c JOIN id_person p USING (cluster_id) LEFT JOIN id_prev o USING (record_key)
-            WHERE o.person_id IS DISTINCT FROM p.person_id""")
-    for t in ("id_prev", "id_overlap", "id_keeper", "id_survivor", "id_fresh"):
+        write_history(con, run_id, run_seq, schema)
+    for t in ("id_overlap", "id_keeper", "id_survivor", "id_fresh"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return {k: int(v) for k, v in counts.items()}
+
+
+def write_history(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema: str = "identity") -> None:
+    """Append the run's changes, and a history row for every record whose person_id is new or
+    different (reads the temp tables ``assign_ids`` left: id_cur, id_person, id_prev, id_run_changes)."""
+    con.execute(f"""INSERT INTO {schema}.changes
+                    SELECT '{run_id}', person_id, change, other_person_id, records, now() FROM id_run_changes""")
+    con.execute(f"""
+        INSERT INTO {schema}.id_history
+        SELECT '{run_id}', {run_seq}, c.record_key, p.person_id
+        FROM id_cur c JOIN id_person p USING (cluster_id) LEFT JOIN id_prev o USING (record_key)
+        WHERE o.person_id IS DISTINCT FROM p.person_id""")

@@ -193,6 +193,44 @@ def test_golden_record_survivorship_with_sources(env):
     assert email == "rb@x.example.org.uk" and phone.startswith("+44") and str(dob) == "1980-02-03" and dob_src == "pos"
 
 
+def test_golden_record_shows_the_spelling_most_records_use_whatever_the_row_order(env):
+    cfg, con = env
+    for i, (first, email) in enumerate([("bob", "B.Ray+shop@gmail.com"), ("Robert", "b.ray@gmail.com"),
+                                        ("ROBERT", "bray@gmail.com"), ("Robert", "b.ray@gmail.com")]):
+        subscriber(con, f"s{i}", email, first, "Ray")  # all seen at the same moment: ties everywhere
+    resolve(cfg, con)
+    first = con.sql("SELECT first_name, email FROM identity.golden").fetchall()
+    con.execute("CREATE TABLE raw.shuffled AS SELECT * FROM raw.email_subscribers ORDER BY subscriber_id DESC")
+    con.execute("DELETE FROM raw.email_subscribers")
+    con.execute("INSERT INTO raw.email_subscribers SELECT * FROM raw.shuffled")
+    resolve(cfg, con)
+    assert first == [("Robert", "b.ray@gmail.com")] == con.sql("SELECT first_name, email FROM identity.golden").fetchall()
+
+
+def test_a_run_that_fails_part_way_leaves_the_previous_graph_whole(env, monkeypatch):
+    from identity import golden
+
+    cfg, con = env
+    member(con, "L1", "Ann", "Lee", email="ann@lee.example.org.uk")
+    resolve(cfg, con, run_id="good")
+    before = {t: con.sql(f"SELECT * FROM identity.{t} ORDER BY ALL").fetchall() for t in ("records", "graph", "golden")}
+    subscriber(con, "s1", "ann@lee.example.org.uk", "Ann", "Lee")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(golden, "build_golden", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        resolve(cfg, con, run_id="bad")
+    # the records and edges already written for the failed run were never swapped in
+    assert before == {t: con.sql(f"SELECT * FROM identity.{t} ORDER BY ALL").fetchall() for t in before}
+    assert con.sql("SELECT DISTINCT run_id FROM identity.runs UNION SELECT DISTINCT run_id FROM identity.id_history "
+                   "UNION SELECT DISTINCT run_id FROM identity.changes").fetchall() == [("good",)]
+    monkeypatch.undo()
+    resolve(cfg, con, run_id="next")
+    assert con.sql("SELECT count(*) FROM identity.records").fetchall()[0][0] == 2
+
+
 def test_works_with_a_subset_of_sources(env):
     cfg, con = env
     con.execute("DROP TABLE raw.web_events")
