@@ -243,12 +243,13 @@ def _build_graph(con: duckdb.DuckDBPyConnection, schema: str) -> None:
         WITH ends AS (
             SELECT rid_l AS rid, method, match_probability FROM {schema}.edges WHERE decision = 'accepted'
             UNION ALL SELECT rid_r, method, match_probability FROM {schema}.edges WHERE decision = 'accepted'),
-        best AS (SELECT rid, arg_min(method, (method = 'splink', -match_probability, method)) AS method,
-                        max(match_probability) FILTER (WHERE method = 'splink') AS splink_p
+        -- a deterministic edge if the record has one, else its most probable Splink edge (min of a
+        -- struct: arg_min carrying the method text along cost three times as much)
+        best AS (SELECT rid, min({{'splink': method = 'splink', 'neg_p': -match_probability, 'method': method}}) AS k
                  FROM ends GROUP BY rid)
         SELECT r.record_key, r.rid, r.source, r.entity, r.source_record_id, p.person_id,
-               coalesce(b.method, 'single record') AS match_method,
-               CASE WHEN b.method = 'splink' THEN b.splink_p WHEN b.method IS NOT NULL THEN 1.0 END AS match_probability,
+               coalesce(b.k.method, 'single record') AS match_method,
+               CASE WHEN b.k.splink THEN -b.k.neg_p WHEN b.k IS NOT NULL THEN 1.0 END AS match_probability,
                c.held AS held_for_review
         FROM {schema}.records r JOIN id_clusters c USING (rid) JOIN id_person p USING (cluster_id)
         LEFT JOIN best b USING (rid)
