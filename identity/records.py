@@ -142,8 +142,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
     fast = region == "GB"
     phone_fallback_table(con, "id_staged", "phone", region, fast)
     phone_expr = "coalesce(id_phone_gb_digits(s.phone_digits), pm.e164)" if fast else "pm.e164"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE id_unblocked AS
+    unblocked = f"""
         SELECT s.source, s.entity, s.source_record_id,
                id_norm_name(s.first_name) AS first_name, id_norm_name(s.last_name) AS last_name,
                id_norm_email(s.email) AS email, {phone_expr} AS phone,
@@ -154,7 +153,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                nullif(trim(s.first_name), '') AS first_name_display, nullif(trim(s.last_name), '') AS last_name_display,
                nullif(trim(s.address_line1), '') AS address_line1_display, nullif(trim(s.city), '') AS city_display,
                s.postcode AS postcode_raw, s.first_seen_at, s.last_seen_at, s.order_ref
-        FROM id_staged s LEFT JOIN id_phone_map pm ON pm.raw = s.phone""")
+        FROM id_staged s LEFT JOIN id_phone_map pm ON pm.raw = s.phone"""
 
     r = settings.rule
     blocked = {name: blocked_sql(column, r(name).blocked_values, r(name).blocked_patterns)
@@ -172,7 +171,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                {blocked['anonymous_id']} AS anonymous_id, subscriber_id,
                first_name_display, last_name_display, address_line1_display, city_display,
                postcode_raw, first_seen_at, last_seen_at, order_ref
-        FROM id_unblocked""")
+        FROM ({unblocked})""")  # (a subquery: each normalised value is computed once, then checked)
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.records AS
         WITH n AS (
@@ -197,7 +196,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                (n.entity = 'transactions' AND order_ref IS NULL AND (CAST(loyalty_id IS NOT NULL AS INT) + CAST(email IS NOT NULL AS INT)
                     + CAST(phone IS NOT NULL AS INT)) = 1) AS is_satellite
         FROM n ORDER BY rid""")
-    for t in ("id_staged", "id_unblocked", "id_norm", "web_seen", "web_identify", "id_phone_map"):
+    for t in ("id_staged", "id_norm", "web_seen", "web_identify", "id_phone_map"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return con.execute(f"SELECT count(*) FROM {schema}.records").fetchall()[0][0]
 
