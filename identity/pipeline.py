@@ -100,13 +100,18 @@ def _attach_work(con: duckdb.DuckDBPyConnection) -> str:
     return f"{WORK_CATALOG}.main"
 
 
-def _in_cursor(con: duckdb.DuckDBPyConnection, fn, *args):
-    """Run ``fn(cursor, *args)`` on a cursor of its own (for a worker thread)."""
+def _on_cursor(pool: ThreadPoolExecutor, con: duckdb.DuckDBPyConnection, fn, *args):
+    """Submit ``fn(cursor, *args)`` to a worker, on a cursor of its own (made here, on the thread
+    that owns ``con``)."""
     cur = con.cursor()
-    try:
-        return fn(cur, *args)
-    finally:
-        cur.close()
+
+    def run():
+        try:
+            return fn(cur, *args)
+        finally:
+            cur.close()
+
+    return pool.submit(run)
 
 
 PUBLISHED_TABLES = ("records", "edges", "graph", "golden")
@@ -138,8 +143,8 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, settings: Identit
     n_records = records.build_records(con, settings, work)
     t["records"] = time.perf_counter() - t0
     say(f"identity: {n_records:,} identity records ({t['records']:.1f}s)")
-    copies = [pool.submit(_in_cursor, con, _copy_table, work, schema, "records")]
-    deterministic = pool.submit(_in_cursor, con, _deterministic, settings, work)
+    copies = [_on_cursor(pool, con, _copy_table, work, schema, "records")]
+    deterministic = _on_cursor(pool, con, _deterministic, settings, work)
 
     pairs = None
     model_path: str | None = None
@@ -184,18 +189,18 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, settings: Identit
     t["clustering"] = time.perf_counter() - t0
     say(f"identity: clustering accepted {cstats.accepted:,} edges, refused {cstats.refused:,}; "
         f"{cstats.edges_checked_one_by_one:,} of {cstats.edges:,} edges checked one by one ({t['clustering']:.1f}s)")
-    copies.append(pool.submit(_in_cursor, con, _copy_table, work, schema, "edges"))
+    copies.append(_on_cursor(pool, con, _copy_table, work, schema, "edges"))
 
     t0 = time.perf_counter()
     seq = con.sql(f"SELECT coalesce(max(seq), 0) + 1 FROM {schema}.runs").fetchall()[0][0]
     changes = stable_ids.assign_ids(con, run_id, seq, schema, write=False, records=f"{work}.records")
     _build_graph(con, work)
-    copies.append(pool.submit(_in_cursor, con, _copy_table, work, schema, "graph"))
+    copies.append(_on_cursor(pool, con, _copy_table, work, schema, "graph"))
     t["stable_ids"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     golden.build_golden(con, settings, work)
-    copies.append(pool.submit(_in_cursor, con, _copy_table, work, schema, "golden"))
+    copies.append(_on_cursor(pool, con, _copy_table, work, schema, "golden"))
     t["golden"] = time.perf_counter() - t0
 
     from identity.evaluate import unique_id_conflicts
