@@ -77,17 +77,19 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     stable_ids.ensure_tables(con, schema)
     work = _attach_work(con)
+    threads = con.sql("SELECT current_setting('threads')").fetchall()[0][0]
     # Two workers beside this thread: writing a table to the warehouse file (compression) runs on
     # one core, so the writes and the deterministic rules overlap with Splink, which leaves a core
     # idle much of the time.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="identity") as pool:
         try:
-            return _resolve(config, con, pool, work, settings, run_id, started, as_of, say, t, schema=schema,
+            return _resolve(config, con, pool, work, threads, settings, run_id, started, as_of, say, t, schema=schema,
                             model=model, write_history=write_history, model_dir=model_dir,
                             splink_threads=splink_threads)
         finally:
             pool.shutdown(wait=True)  # (before the work catalog goes)
             con.execute(f"DETACH DATABASE IF EXISTS {WORK_CATALOG}")
+            con.execute(f"SET threads = {threads}")
 
 
 WORK_CATALOG = "identity_work"
@@ -136,13 +138,18 @@ def _swap_in(con: duckdb.DuckDBPyConnection, schema: str) -> None:
         con.execute(f"ALTER TABLE {schema}.{table}{NEXT} RENAME TO {table}")
 
 
-def _resolve(config, con, pool: ThreadPoolExecutor, work: str, settings: IdentitySettings, run_id: str,
+def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, settings: IdentitySettings, run_id: str,
              started: datetime, as_of, say: Progress, t: dict[str, float], *, schema: str, model, write_history: bool,
              model_dir: Path | None, splink_threads: int | None) -> IdentityResult:
     t0 = time.perf_counter()
     n_records = records.build_records(con, settings, work)
     t["records"] = time.perf_counter() - t0
     say(f"identity: {n_records:,} identity records ({t['records']:.1f}s)")
+    # While Splink trains (on its own connection), the warehouse side runs on one thread: the
+    # records copy and the deterministic rules only need the core Splink leaves idle, and more
+    # busy threads than cores made both sides slower (~1 s of 27 at 1.1M records).
+    if settings.splink.enabled:
+        con.execute("SET threads = 1")
     copies = [_on_cursor(pool, con, _copy_table, work, schema, "records")]
     deterministic = _on_cursor(pool, con, _deterministic, settings, work)
 
@@ -181,6 +188,8 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, settings: Identit
 
     t0 = time.perf_counter()
     n_det, t["deterministic"] = deterministic.result()
+    copies[0].result()
+    con.execute(f"SET threads = {threads}")
     t["deterministic_wait"] = time.perf_counter() - t0  # (it ran beside Splink)
     say(f"identity: {n_det:,} deterministic edges ({t['deterministic']:.1f}s, beside Splink)")
 
