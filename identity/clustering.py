@@ -24,7 +24,9 @@ A–x–B of individually plausible edges cannot join A and B when A and B confl
 
 Receipts carrying a single identifier ("satellites") are then attached in SQL to the one
 cluster whose profile records hold that value (or grouped by the value when none or
-several do).
+several do); then receipts known only by the card that paid, to the one cluster whose
+records, receipts included, used that card (else they stay unresolved, in ``records`` but in
+no person). A card never links two profiles.
 """
 
 from __future__ import annotations
@@ -467,43 +469,62 @@ def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, id
 
 
 def attach_satellites(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity") -> None:
-    """Receipts with one identifier follow the single cluster whose profile records hold it.
+    """Receipts with one identifier follow the single cluster whose profile records hold it;
+    then receipts known only by the card that paid follow the single cluster whose records
+    (receipts included, now) used that card.
 
-    Extends ``id_clusters`` with every satellite and appends their edges to ``<schema>.edges``."""
+    Extends ``id_clusters`` with the satellites placed and appends their edges to ``<schema>.edges``."""
     rec = f"{schema}.records"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE id_sat AS
+    by_identifier = f"""
         WITH s AS (
-            SELECT rid, source,
+            SELECT rid,
                    CASE WHEN loyalty_id IS NOT NULL THEN 'loyalty_id' WHEN email_canon IS NOT NULL THEN 'email'
                         ELSE 'phone' END AS rule,
                    CASE WHEN loyalty_id IS NOT NULL THEN source || '|' || loyalty_id
                         ELSE coalesce(email_canon, phone) END AS v
-            FROM {rec} WHERE is_satellite),
+            FROM {rec} WHERE is_satellite AND coalesce(loyalty_id, email_canon, phone) IS NOT NULL),
         p AS (  -- the value as profile records hold it
             SELECT 'loyalty_id' AS rule, r.source || '|' || r.loyalty_id AS v, c.cluster_id, min(r.rid) AS anchor
               FROM {rec} r JOIN id_clusters c USING (rid) WHERE r.loyalty_id IS NOT NULL GROUP BY ALL
             UNION ALL SELECT 'email', r.email_canon, c.cluster_id, min(r.rid)
               FROM {rec} r JOIN id_clusters c USING (rid) WHERE r.email_canon IS NOT NULL GROUP BY ALL
             UNION ALL SELECT 'phone', r.phone, c.cluster_id, min(r.rid)
-              FROM {rec} r JOIN id_clusters c USING (rid) WHERE r.phone IS NOT NULL GROUP BY ALL),
-        pc AS (SELECT rule, v, count(*) AS n, min(cluster_id) AS cluster_id, min(anchor) AS anchor FROM p GROUP BY ALL)
-        SELECT s.rid, s.rule, pc.n AS candidates,
-               CASE WHEN pc.n = 1 AND {_linkable(settings)} THEN pc.cluster_id
-                    ELSE min(s.rid) OVER (PARTITION BY s.rule, s.v) END AS cluster_id,
-               CASE WHEN pc.n = 1 AND {_linkable(settings)} THEN pc.anchor
-                    ELSE min(s.rid) OVER (PARTITION BY s.rule, s.v) END AS anchor
-        FROM s LEFT JOIN pc ON pc.rule = s.rule AND pc.v = s.v""")
-    con.execute("INSERT INTO id_clusters SELECT rid, cluster_id, FALSE FROM id_sat")
-    con.execute(f"""
-        INSERT INTO {schema}.edges
-        SELECT (SELECT coalesce(max(seq), -1) FROM {schema}.edges) + row_number() OVER (ORDER BY rid),
-               least(rid, anchor), greatest(rid, anchor), 'deterministic:' || rule, 1.0,
-               CASE WHEN candidates > 1 THEN 'refused' ELSE 'accepted' END,
-               CASE WHEN candidates > 1 THEN 'ambiguous:' || rule || ' held by ' || candidates || ' clusters'
-                    WHEN candidates = 1 THEN 'receipt follows the profile holding its ' || rule
-                    ELSE 'receipt grouped with receipts of the same ' || rule END
-        FROM id_sat WHERE rid <> anchor OR candidates > 1""")
+              FROM {rec} r JOIN id_clusters c USING (rid) WHERE r.phone IS NOT NULL GROUP BY ALL)"""
+    by_card = f"""
+        WITH s AS (
+            SELECT rid, 'card_token' AS rule, card_token AS v
+            FROM {rec} WHERE is_satellite AND coalesce(loyalty_id, email_canon, phone) IS NULL AND card_token IS NOT NULL),
+        p AS (  -- the card as the records placed so far (profiles and their receipts) hold it
+            SELECT 'card_token' AS rule, r.card_token AS v, c.cluster_id, min(r.rid) AS anchor
+            FROM {rec} r JOIN id_clusters c USING (rid) WHERE r.card_token IS NOT NULL GROUP BY ALL)"""
+    # Receipts nobody holds the value of: grouped by it when it is an identifier (a shopper who
+    # gives the same email each time), left unresolved when it is only a card (like receipts that
+    # carry nothing: an anonymous card's receipts would make a person with no way to reach them,
+    # and one that is only part of some real customer's purchases).
+    for values, holder, group_unheld in ((by_identifier, "the profile holding its", True),
+                                         (by_card, "the person whose receipts used its", False)):
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE id_sat AS
+            {values},
+            pc AS (SELECT rule, v, count(*) AS n, min(cluster_id) AS cluster_id, min(anchor) AS anchor FROM p GROUP BY ALL)
+            SELECT s.rid, s.rule, pc.n AS candidates,
+                   pc.n = 1 AND {_linkable(settings)} AS follows,
+                   CASE WHEN pc.n = 1 AND {_linkable(settings)} THEN pc.cluster_id
+                        ELSE min(s.rid) OVER (PARTITION BY s.rule, s.v) END AS cluster_id,
+                   CASE WHEN pc.n = 1 AND {_linkable(settings)} THEN pc.anchor
+                        ELSE min(s.rid) OVER (PARTITION BY s.rule, s.v) END AS anchor
+            FROM s LEFT JOIN pc ON pc.rule = s.rule AND pc.v = s.v""")
+        placed = "TRUE" if group_unheld else "follows"
+        con.execute(f"INSERT INTO id_clusters SELECT rid, cluster_id, FALSE FROM id_sat WHERE {placed}")
+        con.execute(f"""
+            INSERT INTO {schema}.edges
+            SELECT (SELECT coalesce(max(seq), -1) FROM {schema}.edges) + row_number() OVER (ORDER BY rid),
+                   least(rid, anchor), greatest(rid, anchor), 'deterministic:' || rule, 1.0,
+                   CASE WHEN candidates > 1 THEN 'refused' ELSE 'accepted' END,
+                   CASE WHEN candidates > 1 THEN 'ambiguous:' || rule || ' held by ' || candidates || ' clusters'
+                        WHEN candidates = 1 THEN 'receipt follows {holder} ' || rule
+                        ELSE 'receipt grouped with receipts of the same ' || rule END
+            FROM id_sat WHERE (rid <> anchor AND {placed}) OR candidates > 1""")
     # held flag follows the cluster
     con.execute("""UPDATE id_clusters SET held = TRUE
                    WHERE cluster_id IN (SELECT cluster_id FROM id_clusters WHERE held)""")
@@ -511,5 +532,5 @@ def attach_satellites(con: duckdb.DuckDBPyConnection, settings: IdentitySettings
 
 
 def _linkable(settings: IdentitySettings) -> str:
-    off = [f"'{r}'" for r in ("loyalty_id", "email", "phone") if not settings.rule(r).link]
+    off = [f"'{r}'" for r in ("loyalty_id", "email", "phone", "card_token") if not settings.rule(r).link]
     return f"s.rule NOT IN ({', '.join(off)})" if off else "TRUE"

@@ -7,7 +7,7 @@ Built straight from ``raw.*`` in DuckDB SQL (one statement per entity, vectorise
 | loyalty_members | a member row of one ``_source`` (latest load wins) | loyalty_id |
 | subscribers | an email-tool subscriber | subscriber_id |
 | tickets | a support ticket | ticket_id |
-| transactions | a POS receipt carrying a loyalty id, an email or a phone | transaction_id |
+| transactions | a POS receipt carrying a loyalty id, an email, a phone or a card token | transaction_id |
 | anonymous_id | a web browser/device; identify traits aggregated (latest wins) | anonymousId |
 | user_id | a logged-in web account; identify traits aggregated | userId |
 
@@ -29,7 +29,7 @@ RECORD_COLUMNS = (
     "first_name", "first_name_canon", "last_name", "email", "email_canon", "email_local", "phone",
     "address", "postcode", "postcode_outward", "date_of_birth", "loyalty_id", "user_id", "anonymous_id",
     "subscriber_id", "first_name_display", "last_name_display", "address_line1_display", "city_display",
-    "postcode_display", "first_seen_at", "last_seen_at", "order_ref", "is_satellite",
+    "postcode_display", "first_seen_at", "last_seen_at", "order_ref", "card_token", "is_satellite",
 )
 
 _RAW_ENTITIES = {
@@ -64,13 +64,13 @@ def staged_sql(present: set[str], sources: list[str] | None) -> str:
                first_name, last_name, email, phone, address_line1, city, postcode,
                CAST(date_of_birth AS VARCHAR) AS dob, loyalty_id, NULL AS user_id, NULL AS anonymous_id,
                NULL AS subscriber_id, enrolled_at AS first_seen_at, enrolled_at AS last_seen_at,
-               NULL AS order_ref
+               NULL AS order_ref, NULL AS card_token
         FROM raw.pos_loyalty_members WHERE {f} AND loyalty_id IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY _source, loyalty_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
     if "email_subscribers" in present:
         parts.append(f"""
         SELECT _source, 'subscribers', subscriber_id, first_name, last_name, email, NULL, NULL, NULL, NULL,
-               NULL, NULL, NULL, NULL, subscriber_id, created_at, coalesce(updated_at, created_at), NULL
+               NULL, NULL, NULL, NULL, subscriber_id, created_at, coalesce(updated_at, created_at), NULL, NULL
         FROM raw.email_subscribers WHERE {f} AND subscriber_id IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY _source, subscriber_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
     if "support_tickets" in present:
@@ -79,16 +79,18 @@ def staged_sql(present: set[str], sources: list[str] | None) -> str:
                regexp_extract(trim(requester_name), '^(\\S+)', 1),
                CASE WHEN regexp_matches(trim(requester_name), '\\s') THEN regexp_extract(trim(requester_name), '(\\S+)$', 1) END,
                requester_email, requester_phone, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-               created_at, coalesce(resolved_at, created_at), NULL
+               created_at, coalesce(resolved_at, created_at), NULL, NULL
         FROM raw.support_tickets WHERE {f} AND ticket_id IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY _source, ticket_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
     if "pos_transactions" in present:
         parts.append(f"""
         SELECT _source, 'transactions', transaction_id, NULL, NULL, email, phone, NULL, NULL, NULL, NULL,
-               nullif(trim(loyalty_id), ''), NULL, NULL, NULL, occurred_at, occurred_at, nullif(trim(order_ref), '')
+               nullif(trim(loyalty_id), ''), NULL, NULL, NULL, occurred_at, occurred_at, nullif(trim(order_ref), ''),
+               nullif(trim(card_token), '')
         FROM raw.pos_transactions
         WHERE {f} AND transaction_id IS NOT NULL
-          AND coalesce(nullif(trim(loyalty_id), ''), nullif(trim(email), ''), nullif(trim(phone), '')) IS NOT NULL
+          AND coalesce(nullif(trim(loyalty_id), ''), nullif(trim(email), ''), nullif(trim(phone), ''),
+                       nullif(trim(card_token), '')) IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY _source, transaction_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
     if "web_events" in present:
         for key, entity in (("anonymousId", "anonymous_id"), ("userId", "user_id")):
@@ -96,7 +98,7 @@ def staged_sql(present: set[str], sources: list[str] | None) -> str:
             aid = f"s.{key}" if entity == "anonymous_id" else "NULL"
             parts.append(f"""
         SELECT s._source, '{entity}', s.{key}, t.t_first, t.t_last, t.t_email, t.t_phone,
-               NULL, NULL, NULL, NULL, NULL, {uid}, {aid}, NULL, s.first_seen_at, s.last_seen_at, NULL
+               NULL, NULL, NULL, NULL, NULL, {uid}, {aid}, NULL, s.first_seen_at, s.last_seen_at, NULL, NULL
         FROM (SELECT _source, {key}, min(first_at) AS first_seen_at, max(last_at) AS last_seen_at FROM web_seen
               WHERE {key} IS NOT NULL GROUP BY ALL) s
         LEFT JOIN (SELECT _source, {key},
@@ -152,7 +154,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                nullif(trim(s.subscriber_id), '') AS subscriber_id,
                nullif(trim(s.first_name), '') AS first_name_display, nullif(trim(s.last_name), '') AS last_name_display,
                nullif(trim(s.address_line1), '') AS address_line1_display, nullif(trim(s.city), '') AS city_display,
-               s.postcode AS postcode_raw, s.first_seen_at, s.last_seen_at, s.order_ref
+               s.postcode AS postcode_raw, s.first_seen_at, s.last_seen_at, s.order_ref, nullif(trim(s.card_token), '') AS card_token
         FROM id_staged s LEFT JOIN id_phone_map pm ON pm.raw = s.phone"""
 
     r = settings.rule
@@ -160,7 +162,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                for name, column in (("first_name", "first_name"), ("last_name", "last_name"), ("email", "email"),
                                     ("phone", "phone"), ("postcode", "postcode"), ("date_of_birth", "dob"),
                                     ("loyalty_id", "loyalty_id"), ("user_id", "user_id"),
-                                    ("anonymous_id", "anonymous_id"))}
+                                    ("anonymous_id", "anonymous_id"), ("card_token", "card_token"))}
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_norm AS
         SELECT source, entity, source_record_id,
@@ -170,7 +172,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                {blocked['loyalty_id']} AS loyalty_id, {blocked['user_id']} AS user_id,
                {blocked['anonymous_id']} AS anonymous_id, subscriber_id,
                first_name_display, last_name_display, address_line1_display, city_display,
-               postcode_raw, first_seen_at, last_seen_at, order_ref
+               postcode_raw, first_seen_at, last_seen_at, order_ref, {blocked['card_token']} AS card_token
         FROM ({unblocked})""")  # (a subquery: each normalised value is computed once, then checked)
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.records AS
@@ -178,7 +180,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
             SELECT n.*, coalesce(nk.canon, n.first_name) AS first_name_canon,
                    id_email_canon(n.email) AS email_canon
             FROM id_norm n LEFT JOIN id_nicknames nk ON nk.name = n.first_name
-            WHERE n.entity <> 'transactions' OR coalesce(n.loyalty_id, n.email, n.phone) IS NOT NULL
+            WHERE n.entity <> 'transactions' OR coalesce(n.loyalty_id, n.email, n.phone, n.card_token) IS NOT NULL
         )
         SELECT n.source || '|' || n.entity || '|' || n.source_record_id AS record_key,
                CAST(row_number() OVER (ORDER BY n.source, n.entity, n.source_record_id) AS BIGINT) AS rid,
@@ -191,10 +193,11 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                first_name_display, last_name_display, address_line1_display, city_display,
                CASE WHEN length(postcode) > 3 THEN left(postcode, length(postcode) - 3) || ' ' || right(postcode, 3)
                     ELSE postcode END AS postcode_display,
-               first_seen_at, last_seen_at, order_ref,
-               -- a receipt with a single identifier (and no web order) only follows the profile records holding it
+               first_seen_at, last_seen_at, order_ref, card_token,
+               -- a receipt with a single identifier, or only the card that paid (and no web order), only
+               -- follows the records holding that value
                (n.entity = 'transactions' AND order_ref IS NULL AND (CAST(loyalty_id IS NOT NULL AS INT) + CAST(email IS NOT NULL AS INT)
-                    + CAST(phone IS NOT NULL AS INT)) = 1) AS is_satellite
+                    + CAST(phone IS NOT NULL AS INT)) <= 1) AS is_satellite
         FROM n ORDER BY rid""")
     for t in ("id_staged", "id_norm", "web_seen", "web_identify", "id_phone_map"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
@@ -211,5 +214,5 @@ def empty_records_sql() -> str:
           NULL::VARCHAR subscriber_id, NULL::VARCHAR first_name_display, NULL::VARCHAR last_name_display,
           NULL::VARCHAR address_line1_display, NULL::VARCHAR city_display, NULL::VARCHAR postcode_display,
           NULL::TIMESTAMPTZ first_seen_at, NULL::TIMESTAMPTZ last_seen_at, NULL::VARCHAR order_ref,
-          NULL::BOOLEAN is_satellite
+          NULL::VARCHAR card_token, NULL::BOOLEAN is_satellite
         WHERE FALSE"""

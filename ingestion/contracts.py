@@ -156,7 +156,9 @@ ENTITIES: tuple[Entity, ...] = (
         description=(
             "Receipts. Identity is optional: a receipt may carry a loyalty id, only an email or "
             "a phone, or nothing. Web orders fulfilled through the store system appear here too "
-            "with channel=web and order_ref = the web order_id (count them once)."
+            "with channel=web and order_ref = the web order_id (count them once). card_token: "
+            "the payment processor's token for the card that paid (a fingerprint, the same for "
+            "every payment with that card; never the card number), empty for cash."
         ),
         fields=(
             Field("transaction_id", STRING, required=True),
@@ -171,6 +173,7 @@ ENTITIES: tuple[Entity, ...] = (
             Field("discount", DECIMAL),
             Field("total", DECIMAL, required=True),
             Field("payment_method", STRING),
+            Field("card_token", STRING, pii=True),
         ),
     ),
     Entity(

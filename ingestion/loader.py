@@ -158,6 +158,8 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection, entities: Iterable[Entity]
         cols = [f'"{f.name}" {DUCKDB_TYPES[f.type]}' for f in ent.fields]
         cols += [f"{name} {typ}" for name, typ in LINEAGE_COLUMNS]
         con.execute(f"CREATE TABLE IF NOT EXISTS raw.{ent.table} ({', '.join(cols)})")
+        for f in ent.fields:  # fields added to a contract later (e.g. pos card_token): older warehouses get them
+            con.execute(f'ALTER TABLE raw.{ent.table} ADD COLUMN IF NOT EXISTS "{f.name}" {DUCKDB_TYPES[f.type]}')
 
 
 # --------------------------------------------------------------------------- helpers

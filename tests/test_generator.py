@@ -279,6 +279,26 @@ def test_receipt_identity_shares(out, db):
     assert phone_only.mean() == pytest.approx(0.07, abs=0.025)
 
 
+def test_card_payments_carry_the_cards_token_one_or_two_cards_per_person(out, db, truth):
+    """A card payment carries the processor's card token (never for cash or gift cards); a token
+    belongs to one person, who pays with one card or, for second_card of people, two."""
+    rates = MessRates()
+    pos = read_csv(db, out / "pos/transactions_*.csv").dropna(subset=["transaction_id"])
+    pos = pos[~pos.transaction_id.str.startswith("T-BAD")]
+    card = pos.payment_method.isin(["card", "contactless", "apple_pay"])
+    assert pos.card_token[card].notna().all() and pos.card_token[~card].isna().all()
+    assert pos.card_token.dropna().str.match(r"^ct_[0-9a-f]{16}$").all()
+    pos["person"] = [truth["person_of"][("pos", t)] for t in pos.transaction_id]
+    paid = pos[card]
+    assert paid.groupby("card_token").person.nunique().max() == 1
+    cards = paid.groupby("person").card_token.nunique()
+    assert cards.max() == 2
+    # among people with 10+ card payments nearly every second-card holder has used both
+    regular = cards[paid.groupby("person").size() >= 10]
+    assert len(regular) > 100
+    assert (regular == 2).mean() == pytest.approx(rates.second_card * (1 - (1 - rates.second_card_use) ** 10), abs=0.08)
+
+
 def _timestamp(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 

@@ -34,9 +34,9 @@ def ticket(con, tid, name=None, email=None, phone=None):
            requester_phone=phone, created_at=TS)
 
 
-def receipt(con, tid, loyalty_id=None, email=None, phone=None):
+def receipt(con, tid, loyalty_id=None, email=None, phone=None, card=None):
     insert(con, "pos_transactions", "pos", transaction_id=tid, store_id="S1", occurred_at=TS, loyalty_id=loyalty_id,
-           email=email, phone=phone, total=1.0)
+           email=email, phone=phone, total=1.0, card_token=card)
 
 
 def web(con, mid, anon, user=None, email=None, first=None, phone=None):
@@ -229,6 +229,31 @@ def test_a_run_that_fails_part_way_leaves_the_previous_graph_whole(env, monkeypa
     monkeypatch.undo()
     resolve(cfg, con, run_id="next")
     assert con.sql("SELECT count(*) FROM identity.records").fetchall()[0][0] == 2
+
+
+def test_receipts_known_only_by_their_card_follow_the_one_person_who_used_it(env):
+    cfg, con = env
+    member(con, "L1", "Ann", "Lee", email="ann@lee.example.org.uk")
+    member(con, "L2", "Bo", "Kay", email="bo@kay.example.org.uk")
+    receipt(con, "T1", loyalty_id="L1", card="ct_ann")       # Ann's card, seen with her loyalty id
+    receipt(con, "T2", card="ct_ann")                        # later, card only
+    receipt(con, "T3", email="bo@kay.example.org.uk", card="ct_shared")
+    receipt(con, "T4", loyalty_id="L1", card="ct_shared")    # a card both have paid with
+    receipt(con, "T5", card="ct_shared")
+    receipt(con, "T6", card="ct_new")                        # a card no known receipt used
+    receipt(con, "T7", card="ct_new")
+    res = resolve(cfg, con)
+    assert same(con, "pos|loyalty_members|L1", "pos|transactions|T1", "pos|transactions|T2")
+    assert same(con, "pos|loyalty_members|L2", "pos|transactions|T3")
+    # a card two people paid with, or one no known receipt used: the receipt stays unresolved
+    placed = {r[0] for r in con.sql("SELECT record_key FROM identity.graph").fetchall()}
+    assert {"pos|transactions|T5", "pos|transactions|T6", "pos|transactions|T7"}.isdisjoint(placed)
+    assert not same(con, "pos|loyalty_members|L1", "pos|loyalty_members|L2")  # a card never links two profiles
+    reasons = dict(con.sql("SELECT reason, count(*) FROM identity.edges WHERE method = 'deterministic:card_token' "
+                           "GROUP BY ALL").fetchall())
+    assert reasons == {"receipt follows the person whose receipts used its card_token": 1,
+                       "ambiguous:card_token held by 2 clusters": 1}
+    assert res.unique_id_conflicts == 0
 
 
 def test_works_with_a_subset_of_sources(env):

@@ -416,3 +416,24 @@ def test_error_messages_do_not_leak_values(tmp_path):
     [res] = ingest(config, con).files
     assert res.status == REJECTED and "date_of_birth" in res.message and "row 1" in res.message
     assert secret not in res.message
+
+
+def test_a_field_added_to_a_contract_reaches_a_warehouse_made_before_it(tmp_path):
+    """pos_transactions.card_token came after the first warehouses: their raw table gains the
+    column on the next load, the rows already there keep their values, and new files load."""
+    from ingestion.loader import ensure_raw_schema
+
+    cfg = make_config(tmp_path, [{"name": "pos", "kind": "pos",
+                                  "entities": {"transactions": {"path": "pos/transactions*.csv"}}}])
+    con = connect(cfg.warehouse_path)
+    ensure_raw_schema(con)
+    con.execute("ALTER TABLE raw.pos_transactions DROP COLUMN card_token")
+    con.execute("INSERT INTO raw.pos_transactions (transaction_id, store_id, occurred_at, total) "
+                "VALUES ('OLD1', 'ST001', '2025-01-01 10:00:00+00', 5.0)")
+    write(cfg.landing_dir / "pos" / "transactions_2025-02.csv",
+          "transaction_id,store_id,occurred_at,loyalty_id,email,phone,channel,order_ref,subtotal,discount,total,"
+          "payment_method,card_token\nT1,ST001,2025-02-01T10:00:00Z,,,,store,,5.00,0.00,5.00,card,ct_00ab\n")
+    ingest(cfg, con)
+    rows = con.sql("SELECT transaction_id, total, card_token FROM raw.pos_transactions ORDER BY 1").fetchall()
+    assert rows == [("OLD1", 5.0, None), ("T1", 5.0, "ct_00ab")]
+    con.close()

@@ -78,11 +78,11 @@ def csv_lines(file_set: str, kind: str, n: int, month_label: str, serial: int) -
     bad_ts = _impossible_timestamp(month_label)
     tx = padded(np.arange(serial, serial + n), 6, "T-BAD-")
     if file_set == "pos/transactions":
-        # transaction_id,store_id,occurred_at,loyalty_id,email,phone,channel,order_ref,subtotal,discount,total,payment_method
+        # transaction_id,store_id,occurred_at,loyalty_id,email,phone,channel,order_ref,subtotal,discount,total,payment_method,card_token
         key = np.full(n, "", dtype=STR) if kind == "missing_key" else tx
         ts = bad_ts if kind == "impossible_timestamp" else good_ts
         total = "three" if kind == "non_numeric" else "10.00"
-        return _join(key, f",ST001,{ts},,,,store,,10.00,0.00,{total},card")
+        return _join(key, f",ST001,{ts},,,,store,,10.00,0.00,{total},card,")
     if file_set == "pos/line_items":
         key = np.full(n, "", dtype=STR) if kind == "missing_key" else tx
         quantity = "three" if kind == "non_numeric" else "1"

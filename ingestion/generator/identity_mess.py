@@ -59,6 +59,11 @@ class MessRates:
     # a value seen nowhere else: receipts of people the shop holds no such value for carry
     # none, and the email-only/phone-only shares above are kept by the people it does.
     receipt_contact_known: float = 1.0
+    # Card payments: the payment processor hands the till a card token (a fingerprint of the
+    # card, never its number), the same every time that card pays. Each person pays with one
+    # card, or with one of two (second_card people, a second card for second_card_use of visits).
+    second_card: float = 0.3
+    second_card_use: float = 0.3
     # Web logins: a userId on a device means the site called identify(userId, traits) at login
     # (Segment), so each device's first logged-in session sends one with the device's traits.
     login_identify: float = 1.0

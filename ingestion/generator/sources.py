@@ -19,6 +19,7 @@ from .timeline import US_PER_DAY, US_PER_HOUR, US_PER_MINUTE, Timeline
 RECEIPT_LOYALTY, RECEIPT_EMAIL, RECEIPT_PHONE, RECEIPT_NOTHING = range(4)
 STORES_PER_CITY = 2
 PAYMENT_METHODS = ("card", "contactless", "cash", "apple_pay", "gift_card")
+CARD_PAYMENTS = (0, 1, 3)  # the methods a payment card (so a card token) stands behind
 
 
 def _name_plus_something(first, last, *others) -> np.ndarray:
@@ -196,6 +197,10 @@ def pos_transactions(pop: Population, activity: Activity, mess: MessRenderer, ra
     store = np.where(rng.random(k) < 0.85, city * STORES_PER_CITY + rng.integers(0, STORES_PER_CITY, k),
                      rng.integers(0, len(names.CITIES) * STORES_PER_CITY, k))
     web = o["web"][keep]
+    payment = rng.choice(len(PAYMENT_METHODS), k, p=[0.45, 0.3, 0.1, 0.1, 0.05])
+    second = hashed_share(person, 89, rates.second_card) & hashed_share(np.arange(k), 83, rates.second_card_use)
+    card_token = np.where(np.isin(payment, CARD_PAYMENTS),
+                          (scramble(person * 2 + second, 97) >> np.uint64(1)).astype(np.int64), -1)
     return {
         "person": person, "transaction_number": np.arange(1, k + 1), "order": o["order"][keep],
         "basket": o["basket"][keep], "occurred_us": occurred,
@@ -204,7 +209,7 @@ def pos_transactions(pop: Population, activity: Activity, mess: MessRenderer, ra
         "email_row": email_row, "emails": emails, "phone_row": phone_row, "phones": phones,
         "web": web, "order_ref_number": np.where(web, o["order"][keep], -1),
         "subtotal": o["subtotal"][keep], "discount": o["discount"][keep], "total": o["total"][keep],
-        "payment_method": rng.choice(len(PAYMENT_METHODS), k, p=[0.45, 0.3, 0.1, 0.1, 0.05]),
+        "payment_method": payment, "card_token": card_token,  # -1: no card (cash, gift card)
         "identity_mode": mode.astype(np.int8),
         "identifiable": identifiable,
     }

@@ -295,6 +295,7 @@ def write_pos(landing: Landing, transactions: Table, line_items: Table, members:
             "loyalty_id": lookup(loyalty, rows["loyalty_person"]),
             "email": lookup(emails, rows["email_row"]), "phone": lookup(phones, rows["phone_row"]),
             "payment_method": lookup(list(payment_methods), rows["payment_method"], small=True),
+            "card_token": rows["card_token"],
         }
 
     landing.monthly(numbers, "occurred_us", "month_transactions", """
@@ -303,7 +304,8 @@ def write_pos(landing: Landing, transactions: Table, line_items: Table, members:
             iso_s(occurred_us) AS occurred_at, txt(loyalty_id) AS loyalty_id, txt(email) AS email, txt(phone) AS phone,
             CASE WHEN web THEN 'web' ELSE 'store' END AS channel,
             CASE WHEN order_ref_number >= 0 THEN order_id(order_ref_number) END AS order_ref,
-            pounds(subtotal) AS subtotal, pounds(discount) AS discount, pounds(total) AS total, payment_method
+            pounds(subtotal) AS subtotal, pounds(discount) AS discount, pounds(total) AS total, payment_method,
+            CASE WHEN card_token >= 0 THEN printf('ct_%016x', card_token) END AS card_token
         FROM month_transactions""", "pos/transactions_{month}.csv", after_write, month_columns)
     sku = flat_array(catalog.sku)
     landing.monthly(line_items, "occurred_us", "month_lines", """
