@@ -154,7 +154,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                nullif(trim(s.subscriber_id), '') AS subscriber_id,
                nullif(trim(s.first_name), '') AS first_name_display, nullif(trim(s.last_name), '') AS last_name_display,
                nullif(trim(s.address_line1), '') AS address_line1_display, nullif(trim(s.city), '') AS city_display,
-               s.postcode AS postcode_raw, s.first_seen_at, s.last_seen_at, s.order_ref, nullif(trim(s.card_token), '') AS card_token
+               s.postcode AS postcode_raw, s.first_seen_at, s.last_seen_at, s.order_ref, s.card_token
         FROM id_staged s LEFT JOIN id_phone_map pm ON pm.raw = s.phone"""
 
     r = settings.rule

@@ -68,7 +68,8 @@ def _default_rules() -> dict[str, IdentifierRule]:
         "link_tracking_id": IdentifierRule(priority=30),
         "order_ref": IdentifierRule(priority=25),
         # receipts known only by the card that paid follow the one person whose receipts used it
-        "card_token": IdentifierRule(priority=60),
+        # (an attachment, never an edge between profiles, so no priority applies)
+        "card_token": IdentifierRule(),
         "subscriber_id": IdentifierRule(priority=30, max_per_profile=5),
         "email": IdentifierRule(priority=40, max_per_profile=10, blocked_values=_JUNK_EMAIL_VALUES,
                                 blocked_patterns=_JUNK_EMAIL_PATTERNS),
