@@ -114,9 +114,7 @@ def norm_address(value: str | None) -> str | None:
 # --------------------------------------------------------------------------- SQL
 def install_macros(con: duckdb.DuckDBPyConnection) -> None:
     """Temporary macros and the nickname table used by the record builders."""
-    abbreviations = "s"
-    for word, abbr in ADDRESS_ABBREVIATIONS.items():
-        abbreviations = f"regexp_replace({abbreviations}, '\\b{word}\\b', '{abbr}', 'g')"
+    abbreviations = "MAP {" + ", ".join(f"'{word}': '{abbr}'" for word, abbr in ADDRESS_ABBREVIATIONS.items()) + "}"
     gmail_re = "|".join(d.replace(".", "\\.") for d in GMAIL_DOMAINS)
     con.execute(
         f"""
@@ -145,9 +143,11 @@ def install_macros(con: duckdb.DuckDBPyConnection) -> None:
         CREATE OR REPLACE TEMP MACRO id_phone_gb_fast(v) AS id_phone_gb_digits(id_digits(v));
         CREATE OR REPLACE TEMP MACRO id_postcode(v) AS
             nullif(regexp_replace(upper(v), '[^A-Z0-9]', '', 'g'), '');
-        CREATE OR REPLACE TEMP MACRO id_address_words(s) AS nullif({abbreviations}, '');
+        -- the words, each abbreviated by a map lookup (a regexp_replace per street word cost 4x)
         CREATE OR REPLACE TEMP MACRO id_address(v) AS
-            id_address_words(trim(regexp_replace(regexp_replace(lower(strip_accents(v)), '[^a-z0-9 ]', ' ', 'g'), ' +', ' ', 'g')));
+            nullif(array_to_string(list_filter(list_transform(string_split_regex(lower(strip_accents(v)), '[^a-z0-9]+'),
+                                                              lambda w: coalesce({abbreviations}[w], w)),
+                                               lambda w: w <> ''), ' '), '');
         """
     )
     rows = sorted(nicknames().items())
@@ -175,7 +175,8 @@ def _lit(s: str) -> str:
 
 def phone_fallback_table(con: duckdb.DuckDBPyConnection, raw_table: str, column: str, region: str,
                          fast: bool, out: str = "id_phone_map") -> None:
-    """Map raw phone strings SQL could not settle to E.164 with phonenumbers (distinct values only)."""
+    """Map raw phone strings SQL could not settle to E.164 with phonenumbers (distinct values only).
+    ``raw_table``: a table or a parenthesised subquery."""
     where = f"{column} IS NOT NULL AND regexp_matches({column}, '[0-9]')"
     if fast:
         where += " AND id_phone_gb_digits(phone_digits) IS NULL"  # (the table's digits of the value)

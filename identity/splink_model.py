@@ -51,7 +51,8 @@ def input_sql(schema: str = "identity") -> str:
                     THEN first_name_canon || ' ' || last_name END AS full_name, email_canon, email_local, phone,
                address, postcode, postcode_outward, CAST(date_of_birth AS VARCHAR) AS dob
         FROM {schema}.records
-        WHERE NOT is_satellite AND (first_name IS NOT NULL OR last_name IS NOT NULL OR date_of_birth IS NOT NULL)"""
+        WHERE NOT is_satellite AND (first_name IS NOT NULL OR last_name IS NOT NULL OR date_of_birth IS NOT NULL)
+        ORDER BY rid"""  # (in a fixed order: Splink's seeded sampling of pairs depends on the row order)
 
 
 def _lvl(sql: str, label: str, **kw) -> dict:
