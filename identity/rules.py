@@ -43,6 +43,7 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
                               schema: str = "identity") -> int:
     """Create ``<schema>.det_edges(rid_l, rid_r, rule, priority, phase)``; returns its size."""
     parts: list[str] = []
+    ctes: list[str] = []
     rec = f"{schema}.records"
     tables = {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'").fetchall()}
@@ -66,22 +67,24 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
                          regexp_extract(context->>'$.page.url', '[?&]tid=([^&#]+)', 1) AS tid
                   FROM raw.web_events
                   -- (a plain text search first: extracting the url parses every event's JSON)
-                  WHERE anonymousId IS NOT NULL AND contains(CAST(context AS VARCHAR), 'tid=')
+                  WHERE type = 'page' AND anonymousId IS NOT NULL AND contains(CAST(context AS VARCHAR), 'tid=')
                     AND contains(context->>'$.page.url', 'tid=')) w
               ON w.tid = c.link_tracking_id
             JOIN {rec} s ON s.entity = 'subscribers' AND s.source = c._source AND s.source_record_id = c.subscriber_id
             JOIN {rec} a ON a.entity = 'anonymous_id' AND a.source = w._source AND a.source_record_id = w.anonymousId""")
     if settings.rule("order_ref").link and {"web_events", "pos_transactions"} <= tables:
         # a web order fulfilled through the store system: the receipt's order_ref is the web order_id
-        # (two equi-joins, not one join with OR: an OR condition makes DuckDB compare every pair)
+        # (the orders read once; two equi-joins, not one join with OR: an OR condition makes DuckDB
+        # compare every pair)
+        ctes.append("""web_orders AS MATERIALIZED (
+            SELECT DISTINCT _source, anonymousId, userId, properties->>'$.order_id' AS order_id
+            FROM raw.web_events WHERE event = 'order_completed' AND properties->>'$.order_id' IS NOT NULL)""")
         for entity, column in (("anonymous_id", "anonymousId"), ("user_id", "userId")):
             parts.append(f"""
             SELECT t.rid, w.rid, 'order_ref', {prio('order_ref')}, 'link'
-            FROM (SELECT DISTINCT _source, {column} AS web_id, properties->>'$.order_id' AS order_id
-                  FROM raw.web_events WHERE event = 'order_completed' AND {column} IS NOT NULL
-                    AND properties->>'$.order_id' IS NOT NULL) o
+            FROM web_orders o
             JOIN {rec} t ON t.entity = 'transactions' AND t.order_ref = o.order_id
-            JOIN {rec} w ON w.entity = '{entity}' AND w.source = o._source AND w.source_record_id = o.web_id""")
+            JOIN {rec} w ON w.entity = '{entity}' AND w.source = o._source AND w.source_record_id = o.{column}""")
     for name, (value, partition) in GROUP_RULES.items():
         rule = settings.rule(name)
         if not rule.link:
@@ -122,6 +125,7 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
     union = " UNION ALL ".join(f"({p})" for p in parts)
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.det_edges AS
+        {'WITH ' + ', '.join(ctes) if ctes else ''}
         SELECT CASE WHEN phase = 'attach' THEN x ELSE least(x, y) END AS rid_l,
                CASE WHEN phase = 'attach' THEN y ELSE greatest(x, y) END AS rid_r, rule, priority, phase FROM ({union}) e(x, y, rule, priority, phase)
         WHERE x <> y
