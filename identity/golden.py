@@ -44,13 +44,16 @@ def _srank(rule: SurvivorshipRule, col: str = "source") -> str:
 
 
 def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity") -> int:
-    # every record's person and the columns survivorship reads, joined once
+    # the person and the columns survivorship reads, joined once, of the records that hold any of
+    # them (most receipts carry only a loyalty id or a card: they count in `records` and `sources`)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_golden_in AS
         SELECT g.person_id, r.source, r.last_seen_at, r.first_name_canon, r.first_name_display, r.last_name,
                r.last_name_display, r.email_canon, r.email, r.phone, r.date_of_birth, r.address, r.postcode,
                r.address_line1_display, r.city_display, r.postcode_display
-        FROM {schema}.records r JOIN {schema}.graph g USING (rid)""")
+        FROM {schema}.records r JOIN {schema}.graph g USING (rid)
+        WHERE coalesce(r.first_name_canon, r.last_name, r.email_canon, r.phone, r.address, r.postcode) IS NOT NULL
+           OR r.date_of_birth IS NOT NULL""")
     parts = []
     for name, (key, display) in FIELDS.items():
         rule = settings.survivorship[name]
@@ -84,7 +87,7 @@ def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sch
         CREATE OR REPLACE TABLE {schema}.golden AS
         WITH {', '.join(parts)},
         persons AS (SELECT person_id, count(*) AS records, list(DISTINCT source ORDER BY source) AS sources
-                    FROM id_golden_in GROUP BY person_id)
+                    FROM {schema}.graph GROUP BY person_id)
         SELECT p.person_id,
                f.d AS first_name, f.src AS first_name_source,
                l.d AS last_name, l.src AS last_name_source,

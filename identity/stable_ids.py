@@ -69,7 +69,7 @@ def assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema
         CREATE OR REPLACE TEMP TABLE id_fresh AS
         WITH f AS (SELECT cluster_id, min(record_key) AS first_key FROM id_cur
                    WHERE cluster_id NOT IN (SELECT cluster_id FROM id_survivor) GROUP BY cluster_id),
-        split AS (SELECT cluster_id, arg_max(person_id, n) AS split_from FROM id_overlap GROUP BY cluster_id)
+        split AS (SELECT cluster_id, first(person_id ORDER BY n DESC, person_id) AS split_from FROM id_overlap GROUP BY cluster_id)
         SELECT f.cluster_id, f.first_key, 'P' || upper(left(md5(f.first_key), 12)) AS person_id, s.split_from
         FROM f LEFT JOIN split s USING (cluster_id)""")
     clashes = con.execute(f"""
