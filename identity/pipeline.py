@@ -128,7 +128,7 @@ ZSTD_COLUMNS = frozenset({"record_key", "source_record_id", "person_id", "email"
 
 
 def _copy_table(cur: duckdb.DuckDBPyConnection, work: str, schema: str, table: str) -> None:
-    """``<work>.<table>`` to ``<schema>.<table>__next``."""
+    """``<work>.<table>`` to ``<schema>.<table>__next`` (the source's row order is kept)."""
     columns = cur.execute(f"DESCRIBE {work}.{table}").fetchall()
     ddl = ", ".join(f'"{name}" {dtype}' + (" USING COMPRESSION zstd" if name in ZSTD_COLUMNS and dtype == "VARCHAR" else "")
                     for name, dtype, *_ in columns)
@@ -277,4 +277,5 @@ def _build_graph(con: duckdb.DuckDBPyConnection, schema: str) -> None:
                CASE WHEN b.k.splink THEN -b.k.neg_p WHEN b.k IS NOT NULL THEN 1.0 END AS match_probability,
                c.held AS held_for_review
         FROM {schema}.records r JOIN id_clusters c USING (rid) JOIN id_person p USING (cluster_id)
-        LEFT JOIN best b USING (rid)""")
+        LEFT JOIN best b USING (rid)
+        ORDER BY r.rid""")

@@ -52,7 +52,7 @@ def input_sql(schema: str = "identity") -> str:
                address, postcode, postcode_outward, CAST(date_of_birth AS VARCHAR) AS dob
         FROM {schema}.records
         WHERE NOT is_satellite AND (first_name IS NOT NULL OR last_name IS NOT NULL OR date_of_birth IS NOT NULL)
-        ORDER BY rid"""  # (in a fixed order: Splink's seeded sampling of pairs depends on the row order)
+        ORDER BY rid"""  # (a fixed order, whatever the table's: Splink's seeded sampling of pairs depends on it)
 
 
 def _lvl(sql: str, label: str, **kw) -> dict:
