@@ -21,6 +21,8 @@ from pathlib import Path
 
 import duckdb
 
+from cdp.warehouse import transaction
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sync_state (
     sync VARCHAR NOT NULL, person_id VARCHAR NOT NULL, dest_key VARCHAR NOT NULL, dest_id VARCHAR,
@@ -133,8 +135,7 @@ class SyncState:
         result, attempt, reason); failed: (person_id, action, error) kept pending for the next run."""
         t = now()
         con = self.con
-        con.execute("BEGIN")
-        try:
+        with transaction(con):
             if deletes:
                 con.executemany("DELETE FROM sync_state WHERE sync = ? AND person_id = ? AND dest_key = ?",
                                 [(sync, p, k) for p, k in deletes])
@@ -154,10 +155,6 @@ class SyncState:
                 )
             if log_rows:
                 _insert(con, "sync_log", {"sync": sync, "run_id": run_id, "logged_at": t}, LOG_COLS, log_rows)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def start_run(self, sync: str, run_id: str, snapshot: str | None, planned: int) -> None:
         self.con.execute(
@@ -176,13 +173,12 @@ class SyncState:
         """Forget persons everywhere in the state file (erasure), then rewrite the file so no
         deleted row lingers in a free block."""
         counts = {}
-        self.con.execute("BEGIN")
-        for table in ("sync_state", "sync_pending", "sync_log"):
-            n = self.con.execute(f"SELECT count(*) FROM {table} WHERE list_contains(?, person_id)",
-                                 [person_ids]).fetchall()[0][0]
-            self.con.execute(f"DELETE FROM {table} WHERE list_contains(?, person_id)", [person_ids])
-            counts[table] = n
-        self.con.execute("COMMIT")
+        with transaction(self.con):
+            for table in ("sync_state", "sync_pending", "sync_log"):
+                n = self.con.execute(f"SELECT count(*) FROM {table} WHERE list_contains(?, person_id)",
+                                     [person_ids]).fetchall()[0][0]
+                self.con.execute(f"DELETE FROM {table} WHERE list_contains(?, person_id)", [person_ids])
+                counts[table] = n
         self._rewrite()
         return counts
 

@@ -47,6 +47,21 @@ def open_warehouse(path: Path | str, read_only: bool = False) -> Iterator[duckdb
         con.close()
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All of the block's writes or none: COMMIT at its end, ROLLBACK (and re-raise) on any error."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.TransactionException:
+            pass  # (a COMMIT that failed has already rolled back: no transaction is left to end)
+        raise
+
+
 def fetch_all(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
     """Run a query and fetch every row at once (DuckDB 2.0 relations have no fetchone,
     and an unfinished result blocks the connection's next query)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from cdp.config import Config
-from cdp.warehouse import fetch_all, table_exists
+from cdp.warehouse import fetch_all, table_exists, transaction
 from expectations import registry
 from expectations.registry import PUBLISHED_TABLES, PublishedTable
 from expectations.suites import (
@@ -431,17 +431,16 @@ def store(con, result: GateResult, reports_dir: Path) -> None:
         gate_id VARCHAR, table_name VARCHAR, asset VARCHAR, check_name VARCHAR, kind VARCHAR, passed BOOLEAN,
         blocking BOOLEAN, accepted BOOLEAN, detail VARCHAR, observed JSON, sample JSON)""")
     s = result.summary()
-    con.execute("BEGIN")
-    con.execute("DELETE FROM quality.check_results WHERE gate_id = ?", [result.gate_id])
-    con.execute("DELETE FROM quality.gate_runs WHERE gate_id = ?", [result.gate_id])
-    con.execute("INSERT INTO quality.gate_runs VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-        result.gate_id, result.dagster_run_id, result.checked_at, result.passed, result.accept_drift,
-        len(result.checks), s["blocking_failures"], result.tables, result.skipped_tables, result.seconds,
-        result.report, json.dumps(s, default=str)])
-    con.executemany("INSERT INTO quality.check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-        [result.gate_id, c.table, c.asset, c.check, c.kind, c.passed, c.blocking, c.accepted, c.detail,
-         json.dumps(c.observed, default=str), json.dumps(c.sample, default=str)] for c in result.checks])
-    con.execute("COMMIT")
+    with transaction(con):
+        con.execute("DELETE FROM quality.check_results WHERE gate_id = ?", [result.gate_id])
+        con.execute("DELETE FROM quality.gate_runs WHERE gate_id = ?", [result.gate_id])
+        con.execute("INSERT INTO quality.gate_runs VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            result.gate_id, result.dagster_run_id, result.checked_at, result.passed, result.accept_drift,
+            len(result.checks), s["blocking_failures"], result.tables, result.skipped_tables, result.seconds,
+            result.report, json.dumps(s, default=str)])
+        con.executemany("INSERT INTO quality.check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            [result.gate_id, c.table, c.asset, c.check, c.kind, c.passed, c.blocking, c.accepted, c.detail,
+             json.dumps(c.observed, default=str), json.dumps(c.sample, default=str)] for c in result.checks])
     out = Path(reports_dir) / "quality"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".latest.json.tmp"

@@ -16,6 +16,7 @@ from typing import Callable
 
 import duckdb
 
+from cdp.warehouse import transaction
 from identity import clustering, golden, records, rules, splink_model, stable_ids
 from identity.settings import IdentitySettings, settings_of
 
@@ -243,18 +244,13 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
         unique_id_conflicts=conflicts, changes=changes, model_path=model_path,
         model_problems=problems, model_notes=notes, timings={k: round(v, 3) for k, v in t.items()},
     )
-    con.execute("BEGIN TRANSACTION")  # the new tables, the id history and the run: all or nothing
-    try:
+    with transaction(con):  # the new tables, the id history and the run: all or nothing
         _swap_in(con, schema)
         if write_history:
             stable_ids.write_history(con, run_id, seq, schema)
             con.execute(f"INSERT INTO {schema}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 run_id, seq, started, datetime.now(timezone.utc), as_of, n_records, persons, model_path,
                 json.dumps({k: v for k, v in result.to_dict().items() if k != "evaluation"}, default=str)])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     result.timings["writing"] = round(time.perf_counter() - t0, 3)  # what was left of writing to the warehouse
     for temp in ("id_edge_order", "id_splink_pairs", "id_cur", "id_prev", "id_person", "id_run_changes"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")

@@ -41,6 +41,7 @@ from typing import Callable, Iterable
 import duckdb
 
 from cdp.config import Config, EntityFiles, Source
+from cdp.warehouse import transaction
 from privacy.keys import erased_count, load_erased, row_erased_sql, text_erased_sql
 from privacy.keys import install as install_hashing
 from privacy.salt import load_salt
@@ -628,25 +629,21 @@ def load_file(
 
     cols = ", ".join(_q(f.name) for f in ent.fields)
     typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(
-            f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
-            f"SELECT {typed}, {lineage} FROM _landed WHERE _reason IS NULL AND NOT _erased"
-        )
-        con.execute(
-            f"INSERT INTO raw.quarantine SELECT {_lit(res.load_id)}, {_lit(source.name)}, {_lit(rel_name)}, "
-            f"_row, {_lit(ent.table)}, _reason, _field, _raw_record, now() FROM _landed "
-            f"WHERE _reason IS NOT NULL AND NOT _erased ORDER BY _row"
-        )
-        res.rows_loaded, res.rows_quarantined, res.rows_erased = total - bad, bad, erased
-        res.message = "; ".join(([f"{bad} row(s) quarantined"] if bad else [])
-                                + ([f"{erased} row(s) of erased persons dropped"] if erased else []) + notes)
-        _record(con, res, checksum, stat, started)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute(
+                f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
+                f"SELECT {typed}, {lineage} FROM _landed WHERE _reason IS NULL AND NOT _erased"
+            )
+            con.execute(
+                f"INSERT INTO raw.quarantine SELECT {_lit(res.load_id)}, {_lit(source.name)}, {_lit(rel_name)}, "
+                f"_row, {_lit(ent.table)}, _reason, _field, _raw_record, now() FROM _landed "
+                f"WHERE _reason IS NOT NULL AND NOT _erased ORDER BY _row"
+            )
+            res.rows_loaded, res.rows_quarantined, res.rows_erased = total - bad, bad, erased
+            res.message = "; ".join(([f"{bad} row(s) quarantined"] if bad else [])
+                                    + ([f"{erased} row(s) of erased persons dropped"] if erased else []) + notes)
+            _record(con, res, checksum, stat, started)
     finally:
         con.execute("DROP TABLE IF EXISTS _landed")
     res.seconds = time.perf_counter() - t0

@@ -38,6 +38,7 @@ from typing import Callable
 
 import duckdb
 
+from cdp.warehouse import transaction
 from privacy import keys
 from privacy.requests import ErasureRequest, mark_done, pending_requests, reports_dir
 from privacy.salt import load_salt
@@ -307,13 +308,8 @@ def _process(config, con, request: ErasureRequest, say: Progress) -> dict:
     all_ids = person_ids + former
     sync = erase_from_sync_destinations(config, all_ids) if person_ids else {"status": "nothing to erase"}
     snapshots = erase_from_snapshots(config, all_ids)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         removed = erase_from_warehouse(con, request.request_id)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     salt_hash = lambda kind, v: con.execute("SELECT pv_hash(?, ?)", [kind, v]).fetchall()[0][0]  # noqa: E731
     report = {
         "request_id": request.request_id,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.warehouse import fetch_all, fetch_value, table_exists
+from cdp.warehouse import fetch_all, fetch_value, table_exists, transaction
 from segments.compiler import CompiledSegment, compile_segment
 from segments.model import SegmentFile, SegmentFileError, load_segments
 from segments.vocabulary import TRAIT_TABLES, TRAITS
@@ -111,8 +111,7 @@ def write_segments(con: duckdb.DuckDBPyConnection, segment_file: SegmentFile,
     as_of = as_of or run_as_of(con)
     compiled = compile_for_warehouse(con, segment_file, as_of)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.declarative_membership "
                     "(segment VARCHAR NOT NULL, person_id VARCHAR NOT NULL, as_of TIMESTAMP NOT NULL)")
         con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.definitions "
@@ -129,10 +128,6 @@ def write_segments(con: duckdb.DuckDBPyConnection, segment_file: SegmentFile,
                 f"INSERT INTO {SCHEMA}.definitions VALUES (?, ?, ?, ?)",
                 [segment.name, segment.description, json.dumps(segment.definition, default=str), as_of],
             )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     counts = dict(fetch_all(con, f"SELECT segment, count(*) FROM {SCHEMA}.declarative_membership GROUP BY 1"))
     results = [SegmentResult(s.name, counts.get(s.name, 0)) for s in segment_file.segments]
     for r in results:

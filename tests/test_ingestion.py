@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cdp.warehouse import connect
+from cdp.warehouse import connect, transaction
 from ingestion.loader import CHANGED, DUPLICATE, LOADED, REJECTED, UNCHANGED, ingest
 from tests.conftest import make_config, write
 
@@ -436,4 +436,28 @@ def test_a_field_added_to_a_contract_reaches_a_warehouse_made_before_it(tmp_path
     ingest(cfg, con)
     rows = con.sql("SELECT transaction_id, total, card_token FROM raw.pos_transactions ORDER BY 1").fetchall()
     assert rows == [("OLD1", 5.0, None), ("T1", 5.0, "ct_00ab")]
+    con.close()
+
+
+def test_a_transaction_keeps_all_of_its_writes_or_none(tmp_path):
+    """The one BEGIN/COMMIT/ROLLBACK the loader, identity, erasure, segments, the gate and the sync
+    state share: an error part-way leaves nothing of the block, and the connection usable."""
+    import duckdb
+
+    con = connect(tmp_path / "w.duckdb")
+    con.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v VARCHAR)")
+    with transaction(con):
+        con.execute("INSERT INTO t VALUES (1, 'kept')")
+    with pytest.raises(duckdb.ConstraintException):
+        with transaction(con):
+            con.execute("INSERT INTO t VALUES (2, 'lost')")
+            con.execute("UPDATE t SET v = 'changed' WHERE k = 1")
+            con.execute("INSERT INTO t VALUES (1, 'duplicate')")
+    with pytest.raises(KeyError):
+        with transaction(con):
+            con.execute("INSERT INTO t VALUES (3, 'lost too')")
+            raise KeyError("not a database error")
+    with transaction(con):  # no transaction was left open
+        con.execute("INSERT INTO t VALUES (4, 'kept')")
+    assert con.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [(1, "kept"), (4, "kept")]
     con.close()
