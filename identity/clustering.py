@@ -506,14 +506,14 @@ def attach_satellites(con: duckdb.DuckDBPyConnection, settings: IdentitySettings
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE id_sat AS
             {values},
-            pc AS (SELECT rule, v, count(*) AS n, min(cluster_id) AS cluster_id, min(anchor) AS anchor FROM p GROUP BY ALL)
-            SELECT s.rid, s.rule, pc.n AS candidates,
-                   pc.n = 1 AND {_linkable(settings)} AS follows,
-                   CASE WHEN pc.n = 1 AND {_linkable(settings)} THEN pc.cluster_id
-                        ELSE min(s.rid) OVER (PARTITION BY s.rule, s.v) END AS cluster_id,
-                   CASE WHEN pc.n = 1 AND {_linkable(settings)} THEN pc.anchor
-                        ELSE min(s.rid) OVER (PARTITION BY s.rule, s.v) END AS anchor
-            FROM s LEFT JOIN pc ON pc.rule = s.rule AND pc.v = s.v""")
+            pc AS (SELECT rule, v, count(*) AS n, min(cluster_id) AS cluster_id, min(anchor) AS anchor FROM p GROUP BY ALL),
+            j AS (SELECT s.rid, s.rule, pc.n AS candidates, coalesce(pc.n = 1 AND {_linkable(settings)}, FALSE) AS follows,
+                         pc.cluster_id, pc.anchor, min(s.rid) OVER (PARTITION BY s.rule, s.v) AS first_of_value
+                  FROM s LEFT JOIN pc ON pc.rule = s.rule AND pc.v = s.v)
+            SELECT rid, rule, candidates, follows,
+                   CASE WHEN follows THEN cluster_id ELSE first_of_value END AS cluster_id,
+                   CASE WHEN follows THEN anchor ELSE first_of_value END AS anchor
+            FROM j""")
         placed = "TRUE" if group_unheld else "follows"
         con.execute(f"INSERT INTO id_clusters SELECT rid, cluster_id, FALSE FROM id_sat WHERE {placed}")
         con.execute(f"""

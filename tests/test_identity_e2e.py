@@ -80,6 +80,14 @@ def test_golden_and_changes_tables(generated):
     assert changes == {"new": result.persons}
 
 
+def person_of_records(con) -> dict[str, str]:
+    """record_key -> person_id, receipts known only by their card left out: they follow whoever
+    holds the card and may leave when new data makes the card ambiguous, which is not an id change."""
+    return dict(con.sql("SELECT record_key, person_id FROM identity.graph JOIN identity.records r USING (record_key) "
+                        "WHERE coalesce(r.loyalty_id, r.email_canon, r.phone, r.order_ref) IS NOT NULL "
+                        "OR r.entity <> 'transactions'").fetchall())
+
+
 def test_rerun_with_10pct_more_data_keeps_unaffected_ids(generated, tmp_path):
     config, _, pristine = generated
     db = tmp_path / "rerun.duckdb"
@@ -90,18 +98,12 @@ def test_rerun_with_10pct_more_data_keeps_unaffected_ids(generated, tmp_path):
             con.execute(f"CREATE TABLE bak.{t} AS SELECT * FROM raw.{t}")
             con.execute(f"DELETE FROM raw.{t} WHERE hash(_file, _row) % 10 = 0")
         resolve(config, con, run_id="before")
-        # (receipts known only by their card follow whoever holds the card; they may leave when
-        # new data makes the card ambiguous, which is not an id change)
-        before = dict(con.sql("SELECT record_key, person_id FROM identity.graph JOIN identity.records r "
-                                "USING (record_key) WHERE coalesce(r.loyalty_id, r.email_canon, r.phone, "
-                                "r.order_ref) IS NOT NULL OR r.entity <> 'transactions'").fetchall())
+        before = person_of_records(con)
         for t in INPUTS:
             con.execute(f"DELETE FROM raw.{t}")
             con.execute(f"INSERT INTO raw.{t} SELECT * FROM bak.{t}")
         resolve(config, con, run_id="after")
-        after = dict(con.sql("SELECT record_key, person_id FROM identity.graph JOIN identity.records r "
-                                "USING (record_key) WHERE coalesce(r.loyalty_id, r.email_canon, r.phone, "
-                                "r.order_ref) IS NOT NULL OR r.entity <> 'transactions'").fetchall())
+        after = person_of_records(con)
     assert len(after) > len(before)
     old_members: dict[str, set] = {}
     for k, p in before.items():
