@@ -159,9 +159,12 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
         con.execute("""INSERT INTO id_splink_pairs SELECT least(unique_id_l, unique_id_r), greatest(unique_id_l, unique_id_r),
                        max(match_probability) FROM _splink_pairs GROUP BY ALL""")
         con.unregister("_splink_pairs")
+    # written in processing order, so an edge's seq is its rowid (this needs DuckDB's default
+    # preserve_insertion_order, which resolve() makes sure of): numbering them with a window
+    # sorted the edges a second time
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_edge_order AS
-        SELECT row_number() OVER (ORDER BY stage, priority, rule, neg_p, rid_l, rid_r) - 1 AS seq, * FROM (
+        SELECT * FROM (
             SELECT rid_l, rid_r, 'deterministic:' || rule AS method, rule, priority, 1.0 AS match_probability,
                    CASE WHEN phase = 'attach' THEN 3 ELSE 1 END AS stage, 0.0 AS neg_p, phase
             FROM {schema}.det_edges
@@ -169,8 +172,9 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
             SELECT s.rid_l, s.rid_r, 'splink', 'splink', 1000, s.match_probability, 2, -s.match_probability, 'link'
             FROM id_splink_pairs s
             WHERE NOT EXISTS (SELECT 1 FROM {schema}.det_edges d WHERE d.phase = 'link'
-                              AND d.rid_l = s.rid_l AND d.rid_r = s.rid_r))""")
-    e = con.sql("SELECT rid_l, rid_r, phase = 'attach' AS attach FROM id_edge_order ORDER BY seq").to_arrow_table()
+                              AND d.rid_l = s.rid_l AND d.rid_r = s.rid_r))
+        ORDER BY stage, priority, rule, neg_p, rid_l, rid_r""")
+    e = con.sql("SELECT rid_l, rid_r, phase = 'attach' AS attach FROM id_edge_order ORDER BY rowid").to_arrow_table()
     left = e.column("rid_l").to_numpy().astype(np.int64)
     right = e.column("rid_r").to_numpy().astype(np.int64)
     attach = e.column("attach").to_numpy(zero_copy_only=False).astype(bool)
@@ -181,12 +185,9 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     # ---- components: c1 over link and Splink edges, c2 over every edge (attach too)
     c1 = _components(n_max, left[~attach], right[~attach])
     c2 = _components(n_max, left, right)
-    con.register("_id_comp", pa.table({"rid": np.arange(n_max, dtype=np.int64), "c1": c1, "c2": c2}))
-    con.execute("CREATE OR REPLACE TEMP TABLE id_comp AS SELECT * FROM _id_comp")
-    con.unregister("_id_comp")
     dirty_node = np.ones(n_max, bool)
     if not edge_by_edge:
-        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec))
+        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec, c1, c2))
     dirty_edge = dirty_node[left]
     stats.edges_checked_one_by_one = int(dirty_edge.sum())
 
@@ -226,10 +227,10 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
                                    "reason": pa.array(reason.tolist(), pa.string())}))
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.edges AS
-        SELECT o.seq, o.rid_l, o.rid_r, o.method, o.match_probability, d.decision,
+        SELECT d.seq, o.rid_l, o.rid_r, o.method, o.match_probability, d.decision,
                coalesce(d.reason, CASE d.decision WHEN 'accepted' THEN 'passed merge checks'
                                                   WHEN 'redundant' THEN 'already in the same cluster' END) AS reason
-        FROM id_edge_order o JOIN _dec d USING (seq)""")
+        FROM id_edge_order o JOIN _dec d ON d.seq = o.rowid""")
     con.unregister("_dec")
     stats.accepted = int((decision == ACCEPTED).sum())
     stats.refused = int((decision == REFUSED).sum())
@@ -239,7 +240,6 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
             stats.refused_by_reason[k] = stats.refused_by_reason.get(k, 0) + 1
     stats.held_clusters = len(held_roots)
     attach_satellites(con, settings, schema)
-    con.execute("DROP TABLE IF EXISTS id_comp")
     return stats
 
 
@@ -257,44 +257,60 @@ def _limited(settings: IdentitySettings) -> dict[str, int]:
 _COLUMN = {"email": "email_canon"}
 
 
-def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str) -> np.ndarray:
+def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str,
+                               c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
     """c2 labels of components where some merge check could fail (a superset is safe: those
     components just take the exact edge-by-edge path).
 
     Names and dates of birth: a component with several is still conflict-free when every two
-    of its records are compatible (the checks only grow more permissive as clusters grow)."""
-    conds = [f"count(*) FILTER (WHERE r.entity <> 'transactions') > {settings.max_cluster_size}"]
-    conds += [f"count(DISTINCT r.{_COLUMN.get(n, n)}) > {mx}" for n, mx in _limited(settings).items()]
-    uniq = " OR ".join(f"count(DISTINCT r.{_COLUMN.get(n, n)}) > 1" for n in _unique_ids(settings)) or "FALSE"
+    of its records are compatible (the checks only grow more permissive as clusters grow).
+    Cheap aggregates first (counts, min <> max): the distinct counts and name lists are then
+    computed only for the few components the cheap ones cannot clear."""
+    multi = np.flatnonzero(np.bincount(c2)[c2] > 1)  # records of components of two or more
+    con.register("_id_comp", pa.table({"rid": multi.astype(np.int64), "c1": c1[multi], "c2": c2[multi]}))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_comp_records AS
         SELECT r.rid, r.source, r.entity, r.loyalty_id, r.user_id, r.subscriber_id, r.anonymous_id, r.email_canon,
-               r.phone, r.first_name, r.first_name_canon, r.last_name, r.date_of_birth, c.c2
-        FROM {rec} r JOIN id_comp c USING (rid)
-        WHERE NOT r.is_satellite AND c.c2 IN (SELECT c2 FROM id_comp GROUP BY c2 HAVING count(*) > 1)""")
-    rows = con.execute(f"""
-        WITH r AS (SELECT * FROM id_comp_records)
-        SELECT c2 FROM r GROUP BY c2 HAVING {' OR '.join(conds)}
-        UNION SELECT c2 FROM r GROUP BY c2, source HAVING {uniq}
-        UNION SELECT c.c2 FROM id_edge_order e JOIN id_comp c ON c.rid = e.rid_l JOIN id_comp t ON t.rid = e.rid_r
-              WHERE e.phase = 'attach' GROUP BY e.rid_l, c.c2 HAVING count(DISTINCT t.c1) > 1""").fetchall()
-    dirty = {r[0] for r in rows}
+               r.phone, r.first_name, r.first_name_canon, r.last_name, r.date_of_birth, c.c1, c.c2
+        FROM {rec} r JOIN _id_comp c USING (rid) WHERE NOT r.is_satellite""")
+    con.unregister("_id_comp")
+    limited = _limited(settings)
+    counts = ", ".join(f"count(r.{_COLUMN.get(n, n)}) > {mx} AS over_{n}" for n, mx in limited.items())
+    cheap = con.sql(f"""
+        SELECT c2, count(*) FILTER (WHERE entity <> 'transactions') > {settings.max_cluster_size} AS over_cap,
+               {counts + ',' if counts else ''}
+               min(first_name_canon) <> max(first_name_canon) OR min(date_of_birth) <> max(date_of_birth) AS varied
+        FROM id_comp_records r GROUP BY c2""").to_arrow_table()
+    dirty = set(cheap.filter(cheap.column("over_cap")).column("c2").to_pylist())
+    for name, mx in limited.items():  # more values than the limit? only where there are more records
+        maybe = cheap.filter(cheap.column(f"over_{name}")).column("c2").to_pylist()
+        if maybe:
+            col = _COLUMN.get(name, name)
+            dirty.update(r[0] for r in con.execute(f"""
+                SELECT c2 FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[]))
+                GROUP BY c2 HAVING count(DISTINCT {col}) > {mx}""", [maybe]).fetchall())
+    uniq = " OR ".join(f"min({_COLUMN.get(n, n)}) <> max({_COLUMN.get(n, n)})" for n in _unique_ids(settings))
+    if uniq:
+        dirty.update(r[0] for r in con.execute(
+            f"SELECT DISTINCT c2 FROM id_comp_records GROUP BY c2, source HAVING {uniq}").fetchall())
+    # an attach edge whose candidates lie in several link components
+    dirty.update(r[0] for r in con.execute("""
+        SELECT c.c2 FROM id_edge_order e JOIN id_comp_records c ON c.rid = e.rid_l JOIN id_comp_records t ON t.rid = e.rid_r
+        WHERE e.phase = 'attach' GROUP BY e.rid_l, c.c2 HAVING min(t.c1) <> max(t.c1)""").fetchall())
     # several first names or dates of birth: dirty unless every two records are compatible
-    varied = con.execute("""
+    varied = [c for c in cheap.filter(cheap.column("varied")).column("c2").to_pylist() if c not in dirty]
+    rows = con.execute("""
         SELECT c2, list(DISTINCT [first_name, first_name_canon, last_name]) FILTER (WHERE first_name IS NOT NULL),
                list(DISTINCT CAST(date_of_birth AS VARCHAR)) FILTER (WHERE date_of_birth IS NOT NULL)
-        FROM id_comp_records GROUP BY c2
-        HAVING count(DISTINCT first_name_canon) > 1 OR count(DISTINCT date_of_birth) > 1""").fetchall()
+        FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[])) GROUP BY c2""", [varied]).fetchall() if varied else []
     con.execute("DROP TABLE IF EXISTS id_comp_records")
-    for c2, names, dobs in varied:
-        if c2 in dirty:
-            continue
+    for c2_label, names, dobs in rows:
         names, dobs = names or [], dobs or []
         ok = all(names_compatible({a[0], a[1]}, {a[2]} if a[2] else None, {b[0], b[1]}, {b[2]} if b[2] else None)
                  for i, a in enumerate(names) for b in names[i + 1:])
         ok = ok and all(dobs_compatible({a}, {b}) for i, a in enumerate(dobs) for b in dobs[i + 1:])
         if not ok:
-            dirty.add(c2)
+            dirty.add(c2_label)
     return np.array(sorted(dirty), dtype=np.int64)
 
 
@@ -310,7 +326,7 @@ def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, id
         FROM {rec} WHERE NOT is_satellite AND rid IN (SELECT rid FROM _id_dirty) ORDER BY rid""").to_arrow_table().to_pydict()
     con.unregister("_id_dirty")
     con.register("_id_idx", pa.table({"seq": idx}))
-    rules = [r[0] for r in con.execute("SELECT o.rule FROM id_edge_order o JOIN _id_idx i USING (seq) ORDER BY seq").fetchall()]
+    rules = [r[0] for r in con.execute("SELECT o.rule FROM id_edge_order o JOIN _id_idx i ON i.seq = o.rowid ORDER BY i.seq").fetchall()]
     con.unregister("_id_idx")
 
     # ---- per-cluster state, keyed by root rid

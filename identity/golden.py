@@ -43,15 +43,19 @@ def _srank(rule: SurvivorshipRule, col: str = "source") -> str:
     return f"min(CASE {col} {whens} ELSE {len(rule.source_priority)} END)"
 
 
-def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity") -> int:
-    # the person and the columns survivorship reads, joined once, of the records that hold any of
+def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity",
+                 clusters: str = "id_clusters", persons: str = "id_person") -> int:
+    """``<schema>.golden`` from ``<schema>.records``, ``clusters(rid, cluster_id)`` and
+    ``persons(cluster_id, person_id)``. The work is keyed by the integer cluster id and the
+    person id joined on at the end (grouping by the 13-character person id cost twice as much)."""
+    # the cluster and the columns survivorship reads, joined once, of the records that hold any of
     # them (most receipts carry only a loyalty id or a card: they count in `records` and `sources`)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_golden_in AS
-        SELECT g.person_id, r.source, r.last_seen_at, r.first_name_canon, r.first_name_display, r.last_name,
+        SELECT c.cluster_id, r.source, r.last_seen_at, r.first_name_canon, r.first_name_display, r.last_name,
                r.last_name_display, r.email_canon, r.email, r.phone, r.date_of_birth, r.address, r.postcode,
                r.address_line1_display, r.city_display, r.postcode_display
-        FROM {schema}.records r JOIN {schema}.graph g USING (rid)
+        FROM {schema}.records r JOIN {clusters} c USING (rid)
         WHERE coalesce(r.first_name_canon, r.last_name, r.email_canon, r.phone, r.address, r.postcode) IS NOT NULL
            OR r.date_of_birth IS NOT NULL""")
     parts = []
@@ -62,33 +66,33 @@ def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sch
         # records use, then the most recent, then by source priority and by the text itself
         parts.append(f"""
         {name}_v AS (
-            SELECT person_id, d, src FROM (
+            SELECT cluster_id, d, src FROM (
                 SELECT *, sum(d_freq) OVER w AS freq, max(d_latest) OVER w AS latest, min(d_srank) OVER w AS srank
-                FROM (SELECT person_id, k, d, count(*) AS d_freq, max(last_seen_at) AS d_latest, min(row_srank) AS d_srank,
+                FROM (SELECT cluster_id, k, d, count(*) AS d_freq, max(last_seen_at) AS d_latest, min(row_srank) AS d_srank,
                              first(source ORDER BY last_seen_at DESC NULLS LAST, row_srank, source) AS src
-                      FROM (SELECT person_id, source, last_seen_at, {key} AS k, {display} AS d, {row_rank} AS row_srank
+                      FROM (SELECT cluster_id, source, last_seen_at, {key} AS k, {display} AS d, {row_rank} AS row_srank
                             FROM id_golden_in r WHERE {key} IS NOT NULL)
-                      GROUP BY person_id, k, d)
-                WINDOW w AS (PARTITION BY person_id, k))
-            QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY {_order(rule, 'srank')},
+                      GROUP BY cluster_id, k, d)
+                WINDOW w AS (PARTITION BY cluster_id, k))
+            QUALIFY row_number() OVER (PARTITION BY cluster_id ORDER BY {_order(rule, 'srank')},
                                                                        d_freq DESC, d_latest DESC NULLS LAST, d_srank, d) = 1)""")
     arule = settings.survivorship["address_line1"]
     parts.append(f"""
         address_v AS (
-            SELECT person_id, address_line1_display AS a, city_display AS c, postcode_display AS p, source AS src FROM (
-                SELECT r.person_id, r.source, r.address, r.address_line1_display, r.city_display, r.postcode_display,
+            SELECT cluster_id, address_line1_display AS a, city_display AS c, postcode_display AS p, source AS src FROM (
+                SELECT r.cluster_id, r.source, r.address, r.address_line1_display, r.city_display, r.postcode_display,
                        1 AS freq, r.last_seen_at AS latest, r.address AS k,
                        {_srank(arule, 'r.source').replace('min(', '(', 1)} AS srank
                 FROM id_golden_in r
                 WHERE r.address IS NOT NULL OR r.postcode IS NOT NULL)
-            QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY (address IS NULL), {_order(arule, 'srank')},
+            QUALIFY row_number() OVER (PARTITION BY cluster_id ORDER BY (address IS NULL), {_order(arule, 'srank')},
                                       source, address_line1_display, city_display, postcode_display) = 1)""")
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.golden AS
         WITH {', '.join(parts)},
-        persons AS (SELECT person_id, count(*) AS records, list(DISTINCT source ORDER BY source) AS sources
-                    FROM {schema}.graph GROUP BY person_id)
-        SELECT p.person_id,
+        persons AS (SELECT c.cluster_id, count(*) AS records, list(DISTINCT r.source ORDER BY r.source) AS sources
+                    FROM {clusters} c JOIN {schema}.records r USING (rid) GROUP BY c.cluster_id)
+        SELECT ip.person_id,
                f.d AS first_name, f.src AS first_name_source,
                l.d AS last_name, l.src AS last_name_source,
                e.d AS email, e.src AS email_source,
@@ -96,10 +100,10 @@ def build_golden(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sch
                a.a AS address_line1, a.c AS city, a.p AS postcode, a.src AS address_source,
                CAST(dob.d AS DATE) AS date_of_birth, dob.src AS date_of_birth_source,
                p.records, p.sources
-        FROM persons p
-        LEFT JOIN first_name_v f USING (person_id) LEFT JOIN last_name_v l USING (person_id)
-        LEFT JOIN email_v e USING (person_id) LEFT JOIN phone_v ph USING (person_id)
-        LEFT JOIN address_v a USING (person_id) LEFT JOIN date_of_birth_v dob USING (person_id)
-        ORDER BY p.person_id""")
+        FROM persons p JOIN {persons} ip USING (cluster_id)
+        LEFT JOIN first_name_v f USING (cluster_id) LEFT JOIN last_name_v l USING (cluster_id)
+        LEFT JOIN email_v e USING (cluster_id) LEFT JOIN phone_v ph USING (cluster_id)
+        LEFT JOIN address_v a USING (cluster_id) LEFT JOIN date_of_birth_v dob USING (cluster_id)
+        ORDER BY ip.person_id""")
     con.execute("DROP TABLE IF EXISTS id_golden_in")
     return con.sql(f"SELECT count(*) FROM {schema}.golden").fetchall()[0][0]

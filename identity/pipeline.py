@@ -78,7 +78,10 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     stable_ids.ensure_tables(con, schema)
     work = _attach_work(con)
-    threads = con.sql("SELECT current_setting('threads')").fetchall()[0][0]
+    threads, ordered = con.sql(
+        "SELECT current_setting('threads'), current_setting('preserve_insertion_order')").fetchall()[0]
+    # the clustering numbers edges by the order a sorted table was written in (clustering.cluster)
+    con.execute("SET preserve_insertion_order = true")
     # Two workers beside this thread: writing a table to the warehouse file (compression) runs on
     # one core, so the writes and the deterministic rules overlap with Splink, which leaves a core
     # idle much of the time.
@@ -91,6 +94,7 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
             pool.shutdown(wait=True)  # (before the work catalog goes)
             con.execute(f"DETACH DATABASE IF EXISTS {WORK_CATALOG}")
             con.execute(f"SET threads = {threads}")
+            con.execute(f"SET preserve_insertion_order = {str(bool(ordered)).lower()}")
 
 
 WORK_CATALOG = "identity_work"
@@ -264,13 +268,14 @@ def _build_graph(con: duckdb.DuckDBPyConnection, schema: str) -> None:
         WITH ends AS (
             SELECT rid_l AS rid, method, match_probability FROM {schema}.edges WHERE decision = 'accepted'
             UNION ALL SELECT rid_r, method, match_probability FROM {schema}.edges WHERE decision = 'accepted'),
-        -- a deterministic edge if the record has one, else its most probable Splink edge (min of a
-        -- struct: arg_min carrying the method text along cost three times as much)
-        best AS (SELECT rid, min({{'splink': method = 'splink', 'neg_p': -match_probability, 'method': method}}) AS k
+        -- a deterministic edge if the record has one (the first rule by name), else its most
+        -- probable Splink edge
+        best AS (SELECT rid, min(method) FILTER (WHERE method <> 'splink') AS det,
+                        max(match_probability) FILTER (WHERE method = 'splink') AS splink_p
                  FROM ends GROUP BY rid)
         SELECT r.record_key, r.rid, r.source, r.entity, r.source_record_id, p.person_id,
-               coalesce(b.k.method, 'single record') AS match_method,
-               CASE WHEN b.k.splink THEN -b.k.neg_p WHEN b.k IS NOT NULL THEN 1.0 END AS match_probability,
+               coalesce(b.det, CASE WHEN b.splink_p IS NOT NULL THEN 'splink' END, 'single record') AS match_method,
+               CASE WHEN b.det IS NOT NULL THEN 1.0 ELSE b.splink_p END AS match_probability,
                c.held AS held_for_review
         FROM {schema}.records r JOIN id_clusters c USING (rid) JOIN id_person p USING (cluster_id)
         LEFT JOIN best b USING (rid)
