@@ -7,6 +7,8 @@ stable person ids -> identity.graph, identity.golden, identity.changes, identity
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -84,7 +86,7 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     con.execute("SET preserve_insertion_order = true")
     # Two workers beside this thread: writing a table to the warehouse file (compression) runs on
     # one core, so the writes and the deterministic rules overlap with Splink, which leaves a core
-    # idle much of the time.
+    # idle much of the time. They run niced, to take only what Splink and the clustering leave.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="identity") as pool:
         try:
             return _resolve(config, con, pool, work, threads, settings, run_id, started, as_of, say, t, schema=schema,
@@ -113,12 +115,26 @@ def _on_cursor(pool: ThreadPoolExecutor, con: duckdb.DuckDBPyConnection, fn, *ar
     cur = con.cursor()
 
     def run():
+        _lower_this_threads_priority()
         try:
             return fn(cur, *args)
         finally:
             cur.close()
 
     return pool.submit(run)
+
+
+BACKGROUND_NICE = 10
+
+
+def _lower_this_threads_priority() -> None:
+    """Background work (the copies to the warehouse, the deterministic rules) yields the cores
+    to Splink and the clustering, which the rest of the run waits for. On Linux a thread has its
+    own nice value; elsewhere, or where it is not allowed, the work runs at normal priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 PUBLISHED_TABLES = ("records", "edges", "graph", "golden")
