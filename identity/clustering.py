@@ -266,29 +266,28 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
     of its records are compatible (the checks only grow more permissive as clusters grow).
     Cheap aggregates first (counts, min <> max): the distinct counts and name lists are then
     computed only for the few components the cheap ones cannot clear."""
-    multi = np.flatnonzero(np.bincount(c2)[c2] > 1)  # records of components of two or more
-    con.register("_id_comp", pa.table({"rid": multi.astype(np.int64), "c1": c1[multi], "c2": c2[multi]}))
+    grouped = np.flatnonzero(np.bincount(c2)[c2] > 1)  # records of components of two or more
+    con.register("_id_comp", pa.table({"rid": grouped.astype(np.int64), "c1": c1[grouped], "c2": c2[grouped]}))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_comp_records AS
         SELECT r.rid, r.source, r.entity, r.loyalty_id, r.user_id, r.subscriber_id, r.anonymous_id, r.email_canon,
                r.phone, r.first_name, r.first_name_canon, r.last_name, r.date_of_birth, c.c1, c.c2
         FROM {rec} r JOIN _id_comp c USING (rid) WHERE NOT r.is_satellite""")
     con.unregister("_id_comp")
-    limited = _limited(settings)
-    counts = ", ".join(f"count(r.{_COLUMN.get(n, n)}) > {mx} AS over_{n}" for n, mx in limited.items())
+    limits = [(_COLUMN.get(n, n), mx) for n, mx in _limited(settings).items()]
+    # more values than a limit needs more records than it: count first, count distinct only there
+    over_limit = " OR ".join(f"count({col}) > {mx}" for col, mx in limits) or "FALSE"
     cheap = con.sql(f"""
         SELECT c2, count(*) FILTER (WHERE entity <> 'transactions') > {settings.max_cluster_size} AS over_cap,
-               {counts + ',' if counts else ''}
+               {over_limit} AS over_limit,
                min(first_name_canon) <> max(first_name_canon) OR min(date_of_birth) <> max(date_of_birth) AS varied
-        FROM id_comp_records r GROUP BY c2""").to_arrow_table()
+        FROM id_comp_records GROUP BY c2""").to_arrow_table()
     dirty = set(cheap.filter(cheap.column("over_cap")).column("c2").to_pylist())
-    for name, mx in limited.items():  # more values than the limit? only where there are more records
-        maybe = cheap.filter(cheap.column(f"over_{name}")).column("c2").to_pylist()
-        if maybe:
-            col = _COLUMN.get(name, name)
-            dirty.update(r[0] for r in con.execute(f"""
-                SELECT c2 FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[]))
-                GROUP BY c2 HAVING count(DISTINCT {col}) > {mx}""", [maybe]).fetchall())
+    maybe = cheap.filter(cheap.column("over_limit")).column("c2").to_pylist()
+    if maybe:
+        dirty.update(r[0] for r in con.execute(f"""
+            SELECT c2 FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[])) GROUP BY c2
+            HAVING {" OR ".join(f"count(DISTINCT {col}) > {mx}" for col, mx in limits)}""", [maybe]).fetchall())
     uniq = " OR ".join(f"min({_COLUMN.get(n, n)}) <> max({_COLUMN.get(n, n)})" for n in _unique_ids(settings))
     if uniq:
         dirty.update(r[0] for r in con.execute(
