@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test bench dev docs clean
+.PHONY: venv demo test lint bench dev docs clean
 
 venv: $(STAMP)
 
@@ -31,8 +31,14 @@ demo: $(STAMP)
 # Test modules run in parallel, one module per worker at a time (--dist loadfile): each
 # module builds its own project, so they share nothing but the CPU.
 TEST_WORKERS ?= auto
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The layers (core < stages < privacy < Dagster wiring < CLI, no cycles) and the lint rules,
+# both configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)

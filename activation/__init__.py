@@ -1,6 +1,6 @@
 """Reverse-ETL: push audiences and traits from the published snapshot to email tools.
 
-Entry points (imported lazily so that ``cdp.config`` can import :mod:`activation.config`):
+Entry points (imported lazily so that ``core.config`` can import :mod:`core.settings.activation`):
 ``run_sync``, ``run_all``, ``erase_persons``.
 """
 

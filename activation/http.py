@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from activation.config import Retry
+from core.settings.activation import Retry
 
 log = logging.getLogger("tessera.activation")
 MAX_SERVER_WAIT_S = 120.0  # a Retry-After / RateLimit-Reset longer than this is treated as this

@@ -184,7 +184,7 @@ class LocalAPI(ABC):
             if blocked:
                 self.throttled += 1
                 return False, {}, max(blocked)
-            for name, size, limit, w, n in states:
+            for name, _size, _limit, w, n in states:
                 self._windows[name] = (w, n + 1)
             _, size, limit, w, n = states[-1]  # report the steady window when there is one
             return True, {"RateLimit-Limit": limit, "RateLimit-Remaining": limit - n - 1,

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from activation.config import SyncConfig
 from activation.source import SourceRead
 from activation.state import Delivered
+from core.settings.activation import SyncConfig
 
 ACTION_ORDER = ("retire", "remove", "upsert", "add_membership")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from activation.config import SyncConfig
+from core.settings.activation import SyncConfig
 
 
 class SourceError(ValueError):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.warehouse import transaction
+from core.warehouse import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sync_state (

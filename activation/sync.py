@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from activation.config import SyncConfig
 from activation.destinations.base import Destination, ErasureTarget, MissingSecret, Outcome
 from activation.http import DeliveryFailed
 from activation.plan import ACTION_ORDER, Change, Plan, make_plan
 from activation.source import SourceError, fetch_fields, read_source
 from activation.state import SyncState, state_path
-from publish.snapshot import PublishError, open_current, read_manifest
+from core.settings.activation import SyncConfig
+from core.snapshots import PublishError, open_current, read_manifest
 
 log = logging.getLogger("tessera.activation")
 

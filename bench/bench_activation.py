@@ -22,7 +22,7 @@ import requests
 
 from activation.local_servers import LocalKlaviyo
 from bench.common import OUT
-from cdp.config import config_from_dict
+from core.config import config_from_dict
 from publish.snapshot import publish
 
 PROFILES = 100_000

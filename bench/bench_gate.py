@@ -46,9 +46,9 @@ def step_seconds(dagster_home: Path, run_id: str) -> dict[str, float]:
 
 def main(customers: int, workdir: Path | None = None) -> dict:
     from bench.common import OUT, data_dir
-    from cdp.config import load_config
     from cdp.runner import run_pipeline
     from cdp.scaffold import init_project
+    from core.config import load_config
 
     landing = data_dir(customers)
     proj = (workdir or OUT) / f"gate_{customers}"

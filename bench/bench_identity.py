@@ -32,9 +32,9 @@ if str(ROOT) not in sys.path:
 
 
 def _prepare(customers: int, workdir: Path, seed: int) -> Path:
-    from cdp.config import load_config
     from cdp.scaffold import init_project
-    from cdp.warehouse import open_warehouse
+    from core.config import load_config
+    from core.warehouse import open_warehouse
     from ingestion.generator import generate
     from ingestion.loader import ingest
 
@@ -57,7 +57,7 @@ def _prepare(customers: int, workdir: Path, seed: int) -> Path:
 def _child_identity(proj: Path, db: Path) -> dict:
     import duckdb
 
-    from cdp.config import load_config
+    from core.config import load_config
     from identity.evaluate import evaluate, truth_path
     from identity.pipeline import resolve
 
@@ -88,7 +88,7 @@ def _child_bare_splink(proj: Path, db: Path) -> dict:
     """Splink alone: same input records, settings, training recipe and threshold."""
     import duckdb
 
-    from cdp.config import load_config
+    from core.config import load_config
     from identity import splink_model
 
     cfg = load_config(proj / "cdp.yaml")

@@ -14,8 +14,8 @@ from pathlib import Path
 import duckdb
 
 from bench.common import OUT, data_dir
-from cdp.config import config_from_dict
-from cdp.warehouse import connect
+from core.config import config_from_dict
+from core.warehouse import connect
 from ingestion.loader import ingest
 
 

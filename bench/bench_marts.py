@@ -47,7 +47,7 @@ def _peak_mb() -> float:
 
 
 def _child(layer: str, proj: Path, db: Path, target: Path) -> dict:
-    from cdp.config import load_config
+    from core.config import load_config
 
     cfg = load_config(proj / "cdp.yaml")
     as_of = dt.datetime.combine(AS_OF, dt.time(23, 59, 59), tzinfo=dt.timezone.utc)
@@ -75,7 +75,7 @@ def _child(layer: str, proj: Path, db: Path, target: Path) -> dict:
     else:
         from dbt.cli.main import dbtRunner
 
-        from scoring.settings import dbt_vars
+        from core.settings.scoring import dbt_vars
 
         os.environ["TESSERA_WAREHOUSE"] = str(db)
         os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")

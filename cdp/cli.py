@@ -7,17 +7,22 @@ and exit with status 2; a pipeline run that fails exits with status 1.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from cdp.config import ConfigError, find_config_path
-from cdp.warehouse import WarehouseBusy
-
-from cdp.cli_common import UserError, _load, _progress, config_option, err, out  # noqa: F401 (re-exported)
+from cdp.cli_common import UserError, config_option, load_config_or_exit, out, progress, show_stage_progress
+from cdp.commands_activation import sync_command
+from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS
+from cdp.commands_marketing import segments_command
+from cdp.commands_privacy import export_subject_command, forget
+from cdp.commands_quality import print_publish_status, print_run_summary, publish_command, rollback_command
+from cdp.commands_scoring import evaluate_churn
+from cdp.commands_segments import validate as validate_segments
+from core.config import ConfigError, find_config_path
+from core.warehouse import WarehouseBusy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,11 +62,11 @@ def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
     from ingestion.generator import generate as run_generator
 
     if out_dir is None:
-        out_dir = _load(config_path).landing_dir
+        out_dir = load_config_or_exit(config_path).landing_dir
     t0 = time.perf_counter()
     summary = run_generator(
         customers=customers, seed=seed, out=Path(out_dir),
-        as_of=as_of.date() if as_of else None, progress=_progress, clean=clean,
+        as_of=as_of.date() if as_of else None, progress=progress, clean=clean,
     )
     rows = summary.rows
     out.print(f"wrote sample data for {customers:,} customers to {out_dir} in {time.perf_counter() - t0:.1f}s"
@@ -80,8 +85,8 @@ def run(config_path, only, as_json, accept_drift) -> None:
     """Run the asset graph in this process (what the Dagster UI runs), then summarise."""
     from cdp.runner import run_pipeline
 
-    _load(config_path)  # validate first, with a clear message
-    _show_stage_progress()
+    load_config_or_exit(config_path)  # validate first, with a clear message
+    show_stage_progress()
     try:
         summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift)
     except ValueError as e:
@@ -91,60 +96,8 @@ def run(config_path, only, as_json, accept_drift) -> None:
     if as_json:
         out.print_json(json.dumps(summary.to_dict(), default=str))
     else:
-        _print_run_summary(summary, config_path)
+        print_run_summary(summary, config_path)
     sys.exit(0 if summary.ok else 1)
-
-
-class _CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is now (it may be swapped, e.g. by test runners)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value):
-        pass
-
-
-def _show_stage_progress() -> None:
-    """Print the stages' progress lines (logger `tessera`) as short lines on stderr."""
-    from privacy.masking import MaskPII, install_log_masking
-
-    install_log_masking()
-    log = logging.getLogger("tessera")
-    log.setLevel(logging.INFO)
-    if not any(getattr(h, "_tessera_cli", False) for h in log.handlers):
-        handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        handler._tessera_cli = True
-        handler.addFilter(MaskPII())
-        log.addHandler(handler)
-
-
-def _print_run_summary(summary, config_path) -> None:
-    from cdp.reporting import print_downstream_overview, print_raw_overview
-
-    config = _load(config_path)
-    print_raw_overview(out, config)
-    print_downstream_overview(out, config)
-    for c in summary.failed_checks:
-        colour = "red" if c.severity == "ERROR" else "yellow"
-        out.print(f"[{colour}]check failed ({c.severity}):[/] {c.asset} {c.check}", markup=True)
-        if c.detail:
-            out.print("    " + c.detail.replace("\n", "\n    ")[:2000], markup=False)
-    for f in summary.failures:
-        err.print(f"[bold red]failed:[/] {f}", markup=True)
-    from cdp.commands_quality import print_gate_outcome
-
-    print_gate_outcome(out, summary)
-    passed = sum(c.passed for c in summary.checks)
-    verdict = "[bold green]OK[/]" if summary.ok else "[bold red]FAILED[/]"
-    out.print(
-        f"run {summary.run_id[:8]}: {verdict} — {len(summary.materialized)} assets materialized, "
-        f"{passed}/{len(summary.checks)} checks passed",
-        markup=True,
-    )
 
 
 # --------------------------------------------------------------------------- status
@@ -155,7 +108,7 @@ def status(config_path, as_json) -> None:
     """Show the paths in use, the latest run's outcome and what the warehouse holds."""
     from cdp.reporting import status_dict
 
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     info = status_dict(config, find_config_path(config_path))
     if as_json:
         out.print_json(json.dumps(info, default=str))
@@ -175,8 +128,6 @@ def status(config_path, as_json) -> None:
         out.print(f"warehouse  {info['warehouse_error']}")
     for table, n in (info.get("raw_tables") or {}).items():
         out.print(f"  raw.{table:<22} {n:>12,} rows")
-    from cdp.commands_quality import print_publish_status
-
     print_publish_status(out, info)
 
 
@@ -195,7 +146,7 @@ def identity_plan(config_path, proposed_path, as_json) -> None:
     """Dry run: merges, splits and records moved if the proposed identity settings were applied."""
     from identity.plan import plan_from_files
 
-    _load(config_path)
+    load_config_or_exit(config_path)
     try:
         result = plan_from_files(config_path, proposed_path)
     except (ConfigError, ValueError) as e:
@@ -229,7 +180,7 @@ def evaluate_identity(config_path, as_json) -> None:
     from identity.evaluate import evaluate_config
 
     try:
-        result = evaluate_config(_load(config_path))
+        result = evaluate_config(load_config_or_exit(config_path))
     except WarehouseBusy as e:
         raise UserError(str(e)) from None
     if "error" in result:
@@ -241,34 +192,16 @@ def evaluate_identity(config_path, as_json) -> None:
             out.print(f"{k:<28} {v}")
 
 
-from cdp.commands_activation import sync_command  # noqa: E402  (registered after main exists)
-from cdp.commands_quality import publish_command, rollback_command  # noqa: E402
-
 main.add_command(sync_command)
-# --------------------------------------------------------------------------- marketers
-from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS  # noqa: E402
-
-for _command in MARKETING_COMMANDS:
-    main.add_command(_command)
-# --------------------------------------------------------------------------- privacy
-from cdp.commands_privacy import export_subject_command, forget  # noqa: E402
-
-main.add_command(forget)
-main.add_command(export_subject_command)
-
-
-from cdp.commands_scoring import evaluate_churn  # noqa: E402
-
-evaluate.add_command(evaluate_churn)
-
 main.add_command(publish_command)
 main.add_command(rollback_command)
-
+main.add_command(forget)
+main.add_command(export_subject_command)
+for _command in MARKETING_COMMANDS:
+    main.add_command(_command)
+evaluate.add_command(evaluate_churn)
 # `cdp segments` lists the published segments; `cdp segments validate` checks the definitions file.
-from cdp.commands_marketing import segments_command  # noqa: E402
-from cdp.commands_segments import validate as _validate_segments  # noqa: E402
-
-segments_command.add_command(_validate_segments)
+segments_command.add_command(validate_segments)
 
 
 if __name__ == "__main__":

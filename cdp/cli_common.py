@@ -1,9 +1,10 @@
 """What every `cdp` command module shares: the consoles, the --config/--json options, the
-exit-2 error and config loading. A module of its own because cli.py imports the command
-modules to register them; importing cdp.cli from them would be circular."""
+exit-2 error, config loading and the stage progress lines. cli.py imports the command modules
+to register them; they import only this module, never cdp.cli."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import time
@@ -11,7 +12,8 @@ import time
 import click
 from rich.console import Console
 
-from cdp.config import ConfigError, load_config
+from core.config import ConfigError, load_config
+from core.pii import MaskPII, install_log_masking
 
 # Tables wider than 80 columns stay readable when piped (make demo's log, CI, a pager).
 out = Console(highlight=False, soft_wrap=True,
@@ -34,12 +36,37 @@ class UserError(click.ClickException):
         err.print(f"[bold red]error:[/] {self.message}", markup=True)
 
 
-def _load(config_path):
+def load_config_or_exit(config_path):
     try:
         return load_config(config_path)
     except ConfigError as e:
         raise UserError(str(e)) from None
 
 
-def _progress(msg: str) -> None:
+def progress(msg: str) -> None:
     err.print(f"{time.strftime('%H:%M:%S')} {msg}", markup=False)
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (it may be swapped, e.g. by test runners)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def show_stage_progress() -> None:
+    """Print the stages' progress lines (logger `tessera`) as short lines on stderr."""
+    install_log_masking()
+    log = logging.getLogger("tessera")
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "_tessera_cli", False) for h in log.handlers):
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler._tessera_cli = True
+        handler.addFilter(MaskPII())
+        log.addHandler(handler)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cdp.cli_common import UserError, _load, _progress, config_option, out
+from cdp.cli_common import UserError, config_option, load_config_or_exit, out, progress
 
 
 def _print_report(r) -> None:
@@ -39,12 +39,12 @@ def sync_command(config_path, name, all_syncs, dry_run, as_json) -> None:
     from activation.state import StateBusy
     from activation.sync import SyncError, run_all, run_sync
 
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     if bool(name) == bool(all_syncs):
         raise UserError("give a sync NAME or --all (not both); syncs: "
                         + (", ".join(s.name for s in config.syncs) or "(none configured)"))
     try:
-        reports = run_all(config, dry_run, _progress) if all_syncs else [run_sync(config, name, dry_run, _progress)]
+        reports = run_all(config, dry_run, progress) if all_syncs else [run_sync(config, name, dry_run, progress)]
     except (SyncError, StateBusy) as e:
         raise UserError(str(e)) from None
     if as_json:

@@ -14,12 +14,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from marketing import published as pub
-from marketing.published import MarketingError
-
 # Not imported from cdp.cli, which registers these commands (`python -m cdp.cli` would
 # import it twice otherwise).
-from cdp.cli_common import UserError, _load, config_option, json_option, out  # noqa: E402
+from cdp.cli_common import UserError, config_option, json_option, load_config_or_exit, out  # noqa: E402
+from marketing import published as pub
+from marketing.published import MarketingError
 
 
 def _json_default(v):
@@ -63,7 +62,7 @@ def _table(columns: list[str], rows: list, title: str | None = None) -> Table:
 
 
 def _published_dir(config_path) -> Path:
-    return _load(config_path).published_dir
+    return load_config_or_exit(config_path).published_dir
 
 
 def _user_errors(fn):
@@ -72,7 +71,7 @@ def _user_errors(fn):
 
     import duckdb
 
-    from publish.snapshot import PublishError
+    from core.snapshots import PublishError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -251,8 +250,8 @@ def query_command(sql, config_path, csv_path, limit, as_json) -> None:
 def report_command(config_path, regenerate, as_json) -> None:
     """Where the current snapshot's HTML report is (charts; opens without network)."""
     from activation.state import sync_overview
+    from core.snapshots import read_manifest
     from marketing.report import report_path, write_report
-    from publish.snapshot import read_manifest
 
     published_dir = _published_dir(config_path)
     run_id = read_manifest(published_dir)["current"]
@@ -260,7 +259,7 @@ def report_command(config_path, regenerate, as_json) -> None:
         raise UserError(f"nothing has been published yet under {published_dir}: run `cdp run` first")
     path = report_path(published_dir, run_id)
     if regenerate or not path.exists():
-        path = write_report(published_dir, run_id, syncs=sync_overview(_load(config_path).root))
+        path = write_report(published_dir, run_id, syncs=sync_overview(load_config_or_exit(config_path).root))
     if as_json:
         _print_json({"run_id": run_id, "report": str(path)})
     else:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import click
 
-from cdp.warehouse import WarehouseBusy
-
 # Not imported from cdp.cli: cli.py registers these commands, and `python -m cdp.cli` would
 # then import it twice (as __main__ and as cdp.cli), a circular import.
-from cdp.cli_common import UserError, _load, config_option, err, out  # noqa: E402
+from cdp.cli_common import UserError, config_option, err, load_config_or_exit, out  # noqa: E402
+from core.warehouse import WarehouseBusy
 
 
 def _identifier_options(f):
@@ -40,10 +39,10 @@ def forget(config_path, email, phone, person_id) -> None:
     snapshots and the sync destinations, keeping salted hashes so that files landed again
     later do not bring them back. A report lands in the privacy folder's reports/.
     """
+    from core.salt import SaltMissing
     from privacy.requests import record_request
-    from privacy.salt import SaltMissing
 
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     kind, value = _one_identifier(email, phone, person_id)
     try:
         request = record_request(config, kind, value)
@@ -62,7 +61,7 @@ def export_subject_command(config_path, email, phone, person_id, out_path) -> No
     """Write a JSON of everything held about a person (subject access request)."""
     from privacy.subject import export_subject
 
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     kind, value = _one_identifier(email, phone, person_id)
     try:
         data = export_subject(config, kind, value)

@@ -7,28 +7,8 @@ import sys
 
 import click
 
-from cdp.config import Config
-
-
-def publish_status(config: Config) -> dict:
-    """The current published snapshot and the latest gate outcome (read from files: works
-    while a run holds the warehouse)."""
-    from expectations.gate import latest_gate
-    from publish.snapshot import current_path, read_manifest
-
-    manifest = read_manifest(config.published_dir)
-    current = next((h for h in manifest["history"] if h["run_id"] == manifest.get("current")), None)
-    published = None
-    if current:
-        published = {
-            "snapshot": current["run_id"], "published_at": current["published_at"],
-            "path": str(current_path(config.published_dir)), "tables": current["tables"],
-            "gate_passed": current.get("gate", {}).get("passed"),
-            "kept": [h["run_id"] for h in manifest["history"]],
-        }
-        if manifest.get("rollbacks") and manifest["rollbacks"][-1]["to"] == current["run_id"]:
-            published["rolled_back_at"] = manifest["rollbacks"][-1]["at"]
-    return {"published": published, "quality_gate": latest_gate(config.reports_dir)}
+from cdp.cli_common import UserError, err, load_config_or_exit, out, show_stage_progress
+from cdp.reporting import print_downstream_overview, print_raw_overview
 
 
 def print_publish_status(out, info: dict) -> None:
@@ -83,14 +63,13 @@ def print_gate_outcome(out, summary) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def publish_command(config_path, accept_drift, as_json) -> None:
     """Audit the current build again and publish it if the gate passes (no rebuild)."""
-    from cdp.cli import UserError, _load, _print_run_summary, _show_stage_progress, out
     from cdp.runner import run_pipeline
-    from cdp.warehouse import WarehouseBusy
+    from core.warehouse import WarehouseBusy
 
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     if not config.warehouse_path.exists():
         raise UserError(f"{config.warehouse_path}: nothing built yet; run `cdp run` first")
-    _show_stage_progress()
+    show_stage_progress()
     try:
         summary = run_pipeline(config_path, only=["publish"], accept_drift=accept_drift)
     except WarehouseBusy as e:
@@ -100,7 +79,7 @@ def publish_command(config_path, accept_drift, as_json) -> None:
 
         out.print_json(json.dumps(summary.to_dict(), default=str))
     else:
-        _print_run_summary(summary, config_path)
+        print_run_summary(summary, config_path)
     sys.exit(0 if summary.ok else 1)
 
 
@@ -111,12 +90,33 @@ def publish_command(config_path, accept_drift, as_json) -> None:
               help="The snapshot to make current (see `cdp status`); default: the one before the current.")
 def rollback_command(config_path, to_run) -> None:
     """Make an earlier published snapshot current again (atomically)."""
-    from cdp.cli import UserError, _load, out
-    from publish.snapshot import PublishError, rollback
+    from core.snapshots import PublishError
+    from publish.snapshot import rollback
 
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     try:
         now = rollback(config.published_dir, to_run)
     except PublishError as e:
         raise UserError(str(e)) from None
     out.print(f"snapshot {now} is current again ({config.published_dir / 'tessera.duckdb'})", markup=False)
+
+
+def print_run_summary(summary, config_path) -> None:
+    config = load_config_or_exit(config_path)
+    print_raw_overview(out, config)
+    print_downstream_overview(out, config)
+    for c in summary.failed_checks:
+        colour = "red" if c.severity == "ERROR" else "yellow"
+        out.print(f"[{colour}]check failed ({c.severity}):[/] {c.asset} {c.check}", markup=True)
+        if c.detail:
+            out.print("    " + c.detail.replace("\n", "\n    ")[:2000], markup=False)
+    for f in summary.failures:
+        err.print(f"[bold red]failed:[/] {f}", markup=True)
+    print_gate_outcome(out, summary)
+    passed = sum(c.passed for c in summary.checks)
+    verdict = "[bold green]OK[/]" if summary.ok else "[bold red]FAILED[/]"
+    out.print(
+        f"run {summary.run_id[:8]}: {verdict} — {len(summary.materialized)} assets materialized, "
+        f"{passed}/{len(summary.checks)} checks passed",
+        markup=True,
+    )

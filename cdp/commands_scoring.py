@@ -6,7 +6,8 @@ import json
 
 import click
 
-from cdp.warehouse import WarehouseBusy
+from cdp.cli_common import UserError, load_config_or_exit, out
+from core.warehouse import WarehouseBusy
 
 
 @click.command("churn")
@@ -16,11 +17,10 @@ from cdp.warehouse import WarehouseBusy
 def evaluate_churn(config_path, as_json) -> None:
     """Churn: stored time-split validation metrics and metrics against the future ground truth;
     cart intent: measured 7-day purchase rate per intent group."""
-    from cdp.cli import UserError, _load, out  # here, not at import: cli.py registers this command
     from scoring.evaluate import evaluate_config
 
     try:
-        result = evaluate_config(_load(config_path))
+        result = evaluate_config(load_config_or_exit(config_path))
     except (WarehouseBusy, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     if "error" in result:

@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 
 import click
 
+from cdp.cli_common import UserError, load_config_or_exit, out
+
 
 # Registered under `cdp segments` (cdp/cli.py), beside the listing of published segments.
 @click.command("validate")
@@ -21,11 +23,10 @@ def validate(config_path, file_path, quiet) -> None:
     config's as_of (or now)."""
     from pathlib import Path
 
-    from cdp.cli import UserError, _load, out
     from segments.compiler import compile_segment
     from segments.model import SegmentFileError, load_segments
 
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     path = Path(file_path) if file_path else config.segments_file
     try:
         segment_file = load_segments(path)

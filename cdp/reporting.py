@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from cdp.config import Config
 from cdp.reporting_scoring import print_model_overview
-from cdp.warehouse import WarehouseBusy, open_warehouse, table_exists
-from ingestion.contracts import ENTITIES
+from core.config import Config
+from core.contracts import ENTITIES
+from core.snapshots import current_path, read_manifest
+from core.warehouse import WarehouseBusy, open_warehouse, table_exists
+from expectations.gate import latest_gate
 
 
 def raw_counts(con) -> dict[str, int]:
@@ -158,15 +161,11 @@ def status_dict(config: Config, config_path: Path) -> dict:
     }
     last_cli = config.dagster_home / "last_run.json"
     if info["latest_run"] and last_cli.exists():
-        import json
-
         record = json.loads(last_cli.read_text())
         if record.get("run_id") == info["latest_run"]["run_id"]:
             failed = [c for c in record.get("checks", []) if not c["passed"]]
             info["latest_run"]["ok"] = record.get("ok")
             info["latest_run"]["failed_checks"] = [f"{c['asset']}:{c['check']} ({c['severity']})" for c in failed]
-    from cdp.commands_quality import publish_status
-
     info.update(publish_status(config))
     if config.warehouse_path.exists():
         try:
@@ -176,3 +175,21 @@ def status_dict(config: Config, config_path: Path) -> dict:
         except WarehouseBusy as e:
             info["warehouse_error"] = str(e)
     return info
+
+
+def publish_status(config: Config) -> dict:
+    """The current published snapshot and the latest gate outcome (read from files: works
+    while a run holds the warehouse)."""
+    manifest = read_manifest(config.published_dir)
+    current = next((h for h in manifest["history"] if h["run_id"] == manifest.get("current")), None)
+    published = None
+    if current:
+        published = {
+            "snapshot": current["run_id"], "published_at": current["published_at"],
+            "path": str(current_path(config.published_dir)), "tables": current["tables"],
+            "gate_passed": current.get("gate", {}).get("passed"),
+            "kept": [h["run_id"] for h in manifest["history"]],
+        }
+        if manifest.get("rollbacks") and manifest["rollbacks"][-1]["to"] == current["run_id"]:
+            published["rolled_back_at"] = manifest["rollbacks"][-1]["at"]
+    return {"published": published, "quality_gate": latest_gate(config.reports_dir)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from cdp.warehouse import table_exists
+from core.warehouse import table_exists
 
 
 def print_model_overview(console: Console, con) -> None:

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdp.config import CONFIG_ENV, Config, find_config_path, load_config
 from cdp.scaffold import ensure_dagster_home
-from privacy.masking import mask_pii
+from core.config import CONFIG_ENV, Config, find_config_path, load_config
+from core.pii import mask_pii
 
 # `cdp run --only STAGE` → the Dagster asset groups it runs. Later stages add theirs.
 STAGES: dict[str, list[str]] = {
@@ -114,8 +114,8 @@ def _execute(config: Config, only: list[str] | None, accept_drift: bool = False)
 
     from dagster import AssetSelection, DagsterInstance
 
-    from dagster_project.defs.quality import ACCEPT_DRIFT_TAG
     from dagster_project.definitions import GATE_CHECKS, defs
+    from dagster_project.defs.quality import ACCEPT_DRIFT_TAG
 
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdp.config import load_config
-from privacy.salt import salt_path, write_salt_file
+from core.config import load_config
+from core.salt import salt_path, write_salt_file
 
 # The example segments file `cdp init` writes beside cdp.yaml.
 EXAMPLE_SEGMENTS = Path(__file__).resolve().parents[1] / "segments" / "example.yaml"
@@ -127,8 +127,8 @@ telemetry:
   enabled: false
 # Stage progress lines (Python loggers named tessera.*) appear in each run's event log.
 # Emails and phone numbers in them are masked when each record is created (the code location
-# installs privacy.masking at import), so the event log never receives them; a handler added
-# under dagster_handler_config can take the same filter: {"()": privacy.masking.MaskPII}.
+# installs core.pii at import), so the event log never receives them; a handler added
+# under dagster_handler_config can take the same filter: {"()": core.pii.MaskPII}.
 python_logs:
   managed_python_loggers:
     - tessera

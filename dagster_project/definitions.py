@@ -3,6 +3,7 @@ assets live in ``dagster_project/defs/<stage>.py`` and its logic in its own pack
 
 from dagster import Definitions, in_process_executor
 
+from core.pii import install_log_masking
 from dagster_project.defs.activation import SYNC_ASSETS, SYNC_SCHEDULES
 from dagster_project.defs.automation import daily_refresh, ingest_job, landing_files_sensor, refresh_job
 from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_RESOURCES
@@ -13,7 +14,6 @@ from dagster_project.defs.quality import build_quality_defs, build_source_checks
 from dagster_project.defs.resources import tessera_from_env
 from dagster_project.defs.scoring import SCORING_ASSETS
 from dagster_project.defs.segments import SEGMENT_ASSETS
-from privacy.masking import install_log_masking
 
 # Every log record of this code location is masked for emails and phone numbers at creation,
 # before Dagster's handlers copy it into the event log (see privacy/masking.py).

@@ -18,15 +18,20 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
-
-from cdp.config import Config
-from cdp.warehouse import fetch_all, table_exists, transaction
-from expectations import registry
-from expectations.registry import PUBLISHED_TABLES, PublishedTable
+from core import published as registry
+from core.config import Config
+from core.published import PUBLISHED_TABLES, PublishedTable
+from core.snapshots import current_path, open_snapshot, read_manifest
+from core.warehouse import fetch_all, table_exists, transaction
 from expectations.suites import (
-    BAD_ROW_RATE, DRIFT_METRICS, IDENTITY_METRICS, Metric, published_metrics, published_metrics_sql,
-    source_metrics, source_metrics_sql,
+    BAD_ROW_RATE,
+    DRIFT_METRICS,
+    IDENTITY_METRICS,
+    Metric,
+    published_metrics,
+    published_metrics_sql,
+    source_metrics,
+    source_metrics_sql,
 )
 
 log = logging.getLogger("tessera.quality")
@@ -275,12 +280,10 @@ def profile(con, relation: dict[str, str]) -> dict:
 
 
 def previous_profile(config: Config) -> tuple[dict | None, str | None]:
-    from publish.snapshot import current_path, read_manifest
-
     path = current_path(config.published_dir)
     if not path.exists():
         return None, None
-    ro = duckdb.connect(str(path), read_only=True)
+    ro = open_snapshot(path)
     try:
         names = {r[0] for r in fetch_all(ro, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")}
         prof = profile(ro, {n: f'main."{n}"' for n in names})
@@ -386,11 +389,8 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
     checks: list[CheckResult] = []
     for name in skipped:
         t = registry.published_table(name)
-        if registry.REQUIRE_ALL_TABLES:
-            checks.append(CheckResult(name, "/".join(t.asset_path), "table_present", "suite", False, True,
-                                      detail=f"{t.relation} was not built"))
-        else:
-            log.warning("quality: %s is registered for publishing but %s does not exist yet; skipped", name, t.relation)
+        checks.append(CheckResult(name, "/".join(t.asset_path), "table_present", "suite", False, True,
+                                  detail=f"{t.relation} was not built"))
     for t in present.values():
         checks += check_published_table(con, gx, t, relations, config.quality.sample_rows)
     # Identity sanity and drift read columns the schema checks vouch for.
@@ -464,8 +464,8 @@ def gate_for_run(con, dagster_run_id: str) -> dict | None:
 # --------------------------------------------------------------------------- sources
 def run_source_checks(config: Config, con, since: datetime | None, tables: list[str] | None = None) -> list[CheckResult]:
     """Validate the rows loaded since ``since`` (this run's loads) of each raw table."""
+    from core.contracts import ENTITIES
     from expectations.gx_runner import runner_for
-    from ingestion.contracts import ENTITIES
 
     gx = runner_for(config.reports_dir)
     results: list[CheckResult] = []

@@ -9,7 +9,7 @@ import html
 import os
 from pathlib import Path
 
-from cdp.config import Config
+from core.config import Config
 
 
 def _cell(v) -> str:

@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from expectations.registry import CONTACT_CHANNELS, PUBLISHED_TABLES, PublishedTable
-from ingestion.contracts import DECIMAL, ENTITIES, INTEGER, Entity
+from core.contracts import DECIMAL, ENTITIES, INTEGER, Entity
+from core.published import CONTACT_CHANNELS, PUBLISHED_TABLES, PublishedTable
 
 GX_DIR = Path(__file__).resolve().parent / "gx"
 SUITES_DIR = GX_DIR / "expectations"

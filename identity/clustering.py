@@ -40,7 +40,7 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from identity.settings import IdentitySettings
+from core.settings.identity import IdentitySettings
 
 ACCEPTED, REFUSED, REDUNDANT = "accepted", "refused", "redundant"
 NAME_JW = 0.88

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import duckdb
 
-from cdp.warehouse import table_exists  # noqa: F401  (re-exported for identity modules)
+from core.warehouse import table_exists  # noqa: F401  (re-exported for identity modules)
 
 
 def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):

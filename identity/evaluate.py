@@ -165,7 +165,7 @@ def unique_id_conflicts(con: duckdb.DuckDBPyConnection, schema: str = "identity"
 
 def evaluate_config(config, con: duckdb.DuckDBPyConnection | None = None) -> dict:
     """What ``cdp evaluate identity --json`` prints."""
-    from cdp.warehouse import open_warehouse
+    from core.warehouse import open_warehouse
 
     path = truth_path(config)
     if not path.is_file():
@@ -185,6 +185,6 @@ def evaluate_config(config, con: duckdb.DuckDBPyConnection | None = None) -> dic
 
 def evaluate_from_file(config_path: str | None = None) -> dict:
     """For the CLI: ``cdp evaluate identity --json`` (reads the warehouse read-only)."""
-    from cdp.config import load_config
+    from core.config import load_config
 
     return evaluate_config(load_config(config_path))

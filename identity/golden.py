@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import duckdb
 
-from identity.settings import IdentitySettings, SurvivorshipRule
+from core.settings.identity import IdentitySettings, SurvivorshipRule
 
 _PROPER = "upper(left({x}, 1)) || lower(substr({x}, 2))"
 # field -> (key expression for agreement, display expression)

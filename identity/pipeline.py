@@ -18,9 +18,9 @@ from typing import Callable
 
 import duckdb
 
-from cdp.warehouse import transaction
+from core.settings.identity import IdentitySettings, settings_of
+from core.warehouse import transaction
 from identity import clustering, golden, records, rules, splink_model, stable_ids
-from identity.settings import IdentitySettings, settings_of
 
 Progress = Callable[[str], None]
 MIN_SPLINK_RECORDS = 50  # below this there is nothing for EM to learn from

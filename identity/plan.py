@@ -21,8 +21,8 @@ from pathlib import Path
 
 import duckdb
 
+from core.settings.identity import IdentitySettings, settings_of
 from identity.db import value
-from identity.settings import IdentitySettings, settings_of
 
 PLAN_SCHEMA = "identity_plan"
 
@@ -109,8 +109,8 @@ def plan_from_files(config_path: str | None, proposed_path: str) -> dict:
     is either a whole cdp.yaml or just an ``identity:`` mapping)."""
     import yaml
 
-    from cdp.config import load_config
-    from cdp.warehouse import open_warehouse
+    from core.config import load_config
+    from core.warehouse import open_warehouse
 
     config = load_config(config_path)
     data = yaml.safe_load(Path(proposed_path).read_text()) or {}

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import duckdb
 
-from identity.normalise import blocked_sql, install_macros, phone_fallback_table
-from identity.settings import IdentitySettings
+from core.normalise import blocked_sql, install_macros, phone_fallback_table
+from core.settings.identity import IdentitySettings
 
 RECORD_COLUMNS = (
     "record_key", "rid", "source", "entity", "source_record_id",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import duckdb
 
-from identity.settings import IdentitySettings
+from core.settings.identity import IdentitySettings
 
 # identifier -> (value expression, partition expression) over identity.records
 GROUP_RULES = {

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import duckdb
 
-from identity.settings import IdentitySettings
+from core.settings.identity import IdentitySettings
 
 log = logging.getLogger("tessera.identity")
 

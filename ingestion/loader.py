@@ -31,8 +31,8 @@ import json
 import threading
 import time
 import uuid
-from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,24 +40,26 @@ from typing import Callable, Iterable
 
 import duckdb
 
-from cdp.config import Config, EntityFiles, Source
-from cdp.warehouse import transaction
-from privacy.keys import erased_count, load_erased, row_erased_sql, text_erased_sql
-from privacy.keys import install as install_hashing
-from privacy.salt import load_salt
-from ingestion.contracts import (
+from core.config import Config, EntityFiles, Source
+from core.contracts import (
+    BOOLEAN,
     DATE,
     DECIMAL,
     DUCKDB_TYPES,
+    ENTITIES,
     INTEGER,
     JSON,
-    BOOLEAN,
     STRING,
     TIMESTAMP,
     Entity,
-    entity as contract_entity,
-    ENTITIES,
 )
+from core.contracts import (
+    entity as contract_entity,
+)
+from core.identifiers import erased_count, load_erased, row_erased_sql, text_erased_sql
+from core.identifiers import install as install_hashing
+from core.salt import load_salt
+from core.warehouse import transaction
 
 LINEAGE_COLUMNS = (
     ("_source", "VARCHAR"),
@@ -540,7 +542,7 @@ def load_file(
     claim_lock: threading.Lock | None = None,
 ) -> FileResult:
     """Load one landed file; returns what happened. Never raises for bad data.
-    ``erased_filter``: drop rows of erased persons (needs ``privacy.keys.install`` and the
+    ``erased_filter``: drop rows of erased persons (needs ``core.identifiers.install`` and the
     ``pv_erased`` temp table on ``con``; :func:`ingest` sets both up).
     ``claim_lock``: held while this file's content is checked against, and added to,
     ``applied``, when several files load at once (two copies of one file landed together
@@ -736,7 +738,7 @@ def ingest(
 
 def prepare_erased_filter(config: Config, con: duckdb.DuckDBPyConnection) -> bool:
     """True when persons have been erased: the hashing macros and ``pv_erased`` are then set up
-    on ``con``. Raises ``privacy.salt.SaltMissing`` when there are erased hashes but no salt
+    on ``con``. Raises ``core.salt.SaltMissing`` when there are erased hashes but no salt
     (loading without the filter would bring erased persons back)."""
     if erased_count(con) == 0:
         return False

@@ -17,10 +17,10 @@ from typing import Iterator
 
 import duckdb
 
-from publish.snapshot import SNAPSHOTS, PublishError, current_path, read_manifest
+from core.published import CONSENT_CHANNELS
+from core.snapshots import current_path, open_snapshot, read_manifest, snapshot_file
 
 # Consent channels (interfaces: consent.channel) and the campaign channel each one allows.
-CONSENT_CHANNELS = ("email_marketing", "sms_marketing", "web_personalisation")
 EXPORT_CHANNELS = {"email": "email_marketing", "sms": "sms_marketing"}
 # The contact field each export channel needs to be useful.
 CHANNEL_CONTACT = {"email": "email", "sms": "phone"}
@@ -42,14 +42,6 @@ class MarketingError(ValueError):
 
 
 # --------------------------------------------------------------------------- opening snapshots
-def _connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
-    # Read-only, and no access to other files or the network: a query can read the snapshot's
-    # tables and nothing else.
-    con = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
-    con.execute("SET TimeZone = 'UTC'")
-    return con
-
-
 @contextmanager
 def open_published(published_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """The current published snapshot, read-only."""
@@ -58,7 +50,7 @@ def open_published(published_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         raise MarketingError(
             f"nothing has been published yet under {published_dir}: run `cdp run` (a run whose "
             f"quality gate passes publishes a snapshot), then try again")
-    con = _connect_read_only(path)
+    con = open_snapshot(path)
     try:
         yield con
     finally:
@@ -76,10 +68,6 @@ def previous_run(published_dir: Path) -> dict | None:
         if snapshot_file(published_dir, entry["run_id"]).exists():
             return entry
     return None
-
-
-def snapshot_file(published_dir: Path, run_id: str) -> Path:
-    return published_dir / SNAPSHOTS / f"{run_id}.duckdb"
 
 
 def tables(con) -> dict[str, list[str]]:
@@ -160,7 +148,7 @@ def segments_overview(published_dir: Path) -> dict:
 
 
 def _changes_since(con, previous_path: Path) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
-    prev = _connect_read_only(previous_path)
+    prev = open_snapshot(previous_path)
     try:
         if "segment_membership" not in tables(prev):
             return {}, {}

@@ -10,15 +10,14 @@ data straight out of the file. A chart whose table is not in the snapshot says s
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from marketing.published import EXPECTED_TABLES, _connect_read_only, snapshot_file, tables
-from publish.snapshot import PublishError, read_manifest
+from core.snapshots import PublishError, open_snapshot, read_manifest, snapshot_file
+from marketing.published import EXPECTED_TABLES, tables
 
 # The charts, in page order: (name, title).
 CHARTS = (
@@ -69,7 +68,7 @@ def _segment_sizes(published_dir: Path, manifest: dict, run_id: str) -> Chart:
     sizes: dict[str, dict[str, int]] = {}
     labels = []
     for h in runs:
-        con = _connect_read_only(snapshot_file(published_dir, h["run_id"]))
+        con = open_snapshot(snapshot_file(published_dir, h["run_id"]))
         try:
             if "segment_membership" not in tables(con):
                 continue
@@ -244,7 +243,7 @@ def build_charts(published_dir: Path, run_id: str, syncs: list[dict] | None = No
     path = snapshot_file(published_dir, run_id)
     if not path.exists():
         raise PublishError(f"{path}: no kept snapshot for run {run_id}")
-    con = _connect_read_only(path)
+    con = open_snapshot(path)
     try:
         have = tables(con)
         charts = [_segment_sizes(published_dir, manifest, run_id), _churn(con, have), *_identity(con, have),

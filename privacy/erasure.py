@@ -38,10 +38,12 @@ from typing import Callable
 
 import duckdb
 
-from cdp.warehouse import transaction
-from privacy import keys
+from core import identifiers as keys
+from core.salt import load_salt
+from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, open_snapshot, read_manifest
+from core.warehouse import transaction
 from privacy.requests import ErasureRequest, mark_done, pending_requests, reports_dir
-from privacy.salt import load_salt
+from publish.snapshot import switch_current, write_json_atomically
 
 Progress = Callable[[str], None]
 SKIP_SCHEMAS = ("raw", "privacy", "information_schema", "pg_catalog")
@@ -152,8 +154,6 @@ class ErasureIncomplete(RuntimeError):
 def erase_from_snapshots(config, person_ids: list[str]) -> dict[str, dict[str, int]]:
     """Rewrite every kept published snapshot that holds the persons, without them; returns
     {run_id: {table: rows removed}} for the snapshots changed."""
-    from publish.snapshot import CURRENT, MANIFEST, SNAPSHOTS, _write_json_atomically, read_manifest
-
     published = config.published_dir
     snap_dir = published / SNAPSHOTS
     if not person_ids or not snap_dir.is_dir():
@@ -172,14 +172,12 @@ def erase_from_snapshots(config, person_ids: list[str]) -> dict[str, dict[str, i
                 entry["tables"] = new_counts[entry["run_id"]]
         manifest.setdefault("erasures", []).append(
             {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "snapshots_rewritten": sorted(changed)})
-        _write_json_atomically(published / MANIFEST, manifest)
+        write_json_atomically(published / MANIFEST, manifest)
     return changed
 
 
 def _rewrite_snapshot(path: Path, person_ids: list[str], current: Path) -> tuple[dict[str, int], dict[str, int]]:
-    from publish.snapshot import _switch_current
-
-    ro = duckdb.connect(str(path), read_only=True)
+    ro = open_snapshot(path)
     try:
         tables = [(s, t, cols) for s, t, cols in _tables(ro) if s == "main"]
         removed = {}
@@ -215,7 +213,7 @@ def _rewrite_snapshot(path: Path, person_ids: list[str], current: Path) -> tuple
     was_current = current.exists() and os.stat(current).st_ino == os.stat(path).st_ino
     os.replace(tmp, path)
     if was_current:
-        _switch_current(current.parent, path)
+        switch_current(current.parent, path)
     return removed, counts
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from privacy.keys import key_hash, request_keys
-from privacy.salt import load_salt
+from core.identifiers import key_hash, request_keys
+from core.salt import load_salt
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import secrets
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-from cdp.warehouse import open_warehouse
-from privacy import keys
+from core import identifiers as keys
+from core.warehouse import open_warehouse
 from privacy.erasure import PERSON_COLUMNS, SKIP_SCHEMAS, _tables, collect_identifiers, resolve_persons
 from privacy.requests import phone_region
 

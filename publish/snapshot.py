@@ -1,16 +1,10 @@
-"""Published snapshots: what marketers and syncs read, replaced atomically.
+"""Publishing snapshots: write aside, switch atomically, keep N, roll back.
 
-Layout under the config's ``paths.published``::
-
-    tessera.duckdb              the current snapshot (a hard link to one file in snapshots/)
-    snapshots/<run_id>.duckdb   the last N published snapshots, for rollback
-    manifest.json               history: run, published_at, tables and row counts, gate result
-
-Publishing writes a complete new DuckDB file under ``snapshots/`` first, then links it to a
-temporary name and ``os.replace``-s that over ``tessera.duckdb``: one atomic rename. A
-reader that opened the old file keeps its inode, so it goes on reading the old snapshot
-undisturbed; the next reader opens the new one. Nothing is ever written into a published
-file after it is in place.
+The layout and the read side live in ``core.snapshots``. Publishing writes a complete new
+DuckDB file under ``snapshots/`` first, then links it to a temporary name and
+``os.replace``-s that over ``tessera.duckdb``: one atomic rename. A reader that opened the
+old file keeps its inode, so it goes on reading the old snapshot undisturbed; the next
+reader opens the new one. Nothing is ever written into a published file after it is in place.
 """
 
 from __future__ import annotations
@@ -24,13 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-CURRENT = "tessera.duckdb"
-MANIFEST = "manifest.json"
-SNAPSHOTS = "snapshots"
-
-
-class PublishError(RuntimeError):
-    pass
+from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, PublishError, read_manifest
 
 
 @dataclass(frozen=True)
@@ -48,7 +36,7 @@ def _safe_run_id(run_id: str) -> str:
     return run_id
 
 
-def _write_json_atomically(path: Path, data) -> None:
+def write_json_atomically(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     with open(tmp, "rb") as f:
@@ -56,14 +44,7 @@ def _write_json_atomically(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(published_dir: Path) -> dict:
-    path = published_dir / MANIFEST
-    if not path.exists():
-        return {"current": None, "history": []}
-    return json.loads(path.read_text())
-
-
-def _switch_current(published_dir: Path, snapshot_file: Path) -> None:
+def switch_current(published_dir: Path, snapshot_file: Path) -> None:
     tmp = published_dir / f".{CURRENT}.switch"
     tmp.unlink(missing_ok=True)
     os.link(snapshot_file, tmp)
@@ -119,7 +100,7 @@ def publish(
     """Write a new snapshot and make it current atomically; keep the last ``keep``."""
     published_dir.mkdir(parents=True, exist_ok=True)
     path, counts = write_snapshot(con, tables, published_dir, run_id)
-    _switch_current(published_dir, path)
+    switch_current(published_dir, path)
     snap = Snapshot(run_id, path, datetime.now(timezone.utc).isoformat(timespec="seconds"), counts, gate)
     manifest = read_manifest(published_dir)
     manifest["history"] = [
@@ -128,7 +109,7 @@ def publish(
     ]
     manifest["current"] = snap.run_id
     manifest["history"], dropped = manifest["history"][:keep], manifest["history"][keep:]
-    _write_json_atomically(published_dir / MANIFEST, manifest)
+    write_json_atomically(published_dir / MANIFEST, manifest)
     for old in dropped:
         if old["run_id"] != manifest["current"]:
             (published_dir / SNAPSHOTS / f"{old['run_id']}.duckdb").unlink(missing_ok=True)
@@ -152,31 +133,19 @@ def rollback(published_dir: Path, to_run: str | None = None) -> str:
     path = published_dir / SNAPSHOTS / f"{_safe_run_id(to_run)}.duckdb"
     if not path.exists():
         raise PublishError(f"the snapshot file for run {to_run} is missing: {path}")
-    _switch_current(published_dir, path)
+    switch_current(published_dir, path)
     manifest["current"] = to_run
     manifest.setdefault("rollbacks", []).append(
         {"to": to_run, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     )
-    _write_json_atomically(published_dir / MANIFEST, manifest)
+    write_json_atomically(published_dir / MANIFEST, manifest)
     return to_run
-
-
-def current_path(published_dir: Path) -> Path:
-    return published_dir / CURRENT
-
-
-def open_current(published_dir: Path) -> duckdb.DuckDBPyConnection:
-    """The published snapshot, read-only (readers never take the write lock)."""
-    path = current_path(published_dir)
-    if not path.exists():
-        raise PublishError(f"{path}: nothing has been published yet; run `cdp run` first")
-    return duckdb.connect(str(path), read_only=True)
 
 
 def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict) -> Snapshot:
     """Publish the audited build: the tables the gate checked, named as the gate recorded
     them, as snapshot ``gate['gate_id']``. Refuses a build whose gate did not pass."""
-    from expectations.registry import published_table
+    from core.published import published_table
 
     if not gate.get("passed"):
         raise PublishError(f"the quality gate of {gate.get('gate_id')} did not pass: "

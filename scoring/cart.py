@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.settings.scoring import CartIntentSettings
 from scoring.models import calibration_table, make_model, model_version, select_and_fit
-from scoring.settings import CartIntentSettings
 
 FEATURES = [
     "cart_value", "items_added", "hours_since_added", "checkout_started", "orders_total", "orders_365d",

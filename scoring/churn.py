@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.settings.scoring import ChurnSettings
 from scoring.models import binary_metrics, calibration_table, make_model, model_version, reasons, select_and_fit
-from scoring.settings import ChurnSettings
 
 FEATURES = [
     "days_since_last_order", "days_since_first_order", "orders_total", "orders_30d", "orders_90d", "orders_prev_90d",

@@ -122,7 +122,7 @@ def evaluate_cart_intent(con: duckdb.DuckDBPyConnection, ground_truth: Path) -> 
 
 def evaluate_config(config) -> dict:
     """What `cdp evaluate churn --json` prints."""
-    from cdp.warehouse import open_warehouse
+    from core.warehouse import open_warehouse
 
     ground_truth = config.landing_dir / "ground_truth"
     needed = [ground_truth / n for n in ("future_purchases.csv", "open_carts.csv", "record_person.csv")]

@@ -31,7 +31,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from scoring.settings import CHANNELS, OffersSettings
+from core.settings.scoring import CHANNELS, OffersSettings
 
 INPUT_COLUMNS = {
     "person_id": "person",

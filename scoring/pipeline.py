@@ -16,10 +16,10 @@ import duckdb
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from cdp.warehouse import table_exists
+from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings
+from core.warehouse import table_exists
 from scoring import cart, churn
 from scoring.offers import decide_offers
-from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
 
 log = logging.getLogger("tessera.scoring")
 SCHEMA = "scoring"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.warehouse import fetch_all, fetch_value, table_exists, transaction
+from core.warehouse import fetch_all, fetch_value, table_exists, transaction
 from segments.compiler import CompiledSegment, compile_segment
 from segments.model import SegmentFile, SegmentFileError, load_segments
 from segments.vocabulary import TRAIT_TABLES, TRAITS

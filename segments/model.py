@@ -29,8 +29,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segments.vocabulary import (
-    EVENTS, INTEGER, LIST_OPERATORS, MAX_WINDOW_DAYS, NUMBER, OPERATOR_ALIASES, OPERATORS, TEXT, TIMESTAMP,
-    TRAITS, Trait,
+    EVENTS,
+    INTEGER,
+    LIST_OPERATORS,
+    MAX_WINDOW_DAYS,
+    NUMBER,
+    OPERATOR_ALIASES,
+    OPERATORS,
+    TEXT,
+    TRAITS,
+    Trait,
 )
 
 NAME_PATTERN = r"[a-z][a-z0-9_]{0,62}"

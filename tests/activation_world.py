@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from cdp.config import config_from_dict
+from core.config import config_from_dict
 from publish.snapshot import publish
 
 _run = itertools.count(1)

@@ -9,9 +9,12 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from cdp.config import Config, config_from_dict  # noqa: E402
 from cdp.scaffold import init_project  # noqa: E402
-from cdp.config import load_config  # noqa: E402
+from core.config import (  # noqa: E402
+    Config,
+    config_from_dict,
+    load_config,  # noqa: E402
+)
 
 
 @pytest.fixture

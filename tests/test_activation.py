@@ -16,7 +16,7 @@ import pytest
 from activation.local_servers import LocalKlaviyo, LocalMailchimp
 from activation.state import state_path
 from activation.sync import SyncError, erase_persons, run_sync
-from cdp.config import ConfigError
+from core.config import ConfigError
 from tests.activation_world import World, klaviyo_sync, mailchimp_sync, make_config
 
 ROOT = Path(__file__).resolve().parents[1]

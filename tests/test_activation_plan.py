@@ -2,10 +2,10 @@
 
 import json
 
-from activation.config import SyncConfig
 from activation.plan import make_plan
 from activation.source import SourceRead, Wanted
 from activation.state import Delivered
+from core.settings.activation import SyncConfig
 
 
 def _sync(mode: str) -> SyncConfig:
@@ -71,9 +71,9 @@ def test_merges_and_key_changes_leave_one_profile():
 
 
 def test_klaviyo_import_jobs_respect_the_byte_limit(monkeypatch):
-    from activation.config import Klaviyo, Retry
     from activation.destinations.klaviyo import KlaviyoDestination
     from activation.plan import Change
+    from core.settings.activation import Klaviyo, Retry
 
     monkeypatch.setenv("K", "pk")
     cfg = Klaviyo.model_validate({"type": "klaviyo", "api_key_env": "K", "list_id": "L", "batch_size": 100,

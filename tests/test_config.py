@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdp.config import ConfigError, load_config
 from cdp.scaffold import init_project
+from core.config import ConfigError, load_config
 
 
 def test_init_scaffolds_a_valid_project(tmp_path):

@@ -23,8 +23,8 @@ def _config_env(monkeypatch, tmp_path):
 
 
 def test_definitions_wire_one_asset_per_raw_table_with_checks(_config_env):
+    from core.contracts import ENTITIES
     from dagster_project.definitions import defs
-    from ingestion.contracts import ENTITIES
 
     graph = defs.resolve_asset_graph()
     keys = graph.get_all_asset_keys()

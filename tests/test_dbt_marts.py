@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from cdp.config import load_config
 from cdp.scaffold import init_project
-from cdp.warehouse import fetch_all, fetch_value, open_warehouse
+from core.config import load_config
+from core.warehouse import fetch_all, fetch_value, open_warehouse
 
 REPO = Path(__file__).resolve().parents[1]
 DBT_DIR = REPO / "dbt"
@@ -366,8 +366,8 @@ def test_consent_latest_signal_wins_and_support_do_not_contact_withdraws(con):
 
 # ---------------------------------------------------------------------------- scoring (churn, cart intent, offers)
 def test_scoring_assets_feed_the_published_scores_offers_and_metrics(built, con):
+    from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings
     from scoring.offers import in_holdout
-    from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
 
     mats = built["materialized"]
     churn_meta = mats["scoring/churn_predictions"]
@@ -435,8 +435,8 @@ def test_model_segments_join_segment_membership_and_its_history(con):
 def test_scoring_is_deterministic(built, con):
     from threadpoolctl import threadpool_limits
 
+    from core.settings.scoring import CartIntentSettings, ChurnSettings
     from scoring import cart, churn
-    from scoring.settings import CartIntentSettings, ChurnSettings
 
     stored = con.execute("SELECT person_id, churn_probability, model_version FROM scoring.churn_predictions ORDER BY 1").df()
     with threadpool_limits(1):

@@ -16,9 +16,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from ingestion.contracts import WEB_TRACK_EVENTS, entity
-from ingestion.generator import OUTLET_COLUMN_MAP, OUTLET_FORMATS, BadRowRates, MessRates, generate
-from ingestion.generator import names
+from core.contracts import WEB_TRACK_EVENTS, entity
+from ingestion.generator import OUTLET_COLUMN_MAP, OUTLET_FORMATS, BadRowRates, MessRates, generate, names
 
 CUSTOMERS = 2500
 SEED = 11

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import yaml
 
-from cdp.config import load_config
 from cdp.scaffold import init_project
-from cdp.warehouse import open_warehouse
+from core.config import load_config
+from core.warehouse import open_warehouse
 from identity.evaluate import evaluate, evaluate_config, truth_path
 from identity.pipeline import resolve
 from identity.plan import plan

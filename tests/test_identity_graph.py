@@ -5,8 +5,8 @@ import json
 import duckdb
 import pytest
 
+from core.settings.identity import IdentitySettings
 from identity.pipeline import resolve
-from identity.settings import IdentitySettings
 from ingestion.loader import ensure_raw_schema
 from tests.conftest import make_config
 

@@ -3,11 +3,11 @@
 import duckdb
 import pytest
 
-from cdp.config import ConfigError, config_from_dict
-from identity import normalise as n
+from core import normalise as n
+from core.config import ConfigError, config_from_dict
+from core.settings.identity import IdentitySettings
 from identity.clustering import jaro_winkler, names_compatible
 from identity.evaluate import pair_metrics
-from identity.settings import IdentitySettings
 from identity.splink_model import check_parameters
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cdp.warehouse import connect, transaction
+from core.warehouse import connect, transaction
 from ingestion.loader import CHANGED, DUPLICATE, LOADED, REJECTED, UNCHANGED, ingest
 from tests.conftest import make_config, write
 
@@ -322,8 +322,8 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from cdp.config import config_from_dict
-    from cdp.warehouse import connect
+    from core.config import config_from_dict
+    from core.warehouse import connect
     import ingestion.loader as loader
 
     root, mode = Path(sys.argv[1]), sys.argv[2]

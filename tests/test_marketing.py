@@ -12,7 +12,6 @@ Every answer is compared with direct SQL on the snapshot file.
 """
 
 import csv
-import datetime as dt
 import hashlib
 import json
 import os
@@ -28,10 +27,11 @@ import pytest
 from click.testing import CliRunner
 
 from cdp.cli import main
-from cdp.config import load_config
 from cdp.scaffold import init_project
+from core.config import load_config
+from core.snapshots import CURRENT
 from marketing.report import CHARTS, report_path, write_report
-from publish.snapshot import CURRENT, publish
+from publish.snapshot import publish
 
 REAL_MARTS = ("customers", "customer_traits", "identity_graph", "identity_changes", "segment_membership_history",
               "consent")
@@ -285,12 +285,12 @@ def test_query_cannot_modify_the_snapshot(built, sql):
 
 def test_query_connection_is_read_only_even_past_the_statement_check(built):
     # The second layer: the connection itself refuses writes and files outside the snapshot.
-    from marketing.published import _connect_read_only
+    from core.snapshots import open_snapshot
 
     _, config = built
     snapshot = config.published_dir / CURRENT
     before = hashlib.sha256(snapshot.read_bytes()).hexdigest()
-    con = _connect_read_only(snapshot)
+    con = open_snapshot(snapshot)
     with pytest.raises(duckdb.Error, match="read-only"):
         con.execute("DELETE FROM customers")
     with pytest.raises(duckdb.Error):
@@ -471,8 +471,8 @@ def test_a_pipeline_run_stores_one_gate_verdict_and_reports_every_check_once(bui
 
 
 def _gate_check_keys() -> set[tuple[str, str]]:
+    from core.published import PUBLISHED_TABLES
     from dagster_project.defs.quality import gate_check_names
-    from expectations.registry import PUBLISHED_TABLES
 
     names = gate_check_names()
     return {("/".join(t.asset_path), n) for t in PUBLISHED_TABLES for n in names[t.name]}

@@ -44,12 +44,13 @@ import yaml
 
 from activation.local_servers import LocalKlaviyo, LocalMailchimp
 from activation.state import state_path
-from cdp.config import load_config
 from cdp.scaffold import init_project
-from cdp.warehouse import open_warehouse
-from identity.normalise import phone_e164
+from core.config import load_config
+from core.normalise import phone_e164
+from core.snapshots import SNAPSHOTS, current_path, read_manifest
+from core.warehouse import open_warehouse
 from privacy.requests import requests_dir
-from publish.snapshot import SNAPSHOTS, current_path, publish, read_manifest
+from publish.snapshot import publish
 
 # One shared build of three runs; on a loaded 2-core machine it can take several minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -590,7 +591,7 @@ def test_log_records_are_masked_when_created(capsys):
     Dagster adds its own to capture `tessera` into the event log)."""
     import logging
 
-    from privacy.masking import install_log_masking, mask_pii
+    from core.pii import install_log_masking, mask_pii
 
     install_log_masking()
     seen = []

@@ -10,7 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from publish.snapshot import CURRENT, PublishError, open_current, publish, read_manifest, rollback
+from core.snapshots import CURRENT, PublishError, open_current, read_manifest
+from publish.snapshot import publish, rollback
 
 
 def _warehouse(tmp_path: Path, persons: int) -> duckdb.DuckDBPyConnection:

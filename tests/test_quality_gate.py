@@ -22,11 +22,11 @@ import pytest
 from click.testing import CliRunner
 
 from cdp.cli import main
-from cdp.config import load_config
 from cdp.scaffold import init_project
-from cdp.warehouse import fetch_all, fetch_value, open_warehouse, table_exists
-from expectations.registry import PUBLISHED_TABLES
-from publish.snapshot import CURRENT, read_manifest
+from core.config import load_config
+from core.published import PUBLISHED_TABLES
+from core.snapshots import CURRENT, read_manifest
+from core.warehouse import fetch_all, fetch_value, open_warehouse, table_exists
 
 AS_OF = dt.date(2026, 6, 30)
 
@@ -322,7 +322,7 @@ def test_dagster_wiring_publish_is_downstream_of_every_mart_and_checks_block():
 
 
 def test_drift_defaults_block_a_halved_person_count_and_a_shifted_churn_distribution(tmp_path):
-    from cdp.config import config_from_dict
+    from core.config import config_from_dict
     from expectations.gate import _frame, drift_values
     from expectations.gx_runner import runner_for
 

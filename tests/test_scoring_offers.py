@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.settings.scoring import Offer, OffersSettings
 from scoring.offers import INPUT_COLUMNS, decide_offers, in_holdout
 from scoring.pipeline import offer_inputs
-from scoring.settings import Offer, OffersSettings
 
 NO_HOLDOUT = OffersSettings(holdout_share=0.0)
 
@@ -191,7 +191,7 @@ def test_offer_inputs_count_sends_consent_and_recent_purchases_from_the_warehous
 
 # ---------------------------------------------------------------------------- settings and helpers
 def test_model_settings_errors_name_the_key(tmp_path):
-    from cdp.config import ConfigError, config_from_dict
+    from core.config import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match=r"offers\.catalog.*unknown offer\(s\) free_pony"):
         config_from_dict({"offers": {"catalog": {"free_pony": {"value": 1.0}}}}, tmp_path)
@@ -200,7 +200,7 @@ def test_model_settings_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"cart_intent\.likley_at: unknown key"):
         config_from_dict({"cart_intent": {"likley_at": 0.4}}, tmp_path)
     config = config_from_dict({"churn": {"horizon_days": 60}}, tmp_path)
-    from scoring.settings import dbt_vars
+    from core.settings.scoring import dbt_vars
 
     assert dbt_vars(config.churn, config.cart_intent) == {"churn_horizon_days": 60}  # defaults are not passed
 

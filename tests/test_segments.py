@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cdp.warehouse import fetch_all, fetch_value, open_warehouse
+from core.warehouse import fetch_all, fetch_value, open_warehouse
 from segments.compiler import compile_segment, quote
 from segments.evaluator import write_segments
 from segments.model import SegmentFileError, load_segments, parse_segments

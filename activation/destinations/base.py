@@ -60,7 +60,7 @@ class Destination(ABC):
     def requests(self) -> int:
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most destinations hold nothing to close)
         pass
 
 

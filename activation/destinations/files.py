@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from activation.config import Files as FilesConfig
 from activation.destinations.base import Destination, ErasureTarget, Outcome
 from activation.plan import Change
+from core.settings.activation import Files as FilesConfig
 
 
 class FilesDestination(Destination):

@@ -16,10 +16,11 @@ import logging
 import time
 from typing import Iterator
 
-from activation.config import Klaviyo as KlaviyoConfig, Retry
 from activation.destinations.base import Destination, ErasureTarget, Outcome, chunks, secret_from_env
 from activation.http import DeliveryFailed, HttpClient
 from activation.plan import Change
+from core.settings.activation import Klaviyo as KlaviyoConfig
+from core.settings.activation import Retry
 
 log = logging.getLogger("tessera.activation")
 STANDARD_ATTRIBUTES = {"email", "phone_number", "external_id", "first_name", "last_name", "organization",

@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 from typing import Iterator
 
-from activation.config import Mailchimp as MailchimpConfig, Retry
 from activation.destinations.base import Destination, ErasureTarget, Outcome, chunks, secret_from_env
 from activation.http import HttpClient
 from activation.plan import Change
+from core.settings.activation import Mailchimp as MailchimpConfig
+from core.settings.activation import Retry
 
 COMMIT_EVERY = 100  # single-member calls are acknowledged to the state in groups of this size
 

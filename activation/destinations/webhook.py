@@ -14,10 +14,11 @@ import json
 import time
 from typing import Iterator
 
-from activation.config import Retry, Webhook as WebhookConfig
 from activation.destinations.base import Destination, ErasureTarget, Outcome, chunks, secret_from_env
 from activation.http import HttpClient
 from activation.plan import Change
+from core.settings.activation import Retry
+from core.settings.activation import Webhook as WebhookConfig
 
 SIGNATURE_HEADER = "X-Tessera-Signature"
 TIMESTAMP_HEADER = "X-Tessera-Timestamp"

@@ -18,9 +18,9 @@ from dagster import (
     asset,
 )
 
-from activation.config import SyncConfig
 from activation.sync import run_sync
-from cdp.config import CONFIG_ENV, ConfigError, load_config
+from core.config import CONFIG_ENV, ConfigError, load_config
+from core.settings.activation import SyncConfig
 from dagster_project.defs.resources import TesseraResource
 
 ACTIVATION_GROUP = "activation"

@@ -10,17 +10,17 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
+    ScheduleDefinition,
     SensorEvaluationContext,
     SkipReason,
     define_asset_job,
-    ScheduleDefinition,
     sensor,
 )
 
-from cdp.config import ConfigError
+from core.config import ConfigError
+from core.contracts import entity
 from dagster_project.defs.ingestion import INGESTION_GROUP
 from dagster_project.defs.resources import TesseraResource
-from ingestion.contracts import entity
 from ingestion.loader import landed_files
 
 ingest_job = define_asset_job(

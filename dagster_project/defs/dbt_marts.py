@@ -23,11 +23,11 @@ from typing import Any, Iterator, Mapping, Optional
 from dagster import AssetExecutionContext, AssetKey, Output
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
-from cdp.config import CONFIG_ENV, ConfigError, load_config
-from cdp.warehouse import fetch_all, open_warehouse, table_exists
+from core.config import CONFIG_ENV, ConfigError, load_config
+from core.settings.scoring import dbt_vars
+from core.warehouse import fetch_all, open_warehouse, table_exists
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
-from scoring.settings import dbt_vars
 
 log = logging.getLogger("tessera.dbt")
 
@@ -152,7 +152,7 @@ class TesseraDbtTranslator(DagsterDbtTranslator):
 def _dbt_args(as_of, model_vars: dict | None = None) -> list[str]:
     # Without an as_of in cdp.yaml, dbt's default (the invocation's start) applies and no --vars
     # is passed: changing vars makes dbt re-parse the whole project. `model_vars` are the
-    # feature models' settings that differ from dbt_project.yml (scoring.settings.dbt_vars).
+    # feature models' settings that differ from dbt_project.yml (core.settings.scoring.dbt_vars).
     args = ["build"]
     variables = {**({"as_of": as_of.isoformat()} if as_of is not None else {}), **(model_vars or {})}
     if variables:

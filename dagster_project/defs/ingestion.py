@@ -15,8 +15,8 @@ from dagster import (
     multi_asset,
 )
 
+from core.contracts import ENTITIES, Entity
 from dagster_project.defs.resources import TesseraResource
-from ingestion.contracts import ENTITIES, Entity
 from ingestion.loader import CHANGED, REJECTED, ingest
 
 INGESTION_GROUP = "ingestion"

@@ -30,12 +30,12 @@ from dagster import (
     multi_asset_check,
 )
 
-from cdp.warehouse import fetch_all
+from core.contracts import ENTITIES
+from core.published import PUBLISHED_TABLES
+from core.warehouse import fetch_all
 from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
 from dagster_project.defs.resources import TesseraResource
-from expectations.registry import PUBLISHED_TABLES
 from expectations.suites import DRIFT_METRICS, IDENTITY_METRICS, published_metrics, source_metrics
-from ingestion.contracts import ENTITIES
 
 log = logging.getLogger("tessera.quality")
 
@@ -158,8 +158,8 @@ def _publish_asset(deps: list[AssetKey]):
                        "switched in atomically, only when every blocking quality check passed. The last N are kept "
                        "for `cdp rollback`.")
     def publish_snapshot(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
-        from expectations.gate import gate_for_run, run_gate
         from activation.state import sync_overview
+        from expectations.gate import gate_for_run, run_gate
         from marketing.report import write_report
         from publish.snapshot import publish_build
 

@@ -7,8 +7,8 @@ from typing import Iterator
 import duckdb
 from dagster import ConfigurableResource, EnvVar
 
-from cdp.config import CONFIG_ENV, Config, load_config
-from cdp.warehouse import open_warehouse
+from core.config import CONFIG_ENV, Config, load_config
+from core.warehouse import open_warehouse
 
 
 class TesseraResource(ConfigurableResource):

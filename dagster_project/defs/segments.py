@@ -10,7 +10,15 @@ segment_catalog (dbt sources ``source('segments', ...)``).
 
 import logging
 
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSpec,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
 
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource

@@ -29,8 +29,17 @@ from .identity_mess import MessRates, MessRenderer, usable
 from .population import build_population
 from .textops import scramble
 from .timeline import Timeline
-from .writers import (OUTLET_COLUMN_MAP, OUTLET_FORMATS, Landing, write_catalog, write_email, write_outlet,
-                      write_pos, write_support, write_web)
+from .writers import (
+    OUTLET_COLUMN_MAP,
+    OUTLET_FORMATS,
+    Landing,
+    write_catalog,
+    write_email,
+    write_outlet,
+    write_pos,
+    write_support,
+    write_web,
+)
 
 __all__ = ["generate", "GenerationSummary", "MessRates", "BadRowRates", "OUTLET_COLUMN_MAP", "OUTLET_FORMATS"]
 
@@ -56,7 +65,8 @@ class GenerationSummary:
 
 def generate(customers: int, seed: int, out: Path, as_of: dt.date | None = None,
              progress: Callable[[str], None] | None = None, clean: bool = False,
-             mess_rates: MessRates = MessRates(), bad_row_rates: BadRowRates = BadRowRates()) -> GenerationSummary:
+             mess_rates: MessRates = MessRates(), bad_row_rates: BadRowRates = BadRowRates(),  # noqa: B008 (frozen)
+             ) -> GenerationSummary:
     """Write landing files and ground truth for ``customers`` people under ``out``.
 
     as_of defaults to today (UTC): history spans as_of - 730 days .. the end of the as_of

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .textops import S, STR, hex_strings, padded, scramble
+from .textops import STR, S, hex_strings, padded, scramble
 
 # Which kinds apply to which file sets (the folder/prefix of a monthly file).
 JSONL_KINDS = ("truncated_json", "missing_key", "impossible_timestamp", "non_date_timestamp")

@@ -363,7 +363,7 @@ def simulate_activity(rng: np.random.Generator, pop: Population, catalog: Catalo
         activity = engagement * frac
 
         def when(person):
-            return lo[person] + (rng.random(len(person)) * width[person]).astype(np.int64)
+            return lo[person] + (rng.random(len(person)) * width[person]).astype(np.int64)  # noqa: B023 (called in this iteration only)
 
         # Purchases in store and online, and (in history) carts left behind.
         store_person, _ = ragged(rng.poisson(pop.purchase_rate * (1 - pop.web_share) * activity))
@@ -371,7 +371,7 @@ def simulate_activity(rng: np.random.Generator, pop: Population, catalog: Catalo
         cart_person, _ = ragged(rng.poisson(pop.cart_rate * activity) if in_history else np.zeros(n, dtype=np.int64))
         person = np.concatenate([store_person, web_person, cart_person])
         baskets, lines = _baskets(rng, pop, catalog, person, when(person), counters)
-        n_store, n_web, n_cart = len(store_person), len(web_person), len(cart_person)
+        n_store, n_web = len(store_person), len(web_person)
         store_rows = np.arange(n_store)
         web_rows = np.arange(n_store, n_store + n_web)
         cart_rows = np.arange(n_store + n_web, len(person))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import names
 from .behaviour import Activity, Latent, Table
 from .catalog import CATEGORY_NAMES
 from .population import Population
-from . import names
 from .textops import S, strings
 from .timeline import US_PER_DAY, Timeline
 from .writers import Landing

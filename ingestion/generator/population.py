@@ -13,7 +13,7 @@ import numpy as np
 from . import names
 from .catalog import CATEGORY_NAMES
 from .identity_mess import MessRates
-from .textops import S, STR, hex_strings, padded, pick, scramble, split_email, strings
+from .textops import STR, S, hex_strings, padded, pick, scramble, split_email, strings
 from .timeline import US_PER_DAY, US_PER_HOUR, Timeline
 
 MAX_EMAILS = 3

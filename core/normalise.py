@@ -6,7 +6,7 @@ and as Python functions (for tests, tools and the rare value SQL cannot settle).
 - phone: E.164. Numbers in the usual UK shapes are settled in SQL; anything else is parsed
   by ``phonenumbers`` (once per distinct value) with the configured default region.
 - names: lower-case, accents removed, letters only; ``first_name_canon`` maps nicknames to
-  one formal name (``identity/nicknames.csv``).
+  one formal name (``core/nicknames.csv``).
 - postcode: upper-case without spaces; ``postcode_outward`` is the district (all but the
   last three characters).
 - address: lower-case, punctuation removed, common street words abbreviated.

@@ -20,7 +20,7 @@ import hashlib
 
 import duckdb
 
-from identity.normalise import email_canonical, install_macros, norm_email, phone_e164
+from core.normalise import email_canonical, install_macros, norm_email, phone_e164
 
 ERASED_TABLE = "privacy.erased_identifiers"
 SCOPED_KINDS = ("loyalty_id", "subscriber_id", "user_id", "anonymous_id", "transaction_id", "ticket_id")

@@ -11,7 +11,6 @@ from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CONSENT_CHANNELS = ("email_marketing", "sms_marketing", "web_personalisation")
 PUBLISHED_TABLE_RE = r"[a-z][a-z0-9_]*"
 
 

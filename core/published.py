@@ -1,19 +1,13 @@
 """The one registry of published tables: name -> warehouse relation, Dagster asset, keys, checks.
 
 Everything that publishes or checks a published table reads it from here: the GX suites
-(generated from it, see ``suites.py``), the gate, the Dagster publish asset and its checks,
-and the snapshot writer. Adding a published table is adding one entry.
-
-``REQUIRE_ALL_TABLES`` is False while parts of the pipeline are still being built: a registered
-table that the warehouse does not hold yet is then skipped with a logged warning (and is not
-published). Set it True once every mart is built, and a missing table blocks the publish.
+(generated from it, see ``expectations/suites.py``), the gate, the Dagster publish asset and
+its checks, the snapshot writer and the marketer commands.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-REQUIRE_ALL_TABLES = True
 
 CONSENT_CHANNELS = ("email_marketing", "sms_marketing", "web_personalisation")
 # Persons reachable by a marketing channel: a granted consent on one of these.

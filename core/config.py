@@ -17,13 +17,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from activation.config import Syncs
-from expectations.settings import QualitySettings
-from identity.settings import IdentitySettings
-from scoring.settings import CartIntentSettings, ChurnSettings, OffersSettings
-from ingestion.contracts import SOURCE_KINDS, entities_of
-from privacy.settings import PrivacySettings
-from segments.settings import SegmentsSettings
+from core.contracts import SOURCE_KINDS, entities_of
+from core.settings.activation import Syncs
+from core.settings.identity import IdentitySettings
+from core.settings.privacy import PrivacySettings
+from core.settings.quality import QualitySettings
+from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings
+from core.settings.segments import SegmentsSettings
 
 CONFIG_ENV = "CDP_CONFIG"
 DEFAULT_CONFIG_NAME = "cdp.yaml"

@@ -1,0 +1,1 @@
+"""One settings model per stage section of cdp.yaml; core.config assembles them."""
