@@ -14,7 +14,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.contracts import SOURCE_KINDS, entities_of
@@ -24,6 +23,7 @@ from core.settings.privacy import PrivacySettings
 from core.settings.quality import QualitySettings
 from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings
 from core.settings.segments import SegmentsSettings
+from core.yamlfile import YamlFileError, load_yaml
 
 CONFIG_ENV = "CDP_CONFIG"
 DEFAULT_CONFIG_NAME = "cdp.yaml"
@@ -216,9 +216,9 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             f"or pass --config PATH (or set {CONFIG_ENV})."
         )
     try:
-        data = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{cfg_path}: not valid YAML: {e}") from None
+        data = load_yaml(cfg_path) or {}
+    except YamlFileError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{cfg_path}: the top level must be a mapping of keys (project, paths, sources, ...)")
     if "root" in data:

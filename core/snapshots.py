@@ -15,6 +15,7 @@ configuration locked so a query cannot turn any of that back on.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import duckdb
@@ -45,10 +46,28 @@ def snapshot_file(published_dir: Path, run_id: str) -> Path:
 
 
 def read_manifest(published_dir: Path) -> dict:
+    """The manifest, with ``current`` taken from the file system: the kept snapshot that
+    ``tessera.duckdb`` is a link to. The switch and the manifest write are two steps, so a
+    crash between them must not leave the manifest naming a snapshot readers do not see."""
     path = published_dir / MANIFEST
     if not path.exists():
         return {"current": None, "history": []}
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    live = _linked_run(published_dir, manifest)
+    if live is not None:
+        manifest["current"] = live
+    return manifest
+
+
+def _linked_run(published_dir: Path, manifest: dict) -> str | None:
+    current = current_path(published_dir)
+    if not current.exists():
+        return None
+    for entry in manifest.get("history", []):
+        candidate = snapshot_file(published_dir, entry["run_id"])
+        if candidate.exists() and os.path.samefile(candidate, current):
+            return entry["run_id"]
+    return None
 
 
 def open_snapshot(path: Path) -> duckdb.DuckDBPyConnection:

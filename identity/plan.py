@@ -21,7 +21,10 @@ from pathlib import Path
 
 import duckdb
 
+from core.config import load_config
 from core.settings.identity import IdentitySettings, settings_of
+from core.warehouse import open_warehouse
+from core.yamlfile import YamlFileError, load_yaml
 from identity.db import value
 
 PLAN_SCHEMA = "identity_plan"
@@ -107,13 +110,11 @@ def _changed(old: IdentitySettings, new: IdentitySettings) -> dict:
 def plan_from_files(config_path: str | None, proposed_path: str) -> dict:
     """For the CLI: ``cdp identity plan --config cdp.yaml --proposed new.yaml`` (the proposed file
     is either a whole cdp.yaml or just an ``identity:`` mapping)."""
-    import yaml
-
-    from core.config import load_config
-    from core.warehouse import open_warehouse
-
     config = load_config(config_path)
-    data = yaml.safe_load(Path(proposed_path).read_text()) or {}
+    try:
+        data = load_yaml(proposed_path) or {}
+    except YamlFileError as e:
+        raise ValueError(str(e)) from None
     proposed = data.get("identity", data) if isinstance(data, dict) else {}
     with open_warehouse(config.warehouse_path) as con:
         return json.loads(json.dumps(plan(config, con, proposed), default=str))

@@ -100,15 +100,20 @@ def publish(
     """Write a new snapshot and make it current atomically; keep the last ``keep``."""
     published_dir.mkdir(parents=True, exist_ok=True)
     path, counts = write_snapshot(con, tables, published_dir, run_id)
-    switch_current(published_dir, path)
     snap = Snapshot(run_id, path, datetime.now(timezone.utc).isoformat(timespec="seconds"), counts, gate)
     manifest = read_manifest(published_dir)
+    previous = manifest["current"]
     manifest["history"] = [
         {"run_id": snap.run_id, "published_at": snap.published_at, "tables": counts, "gate": gate},
         *manifest["history"],
     ]
-    manifest["current"] = snap.run_id
     manifest["history"], dropped = manifest["history"][:keep], manifest["history"][keep:]
+    # The manifest first (still naming the old current), then the switch: a crash between the
+    # two leaves the new snapshot listed but not current, which read_manifest reports truly
+    # from the link; the other order would leave a current snapshot the history lacks.
+    write_json_atomically(published_dir / MANIFEST, {**manifest, "current": previous})
+    switch_current(published_dir, path)
+    manifest["current"] = snap.run_id
     write_json_atomically(published_dir / MANIFEST, manifest)
     for old in dropped:
         if old["run_id"] != manifest["current"]:

@@ -25,9 +25,9 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.yamlfile import YamlFileError, load_yaml
 from segments.vocabulary import (
     EVENTS,
     INTEGER,
@@ -69,11 +69,26 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# Bounds of the warehouse types the traits are compared in (BIGINT; DOUBLE kept to values a
+# shop's money or counts can reach): a value outside them passes YAML but fails in SQL.
+MAX_INTEGER = 2**63 - 1
+MAX_NUMBER = 1e15
+
+
 def _coerce_scalar(trait: Trait, v: Any) -> Any:
     """A value of the trait's type, or ValueError saying what is expected."""
     if trait.kind in (NUMBER, INTEGER):
         if not _is_number(v):
             raise ValueError(f"{trait.name} is a number; got {_show(v)} - write a number without quotes")
+        if trait.kind == INTEGER:
+            if isinstance(v, float) and not v.is_integer():
+                raise ValueError(f"{trait.name} is a whole number; got {_show(v)}")
+            if not -MAX_INTEGER <= v <= MAX_INTEGER:
+                raise ValueError(f"{trait.name} is a whole number between {-MAX_INTEGER} and {MAX_INTEGER}; "
+                                 f"got {_show(v)}")
+            return int(v)
+        if not -MAX_NUMBER <= v <= MAX_NUMBER:  # also refuses nan and inf
+            raise ValueError(f"{trait.name} must be between {-MAX_NUMBER:g} and {MAX_NUMBER:g}; got {_show(v)}")
         return v
     if trait.kind == TEXT:
         if not isinstance(v, str):
@@ -192,13 +207,15 @@ class EventCondition(_Strict):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"must be 1 or more; got {v} (for 'never', wrap the condition in `not:`)")
+        if v > MAX_INTEGER:
+            raise ValueError(f"must be at most {MAX_INTEGER}; got {_show(v)}")
         return v
 
     @field_validator("min_total", mode="before")
     @classmethod
     def _money(cls, v: Any) -> Any:
-        if v is not None and (not _is_number(v) or v < 0):
-            raise ValueError(f"must be an amount of money, a number >= 0; got {_show(v)}")
+        if v is not None and (not _is_number(v) or not 0 <= v <= MAX_NUMBER):
+            raise ValueError(f"must be an amount of money between 0 and {MAX_NUMBER:g}; got {_show(v)}")
         return v
 
     @field_validator("category")
@@ -393,7 +410,7 @@ def load_segments(path: Path | str) -> SegmentFile:
         raise SegmentFileError(f"{path}: segments file not found; create it (`cdp init` writes an example) "
                                f"or point cdp.yaml's `segments.file` at it")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise SegmentFileError(f"{path}: not valid YAML: {e}") from None
+        data = load_yaml(path)
+    except YamlFileError as e:
+        raise SegmentFileError(str(e)) from None
     return parse_segments(data, path)

@@ -359,3 +359,20 @@ def test_dagster_asset_per_sync_downstream_of_publish_with_schedule(tmp_path):
         assert result.success
         meta = result.asset_materializations_for_node(asset.op.name)[0].metadata
         assert meta["sent"].value == 5 and len(m.deliveries) == 5
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT line AS person_id FROM read_csv('/etc/passwd', columns={'line': 'VARCHAR'}, sep='\\x01')",
+    "SELECT content AS person_id FROM read_text('/etc/passwd')",
+    "SELECT file AS person_id FROM glob('/etc/*')",
+    "SELECT person_id FROM customers WHERE EXISTS (SELECT * FROM read_parquet('/tmp/*.parquet'))",
+])
+def test_a_sync_query_cannot_read_files_outside_the_snapshot(tmp_path, query):
+    # The snapshot is opened sealed for syncs as for `cdp query`: no file system, no extensions.
+    World.make(3).publish(tmp_path / "published")
+    cfg = make_config(tmp_path, [{"name": "drop", "source": {"query": query}, "fields": {},
+                                  "destination": {"type": "files", "folder": "drops", "format": "csv"}}])
+    with pytest.raises(SyncError, match="file system operations are disabled|Permission"):
+        run_sync(cfg, "drop")
+    drops = tmp_path / "drops"
+    assert not drops.exists() or not any("root:" in p.read_text(errors="ignore") for p in drops.iterdir() if p.is_file())

@@ -83,3 +83,11 @@ def test_config_env_var_is_the_default(tmp_path, monkeypatch):
     monkeypatch.setenv("CDP_CONFIG", str(cfg))
     monkeypatch.chdir(tmp_path)
     assert load_config().project == "envproj"
+
+
+def test_a_config_with_yaml_aliases_is_refused_with_the_line(tmp_path):
+    cfg = init_project(tmp_path / "aliasproj")
+    text = cfg.read_text()
+    cfg.write_text("x-defaults: &d {enabled: true}\n" + text + "\nextra: *d\n")
+    with pytest.raises(ConfigError, match=r"cdp.yaml: line \d+: YAML aliases \(\*d\) are not allowed"):
+        load_config(cfg)

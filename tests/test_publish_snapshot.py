@@ -99,3 +99,70 @@ def test_reader_keeps_one_consistent_snapshot_while_another_process_publishes(tm
     assert out.strip() == "[100]"
     with open_current(pub) as ro:
         assert ro.execute("SELECT count(*) FROM customers").fetchall()[0][0] == 400
+
+
+CRASHING_PUBLISH = textwrap.dedent("""
+    import os, sys
+    import duckdb
+    import publish.snapshot as snap
+
+    pub, crash_at = sys.argv[1], sys.argv[2]
+    from pathlib import Path
+    pub = Path(pub)
+    con = duckdb.connect(str(pub.parent / "w.duckdb"))
+    con.execute("CREATE SCHEMA IF NOT EXISTS marts")
+    for n in (1, 2):
+        con.execute(f"CREATE OR REPLACE TABLE marts.customers AS SELECT {n} AS version")
+        snap.publish(con, {"customers": "marts.customers"}, pub, run_id=f"r{n}", gate={})
+    real_switch = snap.switch_current
+
+    def die_before(*a):
+        os._exit(9)  # as kill -9: no cleanup, no finally
+
+    def die_after(*a):
+        real_switch(*a)
+        os._exit(9)
+
+    snap.switch_current = die_before if crash_at == "before_switch" else die_after
+    con.execute("CREATE OR REPLACE TABLE marts.customers AS SELECT 3 AS version")
+    snap.publish(con, {"customers": "marts.customers"}, pub, run_id="r3", gate={})
+""")
+
+
+@pytest.mark.parametrize("crash_at, live, rolled_back_to", [("before_switch", "r2", "r1"), ("after_switch", "r3", "r2")])
+def test_a_crash_at_the_switch_leaves_manifest_and_current_in_agreement(tmp_path, crash_at, live, rolled_back_to):
+    pub = tmp_path / "published"
+    proc = subprocess.run([sys.executable, "-c", CRASHING_PUBLISH, str(pub), crash_at], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    with open_current(pub) as ro:
+        shown = ro.execute("SELECT version FROM customers").fetchall()[0][0]
+    assert f"r{shown}" == live
+    assert read_manifest(pub)["current"] == live  # the manifest tells what readers see
+    assert rollback(pub) == rolled_back_to  # "previous" is the run before the live one
+    with open_current(pub) as ro:
+        assert f"r{ro.execute('SELECT version FROM customers').fetchall()[0][0]}" == rolled_back_to
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_csv('/etc/hostname')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM glob('/etc/*')",
+    "COPY customers TO '{tmp}/out.csv'",
+    "ATTACH '{tmp}/other.duckdb' AS other",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "CREATE TABLE x AS SELECT 1",
+])
+def test_the_one_snapshot_reader_is_sealed(tmp_path, sql):
+    # core.snapshots.open_snapshot is how `cdp query`, syncs, the report, the gate's drift
+    # baseline and erasure's scan open a snapshot.
+    pub = tmp_path / "published"
+    con = _warehouse(tmp_path, 3)
+    publish(con, {"customers": "marts.customers"}, pub, run_id="a", gate={})
+    con.close()
+    with open_current(pub) as ro:
+        assert ro.execute("SELECT count(*) FROM customers").fetchall()[0][0] == 3
+        with pytest.raises(duckdb.Error):
+            ro.execute(sql.format(tmp=tmp_path))
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "other.duckdb").exists()

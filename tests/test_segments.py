@@ -7,6 +7,7 @@ compared with a hand-written SQL query over the same tables.
 
 import datetime as dt
 import json
+import time
 
 import pytest
 import yaml
@@ -227,6 +228,12 @@ def test_injection_in_values_is_a_plain_value_and_the_warehouse_is_unharmed(ware
     ({"trait": "revenue", "op": "is null", "value": 1}, "where.value", "takes no value"),
     ({"trait": "revenue", "op": ">"}, "where.value", "needs a `value`"),
     ({"trait": "last_order_at", "op": ">", "value": "last tuesday"}, "where.value", "write a date like"),
+    ({"trait": "order_count", "op": ">", "value": 1e40}, "where.value", "whole number between"),
+    ({"trait": "order_count", "op": ">", "value": 2.5}, "where.value", "is a whole number"),
+    ({"trait": "revenue", "op": ">", "value": 1e40}, "where.value", "must be between"),
+    ({"trait": "revenue", "op": ">", "value": float("nan")}, "where.value", "must be between"),
+    ({"event": "ordered", "within_days": 7, "at_least": 10**40}, "where.at_least", "at most"),
+    ({"event": "ordered", "within_days": 7, "min_total": 1e40}, "where.min_total", "between 0 and"),
     ({"event": "ordered", "within_days": 0}, "where.within_days", "between 1 and 3650"),
     ({"event": "ordered", "within_days": "30 days"}, "where.within_days", "whole number of days"),
     ({"event": "ordered", "within_days": 7, "at_least": 0}, "where.at_least", "wrap the condition in `not:`"),
@@ -360,3 +367,33 @@ def test_windows_use_the_marts_as_of_or_the_configured_one_when_there_is_nobody(
         with pytest.raises(RuntimeError, match="empty"):
             run_as_of(con)
         assert run_as_of(con, default=AS_OF - DAY) == AS_OF - DAY
+
+
+ALIAS_BOMB = """\
+a: &a ["x","x","x","x","x","x","x","x","x"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+segments: [*h]
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_in_under_a_second(tmp_path):
+    # 43M nodes once expanded; refused while composing, before any expansion.
+    path = tmp_path / "segments.yaml"
+    path.write_text(ALIAS_BOMB)
+    t0 = time.perf_counter()
+    with pytest.raises(SegmentFileError, match=r"segments.yaml: line 2: YAML aliases \(\*a\) are not allowed"):
+        load_segments(path)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_an_oversized_segments_file_is_refused_before_parsing(tmp_path):
+    path = tmp_path / "segments.yaml"
+    path.write_text("segments: []\n" + "#" * 1_100_000 + "\n")
+    with pytest.raises(SegmentFileError, match="more than the 1,000,000"):
+        load_segments(path)
