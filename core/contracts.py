@@ -69,7 +69,7 @@ class Entity:
 
 
 WEB_EVENT_TYPES = ("track", "identify", "page")
-# Track event names, snake_case as in DESIGN.md (Segment's e-commerce spec, renamed).
+# Track event names in snake_case, after Segment's e-commerce spec ("Product Viewed" -> product_viewed).
 WEB_TRACK_EVENTS = (
     "product_viewed",
     "product_added",

@@ -1,5 +1,5 @@
 {#- Use the configured schema as is (staging, intermediate, marts), not `<target>_<schema>`:
-    the layers are the warehouse's public schema names (see DESIGN.md). -#}
+    the layers are the warehouse's public schema names. -#}
 {% macro generate_schema_name(custom_schema_name, node) -%}
     {%- if custom_schema_name is none -%}
         {{ target.schema }}
