@@ -86,9 +86,9 @@ sources:
     entities:
       products: {{path: "catalog/products*.csv"}}
 
-# Later stages read these sections; their defaults are documented in the README.
+# Identity resolution (README "Identity resolution"): rules per identifier, Splink, survivorship.
 identity: {{}}
-# Rule-based segments marketers define: one YAML file (`cdp segments validate` checks it).
+# Rule-based segments marketers define (README "Segments"): one YAML file (`cdp segments validate` checks it).
 segments:
   file: segments.yaml
 # Models (see README "Churn, cart intent, next-best-offer"): churn.horizon_days (90), risk

@@ -56,7 +56,7 @@ class Offer(_Strict):
     value: float = Field(ge=0, description="Margin (currency) a conversion brings; cart offers: share of the cart's value.")
     cost: float = Field(default=0.0, ge=0, description="Cost per contact, including the expected cost of any discount.")
     discount_pct: float = Field(default=0.0, ge=0, le=1, description="Discount the offer gives (0 = none).")
-    lift: float = Field(default=0.0, ge=0, le=1, description="Response the offer adds (see README: propensities).")
+    lift: float = Field(default=0.0, ge=0, le=1, description="Response the offer adds to the propensity to buy (README \"Churn, cart intent, next-best-offer\").")
 
 
 def _default_catalog() -> dict[str, Offer]:
