@@ -1,22 +1,28 @@
 """Landing files -> ``raw.*`` tables, incrementally, atomically, with a quarantine.
 
-How one file is loaded:
+How one file is loaded (:func:`load_file`: stage, validate, claim, commit):
 
 1. The manifest (``raw.loads``) is consulted: a file already loaded under the same name
-   and size/mtime is skipped without reading it; otherwise its SHA-256 is taken. Same
-   content under any name -> skipped as a duplicate; new content under a name that was
-   loaded before -> reported as ``changed`` and *not* loaded (never double-loaded).
-2. DuckDB parses the file in one scan (JSON lines are read as raw lines and parsed with
-   ``from_json`` so that a broken line can be kept verbatim; CSVs are read as text with
-   DuckDB's reject table catching malformed lines), and each row gets the reason it
+   and size/mtime is skipped without reading it; otherwise its SHA-256 and line count are
+   taken in a thread while it is staged.
+2. Stage: a clean file is parsed by DuckDB's reader in one scan (JSON lines straight into the
+   raw table in an open transaction; a CSV into a temp table). A file with any bad line, or
+   whose rows do not account for its lines, is read again line by line in Python, so that a
+   line the reader cannot take (not UTF-8, too long, a stray ``\\r``, an unterminated quote)
+   costs that line alone and reaches the quarantine verbatim. Each row gets the reason it
    breaks the contract, if any.
-3. A file that cannot be read, lacks a required column, or whose share of bad rows is
-   over ``ingestion.max_bad_row_rate`` is rejected whole: nothing of it is applied.
-4. Otherwise good rows go to ``raw.<kind>_<entity>``, bad rows verbatim to
-   ``raw.quarantine`` with their reason, and the manifest row is written, all in one
-   transaction: a crash mid-load leaves nothing behind and the rerun loads the file.
+3. Validate: every file must satisfy ``lines = rows loaded + quarantined + erased + skipped``
+   (skipped: a CSV's header, blank lines, the extra lines of quoted fields that span lines),
+   or it is rejected by name. A file that cannot be read, lacks a required column, or whose
+   share of bad rows is over ``ingestion.max_bad_row_rate`` is rejected whole.
+4. Claim: same content under any name -> ``duplicate``; new content under a name loaded
+   before -> ``changed`` and *not* loaded (never double-loaded).
+5. Commit: good rows to ``raw.<kind>_<entity>``, bad rows verbatim to ``raw.quarantine`` with
+   their reason, and the manifest row, all in one transaction: a crash mid-load leaves nothing
+   behind and the rerun loads the file.
 
-Error messages name the file, row and field, never the value (values may be personal).
+Messages name the file, row, field or column position, never a value (values may be personal:
+a header-less CSV has a person in its first line).
 
 Erased persons (``cdp forget``) stay out: once ``privacy.erased_identifiers`` holds salted
 hashes, every row whose identifiers hash to one of them is dropped at load time and counted in
