@@ -387,7 +387,7 @@ def test_a_yaml_alias_bomb_is_refused_in_under_a_second(tmp_path):
     path = tmp_path / "segments.yaml"
     path.write_text(ALIAS_BOMB)
     t0 = time.perf_counter()
-    with pytest.raises(SegmentFileError, match=r"segments.yaml: line 2: YAML aliases \(\*a\) are not allowed"):
+    with pytest.raises(SegmentFileError, match=r"segments.yaml: its aliases \(\*name\) expand to [\d,]+ values"):
         load_segments(path)
     assert time.perf_counter() - t0 < 1.0
 
