@@ -75,7 +75,7 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         w.consent[("P00002", "email_marketing")] = "denied"
         w.persons["P00010"]["first_name"] = "Changed"
         w.segments["vip"].discard("P00014")
-        w.merge("P00006", into="P00008")               # different emails: the old profile goes
+        w.merge("P00006", into="P00008")               # different emails: merged into the survivor's profile
         w.persons["P09999"] = {**w.persons["P00012"], "first_name": "Survivor"}
         w.segments["vip"].add("P09999")
         w.consent[("P09999", "email_marketing")] = "granted"
@@ -86,8 +86,14 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         assert k.throttled > 0  # the burst limit answered 429 with Retry-After, and the sync waited
         assert k.list_keys() == _consented(w) - {"not-an-email"}
         assert _emails(w, ["P00002"]) & k.list_keys() == set()
-        assert k.list_removals == {"ann.lee2@example.com": 1, "ann.lee14@example.com": 1}
-        assert k.deleted == ["ann.lee6@example.com"] and "ann.lee6@example.com" not in k.profile_keys()
+        # consent lost: unsubscribed through the subscription endpoint (Klaviyo records the opt-out);
+        # left the segment: only the list membership goes
+        assert k.unsubscribed == {"ann.lee2@example.com": 1} and k.list_removals == {"ann.lee14@example.com": 1}
+        assert k.profile("ann.lee2@example.com")["subscriptions"] == {"email": "UNSUBSCRIBED"}
+        assert k.profile("ann.lee0@example.com")["subscriptions"] == {"email": "SUBSCRIBED"}
+        # merged persons: one profile, Klaviyo's merge (history kept), no GDPR deletion
+        assert k.merges == [("ann.lee6@example.com", "ann.lee8@example.com")] and k.deleted == []
+        assert "ann.lee6@example.com" not in k.profile_keys()
         assert sum(1 for p in k.profiles.values() if p["email"] == "ann.lee12@example.com") == 1
         assert k.profile("ann.lee12@example.com")["first_name"] == "Survivor"
         assert k.deliveries["ann.lee10@example.com"] == 2 and k.deliveries["ann.lee0@example.com"] == 1
@@ -96,7 +102,7 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         assert holders == [("P09999",)]
         assert run_sync(cfg, "vip_klaviyo").requests == 0
 
-        # consent given again: back on the list through the list-relationships endpoint, no re-import
+        # consent given again: subscribed again (and back on the list) by a subscription job, no re-import
         w.consent[("P00002", "email_marketing")] = "granted"
         w.publish(pub)
         r4 = run_sync(cfg, "vip_klaviyo")
@@ -112,7 +118,7 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         assert b"ann.lee10@example.com" not in raw and b"P00010" not in raw
 
 
-def test_mailchimp_faults_archive_and_permanent_delete(tmp_path, monkeypatch):
+def test_mailchimp_faults_unsubscribe_and_permanent_delete(tmp_path, monkeypatch):
     w = World.make(30, consent_every=3)
     w.persons["P00009"]["email"] = "ann.nine@nodomain"   # Mailchimp refuses it, quoting the address
     pub = tmp_path / "published"
@@ -139,10 +145,11 @@ def test_mailchimp_faults_archive_and_permanent_delete(tmp_path, monkeypatch):
 
         w.consent[("P00003", "email_marketing")] = "denied"
         w.publish(pub)
-        m.inject("DELETE /3.0/lists/AUD1/members", "timeout", 0.6)
+        m.inject("POST /3.0/lists/AUD1", "timeout", 0.6)
         r2 = run_sync(cfg, "vip_mailchimp")
         assert r2.ok and r2.planned["removals"] == 1
-        assert m.member("ann.lee3@example.com")["status"] == "archived"
+        # consent withdrawn: unsubscribed (the opt-out is kept), not archived
+        assert m.member("ann.lee3@example.com")["status"] == "unsubscribed"
         assert "ann.lee3@example.com" not in m.member_keys()
 
         w.persons["P00012"]["email"] = "Ann.New12@Example.com "   # a new address: one live member, the old archived
@@ -164,7 +171,7 @@ def test_server_dies_mid_sync_and_next_run_resumes_without_duplicates(tmp_path):
     w.publish(tmp_path / "published")
     with LocalKlaviyo() as k, LocalMailchimp() as m:
         cfg = make_config(tmp_path, [klaviyo_sync(k.url), mailchimp_sync(m.url)])
-        k.die_after(2)   # two import jobs land, then every connection is refused
+        k.die_after(4)   # two import jobs (each with its subscription job) land, then every connection is refused
         m.die_after(3)
         rk, rm = run_sync(cfg, "vip_klaviyo"), run_sync(cfg, "vip_mailchimp")
         assert (rk.sent, rk.failed) == (20, 40) and not rk.ok
