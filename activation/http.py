@@ -37,6 +37,16 @@ class DeliveryFailed(RuntimeError):
     """The destination could not be reached or kept failing; nothing was acknowledged."""
 
 
+class Unacknowledged(DeliveryFailed):
+    """A write went out and no answer came back: the destination may have applied it. Not retried
+    blindly (that applied batches twice); the caller asks the destination what it holds."""
+
+
+class RequestRefused(DeliveryFailed):
+    """The destination refused the whole request (a 4xx such as an unknown list id): a fault of the
+    configuration, not of the rows, so the rows stay pending instead of being marked rejected."""
+
+
 @dataclass
 class HttpStats:
     requests: int = 0
@@ -80,7 +90,9 @@ class HttpClient:
             except ValueError:
                 pass
 
-    def request(self, method: str, url: str, **kwargs) -> requests.Response:
+    def request(self, method: str, url: str, unsafe: bool = False, **kwargs) -> requests.Response:
+        """``unsafe``: a non-idempotent write; a timeout or dropped connection after it was sent
+        raises :class:`Unacknowledged` instead of re-sending."""
         what = describe(method, url)
         last = ""
         for attempt in range(1, self.retry.max_attempts + 1):
@@ -90,6 +102,8 @@ class HttpClient:
                 resp = self.session.request(method, url, timeout=self.retry.timeout_s, **kwargs)
             except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 last = f"{type(e).__name__}"
+                if unsafe and not isinstance(e, requests.ConnectTimeout) and "refused" not in str(e).lower():
+                    raise Unacknowledged(f"{what}: no answer ({last}); it may have been applied") from None
                 wait = self._backoff(attempt)
             else:
                 self._pace_from(resp)

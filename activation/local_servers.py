@@ -1,5 +1,9 @@
 """Klaviyo- and Mailchimp-shaped HTTP servers on 127.0.0.1, for tests and the benchmark.
 
+Every request is first checked against the vendor's own API definition (the trimmed OpenAPI
+files in tests/fixtures/vendor_specs/, through :mod:`activation.contract`) and refused with a
+400 as the real API would, so these servers cannot accept what Klaviyo or Mailchimp refuse.
+
 They implement the endpoints the syncs use, with the real batch limits (Klaviyo: ≤10,000
 profiles and ≤5 MB per import job, ≤1,000 ids per list call, ≤100 per profiles page;
 Mailchimp: ≤500 members per batch), authentication, a fixed-window rate limit answering 429
@@ -10,10 +14,13 @@ with Retry-After (and RateLimit-* headers otherwise), and injectable faults:
     server.inject("...", "timeout", 1.0)   # hold the request, then drop it unapplied
     server.inject("...", "drop")           # close the connection without answering
     server.inject("...", "hang")           # hold until release_hung(), then drop it unapplied
+    server.inject("...", "ack_lost")       # apply it, then drop the connection: the answer is lost
+    server.inject("...", "apply_hang")     # apply it, then hold until release_hung() and drop
     server.die_after(n)                    # after n applied writes, refuse everything until revive()
 
-A faulted request is never applied, so a client that retries it is right to. ``deliveries``
-counts, per profile key, how many times an upsert was applied: the tests assert exactly once.
+A faulted request is never applied (except ack_lost / apply_hang, which are applied and never
+answered). ``deliveries`` counts, per profile key, how many times an upsert was applied: the
+tests assert exactly once.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from activation.contract import spec
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -85,7 +94,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LocalAPI(ABC):
-    """Common parts: start/stop, faults, rate limit, request counts."""
+    """Common parts: start/stop, faults, rate limit, request counts, contract checks."""
+
+    SPEC: str = ""
 
     def __init__(self, burst_per_s: int | None = None, steady_per_min: int | None = None):
         self.lock = threading.RLock()
@@ -98,6 +109,7 @@ class LocalAPI(ABC):
         self._writes_left: int | None = None
         self.requests: Counter = Counter()
         self.throttled = 0
+        self.refused: list[str] = []   # contract violations answered with 400
         self.faults_served: Counter = Counter()
         self.httpd: ThreadingHTTPServer | None = None
         self.port = 0
@@ -199,6 +211,12 @@ class LocalAPI(ABC):
         if down:
             raise _Drop()
         fault = self._take_fault(route)
+        if fault and fault[0] in ("ack_lost", "apply_hang"):
+            self._apply(method, path, headers, body)  # applied, then the answer never arrives
+            if fault[0] == "apply_hang":
+                self.hung.set()
+                self._hung.wait(60)
+            raise _Drop()
         if fault:
             kind, arg = fault
             if kind == "429":
@@ -219,14 +237,27 @@ class LocalAPI(ABC):
         allowed, rl_headers, retry_after = self._rate()
         if not allowed:
             return 429, {"Retry-After": f"{max(retry_after, 0.01):.2f}"}, {"errors": [{"status": 429, "title": "Throttled"}]}
+        status, extra, out = self._apply(method, path, headers, body)
+        return status, {**rl_headers, **extra}, out
+
+    def _apply(self, method: str, path: str, headers, body: bytes):
+        parts = urlsplit(path)
         try:
             payload = json.loads(body) if body else None
         except ValueError:
-            return 400, rl_headers, {"errors": [{"status": 400, "title": "Invalid JSON"}]}
+            return self.refuse("Invalid JSON")
+        why = spec(self.SPEC).check(method, path, headers, payload)
+        if why:
+            with self.lock:
+                self.refused.append(why)
+            return self.refuse(why)
         status, extra, out = self.handle(method, parts.path, parse_qs(parts.query), payload, len(body))
         if method != "GET" and status < 400:
             self._count_write()
-        return status, {**rl_headers, **extra}, out
+        return status, extra, out
+
+    def refuse(self, why: str):
+        return 400, {}, {"errors": [{"status": 400, "code": "invalid", "title": "Invalid input.", "detail": why}]}
 
     def check_auth(self, headers):
         return None
@@ -238,6 +269,7 @@ class LocalAPI(ABC):
 
 # ------------------------------------------------------------------------------ Klaviyo
 class LocalKlaviyo(LocalAPI):
+    SPEC = "klaviyo"
     MAX_PROFILES, MAX_BYTES, MAX_LIST_IDS, MAX_PAGE = 10_000, 5_000_000, 1_000, 100
 
     def __init__(self, api_key: str = "pk_test", lists=("LIST1",), **rate):
@@ -249,6 +281,8 @@ class LocalKlaviyo(LocalAPI):
         self.deliveries: Counter = Counter()     # profile key -> applied upserts
         self.deleted: list[str] = []             # keys deleted by data-privacy deletion jobs
         self.list_removals: Counter = Counter()
+        self.merges: list[tuple[str, str]] = []  # (email merged away, email kept)
+        self.unsubscribed: Counter = Counter()   # email/phone -> unsubscribe jobs applied
 
     def check_auth(self, headers):
         if headers.get("Authorization") != f"Klaviyo-API-Key {self.api_key}":
@@ -307,6 +341,27 @@ class LocalKlaviyo(LocalAPI):
                         members.discard(i)
                         self.list_removals[self.profiles[i].get("email") or i] += 1
             return 204, {}, None
+        if len(seg) == 2 and seg[1] in ("profile-subscription-bulk-create-jobs", "profile-subscription-bulk-delete-jobs"):
+            return self._subscriptions(seg[1].endswith("create-jobs"), payload)
+        if seg[:2] == ["api", "profile-merge"] and method == "POST":
+            into = payload["data"]["id"]
+            sources = [d["id"] for d in payload["data"]["relationships"]["profiles"]["data"]]
+            if into not in self.profiles or any(s not in self.profiles for s in sources):
+                return self._err(404, "Not found", "profile")
+            keep = self.profiles[into]
+            for sid in sources:
+                gone = self.profiles.pop(sid)
+                for k, v in gone.items():  # the destination profile's values win
+                    if k == "properties":
+                        keep["properties"] = {**v, **keep["properties"]}
+                    elif keep.get(k) is None:
+                        keep[k] = v
+                for members in self.lists.values():
+                    if sid in members:
+                        members.discard(sid)
+                        members.add(into)
+                self.merges.append((gone.get("email"), keep.get("email")))
+            return 200, {}, {"data": {"type": "profile", "id": into, "attributes": {}}}
         if seg[:2] == ["api", "data-privacy-deletion-jobs"] and method == "POST":
             attrs = payload["data"]["attributes"]["profile"]["data"].get("attributes") or {}
             pid = payload["data"]["attributes"]["profile"]["data"].get("id") or self._find(attrs)
@@ -317,6 +372,28 @@ class LocalKlaviyo(LocalAPI):
                 self.deleted.append(p.get("email") or p.get("phone_number") or p.get("external_id"))
             return 202, {}, None
         return self._err(404, "Not found", f"{method} {path}")
+
+    def _subscriptions(self, subscribe: bool, payload):
+        data = payload["data"]
+        lid = (((data.get("relationships") or {}).get("list") or {}).get("data") or {}).get("id")
+        if lid is not None and lid not in self.lists:
+            return self._err(404, "List not found", lid)
+        for p in data["attributes"]["profiles"]["data"]:
+            attrs = p["attributes"]
+            pid = self._find({k: attrs.get(k) for k in ("email", "phone_number")})
+            if pid is None:
+                if not subscribe:
+                    continue  # nobody to unsubscribe
+                pid = uuid.uuid4().hex[:26].upper()
+                self.profiles[pid] = {"properties": {}, **{k: attrs[k] for k in ("email", "phone_number") if attrs.get(k)}}
+            consent = self.profiles[pid].setdefault("subscriptions", {})
+            for channel, params in attrs["subscriptions"].items():
+                consent[channel] = params["marketing"]["consent"]
+            if lid is not None:
+                (self.lists[lid].add if subscribe else self.lists[lid].discard)(pid)
+            if not subscribe:
+                self.unsubscribed[attrs.get("email") or attrs.get("phone_number")] += 1
+        return 202, {}, {"data": {"type": data["type"], "id": uuid.uuid4().hex}}
 
     def _import(self, payload, size):
         if size > self.MAX_BYTES:
@@ -340,15 +417,19 @@ class LocalKlaviyo(LocalAPI):
                     "detail": "The email address is not valid.",
                     "source": {"pointer": f"/data/attributes/profiles/data/{i}"}, "original_payload": attrs}})
                 continue
-            pid = next((indexes[k][attrs[k]] for k in ("email", "phone_number", "external_id")
-                        if attrs.get(k) is not None and attrs[k] in indexes[k]), None)
+            pid = p.get("id") if p.get("id") in self.profiles else None
+            pid = pid or next((indexes[k][attrs[k]] for k in ("email", "phone_number", "external_id")
+                               if attrs.get(k) is not None and attrs[k] in indexes[k]), None)
             if pid is None:
                 pid = uuid.uuid4().hex[:26].upper()
                 self.profiles[pid] = {"properties": {}}
             prof = self.profiles[pid]
             props = attrs.pop("properties", None) or {}
+            location = attrs.pop("location", None) or {}
             prof.update({k: v for k, v in attrs.items() if v is not None})
             prof["properties"].update(props)
+            if location:
+                prof["location"] = {**prof.get("location", {}), **location}
             for k in indexes:
                 if prof.get(k) is not None:
                     indexes[k][prof[k]] = pid
@@ -378,7 +459,10 @@ class LocalKlaviyo(LocalAPI):
         if len(values) > self.MAX_PAGE:
             return self._err(400, "Invalid filter", "at most 100 values")
         index = self._index(field)
-        found = [{"type": "profile", "id": index[v], "attributes": {field: v}} for v in values if v in index]
+        only = (query.get("fields[profile]") or [""])[0].split(",")
+        found = [{"type": "profile", "id": index[v], "attributes": {
+            k: x for k, x in self.profiles[index[v]].items() if k != "subscriptions" and (not only[0] or k in only)}}
+            for v in values if v in index]
         return 200, {}, {"data": found[:size], "links": {"next": None}}
 
     # for tests ----------------------------------------------------------------------
@@ -401,12 +485,15 @@ def _md5(email: str) -> str:
 
 
 class LocalMailchimp(LocalAPI):
+    SPEC = "mailchimp"
     MAX_MEMBERS = 500
+    DEFAULT_MERGE_FIELDS = ("FNAME", "LNAME", "ADDRESS", "PHONE", "BIRTHDAY")  # a new audience's
 
     def __init__(self, api_key: str = "mc_test-us1", lists=("AUD1",), **rate):
         super().__init__(**rate)
         self.api_key = api_key
         self.lists: dict[str, dict[str, dict]] = {lid: {} for lid in lists}
+        self.merge_fields: dict[str, list[str]] = {lid: list(self.DEFAULT_MERGE_FIELDS) for lid in lists}
         self.deliveries: Counter = Counter()
         self.archived: Counter = Counter()
         self.deleted: list[str] = []
@@ -431,11 +518,24 @@ class LocalMailchimp(LocalAPI):
     def _err(status, title, detail):
         return status, {}, {"type": "about:blank", "title": title, "status": status, "detail": detail}
 
+    def refuse(self, why: str):
+        return self._err(400, "Invalid Resource", why)
+
     def _handle(self, method, path, query, payload):
         seg = [s for s in path.split("/") if s]
         if len(seg) < 3 or seg[:2] != ["3.0", "lists"] or seg[2] not in self.lists:
             return self._err(404, "Resource Not Found", "The requested resource could not be found.")
         members = self.lists[seg[2]]
+        tags = self.merge_fields[seg[2]]
+        if seg[3:] == ["merge-fields"]:
+            if method == "GET":
+                return 200, {}, {"merge_fields": [{"tag": t, "name": t, "type": "text"} for t in tags],
+                                 "total_items": len(tags)}
+            tag = (payload.get("tag") or payload["name"])[:10].upper()
+            if tag in tags:
+                return self._err(400, "Invalid Resource", f"A Merge Field with the tag \"{tag}\" already exists.")
+            tags.append(tag)
+            return 200, {}, {"tag": tag, "name": payload["name"], "type": payload["type"]}
         if len(seg) == 3 and method == "POST":
             batch = (payload or {}).get("members") or []
             if len(batch) > self.MAX_MEMBERS:
@@ -450,8 +550,8 @@ class LocalMailchimp(LocalAPI):
                 h = _md5(email)
                 cur = members.get(h)
                 if cur is None:
-                    cur = members[h] = {"id": h, "email_address": email, "status": m.get("status_if_new", "subscribed"),
-                                        "merge_fields": {}}
+                    cur = members[h] = {"id": h, "email_address": email, "merge_fields": {},
+                                        "status": m.get("status_if_new") or m.get("status")}
                     new.append(cur)
                 elif not payload.get("update_existing"):
                     errors.append({"email_address": email, "error": "already a list member", "error_code": "ERROR_CONTACT_EXISTS"})
@@ -462,7 +562,8 @@ class LocalMailchimp(LocalAPI):
                     elif m.get("status"):
                         cur["status"] = m["status"]
                     updated.append(cur)
-                cur["merge_fields"].update(m.get("merge_fields") or {})
+                # like Mailchimp: values for tags the audience does not have are dropped silently
+                cur["merge_fields"].update({k: v for k, v in (m.get("merge_fields") or {}).items() if k in tags})
                 self.deliveries[email] += 1
             return 200, {}, {"new_members": new, "updated_members": updated, "errors": errors,
                              "total_created": len(new), "total_updated": len(updated), "error_count": len(errors)}

@@ -5,7 +5,9 @@ Per person, one of:
   upsert          new to the destination, or its fields changed (add_only: new only)
   add_membership  fields unchanged but not in the list/audience any more (e.g. consent given again)
   remove          out of the list/audience: consent withdrawn (every mode) or left the source (mirror)
-  retire          a duplicate profile goes: the person was merged into another, or their key changed
+  retire          a profile goes: the person vanished (erased, or split up)
+  merge           a duplicate profile goes into the surviving one: the person was merged into
+                  another, or their key changed (Klaviyo merges profiles; others retire the old one)
 
 A merged-away person whose destination key now belongs to the survivor is not a change at all:
 the survivor takes over the state row (``takes_over``), so the destination keeps one profile.
@@ -20,7 +22,8 @@ from activation.source import SourceRead
 from activation.state import Delivered
 from core.settings.activation import SyncConfig
 
-ACTION_ORDER = ("retire", "remove", "upsert", "add_membership")
+# merges run after upserts: the surviving profile must exist before another is merged into it
+ACTION_ORDER = ("retire", "remove", "upsert", "add_membership", "merge")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Change:
     reason: str                   # new | changed | rejoined | no_consent | left_source | merged | vanished | key_changed
     takes_over: str | None = None  # person_id whose state row this person inherits
     was_in_audience: bool = False
+    contact: str | None = None     # email / phone the destination addresses consent by (from the state)
+    into_key: str | None = None    # merge: the surviving profile's key
 
 
 @dataclass
@@ -51,9 +56,18 @@ class Plan:
         c = Counter()
         for ch in self.changes:
             name = {"upsert": "additions" if ch.reason == "new" else "updates",
-                    "add_membership": "additions", "remove": "removals", "retire": "retirements"}[ch.action]
+                    "add_membership": "additions", "remove": "removals", "retire": "retirements",
+                    "merge": "retirements"}[ch.action]
             c[name] += 1
         return {k: c.get(k, 0) for k in ("additions", "updates", "removals", "retirements")}
+
+
+def _final(merged_into: dict[str, str], pid: str) -> str:
+    seen = set()
+    while pid in merged_into and pid not in seen:
+        seen.add(pid)
+        pid = merged_into[pid]
+    return pid
 
 
 def make_plan(sync: SyncConfig, src: SourceRead, delivered: dict[str, Delivered]) -> Plan:
@@ -99,10 +113,16 @@ def make_plan(sync: SyncConfig, src: SourceRead, delivered: dict[str, Delivered]
     for pid, d in delivered.items():
         if pid in claimed:
             continue  # still this person's (or the survivor's) profile
+        into_key = None
         if pid in orphans:
-            action, reason = "retire", "key_changed"
+            action, reason = "merge", "key_changed"
+            into_key = src.wanted[pid].key
         elif pid in src.merged_into:
-            action, reason = "retire", "merged"
+            action, reason = "merge", "merged"
+            survivor = src.wanted.get(_final(src.merged_into, pid))
+            into_key = survivor.key if survivor is not None else None
+            if into_key is None:
+                action = "retire"  # the survivor is not sent here: nothing to merge into
         elif pid not in src.known_persons:
             action, reason = "retire", "vanished"  # no longer a person at all (erased, or split up)
         elif src.consented is not None and pid not in src.consented and d.in_audience:
@@ -112,11 +132,12 @@ def make_plan(sync: SyncConfig, src: SourceRead, delivered: dict[str, Delivered]
         else:
             continue
         changes.append(Change(action, pid, d.dest_key, {}, d.field_hash, d.dest_id, reason,
-                              was_in_audience=d.in_audience))
+                              was_in_audience=d.in_audience, contact=d.contact, into_key=into_key))
 
     skipped["no_consent"] = len(src.no_consent)
     skipped["no_identifier"] = src.no_identifier
     skipped["duplicate_key"] = src.duplicate_key
+    skipped["shared_identifier"] = len(src.shared)
     order = {a: i for i, a in enumerate(ACTION_ORDER)}
     changes.sort(key=lambda c: (order[c.action], c.person_id))
     return Plan(sync.name, changes, takeovers, skipped)

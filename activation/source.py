@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 
@@ -38,6 +38,9 @@ class SourceRead:
     merged_into: dict[str, str]         # old person_id -> surviving person_id
     consented: set[str] | None          # persons with the sync's consent granted (None: no rule)
     snapshot: str | None
+    # person_id -> destination identifier fields whose value another wanted person shares (a shared
+    # phone would make the destination merge them into one profile): those fields are not sent
+    shared: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _tables(con) -> set[str]:
@@ -50,6 +53,9 @@ def _columns(con, table: str) -> list[str]:
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
         "ORDER BY ordinal_position", [table]).fetchall()]
 
+
+# Destination fields that identify a profile: two persons sharing a value would become one profile.
+IDENTIFIER_FIELDS = {"email", "phone_number", "phone", "external_id", "email_address"}
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -176,7 +182,20 @@ def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str 
             "AND other_person_id IS NOT NULL ORDER BY changed_at"
         ).fetchall():
             merged[old] = new
-    return SourceRead(wanted, no_consent, no_id, dup, known, merged, consented, snapshot)
+    shared: dict[str, set[str]] = {}
+    for dest, col in sync.fields.items():
+        if dest not in IDENTIFIER_FIELDS or col == sync.identifier:
+            continue
+        holders: dict[str, set[str]] = {}
+        for pid, v in con.execute(f"SELECT DISTINCT CAST(q.person_id AS VARCHAR), lower(trim(CAST(q.{_q(col)} AS VARCHAR))) "
+                                  f"FROM ({sql}) q", params).fetchall():
+            if v and pid in wanted:
+                holders.setdefault(v, set()).add(pid)
+        for pids in holders.values():
+            if len(pids) > 1:
+                for pid in pids:
+                    shared.setdefault(pid, set()).add(dest)
+    return SourceRead(wanted, no_consent, no_id, dup, known, merged, consented, snapshot, shared)
 
 
 def fetch_fields(sync: SyncConfig, con: duckdb.DuckDBPyConnection, person_ids: list[str],

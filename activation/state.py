@@ -6,6 +6,9 @@ take the warehouse's write lock).
     sync_pending (sync, person_id) -> attempts and last error of a change that could not be
                  delivered; retried next run
     sync_log     one row per person and change per run: sent | rejected | failed
+    sync_intent  (sync, person_id) -> a change about to be sent: written before the request, gone
+                 with the acknowledgement; one still there next run may have been applied, so
+                 the destination is asked what it holds before it is sent again
 
 State is written per acknowledged batch, in one transaction with that batch's log rows, so a
 run that stops half-way resumes where it stopped.
@@ -38,11 +41,15 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     sync VARCHAR NOT NULL, run_id VARCHAR NOT NULL, started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ,
     snapshot VARCHAR, planned INTEGER, sent INTEGER, rejected INTEGER, failed INTEGER, requests INTEGER,
     status VARCHAR);
+CREATE TABLE IF NOT EXISTS sync_intent (
+    sync VARCHAR NOT NULL, person_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, action VARCHAR NOT NULL,
+    field_hash VARCHAR, recorded_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (sync, person_id));
+ALTER TABLE sync_state ADD COLUMN IF NOT EXISTS contact VARCHAR;
 """
 
 
 STATE_COLS = {"person_id": "VARCHAR", "dest_key": "VARCHAR", "dest_id": "VARCHAR", "field_hash": "VARCHAR",
-              "in_audience": "BOOLEAN", "rejected_reason": "VARCHAR"}
+              "in_audience": "BOOLEAN", "rejected_reason": "VARCHAR", "contact": "VARCHAR"}
 LOG_COLS = {"person_id": "VARCHAR", "action": "VARCHAR", "result": "VARCHAR", "attempt": "INTEGER", "reason": "VARCHAR"}
 
 
@@ -70,6 +77,7 @@ class Delivered:
     field_hash: str | None
     in_audience: bool
     rejected_reason: str | None
+    contact: str | None = None   # the email / phone consent and erasure address the profile by
 
 
 def state_path(root: Path) -> Path:
@@ -116,7 +124,7 @@ class SyncState:
     # reading ------------------------------------------------------------------------
     def delivered(self, sync: str) -> dict[str, Delivered]:
         rows = self.con.execute(
-            "SELECT person_id, dest_key, dest_id, field_hash, in_audience, rejected_reason "
+            "SELECT person_id, dest_key, dest_id, field_hash, in_audience, rejected_reason, contact "
             "FROM sync_state WHERE sync = ?", [sync]
         ).fetchall()
         return {r[0]: Delivered(*r) for r in rows}
@@ -124,6 +132,32 @@ class SyncState:
     def pending(self, sync: str) -> dict[str, int]:
         rows = self.con.execute("SELECT person_id, attempts FROM sync_pending WHERE sync = ?", [sync]).fetchall()
         return dict(rows)
+
+    def intents(self, sync: str) -> dict[str, tuple[str, str | None]]:
+        """person_id -> (action, field hash) of changes sent but never acknowledged."""
+        rows = self.con.execute("SELECT person_id, action, field_hash FROM sync_intent WHERE sync = ?", [sync]).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def record_intent(self, sync: str, run_id: str, action: str, changes: list) -> None:
+        """Written (and committed) before the request goes out, so a crash after the destination
+        applied it is noticed by the next run."""
+        if not changes:
+            return
+        with transaction(self.con):
+            self.con.execute("DELETE FROM sync_intent WHERE sync = ? AND person_id IN (SELECT unnest(?::VARCHAR[]))",
+                             [sync, [c.person_id for c in changes]])
+            _insert(self.con, "sync_intent", {"sync": sync, "run_id": run_id, "action": action, "recorded_at": now()},
+                    {"person_id": "VARCHAR", "field_hash": "VARCHAR"},
+                    [(c.person_id, c.field_hash) for c in changes])
+
+    def recover_stale_runs(self, sync: str) -> int:
+        """Runs still 'running' while this process holds the state file died mid-run (kill -9,
+        power loss): mark them interrupted so the history says so."""
+        n = self.con.execute("SELECT count(*) FROM sync_runs WHERE sync = ? AND status = 'running'", [sync]).fetchall()[0][0]
+        if n:
+            self.con.execute("UPDATE sync_runs SET status = 'interrupted', finished_at = ? "
+                             "WHERE sync = ? AND status = 'running'", [now(), sync])
+        return n
 
     # writing: one transaction per acknowledged batch ----------------------------------
     def commit_batch(self, sync: str, run_id: str, upserts: list[tuple], deletes: list[tuple[str, str]],
@@ -144,8 +178,9 @@ class SyncState:
                             [sync, [u[0] for u in upserts]])
                 _insert(con, "sync_state", {"sync": sync, "updated_at": t}, STATE_COLS, upserts)
             if cleared_pending:
-                con.execute("DELETE FROM sync_pending WHERE sync = ? AND person_id IN (SELECT unnest(?::VARCHAR[]))",
-                            [sync, cleared_pending])
+                for table in ("sync_pending", "sync_intent"):
+                    con.execute(f"DELETE FROM {table} WHERE sync = ? AND person_id IN (SELECT unnest(?::VARCHAR[]))",
+                                [sync, cleared_pending])
             if failed:
                 con.executemany(
                     "INSERT INTO sync_pending VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (sync, person_id) DO UPDATE "
@@ -174,7 +209,7 @@ class SyncState:
         deleted row lingers in a free block."""
         counts = {}
         with transaction(self.con):
-            for table in ("sync_state", "sync_pending", "sync_log"):
+            for table in ("sync_state", "sync_pending", "sync_log", "sync_intent"):
                 n = self.con.execute(f"SELECT count(*) FROM {table} WHERE list_contains(?, person_id)",
                                      [person_ids]).fetchall()[0][0]
                 self.con.execute(f"DELETE FROM {table} WHERE list_contains(?, person_id)", [person_ids])
@@ -191,8 +226,8 @@ class SyncState:
         con = duckdb.connect(str(tmp))
         con.execute(SCHEMA)
         con.execute(f"ATTACH '{self.path}' AS old (READ_ONLY)")
-        for table in ("sync_state", "sync_pending", "sync_log", "sync_runs"):
-            con.execute(f"INSERT INTO main.{table} SELECT * FROM old.main.{table}")
+        for table in ("sync_state", "sync_pending", "sync_log", "sync_runs", "sync_intent"):
+            con.execute(f"INSERT INTO main.{table} BY NAME SELECT * FROM old.main.{table}")
         con.execute("DETACH old")
         con.execute("CHECKPOINT")
         con.close()

@@ -1,9 +1,15 @@
 """Running a sync: read the published snapshot, diff against the sync state, deliver in the
 destination's batches, and commit each acknowledged batch to the state with its log rows.
 
-If the destination stops answering (bounded retries exhausted), the run stops: every change
-not acknowledged is recorded as failed and stays pending, and the next run's diff sends it
-again. Nothing acknowledged is ever sent twice, because it is committed before the next batch.
+If the destination stops answering (bounded retries exhausted) or refuses a whole request (a
+4xx such as a mistyped list id), the run stops: every change not acknowledged is recorded as
+failed and stays pending, and the next run's diff sends it again.
+
+Exactly once: nothing acknowledged is sent twice, because it is committed before the next
+batch; and each batch's intent is committed before it is sent, so a batch that reached the
+destination but whose acknowledgement was lost (an answer dropped, or this process killed) is
+reconciled first - the destination is asked what it holds - instead of being applied again.
+A run left 'running' by a killed process is marked interrupted by the next one.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Callable
 
 from activation.destinations.base import Destination, ErasureTarget, MissingSecret, Outcome
@@ -21,7 +27,7 @@ from activation.http import DeliveryFailed
 from activation.plan import ACTION_ORDER, Change, Plan, make_plan
 from activation.source import SourceError, fetch_fields, read_source
 from activation.state import SyncState, state_path
-from core.settings.activation import SyncConfig
+from core.settings.activation import SyncConfig, revision_retires
 from core.snapshots import PublishError, open_current, read_manifest
 
 log = logging.getLogger("tessera.activation")
@@ -47,6 +53,9 @@ class SyncReport:
     seconds: float = 0.0
     error: str | None = None
     sample: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    recovered_runs: int = 0       # runs a killed process left 'running', marked interrupted
+    reconciled: int = 0           # rows found applied at the destination after a lost acknowledgement
 
     @property
     def ok(self) -> bool:
@@ -90,10 +99,11 @@ def make_destination(config, sync: SyncConfig, run_id: str) -> Destination:
     d = sync.destination
     if d.type == "klaviyo":
         from activation.destinations.klaviyo import KlaviyoDestination
-        return KlaviyoDestination(sync.name, d, sync.retry, sync.identifier)
+        return KlaviyoDestination(sync.name, d, sync.retry, sync.identifier,
+                                  sync.consent.channel if sync.consent else None)
     if d.type == "mailchimp":
         from activation.destinations.mailchimp import MailchimpDestination
-        return MailchimpDestination(sync.name, d, sync.retry)
+        return MailchimpDestination(sync.name, d, sync.retry, list(sync.fields))
     if d.type == "webhook":
         from activation.destinations.webhook import WebhookDestination
         return WebhookDestination(sync.name, d, sync.retry)
@@ -123,17 +133,34 @@ def plan_sync(config, sync: SyncConfig, state: SyncState) -> Plan:
     for c in plan.changes:
         if c.action in ("upsert", "add_membership"):
             c.fields.update(fields.get(c.person_id, {}))  # each change owns its dict
+            for dropped in src.shared.get(c.person_id, ()):
+                c.fields.pop(dropped, None)  # shared with another person: it would merge them
     plan.snapshot = src.snapshot
     return plan
 
 
-def _sample(plan: Plan, n: int = 5) -> list[dict]:
+def revision_warning(sync: SyncConfig, today: date | None = None) -> str | None:
+    """Klaviyo retires a revision two years after release: warn six months ahead."""
+    d = sync.destination
+    if d.type != "klaviyo":
+        return None
+    retires = revision_retires(d.revision)
+    today = today or date.today()
+    if retires - today <= timedelta(days=182):
+        verb = "was retired" if retires <= today else "retires"
+        return (f"syncs[{sync.name}].destination.revision {d.revision} {verb} on {retires.isoformat()} "
+                "(Klaviyo retires revisions two years after release); move to a current revision")
+    return None
+
+
+def _sample(plan: Plan, personal_key: bool = True, n: int = 5) -> list[dict]:
     out, per = [], {}
     for c in plan.changes:
         if per.get(c.action, 0) >= n:
             continue
         per[c.action] = per.get(c.action, 0) + 1
-        out.append({"action": c.action, "reason": c.reason, "person_id": c.person_id, "key": mask(c.key),
+        out.append({"action": c.action, "reason": c.reason, "person_id": c.person_id,
+                    "key": mask(c.key) if personal_key else c.key,
                     "fields": sorted(c.fields)})
     return out
 
@@ -150,19 +177,20 @@ def _commit(state: SyncState, sync: str, run_id: str, action: str, outcomes: lis
         if o.ok:
             sent += 1
             logs.append((c.person_id, action, "sent", attempt, None))
-            if action == "retire":
+            contact = o.contact or c.contact
+            if action in ("retire", "merge"):
                 deletes.append((c.person_id, c.key))
             elif action == "remove":
-                upserts.append((c.person_id, c.key, dest_id, c.field_hash, False, None))
+                upserts.append((c.person_id, c.key, dest_id, c.field_hash, False, None, contact))
             else:
-                upserts.append((c.person_id, c.key, dest_id, c.field_hash, True, None))
+                upserts.append((c.person_id, c.key, dest_id, c.field_hash, True, None, contact))
         else:
             rejected += 1
             logs.append((c.person_id, action, "rejected", attempt, scrub(o.reason)))
             if action in ("upsert", "add_membership"):
                 # Remember what was refused, so it is not resent until the person's fields change.
                 upserts.append((c.person_id, c.key, dest_id, c.field_hash, c.was_in_audience,
-                                scrub(o.reason) or "rejected"))
+                                scrub(o.reason) or "rejected", c.contact))
         if c.takes_over and action in ("upsert", "add_membership"):
             deletes.append((c.takes_over, c.key))
     state.commit_batch(sync, run_id, upserts, deletes, logs, cleared, [])
@@ -179,7 +207,11 @@ def run_sync(config, name: str, dry_run: bool = False,
     with SyncState(state_path(config.root), read_only=dry_run) as state:
         plan = plan_sync(config, sync, state)
         report = SyncReport(sync.name, run_id, sync.destination.type, plan.snapshot, dry_run, plan.counts(),
-                            dict(plan.skipped), sample=_sample(plan))
+                            dict(plan.skipped), sample=_sample(plan, sync.identifier != "person_id"))
+        warning = revision_warning(sync)
+        if warning:
+            report.warnings.append(warning)
+            log.warning(warning)
         if dry_run:
             report.seconds = round(time.perf_counter() - t0, 3)
             return report
@@ -188,10 +220,16 @@ def run_sync(config, name: str, dry_run: bool = False,
         except MissingSecret as e:
             raise SyncError(str(e)) from None
         attempts = state.pending(sync.name)
+        report.recovered_runs = state.recover_stale_runs(sync.name)
+        if report.recovered_runs:
+            say(f"sync {sync.name}: {report.recovered_runs} earlier run(s) were killed mid-run; marked interrupted, "
+                "their unacknowledged batches are reconciled with the destination")
+        intents = state.intents(sync.name)
         state.start_run(sync.name, run_id, plan.snapshot, len(plan.changes))
+        dest.intend = lambda action, changes: state.record_intent(sync.name, run_id, action, changes)
         if plan.takeovers:  # merges where the survivor already holds the profile: state only
             state.commit_batch(sync.name, run_id,
-                               [(pid, d.dest_key, d.dest_id, d.field_hash, d.in_audience, d.rejected_reason)
+                               [(pid, d.dest_key, d.dest_id, d.field_hash, d.in_audience, d.rejected_reason, d.contact)
                                 for pid, d in plan.takeovers],
                                [(d.person_id, d.dest_key) for _, d in plan.takeovers], [], [], [])
         say(f"sync {sync.name}: {report.planned} to {sync.destination.type} (snapshot {plan.snapshot})")
@@ -203,7 +241,17 @@ def run_sync(config, name: str, dry_run: bool = False,
                     continue
                 done: set[str] = set()
                 try:
-                    for outcomes in dest.deliver(action, todo):
+                    # sent before, never acknowledged: what the destination already holds is done
+                    maybe = [c for c in todo if intents.get(c.person_id, (None, None))[1] == c.field_hash
+                             and intents[c.person_id][0] == action]
+                    held = dest.held(action, maybe) if maybe else []
+                    if held:
+                        s, r = _commit(state, sync.name, run_id, action, held, attempts)
+                        report.sent += s
+                        report.reconciled += len(held)
+                        done.update(o.change.person_id for o in held)
+                        todo = [c for c in todo if c.person_id not in done]
+                    for outcomes in (dest.deliver(action, todo) if todo else ()):
                         s, r = _commit(state, sync.name, run_id, action, outcomes, attempts)
                         report.sent += s
                         report.rejected += r
@@ -228,6 +276,9 @@ def run_sync(config, name: str, dry_run: bool = False,
     report.seconds = round(time.perf_counter() - t0, 3)
     say(f"sync {sync.name}: sent {report.sent}, rejected {report.rejected}, failed {report.failed} "
         f"in {report.requests} requests, {report.seconds:.1f}s")
+    if plan.skipped.get("shared_identifier"):
+        say(f"sync {sync.name}: {plan.skipped['shared_identifier']} person(s) share a mapped identifier (e.g. a "
+            "household phone) with another person; that field was not sent for them")
     return report
 
 
@@ -251,7 +302,7 @@ def erase_persons(config, person_ids) -> dict:
             "SELECT DISTINCT sync FROM sync_state WHERE list_contains(?, person_id)", [person_ids]).fetchall()]
         for name in sorted(synced):
             delivered = state.delivered(name)
-            targets = [ErasureTarget(p, delivered[p].dest_key, delivered[p].dest_id)
+            targets = [ErasureTarget(p, delivered[p].dest_key, delivered[p].dest_id, delivered[p].contact)
                        for p in person_ids if p in delivered]
             sync = configured.get(name)
             if sync is None:

@@ -21,9 +21,14 @@ def _print_report(r) -> None:
             fields = f" fields: {', '.join(s['fields'])}" if s["fields"] else ""
             out.print(f"    {s['action']:<14} {s['reason']:<12} {s['person_id']:<14} {s['key']}{fields}",
                       markup=False)
+    for w in r.warnings:
+        out.print(f"  [yellow]warning:[/] {w}", markup=True)
+    if r.dry_run:
         return
-    out.print(f"  sent {r.sent}, rejected {r.rejected}, failed {r.failed} (pending, retried next run); "
-              f"{r.requests} requests in {r.seconds:.1f}s")
+    failed = f"failed {r.failed}" + (" (pending, retried next run)" if r.failed else "")
+    extra = "".join([f"; {r.reconciled} found already applied after a lost acknowledgement" if r.reconciled else "",
+                     f"; {r.recovered_runs} killed run(s) marked interrupted" if r.recovered_runs else ""])
+    out.print(f"  sent {r.sent}, rejected {r.rejected}, {failed}; {r.requests} requests in {r.seconds:.1f}s{extra}")
     if r.error:
         out.print(f"  [red]stopped:[/] {r.error}")
 

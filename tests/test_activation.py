@@ -17,7 +17,7 @@ from activation.local_servers import LocalKlaviyo, LocalMailchimp
 from activation.state import state_path
 from activation.sync import SyncError, erase_persons, run_sync
 from core.config import ConfigError
-from tests.activation_world import World, klaviyo_sync, mailchimp_sync, make_config
+from tests.activation_world import FAST_RETRY, World, klaviyo_sync, mailchimp_sync, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         w.consent[("P00002", "email_marketing")] = "denied"
         w.persons["P00010"]["first_name"] = "Changed"
         w.segments["vip"].discard("P00014")
-        w.merge("P00006", into="P00008")               # different emails: the old profile goes
+        w.merge("P00006", into="P00008")               # different emails: merged into the survivor's profile
         w.persons["P09999"] = {**w.persons["P00012"], "first_name": "Survivor"}
         w.segments["vip"].add("P09999")
         w.consent[("P09999", "email_marketing")] = "granted"
@@ -86,8 +86,14 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         assert k.throttled > 0  # the burst limit answered 429 with Retry-After, and the sync waited
         assert k.list_keys() == _consented(w) - {"not-an-email"}
         assert _emails(w, ["P00002"]) & k.list_keys() == set()
-        assert k.list_removals == {"ann.lee2@example.com": 1, "ann.lee14@example.com": 1}
-        assert k.deleted == ["ann.lee6@example.com"] and "ann.lee6@example.com" not in k.profile_keys()
+        # consent lost: unsubscribed through the subscription endpoint (Klaviyo records the opt-out);
+        # left the segment: only the list membership goes
+        assert k.unsubscribed == {"ann.lee2@example.com": 1} and k.list_removals == {"ann.lee14@example.com": 1}
+        assert k.profile("ann.lee2@example.com")["subscriptions"] == {"email": "UNSUBSCRIBED"}
+        assert k.profile("ann.lee0@example.com")["subscriptions"] == {"email": "SUBSCRIBED"}
+        # merged persons: one profile, Klaviyo's merge (history kept), no GDPR deletion
+        assert k.merges == [("ann.lee6@example.com", "ann.lee8@example.com")] and k.deleted == []
+        assert "ann.lee6@example.com" not in k.profile_keys()
         assert sum(1 for p in k.profiles.values() if p["email"] == "ann.lee12@example.com") == 1
         assert k.profile("ann.lee12@example.com")["first_name"] == "Survivor"
         assert k.deliveries["ann.lee10@example.com"] == 2 and k.deliveries["ann.lee0@example.com"] == 1
@@ -96,7 +102,7 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         assert holders == [("P09999",)]
         assert run_sync(cfg, "vip_klaviyo").requests == 0
 
-        # consent given again: back on the list through the list-relationships endpoint, no re-import
+        # consent given again: subscribed again (and back on the list) by a subscription job, no re-import
         w.consent[("P00002", "email_marketing")] = "granted"
         w.publish(pub)
         r4 = run_sync(cfg, "vip_klaviyo")
@@ -112,7 +118,7 @@ def test_klaviyo_exactly_once_consent_merges_and_erasure(tmp_path):
         assert b"ann.lee10@example.com" not in raw and b"P00010" not in raw
 
 
-def test_mailchimp_faults_archive_and_permanent_delete(tmp_path, monkeypatch):
+def test_mailchimp_faults_unsubscribe_and_permanent_delete(tmp_path, monkeypatch):
     w = World.make(30, consent_every=3)
     w.persons["P00009"]["email"] = "ann.nine@nodomain"   # Mailchimp refuses it, quoting the address
     pub = tmp_path / "published"
@@ -139,10 +145,11 @@ def test_mailchimp_faults_archive_and_permanent_delete(tmp_path, monkeypatch):
 
         w.consent[("P00003", "email_marketing")] = "denied"
         w.publish(pub)
-        m.inject("DELETE /3.0/lists/AUD1/members", "timeout", 0.6)
+        m.inject("POST /3.0/lists/AUD1", "timeout", 0.6)
         r2 = run_sync(cfg, "vip_mailchimp")
         assert r2.ok and r2.planned["removals"] == 1
-        assert m.member("ann.lee3@example.com")["status"] == "archived"
+        # consent withdrawn: unsubscribed (the opt-out is kept), not archived
+        assert m.member("ann.lee3@example.com")["status"] == "unsubscribed"
         assert "ann.lee3@example.com" not in m.member_keys()
 
         w.persons["P00012"]["email"] = "Ann.New12@Example.com "   # a new address: one live member, the old archived
@@ -164,7 +171,7 @@ def test_server_dies_mid_sync_and_next_run_resumes_without_duplicates(tmp_path):
     w.publish(tmp_path / "published")
     with LocalKlaviyo() as k, LocalMailchimp() as m:
         cfg = make_config(tmp_path, [klaviyo_sync(k.url), mailchimp_sync(m.url)])
-        k.die_after(2)   # two import jobs land, then every connection is refused
+        k.die_after(4)   # two import jobs (each with its subscription job) land, then every connection is refused
         m.die_after(3)
         rk, rm = run_sync(cfg, "vip_klaviyo"), run_sync(cfg, "vip_mailchimp")
         assert (rk.sent, rk.failed) == (20, 40) and not rk.ok
@@ -376,3 +383,238 @@ def test_a_sync_query_cannot_read_files_outside_the_snapshot(tmp_path, query):
         run_sync(cfg, "drop")
     drops = tmp_path / "drops"
     assert not drops.exists() or not any("root:" in p.read_text(errors="ignore") for p in drops.iterdir() if p.is_file())
+
+
+# ------------------------------------------------------------------ the vendors' definitions
+def _capture(monkeypatch) -> list[tuple]:
+    """Every request the destinations send, as (method, url, headers, JSON body)."""
+    import requests
+
+    seen, real = [], requests.Session.request
+
+    def request(self, method, url, **kw):
+        body = kw.get("json")
+        if body is None and kw.get("data"):
+            body = json.loads(kw["data"])
+        params = kw.get("params")
+        full = requests.Request(method, url, params=params).prepare().url
+        seen.append((method, full, {**self.headers, **(kw.get("headers") or {})}, body))
+        return real(self, method, url, **kw)
+
+    monkeypatch.setattr(requests.Session, "request", request)
+    return seen
+
+
+def test_every_request_validates_against_the_vendor_definitions(tmp_path, monkeypatch):
+    from activation.contract import spec
+
+    sent = _capture(monkeypatch)
+    w = World.make(12)
+    w.publish(tmp_path / "published")
+    with LocalKlaviyo() as k, LocalMailchimp() as m:
+        ksync = klaviyo_sync(k.url, identifier="person_id", fields={
+            "email": "email", "phone_number": "phone", "first_name": "first_name", "city": "lifecycle_stage",
+            "order_count": "order_count"})
+        msync = mailchimp_sync(m.url, fields={"FNAME": "first_name", "TIER": "lifecycle_stage"})
+        cfg = make_config(tmp_path, [ksync, msync])
+        assert run_sync(cfg, "vip_klaviyo").ok and run_sync(cfg, "vip_mailchimp").ok
+        w.consent[("P00001", "email_marketing")] = "denied"       # unsubscribe
+        w.merge("P00002", into="P00003")                          # profile merge
+        w.persons["P00004"]["first_name"] = "Changed"              # update
+        w.publish(tmp_path / "published")
+        assert run_sync(cfg, "vip_klaviyo").ok and run_sync(cfg, "vip_mailchimp").ok
+        report = erase_persons(cfg, ["P00005", "P00003"])          # erasure on both
+        assert report["complete"], report
+        assert k.refused == [] and m.refused == []
+        ops = set()
+        for method, url, headers, body in sent:
+            vendor = "klaviyo" if url.startswith(k.url) else "mailchimp"
+            why = spec(vendor).check(method, url, headers, body)
+            assert why is None, (method, url, why)
+            ops.add(spec(vendor).find(method, url.split("?")[0].replace(k.url, "").replace(m.url, ""))[0]["operationId"])
+        assert {"bulk_import_profiles", "bulk_subscribe_profiles", "bulk_unsubscribe_profiles", "merge_profiles",
+                "request_profile_deletion", "postListsId", "postListsIdMergeFields",
+                "postListsIdMembersHashActionsDeletePermanent"} <= ops
+        # a person_id-keyed sync erases by the email the state holds (external_id is not accepted)
+        assert "ann.lee5@example.com" in k.deleted and "ann.lee5@example.com" not in k.profile_keys()
+        # the merge kept one profile; the merge field Mailchimp lacked was created before the upsert
+        assert k.merges == [("ann.lee2@example.com", "ann.lee3@example.com")]
+        assert m.member("ann.lee0@example.com")["merge_fields"] == {"FNAME": "Ann0", "TIER": "active"}
+        assert k.profile("ann.lee0@example.com")["location"] == {"city": "active"}
+        assert k.profile("ann.lee1@example.com")["subscriptions"] == {"email": "UNSUBSCRIBED"}
+
+
+def test_the_contract_catches_a_retired_revision_and_an_external_id_deletion(tmp_path):
+    from activation.contract import spec
+
+    k = spec("klaviyo")
+    headers = {"revision": "2024-10-15", "content-type": "application/vnd.api+json", "Authorization": "x"}
+    body = {"data": {"type": "data-privacy-deletion-job", "attributes": {"profile": {"data": {
+        "type": "profile", "attributes": {"external_id": "P00001"}}}}}}
+    assert "revision 2024-10-15 was retired on 2026-10-15" in k.check(
+        "POST", "https://a.klaviyo.com/api/data-privacy-deletion-jobs/", headers, body)
+    current = {**headers, "revision": k.revision}
+    why = k.check("POST", "https://a.klaviyo.com/api/data-privacy-deletion-jobs/", current, body)
+    assert "external_id" in why and "Additional properties are not allowed" in why
+    body["data"]["attributes"]["profile"]["data"]["attributes"] = {"email": "a@x.io"}
+    assert k.check("POST", "https://a.klaviyo.com/api/data-privacy-deletion-jobs/", current, body) is None
+    # Mailchimp: a member without status or status_if_new is refused
+    why = spec("mailchimp").check("POST", "https://us1.api.mailchimp.com/3.0/lists/A", {"content-type": "application/json"},
+                                  {"members": [{"email_address": "a@x.io"}]})
+    assert why and "postListsId" in why
+    # the local server refuses the retired revision: the run fails, nobody is marked rejected
+    World.make(3).publish(tmp_path / "published")
+    with LocalKlaviyo() as server:
+        cfg = make_config(tmp_path, [klaviyo_sync(server.url, destination={"revision": "2024-10-15"})])
+        r = run_sync(cfg, "vip_klaviyo")
+        assert not r.ok and (r.sent, r.rejected, r.failed) == (0, 0, 3) and "retired" in r.error
+        assert "2024-10-15" in r.warnings[0] and server.profiles == {}
+
+
+def test_klaviyo_revision_is_one_setting_warned_six_months_before_retirement(tmp_path):
+    from datetime import date
+
+    from activation.sync import revision_warning
+    from core.settings.activation import KLAVIYO_REVISION
+
+    cfg = make_config(tmp_path, [klaviyo_sync("http://127.0.0.1:9")])
+    assert cfg.syncs[0].destination.revision == KLAVIYO_REVISION == "2026-07-15"
+    assert revision_warning(cfg.syncs[0], today=date(2027, 12, 1)) is None
+    assert "retires on 2028-07-15" in revision_warning(cfg.syncs[0], today=date(2028, 2, 1))
+    with pytest.raises(ConfigError, match="revision"):
+        make_config(tmp_path, [klaviyo_sync("http://x", destination={"revision": "latest"})])
+
+
+def test_klaviyo_profile_layout_location_e164_standard_first(monkeypatch):
+    from activation.destinations.klaviyo import KlaviyoDestination
+    from activation.plan import Change
+    from core.settings.activation import Klaviyo, Retry
+
+    monkeypatch.setenv("K", "pk")
+    dest = KlaviyoDestination("s", Klaviyo.model_validate({"type": "klaviyo", "api_key_env": "K"}), Retry(), "email")
+    c = Change("upsert", "P1", "a@x.io", {"tier": "gold", "city": "Leeds", "zip": "LS1 4AP", "phone_number": "07700 900123",
+                                         "first_name": "Ann"}, "h", None, "new")
+    attrs = dest._profile(c)["attributes"]
+    assert list(attrs) == ["email", "phone_number", "first_name", "location", "properties"]
+    assert attrs["phone_number"] == "+447700900123"
+    assert attrs["location"] == {"city": "Leeds", "zip": "LS1 4AP"} and attrs["properties"] == {"tier": "gold"}
+
+
+# ------------------------------------------------------------------ exactly once (issue 25, item 8)
+def test_an_applied_batch_whose_answer_is_lost_is_not_applied_twice(tmp_path):
+    w = World.make(30)
+    w.publish(tmp_path / "published")
+    with LocalKlaviyo() as k, LocalMailchimp() as m:
+        cfg = make_config(tmp_path, [klaviyo_sync(k.url), mailchimp_sync(m.url)])
+        k.inject("POST /api/profile-bulk-import-jobs", "ack_lost", skip=1)   # the 2nd job runs, its 202 is lost
+        m.inject("POST /3.0/lists/AUD1", "ack_lost")
+        rk, rm = run_sync(cfg, "vip_klaviyo"), run_sync(cfg, "vip_mailchimp")
+        assert rk.ok and rm.ok and rk.sent == rm.sent == 30
+        assert k.faults_served["ack_lost"] == 1 and m.faults_served["ack_lost"] == 1
+        emails = _emails(w, w.persons)
+        assert dict(k.deliveries) == {e: 1 for e in emails} and dict(m.deliveries) == {e: 1 for e in emails}
+
+
+def test_kill_9_mid_batch_after_the_server_applied_it_then_rerun_delivers_once(tmp_path):
+    w = World.make(50)
+    w.publish(tmp_path / "published")
+    with LocalKlaviyo() as k:
+        sync = klaviyo_sync(k.url)
+        (tmp_path / "cdp.yaml").write_text(json.dumps({"paths": {"published": "published"}, "syncs": [sync]}))
+        k.inject("POST /api/profile-bulk-import-jobs", "apply_hang", skip=2)  # the 3rd job applied, never answered
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TEST_KLAVIYO_KEY": "pk_test"}
+        proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "sync", "vip_klaviyo", "--config",
+                                 str(tmp_path / "cdp.yaml")], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert k.hung.wait(60), "the sync never reached the 3rd batch"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        k.release_hung()
+        assert sum(k.deliveries.values()) == 30
+        r = run_sync(make_config(tmp_path, [sync]), "vip_klaviyo")
+        assert r.ok and r.sent == 30 and r.reconciled == 10 and r.recovered_runs == 1
+        assert dict(k.deliveries) == {e: 1 for e in _emails(w, w.persons)}
+        with duckdb.connect(str(state_path(tmp_path)), read_only=True) as con:
+            statuses = [s for (s,) in con.execute("SELECT status FROM sync_runs ORDER BY started_at").fetchall()]
+            assert statuses == ["interrupted", "ok"]
+            assert con.execute("SELECT count(*) FROM sync_intent").fetchall() == [(0,)]
+
+
+def test_a_whole_request_refused_is_a_failed_run_and_the_fix_delivers_everyone(tmp_path):
+    w = World.make(12)
+    w.publish(tmp_path / "published")
+    with LocalMailchimp() as m:
+        bad = make_config(tmp_path, [mailchimp_sync(m.url, destination={"list_id": "AUD_TYPO"})])
+        r = run_sync(bad, "vip_mailchimp")
+        assert not r.ok and (r.sent, r.rejected, r.failed) == (0, 0, 12) and "404" in r.error
+        r = run_sync(make_config(tmp_path, [mailchimp_sync(m.url)]), "vip_mailchimp")
+        assert r.ok and r.sent == 12 and m.member_keys() == _emails(w, w.persons)
+
+
+def test_a_phone_shared_by_two_persons_is_not_sent_for_them(tmp_path):
+    w = World.make(6)
+    w.persons["P00001"]["phone"] = w.persons["P00002"]["phone"]  # one household landline
+    w.publish(tmp_path / "published")
+    with LocalKlaviyo() as k:
+        cfg = make_config(tmp_path, [klaviyo_sync(k.url, fields={"first_name": "first_name", "phone_number": "phone"})])
+        r = run_sync(cfg, "vip_klaviyo")
+        assert r.ok and r.skipped["shared_identifier"] == 2
+        assert k.profile_keys() == _emails(w, w.persons)            # six profiles, none merged
+        assert "phone_number" not in k.profile("ann.lee1@example.com")
+        assert k.profile("ann.lee3@example.com")["phone_number"] == "+447700900003"
+
+
+def test_webhook_rows_carry_stable_event_ids_and_an_idempotency_key(tmp_path, monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen, applied, first = [], {}, threading.Event()
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(self.headers["Idempotency-Key"])
+            for e in body["events"]:           # a receiver that dedups by event id
+                applied.setdefault(e["event_id"], e)
+            if not first.is_set():            # the first answer is lost
+                first.set()
+                self.connection.shutdown(2)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HOOK_SECRET", "s3cret")
+    World.make(4).publish(tmp_path / "published")
+    try:
+        cfg = make_config(tmp_path, [{"name": "hook", "source": {"segment": "vip"}, "fields": {"first_name": "first_name"},
+                                      "destination": {"type": "webhook", "url": f"http://127.0.0.1:{server.server_address[1]}/",
+                                                      "secret_env": "HOOK_SECRET"},
+                                      "consent": {"channel": "email_marketing"}, "retry": FAST_RETRY}])
+        assert run_sync(cfg, "hook").ok
+        assert len(seen) == 2 and seen[0] == seen[1]  # the re-send carries the same key
+        assert len(applied) == 4
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_person_id_keyed_dry_run_shows_the_person_id_and_the_report_line(tmp_path):
+    from click.testing import CliRunner
+
+    from cdp.cli import main
+
+    World.make(3).publish(tmp_path / "published")
+    with LocalKlaviyo() as k:
+        sync = klaviyo_sync(k.url, identifier="person_id", fields={"email": "email"})
+        (tmp_path / "cdp.yaml").write_text(json.dumps({"paths": {"published": "published"}, "syncs": [sync]}))
+        res = CliRunner().invoke(main, ["sync", "vip_klaviyo", "--dry-run", "--config", str(tmp_path / "cdp.yaml")])
+        assert res.exit_code == 0, res.output
+        assert "P00001         P00001" in res.output and "P***" not in res.output
+        res = CliRunner().invoke(main, ["sync", "vip_klaviyo", "--config", str(tmp_path / "cdp.yaml")])
+        assert "failed 0;" in res.output and "pending, retried" not in res.output

@@ -57,14 +57,14 @@ def test_merges_and_key_changes_leave_one_profile():
     # B merged into A with the same email: A takes over B's row, nothing is sent
     plan = make_plan(_sync("mirror"), _src({"A": ("b@x.io", "h1")}, merged={"B": "A"}), {"B": DELIVERED["B"]})
     assert plan.changes == [] and [(p, d.person_id) for p, d in plan.takeovers] == [("A", "B")]
-    # B merged into A with a different email: B's profile is retired
+    # B merged into A with a different email: B's profile is merged into A's (after A's upsert)
     plan = make_plan(_sync("upsert"), _src({"A": ("a@x.io", "h1")}, merged={"B": "A"}),
                      {"A": DELIVERED["A"], "B": DELIVERED["B"]})
-    assert _actions(plan) == [("retire", "B", "merged")]
-    # A's email changed: the old profile is retired, the new one added
+    assert [(c.action, c.person_id, c.reason, c.into_key) for c in plan.changes] == [("merge", "B", "merged", "a@x.io")]
+    # A's email changed: the new profile is added, then the old one merged into it
     plan = make_plan(_sync("upsert"), _src({"A": ("a2@x.io", "h1")}), {"A": DELIVERED["A"]})
-    assert [(c.action, c.key, c.reason) for c in plan.changes] == [
-        ("retire", "a@x.io", "key_changed"), ("upsert", "a2@x.io", "new")]
+    assert [(c.action, c.key, c.reason, c.into_key) for c in plan.changes] == [
+        ("upsert", "a2@x.io", "new", None), ("merge", "a@x.io", "key_changed", "a2@x.io")]
     # a person who vanished without a merge record is retired too
     plan = make_plan(_sync("upsert"), _src({}, known=set()), {"C": DELIVERED["C"]})
     assert _actions(plan) == [("retire", "C", "vanished")]

@@ -4,6 +4,11 @@
 yields one list of :class:`Outcome` per acknowledged batch, so the runner can commit state
 after each; it raises :class:`~activation.http.DeliveryFailed` for a batch that could not be
 delivered (nothing of it acknowledged). ``erase(entries)`` deletes persons for good.
+
+Exactly once: before each request the destination calls ``intend(changes)`` (the runner
+records the intent in the sync state). A write whose answer is lost is not blindly re-sent:
+``held(action, changes)`` asks the destination what it already holds, and only the rest goes
+again. The runner asks the same after a crash, for rows whose intent is still recorded.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from activation.plan import Change
 
@@ -36,6 +41,7 @@ class Outcome:
     ok: bool
     reason: str | None = None      # the destination's reason for a rejection
     dest_id: str | None = None     # the destination's own id for the profile, when learned
+    contact: str | None = None     # the email / phone the destination addresses consent by
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,17 @@ class ErasureTarget:
     person_id: str
     key: str
     dest_id: str | None
+    contact: str | None = None
 
 
 class Destination(ABC):
     name = "destination"
+    intend: Callable[[str, list[Change]], None] = staticmethod(lambda action, changes: None)
+
+    def held(self, action: str, changes: list[Change]) -> list[Outcome]:
+        """Outcomes for the changes the destination already holds (a write applied whose answer
+        was lost). By default nothing is known to be held, and a re-send must be idempotent."""
+        return []
 
     @abstractmethod
     def deliver(self, action: str, changes: list[Change]) -> Iterator[list[Outcome]]:

@@ -7,6 +7,7 @@ key (``api_key_env: KLAVIYO_API_KEY``), read when the sync runs.
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -57,12 +58,30 @@ class Retry(_Strict):
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request connect/read timeout.")
 
 
+# The newest stable revision of Klaviyo's published OpenAPI (github.com/klaviyo/openapi,
+# openapi/stable.json, info.version) when this default was last moved.
+KLAVIYO_REVISION = "2026-07-15"
+REVISION_RE = r"\d{4}-\d{2}-\d{2}(\.[a-z0-9]+)?"
+
+
+def revision_retires(revision: str) -> date:
+    """Klaviyo retires a revision two years after its release date (its versioning policy)."""
+    if not re.fullmatch(REVISION_RE, revision or ""):
+        raise ValueError(f"revision {revision!r} is not of Klaviyo's form YYYY-MM-DD[.suffix]")
+    released = date.fromisoformat(revision[:10])
+    try:
+        return released.replace(year=released.year + 2)
+    except ValueError:  # 29 February
+        return released.replace(year=released.year + 2, day=28)
+
+
 class Klaviyo(_Strict):
     type: Literal["klaviyo"]
     base_url: str = "https://a.klaviyo.com"
     api_key_env: str = Field(description="Environment variable holding the private API key.")
     list_id: str | None = Field(default=None, description="List the synced profiles belong to (needed for removals).")
-    revision: str = "2024-10-15"
+    revision: str = Field(default=KLAVIYO_REVISION, pattern=REVISION_RE,
+                          description="Klaviyo API revision header; warned about six months before it retires.")
     batch_size: int = Field(default=10_000, ge=1, le=10_000, description="Profiles per bulk import job.")
     max_request_bytes: int = Field(default=5_000_000, ge=10_000, le=5_000_000)
     job_poll_interval_s: float = Field(default=2.0, ge=0)
@@ -150,6 +169,9 @@ class SyncConfig(_Strict):
             raise ValueError("mailchimp keys members by email: identifier must be 'email'")
         if d.type == "klaviyo" and self.identifier not in ("email", "phone", "person_id"):
             raise ValueError("klaviyo identifier must be one of: email, phone, person_id")
+        if d.type == "klaviyo" and self.identifier == "person_id" and not ({"email", "phone_number"} & set(self.fields)):
+            raise ValueError("a klaviyo sync keyed by person_id must map email or phone_number in fields: "
+                             "consent changes and erasure address the profile by them")
         if d.type == "klaviyo" and self.mode == "mirror" and not d.list_id:
             raise ValueError("mode mirror removes persons from a list: set destination.list_id")
         return self
