@@ -124,6 +124,9 @@ def status(config_path, as_json) -> None:
             out.print(f"           failed check {c}")
     else:
         out.print("latest run none yet")
+    if info["unmatched_landing_files"]:
+        out.print(f"landing    not loaded, match no source's path: {', '.join(info['unmatched_landing_files'])}",
+                  markup=False)
     if info.get("warehouse_error"):
         out.print(f"warehouse  {info['warehouse_error']}")
     for table, n in (info.get("raw_tables") or {}).items():

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cdp.reporting_scoring import print_model_overview
@@ -15,6 +16,7 @@ from core.contracts import ENTITIES
 from core.snapshots import current_path, read_manifest
 from core.warehouse import WarehouseBusy, open_warehouse, table_exists
 from expectations.gate import latest_gate
+from ingestion.loader import unmatched_files
 
 
 def raw_counts(con) -> dict[str, int]:
@@ -43,7 +45,15 @@ def files_by_status(con) -> list[tuple[str, str, int]]:
     ).fetchall()
 
 
+def print_unmatched_files(console: Console, config: Config) -> None:
+    stray = unmatched_files(config)
+    if stray:
+        console.print(f"[yellow]not loaded: {len(stray)} landed file(s) match no source's path[/] "
+                      f"(names are matched exactly, case included): {escape(', '.join(stray))}")
+
+
 def print_raw_overview(console: Console, config: Config) -> None:
+    print_unmatched_files(console, config)
     if not config.warehouse_path.exists():
         console.print("no warehouse yet")
         return
@@ -158,6 +168,7 @@ def status_dict(config: Config, config_path: Path) -> dict:
         },
         "sources": [{"name": s.name, "kind": s.kind, "entities": sorted(s.entities)} for s in config.enabled_sources()],
         "latest_run": latest_run(config.dagster_home),
+        "unmatched_landing_files": unmatched_files(config),
     }
     last_cli = config.dagster_home / "last_run.json"
     if info["latest_run"] and last_cli.exists():

@@ -73,7 +73,11 @@ def _linked_run(published_dir: Path, manifest: dict) -> str | None:
 def open_snapshot(path: Path) -> duckdb.DuckDBPyConnection:
     """A sealed, read-only connection to one snapshot file."""
     con = duckdb.connect(str(path), read_only=True, config=dict(SEALED_SETTINGS))
-    con.execute("SET TimeZone = 'UTC'")
+    # A second connection to a file already open in this process shares its database, and
+    # with it the locked configuration: set only what is not set yet.
+    if con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+        return con
+    con.execute("SET GLOBAL TimeZone = 'UTC'")  # global: later connections to the file share it
     con.execute("SET lock_configuration = true")
     return con
 

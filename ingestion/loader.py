@@ -1,22 +1,28 @@
 """Landing files -> ``raw.*`` tables, incrementally, atomically, with a quarantine.
 
-How one file is loaded:
+How one file is loaded (:func:`load_file`: stage, validate, claim, commit):
 
 1. The manifest (``raw.loads``) is consulted: a file already loaded under the same name
-   and size/mtime is skipped without reading it; otherwise its SHA-256 is taken. Same
-   content under any name -> skipped as a duplicate; new content under a name that was
-   loaded before -> reported as ``changed`` and *not* loaded (never double-loaded).
-2. DuckDB parses the file in one scan (JSON lines are read as raw lines and parsed with
-   ``from_json`` so that a broken line can be kept verbatim; CSVs are read as text with
-   DuckDB's reject table catching malformed lines), and each row gets the reason it
+   and size/mtime is skipped without reading it; otherwise its SHA-256 and line count are
+   taken in a thread while it is staged.
+2. Stage: a clean file is parsed by DuckDB's reader in one scan (JSON lines straight into the
+   raw table in an open transaction; a CSV into a temp table). A file with any bad line, or
+   whose rows do not account for its lines, is read again line by line in Python, so that a
+   line the reader cannot take (not UTF-8, too long, a stray ``\\r``, an unterminated quote)
+   costs that line alone and reaches the quarantine verbatim. Each row gets the reason it
    breaks the contract, if any.
-3. A file that cannot be read, lacks a required column, or whose share of bad rows is
-   over ``ingestion.max_bad_row_rate`` is rejected whole: nothing of it is applied.
-4. Otherwise good rows go to ``raw.<kind>_<entity>``, bad rows verbatim to
-   ``raw.quarantine`` with their reason, and the manifest row is written, all in one
-   transaction: a crash mid-load leaves nothing behind and the rerun loads the file.
+3. Validate: every file must satisfy ``lines = rows loaded + quarantined + erased + skipped``
+   (skipped: a CSV's header, blank lines, the extra lines of quoted fields that span lines),
+   or it is rejected by name. A file that cannot be read, lacks a required column, or whose
+   share of bad rows is over ``ingestion.max_bad_row_rate`` is rejected whole.
+4. Claim: same content under any name -> ``duplicate``; new content under a name loaded
+   before -> ``changed`` and *not* loaded (never double-loaded).
+5. Commit: good rows to ``raw.<kind>_<entity>``, bad rows verbatim to ``raw.quarantine`` with
+   their reason, and the manifest row, all in one transaction: a crash mid-load leaves nothing
+   behind and the rerun loads the file.
 
-Error messages name the file, row and field, never the value (values may be personal).
+Messages name the file, row, field or column position, never a value (values may be personal:
+a header-less CSV has a person in its first line).
 
 Erased persons (``cdp forget``) stay out: once ``privacy.erased_identifiers`` holds salted
 hashes, every row whose identifiers hash to one of them is dropped at load time and counted in
@@ -28,17 +34,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import duckdb
+import pyarrow as pa
 
 from core.config import Config, EntityFiles, Source
 from core.contracts import (
@@ -91,6 +100,9 @@ class FileResult:
     rows_loaded: int = 0
     rows_quarantined: int = 0
     rows_erased: int = 0  # rows of erased persons, dropped (see privacy/)
+    # The count that must add up: lines = rows_loaded + rows_quarantined + rows_erased + lines_skipped
+    lines: int = 0  # lines in the file ("\n"-terminated, plus a last one without)
+    lines_skipped: int = 0  # lines that are no row: a CSV's header, blank lines, continuation lines of quoted fields
     message: str = ""
     load_id: str | None = None
     checksum: str | None = None
@@ -141,8 +153,10 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection, entities: Iterable[Entity]
             rows_erased BIGINT DEFAULT 0
         )"""
     )
-    # warehouses made before erasure existed
+    # warehouses made before erasure, and before the line accounting, existed
     con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS rows_erased BIGINT DEFAULT 0")
+    con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS lines BIGINT")
+    con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS lines_skipped BIGINT")
     con.execute(
         """
         CREATE TABLE IF NOT EXISTS raw.quarantine (
@@ -248,43 +262,196 @@ def _reason_sql(cases: list[tuple[str, str, str]]) -> tuple[str, str]:
     return index, f"{reasons}[_case] AS _reason, {fields}[_case] AS _field"
 
 
+# --------------------------------------------------------------------------- reading line by line
+# The line-by-line path reads the file in Python, splitting on "\n" only (a CRLF's "\r" is
+# dropped with it), so that every line is accounted for: a line DuckDB's readers cannot take
+# (too long, not UTF-8, a stray "\r", an unterminated quote) costs that line, never the file or
+# its neighbours. Lines reach DuckDB as Arrow batches, so memory stays bounded by a batch.
+BATCH_LINES = 20_000
+BATCH_BYTES = 32 * 1024 * 1024
+# A quoted CSV field may span at most this many lines: past it (or at the end of the file), the
+# quote is taken as unterminated and its opening line alone is quarantined.
+MAX_RECORD_LINES = 1_000
+# Reasons the line-by-line reader gives before any parsing (checked before the contract's).
+READER_REASONS = ("invalid_encoding", "malformed_csv_line")
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class _Skipped:
+    """Lines that are no row: the CSV header, blank lines, and the continuation lines of
+    quoted CSV fields that span lines."""
+
+    lines: int = 0
+
+
+def _physical_lines(path: Path) -> Iterator[bytes]:
+    """Every line without its "\\n" (a CRLF line keeps its "\\r"), read in large chunks."""
+    with open(path, "rb") as f:
+        rest = f.read(len(_BOM)).removeprefix(_BOM)
+        while chunk := f.read(8 * 1024 * 1024):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+        if rest:
+            yield rest
+
+
+def _decode(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _verbatim(line: bytes) -> str:
+    """A line that is not UTF-8, as text: the bytes it could not decode spelled out (\\xff)."""
+    return line.decode("utf-8", "backslashreplace")
+
+
+def _jsonl_records(path: Path, skipped: _Skipped) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, text, reader's reason) for every line but blank ones."""
+    for n, raw in enumerate(_physical_lines(path), 1):
+        text = _decode(raw.removesuffix(b"\r"))
+        if text is None:
+            yield n, _verbatim(raw.removesuffix(b"\r")), "invalid_encoding"
+        elif not text or text.isspace():
+            skipped.lines += 1
+        else:
+            yield n, text, None
+
+
+def _parse_csv_record(text: str, delimiter: str, n_cols: int) -> list[str] | None:
+    if '"' not in text and "\r" not in text:  # nothing to unquote: a plain split is the same, and faster
+        fields = text.split(delimiter)
+    else:
+        try:
+            fields = next(csv.reader([text], delimiter=delimiter, strict=True))
+        except csv.Error:
+            return None
+    return fields if len(fields) == n_cols else None
+
+
+def _csv_records(path: Path, delimiter: str, n_cols: int, skipped: _Skipped) -> Iterator[tuple]:
+    """(data row number, verbatim text, reader's reason, *fields) for every record after the
+    header; blank lines are skipped. A record whose quote is still open at the end of its
+    line takes the following lines while that makes it a whole record of the header's width;
+    otherwise its first line alone is malformed and reading goes on at the next line."""
+    lines: Iterator[bytes] = _physical_lines(path)
+    next(lines, None)  # the header (read by _csv_header)
+    skipped.lines += 1
+    row, no_fields = 0, (None,) * n_cols
+    while (raw := next(lines, None)) is not None:
+        text = _decode(raw.removesuffix(b"\r"))
+        if text is not None and (not text or text.isspace()):
+            skipped.lines += 1
+            continue
+        row += 1
+        if text is None:
+            yield (row, _verbatim(raw.removesuffix(b"\r")), "invalid_encoding", *no_fields)
+            continue
+        fields = _parse_csv_record(text, delimiter, n_cols)
+        if fields is None and text.count('"') % 2:  # a quote left open: a field over several lines?
+            fields, record, ahead = _quoted_record(raw, lines, delimiter, n_cols)
+            if fields is None:
+                lines = chain(ahead, lines)  # given back: each is read as a line of its own
+            else:
+                text = record
+                skipped.lines += len(ahead)
+        if fields is None:
+            yield (row, text, "malformed_csv_line", *no_fields)
+        else:
+            yield (row, text, None, *fields)
+
+
+def _quoted_record(first: bytes, lines: Iterator[bytes], delimiter: str, n_cols: int
+                   ) -> tuple[list[str] | None, str, list[bytes]]:
+    """Read ahead until the quote opened in ``first`` closes: (fields, record text, lines read
+    ahead). Fields are None when the joined lines are no record of the header's width."""
+    ahead: list[bytes] = []
+    quotes = first.count(b'"')
+    for nxt in lines:
+        ahead.append(nxt)
+        quotes += nxt.count(b'"')
+        if quotes % 2 == 0 or len(ahead) >= MAX_RECORD_LINES:
+            break
+    if quotes % 2:
+        return None, "", ahead
+    # line breaks inside the quotes are kept as they were (CRLF or LF), as DuckDB's reader does
+    text = _decode(b"\n".join([first, *ahead]).removesuffix(b"\r"))
+    fields = None if text is None else _parse_csv_record(text, delimiter, n_cols)
+    return fields, text or "", ahead
+
+
+def _arrow_batches(records: Iterator[tuple], names: list[str]) -> pa.RecordBatchReader:
+    """Records (a row number, then text columns) as a stream of Arrow batches."""
+    schema = pa.schema([(names[0], pa.int64())] + [(n, pa.string()) for n in names[1:]])
+
+    def batch(rows: list[tuple]) -> pa.RecordBatch:
+        return pa.record_batch([pa.array(col, f.type) for col, f in zip(zip(*rows), schema)], schema=schema)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        rows: list[tuple] = []
+        size = 0
+        for rec in records:
+            rows.append(rec)
+            size += len(rec[1])
+            if len(rows) >= BATCH_LINES or size >= BATCH_BYTES:
+                yield batch(rows)
+                rows, size = [], 0
+        if rows:
+            yield batch(rows)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _read_into(con, table: str, reader: pa.RecordBatchReader) -> None:
+    con.register("_reader", reader)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM _reader")
+    finally:
+        con.unregister("_reader")
+
+
 # --------------------------------------------------------------------------- parsing
-def _jsonl_checked_sql(path: Path, ent: Entity, files: EntityFiles, exact: bool) -> tuple[str, str]:
+def _reader_cases() -> list[tuple[str, str, str]]:
+    return [(f"_pre = {_lit(r)}", r, "") for r in READER_REASONS]
+
+
+def _jsonl_checked_sql(ent: Entity, files: EntityFiles, path: Path | None) -> tuple[str, str]:
     """SQL for a JSON-lines file as rows (_row, _raw_record, _t_<field>..., _case), and the SQL
     that decodes _case into _reason/_field.
 
-    Fast (``exact=False``): DuckDB's JSON reader with the contract's columns declared;
+    Fast (``path`` given): DuckDB's JSON reader with the contract's columns declared;
     unparseable lines are skipped, which the caller detects by comparing row and line
-    counts. Exact: lines are read raw, so that a broken one is kept verbatim, and parsed
-    with ``from_json``. Both type and check the same way.
+    counts. Line by line (``path`` None): the lines of temp table _lines, parsed with
+    ``from_json`` so that a broken one is kept verbatim. Both type and check the same way.
     """
     landed_key = {target: landed for landed, target in files.columns.items()}
     landed = {f.name: landed_key.get(f.name, f.name) for f in ent.fields}
     struct = {landed[f.name]: ("JSON" if f.type == JSON else "VARCHAR") for f in ent.fields}
     raw_name = lambda n: f"_l_{n}"  # noqa: E731
     typed_name = lambda n: f"_t_{n}"  # noqa: E731
-    cases = [("_bad_json", "malformed_json", "")] + _validation_cases(ent, raw_name, typed_name)
+    cases = _reader_cases() + [("_bad_json", "malformed_json", "")] + _validation_cases(ent, raw_name, typed_name)
     typed_cols = ", ".join(
         f"{_cast_expr(f.type, raw_name(f.name), files.formats.get(f.name))} AS _t_{f.name}"
         if f.type not in (STRING, JSON) else f"_l_{f.name} AS _t_{f.name}"
         for f in ent.fields
     )
     case_index, decode = _reason_sql(cases)
-    if exact:
+    if path is None:
         unpack = ", ".join(f"j.{_q(landed[f.name])} AS _l_{f.name}" for f in ent.fields)
         parsed = f"""
-            SELECT _row, _raw_record, j IS NULL AS _bad_json, {unpack}
-            FROM (SELECT row_number() OVER () AS _row, line AS _raw_record,
-                         try(from_json(line, {_lit(json.dumps(struct))})) AS j
-                  FROM read_csv({_lit(str(path))}, columns={{'line': 'VARCHAR'}}, header=false,
-                                delim=chr(30), quote='', escape='', auto_detect=false,
-                                new_line='\\n', strict_mode=false))
-            WHERE NOT (j IS NULL AND trim(coalesce(_raw_record, '')) = '')"""  # skip blank lines
+            SELECT _row, _raw_record, _pre, j IS NULL AS _bad_json, {unpack}
+            FROM (SELECT _row, line AS _raw_record, _pre,
+                         CASE WHEN _pre IS NULL THEN try(from_json(line, {_lit(json.dumps(struct))})) END AS j
+                  FROM _lines)"""
     else:
         columns = "{" + ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in struct.items()) + "}"
         unpack = ", ".join(f"{_q(landed[f.name])} AS _l_{f.name}" for f in ent.fields)
         parsed = f"""
-            SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _raw_record, false AS _bad_json, {unpack}
+            SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _raw_record, NULL::VARCHAR AS _pre,
+                   false AS _bad_json, {unpack}
             FROM read_json({_lit(str(path))}, format='newline_delimited', columns={columns},
                            ignore_errors=true)"""
     sql = f"""
@@ -295,17 +462,32 @@ def _jsonl_checked_sql(path: Path, ent: Entity, files: EntityFiles, exact: bool)
     return sql, decode
 
 
-def _stage_jsonl(con, path: Path, ent: Entity, files: EntityFiles) -> None:
-    """The exact path into temp table _landed (every bad row kept verbatim, with its reason)."""
-    sql, decode = _jsonl_checked_sql(path, ent, files, exact=True)
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _landed AS
-        -- keep the verbatim line only where it is needed: for the quarantine
-        SELECT * REPLACE (CASE WHEN _case IS NOT NULL THEN _raw_record END AS _raw_record) FROM ({sql})
-        """
+def _csv_checked_sql(ent: Entity, files: EntityFiles, header: list[str], source_sql: str) -> tuple[str, str]:
+    """SQL for CSV records (columns _row, _raw_record, _pre, c0..cN in header order) as rows
+    (_row, _raw_record, _t_<field>..., _case, _newlines), and the SQL that decodes _case.
+    ``_newlines``: the line breaks inside the row's quoted fields (lines it takes beyond one)."""
+    to_contract = {landed: files.columns.get(landed, landed) for landed in header}
+    column_of = {target: f"r.c{i}" for i, target in enumerate(to_contract[h] for h in header)}
+
+    def raw_name(n: str) -> str:
+        return column_of.get(n, "CAST(NULL AS VARCHAR)")
+
+    typed_name = lambda n: f"_t_{n}"  # noqa: E731
+    cases = _reader_cases() + _validation_cases(ent, raw_name, typed_name)
+    typed_cols = ", ".join(
+        f"{_cast_expr(f.type, raw_name(f.name), files.formats.get(f.name))} AS _t_{f.name}" for f in ent.fields
     )
-    _decode_reasons(con, decode)
+    newlines = " + ".join(f"coalesce(length(r.c{i}) - length(replace(r.c{i}, chr(10), '')), 0)"
+                          for i in range(len(header)))
+    case_index, decode = _reason_sql(cases)
+    sql = f"""
+        WITH typed AS (SELECT r.*, {typed_cols} FROM ({source_sql}) r),
+        checked AS (SELECT r.*, {case_index} AS _case FROM typed r)
+        SELECT _row, CASE WHEN _case IS NOT NULL THEN _raw_record END AS _raw_record,
+               {', '.join(f'_t_{f.name}' for f in ent.fields)}, _case, {newlines} AS _newlines
+        FROM checked r
+    """
+    return sql, decode
 
 
 def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineage: str) -> int:
@@ -319,7 +501,7 @@ def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineag
     row to its write-ahead log at commit.) Only used when every line became a row, so the
     row number is the line number.
     """
-    sql, _ = _jsonl_checked_sql(path, ent, files, exact=False)
+    sql, _ = _jsonl_checked_sql(ent, files, path)
     cols = ", ".join(_q(f.name) for f in ent.fields)
     typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
     return con.execute(
@@ -328,98 +510,174 @@ def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineag
     ).fetchall()[0][0]
 
 
+def _value_kind(cell: str) -> str | None:
+    """What a header cell looks like if it is a value rather than a column name."""
+    if "@" in cell:
+        return "an email-like value"
+    if sum(ch.isdigit() for ch in cell) >= 4:  # ids, phone numbers, dates, postcodes
+        return "an identifier-like value"
+    return None
+
+
 def _csv_header(path: Path, files: EntityFiles) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        first = f.readline()
-    header = next(csv.reader([first], delimiter=files.delimiter), [])
+    """The header's column names. Messages name columns by position: a file without a header
+    has a person's data in its first line."""
+    with open(path, "rb") as f:
+        first = f.readline().removeprefix(_BOM).rstrip(b"\r\n")
+    text = _decode(first)
+    if text is None:
+        raise FileRejected("the header line is not valid UTF-8")
+    try:
+        header = next(csv.reader([text], delimiter=files.delimiter, strict=True), [])
+    except csv.Error:
+        raise FileRejected("the header line cannot be read as CSV") from None
     header = [h.strip() for h in header]
-    if not header or not any(header):
+    if not any(header):
         raise FileRejected("no header line")
-    if len(set(header)) != len(header):
-        raise FileRejected(f"the header names a column twice: {', '.join(header)}")
+    first_at: dict[str, int] = {}
+    for i, name in enumerate(header, 1):
+        if name in first_at:
+            raise FileRejected(f"the header names a column twice: columns {first_at[name]} and {i} have the same name")
+        first_at[name] = i
     return header
 
 
-def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles) -> list[str]:
-    """Parse a CSV into temp table _landed; malformed lines come from DuckDB's reject table.
-    Returns notes for the load's message (columns outside the contract, which are ignored)."""
+def _check_header(header: list[str], ent: Entity, files: EntityFiles) -> list[str]:
+    """Rejects a header without the contract's required columns; returns notes for the load's
+    message (columns outside the contract, which are ignored)."""
+    present = {files.columns.get(h, h) for h in header}
+    missing = [f.name for f in ent.fields if f.required and f.name not in present]
+    if missing:
+        hint = " (after the config's column mapping)" if files.columns else ""
+        message = f"required column(s) missing{hint}: {', '.join(missing)}"
+        looks_like = next(((i, k) for i, k in enumerate(map(_value_kind, header), 1) if k), None)
+        if looks_like:
+            raise FileRejected(
+                f"the first line does not look like a header: column {looks_like[0]} is {looks_like[1]}; {message}"
+            )
+        raise FileRejected(f"{message} (the header has {len(header)} column(s))")
+    extra = [h for h in header if files.columns.get(h, h) not in set(ent.field_names)]
+    return [f"ignored column(s) not in the contract: {', '.join(extra)}"] if extra else []
+
+
+# --------------------------------------------------------------------------- staging
+@dataclass
+class _Staged:
+    """A file parsed and checked, not yet applied: into temp table _landed, or (the fast JSONL
+    path) already inserted into the raw table in a transaction left open."""
+
+    in_transaction: bool = False
+    rows: int = 0  # rows read, good and bad (rows of erased persons not included)
+    bad: int = 0
+    erased: int = 0
+    skipped: int = 0  # lines that are no row (see _Skipped)
+    notes: list[str] = field(default_factory=list)
+    rejection: str | None = None
+
+
+def _without_values(e: Exception) -> str:
+    """A reader error's first line with quoted text taken out (it may quote the data)."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", str(e).splitlines()[0])
+
+
+def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, hashing: Future, load_id: str,
+           lineage: str, source_name: str, erased_filter: bool) -> _Staged:
+    """Parse and check a file: the fast path where it serves, else line by line."""
+    fmt = files.format or ent.format
+    staged = _Staged()
     try:
-        header = _csv_header(path, files)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise FileRejected(f"cannot read as CSV: {e}") from None
-    to_contract = {landed: files.columns.get(landed, landed) for landed in header}
-    present = set(to_contract.values())
-    missing_required = [f.name for f in ent.fields if f.required and f.name not in present]
-    if missing_required:
-        mapped_hint = " (after the config's column mapping)" if files.columns else ""
-        raise FileRejected(
-            f"required column(s) missing{mapped_hint}: {', '.join(missing_required)}; "
-            f"the header has: {', '.join(header)}"
-        )
-    landed_key = {target: landed for landed, target in to_contract.items()}
-    contract_fields = set(ent.field_names)
-    extra = [h for h in header if to_contract[h] not in contract_fields]
-    notes = [f"ignored column(s) not in the contract: {', '.join(extra)}"] if extra else []
-    columns_sql = "{" + ", ".join(f"{_lit(h)}: 'VARCHAR'" for h in header) + "}"
+        if size == 0:
+            raise FileRejected("the file is empty")
+        if fmt == "jsonl":
+            if _stage_jsonl_fast(con, path, ent, files, hashing, load_id, lineage, erased_filter, staged):
+                return staged
+            _stage_jsonl_by_line(con, path, ent, files, staged)
+        else:
+            _stage_csv(con, path, ent, files, hashing, staged)
+    except FileRejected as e:
+        staged.rejection = str(e)
+        return staged
+    except duckdb.Error as e:
+        staged.rejection = f"cannot read as {fmt}: {_without_values(e)}"
+        return staged
+    _mark_erased(con, ent, source_name, erased_filter)
+    staged.rows, staged.bad, staged.erased = con.execute(
+        "SELECT count(*) FILTER (WHERE NOT _erased), count(*) FILTER (WHERE _reason IS NOT NULL AND NOT _erased), "
+        "count(*) FILTER (WHERE _erased) FROM _landed"
+    ).fetchall()[0]
+    return staged
 
-    def raw_name(n: str) -> str:
-        return f"r.{_q(landed_key[n])}" if n in landed_key else "CAST(NULL AS VARCHAR)"
 
-    typed_name = lambda n: f"_t_{n}"  # noqa: E731
-    cases = _validation_cases(ent, raw_name, typed_name)
-    typed_cols = ", ".join(
-        f"{_cast_expr(f.type, raw_name(f.name), files.formats.get(f.name))} AS _t_{f.name}" for f in ent.fields
-    )
-    case_index, decode = _reason_sql(cases)
-    # The verbatim record of a parsed row: its landed fields as a JSON object of strings.
-    record = "json_object(" + ", ".join(f"{_lit(h)}, r.{_q(h)}" for h in header) + ")::VARCHAR"
-    con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _parsed AS
-        SELECT row_number() OVER () AS _good_ordinal, *
-        FROM read_csv({_lit(str(path))}, header=true, delim={_lit(files.delimiter)}, quote='"',
-                      auto_detect=false, columns={columns_sql}, store_rejects=true, new_line='\\n')
-        """
-    )
-    # Rejected lines are skipped by the reader, so a parsed row's data-row number is its
-    # ordinal plus the number of rejects before it: reject i (data row d_i) precedes good
-    # row k iff d_i - i < k.
-    con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _rejects AS
-        SELECT line - 1 AS data_row, line - 1 - row_number() OVER (ORDER BY line) AS good_before,
-               csv_line, error_type, column_name
-        FROM (SELECT DISTINCT ON (line) line, csv_line, error_type, column_name FROM reject_errors ORDER BY line)
-        """
-    )
-    n_rejects = con.execute("SELECT count(*) FROM _rejects").fetchall()[0][0]
-    row_expr = (
-        "r._good_ordinal"
-        if n_rejects == 0
-        else "r._good_ordinal + (SELECT count(*) FROM _rejects x WHERE x.good_before < r._good_ordinal)"
-    )
+def _stage_jsonl_fast(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future, load_id: str,
+                      lineage: str, erased_filter: bool, staged: _Staged) -> bool:
+    """Optimistic: a clean file goes straight from DuckDB's JSON reader into the raw table, in a
+    transaction left open. If any line failed to parse or any row broke the contract, fewer
+    rows than lines arrive: roll back and return False (the caller goes line by line)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        rows = _insert_clean_jsonl(con, path, ent, files, lineage)
+        if rows == 0 or rows != hashing.result()[1]:
+            con.execute("ROLLBACK")
+            return False
+        staged.erased = _delete_erased(con, ent, load_id) if erased_filter else 0
+    except duckdb.Error:
+        con.execute("ROLLBACK")
+        return False
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    staged.rows, staged.in_transaction = rows - staged.erased, True
+    return True
+
+
+def _stage_jsonl_by_line(con, path: Path, ent: Entity, files: EntityFiles, staged: _Staged) -> None:
+    """Every line into temp table _landed, bad ones kept verbatim with their reason."""
+    skipped = _Skipped()
+    _read_into(con, "_lines", _arrow_batches(_jsonl_records(path, skipped), ["_row", "line", "_pre"]))
+    sql, decode = _jsonl_checked_sql(ent, files, None)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _landed AS
-        WITH typed AS (SELECT r.*, {row_expr} AS _row, {typed_cols} FROM _parsed r),
-        checked AS (SELECT r.*, {case_index} AS _case FROM typed r)
-        SELECT _row, CASE WHEN _case IS NOT NULL THEN {record} END AS _raw_record,
-               {', '.join(f'_t_{f.name}' for f in ent.fields)}, _case
-        FROM checked r
+        -- keep the verbatim line only where it is needed: for the quarantine
+        SELECT * REPLACE (CASE WHEN _case IS NOT NULL THEN _raw_record END AS _raw_record) FROM ({sql})
         """
     )
+    con.execute("DROP TABLE _lines")
     _decode_reasons(con, decode)
-    con.execute(
-        """
-        INSERT INTO _landed BY NAME
-        SELECT data_row AS _row, csv_line AS _raw_record, 0 AS _case,
-               'malformed_csv_line' AS _reason, coalesce(column_name, '') AS _field
-        FROM _rejects
-        """
-    )
-    con.execute("DROP TABLE IF EXISTS _parsed; DROP TABLE IF EXISTS _rejects")
-    return notes
+    staged.skipped = skipped.lines
+
+
+def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future, staged: _Staged) -> None:
+    """A CSV into temp table _landed: DuckDB's reader when the file is clean (every row good,
+    every line accounted for), else line by line, so that each bad line is kept verbatim."""
+    header = _csv_header(path, files)
+    staged.notes = _check_header(header, ent, files)
+    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
+    fast = f"""
+        SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _raw_record, NULL::VARCHAR AS _pre, *
+        FROM read_csv({_lit(str(path))}, header=true, delim={_lit(files.delimiter)}, quote='"', escape='"',
+                      auto_detect=false, columns={columns}, strict_mode=true)"""
+    sql, decode = _csv_checked_sql(ent, files, header, fast)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _landed AS {sql}")
+        rows, bad, newlines = con.execute("SELECT count(*), count(_case), sum(_newlines) FROM _landed").fetchall()[0]
+        # (blank lines, which DuckDB's reader skips without a word, also send a file line by line)
+        clean = bad == 0 and rows + 1 + (newlines or 0) == hashing.result()[1]
+    except duckdb.Error:
+        clean = False
+    if clean:
+        staged.skipped = 1 + (newlines or 0)
+    else:
+        skipped = _Skipped()
+        names = ["_row", "_raw_record", "_pre"] + [f"c{i}" for i in range(len(header))]
+        _read_into(con, "_records", _arrow_batches(_csv_records(path, files.delimiter, len(header), skipped), names))
+        # (an empty field is NULL, as DuckDB's reader has it)
+        nulled = ", ".join(f"nullif(c{i}, '') AS c{i}" for i in range(len(header)))
+        sql, decode = _csv_checked_sql(ent, files, header, f"SELECT _row, _raw_record, _pre, {nulled} FROM _records")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _landed AS {sql}")
+        con.execute("DROP TABLE _records")
+        staged.skipped = skipped.lines
+    _decode_reasons(con, decode)
 
 
 def _decode_reasons(con, decode: str) -> None:
@@ -431,7 +689,63 @@ def _decode_reasons(con, decode: str) -> None:
     con.execute(f"UPDATE _landed SET _reason = {reason}, _field = {field_} WHERE _case IS NOT NULL")
 
 
-# --------------------------------------------------------------------------- loading
+def _mark_erased(con, ent: Entity, source_name: str, erased_filter: bool) -> None:
+    """Flag rows of _landed that carry an erased identifier: by their fields, and for bad rows
+    also by the identifiers found in the verbatim line (a malformed line has no fields)."""
+    con.execute("ALTER TABLE _landed ADD COLUMN _erased BOOLEAN DEFAULT false")
+    if not erased_filter:
+        return
+    by_fields = row_erased_sql(ent.table, naming=lambda f: f"_t_{f}", source_expr=_lit(source_name))
+    by_text = text_erased_sql("_raw_record", _lit(source_name))
+    cond = f"({by_fields}) OR (_reason IS NOT NULL AND {by_text})" if by_fields else f"_reason IS NOT NULL AND {by_text}"
+    con.execute(f"UPDATE _landed SET _erased = true WHERE {cond}")
+
+
+def _delete_erased(con, ent: Entity, load_id: str) -> int:
+    """Fast path: remove the just-inserted rows of erased persons (same transaction)."""
+    cond = row_erased_sql(ent.table)
+    if cond is None:
+        return 0
+    return con.execute(f"DELETE FROM raw.{ent.table} WHERE _load_id = ? AND {cond}", [load_id]).fetchall()[0][0]
+
+
+# --------------------------------------------------------------------------- validating
+def _validate(con, staged: _Staged, lines: int, file: str, max_bad_row_rate: float) -> None:
+    """Decide whether the whole file must be rejected: its lines do not add up (a loader
+    fault, never let pass), it has no rows, or too many bad ones."""
+    if staged.rejection is not None:
+        return
+    if staged.rows + staged.erased + staged.skipped != lines:
+        staged.rejection = (
+            f"the counts do not add up for {file}: {lines} line(s) in the file, but {staged.rows} row(s) read + "
+            f"{staged.erased} of erased persons + {staged.skipped} header, blank or continuation line(s); "
+            "nothing of it is loaded. This is a fault of the loader: please report it."
+        )
+    elif not (staged.rows == 0 and staged.erased):  # (only rows of erased persons: loaded, with nothing in it)
+        staged.rejection = _batch_rejection(con, staged.rows, staged.bad, max_bad_row_rate)
+
+
+def _batch_rejection(con, total: int, bad: int, max_bad_row_rate: float) -> str | None:
+    """Why the whole file must be rejected, or None."""
+    if total == 0:
+        return "the file has no rows"
+    if bad / total <= max_bad_row_rate:
+        return None
+    top = con.execute(
+        "SELECT _reason, _field, count(*) n, min(_row) FROM _landed WHERE _reason IS NOT NULL "
+        "GROUP BY ALL ORDER BY n DESC LIMIT 3"
+    ).fetchall()
+    detail = "; ".join(
+        f"{r} in field '{f}' ({n} rows, first at row {row})" if f else f"{r} ({n} rows, first at row {row})"
+        for r, f, n, row in top
+    )
+    return (
+        f"{bad} of {total} rows break the contract ({bad / total:.1%}, over the "
+        f"{max_bad_row_rate:.1%} bound in ingestion.max_bad_row_rate): {detail}"
+    )
+
+
+# --------------------------------------------------------------------------- claiming and committing
 @dataclass
 class _Known:
     checksum: str
@@ -461,73 +775,72 @@ def _manifest(con, source: str, table: str) -> tuple[dict[str, _Known], set[str]
     return by_name, applied
 
 
-def _record(con, res: FileResult, checksum: str | None, stat, started: datetime) -> None:
+def _claim(prior: _Known | None, checksum: str, applied: set[str], rejection: str | None,
+           claim_lock: threading.Lock | None) -> tuple[str, str]:
+    """The file's outcome (status, message). LOADED claims the content: a copy loading
+    alongside is then a duplicate. (If the load then fails, the exception ends the whole
+    ingest, and with it ``applied``.)"""
+    with claim_lock or nullcontext():
+        if prior and prior.checksum == checksum and prior.status == LOADED:
+            return UNCHANGED, ""  # touched but identical
+        if checksum in applied:
+            return DUPLICATE, "same content as a file already loaded; skipped"
+        if prior and prior.status in (LOADED, CHANGED):
+            return CHANGED, ("a file with this name was loaded before with different content; not loaded. "
+                             "Land corrections under a new file name to apply them.")
+        if rejection is not None:
+            return REJECTED, rejection  # (tried again each run: the fix may have been to the config)
+        applied.add(checksum)
+        return LOADED, ""
+
+
+def _commit(con, res: FileResult, staged: _Staged, ent: Entity, lineage: str, stat, started: datetime) -> None:
+    """Apply a claimed file: its rows, its bad rows to the quarantine and its manifest row, in
+    one transaction."""
+    res.rows_loaded, res.rows_quarantined, res.rows_erased = staged.rows - staged.bad, staged.bad, staged.erased
+    res.lines_skipped = staged.skipped
+    res.message = "; ".join(([f"{staged.bad} row(s) quarantined"] if staged.bad else [])
+                            + ([f"{staged.erased} row(s) of erased persons dropped"] if staged.erased else [])
+                            + staged.notes)
+    if staged.in_transaction:  # the fast path: rows already inserted
+        try:
+            _record(con, res, stat, started)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            staged.in_transaction = False
+        return
+    cols = ", ".join(_q(f.name) for f in ent.fields)
+    typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
+    with transaction(con):
+        con.execute(
+            f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
+            f"SELECT {typed}, {lineage} FROM _landed WHERE _reason IS NULL AND NOT _erased"
+        )
+        con.execute(
+            f"INSERT INTO raw.quarantine SELECT {_lit(res.load_id)}, {_lit(res.source)}, {_lit(res.file)}, "
+            f"_row, {_lit(ent.table)}, _reason, _field, _raw_record, now() FROM _landed "
+            f"WHERE _reason IS NOT NULL AND NOT _erased ORDER BY _row"
+        )
+        _record(con, res, stat, started)
+
+
+def _record(con, res: FileResult, stat, started: datetime) -> None:
     con.execute(
         "INSERT INTO raw.loads (load_id, source, table_name, file, checksum, size_bytes, mtime_ns, status, "
-        "rows_loaded, rows_quarantined, message, started_at, finished_at, rows_erased) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+        "rows_loaded, rows_quarantined, message, started_at, finished_at, rows_erased, lines, lines_skipped) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
         [
-            res.load_id, res.source, res.table, res.file, checksum,
-            stat.st_size if stat else None, stat.st_mtime_ns if stat else None,
+            res.load_id, res.source, res.table, res.file, res.checksum, stat.st_size, stat.st_mtime_ns,
             res.status, res.rows_loaded, res.rows_quarantined, res.message, started, res.rows_erased,
+            res.lines, res.lines_skipped,
         ],
     )
 
 
-def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, notes: list[str],
-           source_name: str = "", erased_filter: bool = False) -> tuple[int, int, int]:
-    """Parse and check a file into _landed; returns (rows, bad rows, erased rows), adding to
-    notes. Rows of erased persons are flagged ``_erased`` and count as neither good nor bad."""
-    fmt = files.format or ent.format
-    if size == 0:
-        raise FileRejected("the file is empty")
-
-    try:
-        if fmt != "jsonl":
-            notes.extend(_stage_csv(con, path, ent, files))
-        else:
-            _stage_jsonl(con, path, ent, files)
-    except duckdb.Error as e:
-        raise FileRejected(f"cannot read as {fmt}: {str(e).splitlines()[0]}") from None
-    _mark_erased(con, ent, source_name, erased_filter)
-    return con.execute(
-        "SELECT count(*) FILTER (WHERE NOT _erased), count(*) FILTER (WHERE _reason IS NOT NULL AND NOT _erased), "
-        "count(*) FILTER (WHERE _erased) FROM _landed"
-    ).fetchall()[0]
-
-
-def _mark_erased(con, ent: Entity, source_name: str, erased_filter: bool) -> None:
-    """Flag rows of _landed that carry an erased identifier: by their fields, and for bad rows
-    also by the identifiers found in the verbatim line (a malformed line has no fields)."""
-    con.execute("ALTER TABLE _landed ADD COLUMN _erased BOOLEAN DEFAULT false")
-    if not erased_filter:
-        return
-    by_fields = row_erased_sql(ent.table, naming=lambda f: f"_t_{f}", source_expr=_lit(source_name))
-    by_text = text_erased_sql("_raw_record", _lit(source_name))
-    cond = f"({by_fields}) OR (_reason IS NOT NULL AND {by_text})" if by_fields else f"_reason IS NOT NULL AND {by_text}"
-    con.execute(f"UPDATE _landed SET _erased = true WHERE {cond}")
-
-
-def _batch_rejection(con, total: int, bad: int, max_bad_row_rate: float) -> str | None:
-    """Why the whole file must be rejected, or None."""
-    if total == 0:
-        return "the file has no rows"
-    if bad / total <= max_bad_row_rate:
-        return None
-    top = con.execute(
-        "SELECT _reason, _field, count(*) n, min(_row) FROM _landed WHERE _reason IS NOT NULL "
-        "GROUP BY ALL ORDER BY n DESC LIMIT 3"
-    ).fetchall()
-    detail = "; ".join(
-        f"{r} in field '{f}' ({n} rows, first at row {row})" if f else f"{r} ({n} rows, first at row {row})"
-        for r, f, n, row in top
-    )
-    return (
-        f"{bad} of {total} rows break the contract ({bad / total:.1%}, over the "
-        f"{max_bad_row_rate:.1%} bound in ingestion.max_bad_row_rate): {detail}"
-    )
-
-
+# --------------------------------------------------------------------------- loading
 def load_file(
     con: duckdb.DuckDBPyConnection,
     source: Source,
@@ -541,7 +854,8 @@ def load_file(
     erased_filter: bool = False,
     claim_lock: threading.Lock | None = None,
 ) -> FileResult:
-    """Load one landed file; returns what happened. Never raises for bad data.
+    """Load one landed file: stage (parse and check), validate, claim, commit. Returns what
+    happened; never raises for bad data.
     ``erased_filter``: drop rows of erased persons (needs ``core.identifiers.install`` and the
     ``pv_erased`` temp table on ``con``; :func:`ingest` sets both up).
     ``claim_lock``: held while this file's content is checked against, and added to,
@@ -555,109 +869,37 @@ def load_file(
     stat = path.stat()
     prior = known.get(rel_name)
     if prior and prior.status == LOADED and prior.size_bytes == stat.st_size and prior.mtime_ns == stat.st_mtime_ns:
-        res.status = UNCHANGED  # fast path: same name, size and mtime as a loaded file
+        res.status = UNCHANGED  # same name, size and mtime as a loaded file: not even read
         return res
     res.load_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     lineage = f"{_lit(source.name)}, {_lit(rel_name)}, _row, {_lit(res.load_id)}, now()"
-    fmt = files.format or ent.format
-    # Hash in a thread while DuckDB parses (it releases the GIL): the checksum is needed
-    # only to decide, before anything is committed, whether this content is new.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        hashing = pool.submit(checksum_and_lines, path)
-        fast_rows: int | None = None  # rows inserted by the fast path, in an open transaction
-        if fmt == "jsonl" and stat.st_size > 0:
-            # Optimistic: a clean file goes straight from DuckDB's JSON reader into the raw
-            # table. If any line failed to parse or any row broke the contract, fewer rows
-            # than lines arrive: roll back and take the exact path below.
-            con.execute("BEGIN TRANSACTION")
-            try:
-                fast_rows = _insert_clean_jsonl(con, path, ent, files, lineage)
-            except duckdb.Error:
-                fast_rows = None
-            if fast_rows is None or fast_rows == 0 or fast_rows != hashing.result()[1]:
-                con.execute("ROLLBACK")
-                fast_rows = None
-        rejection: str | None = None
-        notes: list[str] = []
-        total = bad = erased = 0
-        if fast_rows is None:
-            try:
-                total, bad, erased = _stage(con, path, ent, files, stat.st_size, notes, source.name, erased_filter)
-                # (a file holding only rows of erased persons is loaded, with nothing in it)
-                rejection = None if total == 0 and erased else _batch_rejection(con, total, bad, max_bad_row_rate)
-            except FileRejected as e:
-                rejection = str(e)
-        checksum = res.checksum = hashing.result()[0]
-
-    with claim_lock or nullcontext():
-        if prior and prior.checksum == checksum and prior.status == LOADED:
-            res.status, res.load_id = UNCHANGED, None  # touched but identical
-        elif checksum in applied:
-            res.status = DUPLICATE
-            res.message = "same content as a file already loaded; skipped"
-        elif prior and prior.status in (LOADED, CHANGED):
-            res.status = CHANGED
-            res.message = (
-                "a file with this name was loaded before with different content; not loaded. "
-                "Land corrections under a new file name to apply them."
-            )
-        elif rejection is not None:
-            # (a rejected file is tried again each run: the fix may have been to the config)
-            res.status, res.message = REJECTED, rejection
-        else:
-            # Claimed: a copy loading alongside is now a duplicate. (If this load then fails,
-            # the exception ends the whole ingest, and with it this set.)
-            applied.add(checksum)
-    if res.status != LOADED:
-        if fast_rows is not None:
-            con.execute("ROLLBACK")
-        con.execute("DROP TABLE IF EXISTS _landed")
-        if res.status != UNCHANGED:
-            _record(con, res, checksum, stat, started)
-        res.seconds = time.perf_counter() - t0
-        return res
-
-    if fast_rows is not None:  # rows already inserted, transaction open
-        try:
-            res.rows_erased = _delete_erased(con, ent, res.load_id) if erased_filter else 0
-            res.rows_loaded = fast_rows - res.rows_erased
-            _record(con, res, checksum, stat, started)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        res.seconds = time.perf_counter() - t0
-        return res
-
-    cols = ", ".join(_q(f.name) for f in ent.fields)
-    typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
+    staged = None
     try:
-        with transaction(con):
-            con.execute(
-                f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
-                f"SELECT {typed}, {lineage} FROM _landed WHERE _reason IS NULL AND NOT _erased"
-            )
-            con.execute(
-                f"INSERT INTO raw.quarantine SELECT {_lit(res.load_id)}, {_lit(source.name)}, {_lit(rel_name)}, "
-                f"_row, {_lit(ent.table)}, _reason, _field, _raw_record, now() FROM _landed "
-                f"WHERE _reason IS NOT NULL AND NOT _erased ORDER BY _row"
-            )
-            res.rows_loaded, res.rows_quarantined, res.rows_erased = total - bad, bad, erased
-            res.message = "; ".join(([f"{bad} row(s) quarantined"] if bad else [])
-                                    + ([f"{erased} row(s) of erased persons dropped"] if erased else []) + notes)
-            _record(con, res, checksum, stat, started)
+        # Hash in a thread while DuckDB parses (it releases the GIL): the checksum is needed
+        # only to decide, before anything is committed, whether this content is new.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashing = pool.submit(checksum_and_lines, path)
+            staged = _stage(con, path, ent, files, stat.st_size, hashing, res.load_id, lineage,
+                            source.name, erased_filter)
+            res.checksum, res.lines = hashing.result()
+        _validate(con, staged, res.lines, rel_name, max_bad_row_rate)
+        res.status, res.message = _claim(prior, res.checksum, applied, staged.rejection, claim_lock)
+        if res.status == LOADED:
+            _commit(con, res, staged, ent, lineage, stat, started)
+        else:
+            if staged.in_transaction:
+                con.execute("ROLLBACK")
+                staged.in_transaction = False
+            if res.status == UNCHANGED:
+                res.load_id = None
+            else:
+                _record(con, res, stat, started)
     finally:
+        if staged is not None and staged.in_transaction:
+            con.execute("ROLLBACK")
         con.execute("DROP TABLE IF EXISTS _landed")
     res.seconds = time.perf_counter() - t0
     return res
-
-
-def _delete_erased(con, ent: Entity, load_id: str) -> int:
-    """Fast path: remove the just-inserted rows of erased persons (same transaction)."""
-    cond = row_erased_sql(ent.table)
-    if cond is None:
-        return 0
-    return con.execute(f"DELETE FROM raw.{ent.table} WHERE _load_id = ? AND {cond}", [load_id]).fetchall()[0][0]
 
 
 def _describe(res: FileResult) -> str:
@@ -675,6 +917,18 @@ def landed_files(config: Config, source: Source, entity_name: str) -> list[tuple
     pattern = source.entities[entity_name].path
     found = sorted(p for p in landing.glob(pattern) if p.is_file())
     return [(p, p.relative_to(landing).as_posix()) for p in found]
+
+
+def unmatched_files(config: Config) -> list[str]:
+    """Files in the landing folder that no source's path glob matches (a disabled source's
+    included), relative to the landing folder: they are never loaded, so they are reported
+    (`cdp status`, the run summary). Hidden files and folders (an upload under way) are left out."""
+    landing = config.landing_dir
+    if not landing.is_dir():
+        return []
+    matched = {p for source in config.sources for files in source.entities.values() for p in landing.glob(files.path)}
+    stray = (p.relative_to(landing) for p in landing.rglob("*") if p.is_file() and p not in matched)
+    return sorted(rel.as_posix() for rel in stray if not any(part.startswith(".") for part in rel.parts))
 
 
 def ingest(

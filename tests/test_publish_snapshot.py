@@ -166,3 +166,17 @@ def test_the_one_snapshot_reader_is_sealed(tmp_path, sql):
         with pytest.raises(duckdb.Error):
             ro.execute(sql.format(tmp=tmp_path))
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "other.duckdb").exists()
+
+
+def test_two_readers_of_one_snapshot_in_one_process_are_both_sealed_and_in_utc(tmp_path):
+    # DuckDB shares one database between connections to a file in a process, and with it the
+    # locked configuration: the second reader must neither fail nor come unsealed.
+    pub = tmp_path / "published"
+    con = _warehouse(tmp_path, 3)
+    publish(con, {"customers": "marts.customers"}, pub, run_id="a", gate={})
+    con.close()
+    with open_current(pub) as first, open_current(pub) as second:
+        for ro in (first, second):
+            assert ro.execute("SELECT current_setting('TimeZone')").fetchall()[0][0] == "UTC"
+            with pytest.raises(duckdb.Error):
+                ro.execute("SELECT * FROM read_text('/etc/hostname')")
