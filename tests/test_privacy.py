@@ -319,14 +319,15 @@ def add_syncs(cfg_path: Path, klaviyo_url: str, mailchimp_url: str) -> None:
     """Two syncs of the consented customers, one to each local destination; they also carry the
     person's phone and person_id, so that those must be erased there too."""
     data = yaml.safe_load(cfg_path.read_text())
-    source, consent = {"table": "customers"}, {"channel": "email_marketing"}
+    # fresh dicts per sync: shared ones would be written as YAML aliases, which cdp.yaml refuses
+    source, consent = lambda: {"table": "customers"}, lambda: {"channel": "email_marketing"}
     data["syncs"] = [
-        {"name": "customers_to_klaviyo", "source": source, "consent": consent, "retry": QUICK_RETRY,
+        {"name": "customers_to_klaviyo", "source": source(), "consent": consent(), "retry": dict(QUICK_RETRY),
          "destination": {"type": "klaviyo", "base_url": klaviyo_url, "api_key_env": KLAVIYO_KEY[0],
                          "list_id": "LIST1", "job_poll_interval_s": 0.0},
          "fields": {"first_name": "first_name", "last_name": "last_name", "phone": "phone",
                     "external_id": "person_id"}},
-        {"name": "customers_to_mailchimp", "source": source, "consent": consent, "retry": QUICK_RETRY,
+        {"name": "customers_to_mailchimp", "source": source(), "consent": consent(), "retry": dict(QUICK_RETRY),
          "destination": {"type": "mailchimp", "base_url": mailchimp_url, "api_key_env": MAILCHIMP_KEY[0],
                          "list_id": "AUD1"},
          "fields": {"FNAME": "first_name", "LNAME": "last_name", "PHONE": "phone", "TESSERA_ID": "person_id"}},
