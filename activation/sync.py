@@ -15,7 +15,6 @@ A run left 'running' by a killed process is marked interrupted by the next one.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from activation.http import DeliveryFailed
 from activation.plan import ACTION_ORDER, Change, Plan, make_plan
 from activation.source import SourceError, fetch_fields, read_source
 from activation.state import SyncState, state_path
+from core.pii import mask_pii, mask_value
 from core.settings.activation import SyncConfig, revision_retires
 from core.snapshots import PublishError, open_current, read_manifest
 
@@ -63,28 +63,6 @@ class SyncReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def mask(value: str | None) -> str:
-    """j***@e***.com / +44*******89 / Ja*** : enough to recognise a shape, not a person."""
-    if not value:
-        return ""
-    s = str(value)
-    if "@" in s:
-        local, _, domain = s.partition("@")
-        host, dot, tld = domain.rpartition(".")
-        return f"{local[:1]}***@{(host or tld)[:1]}***{dot}{tld if host else ''}"
-    if len(s) > 6 and sum(ch.isdigit() for ch in s) >= 6:
-        return s[:3] + "*" * (len(s) - 5) + s[-2:]
-    return s[:1] + "***"
-
-
-_EMAIL_RE = re.compile(r"[^\s@\"'<>,;:()]+@[^\s@\"'<>,;:()]+")
-
-
-def scrub(text: str | None) -> str | None:
-    """A destination's message with any email address in it masked (they quote them back)."""
-    return _EMAIL_RE.sub(lambda m: mask(m.group(0)), text) if text else text
 
 
 def get_sync(config, name: str) -> SyncConfig:
@@ -160,7 +138,7 @@ def _sample(plan: Plan, personal_key: bool = True, n: int = 5) -> list[dict]:
             continue
         per[c.action] = per.get(c.action, 0) + 1
         out.append({"action": c.action, "reason": c.reason, "person_id": c.person_id,
-                    "key": mask(c.key) if personal_key else c.key,
+                    "key": mask_value(c.key) if personal_key else c.key,
                     "fields": sorted(c.fields)})
     return out
 
@@ -186,11 +164,11 @@ def _commit(state: SyncState, sync: str, run_id: str, action: str, outcomes: lis
                 upserts.append((c.person_id, c.key, dest_id, c.field_hash, True, None, contact))
         else:
             rejected += 1
-            logs.append((c.person_id, action, "rejected", attempt, scrub(o.reason)))
+            logs.append((c.person_id, action, "rejected", attempt, mask_pii(o.reason)))
             if action in ("upsert", "add_membership"):
                 # Remember what was refused, so it is not resent until the person's fields change.
                 upserts.append((c.person_id, c.key, dest_id, c.field_hash, c.was_in_audience,
-                                scrub(o.reason) or "rejected", c.contact))
+                                mask_pii(o.reason) or "rejected", c.contact))
         if c.takes_over and action in ("upsert", "add_membership"):
             deletes.append((c.takes_over, c.key))
     state.commit_batch(sync, run_id, upserts, deletes, logs, cleared, [])
@@ -257,7 +235,7 @@ def run_sync(config, name: str, dry_run: bool = False,
                         report.rejected += r
                         done.update(o.change.person_id for o in outcomes)
                 except DeliveryFailed as e:
-                    report.error = str(e)
+                    report.error = mask_pii(str(e))  # a destination's error may quote the rows
                     remaining = [c for c in todo if c.person_id not in done]
                     later = ACTION_ORDER[ACTION_ORDER.index(action) + 1:]
                     remaining += [c for a in later for c in plan.by_action(a)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cdp.scaffold import ensure_dagster_home
 from core.config import CONFIG_ENV, Config, find_config_path, load_config
-from core.pii import mask_pii
+from core.pii import mask_obj, mask_pii
 
 # `cdp run --only STAGE` → the Dagster asset groups it runs. Later stages add theirs.
 STAGES: dict[str, list[str]] = {
@@ -64,7 +64,7 @@ class RunSummary:
         return self.success and not any(c.severity == "ERROR" for c in self.failed_checks)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "run_id": self.run_id,
             "ok": self.ok,
             "success": self.success,
@@ -73,6 +73,8 @@ class RunSummary:
             "checks": [c.__dict__ for c in self.checks],
             "gate": self.gate,
         }
+        # `cdp run --json` and last_run.json: metadata and messages may quote data
+        return mask_obj(out)
 
 
 def prepare_environment(config: Config, config_path: Path) -> None:

@@ -37,7 +37,7 @@ class Field:
     type: str = STRING
     required: bool = False
     values: tuple[str, ...] = ()  # allowed values (an enum), empty = any
-    pii: bool = False  # personal data: never logged, masked in reports
+    pii: bool = False  # personal data: masked in logs, check samples and reports (core/pii.py)
     description: str = ""
 
 
@@ -102,10 +102,10 @@ ENTITIES: tuple[Entity, ...] = (
             Field("messageId", STRING, required=True, description="Unique event id."),
             Field("type", STRING, required=True, values=WEB_EVENT_TYPES),
             Field("event", STRING, description="Track event name; null for page/identify."),
-            Field("anonymousId", STRING, description="Device/browser id."),
-            Field("userId", STRING, description="Site account id, set once logged in."),
+            Field("anonymousId", STRING, pii=True, description="Device/browser id."),
+            Field("userId", STRING, pii=True, description="Site account id, set once logged in."),
             Field("traits", JSON, pii=True, description="identify traits: email, first_name, last_name, phone."),
-            Field("properties", JSON, description="Event properties."),
+            Field("properties", JSON, pii=True, description="Event properties (may carry an email)."),
             Field("context", JSON, pii=True, description="page, campaign, userAgent, ip."),
             Field("timestamp", TIMESTAMP, required=True),
         ),
@@ -120,7 +120,7 @@ ENTITIES: tuple[Entity, ...] = (
         key=("subscriber_id",),
         description="The email tool's audience export: one row per subscriber.",
         fields=(
-            Field("subscriber_id", STRING, required=True),
+            Field("subscriber_id", STRING, required=True, pii=True),
             Field("email", STRING, required=True, pii=True),
             Field("first_name", STRING, pii=True),
             Field("last_name", STRING, pii=True),
@@ -139,7 +139,7 @@ ENTITIES: tuple[Entity, ...] = (
         description="Email activity. A click carries the link's tracking id, which the landing page view repeats.",
         fields=(
             Field("event_id", STRING, required=True),
-            Field("subscriber_id", STRING, required=True),
+            Field("subscriber_id", STRING, required=True, pii=True),
             Field("email", STRING, pii=True),
             Field("campaign_id", STRING),
             Field("event_type", STRING, required=True, values=EMAIL_EVENT_TYPES),
@@ -164,7 +164,7 @@ ENTITIES: tuple[Entity, ...] = (
             Field("transaction_id", STRING, required=True),
             Field("store_id", STRING, required=True),
             Field("occurred_at", TIMESTAMP, required=True),
-            Field("loyalty_id", STRING),
+            Field("loyalty_id", STRING, pii=True),
             Field("email", STRING, pii=True),
             Field("phone", STRING, pii=True),
             Field("channel", STRING, values=POS_CHANNELS),
@@ -197,7 +197,7 @@ ENTITIES: tuple[Entity, ...] = (
         key=("loyalty_id",),
         description="Loyalty programme members as exported by a store system.",
         fields=(
-            Field("loyalty_id", STRING, required=True),
+            Field("loyalty_id", STRING, required=True, pii=True),
             Field("first_name", STRING, pii=True),
             Field("last_name", STRING, pii=True),
             Field("email", STRING, pii=True),

@@ -7,7 +7,8 @@ A key is ``<kind>:<value>``, hashed as ``sha256(salt || '|' || key)``:
   and Gmail dots — what identity matches on);
 - ``phone``: E.164 (UK shapes in SQL, as identity does; other numbers by their digits);
 - ids local to one source system are scoped by it: ``loyalty_id:pos:L123``,
-  ``subscriber_id``, ``user_id``, ``anonymous_id``, ``transaction_id``, ``ticket_id``;
+  ``subscriber_id``, ``user_id``, ``anonymous_id``, ``transaction_id``, ``ticket_id``,
+  ``card_token`` (the processor's token as the store system reports it);
 - ``person_id``: a Tessera person id (only to match a `cdp forget --person-id`).
 
 Erased hashes live in ``privacy.erased_identifiers``. Names are never keys: they are not
@@ -23,18 +24,23 @@ import duckdb
 from core.normalise import email_canonical, install_macros, norm_email, phone_e164
 
 ERASED_TABLE = "privacy.erased_identifiers"
-SCOPED_KINDS = ("loyalty_id", "subscriber_id", "user_id", "anonymous_id", "transaction_id", "ticket_id")
+SCOPED_KINDS = ("loyalty_id", "subscriber_id", "user_id", "anonymous_id", "transaction_id", "ticket_id", "card_token")
 KINDS = ("email", "phone", *SCOPED_KINDS, "person_id")
 
+# Where a web event can carry an email or a phone: identify traits, the traits Segment copies
+# into every event's context, and properties (a form's or an order's email).
+WEB_EVENT_CONTACT_PATHS = ("traits->>'$.{}'", "context->>'$.traits.{}'", "properties->>'$.{}'")
+
 # raw table -> (kind, column) pairs that identify a person in its rows. `column` is a contract
-# field name; JSON paths are written as field->>'$.path'.
+# field name; JSON paths are written as field->>'$.path'. Every identifier kind in every place a
+# row can carry one: a row keyed by any of them is dropped at load once that key is erased.
 ROW_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
     "web_events": (("anonymous_id", "anonymousId"), ("user_id", "userId"),
-                   ("email", "traits->>'$.email'"), ("phone", "traits->>'$.phone'")),
+                   *((kind, path.format(kind)) for path in WEB_EVENT_CONTACT_PATHS for kind in ("email", "phone"))),
     "email_subscribers": (("subscriber_id", "subscriber_id"), ("email", "email")),
     "email_events": (("subscriber_id", "subscriber_id"), ("email", "email")),
     "pos_transactions": (("transaction_id", "transaction_id"), ("loyalty_id", "loyalty_id"),
-                         ("email", "email"), ("phone", "phone")),
+                         ("email", "email"), ("phone", "phone"), ("card_token", "card_token")),
     "pos_line_items": (("transaction_id", "transaction_id"),),
     "pos_loyalty_members": (("loyalty_id", "loyalty_id"), ("email", "email"), ("phone", "phone")),
     "support_tickets": (("ticket_id", "ticket_id"), ("email", "requester_email"), ("phone", "requester_phone")),
@@ -52,7 +58,7 @@ DERIVED_COLUMN_KINDS = {
     "email": "email", "requester_email": "email", "phone": "phone", "requester_phone": "phone",
     "subscriber_id": "subscriber_id", "anonymous_id": "anonymous_id", "anonymousId": "anonymous_id",
     "user_id": "user_id", "userId": "user_id", "loyalty_id": "loyalty_id", "ticket_id": "ticket_id",
-    "transaction_id": "transaction_id", "pos_transaction_id": "transaction_id",
+    "transaction_id": "transaction_id", "pos_transaction_id": "transaction_id", "card_token": "card_token",
 }
 
 EMAIL_TOKEN_RE = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+"

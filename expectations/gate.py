@@ -20,6 +20,7 @@ from pathlib import Path
 
 from core import published as registry
 from core.config import Config
+from core.pii import KnownValues, mask_pii, mask_row
 from core.published import PUBLISHED_TABLES, PublishedTable
 from core.snapshots import current_path, open_snapshot, read_manifest
 from core.warehouse import fetch_all, table_exists, transaction
@@ -105,43 +106,14 @@ class GateResult:
 
 
 # --------------------------------------------------------------------------- masking
-PII_COLUMNS = {"email", "phone", "first_name", "last_name", "name", "requester_name", "requester_email",
-               "requester_phone", "address_line1", "city", "postcode", "date_of_birth", "traits", "context",
-               "raw_record"}
-
-
-def mask(column: str, value):
-    """Mask personal data for reports: keep a hint of the shape, never the value."""
-    if value is None:
-        return None
-    text = str(value)
-    if "email" in column and "@" in text:
-        local, _, domain = text.partition("@")
-        return f"{local[:1]}***@***{domain[domain.rfind('.'):] if '.' in domain else ''}"
-    if "phone" in column:
-        return "***" + "".join(ch for ch in text if ch.isdigit())[-2:]
-    return text[:1] + "***" if text else text
-
-
-def masked_rows(con, sql: str, limit: int, extra_pii: tuple[str, ...] = ()) -> list[dict]:
+def masked_rows(con, sql: str, limit: int, known: KnownValues | None = None) -> list[dict]:
+    """Sample failing rows, masked by the PII policy; ``known`` collects their PII values so
+    that the check's other texts can be masked for them too."""
     if not sql or limit <= 0:
         return []
     cur = con.execute(f"SELECT * FROM ({sql}) LIMIT {int(limit)}")
     names = [d[0] for d in cur.description]
-    pii = PII_COLUMNS | set(extra_pii)
-    rows = []
-    for row in cur.fetchall():
-        rows.append({n: (mask(n, v) if (n in pii or "email" in n or "phone" in n) else _plain(v))
-                     for n, v in zip(names, row)})
-    return rows
-
-
-def _plain(v):
-    if isinstance(v, float) and math.isnan(v):
-        return "NaN"
-    if isinstance(v, (int, float, str, bool)) or v is None:
-        return v
-    return str(v)
+    return [mask_row(dict(zip(names, row)), known) for row in cur.fetchall()]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -162,10 +134,11 @@ def _frame(values: dict):
 
 
 def _group(outcomes, metrics: list[Metric], values: dict, table: str, asset: str, kind: str,
-           con, sample_rows: int, pii: tuple[str, ...] = (), params: dict | None = None) -> list[CheckResult]:
+           con, sample_rows: int, params: dict | None = None) -> list[CheckResult]:
     """GX outcomes (one per expectation) -> one CheckResult per check name."""
     by_metric = {m.name: m for m in metrics}
     results: dict[str, CheckResult] = {}
+    known = KnownValues()  # the sampled rows' PII values, masked in the details too
     for o in outcomes:
         metric = by_metric.get(o.column)
         r = results.setdefault(o.check, CheckResult(table, asset, o.check, kind, True, o.blocking))
@@ -177,7 +150,9 @@ def _group(outcomes, metrics: list[Metric], values: dict, table: str, asset: str
             bound = _bounds_text(metric, params or {}) if metric else ""
             r.detail = "; ".join(filter(None, [r.detail, f"{o.column} = {_fmt(values.get(o.column, o.observed))}{bound}"]))
             if metric and metric.failing_rows_sql and len(r.sample) < sample_rows:
-                r.sample += masked_rows(con, metric.failing_rows_sql, sample_rows - len(r.sample), pii)
+                r.sample += masked_rows(con, metric.failing_rows_sql, sample_rows - len(r.sample), known)
+    for r in results.values():
+        r.detail = mask_pii(r.detail, known)
     return list(results.values())
 
 
@@ -215,7 +190,7 @@ def check_published_table(con, gx, t: PublishedTable, present: set[str], sample_
         metrics = published_metrics(t, existing=present)
         values.update(zip([m.name for m in metrics], fetch_all(con, published_metrics_sql(t, metrics))[0]))
     outcomes = gx.validate(f"published_{t.name}", _table_frame(columns, values))
-    results = _group(outcomes, metrics, values, t.name, asset, "suite", con, sample_rows, t.pii_columns)
+    results = _group(outcomes, metrics, values, t.name, asset, "suite", con, sample_rows)
     for r in results:
         if r.check == "schema":
             r.observed = {"columns": columns}

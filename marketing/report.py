@@ -16,6 +16,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from core.pii import mask_pii
 from core.snapshots import PublishError, open_snapshot, read_manifest, snapshot_file
 from marketing.published import EXPECTED_TABLES, tables
 
@@ -271,7 +272,8 @@ def _rows_html(rows: list[dict]) -> str:
         return ""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+    # cells may quote a sync's or a check's message: masked by the PII policy
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(mask_pii(str(r.get(c, ''))))}</td>" for c in cols) + "</tr>"
                    for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -20,7 +20,10 @@ For each pending request:
    of every other table keyed by the persons' person_id or record keys (identity, marts,
    scoring, segments, sync state...) or carrying one of their identifiers in a column named
    for it (dbt staging tables). dbt rebuilds the marts afterwards.
-6. **Report** ``<privacy.folder>/reports/erasure-<request>.json``: hashes, table names and row
+6. **Texts** the project wrote that may quote the persons (``privacy/stores.py``): load
+   messages, Dagster's run storage and compute logs, ``last_run.json``, reports (the kept
+   snapshots' ``report.html``), files drops: their identifiers and full names masked in place.
+7. **Report** ``<privacy.folder>/reports/erasure-<request>.json``: hashes, table names and row
    counts only; the request file moves to ``requests/done/``.
 
 The loader drops rows carrying an erased hash at load time (``raw.loads.rows_erased``), so
@@ -39,10 +42,12 @@ from typing import Callable
 import duckdb
 
 from core import identifiers as keys
+from core.pii import KnownValues
 from core.salt import load_salt
 from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, open_snapshot, read_manifest
 from core.warehouse import transaction
-from privacy.requests import ErasureRequest, mark_done, pending_requests, reports_dir
+from privacy.requests import ErasureRequest, mark_done, pending_requests, reports_dir, requests_dir
+from privacy.stores import redact_load_messages, redact_project_files
 from publish.snapshot import switch_current, write_json_atomically
 
 Progress = Callable[[str], None]
@@ -59,6 +64,12 @@ def _tables(con) -> list[tuple[str, str, list[str]]]:
           ON c.table_catalog = t.table_catalog AND c.table_schema = t.table_schema AND c.table_name = t.table_name
         WHERE {where} GROUP BY ALL ORDER BY 1, 2""").fetchall()
     return [(s, t, list(cols)) for s, t, cols in rows]
+
+
+def _columns(con, schema: str, table: str) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+        "AND table_catalog = current_database() ORDER BY ordinal_position", [schema, table]).fetchall()]
 
 
 def _has(con, schema: str, table: str) -> bool:
@@ -89,14 +100,14 @@ def collect_identifiers(con) -> None:
         CREATE OR REPLACE TEMP TABLE pv_records AS
         SELECT record_key, rid FROM identity.graph WHERE person_id IN (SELECT person_id FROM pv_persons)""")
     entity_kind = " ".join(f"WHEN '{e}' THEN '{k}'" for e, k in keys.RECORD_ENTITY_KIND.items())
+    # (records built before a column existed, e.g. card_token, lack it: its ids are then none)
+    columns = set(_columns(con, "identity", "records"))
+    scoped = "".join(f"\n        UNION ALL SELECT '{c}', source || ':' || {c}, person_id FROM r"
+                     for c in ("loyalty_id", "user_id", "anonymous_id", "subscriber_id", "card_token") if c in columns)
     ids_of = """
         SELECT 'email' AS kind, email AS value, person_id FROM r
         UNION ALL SELECT 'email', email_canon, person_id FROM r
-        UNION ALL SELECT 'phone', phone, person_id FROM r
-        UNION ALL SELECT 'loyalty_id', source || ':' || loyalty_id, person_id FROM r
-        UNION ALL SELECT 'user_id', source || ':' || user_id, person_id FROM r
-        UNION ALL SELECT 'anonymous_id', source || ':' || anonymous_id, person_id FROM r
-        UNION ALL SELECT 'subscriber_id', source || ':' || subscriber_id, person_id FROM r
+        UNION ALL SELECT 'phone', phone, person_id FROM r""" + scoped + """
         UNION ALL SELECT CASE entity """ + entity_kind + """ END, source || ':' || source_record_id, person_id FROM r"""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pv_identifiers AS
@@ -121,6 +132,24 @@ def former_person_ids(con) -> list[str]:
         WHERE h.record_key IN (SELECT record_key FROM pv_records) AND h.person_id IS NOT NULL
           AND h.person_id NOT IN (SELECT person_id FROM identity.graph WHERE person_id IS NOT NULL)
         ORDER BY 1""").fetchall()]
+
+
+def known_values(con, person_ids: list[str]) -> KnownValues:
+    """The persons' identifiers as text, to mask wherever a text store quotes them: identifiers
+    no other person holds (source ids without their source prefix), person ids, and full names
+    (first and last name together: a first name alone belongs to namesakes too)."""
+    known = KnownValues(person_ids)
+    for kind, value in con.execute("SELECT kind, value FROM pv_identifiers WHERE NOT shared").fetchall():
+        known.add(value.split(":", 1)[1] if kind in keys.SCOPED_KINDS else value)
+    columns = set(_columns(con, "identity", "records"))
+    for first, last in (("first_name_display", "last_name_display"), ("first_name", "last_name")):
+        if {first, last} <= columns:
+            for f, l in con.execute(f"""
+                    SELECT DISTINCT trim({first}), trim({last}) FROM identity.records
+                    WHERE record_key IN (SELECT record_key FROM pv_records)
+                      AND nullif(trim({first}), '') IS NOT NULL AND nullif(trim({last}), '') IS NOT NULL""").fetchall():
+                known.add([f"{f} {l}", f"{l}, {f}", f"{f},{l}", f"{f}|{l}"])  # prose, CSV, Markdown tables
+    return known
 
 
 # --------------------------------------------------------------------------- sync destinations
@@ -306,8 +335,13 @@ def _process(config, con, request: ErasureRequest, say: Progress) -> dict:
     all_ids = person_ids + former
     sync = erase_from_sync_destinations(config, all_ids) if person_ids else {"status": "nothing to erase"}
     snapshots = erase_from_snapshots(config, all_ids)
+    known = known_values(con, all_ids)
     with transaction(con):
         removed = erase_from_warehouse(con, request.request_id)
+        texts = {"raw.loads.message": redact_load_messages(con, known)}
+    # the landing folder holds the source systems' exports (not rewritten: see the README)
+    texts |= redact_project_files(config.root, known, skip=[
+        config.landing_dir, config.resolve(config.privacy.salt_file), requests_dir(config)])
     salt_hash = lambda kind, v: con.execute("SELECT pv_hash(?, ?)", [kind, v]).fetchall()[0][0]  # noqa: E731
     report = {
         "request_id": request.request_id,
@@ -324,6 +358,7 @@ def _process(config, con, request: ErasureRequest, say: Progress) -> dict:
         "rows_removed": removed,
         "snapshots_rewritten": snapshots,
         "sync_destinations": sync,
+        "texts_redacted": texts,
         "note": ("not found in the identity graph: the requested identifier is kept as a hash so that "
                  "files landed later with it are dropped") if not person_ids else "",
     }

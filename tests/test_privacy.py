@@ -143,11 +143,43 @@ def exclusive_needles(values: dict[str, dict[str, set[str]]], pid: str) -> dict[
     return {"emails": emails, "phones": phones, "ids": ids}
 
 
+def person_extras(con) -> dict[str, dict[str, set[str]]]:
+    """true person -> {'names': first and last name together, as written (lower case), 'cards':
+    card tokens of their receipts}; only values no other true person has (namesakes out)."""
+    rows = con.execute("""
+        SELECT gt.person_id, r.first_name, r.last_name, NULL FROM gt JOIN raw.pos_loyalty_members r
+            ON gt.entity = 'loyalty_members' AND r._source = gt.source AND r.loyalty_id = gt.record_id
+        UNION ALL SELECT gt.person_id, r.first_name, r.last_name, NULL FROM gt JOIN raw.email_subscribers r
+            ON gt.entity = 'subscribers' AND r.subscriber_id = gt.record_id
+        UNION ALL SELECT gt.person_id, r.requester_name, NULL, NULL FROM gt JOIN raw.support_tickets r
+            ON gt.entity = 'tickets' AND r.ticket_id = gt.record_id
+        UNION ALL SELECT gt.person_id, r.traits->>'$.first_name', r.traits->>'$.last_name', NULL FROM gt
+            JOIN raw.web_events r ON (gt.entity = 'anonymous_id' AND r.anonymousId = gt.record_id)
+                                  OR (gt.entity = 'user_id' AND r.userId = gt.record_id)
+        UNION ALL SELECT gt.person_id, NULL, NULL, r.card_token FROM gt JOIN raw.pos_transactions r
+            ON gt.entity = 'transactions' AND r._source = gt.source AND r.transaction_id = gt.record_id""").fetchall()
+    owners: dict[tuple[str, str], set[str]] = {}
+    for pid, first, last, card in rows:
+        name = " ".join(" ".join(x.split()) for x in (first, last) if x and x.strip()).lower()
+        if first and last and first.strip() and last.strip():
+            owners.setdefault(("names", name), set()).add(pid)
+        elif first and not last and len(name.split()) >= 2:  # a ticket's requester_name
+            owners.setdefault(("names", name), set()).add(pid)
+        if card and card.strip():
+            owners.setdefault(("cards", card.strip().lower()), set()).add(pid)
+    out: dict[str, dict[str, set[str]]] = {}
+    for (kind, value), pids in owners.items():
+        if len(pids) == 1:
+            out.setdefault(next(iter(pids)), {"names": set(), "cards": set()})[kind].add(value)
+    return out
+
+
 def choose_person(con, truth: Path, delivered: set[str]) -> tuple[str, str, dict]:
     """A true person in all four sources, with a receipt (the export must hold its line items),
     whose records identity put in exactly one person, alone, and whom the syncs delivered to
-    both destinations (``delivered``: person ids)."""
+    both destinations (``delivered``: person ids), who paid by card and whose name no one else has."""
     values = person_values(con, truth)
+    extras = person_extras(con)
     linked = con.execute("""
         WITH m AS (SELECT gt.person_id AS true_id, gt.source, gt.entity, g.person_id AS pid FROM gt
                    LEFT JOIN identity.graph g ON g.source = gt.source AND g.entity = gt.entity
@@ -164,8 +196,8 @@ def choose_person(con, truth: Path, delivered: set[str]) -> tuple[str, str, dict
             continue
         if "transactions" not in entities:
             continue
-        needles = exclusive_needles(values, true_id)
-        if needles["emails"] and needles["phones"] and len(needles["ids"]) >= 4:
+        needles = {**exclusive_needles(values, true_id), **extras.get(true_id, {"names": set(), "cards": set()})}
+        if needles["emails"] and needles["phones"] and len(needles["ids"]) >= 4 and needles["cards"] and needles["names"]:
             return true_id, pid, needles
     raise AssertionError("no person in all four sources, delivered to both destinations, with exclusive "
                          "identifiers; change SEED")
@@ -218,6 +250,31 @@ def search_everywhere(config, needles: set[str]) -> dict:
     return {"warehouse": warehouse, "snapshots": search_snapshots(config.published_dir, needles)}
 
 
+def search_project_files(config, needles: set[str]) -> dict[str, object]:
+    """Every file under the project folder: DuckDB databases (warehouse, snapshots, sync state)
+    through SQL, every other file (Dagster's SQLite storage and compute logs, last_run.json,
+    reports, report.html, dbt's files...) as bytes. The landing folder is left out: it holds the
+    source systems' exports, which erasure does not rewrite (the README's retention note)."""
+    pattern = re.compile(_pattern(needles).encode())
+    landing = config.landing_dir.resolve()
+    hits: dict[str, object] = {}
+    for path in sorted(config.root.resolve().rglob("*")):
+        if not path.is_file() or landing in path.parents:
+            continue
+        data = path.read_bytes()
+        if data[8:12] == b"DUCK":
+            con = duckdb.connect(str(path), read_only=True)
+            try:
+                found = search_db(con, needles)
+            finally:
+                con.close()
+        else:
+            found = sorted({m.group(2).decode() for m in pattern.finditer(data.lower())})
+        if found:
+            hits[str(path.relative_to(config.root.resolve()))] = found
+    return hits
+
+
 def search_sync_state(config, needles: set[str]) -> dict[str, int]:
     """The sync state file: its tables (every column as text) and its bytes."""
     path = state_path(config.root)
@@ -262,14 +319,15 @@ def add_syncs(cfg_path: Path, klaviyo_url: str, mailchimp_url: str) -> None:
     """Two syncs of the consented customers, one to each local destination; they also carry the
     person's phone and person_id, so that those must be erased there too."""
     data = yaml.safe_load(cfg_path.read_text())
-    source, consent = {"table": "customers"}, {"channel": "email_marketing"}
+    # fresh dicts per sync: shared ones would be written as YAML aliases, which cdp.yaml refuses
+    source, consent = lambda: {"table": "customers"}, lambda: {"channel": "email_marketing"}
     data["syncs"] = [
-        {"name": "customers_to_klaviyo", "source": source, "consent": consent, "retry": QUICK_RETRY,
+        {"name": "customers_to_klaviyo", "source": source(), "consent": consent(), "retry": dict(QUICK_RETRY),
          "destination": {"type": "klaviyo", "base_url": klaviyo_url, "api_key_env": KLAVIYO_KEY[0],
                          "list_id": "LIST1", "job_poll_interval_s": 0.0},
          "fields": {"first_name": "first_name", "last_name": "last_name", "phone": "phone",
                     "external_id": "person_id"}},
-        {"name": "customers_to_mailchimp", "source": source, "consent": consent, "retry": QUICK_RETRY,
+        {"name": "customers_to_mailchimp", "source": source(), "consent": consent(), "retry": dict(QUICK_RETRY),
          "destination": {"type": "mailchimp", "base_url": mailchimp_url, "api_key_env": MAILCHIMP_KEY[0],
                          "list_id": "AUD1"},
          "fields": {"FNAME": "first_name", "LNAME": "last_name", "PHONE": "phone", "TESSERA_ID": "person_id"}},
@@ -311,6 +369,34 @@ def land_again(config, needles: set[str]) -> list[str]:
         extract.write_text("".join(head + mine))
         written += [copy.name, extract.name]
     return written
+
+
+def land_identifiers_elsewhere(config, needles: dict[str, set[str]], card_landed: tuple[str, str]) -> dict[str, int]:
+    """New files whose rows carry one identifier of the person each, where no row of theirs had it
+    before: a receipt with only their card token (a new receipt id, no loyalty id, email or
+    phone), web events from new devices with their email only in properties.email or only in
+    context.traits.email (their phone in context.traits.phone). ``card_landed``: (a receipt file
+    of the store system they paid in, their card token as written there). Returns file -> rows."""
+    email = sorted(needles["emails"])[0]
+    phone = sorted(p for p in needles["phones"] if p.startswith("+"))[0]
+    pos_file, card_as_landed = card_landed
+    pos = config.landing_dir / pos_file
+    header = pos.read_text().splitlines()[0]
+    row = dict.fromkeys(header.split(","), "")
+    row.update(transaction_id="TX-RELAND-1", store_id="S001", occurred_at="2026-06-29T10:00:00Z", channel="store",
+               subtotal="12.5", discount="0", total="12.5", payment_method="card", card_token=card_as_landed)
+    receipt = pos.with_name("transactions_2026-06_cardonly.csv")
+    receipt.write_text(header + "\n" + ",".join(row[c] for c in header.split(",")) + "\n")
+    base = {"type": "track", "event": "order_completed", "timestamp": "2026-06-29T10:00:00Z"}
+    events = [
+        {**base, "messageId": "m-reland-1", "anonymousId": "dev-reland-1", "properties": {"email": email, "revenue": 5}},
+        {**base, "messageId": "m-reland-2", "anonymousId": "dev-reland-2", "properties": {"revenue": 5},
+         "context": {"traits": {"email": email}}},
+        {**base, "messageId": "m-reland-3", "anonymousId": "dev-reland-3", "context": {"traits": {"phone": phone}}},
+    ]
+    web = config.landing_dir / "web" / "events_2026-06-29_reland.jsonl"
+    web.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return {receipt.name: 1, web.name: len(events)}
 
 
 # --------------------------------------------------------------------------- the fixture
@@ -359,6 +445,9 @@ def story(tmp_path_factory):
 def _story_after_syncs(s, config, cfg_path, root, truth, delivered):
     with open_warehouse(config.warehouse_path) as con:
         s["true_id"], s["person_id"], s["needles"] = choose_person(con, truth, delivered)
+        s["card_landed"] = con.execute(
+            "SELECT any_value(_file), any_value(card_token) FROM raw.pos_transactions WHERE lower(card_token) = ?",
+            [sorted(s["needles"]["cards"])[0]]).fetchall()[0]
         s["gt_records"] = con.execute("SELECT source, entity, record_id FROM gt WHERE person_id = ?",
                                       [s["true_id"]]).fetchall()
         s["data_emails"] = {r[0] for r in con.execute(f"""
@@ -405,10 +494,13 @@ def _story_after_syncs(s, config, cfg_path, root, truth, delivered):
     s["after_erasure"] = search_everywhere(config, s["needle_set"])
     s["after_erasure_destinations"] = search_destinations(klaviyo, mailchimp, s["needle_set"])
     s["after_erasure_state"] = search_sync_state(config, s["needle_set"])
+    s["files_after_erasure"] = search_project_files(config, s["needle_set"])
 
     s["relanded"] = land_again(config, s["needles"]["emails"] | s["needles"]["phones"] | s["needles"]["ids"])
+    s["relanded_elsewhere"] = land_identifiers_elsewhere(config, s["needles"], s["card_landed"])
     s["run3"] = cdp_inprocess(cfg_path, "run", "--only", "ingestion")
     s["after_reland"] = search_everywhere(config, s["needle_set"])
+    s["files_after_reland"] = search_project_files(config, s["needle_set"])
     yield s
 
 
@@ -477,6 +569,24 @@ def test_landing_the_old_files_again_does_not_bring_the_person_back(story):
             assert (status, loaded, quarantined) == ("loaded", 0, 0) and erased > 0, (name, by_file[name])
     tickets = [v for k, v in by_file.items() if k.startswith("tickets_") and k.endswith("_person.jsonl")]
     assert tickets and all(v[3] >= 2 for v in tickets)  # incl. the malformed line, never quarantined
+
+
+def test_erasure_leaves_no_trace_in_any_file_of_the_project(story):
+    """After `cdp forget` and a run, no file under the project folder holds an identifier of
+    the person (salted hashes aside): not the warehouse (raw.loads' messages included), not
+    Dagster's run storage or compute logs, last_run.json, the reports nor an old snapshot's
+    report.html (person id); nor after their files are landed again."""
+    assert story["files_after_erasure"] == {}, story["files_after_erasure"]
+    assert story["files_after_reland"] == {}, story["files_after_reland"]
+
+
+def test_a_receipt_with_only_their_card_token_or_an_event_with_their_email_elsewhere_stays_out(story):
+    config = story["config"]
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        loads = {Path(f).name: (st, ok, q, er) for f, st, ok, q, er in con.execute(
+            "SELECT file, status, rows_loaded, rows_quarantined, rows_erased FROM raw.loads").fetchall()}
+    for name, rows in story["relanded_elsewhere"].items():
+        assert loads[name] == ("loaded", 0, 0, rows), (name, loads.get(name))
 
 
 def test_erasure_report_holds_hashes_and_counts_only(story):
@@ -611,6 +721,43 @@ def test_log_records_are_masked_when_created(capsys):
     assert seen == ["row for <email> / <phone> at 2026-06-30 12:00:00, 1,234 rows, run 20260630T120000"]
     for phone in ("+447700900123", "07700 900123", "447700900123", "07700-900-123", "+44 7700 900123"):
         assert mask_pii(f"x {phone} y") == "x <phone> y", phone
+
+
+CARD_TOKEN = "ct_00c0ffee1234abcd"  # the generator's shape: ct_ + 16 hex digits
+
+
+def test_card_tokens_and_sampled_values_are_masked_in_logs_check_metadata_and_run_summaries(tmp_path, capsys):
+    """The ingestion stage on receipts whose emails are malformed: the source check samples the
+    failing rows (card token, loyalty id, the invalid email) into its metadata, and a log line
+    quotes a card token. Neither reaches Dagster's storage, the run summary or the output."""
+    import logging
+
+    from core.pii import install_log_masking
+
+    cfg_path = init_project(tmp_path / "proj")
+    config = load_config(cfg_path)
+    header = "transaction_id,store_id,occurred_at,loyalty_id,email,phone,channel,order_ref,subtotal,discount,total,payment_method,card_token"
+    rows = [f"T{i},S1,2026-06-01T10:00:00Z,LOY-SECRET-{i},not-an-email-{i},,store,,10,0,10,card,{CARD_TOKEN}"
+            for i in range(5)]
+    (config.landing_dir / "pos").mkdir(parents=True, exist_ok=True)
+    (config.landing_dir / "pos" / "transactions_2026-06.csv").write_text("\n".join([header, *rows]) + "\n")
+
+    result = cdp_inprocess(cfg_path, "run", "--only", "ingestion", "--json", check=False)
+    install_log_masking()
+    logging.getLogger("tessera.test_privacy").warning("receipt paid with %s", CARD_TOKEN)
+    captured = capsys.readouterr()
+    # the check did fail and sample the rows (else there would be nothing to mask)
+    summary = json.loads((config.dagster_home / "last_run.json").read_text())
+    failed = [c for c in summary["checks"] if not c["passed"]]
+    assert any("email_invalid" in c["detail"] or "invalid" in c["check"] for c in failed), summary["checks"]
+    texts = [result.output, captured.out, captured.err]
+    texts += [p.read_bytes().decode("utf-8", "ignore") for p in config.dagster_home.rglob("*") if p.is_file()]
+    texts += [p.read_bytes().decode("utf-8", "ignore") for p in config.reports_dir.rglob("*") if p.is_file()]
+    text = "\n".join(texts)
+    assert "failing_rows_masked" in text  # the sample is in the event log, masked
+    for secret in (CARD_TOKEN, "LOY-SECRET-", "not-an-email-"):
+        assert secret.lower() not in text.lower(), secret
+    assert "<card_token>" in captured.err + captured.out or "<card_token>" in text
 
 
 def test_erasure_reaches_rows_kept_under_an_id_merged_away_since(tmp_path, monkeypatch):

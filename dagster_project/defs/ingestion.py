@@ -16,6 +16,7 @@ from dagster import (
 )
 
 from core.contracts import ENTITIES, Entity
+from core.pii import mask_pii
 from dagster_project.defs.resources import TesseraResource
 from ingestion.loader import CHANGED, REJECTED, ingest
 
@@ -95,7 +96,7 @@ def _raw_asset(ent: Entity):
             severity=AssetCheckSeverity.ERROR,
             metadata={
                 "problems": MetadataValue.md(
-                    "\n".join(f"- `{f.file}` ({f.source}): **{f.status}** — {f.message}" for f in bad_files)
+                    "\n".join(f"- `{f.file}` ({f.source}): **{f.status}** — {mask_pii(f.message)}" for f in bad_files)
                     or "none"
                 )
             },

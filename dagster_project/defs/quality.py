@@ -31,6 +31,7 @@ from dagster import (
 )
 
 from core.contracts import ENTITIES
+from core.pii import mask_pii
 from core.published import PUBLISHED_TABLES
 from core.warehouse import fetch_all
 from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
@@ -95,7 +96,7 @@ def _result(key: AssetKey, name: str, passed: bool, blocking: bool, metadata: di
 
 
 def _check_metadata(c) -> dict:
-    meta = {"detail": c.detail or "ok", "kind": c.kind}
+    meta = {"detail": mask_pii(c.detail) or "ok", "kind": c.kind}
     observed = {k: v for k, v in c.observed.items() if k != "columns"}
     if observed:
         meta["observed"] = MetadataValue.json(observed)
