@@ -40,7 +40,9 @@ from collections.abc import Iterable
 from core.contracts import ENTITIES
 from core.published import PUBLISHED_TABLES
 
-EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+# Email-shaped, dotless domains included: an invalid address a destination quotes back
+# ("ann@nodomain looks fake") is still personal data.
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*")
 # Phone-shaped: digits with spaces, dashes or brackets, optionally +; vetted by _is_phone.
 PHONE_CANDIDATE_RE = re.compile(r"(?<![\w.@/:+-])\+?\(?\d[\d ()\-]{7,20}\d(?![\w@])")
 DATE_LIKE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
