@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import socket
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,13 +40,15 @@ class Holder:
 
     @property
     def short_id(self) -> str:
-        return self.run_id[:8] if self.run_id else "(starting)"
+        return self.run_id[:8]
 
 
 def describe(holder: Holder | None) -> str:
-    if holder is None:
+    if holder is None or not holder.pid:
         return "another run is in progress (it is starting; its details are not written yet)"
     since = holder.since.replace("T", " ").replace("+00:00", " UTC")
+    if not holder.run_id:  # e.g. a sensor tick clearing stale runs, for a moment
+        return f"{holder.trigger} holds the project's run lock since {since} (pid {holder.pid}); retry shortly"
     return (f"run {holder.short_id} is in progress since {since} (pid {holder.pid} on {holder.host}, "
             f"{holder.trigger}); wait for it to finish, then retry")
 
@@ -157,13 +158,3 @@ def release(path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
-
-def wait_for(path: Path, timeout: float, poll: float = 0.1) -> Holder | None:
-    """The holder once someone holds the lock (for tests and tools); None on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = holder(path)
-        if h and h.run_id:
-            return h
-        time.sleep(poll)
-    return None

@@ -121,7 +121,7 @@ def recover_stale_runs(instance: DagsterInstance) -> list[str]:
 def in_progress(config: Config) -> str | None:
     """Why a new run must not start now (the run holding the project lock), or None."""
     holder = run_lock.holder(lock_path(config))
-    return run_lock.describe(holder if holder and holder.run_id else None) if holder else None
+    return run_lock.describe(holder) if holder else None
 
 
 def prepare_requested_run(config: Config, instance: DagsterInstance) -> str | None:
