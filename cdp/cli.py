@@ -22,6 +22,7 @@ from cdp.commands_quality import print_publish_status, print_run_summary, publis
 from cdp.commands_scoring import evaluate_churn
 from cdp.commands_segments import validate as validate_segments
 from core.config import ConfigError, find_config_path
+from core.run_lock import RunInProgress
 from core.warehouse import WarehouseBusy
 
 
@@ -91,7 +92,7 @@ def run(config_path, only, as_json, accept_drift) -> None:
         summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift)
     except ValueError as e:
         raise UserError(str(e)) from None
-    except WarehouseBusy as e:
+    except (WarehouseBusy, RunInProgress) as e:  # another run holds the project: exit 2, naming it
         raise UserError(str(e)) from None
     if as_json:
         out.print_json(json.dumps(summary.to_dict(), default=str))

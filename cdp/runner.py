@@ -113,6 +113,15 @@ def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] |
 
 
 def _execute(config: Config, only: list[str] | None, accept_drift: bool = False) -> RunSummary:
+    from dagster_project.run_guard import project_run
+
+    # One run at a time, and nothing a killed run left behind blocks this one (run_guard.py);
+    # taken before the definitions load, so a second `cdp run` is turned away at once.
+    with project_run(config, trigger="cdp run") as claim:
+        return _execute_claimed(config, only, accept_drift, claim)
+
+
+def _execute_claimed(config: Config, only: list[str] | None, accept_drift: bool, claim) -> RunSummary:
 
     from dagster import AssetSelection, DagsterInstance
 
@@ -133,12 +142,13 @@ def _execute(config: Config, only: list[str] | None, accept_drift: bool = False)
     else:
         keys = list(graph.get_all_asset_keys())
 
-    tags = {"tessera/trigger": "cli", "tessera/stages": ",".join(only or ["all"])}
+    tags = {"tessera/trigger": "cli", "tessera/stages": ",".join(only or ["all"]), **claim.tags}
     if accept_drift:
         tags[ACCEPT_DRIFT_TAG] = "true"
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,
+            run_id=claim.run_id,
             asset_selection=keys,
             raise_on_error=False,
             tags=tags,

@@ -10,10 +10,11 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
-    ScheduleDefinition,
+    ScheduleEvaluationContext,
     SensorEvaluationContext,
     SkipReason,
     define_asset_job,
+    schedule,
     sensor,
 )
 
@@ -21,6 +22,7 @@ from core.config import ConfigError
 from core.contracts import entity
 from dagster_project.defs.ingestion import INGESTION_GROUP
 from dagster_project.defs.resources import TesseraResource
+from dagster_project.run_guard import prepare_requested_run
 from ingestion.loader import landed_files
 
 ingest_job = define_asset_job(
@@ -34,7 +36,7 @@ refresh_job = define_asset_job(
     description="Every stage, landing files to published snapshot (what the daily schedule starts).",
 )
 
-daily_refresh = ScheduleDefinition(
+@schedule(
     name="daily_refresh",
     job=refresh_job,
     cron_schedule="0 3 * * *",
@@ -42,6 +44,14 @@ daily_refresh = ScheduleDefinition(
     default_status=DefaultScheduleStatus.STOPPED,
     description="Daily full refresh at 03:00 UTC. Turn it on in the UI (Automation) or with `dagster schedule start`.",
 )
+def daily_refresh(context: ScheduleEvaluationContext, tessera: TesseraResource):
+    # Not while another run holds the project; stale runs are cleared first, or their pool
+    # slot would keep the requested run waiting forever (dagster_project/run_guard.py).
+    try:
+        busy = prepare_requested_run(tessera.load(), context.instance)
+    except ConfigError as e:
+        return SkipReason(f"config problem: {e}")
+    return SkipReason(f"skipped: {busy}") if busy else RunRequest()
 
 
 def landing_signature(tessera: TesseraResource) -> dict[str, str]:
@@ -73,6 +83,11 @@ def landing_files_sensor(context: SensorEvaluationContext, tessera: TesseraResou
     changed = sorted(k for k, sig in current.items() if seen.get(k) != sig)
     if not changed:
         return SkipReason(f"no new landing files ({len(current)} known)")
+    # The files stay unseen (cursor untouched) while another run holds the project, so a later
+    # tick requests them; stale runs are cleared first (dagster_project/run_guard.py).
+    busy = prepare_requested_run(tessera.load(), context.instance)
+    if busy:
+        return SkipReason(f"{len(changed)} new landing file(s) wait: {busy}")
     tables = sorted({k.split("|")[1] for k in changed})
     context.update_cursor(json.dumps(current, sort_keys=True))
     run_key = hashlib.sha256("\n".join(f"{k}={current[k]}" for k in changed).encode()).hexdigest()[:16]

@@ -209,7 +209,8 @@ def _built_as_of(warehouse: Path) -> Optional[str]:
 def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: TesseraResource):
     """`dbt build` of the selection the context asks for, with row counts and as_of as metadata."""
     config = tessera.load()
-    with _warehouse_env(config.warehouse_path):
+    # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
+    with tessera.project_held(), _warehouse_env(config.warehouse_path):
         invocation = dbt.cli(_dbt_args(config.as_of, dbt_vars(config.churn, config.cart_intent)), context=context,
                              raise_on_error=False)
         with contextlib.redirect_stdout(_DbtProgress()):

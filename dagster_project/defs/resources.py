@@ -1,12 +1,13 @@
 """The one Dagster resource: the project's config file and its warehouse."""
 
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import duckdb
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar, Failure, OpExecutionContext
 
+from core import run_lock
 from core.config import CONFIG_ENV, Config, load_config
 from core.warehouse import open_warehouse
 
@@ -20,9 +21,33 @@ class TesseraResource(ConfigurableResource):
         return load_config(self.config_path)
 
     @contextmanager
+    def project_held(self) -> Iterator[None]:
+        """Around a warehouse write: the project's run lock, or fail fast naming the run that
+        holds it. `cdp run` holds it for its whole run (this process: passes through); a run
+        launched by Dagster (UI, sensor, schedule) takes it for each warehouse-writing step."""
+        path = run_lock.lock_path(self.load().dagster_home)
+        if run_lock.held_here(path):
+            yield
+            return
+        try:
+            run_id = OpExecutionContext.get().run_id
+        except Exception:  # outside a step (a direct call): no run to name
+            run_id = ""
+        try:
+            run_lock.acquire(path, run_id=run_id, trigger="a Dagster run")
+        except run_lock.RunInProgress as e:
+            raise Failure(str(e), allow_retries=False) from None
+        try:
+            yield
+        finally:
+            run_lock.release(path)
+
+    @contextmanager
     def warehouse(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        with open_warehouse(self.load().warehouse_path, read_only=read_only) as con:
-            yield con
+        with ExitStack() as stack:
+            if not read_only:
+                stack.enter_context(self.project_held())
+            yield stack.enter_context(open_warehouse(self.load().warehouse_path, read_only=read_only))
 
 
 def tessera_from_env() -> TesseraResource:
