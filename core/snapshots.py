@@ -54,8 +54,11 @@ def read_manifest(published_dir: Path) -> dict:
 def open_snapshot(path: Path) -> duckdb.DuckDBPyConnection:
     """A sealed, read-only connection to one snapshot file."""
     con = duckdb.connect(str(path), read_only=True, config=dict(SEALED_SETTINGS))
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET lock_configuration = true")
+    # A file this process already has open shares its database instance, sealed by the first
+    # connection (TimeZone set, configuration locked); setting it again would raise.
+    if not con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:
+        con.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: later connections of the instance too
+        con.execute("SET lock_configuration = true")
     return con
 
 
