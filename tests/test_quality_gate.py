@@ -491,3 +491,21 @@ def test_consent_channels_are_one_constant():
     with pytest.raises(ValueError):
         ConsentRule(channel="fax_marketing")
     assert published_table("consent", ensure_manifest()).value_sets["channel"] == CONSENT_CHANNELS
+
+
+def test_the_dagster_wiring_refuses_to_load_without_published_tables(tmp_path):
+    """No manifest, or one without published models, fails loudly instead of wiring a publish of nothing."""
+    from core.published import ManifestError
+    from dagster_project.defs.quality import build_quality_defs
+
+    with pytest.raises(ManifestError, match="no dbt manifest at .*Run `dbt parse`"):
+        build_quality_defs(set(), tmp_path / "missing.json")
+    empty = tmp_path / "manifest.json"
+    empty.write_text(json.dumps({"nodes": {"model.tessera.x": {
+        "resource_type": "model", "name": "x", "tags": [], "config": {}, "unique_id": "model.tessera.x"}}}))
+    with pytest.raises(ManifestError, match="declares no published table"):
+        build_quality_defs(set(), empty)
+    no_contract = {"resource_type": "model", "name": "y", "tags": ["published"], "config": {},
+                   "unique_id": "model.tessera.y", "schema": "marts", "columns": {}}
+    with pytest.raises(ManifestError, match="y has no enforced contract"):
+        build_quality_defs(set(), {"nodes": {"model.tessera.y": no_contract}})
