@@ -38,7 +38,7 @@ import re
 from collections.abc import Iterable
 
 from core.contracts import ENTITIES
-from core.published import PUBLISHED_TABLES
+from core.published import ManifestError, published_tables
 
 # Email-shaped, dotless domains included: an invalid address a destination quotes back
 # ("ann@nodomain looks fake") is still personal data.
@@ -59,19 +59,32 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
-def _pii_fields() -> frozenset[str]:
+_PII_FIELDS: list[frozenset[str]] = []  # set once the dbt manifest has been read
+
+
+def pii_fields() -> frozenset[str]:
+    """The contracts' PII fields and the published marts' PII columns. Before dbt has parsed
+    the project there is no manifest: the contracts' fields stand alone, and the manifest is
+    looked for again on the next call."""
+    if _PII_FIELDS:
+        return _PII_FIELDS[0]
     names = {f.name for e in ENTITIES for f in e.fields if f.pii}
-    names |= {c for t in PUBLISHED_TABLES for c in t.pii_columns}
+    try:
+        names |= {c for t in published_tables() for c in t.pii_columns}
+        found = True
+    except ManifestError:
+        found = False
     names |= {_snake(n) for n in names}
-    return frozenset(names | {"raw_record"})
-
-
-PII_FIELDS = _pii_fields()
+    fields = frozenset(names | {"raw_record"})
+    if found:
+        _PII_FIELDS.append(fields)
+    return fields
 
 
 def is_pii_column(name: str) -> bool:
     n = name.lower()
-    return name in PII_FIELDS or n in PII_FIELDS or "email" in n or "phone" in n
+    fields = pii_fields()
+    return name in fields or n in fields or "email" in n or "phone" in n
 
 
 # --------------------------------------------------------------------------- known values

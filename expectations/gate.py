@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core import published as registry
 from core.config import Config
 from core.pii import KnownValues, mask_pii, mask_row
-from core.published import PUBLISHED_TABLES, PublishedTable
+from core.published import PublishedTable, published_tables
 from core.snapshots import current_path, open_snapshot, read_manifest
 from core.warehouse import fetch_all, table_exists, transaction
 from expectations.suites import (
@@ -31,6 +30,7 @@ from expectations.suites import (
     Metric,
     published_metrics,
     published_metrics_sql,
+    published_suite,
     source_metrics,
     source_metrics_sql,
 )
@@ -117,8 +117,10 @@ def masked_rows(con, sql: str, limit: int, known: KnownValues | None = None) -> 
 
 
 # --------------------------------------------------------------------------- helpers
-def existing_tables(con) -> dict[str, PublishedTable]:
-    return {t.name: t for t in PUBLISHED_TABLES if table_exists(con, t.schema, t.table)}
+def existing_tables(con, manifest=None) -> dict[str, PublishedTable]:
+    """The published tables (as the dbt manifest declares them) present in the warehouse.
+    ``manifest``: its path (default ``core.published.manifest_path()``)."""
+    return {t.name: t for t in published_tables(manifest) if table_exists(con, t.schema, t.table)}
 
 
 def _columns(con, schema: str, table: str) -> list[str]:
@@ -189,7 +191,7 @@ def check_published_table(con, gx, t: PublishedTable, present: set[str], sample_
     if not missing:  # the metrics would reference missing columns
         metrics = published_metrics(t, existing=present)
         values.update(zip([m.name for m in metrics], fetch_all(con, published_metrics_sql(t, metrics))[0]))
-    outcomes = gx.validate(f"published_{t.name}", _table_frame(columns, values))
+    outcomes = gx.validate(f"published_{t.name}", _table_frame(columns, values), suite=published_suite(t))
     results = _group(outcomes, metrics, values, t.name, asset, "suite", con, sample_rows)
     for r in results:
         if r.check == "schema":
@@ -340,13 +342,14 @@ def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], acc
 
 # --------------------------------------------------------------------------- the gate
 def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool = False,
-             gate_id: str | None = None, interim_tables: set[str] | None = None) -> GateResult:
+             gate_id: str | None = None, interim_tables: set[str] | None = None, manifest=None) -> GateResult:
     """Check the built marts; store and report the outcome. Never publishes.
 
     ``interim_tables``: an early look at only these tables, while others are still being built
     in the same run (Dagster runs a subset of the gate's checks right after each dbt step).
     Their results are returned, not stored or reported: the gate's verdict, which publish reads,
-    is the run over every table once all are built."""
+    is the run over every table once all are built. ``manifest``: the dbt manifest declaring the
+    published tables (default ``core.published.manifest_path()``)."""
     import time
 
     from expectations.gx_runner import runner_for
@@ -355,15 +358,15 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
     now = datetime.now(timezone.utc)
     gate_id = gate_id or f"{now:%Y%m%dT%H%M%S}-{(dagster_run_id or 'manual').replace('-', '')[:8]}"
     gx = runner_for(config.reports_dir)
-    present = existing_tables(con)
+    present = existing_tables(con, manifest)
     relations = {t.relation for t in present.values()}  # (checks may read other built tables)
     if interim_tables is not None:
         present = {n: t for n, t in present.items() if n in interim_tables}
-    registered = [t for t in PUBLISHED_TABLES if interim_tables is None or t.name in interim_tables]
-    skipped = [t.name for t in registered if t.name not in present]
+    registered = {t.name: t for t in published_tables(manifest) if interim_tables is None or t.name in interim_tables}
+    skipped = [name for name in registered if name not in present]
     checks: list[CheckResult] = []
     for name in skipped:
-        t = registry.published_table(name)
+        t = registered[name]
         checks.append(CheckResult(name, "/".join(t.asset_path), "table_present", "suite", False, True,
                                   detail=f"{t.relation} was not built"))
     for t in present.values():

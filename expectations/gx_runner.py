@@ -1,4 +1,7 @@
-"""Running the version-controlled GX suites against DataFrames, and building Data Docs.
+"""Running GX suites against DataFrames, and building Data Docs.
+
+Suites come from the repository (``expectations/gx/expectations/*.json``) or, for the published
+tables, are handed in as built from the dbt manifest (``expectations.suites.published_suite``).
 
 Great Expectations is imported lazily (the import alone takes seconds) and one file data
 context is created per process and reports folder, then reused by every validation of the run.
@@ -66,6 +69,7 @@ class GxRunner:
             else asset.add_batch_definition_whole_dataframe("whole")
         )
         self._suites: dict = {}
+        self._suite_data: dict = {}
         self._definitions: dict = {}
 
     def _seed_context(self) -> None:
@@ -80,9 +84,14 @@ class GxRunner:
             shutil.rmtree(self.root / sub, ignore_errors=True)
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
-    def suite(self, name: str):
+    def suite(self, name: str, data: dict | None = None):
+        """The named suite: ``data`` when given (rebuilt if it changed), else the repository's file."""
+        if data is not None and data != self._suite_data.get(name):
+            self._suites.pop(name, None)
+            self._definitions.pop(name, None)
         if name not in self._suites:
-            data = json.loads((GX_DIR / "expectations" / f"{name}.json").read_text())
+            data = data if data is not None else json.loads((GX_DIR / "expectations" / f"{name}.json").read_text())
+            self._suite_data[name] = data
             suite = self._gx.ExpectationSuite(name=data["name"], notes=data.get("notes"), meta=data.get("meta"))
             from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -93,11 +102,14 @@ class GxRunner:
             self._suites[name] = self.context.suites.add_or_update(suite)
         return self._suites[name]
 
-    def validate(self, suite_name: str, frame, parameters: dict | None = None) -> list[ExpectationOutcome]:
-        """Validate a DataFrame against a stored suite; one outcome per expectation."""
+    def validate(self, suite_name: str, frame, parameters: dict | None = None,
+                 suite: dict | None = None) -> list[ExpectationOutcome]:
+        """Validate a DataFrame against a suite (``suite``, or the stored one of that name);
+        one outcome per expectation."""
         gx = self._gx
+        gx_suite = self.suite(suite_name, suite)
         if suite_name not in self._definitions:
-            definition = gx.ValidationDefinition(name=suite_name, data=self._batch_definition, suite=self.suite(suite_name))
+            definition = gx.ValidationDefinition(name=suite_name, data=self._batch_definition, suite=gx_suite)
             self._definitions[suite_name] = self.context.validation_definitions.add_or_update(definition)
         result = self._definitions[suite_name].run(
             batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}, result_format="SUMMARY",

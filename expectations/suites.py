@@ -11,9 +11,15 @@ suites whose bounds are ``$PARAMETER``s filled from the ``quality:`` config.
 Every metric knows its check name (the Dagster asset check and the name in messages) and how
 to fetch sample failing rows for the report.
 
-The suites are generated from the registry and the source contracts, and kept in version
-control under ``expectations/gx/expectations/*.json``: ``python -m expectations.suites``
-rewrites them, and a test fails when they are out of date.
+The published tables' suites are built at run time from the dbt manifest (``core.published``):
+a mart added in dbt is checked without a regenerated file, and there is no committed copy of
+dbt's keys, value sets and ranges to fall out of date. What GX adds beyond dbt's own tests is
+measuring them again on the final tables just before publishing (write-audit-publish), the
+cross-table checks (persons exist, consent of the email audience, one offer per contactable
+person) and drift and identity sanity. The suites dbt cannot derive - source loads (from
+``core.contracts``), drift and identity - are kept in version control under
+``expectations/gx/expectations/*.json``: ``python -m expectations.suites`` rewrites them, and a
+test fails when they are out of date.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.contracts import DECIMAL, ENTITIES, INTEGER, Entity
-from core.published import CONTACT_CHANNELS, PUBLISHED_TABLES, PublishedTable
+from core.published import CONTACT_CHANNELS, PublishedTable
 
 GX_DIR = Path(__file__).resolve().parent / "gx"
 SUITES_DIR = GX_DIR / "expectations"
@@ -38,6 +44,13 @@ FRACTION_SOURCE_FIELDS = {"margin"}
 
 def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(value) -> str:
+    """A value of an accepted_values list as SQL (numbers stay numbers: `quote: false`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "'" + str(value).replace("'", "''") + "'"
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ def published_metrics(t: PublishedTable, existing: set[str] | None = None) -> li
         m.append(Metric(f"{p}_out_of_range", "probabilities_in_range", f"count(*) FILTER (WHERE {bad})",
                         failing_rows_sql=f"SELECT * FROM {rel} WHERE {bad}"))
     for col, allowed in t.value_sets.items():
-        values = ", ".join("'" + v.replace("'", "''") + "'" for v in allowed)
+        values = ", ".join(sql_literal(v) for v in allowed)
         bad = f"{q(col)} IS NOT NULL AND {q(col)} NOT IN ({values})"
         m.append(Metric(f"{col}_not_in_set", "values_in_set", f"count(*) FILTER (WHERE {bad})",
                         failing_rows_sql=f"SELECT * FROM {rel} WHERE {bad}"))
@@ -236,12 +249,8 @@ def _suite(name: str, expectations: list[dict], notes: str) -> dict:
 
 
 def all_suites() -> list[dict]:
-    suites = []
-    for t in PUBLISHED_TABLES:
-        suites.append(published_suite(t))
-    for ent in ENTITIES:
-        suites.append(source_suite(ent))
-    return [*suites, drift_suite(), identity_suite()]
+    """The suites kept in version control (the published tables' are built from the manifest)."""
+    return [*(source_suite(ent) for ent in ENTITIES), drift_suite(), identity_suite()]
 
 
 def suite_json(suite: dict) -> str:

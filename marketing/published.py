@@ -17,7 +17,7 @@ from typing import Iterator
 
 import duckdb
 
-from core.published import CONSENT_CHANNELS
+from core.published import CONSENT_CHANNELS, published_tables
 from core.snapshots import current_path, open_snapshot, read_manifest, snapshot_file
 
 # Consent channels (interfaces: consent.channel) and the campaign channel each one allows.
@@ -25,13 +25,6 @@ EXPORT_CHANNELS = {"email": "email_marketing", "sms": "sms_marketing"}
 # The contact field each export channel needs to be useful.
 CHANNEL_CONTACT = {"email": "email", "sms": "phone"}
 
-# Sections of a profile, in the order a person reads them; any other published table keyed by
-# person_id follows these, alphabetically.
-PROFILE_ORDER = ("customers", "identity_graph", "customer_traits", "segment_membership", "churn_scores",
-                 "cart_intent", "next_best_offer", "recommendations", "consent")
-# Tables a complete publish holds; a profile or report names those missing from a snapshot.
-EXPECTED_TABLES = (*PROFILE_ORDER, "segment_catalog", "segment_membership_history", "identity_changes",
-                   "model_metrics")
 # Statement types `query` runs; anything else (DDL, DML, COPY, ATTACH, SET, PRAGMA...) is refused.
 READ_STATEMENTS = {"SELECT", "EXPLAIN"}
 
@@ -39,6 +32,20 @@ READ_STATEMENTS = {"SELECT", "EXPLAIN"}
 class MarketingError(ValueError):
     """Bad input from the user (unknown segment, bad SQL, nothing published...): one clear
     message, never personal data."""
+
+
+def expected_tables() -> tuple[str, ...]:
+    """Tables a complete publish holds (the dbt models tagged `published`); a profile or report
+    names those missing from a snapshot."""
+    return tuple(t.name for t in published_tables())
+
+
+def profile_order() -> tuple[str, ...]:
+    """Sections of a profile, in the order a person reads them (each model's
+    `meta.tessera.profile` in dbt); any other published table keyed by person_id follows
+    these, alphabetically."""
+    ranked = sorted((t.profile, t.name) for t in published_tables() if t.profile is not None)
+    return tuple(name for _, name in ranked)
 
 
 # --------------------------------------------------------------------------- opening snapshots
@@ -272,7 +279,8 @@ def write_members(members: Members, path: Path) -> Path:
 # --------------------------------------------------------------------------- profile
 def _person_tables(have: dict[str, list[str]]) -> list[str]:
     keyed = [t for t, cols in have.items() if "person_id" in cols]
-    return [t for t in PROFILE_ORDER if t in keyed] + sorted(t for t in keyed if t not in PROFILE_ORDER)
+    order = profile_order()
+    return [t for t in order if t in keyed] + sorted(t for t in keyed if t not in order)
 
 
 _ORDER_BY = {
@@ -321,7 +329,7 @@ def profile(published_dir: Path, email: str | None = None, person_id: str | None
     return {
         "person_id": pid,
         "sections": sections,
-        "not_published": [t for t in EXPECTED_TABLES if t not in have and t in PROFILE_ORDER],
+        "not_published": [t for t in profile_order() if t not in have],
         "notes": [f"{matches} persons have this email; showing the first (look up the others with --person-id)"]
                   if matches > 1 else [],
     }

@@ -18,7 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from core.pii import mask_pii
 from core.snapshots import PublishError, open_snapshot, read_manifest, snapshot_file
-from marketing.published import EXPECTED_TABLES, tables
+from marketing.published import expected_tables, tables
 
 # The charts, in page order: (name, title).
 CHARTS = (
@@ -258,7 +258,7 @@ def build_charts(published_dir: Path, run_id: str, syncs: list[dict] | None = No
     finally:
         con.close()
     info = {"run_id": run_id, "published_at": (entry or {}).get("published_at"), "as_of": as_of,
-            "tables": counts, "missing": [t for t in EXPECTED_TABLES if t not in have]}
+            "tables": counts, "missing": [t for t in expected_tables() if t not in have]}
     return charts, info
 
 

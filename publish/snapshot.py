@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 
+from core.published import published_tables
 from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, PublishError, read_manifest
 
 
@@ -147,14 +148,19 @@ def rollback(published_dir: Path, to_run: str | None = None) -> str:
     return to_run
 
 
-def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict) -> Snapshot:
+def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict, manifest=None) -> Snapshot:
     """Publish the audited build: the tables the gate checked, named as the gate recorded
-    them, as snapshot ``gate['gate_id']``. Refuses a build whose gate did not pass."""
-    from core.published import published_table
-
+    them, as snapshot ``gate['gate_id']``. Refuses a build whose gate did not pass.
+    ``manifest``: the dbt manifest declaring the published tables (default: the registry's)."""
     if not gate.get("passed"):
         raise PublishError(f"the quality gate of {gate.get('gate_id')} did not pass: "
                            f"{', '.join(gate.get('blocking_failures', []))}; nothing was published")
-    tables = {name: published_table(name).relation for name in gate["tables"]}
+    # Where each table is built comes from the dbt manifest, like the list the gate checked.
+    relations = {t.name: t.relation for t in published_tables(manifest)}
+    unknown = [name for name in gate["tables"] if name not in relations]
+    if unknown:
+        raise PublishError(f"the gate of {gate.get('gate_id')} checked tables the dbt project no longer declares "
+                           f"published: {', '.join(unknown)}; run the gate again")
+    tables = {name: relations[name] for name in gate["tables"]}
     return publish(con, tables, config.published_dir, run_id=gate["gate_id"], gate=gate,
                    keep=config.quality.keep_snapshots)

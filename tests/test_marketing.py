@@ -471,8 +471,8 @@ def test_a_pipeline_run_stores_one_gate_verdict_and_reports_every_check_once(bui
 
 
 def _gate_check_keys() -> set[tuple[str, str]]:
-    from core.published import PUBLISHED_TABLES
+    from core.published import published_tables
     from dagster_project.defs.quality import gate_check_names
 
     names = gate_check_names()
-    return {("/".join(t.asset_path), n) for t in PUBLISHED_TABLES for n in names[t.name]}
+    return {("/".join(t.asset_path), n) for t in published_tables() for n in names[t.name]}

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from cdp.cli import main
 from cdp.scaffold import init_project
 from core.config import load_config
-from core.published import PUBLISHED_TABLES
+from core.published import CONSENT_CHANNELS, MANIFEST_ENV, published_names, published_table, published_tables
 from core.snapshots import CURRENT, read_manifest
 from core.warehouse import fetch_all, fetch_value, open_warehouse, table_exists
 
@@ -36,8 +36,8 @@ OTHER_MARTS = {
         SELECT 'lifecycle_' || lifecycle_stage AS segment, 'lifecycle' AS segment_type, person_id,
                as_of AS since, as_of FROM marts.customer_traits""",
     "segment_membership_history": """
-        SELECT segment, segment_type, person_id, since AS entered_at, NULL::TIMESTAMP AS exited_at,
-               since AS last_evaluated_at FROM marts.segment_membership""",
+        SELECT md5(segment || person_id) AS spell_key, segment, segment_type, person_id, since AS entered_at,
+               NULL::TIMESTAMP AS exited_at, since AS last_evaluated_at FROM marts.segment_membership""",
     "consent": """
         SELECT person_id, ch.channel,
                CASE WHEN hash(person_id || ch.channel) % 3 = 0 THEN 'denied' ELSE 'granted' END AS status,
@@ -51,28 +51,32 @@ OTHER_MARTS = {
                'test-1' AS model_version, ['recency'] AS top_reasons, as_of
         FROM marts.customers""",
     "cart_intent": """
-        SELECT person_id, p AS purchase_probability,
+        SELECT person_id, 'cart-' || person_id AS cart_id, 20.0 AS cart_value, as_of AS cart_added_at,
+               p AS purchase_probability,
                CASE WHEN p >= 0.6 THEN 'likely' WHEN p >= 0.3 THEN 'on_the_fence' ELSE 'unlikely' END AS intent_group,
-               24.0 AS expected_return_hours, as_of
+               24.0 AS expected_return_hours, 'test-1' AS model_version, as_of
         FROM (SELECT person_id, (hash(person_id || 'cart') % 100) / 100.0 AS p, as_of FROM marts.customers)
         WHERE hash(person_id) % 4 = 0""",
     "next_best_offer": """
         SELECT c.person_id,
                CASE WHEN e.status = 'granted' THEN 'cart_reminder' ELSE 'cross_sell' END AS offer,
                CASE WHEN e.status = 'granted' THEN 'email' ELSE 'sms' END AS channel,
-               1.5 AS expected_value, ['test'] AS reason_codes, false AS holdout, 'exp1' AS experiment, c.as_of
+               1.5 AS expected_value, ['test'] AS reason_codes, false AS holdout, 'exp1' AS experiment,
+               CASE WHEN e.status = 'granted' THEN 'cart_reminder' ELSE 'cross_sell' END AS assigned_offer,
+               1.5 AS assigned_expected_value, NULL::VARCHAR AS cart_id, NULL::VARCHAR AS sku, c.as_of
         FROM marts.customers c
         LEFT JOIN marts.consent e ON e.person_id = c.person_id AND e.channel = 'email_marketing'
         LEFT JOIN marts.consent s ON s.person_id = c.person_id AND s.channel = 'sms_marketing'
         WHERE e.status = 'granted' OR s.status = 'granted'""",
     "recommendations": """
-        SELECT person_id, r::INTEGER AS rank, 'SKU-' || r AS sku, 1.0 / r AS score, 'popular' AS reason, as_of
+        SELECT person_id, r::INTEGER AS rank, 'SKU-' || r AS sku, 1.0 / r AS score, 'trending' AS reason, as_of
         FROM marts.customers, range(1, 4) t(r)""",
     "segment_catalog": """
-        SELECT DISTINCT segment, 'builtin' AS kind, 'test segment' AS description, NULL::VARCHAR AS definition,
-               max(as_of) OVER () AS as_of
-        FROM marts.segment_membership""",
+        SELECT segment, 'builtin' AS kind, any_value(segment_type) AS segment_type, 'test segment' AS description,
+               NULL::VARCHAR AS definition, count(*) AS members, max(as_of) AS as_of
+        FROM marts.segment_membership GROUP BY segment""",
     "model_metrics": "SELECT 'churn' AS model, 'roc_auc' AS metric, 0.8 AS value, 'validation' AS dataset, "
+                     "'gradient_boosting' AS algorithm, true AS selected, NULL::INTEGER AS bin, 'test-1' AS model_version, "
                      "TIMESTAMP '2026-06-30 23:59:59' AS as_of",
 }
 
@@ -128,7 +132,7 @@ def test_baseline_publish_holds_every_registered_table_and_records_the_gate(base
     manifest = read_manifest(config.published_dir)
     (entry,) = manifest["history"]
     assert entry["gate"]["passed"] is True and entry["gate"]["blocking_failures"] == []
-    assert sorted(entry["tables"]) == sorted(t.name for t in PUBLISHED_TABLES)
+    assert sorted(entry["tables"]) == sorted(published_names())
     with open_warehouse(config.published_dir / CURRENT, read_only=True) as ro:
         for name, n in entry["tables"].items():
             assert fetch_value(ro, f'SELECT count(*) FROM main."{name}"') == n
@@ -169,7 +173,7 @@ FAULTS = {
     "giant identity cluster": (  # 600 more source records resolved to one person
         """INSERT INTO marts.identity_graph (source, entity, source_record_id, record_key, person_id, match_method,
                                              match_probability, as_of)
-           SELECT 'web', 'device', 'fake-' || i, 'web:device:fake-' || i, (SELECT min(person_id) FROM marts.customers),
+           SELECT 'web', 'anonymous_id', 'fake-' || i, 'web:anonymous_id:fake-' || i, (SELECT min(person_id) FROM marts.customers),
                   'splink', 0.99, (SELECT max(as_of) FROM marts.customers) FROM range(600) t(i)""",
         "identity_largest_cluster on identity_graph"),
 }
@@ -290,7 +294,9 @@ def test_source_suites_catch_schema_drift_and_bad_values_in_a_load(base, tmp_pat
     assert failed["values_in_range on raw.pos_transactions"].sample[0]["total"] == -5
 
 
-def test_suites_in_version_control_match_the_registry():
+def test_suites_in_version_control_match_the_contracts():
+    """Only the suites dbt cannot derive are committed (sources, drift, identity); the published
+    tables' are built from the dbt manifest at run time."""
     from expectations.suites import SUITES_DIR, all_suites, suite_json
 
     suites = all_suites()
@@ -310,7 +316,7 @@ def test_dagster_wiring_publish_is_downstream_of_every_mart_and_checks_block():
     (publish_asset,) = PUBLISH_ASSETS
     deps = {d.asset_key for d in publish_asset.specs_by_key[PUBLISH_KEY].deps}
     graph = defs.resolve_asset_graph()
-    defined_marts = {AssetKey(list(t.asset_path)) for t in PUBLISHED_TABLES} & set(graph.get_all_asset_keys())
+    defined_marts = {AssetKey(list(t.asset_path)) for t in published_tables()} & set(graph.get_all_asset_keys())
     assert deps == defined_marts and AssetKey(["marts", "customers"]) in deps
     assert publish_asset.node_def.pool == WAREHOUSE_POOL
     (gate,) = GATE_CHECKS
@@ -358,3 +364,148 @@ def test_masking_keeps_no_personal_value():
     assert mask("jane.doe@example.co.uk", "email") == "j***@***.uk"
     assert mask("+44 7700 900123", "phone") == "***23"
     assert mask("Jane", "first_name") == "J***"
+
+
+NEW_MART_SQL = """
+select person_id, source_record_count as records,
+       case when source_record_count > 1 then 'multi' else 'single' end as tier, as_of
+from {{ ref('customers') }}
+"""
+NEW_MART_YML = """
+version: 2
+models:
+  - name: vip_customers
+    description: Published. A mart added by the test - one dbt model and its YAML, nothing else.
+    config:
+      tags: ["published"]
+      contract: {enforced: true}
+      meta: {tessera: {profile: 10}}
+    data_tests:
+      - unique_key: {arguments: {columns: [person_id]}}
+    columns:
+      - name: person_id
+        description: The person.
+        data_type: varchar
+        constraints: [{type: not_null}]
+        data_tests:
+          - relationships: {arguments: {to: ref('customers'), field: person_id}}
+      - name: records
+        description: Source records.
+        data_type: bigint
+        data_tests:
+          - value_between: {arguments: {min_value: 0, max_value: 100000}}
+      - name: tier
+        description: single or multi.
+        data_type: varchar
+        data_tests:
+          - accepted_values: {arguments: {values: [single, multi]}}
+      - name: as_of
+        description: As of.
+        data_type: timestamp
+"""
+
+
+def test_a_new_published_mart_needs_one_dbt_model_and_yaml(base, tmp_path, monkeypatch):
+    """Add `vip_customers` to a copy of the dbt project (model + YAML, tagged published, with a
+    contract), build it, and point the registry at that project's manifest: the gate checks it
+    with its key, value set, range and person checks, the Dagster wiring gets its checks and
+    publish dependency, the snapshot holds it, and `cdp query` / the marketer's table list and
+    profile show it - with no Python change. (The Dagster definitions themselves load the one
+    dbt project in the code tree; here they are built from the copy's manifest directly.)"""
+    from dagster import AssetKey
+
+    from dagster_project.defs.quality import build_quality_defs
+    from expectations.gate import run_gate
+    from marketing.published import expected_tables, profile
+    from publish.snapshot import publish_build
+    from tests.test_dbt_marts import DBT, DBT_DIR
+
+    dbt_copy = tmp_path / "dbt"
+    shutil.copytree(DBT_DIR, dbt_copy, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
+    (dbt_copy / "models" / "marts" / "vip_customers.sql").write_text(NEW_MART_SQL)
+    (dbt_copy / "models" / "marts" / "vip_customers.yml").write_text(NEW_MART_YML)
+    cfg_path = copy_project(base, tmp_path / "proj")
+    config = load_config(cfg_path)
+    target = tmp_path / "target"
+    done = subprocess.run(
+        [DBT, "run", "--select", "vip_customers", "--project-dir", str(dbt_copy), "--profiles-dir", str(dbt_copy),
+         "--target-path", str(target), "--log-path", str(target), "--vars", json.dumps({"as_of": AS_OF.isoformat()})],
+        env={**os.environ, "TESSERA_WAREHOUSE": str(config.warehouse_path)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    manifest = target / "manifest.json"
+    monkeypatch.setenv(MANIFEST_ENV, str(manifest))
+
+    t = published_table("vip_customers")
+    assert (t.relation, t.keys, t.person_column, t.not_null) == ("marts.vip_customers", ("person_id",), "person_id",
+                                                                   ("person_id",))
+    assert (t.value_sets, t.non_negative, t.columns) == ({"tier": ("single", "multi")}, ("records",),
+                                                         ("person_id", "records", "tier", "as_of"))
+
+    # Dagster: the gate's checks on the new mart, and publish/snapshot waits for it.
+    keys = {AssetKey(list(x.asset_path)) for x in published_tables()}
+    (publish_asset,), (gate_checks,) = build_quality_defs(keys, manifest)
+    assert AssetKey(["marts", "vip_customers"]) in {d.asset_key for d in publish_asset.specs_by_key[
+        AssetKey(["publish", "snapshot"])].deps}
+    new_checks = {s.name for s in gate_checks.check_specs if s.asset_key == AssetKey(["marts", "vip_customers"])}
+    assert {"table_present", "schema", "keys_not_null", "keys_unique", "values_in_set", "values_non_negative",
+            "persons_exist"} <= new_checks
+
+    # The gate checks it (from the env-pointed manifest) and the snapshot publishes it.
+    with open_warehouse(config.warehouse_path) as con:
+        gate = run_gate(config, con, dagster_run_id="test-new-mart")
+        assert gate.passed, gate.message()
+        assert {c.check for c in gate.checks if c.table == "vip_customers"} == new_checks - {"table_present"}
+        snap = publish_build(config, con, gate.summary())
+    assert "vip_customers" in snap.tables and snap.tables["vip_customers"] == snap.tables["customers"]
+
+    # The marketer's view: `cdp query`, the expected tables, a person's profile.
+    result = cli("query", "--config", str(cfg_path), "SELECT count(*) AS n FROM vip_customers")
+    assert result.exit_code == 0 and str(snap.tables["vip_customers"]) in result.output, result.output
+    assert "vip_customers" in expected_tables()
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        person = fetch_value(con, "SELECT min(person_id) FROM marts.vip_customers")
+    sections = list(profile(config.published_dir, person_id=person)["sections"])
+    # meta.tessera.profile: 10 puts it right after consent (9); tables without a position follow.
+    assert sections[0] == "customers" and sections.index("vip_customers") == sections.index("consent") + 1
+
+    # A broken key in the new mart blocks the next publish, like any other.
+    with open_warehouse(config.warehouse_path) as con:
+        con.execute("INSERT INTO marts.vip_customers SELECT * FROM marts.vip_customers LIMIT 1")
+        blocked = run_gate(config, con, dagster_run_id="test-new-mart-2")
+    assert not blocked.passed and "keys_unique on vip_customers" in blocked.summary()["blocking_failures"]
+
+
+def test_consent_channels_are_one_constant():
+    """dbt cannot import Python: its var must equal core's constant, which the settings derive from."""
+    import yaml
+
+    from core.settings.activation import ConsentRule
+    from core.settings.scoring import CHANNELS
+    from dagster_project.defs.dbt_marts import ensure_manifest
+    from tests.test_dbt_marts import DBT_DIR
+
+    dbt_vars = yaml.safe_load((DBT_DIR / "dbt_project.yml").read_text())["vars"]
+    assert tuple(dbt_vars["consent_channels"]) == CONSENT_CHANNELS
+    assert tuple(CHANNELS.values()) == CONSENT_CHANNELS and set(CHANNELS) == {"email", "sms", "web"}
+    assert all(ConsentRule(channel=c) for c in CONSENT_CHANNELS)
+    with pytest.raises(ValueError):
+        ConsentRule(channel="fax_marketing")
+    assert published_table("consent", ensure_manifest()).value_sets["channel"] == CONSENT_CHANNELS
+
+
+def test_the_dagster_wiring_refuses_to_load_without_published_tables(tmp_path):
+    """No manifest, or one without published models, fails loudly instead of wiring a publish of nothing."""
+    from core.published import ManifestError
+    from dagster_project.defs.quality import build_quality_defs
+
+    with pytest.raises(ManifestError, match="no dbt manifest at .*Run `dbt parse`"):
+        build_quality_defs(set(), tmp_path / "missing.json")
+    empty = tmp_path / "manifest.json"
+    empty.write_text(json.dumps({"nodes": {"model.tessera.x": {
+        "resource_type": "model", "name": "x", "tags": [], "config": {}, "unique_id": "model.tessera.x"}}}))
+    with pytest.raises(ManifestError, match="declares no published table"):
+        build_quality_defs(set(), empty)
+    no_contract = {"resource_type": "model", "name": "y", "tags": ["published"], "config": {},
+                   "unique_id": "model.tessera.y", "schema": "marts", "columns": {}}
+    with pytest.raises(ManifestError, match="y has no enforced contract"):
+        build_quality_defs(set(), {"nodes": {"model.tessera.y": no_contract}})

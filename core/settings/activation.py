@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.published import CONSENT_CHANNELS
+
 PUBLISHED_TABLE_RE = r"[a-z][a-z0-9_]*"
 
 
@@ -120,7 +122,7 @@ Destination = Annotated[Union[Klaviyo, Mailchimp, Webhook, Files], Field(discrim
 
 
 class ConsentRule(_Strict):
-    channel: Literal["email_marketing", "sms_marketing", "web_personalisation"]
+    channel: Literal[CONSENT_CHANNELS]  # type: ignore[valid-type]
 
 
 def _cron(v: str) -> str:

@@ -7,10 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.published import CONSENT_CHANNELS
+
 ALGORITHMS = ("gradient_boosting", "logistic_regression")
 OFFER_NAMES = ("cart_reminder", "cart_reminder_discount", "winback_discount", "cross_sell", "replenishment",
                "vip_early_access", "none")
-CHANNELS = {"email": "email_marketing", "sms": "sms_marketing", "web": "web_personalisation"}
+# Offer channel -> the consent it needs: email -> email_marketing, sms -> sms_marketing, web -> web_personalisation.
+CHANNELS = {channel.split("_")[0]: channel for channel in CONSENT_CHANNELS}
 
 
 class _Strict(BaseModel):

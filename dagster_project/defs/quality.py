@@ -32,7 +32,7 @@ from dagster import (
 
 from core.contracts import ENTITIES
 from core.pii import mask_pii
-from core.published import PUBLISHED_TABLES
+from core.published import PublishedTable, published_tables
 from core.warehouse import fetch_all
 from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
 from dagster_project.defs.resources import TesseraResource
@@ -73,15 +73,19 @@ CHECK_DESCRIPTIONS = {
 }
 
 
-def gate_check_names() -> dict[str, list[str]]:
-    """Published table -> the names of its gate checks (stable: they are the Dagster check names)."""
+def gate_check_names(tables: tuple[PublishedTable, ...] | None = None) -> dict[str, list[str]]:
+    """Published table -> the names of its gate checks (stable: they are the Dagster check names).
+    ``tables``: the published tables (default: as the dbt manifest declares them)."""
+    tables = published_tables() if tables is None else tables
     names: dict[str, list[str]] = {}
-    for t in PUBLISHED_TABLES:
+    for t in tables:
         checks = ["table_present", "schema"] + [m.check for m in published_metrics(t, existing={"marts.consent"})]
         names[t.name] = list(dict.fromkeys(checks))
-    names["identity_graph"] += [m.check for m in IDENTITY_METRICS]
+    if "identity_graph" in names:
+        names["identity_graph"] += [m.check for m in IDENTITY_METRICS]
     for table, m in DRIFT_METRICS:
-        names[table].append(m.check)
+        if table in names:
+            names[table].append(m.check)
     return {k: list(dict.fromkeys(v)) for k, v in names.items()}
 
 
@@ -107,17 +111,20 @@ def _check_metadata(c) -> dict:
     return meta
 
 
-def build_quality_defs(defined_keys: set[AssetKey]) -> tuple[list, list]:
-    """(assets, checks): publish/snapshot and the gate's checks, for the published marts defined
-    in this code location (a registered mart that is not defined yet is left out of the wiring)."""
-    tables = [t for t in PUBLISHED_TABLES if AssetKey(list(t.asset_path)) in defined_keys]
+def build_quality_defs(defined_keys: set[AssetKey], manifest) -> tuple[list, list]:
+    """(assets, checks): publish/snapshot and the gate's checks, for the published marts of the
+    dbt manifest (the path the dbt assets were built from) defined in this code location.
+    Without a manifest, or with no published mart in it, loading fails (``ManifestError``):
+    definitions that silently published nothing would look healthy."""
+    published = published_tables(manifest)
+    tables = [t for t in published if AssetKey(list(t.asset_path)) in defined_keys]
     key_of = {t.name: AssetKey(list(t.asset_path)) for t in tables}
-    names = gate_check_names()
+    names = gate_check_names(published)
     specs = [_spec(n, key_of[t.name]) for t in tables for n in names[t.name]]
-    return [_publish_asset(list(key_of.values()))], ([_gate_checks(specs, key_of)] if specs else [])
+    return [_publish_asset(list(key_of.values()), manifest)], ([_gate_checks(specs, key_of, manifest)] if specs else [])
 
 
-def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey]):
+def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manifest):
     @multi_asset_check(specs=specs, name="quality_gate", can_subset=True, pool=WAREHOUSE_POOL,
                        description="GX suites, identity sanity and drift on every published mart.")
     def quality_gate(context, tessera: TesseraResource):
@@ -131,10 +138,10 @@ def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey]):
             # Dagster runs this check once per dbt step it follows. While published tables whose
             # checks come later in this run are still missing, look only at this step's tables;
             # the full gate (stored, reported, read by publish) runs when they are all built.
-            built = set(existing_tables(con))
+            built = set(existing_tables(con, manifest))
             later = {n for n in key_of if n not in built and n not in selected_tables}
             gate = run_gate(config, con, dagster_run_id=context.run.run_id, accept_drift=accept,
-                            interim_tables=selected_tables if later else None)
+                            interim_tables=selected_tables if later else None, manifest=manifest)
         emitted: set[AssetCheckKey] = set()
         for c in gate.checks:
             key = key_of.get(c.table)
@@ -153,7 +160,7 @@ def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey]):
     return quality_gate
 
 
-def _publish_asset(deps: list[AssetKey]):
+def _publish_asset(deps: list[AssetKey], manifest):
     @asset(key=PUBLISH_KEY, deps=deps, group_name=PUBLISH_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"},
            description="The published snapshot marketers and syncs read: a separate DuckDB file written aside and "
                        "switched in atomically, only when every blocking quality check passed. The last N are kept "
@@ -169,11 +176,12 @@ def _publish_asset(deps: list[AssetKey]):
         with tessera.warehouse() as con:
             gate = gate_for_run(con, context.run_id)
             if gate is None:  # materialized on its own: audit now, never publish unchecked
-                gate = run_gate(config, con, dagster_run_id=context.run_id, accept_drift=accept).summary()
+                gate = run_gate(config, con, dagster_run_id=context.run_id, accept_drift=accept,
+                                manifest=manifest).summary()
             if not gate["passed"]:
                 raise Failure(f"publish blocked by the quality gate: {', '.join(gate['blocking_failures'])}",
                               metadata={"report": gate.get("report", "")})
-            snap = publish_build(config, con, gate)
+            snap = publish_build(config, con, gate, manifest)
             checks = [{"check": c, "table": t, "severity": "blocking" if b else "warn", "passed": p}
                       for c, t, b, p in fetch_all(con, """
                           SELECT check_name, table_name, blocking, passed OR accepted FROM quality.check_results
