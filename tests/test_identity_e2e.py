@@ -13,6 +13,8 @@ from core.warehouse import open_warehouse
 from identity.evaluate import evaluate, evaluate_config, truth_path
 from identity.pipeline import resolve
 from identity.plan import plan
+from ingestion import generator
+from ingestion.loader import ingest
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +23,6 @@ INPUTS = ["web_events", "email_subscribers", "email_events", "pos_transactions",
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    generator = pytest.importorskip("ingestion.generator")
-    from ingestion.loader import ingest
-
     root = tmp_path_factory.mktemp("identity_e2e")
     cfg_path = init_project(root / "proj")
     data = yaml.safe_load(cfg_path.read_text())
