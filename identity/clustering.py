@@ -115,20 +115,6 @@ class ClusterStats:
     edges_checked_one_by_one: int = 0  # edges in components where a merge check could fail
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p[root] != root:
-            root = p[root]
-        while p[x] != root:
-            p[x], x = root, p[x]
-        return root
-
-
 def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Connected-component label of every node 0..n-1 (scipy, vectorised)."""
     graph = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
@@ -255,6 +241,9 @@ def _limited(settings: IdentitySettings) -> dict[str, int]:
 
 
 _COLUMN = {"email": "email_canon"}
+# rules whose edges must also pass the first-name check when their settings `require` a field
+_RULES_THAT_MAY_REQUIRE = ("loyalty_id", "user_id", "subscriber_id", "email", "phone", "anonymous_id",
+                           "link_tracking_id", "order_ref")
 
 
 def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str,
@@ -313,176 +302,255 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
     return np.array(sorted(dirty), dtype=np.int64)
 
 
-def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, idx: np.ndarray,
-                       left: np.ndarray, right: np.ndarray, is_attach: np.ndarray):
-    """The exact edge-by-edge clustering over the edges ``idx`` (in processing order).
+_MERGEABLE = (True, None)
 
-    Returns (decision per edge, reason per edge, union-find root per rid, roots held for review)."""
-    con.register("_id_dirty", pa.table({"rid": np.unique(np.concatenate([left[idx], right[idx]]))}))
-    cols = con.sql(f"""
-        SELECT rid, source, entity, loyalty_id, user_id, subscriber_id, anonymous_id, email_canon, phone,
-               first_name, first_name_canon, last_name, CAST(date_of_birth AS VARCHAR) AS dob
-        FROM {rec} WHERE NOT is_satellite AND rid IN (SELECT rid FROM _id_dirty) ORDER BY rid""").to_arrow_table().to_pydict()
-    con.unregister("_id_dirty")
-    con.register("_id_idx", pa.table({"seq": idx}))
-    rules = [r[0] for r in con.execute("SELECT o.rule FROM id_edge_order o JOIN _id_idx i ON i.seq = o.rowid ORDER BY i.seq").fetchall()]
-    con.unregister("_id_idx")
 
-    # ---- per-cluster state, keyed by root rid
-    size = [0] * n_max
-    uniq: dict[int, dict[str, str]] = {}
-    multi: dict[str, dict[int, set]] = {}
-    firsts: dict[int, set] = {}
-    lasts: dict[int, set] = {}
-    dobs: dict[int, set] = {}
-    unique_ids = _unique_ids(settings)
-    limited = _limited(settings)
-    col_of = _COLUMN
-    for name in limited:
-        multi[name] = {}
-    rids = cols["rid"]  # (column by column: indexing every column per row cost twice as much)
-    for rid, entity in zip(rids, cols["entity"]):
-        size[rid] = 0 if entity == "transactions" else 1
-    for name in unique_ids:
-        for rid, source, v in zip(rids, cols["source"], cols[col_of.get(name, name)]):
-            if v is not None:
-                uniq.setdefault(rid, {})[f"{name}@{source}"] = v
-    for name in limited:
-        d = multi[name]
-        for rid, v in zip(rids, cols[col_of.get(name, name)]):
-            if v is not None:
-                d[rid] = {v}
-    for rid, f, fc, last, dob in zip(rids, cols["first_name"], cols["first_name_canon"], cols["last_name"], cols["dob"]):
-        if f is not None:
-            firsts[rid] = {f, fc}
-        if last is not None:
-            lasts[rid] = {last}
-        if dob is not None:
-            dobs[rid] = {dob}
-    del cols
+class _ClusterState:
+    """Union-find over record ids, plus what the merge rules look at, kept per cluster root:
+    profile-record count, unique identifier values (``name@source`` -> value), the values of
+    each limited identifier, first names (as given and canonical), last names, dates of birth.
 
-    requires = {name: bool(settings.rule(name).requires) for name in
-                ("loyalty_id", "user_id", "subscriber_id", "email", "phone", "anonymous_id", "link_tracking_id",
-                 "order_ref")}
-    L, R = left[idx].tolist(), right[idx].tolist()
-    phases = ["attach" if a else "link" for a in is_attach[idx]]
-    m = len(L)
-    decision = [REDUNDANT] * m
-    reason: list[str | None] = [None] * m
-    uf = _UnionFind(n_max)
-    find = uf.find
-    parent = uf.parent
-    held: set[int] = set()
-    cap = settings.max_cluster_size
+    ``can_merge`` asks every rule, in the order refusals are reported; ``merge`` joins two
+    roots and their state. Sets are owned by one root each, so merging may grow them in place."""
 
-    def check(ra: int, rb: int, rule: str) -> str | None:
-        ua, ub = uniq.get(ra), uniq.get(rb)
+    __slots__ = ("parent", "size", "uniq", "multi", "firsts", "lasts", "dobs", "value_sets", "held",
+                 "limited", "requires", "cap")
+
+    def __init__(self, settings: IdentitySettings, n_max: int, cols: dict[str, list]):
+        self.parent = list(range(n_max))
+        self.size = [0] * n_max
+        self.uniq: dict[int, dict[str, str]] = {}
+        self.limited = _limited(settings)
+        self.multi: dict[str, dict[int, set]] = {name: {} for name in self.limited}
+        self.firsts: dict[int, set] = {}
+        self.lasts: dict[int, set] = {}
+        self.dobs: dict[int, set] = {}
+        self.held: set[int] = set()
+        # every root -> set of values map, merged alike
+        self.value_sets = [*self.multi.values(), self.firsts, self.lasts, self.dobs]
+        self.requires = {name: bool(settings.rule(name).requires) for name in _RULES_THAT_MAY_REQUIRE}
+        self.cap = settings.max_cluster_size
+        # column by column: indexing every column per row cost twice as much
+        rids = cols["rid"]
+        for rid, entity in zip(rids, cols["entity"]):
+            self.size[rid] = 0 if entity == "transactions" else 1  # receipts do not count towards the cap
+        self._load_unique_ids(_unique_ids(settings), rids, cols)
+        self._load_limited(rids, cols)
+        self._load_names_and_dobs(rids, cols)
+
+    @classmethod
+    def load(cls, con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str, n_max: int,
+             rids: np.ndarray) -> _ClusterState:
+        """The state of every profile record in ``rids``, each its own cluster."""
+        con.register("_id_dirty", pa.table({"rid": rids}))
+        cols = con.sql(f"""
+            SELECT rid, source, entity, loyalty_id, user_id, subscriber_id, anonymous_id, email_canon, phone,
+                   first_name, first_name_canon, last_name, CAST(date_of_birth AS VARCHAR) AS dob
+            FROM {rec} WHERE NOT is_satellite AND rid IN (SELECT rid FROM _id_dirty) ORDER BY rid""").to_arrow_table().to_pydict()
+        con.unregister("_id_dirty")
+        return cls(settings, n_max, cols)
+
+    def _load_unique_ids(self, names: list[str], rids: list[int], cols: dict[str, list]) -> None:
+        uniq = self.uniq
+        for name in names:
+            # unique within a source: two sources' loyalty ids are different numbering schemes
+            for rid, source, v in zip(rids, cols["source"], cols[_COLUMN.get(name, name)]):
+                if v is not None:
+                    uniq.setdefault(rid, {})[f"{name}@{source}"] = v
+
+    def _load_limited(self, rids: list[int], cols: dict[str, list]) -> None:
+        for name, values in self.multi.items():
+            for rid, v in zip(rids, cols[_COLUMN.get(name, name)]):
+                if v is not None:
+                    values[rid] = {v}
+
+    def _load_names_and_dobs(self, rids: list[int], cols: dict[str, list]) -> None:
+        firsts, lasts, dobs = self.firsts, self.lasts, self.dobs
+        for rid, f, fc, last, dob in zip(rids, cols["first_name"], cols["first_name_canon"], cols["last_name"],
+                                         cols["dob"]):
+            if f is not None:
+                firsts[rid] = {f, fc}
+            if last is not None:
+                lasts[rid] = {last}
+            if dob is not None:
+                dobs[rid] = {dob}
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        root = x
+        while p[root] != root:
+            root = p[root]
+        while p[x] != root:  # path compression
+            p[x], x = root, p[x]
+        return root
+
+    # ---- the merge rules, a and b being roots; each returns the refusal or None / True if it refuses
+
+    def _merge_protection(self, a: int, b: int) -> str | None:
+        """Two different values of one unique identifier (from one source) never merge."""
+        ua, ub = self.uniq.get(a), self.uniq.get(b)
         if ua and ub:
             for k, v in ua.items():
                 w = ub.get(k)
                 if w is not None and w != v:
                     return "merge_protection:" + k.split("@", 1)[0]
-        for name, mx in limited.items():
-            sa, sb = multi[name].get(ra), multi[name].get(rb)
-            if sa and sb and len(sa | sb) > mx:
-                return "limit:" + name
-        if size[ra] + size[rb] > cap:
-            return "cluster_size_cap"
-        if rule == "splink" or requires.get(rule):
-            fa, fb = firsts.get(ra), firsts.get(rb)
-            if fa and fb and not names_compatible(fa, lasts.get(ra), fb, lasts.get(rb)):
-                return "conflict:first_name"
-        if rule == "splink":
-            da, db = dobs.get(ra), dobs.get(rb)
-            if da and db and not dobs_compatible(da, db):
-                return "conflict:date_of_birth"
         return None
 
-    def union(ra: int, rb: int) -> None:
-        if size[ra] < size[rb]:
-            ra, rb = rb, ra
-        parent[rb] = ra
-        size[ra] += size[rb]
-        ub = uniq.pop(rb, None)
+    def _over_limit(self, a: int, b: int) -> str | None:
+        """Together more distinct values of an identifier than ``max_per_profile``."""
+        for name, mx in self.limited.items():
+            values = self.multi[name]
+            sa, sb = values.get(a), values.get(b)
+            if sa and sb and len(sa | sb) > mx:
+                return "limit:" + name
+        return None
+
+    def _over_size_cap(self, a: int, b: int) -> bool:
+        return self.size[a] + self.size[b] > self.cap
+
+    def _first_names_conflict(self, a: int, b: int) -> bool:
+        fa, fb = self.firsts.get(a), self.firsts.get(b)
+        return bool(fa and fb) and not names_compatible(fa, self.lasts.get(a), fb, self.lasts.get(b))
+
+    def _dobs_conflict(self, a: int, b: int) -> bool:
+        da, db = self.dobs.get(a), self.dobs.get(b)
+        return bool(da and db) and not dobs_compatible(da, db)
+
+    def can_merge(self, a: int, b: int, rule: str) -> tuple[bool, str | None]:
+        """(True, None), or (False, why) for the first rule that refuses merging roots a and b
+        over an edge of ``rule``. Names are checked for Splink edges and rules that require
+        them; dates of birth for Splink edges only (a deterministic rule has its own evidence)."""
+        why = self._merge_protection(a, b) or self._over_limit(a, b)
+        if why is not None:
+            return False, why
+        if self._over_size_cap(a, b):
+            return False, "cluster_size_cap"
+        splink = rule == "splink"
+        if (splink or self.requires.get(rule)) and self._first_names_conflict(a, b):
+            return False, "conflict:first_name"
+        if splink and self._dobs_conflict(a, b):
+            return False, "conflict:date_of_birth"
+        return _MERGEABLE
+
+    def merge(self, a: int, b: int) -> None:
+        """Join roots a and b: the larger becomes the root and takes the other's state."""
+        size = self.size
+        if size[a] < size[b]:
+            a, b = b, a
+        self.parent[b] = a
+        size[a] += size[b]
+        ub = self.uniq.pop(b, None)
         if ub:
-            uniq.setdefault(ra, {}).update(ub)
-        for name in limited:
-            d = multi[name]
-            sb = d.pop(rb, None)
+            self.uniq.setdefault(a, {}).update(ub)
+        for values in self.value_sets:  # inline, not a helper call per set: runs on every merge
+            sb = values.pop(b, None)
             if sb:
-                sa = d.get(ra)
+                sa = values.get(a)
                 if sa is None:
-                    d[ra] = sb
-                elif len(sa) >= len(sb):
+                    values[a] = sb
+                elif len(sa) >= len(sb):  # grow the larger set
                     sa |= sb
                 else:
                     sb |= sa
-                    d[ra] = sb
-        for d in (firsts, lasts, dobs):
-            sb = d.pop(rb, None)
-            if sb:
-                sa = d.get(ra)
-                if sa is None:
-                    d[ra] = sb
-                else:
-                    sa |= sb
-        if rb in held:
-            held.discard(rb)
-            held.add(ra)
+                    values[a] = sb
+        if b in self.held:
+            self.held.discard(b)
+            self.held.add(a)
 
-    attach_from = -1
-    attach_edges: list[int] = []
+    def hold(self, a: int, b: int) -> None:
+        """Flag both clusters for review (a merge refused by the size cap)."""
+        self.held.add(a)
+        self.held.add(b)
 
-    def settle_attach(idx: list[int]) -> None:
-        if not idx:
+    def roots(self, n_max: int, rids) -> np.ndarray:
+        """Union-find root per rid 0..n_max-1 (a rid not in ``rids`` is its own root)."""
+        roots = np.arange(n_max, dtype=np.int64)
+        for r in rids:
+            roots[r] = self.find(r)
+        return roots
+
+    def held_roots(self) -> set[int]:
+        return {self.find(h) for h in self.held}
+
+
+def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, idx: np.ndarray,
+                       left: np.ndarray, right: np.ndarray, is_attach: np.ndarray):
+    """The exact edge-by-edge clustering over the edges ``idx`` (in processing order).
+
+    Returns (decision per edge, reason per edge, union-find root per rid, roots held for review)."""
+    state = _ClusterState.load(con, settings, rec, n_max, np.unique(np.concatenate([left[idx], right[idx]])))
+    edges = _EdgeDecisions(state, left[idx].tolist(), right[idx].tolist(), _rules_of(con, idx))
+    edges.run(is_attach[idx].tolist())
+    return edges.decision, edges.reason, state.roots(n_max, set(edges.left) | set(edges.right)), state.held_roots()
+
+
+def _rules_of(con: duckdb.DuckDBPyConnection, idx: np.ndarray) -> list[str]:
+    """The rule of each edge in ``idx`` (seq = rowid of id_edge_order)."""
+    con.register("_id_idx", pa.table({"seq": idx}))
+    rules = [r[0] for r in con.execute(
+        "SELECT o.rule FROM id_edge_order o JOIN _id_idx i ON i.seq = o.rowid ORDER BY i.seq").fetchall()]
+    con.unregister("_id_idx")
+    return rules
+
+
+class _EdgeDecisions:
+    """The decision and reason of each edge, taken one edge (or one attach group) at a time."""
+
+    def __init__(self, state: _ClusterState, left: list[int], right: list[int], rules: list[str]):
+        self.state, self.left, self.right, self.rules = state, left, right, rules
+        self.decision = [REDUNDANT] * len(left)
+        self.reason: list[str | None] = [None] * len(left)
+
+    def run(self, is_attach: list[bool]) -> None:
+        """Every edge in processing order. A link or Splink edge merges its two clusters unless
+        a rule refuses; consecutive attach edges from one record are settled together."""
+        state, left, right, rules, decision, reason = (self.state, self.left, self.right, self.rules,
+                                                       self.decision, self.reason)
+        find, can_merge, merge = state.find, state.can_merge, state.merge  # bound once: the hot loop
+        group: list[int] = []
+        for i, attach in enumerate(is_attach):
+            if attach:
+                if group and left[group[0]] != left[i]:
+                    self.attach(group)
+                    group = []
+                group.append(i)
+                continue
+            a, b = find(left[i]), find(right[i])
+            if a == b:
+                continue  # redundant
+            ok, why = can_merge(a, b, rules[i])
+            if ok:
+                decision[i] = ACCEPTED
+                merge(a, b)
+            else:
+                decision[i], reason[i] = REFUSED, why
+                if why == "cluster_size_cap":
+                    state.hold(a, b)
+        self.attach(group)
+
+    def attach(self, group: list[int]) -> None:
+        """Attach edges from one record: it joins only if all its candidates are in one
+        cluster (else every edge to another cluster is refused as ambiguous)."""
+        if not group:
             return
-        targets = {find(R[i]) for i in idx}
-        own = find(L[idx[0]])
+        state, right = self.state, self.right
+        own = state.find(self.left[group[0]])
+        targets = {state.find(right[i]) for i in group}
         targets.discard(own)
         if not targets:
             return
         if len(targets) > 1:
-            for i in idx:
-                if find(R[i]) != own:
-                    decision[i], reason[i] = REFUSED, "ambiguous:" + rules[i]
+            for i in group:
+                if state.find(right[i]) != own:
+                    self.decision[i], self.reason[i] = REFUSED, "ambiguous:" + self.rules[i]
             return
         target = targets.pop()
-        why = check(own, target, rules[idx[0]])
-        for i in idx:
-            if find(R[i]) == own:
-                continue
-            if why is None:
-                decision[i] = ACCEPTED
-            else:
-                decision[i], reason[i] = REFUSED, why
-        if why is None:
-            union(own, target)
-
-    for i in range(m):
-        if phases[i] == "attach":
-            if L[i] != attach_from:
-                settle_attach(attach_edges)
-                attach_from, attach_edges = L[i], []
-            attach_edges.append(i)
-            continue
-        ra, rb = find(L[i]), find(R[i])
-        if ra == rb:
-            continue
-        why = check(ra, rb, rules[i])
-        if why is None:
-            decision[i] = ACCEPTED
-            union(ra, rb)
-        else:
-            decision[i], reason[i] = REFUSED, why
-            if why == "cluster_size_cap":
-                held.add(ra)
-                held.add(rb)
-    settle_attach(attach_edges)
-
-    roots = np.arange(n_max, dtype=np.int64)
-    for r in set(L) | set(R):
-        roots[r] = find(r)
-    return decision, reason, roots, {find(h) for h in held}
+        ok, why = state.can_merge(own, target, self.rules[group[0]])
+        for i in group:
+            if state.find(right[i]) != own:
+                self.decision[i], self.reason[i] = (ACCEPTED, None) if ok else (REFUSED, why)
+        if ok:
+            state.merge(own, target)
 
 
 def attach_satellites(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity") -> None:
