@@ -137,8 +137,49 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     rec = f"{schema}.records"
     n_max, stats.profile_records = con.execute(
         f"SELECT coalesce(max(rid), 0) + 1, count(*) FILTER (WHERE NOT is_satellite) FROM {rec}").fetchall()[0]
+    left, right, attach = _edges_in_order(con, schema, splink_pairs)
+    m = stats.edges = len(left)
 
-    # ---- edges in processing order
+    # ---- components: c1 over link and Splink edges, c2 over every edge (attach too)
+    c1 = _components(n_max, left[~attach], right[~attach])
+    c2 = _components(n_max, left, right)
+    dirty_node = np.ones(n_max, bool)
+    if not edge_by_edge:
+        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec, c1, c2))
+    dirty_edge = dirty_node[left]
+    stats.edges_checked_one_by_one = int(dirty_edge.sum())
+
+    decision = np.full(m, REDUNDANT, dtype=object)
+    reason = np.full(m, None, dtype=object)
+    _accept_conflict_free(decision, n_max, left, right, attach, ~dirty_edge, c1)
+
+    # ---- components where a check could fail: edge by edge, strongest first
+    key = c2.astype(np.int64)  # cluster key per rid; dirty rids get n_max + their union-find root
+    held_roots: set[int] = set()
+    if dirty_edge.any():
+        dirty_idx = np.flatnonzero(dirty_edge)
+        dec, why, roots, held_roots = _constrained_union(con, settings, rec, n_max, dirty_idx, left, right, attach)
+        decision[dirty_idx] = dec
+        reason[dirty_idx] = why
+        key[dirty_node] = n_max + roots[dirty_node]
+    held = np.zeros(n_max, bool)
+    if held_roots:
+        held[dirty_node] = np.isin(key[dirty_node] - n_max, np.fromiter(held_roots, np.int64))
+
+    _write_clusters(con, rec, n_max, key, held)
+    _write_edges(con, schema, decision, reason)
+    stats.accepted = int((decision == ACCEPTED).sum())
+    stats.refused = int((decision == REFUSED).sum())
+    stats.refused_by_reason = _count_reasons(reason)
+    stats.held_clusters = len(held_roots)
+    attach_satellites(con, settings, schema)
+    return stats
+
+
+def _edges_in_order(con: duckdb.DuckDBPyConnection, schema: str,
+                    splink_pairs: pa.Table | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Temp table ``id_edge_order`` (every edge, in processing order) and its (rid_l, rid_r,
+    is attach) as arrays."""
     con.execute("CREATE OR REPLACE TEMP TABLE id_splink_pairs (rid_l BIGINT, rid_r BIGINT, match_probability DOUBLE)")
     if splink_pairs is not None and splink_pairs.num_rows:
         con.register("_splink_pairs", splink_pairs)
@@ -161,55 +202,35 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
                               AND d.rid_l = s.rid_l AND d.rid_r = s.rid_r))
         ORDER BY stage, priority, rule, neg_p, rid_l, rid_r""")
     e = con.sql("SELECT rid_l, rid_r, phase = 'attach' AS attach FROM id_edge_order ORDER BY rowid").to_arrow_table()
-    left = e.column("rid_l").to_numpy().astype(np.int64)
-    right = e.column("rid_r").to_numpy().astype(np.int64)
-    attach = e.column("attach").to_numpy(zero_copy_only=False).astype(bool)
-    del e
-    m = len(left)
-    stats.edges = m
+    return (e.column("rid_l").to_numpy().astype(np.int64), e.column("rid_r").to_numpy().astype(np.int64),
+            e.column("attach").to_numpy(zero_copy_only=False).astype(bool))
 
-    # ---- components: c1 over link and Splink edges, c2 over every edge (attach too)
-    c1 = _components(n_max, left[~attach], right[~attach])
-    c2 = _components(n_max, left, right)
-    dirty_node = np.ones(n_max, bool)
-    if not edge_by_edge:
-        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec, c1, c2))
-    dirty_edge = dirty_node[left]
-    stats.edges_checked_one_by_one = int(dirty_edge.sum())
 
-    decision = np.full(m, REDUNDANT, dtype=object)
-    reason = np.full(m, None, dtype=object)
-
-    # ---- conflict-free components: the spanning forest in processing order is accepted (Kruskal)
-    clean_link = ~dirty_edge & ~attach
-    idx = np.flatnonzero(clean_link)
+def _accept_conflict_free(decision: np.ndarray, n_max: int, left: np.ndarray, right: np.ndarray,
+                          attach: np.ndarray, clean: np.ndarray, c1: np.ndarray) -> None:
+    """In components no check can fail, the spanning forest in processing order is accepted
+    (Kruskal), and an attach edge whose two ends are in different link components."""
+    idx = np.flatnonzero(clean & ~attach)
     if len(idx):
         weights = (idx + 1).astype(np.float64)  # unique, increasing with seq
         tree = minimum_spanning_tree(coo_matrix((weights, (left[idx], right[idx])), shape=(n_max, n_max)).tocsr())
         decision[tree.tocoo().data.astype(np.int64) - 1] = ACCEPTED
-    clean_attach = ~dirty_edge & attach
-    decision[clean_attach & (c1[left] != c1[right])] = ACCEPTED
+    decision[clean & attach & (c1[left] != c1[right])] = ACCEPTED
 
-    # ---- components where a check could fail: edge by edge, strongest first
-    key = c2.astype(np.int64)  # cluster key per rid; dirty rids get n_max + their union-find root
-    held_roots: set[int] = set()
-    if dirty_edge.any():
-        dirty_idx = np.flatnonzero(dirty_edge)
-        dec, why, roots, held_roots = _constrained_union(con, settings, rec, n_max, dirty_idx, left, right, attach)
-        decision[dirty_idx] = dec
-        reason[dirty_idx] = why
-        key[dirty_node] = n_max + roots[dirty_node]
-    held = np.zeros(n_max, bool)
-    if held_roots:
-        held[dirty_node] = np.isin(key[dirty_node] - n_max, np.fromiter(held_roots, np.int64))
 
-    # ---- results back to DuckDB: cluster id = the cluster's smallest rid
+def _write_clusters(con: duckdb.DuckDBPyConnection, rec: str, n_max: int, key: np.ndarray, held: np.ndarray) -> None:
+    """Temp table ``id_clusters``: cluster id = the cluster's smallest rid."""
     con.register("_uf", pa.table({"rid": np.arange(n_max, dtype=np.int64), "k": key, "held": held}))
     con.execute(f"""CREATE OR REPLACE TEMP TABLE id_clusters AS
                     SELECT u.rid, min(u.rid) OVER (PARTITION BY u.k) AS cluster_id, u.held
                     FROM _uf u JOIN {rec} r USING (rid) WHERE NOT r.is_satellite""")
     con.unregister("_uf")
-    con.register("_dec", pa.table({"seq": np.arange(m, dtype=np.int64), "decision": pa.array(decision.tolist(), pa.string()),
+
+
+def _write_edges(con: duckdb.DuckDBPyConnection, schema: str, decision: np.ndarray, reason: np.ndarray) -> None:
+    """``<schema>.edges``: every edge in processing order with its decision and reason."""
+    con.register("_dec", pa.table({"seq": np.arange(len(decision), dtype=np.int64),
+                                   "decision": pa.array(decision.tolist(), pa.string()),
                                    "reason": pa.array(reason.tolist(), pa.string())}))
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.edges AS
@@ -218,15 +239,16 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
                                                   WHEN 'redundant' THEN 'already in the same cluster' END) AS reason
         FROM id_edge_order o JOIN _dec d ON d.seq = o.rowid""")
     con.unregister("_dec")
-    stats.accepted = int((decision == ACCEPTED).sum())
-    stats.refused = int((decision == REFUSED).sum())
+
+
+def _count_reasons(reason: np.ndarray) -> dict[str, int]:
+    """Refusals by reason; ``limit:<id>`` counted as ``limit``."""
+    counts: dict[str, int] = {}
     for r in reason:
         if r:
             k = r.split(":")[0] if r.startswith("limit") else r
-            stats.refused_by_reason[k] = stats.refused_by_reason.get(k, 0) + 1
-    stats.held_clusters = len(held_roots)
-    attach_satellites(con, settings, schema)
-    return stats
+            counts[k] = counts.get(k, 0) + 1
+    return counts
 
 
 def _unique_ids(settings: IdentitySettings) -> list[str]:
@@ -255,7 +277,18 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
     of its records are compatible (the checks only grow more permissive as clusters grow).
     Cheap aggregates first (counts, min <> max): the distinct counts and name lists are then
     computed only for the few components the cheap ones cannot clear."""
-    grouped = np.flatnonzero(np.bincount(c2)[c2] > 1)  # records of components of two or more
+    _component_records(con, rec, c1, c2)
+    dirty, varied = _over_cap_or_limit(con, settings)
+    dirty |= _unique_id_clashes(con, settings)
+    dirty |= _ambiguous_attaches(con)
+    dirty |= _incompatible_names_or_dobs(con, [c for c in varied if c not in dirty])
+    con.execute("DROP TABLE IF EXISTS id_comp_records")
+    return np.array(sorted(dirty), dtype=np.int64)
+
+
+def _component_records(con: duckdb.DuckDBPyConnection, rec: str, c1: np.ndarray, c2: np.ndarray) -> None:
+    """Temp table ``id_comp_records``: profile records of components of two or more, with their labels."""
+    grouped = np.flatnonzero(np.bincount(c2)[c2] > 1)
     con.register("_id_comp", pa.table({"rid": grouped.astype(np.int64), "c1": c1[grouped], "c2": c2[grouped]}))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_comp_records AS
@@ -263,6 +296,11 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
                r.phone, r.first_name, r.first_name_canon, r.last_name, r.date_of_birth, c.c1, c.c2
         FROM {rec} r JOIN _id_comp c USING (rid) WHERE NOT r.is_satellite""")
     con.unregister("_id_comp")
+
+
+def _over_cap_or_limit(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> tuple[set[int], list[int]]:
+    """Components over the size cap or over a per-profile limit; and those with several first
+    names or dates of birth (checked two by two later)."""
     limits = [(_COLUMN.get(n, n), mx) for n, mx in _limited(settings).items()]
     # more values than a limit needs more records than it: count first, count distinct only there
     over_limit = " OR ".join(f"count({col}) > {mx}" for col, mx in limits) or "FALSE"
@@ -277,21 +315,35 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
         dirty.update(r[0] for r in con.execute(f"""
             SELECT c2 FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[])) GROUP BY c2
             HAVING {" OR ".join(f"count(DISTINCT {col}) > {mx}" for col, mx in limits)}""", [maybe]).fetchall())
+    return dirty, cheap.filter(cheap.column("varied")).column("c2").to_pylist()
+
+
+def _unique_id_clashes(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> set[int]:
+    """Components holding two values of a unique identifier within one source."""
     uniq = " OR ".join(f"min({_COLUMN.get(n, n)}) <> max({_COLUMN.get(n, n)})" for n in _unique_ids(settings))
-    if uniq:
-        dirty.update(r[0] for r in con.execute(
-            f"SELECT DISTINCT c2 FROM id_comp_records GROUP BY c2, source HAVING {uniq}").fetchall())
-    # an attach edge whose candidates lie in several link components
-    dirty.update(r[0] for r in con.execute("""
+    if not uniq:
+        return set()
+    return {r[0] for r in con.execute(
+        f"SELECT DISTINCT c2 FROM id_comp_records GROUP BY c2, source HAVING {uniq}").fetchall()}
+
+
+def _ambiguous_attaches(con: duckdb.DuckDBPyConnection) -> set[int]:
+    """Components with an attach edge whose candidates lie in several link components."""
+    return {r[0] for r in con.execute("""
         SELECT c.c2 FROM id_edge_order e JOIN id_comp_records c ON c.rid = e.rid_l JOIN id_comp_records t ON t.rid = e.rid_r
-        WHERE e.phase = 'attach' GROUP BY e.rid_l, c.c2 HAVING min(t.c1) <> max(t.c1)""").fetchall())
-    # several first names or dates of birth: dirty unless every two records are compatible
-    varied = [c for c in cheap.filter(cheap.column("varied")).column("c2").to_pylist() if c not in dirty]
+        WHERE e.phase = 'attach' GROUP BY e.rid_l, c.c2 HAVING min(t.c1) <> max(t.c1)""").fetchall()}
+
+
+def _incompatible_names_or_dobs(con: duckdb.DuckDBPyConnection, varied: list[int]) -> set[int]:
+    """Of the components ``varied``, those where two records' first names or dates of birth
+    are incompatible."""
+    if not varied:
+        return set()
     rows = con.execute("""
         SELECT c2, list(DISTINCT [first_name, first_name_canon, last_name]) FILTER (WHERE first_name IS NOT NULL),
                list(DISTINCT CAST(date_of_birth AS VARCHAR)) FILTER (WHERE date_of_birth IS NOT NULL)
-        FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[])) GROUP BY c2""", [varied]).fetchall() if varied else []
-    con.execute("DROP TABLE IF EXISTS id_comp_records")
+        FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[])) GROUP BY c2""", [varied]).fetchall()
+    dirty = set()
     for c2_label, names, dobs in rows:
         names, dobs = names or [], dobs or []
         ok = all(names_compatible({a[0], a[1]}, {a[2]} if a[2] else None, {b[0], b[1]}, {b[2]} if b[2] else None)
@@ -299,7 +351,7 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
         ok = ok and all(dobs_compatible({a}, {b}) for i, a in enumerate(dobs) for b in dobs[i + 1:])
         if not ok:
             dirty.add(c2_label)
-    return np.array(sorted(dirty), dtype=np.int64)
+    return dirty
 
 
 _MERGEABLE = (True, None)
