@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -181,14 +180,6 @@ EM_SESSIONS = [
 ]
 
 
-@dataclass
-class SplinkRun:
-    linker: Any
-    db: duckdb.DuckDBPyConnection
-    input_rows: int
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 def _quiet_splink() -> None:
     for name in ("splink", "splink.internals"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -280,12 +271,6 @@ def model_dict(linker) -> dict:
     return linker.misc.save_model_to_json()
 
 
-def save_model(linker, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(model_dict(linker), indent=2, default=str))
-    return path
-
-
 # --------------------------------------------------------------------------- sanity
 def check_parameters(model: dict) -> list[str]:
     """Problems with a trained model's parameters (empty = sane).
@@ -334,9 +319,3 @@ def check_parameters(model: dict) -> list[str]:
                 problems.append(f"{name} / {levels[i].get('label_for_charts')}: Bayes factor {bfs[i]:.3g} is below "
                                 f"that of a looser level ({max(looser):.3g})")
     return problems
-
-
-def assert_sane(model: dict) -> None:
-    problems = check_parameters(model)
-    if problems:
-        raise ModelSanityError("the trained Splink model fails its sanity checks: " + "; ".join(problems))
