@@ -7,6 +7,6 @@ logged) -> ``stable_ids`` -> ``golden``; ``evaluate`` scores it against ground t
 
 CLI entry points (the click commands live in cdp/cli.py):
 ``identity.plan.plan_from_files(config_path, proposed_path)`` for ``cdp identity plan`` and
-``identity.evaluate.evaluate_from_file(config_path)`` for ``cdp evaluate identity --json``;
+``identity.evaluate.evaluate_config(config)`` for ``cdp evaluate identity --json``;
 both return JSON-ready dicts.
 """

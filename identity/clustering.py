@@ -115,20 +115,6 @@ class ClusterStats:
     edges_checked_one_by_one: int = 0  # edges in components where a merge check could fail
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p[root] != root:
-            root = p[root]
-        while p[x] != root:
-            p[x], x = root, p[x]
-        return root
-
-
 def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Connected-component label of every node 0..n-1 (scipy, vectorised)."""
     graph = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
@@ -151,8 +137,49 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     rec = f"{schema}.records"
     n_max, stats.profile_records = con.execute(
         f"SELECT coalesce(max(rid), 0) + 1, count(*) FILTER (WHERE NOT is_satellite) FROM {rec}").fetchall()[0]
+    left, right, attach = _edges_in_order(con, schema, splink_pairs)
+    m = stats.edges = len(left)
 
-    # ---- edges in processing order
+    # ---- components: c1 over link and Splink edges, c2 over every edge (attach too)
+    c1 = _components(n_max, left[~attach], right[~attach])
+    c2 = _components(n_max, left, right)
+    dirty_node = np.ones(n_max, bool)
+    if not edge_by_edge:
+        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec, c1, c2))
+    dirty_edge = dirty_node[left]
+    stats.edges_checked_one_by_one = int(dirty_edge.sum())
+
+    decision = np.full(m, REDUNDANT, dtype=object)
+    reason = np.full(m, None, dtype=object)
+    _accept_conflict_free(decision, n_max, left, right, attach, ~dirty_edge, c1)
+
+    # ---- components where a check could fail: edge by edge, strongest first
+    key = c2.astype(np.int64)  # cluster key per rid; dirty rids get n_max + their union-find root
+    held_roots: set[int] = set()
+    if dirty_edge.any():
+        dirty_idx = np.flatnonzero(dirty_edge)
+        dec, why, roots, held_roots = _constrained_union(con, settings, rec, n_max, dirty_idx, left, right, attach)
+        decision[dirty_idx] = dec
+        reason[dirty_idx] = why
+        key[dirty_node] = n_max + roots[dirty_node]
+    held = np.zeros(n_max, bool)
+    if held_roots:
+        held[dirty_node] = np.isin(key[dirty_node] - n_max, np.fromiter(held_roots, np.int64))
+
+    _write_clusters(con, rec, n_max, key, held)
+    _write_edges(con, schema, decision, reason)
+    stats.accepted = int((decision == ACCEPTED).sum())
+    stats.refused = int((decision == REFUSED).sum())
+    stats.refused_by_reason = _count_reasons(reason)
+    stats.held_clusters = len(held_roots)
+    attach_satellites(con, settings, schema)
+    return stats
+
+
+def _edges_in_order(con: duckdb.DuckDBPyConnection, schema: str,
+                    splink_pairs: pa.Table | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Temp table ``id_edge_order`` (every edge, in processing order) and its (rid_l, rid_r,
+    is attach) as arrays."""
     con.execute("CREATE OR REPLACE TEMP TABLE id_splink_pairs (rid_l BIGINT, rid_r BIGINT, match_probability DOUBLE)")
     if splink_pairs is not None and splink_pairs.num_rows:
         con.register("_splink_pairs", splink_pairs)
@@ -175,55 +202,35 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
                               AND d.rid_l = s.rid_l AND d.rid_r = s.rid_r))
         ORDER BY stage, priority, rule, neg_p, rid_l, rid_r""")
     e = con.sql("SELECT rid_l, rid_r, phase = 'attach' AS attach FROM id_edge_order ORDER BY rowid").to_arrow_table()
-    left = e.column("rid_l").to_numpy().astype(np.int64)
-    right = e.column("rid_r").to_numpy().astype(np.int64)
-    attach = e.column("attach").to_numpy(zero_copy_only=False).astype(bool)
-    del e
-    m = len(left)
-    stats.edges = m
+    return (e.column("rid_l").to_numpy().astype(np.int64), e.column("rid_r").to_numpy().astype(np.int64),
+            e.column("attach").to_numpy(zero_copy_only=False).astype(bool))
 
-    # ---- components: c1 over link and Splink edges, c2 over every edge (attach too)
-    c1 = _components(n_max, left[~attach], right[~attach])
-    c2 = _components(n_max, left, right)
-    dirty_node = np.ones(n_max, bool)
-    if not edge_by_edge:
-        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec, c1, c2))
-    dirty_edge = dirty_node[left]
-    stats.edges_checked_one_by_one = int(dirty_edge.sum())
 
-    decision = np.full(m, REDUNDANT, dtype=object)
-    reason = np.full(m, None, dtype=object)
-
-    # ---- conflict-free components: the spanning forest in processing order is accepted (Kruskal)
-    clean_link = ~dirty_edge & ~attach
-    idx = np.flatnonzero(clean_link)
+def _accept_conflict_free(decision: np.ndarray, n_max: int, left: np.ndarray, right: np.ndarray,
+                          attach: np.ndarray, clean: np.ndarray, c1: np.ndarray) -> None:
+    """In components no check can fail, the spanning forest in processing order is accepted
+    (Kruskal), and an attach edge whose two ends are in different link components."""
+    idx = np.flatnonzero(clean & ~attach)
     if len(idx):
         weights = (idx + 1).astype(np.float64)  # unique, increasing with seq
         tree = minimum_spanning_tree(coo_matrix((weights, (left[idx], right[idx])), shape=(n_max, n_max)).tocsr())
         decision[tree.tocoo().data.astype(np.int64) - 1] = ACCEPTED
-    clean_attach = ~dirty_edge & attach
-    decision[clean_attach & (c1[left] != c1[right])] = ACCEPTED
+    decision[clean & attach & (c1[left] != c1[right])] = ACCEPTED
 
-    # ---- components where a check could fail: edge by edge, strongest first
-    key = c2.astype(np.int64)  # cluster key per rid; dirty rids get n_max + their union-find root
-    held_roots: set[int] = set()
-    if dirty_edge.any():
-        dirty_idx = np.flatnonzero(dirty_edge)
-        dec, why, roots, held_roots = _constrained_union(con, settings, rec, n_max, dirty_idx, left, right, attach)
-        decision[dirty_idx] = dec
-        reason[dirty_idx] = why
-        key[dirty_node] = n_max + roots[dirty_node]
-    held = np.zeros(n_max, bool)
-    if held_roots:
-        held[dirty_node] = np.isin(key[dirty_node] - n_max, np.fromiter(held_roots, np.int64))
 
-    # ---- results back to DuckDB: cluster id = the cluster's smallest rid
+def _write_clusters(con: duckdb.DuckDBPyConnection, rec: str, n_max: int, key: np.ndarray, held: np.ndarray) -> None:
+    """Temp table ``id_clusters``: cluster id = the cluster's smallest rid."""
     con.register("_uf", pa.table({"rid": np.arange(n_max, dtype=np.int64), "k": key, "held": held}))
     con.execute(f"""CREATE OR REPLACE TEMP TABLE id_clusters AS
                     SELECT u.rid, min(u.rid) OVER (PARTITION BY u.k) AS cluster_id, u.held
                     FROM _uf u JOIN {rec} r USING (rid) WHERE NOT r.is_satellite""")
     con.unregister("_uf")
-    con.register("_dec", pa.table({"seq": np.arange(m, dtype=np.int64), "decision": pa.array(decision.tolist(), pa.string()),
+
+
+def _write_edges(con: duckdb.DuckDBPyConnection, schema: str, decision: np.ndarray, reason: np.ndarray) -> None:
+    """``<schema>.edges``: every edge in processing order with its decision and reason."""
+    con.register("_dec", pa.table({"seq": np.arange(len(decision), dtype=np.int64),
+                                   "decision": pa.array(decision.tolist(), pa.string()),
                                    "reason": pa.array(reason.tolist(), pa.string())}))
     con.execute(f"""
         CREATE OR REPLACE TABLE {schema}.edges AS
@@ -232,15 +239,16 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
                                                   WHEN 'redundant' THEN 'already in the same cluster' END) AS reason
         FROM id_edge_order o JOIN _dec d ON d.seq = o.rowid""")
     con.unregister("_dec")
-    stats.accepted = int((decision == ACCEPTED).sum())
-    stats.refused = int((decision == REFUSED).sum())
+
+
+def _count_reasons(reason: np.ndarray) -> dict[str, int]:
+    """Refusals by reason; ``limit:<id>`` counted as ``limit``."""
+    counts: dict[str, int] = {}
     for r in reason:
         if r:
             k = r.split(":")[0] if r.startswith("limit") else r
-            stats.refused_by_reason[k] = stats.refused_by_reason.get(k, 0) + 1
-    stats.held_clusters = len(held_roots)
-    attach_satellites(con, settings, schema)
-    return stats
+            counts[k] = counts.get(k, 0) + 1
+    return counts
 
 
 def _unique_ids(settings: IdentitySettings) -> list[str]:
@@ -255,6 +263,9 @@ def _limited(settings: IdentitySettings) -> dict[str, int]:
 
 
 _COLUMN = {"email": "email_canon"}
+# rules whose edges must also pass the first-name check when their settings `require` a field
+_RULES_THAT_MAY_REQUIRE = ("loyalty_id", "user_id", "subscriber_id", "email", "phone", "anonymous_id",
+                           "link_tracking_id", "order_ref")
 
 
 def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str,
@@ -266,7 +277,18 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
     of its records are compatible (the checks only grow more permissive as clusters grow).
     Cheap aggregates first (counts, min <> max): the distinct counts and name lists are then
     computed only for the few components the cheap ones cannot clear."""
-    grouped = np.flatnonzero(np.bincount(c2)[c2] > 1)  # records of components of two or more
+    _component_records(con, rec, c1, c2)
+    dirty, varied = _over_cap_or_limit(con, settings)
+    dirty |= _unique_id_clashes(con, settings)
+    dirty |= _ambiguous_attaches(con)
+    dirty |= _incompatible_names_or_dobs(con, [c for c in varied if c not in dirty])
+    con.execute("DROP TABLE IF EXISTS id_comp_records")
+    return np.array(sorted(dirty), dtype=np.int64)
+
+
+def _component_records(con: duckdb.DuckDBPyConnection, rec: str, c1: np.ndarray, c2: np.ndarray) -> None:
+    """Temp table ``id_comp_records``: profile records of components of two or more, with their labels."""
+    grouped = np.flatnonzero(np.bincount(c2)[c2] > 1)
     con.register("_id_comp", pa.table({"rid": grouped.astype(np.int64), "c1": c1[grouped], "c2": c2[grouped]}))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE id_comp_records AS
@@ -274,6 +296,11 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
                r.phone, r.first_name, r.first_name_canon, r.last_name, r.date_of_birth, c.c1, c.c2
         FROM {rec} r JOIN _id_comp c USING (rid) WHERE NOT r.is_satellite""")
     con.unregister("_id_comp")
+
+
+def _over_cap_or_limit(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> tuple[set[int], list[int]]:
+    """Components over the size cap or over a per-profile limit; and those with several first
+    names or dates of birth (checked two by two later)."""
     limits = [(_COLUMN.get(n, n), mx) for n, mx in _limited(settings).items()]
     # more values than a limit needs more records than it: count first, count distinct only there
     over_limit = " OR ".join(f"count({col}) > {mx}" for col, mx in limits) or "FALSE"
@@ -288,21 +315,35 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
         dirty.update(r[0] for r in con.execute(f"""
             SELECT c2 FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[])) GROUP BY c2
             HAVING {" OR ".join(f"count(DISTINCT {col}) > {mx}" for col, mx in limits)}""", [maybe]).fetchall())
+    return dirty, cheap.filter(cheap.column("varied")).column("c2").to_pylist()
+
+
+def _unique_id_clashes(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> set[int]:
+    """Components holding two values of a unique identifier within one source."""
     uniq = " OR ".join(f"min({_COLUMN.get(n, n)}) <> max({_COLUMN.get(n, n)})" for n in _unique_ids(settings))
-    if uniq:
-        dirty.update(r[0] for r in con.execute(
-            f"SELECT DISTINCT c2 FROM id_comp_records GROUP BY c2, source HAVING {uniq}").fetchall())
-    # an attach edge whose candidates lie in several link components
-    dirty.update(r[0] for r in con.execute("""
+    if not uniq:
+        return set()
+    return {r[0] for r in con.execute(
+        f"SELECT DISTINCT c2 FROM id_comp_records GROUP BY c2, source HAVING {uniq}").fetchall()}
+
+
+def _ambiguous_attaches(con: duckdb.DuckDBPyConnection) -> set[int]:
+    """Components with an attach edge whose candidates lie in several link components."""
+    return {r[0] for r in con.execute("""
         SELECT c.c2 FROM id_edge_order e JOIN id_comp_records c ON c.rid = e.rid_l JOIN id_comp_records t ON t.rid = e.rid_r
-        WHERE e.phase = 'attach' GROUP BY e.rid_l, c.c2 HAVING min(t.c1) <> max(t.c1)""").fetchall())
-    # several first names or dates of birth: dirty unless every two records are compatible
-    varied = [c for c in cheap.filter(cheap.column("varied")).column("c2").to_pylist() if c not in dirty]
+        WHERE e.phase = 'attach' GROUP BY e.rid_l, c.c2 HAVING min(t.c1) <> max(t.c1)""").fetchall()}
+
+
+def _incompatible_names_or_dobs(con: duckdb.DuckDBPyConnection, varied: list[int]) -> set[int]:
+    """Of the components ``varied``, those where two records' first names or dates of birth
+    are incompatible."""
+    if not varied:
+        return set()
     rows = con.execute("""
         SELECT c2, list(DISTINCT [first_name, first_name_canon, last_name]) FILTER (WHERE first_name IS NOT NULL),
                list(DISTINCT CAST(date_of_birth AS VARCHAR)) FILTER (WHERE date_of_birth IS NOT NULL)
-        FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[])) GROUP BY c2""", [varied]).fetchall() if varied else []
-    con.execute("DROP TABLE IF EXISTS id_comp_records")
+        FROM id_comp_records WHERE c2 IN (SELECT unnest(?::BIGINT[])) GROUP BY c2""", [varied]).fetchall()
+    dirty = set()
     for c2_label, names, dobs in rows:
         names, dobs = names or [], dobs or []
         ok = all(names_compatible({a[0], a[1]}, {a[2]} if a[2] else None, {b[0], b[1]}, {b[2]} if b[2] else None)
@@ -310,7 +351,178 @@ def _components_needing_checks(con: duckdb.DuckDBPyConnection, settings: Identit
         ok = ok and all(dobs_compatible({a}, {b}) for i, a in enumerate(dobs) for b in dobs[i + 1:])
         if not ok:
             dirty.add(c2_label)
-    return np.array(sorted(dirty), dtype=np.int64)
+    return dirty
+
+
+_MERGEABLE = (True, None)
+
+
+class _ClusterState:
+    """Union-find over record ids, plus what the merge rules look at, kept per cluster root:
+    profile-record count, unique identifier values (``name@source`` -> value), the values of
+    each limited identifier, first names (as given and canonical), last names, dates of birth.
+
+    ``can_merge`` asks every rule, in the order refusals are reported; ``merge`` joins two
+    roots and their state. Sets are owned by one root each, so merging may grow them in place."""
+
+    __slots__ = ("parent", "size", "uniq", "multi", "firsts", "lasts", "dobs", "value_sets", "held",
+                 "limited", "requires", "cap")
+
+    def __init__(self, settings: IdentitySettings, n_max: int, cols: dict[str, list]):
+        self.parent = list(range(n_max))
+        self.size = [0] * n_max
+        self.uniq: dict[int, dict[str, str]] = {}
+        self.limited = _limited(settings)
+        self.multi: dict[str, dict[int, set]] = {name: {} for name in self.limited}
+        self.firsts: dict[int, set] = {}
+        self.lasts: dict[int, set] = {}
+        self.dobs: dict[int, set] = {}
+        self.held: set[int] = set()
+        # every root -> set of values map, merged alike
+        self.value_sets = [*self.multi.values(), self.firsts, self.lasts, self.dobs]
+        self.requires = {name: bool(settings.rule(name).requires) for name in _RULES_THAT_MAY_REQUIRE}
+        self.cap = settings.max_cluster_size
+        # column by column: indexing every column per row cost twice as much
+        rids = cols["rid"]
+        for rid, entity in zip(rids, cols["entity"]):
+            self.size[rid] = 0 if entity == "transactions" else 1  # receipts do not count towards the cap
+        self._load_unique_ids(_unique_ids(settings), rids, cols)
+        self._load_limited(rids, cols)
+        self._load_names_and_dobs(rids, cols)
+
+    @classmethod
+    def load(cls, con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str, n_max: int,
+             rids: np.ndarray) -> _ClusterState:
+        """The state of every profile record in ``rids``, each its own cluster."""
+        con.register("_id_dirty", pa.table({"rid": rids}))
+        cols = con.sql(f"""
+            SELECT rid, source, entity, loyalty_id, user_id, subscriber_id, anonymous_id, email_canon, phone,
+                   first_name, first_name_canon, last_name, CAST(date_of_birth AS VARCHAR) AS dob
+            FROM {rec} WHERE NOT is_satellite AND rid IN (SELECT rid FROM _id_dirty) ORDER BY rid""").to_arrow_table().to_pydict()
+        con.unregister("_id_dirty")
+        return cls(settings, n_max, cols)
+
+    def _load_unique_ids(self, names: list[str], rids: list[int], cols: dict[str, list]) -> None:
+        uniq = self.uniq
+        for name in names:
+            # unique within a source: two sources' loyalty ids are different numbering schemes
+            for rid, source, v in zip(rids, cols["source"], cols[_COLUMN.get(name, name)]):
+                if v is not None:
+                    uniq.setdefault(rid, {})[f"{name}@{source}"] = v
+
+    def _load_limited(self, rids: list[int], cols: dict[str, list]) -> None:
+        for name, values in self.multi.items():
+            for rid, v in zip(rids, cols[_COLUMN.get(name, name)]):
+                if v is not None:
+                    values[rid] = {v}
+
+    def _load_names_and_dobs(self, rids: list[int], cols: dict[str, list]) -> None:
+        firsts, lasts, dobs = self.firsts, self.lasts, self.dobs
+        for rid, f, fc, last, dob in zip(rids, cols["first_name"], cols["first_name_canon"], cols["last_name"],
+                                         cols["dob"]):
+            if f is not None:
+                firsts[rid] = {f, fc}
+            if last is not None:
+                lasts[rid] = {last}
+            if dob is not None:
+                dobs[rid] = {dob}
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        root = x
+        while p[root] != root:
+            root = p[root]
+        while p[x] != root:  # path compression
+            p[x], x = root, p[x]
+        return root
+
+    # ---- the merge rules, a and b being roots; each returns the refusal or None / True if it refuses
+
+    def _merge_protection(self, a: int, b: int) -> str | None:
+        """Two different values of one unique identifier (from one source) never merge."""
+        ua, ub = self.uniq.get(a), self.uniq.get(b)
+        if ua and ub:
+            for k, v in ua.items():
+                w = ub.get(k)
+                if w is not None and w != v:
+                    return "merge_protection:" + k.split("@", 1)[0]
+        return None
+
+    def _over_limit(self, a: int, b: int) -> str | None:
+        """Together more distinct values of an identifier than ``max_per_profile``."""
+        for name, mx in self.limited.items():
+            values = self.multi[name]
+            sa, sb = values.get(a), values.get(b)
+            if sa and sb and len(sa | sb) > mx:
+                return "limit:" + name
+        return None
+
+    def _over_size_cap(self, a: int, b: int) -> bool:
+        return self.size[a] + self.size[b] > self.cap
+
+    def _first_names_conflict(self, a: int, b: int) -> bool:
+        fa, fb = self.firsts.get(a), self.firsts.get(b)
+        return bool(fa and fb) and not names_compatible(fa, self.lasts.get(a), fb, self.lasts.get(b))
+
+    def _dobs_conflict(self, a: int, b: int) -> bool:
+        da, db = self.dobs.get(a), self.dobs.get(b)
+        return bool(da and db) and not dobs_compatible(da, db)
+
+    def can_merge(self, a: int, b: int, rule: str) -> tuple[bool, str | None]:
+        """(True, None), or (False, why) for the first rule that refuses merging roots a and b
+        over an edge of ``rule``. Names are checked for Splink edges and rules that require
+        them; dates of birth for Splink edges only (a deterministic rule has its own evidence)."""
+        why = self._merge_protection(a, b) or self._over_limit(a, b)
+        if why is not None:
+            return False, why
+        if self._over_size_cap(a, b):
+            return False, "cluster_size_cap"
+        splink = rule == "splink"
+        if (splink or self.requires.get(rule)) and self._first_names_conflict(a, b):
+            return False, "conflict:first_name"
+        if splink and self._dobs_conflict(a, b):
+            return False, "conflict:date_of_birth"
+        return _MERGEABLE
+
+    def merge(self, a: int, b: int) -> None:
+        """Join roots a and b: the larger becomes the root and takes the other's state."""
+        size = self.size
+        if size[a] < size[b]:
+            a, b = b, a
+        self.parent[b] = a
+        size[a] += size[b]
+        ub = self.uniq.pop(b, None)
+        if ub:
+            self.uniq.setdefault(a, {}).update(ub)
+        for values in self.value_sets:  # inline, not a helper call per set: runs on every merge
+            sb = values.pop(b, None)
+            if sb:
+                sa = values.get(a)
+                if sa is None:
+                    values[a] = sb
+                elif len(sa) >= len(sb):  # grow the larger set
+                    sa |= sb
+                else:
+                    sb |= sa
+                    values[a] = sb
+        if b in self.held:
+            self.held.discard(b)
+            self.held.add(a)
+
+    def hold(self, a: int, b: int) -> None:
+        """Flag both clusters for review (a merge refused by the size cap)."""
+        self.held.add(a)
+        self.held.add(b)
+
+    def roots(self, n_max: int, rids) -> np.ndarray:
+        """Union-find root per rid 0..n_max-1 (a rid not in ``rids`` is its own root)."""
+        roots = np.arange(n_max, dtype=np.int64)
+        for r in rids:
+            roots[r] = self.find(r)
+        return roots
+
+    def held_roots(self) -> set[int]:
+        return {self.find(h) for h in self.held}
 
 
 def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, idx: np.ndarray,
@@ -318,171 +530,79 @@ def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, id
     """The exact edge-by-edge clustering over the edges ``idx`` (in processing order).
 
     Returns (decision per edge, reason per edge, union-find root per rid, roots held for review)."""
-    con.register("_id_dirty", pa.table({"rid": np.unique(np.concatenate([left[idx], right[idx]]))}))
-    cols = con.sql(f"""
-        SELECT rid, source, entity, loyalty_id, user_id, subscriber_id, anonymous_id, email_canon, phone,
-               first_name, first_name_canon, last_name, CAST(date_of_birth AS VARCHAR) AS dob
-        FROM {rec} WHERE NOT is_satellite AND rid IN (SELECT rid FROM _id_dirty) ORDER BY rid""").to_arrow_table().to_pydict()
-    con.unregister("_id_dirty")
+    state = _ClusterState.load(con, settings, rec, n_max, np.unique(np.concatenate([left[idx], right[idx]])))
+    edges = _EdgeDecisions(state, left[idx].tolist(), right[idx].tolist(), _rules_of(con, idx))
+    edges.run(is_attach[idx].tolist())
+    return edges.decision, edges.reason, state.roots(n_max, set(edges.left) | set(edges.right)), state.held_roots()
+
+
+def _rules_of(con: duckdb.DuckDBPyConnection, idx: np.ndarray) -> list[str]:
+    """The rule of each edge in ``idx`` (seq = rowid of id_edge_order)."""
     con.register("_id_idx", pa.table({"seq": idx}))
-    rules = [r[0] for r in con.execute("SELECT o.rule FROM id_edge_order o JOIN _id_idx i ON i.seq = o.rowid ORDER BY i.seq").fetchall()]
+    rules = [r[0] for r in con.execute(
+        "SELECT o.rule FROM id_edge_order o JOIN _id_idx i ON i.seq = o.rowid ORDER BY i.seq").fetchall()]
     con.unregister("_id_idx")
+    return rules
 
-    # ---- per-cluster state, keyed by root rid
-    size = [0] * n_max
-    uniq: dict[int, dict[str, str]] = {}
-    multi: dict[str, dict[int, set]] = {}
-    firsts: dict[int, set] = {}
-    lasts: dict[int, set] = {}
-    dobs: dict[int, set] = {}
-    unique_ids = _unique_ids(settings)
-    limited = _limited(settings)
-    col_of = _COLUMN
-    for name in limited:
-        multi[name] = {}
-    rids = cols["rid"]  # (column by column: indexing every column per row cost twice as much)
-    for rid, entity in zip(rids, cols["entity"]):
-        size[rid] = 0 if entity == "transactions" else 1
-    for name in unique_ids:
-        for rid, source, v in zip(rids, cols["source"], cols[col_of.get(name, name)]):
-            if v is not None:
-                uniq.setdefault(rid, {})[f"{name}@{source}"] = v
-    for name in limited:
-        d = multi[name]
-        for rid, v in zip(rids, cols[col_of.get(name, name)]):
-            if v is not None:
-                d[rid] = {v}
-    for rid, f, fc, last, dob in zip(rids, cols["first_name"], cols["first_name_canon"], cols["last_name"], cols["dob"]):
-        if f is not None:
-            firsts[rid] = {f, fc}
-        if last is not None:
-            lasts[rid] = {last}
-        if dob is not None:
-            dobs[rid] = {dob}
-    del cols
 
-    requires = {name: bool(settings.rule(name).requires) for name in
-                ("loyalty_id", "user_id", "subscriber_id", "email", "phone", "anonymous_id", "link_tracking_id",
-                 "order_ref")}
-    L, R = left[idx].tolist(), right[idx].tolist()
-    phases = ["attach" if a else "link" for a in is_attach[idx]]
-    m = len(L)
-    decision = [REDUNDANT] * m
-    reason: list[str | None] = [None] * m
-    uf = _UnionFind(n_max)
-    find = uf.find
-    parent = uf.parent
-    held: set[int] = set()
-    cap = settings.max_cluster_size
+class _EdgeDecisions:
+    """The decision and reason of each edge, taken one edge (or one attach group) at a time."""
 
-    def check(ra: int, rb: int, rule: str) -> str | None:
-        ua, ub = uniq.get(ra), uniq.get(rb)
-        if ua and ub:
-            for k, v in ua.items():
-                w = ub.get(k)
-                if w is not None and w != v:
-                    return "merge_protection:" + k.split("@", 1)[0]
-        for name, mx in limited.items():
-            sa, sb = multi[name].get(ra), multi[name].get(rb)
-            if sa and sb and len(sa | sb) > mx:
-                return "limit:" + name
-        if size[ra] + size[rb] > cap:
-            return "cluster_size_cap"
-        if rule == "splink" or requires.get(rule):
-            fa, fb = firsts.get(ra), firsts.get(rb)
-            if fa and fb and not names_compatible(fa, lasts.get(ra), fb, lasts.get(rb)):
-                return "conflict:first_name"
-        if rule == "splink":
-            da, db = dobs.get(ra), dobs.get(rb)
-            if da and db and not dobs_compatible(da, db):
-                return "conflict:date_of_birth"
-        return None
+    def __init__(self, state: _ClusterState, left: list[int], right: list[int], rules: list[str]):
+        self.state, self.left, self.right, self.rules = state, left, right, rules
+        self.decision = [REDUNDANT] * len(left)
+        self.reason: list[str | None] = [None] * len(left)
 
-    def union(ra: int, rb: int) -> None:
-        if size[ra] < size[rb]:
-            ra, rb = rb, ra
-        parent[rb] = ra
-        size[ra] += size[rb]
-        ub = uniq.pop(rb, None)
-        if ub:
-            uniq.setdefault(ra, {}).update(ub)
-        for name in limited:
-            d = multi[name]
-            sb = d.pop(rb, None)
-            if sb:
-                sa = d.get(ra)
-                if sa is None:
-                    d[ra] = sb
-                elif len(sa) >= len(sb):
-                    sa |= sb
-                else:
-                    sb |= sa
-                    d[ra] = sb
-        for d in (firsts, lasts, dobs):
-            sb = d.pop(rb, None)
-            if sb:
-                sa = d.get(ra)
-                if sa is None:
-                    d[ra] = sb
-                else:
-                    sa |= sb
-        if rb in held:
-            held.discard(rb)
-            held.add(ra)
+    def run(self, is_attach: list[bool]) -> None:
+        """Every edge in processing order. A link or Splink edge merges its two clusters unless
+        a rule refuses; consecutive attach edges from one record are settled together."""
+        state, left, right, rules, decision, reason = (self.state, self.left, self.right, self.rules,
+                                                       self.decision, self.reason)
+        find, can_merge, merge = state.find, state.can_merge, state.merge  # bound once: the hot loop
+        group: list[int] = []
+        for i, attach in enumerate(is_attach):
+            if attach:
+                if group and left[group[0]] != left[i]:
+                    self.attach(group)
+                    group = []
+                group.append(i)
+                continue
+            a, b = find(left[i]), find(right[i])
+            if a == b:
+                continue  # redundant
+            ok, why = can_merge(a, b, rules[i])
+            if ok:
+                decision[i] = ACCEPTED
+                merge(a, b)
+            else:
+                decision[i], reason[i] = REFUSED, why
+                if why == "cluster_size_cap":
+                    state.hold(a, b)
+        self.attach(group)
 
-    attach_from = -1
-    attach_edges: list[int] = []
-
-    def settle_attach(idx: list[int]) -> None:
-        if not idx:
+    def attach(self, group: list[int]) -> None:
+        """Attach edges from one record: it joins only if all its candidates are in one
+        cluster (else every edge to another cluster is refused as ambiguous)."""
+        if not group:
             return
-        targets = {find(R[i]) for i in idx}
-        own = find(L[idx[0]])
+        state, right = self.state, self.right
+        own = state.find(self.left[group[0]])
+        targets = {state.find(right[i]) for i in group}
         targets.discard(own)
         if not targets:
             return
         if len(targets) > 1:
-            for i in idx:
-                if find(R[i]) != own:
-                    decision[i], reason[i] = REFUSED, "ambiguous:" + rules[i]
+            for i in group:
+                if state.find(right[i]) != own:
+                    self.decision[i], self.reason[i] = REFUSED, "ambiguous:" + self.rules[i]
             return
         target = targets.pop()
-        why = check(own, target, rules[idx[0]])
-        for i in idx:
-            if find(R[i]) == own:
-                continue
-            if why is None:
-                decision[i] = ACCEPTED
-            else:
-                decision[i], reason[i] = REFUSED, why
-        if why is None:
-            union(own, target)
-
-    for i in range(m):
-        if phases[i] == "attach":
-            if L[i] != attach_from:
-                settle_attach(attach_edges)
-                attach_from, attach_edges = L[i], []
-            attach_edges.append(i)
-            continue
-        ra, rb = find(L[i]), find(R[i])
-        if ra == rb:
-            continue
-        why = check(ra, rb, rules[i])
-        if why is None:
-            decision[i] = ACCEPTED
-            union(ra, rb)
-        else:
-            decision[i], reason[i] = REFUSED, why
-            if why == "cluster_size_cap":
-                held.add(ra)
-                held.add(rb)
-    settle_attach(attach_edges)
-
-    roots = np.arange(n_max, dtype=np.int64)
-    for r in set(L) | set(R):
-        roots[r] = find(r)
-    return decision, reason, roots, {find(h) for h in held}
+        ok, why = state.can_merge(own, target, self.rules[group[0]])
+        for i in group:
+            if state.find(right[i]) != own:
+                self.decision[i], self.reason[i] = (ACCEPTED, None) if ok else (REFUSED, why)
+        if ok:
+            state.merge(own, target)
 
 
 def attach_satellites(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity") -> None:

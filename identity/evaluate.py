@@ -136,21 +136,6 @@ def linkable_recall(con: duckdb.DuckDBPyConnection, schema: str = "identity", on
     return out
 
 
-def error_examples(con: duckdb.DuckDBPyConnection, schema: str = "identity", limit: int = 20) -> dict:
-    """Over-merged clusters and split persons, with the records involved (after evaluate())."""
-    over = con.sql(f"""
-        WITH j AS (SELECT g.person_id, t.true_id, g.record_key FROM {schema}.graph g JOIN id_truth t USING (record_key)
-                   WHERE t.identifiable)
-        SELECT person_id, list(DISTINCT true_id) FROM j GROUP BY person_id HAVING count(DISTINCT true_id) > 1
-        LIMIT {limit}""").fetchall()
-    under = con.sql(f"""
-        WITH j AS (SELECT g.person_id, t.true_id FROM {schema}.graph g JOIN id_truth t USING (record_key)
-                   WHERE t.identifiable)
-        SELECT true_id, list(DISTINCT person_id) FROM j GROUP BY true_id HAVING count(DISTINCT person_id) > 1
-        LIMIT {limit}""").fetchall()
-    return {"over_merged": over, "under_merged": under}
-
-
 def unique_id_conflicts(con: duckdb.DuckDBPyConnection, schema: str = "identity") -> int:
     """Persons holding two different loyalty ids of one source, or two login user ids."""
     return int(con.sql(f"""
@@ -181,10 +166,3 @@ def evaluate_config(config, con: duckdb.DuckDBPyConnection | None = None) -> dic
         return run(con)
     with open_warehouse(config.warehouse_path, read_only=True) as c:
         return run(c)
-
-
-def evaluate_from_file(config_path: str | None = None) -> dict:
-    """For the CLI: ``cdp evaluate identity --json`` (reads the warehouse read-only)."""
-    from core.config import load_config
-
-    return evaluate_config(load_config(config_path))

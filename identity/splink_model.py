@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -181,14 +180,6 @@ EM_SESSIONS = [
 ]
 
 
-@dataclass
-class SplinkRun:
-    linker: Any
-    db: duckdb.DuckDBPyConnection
-    input_rows: int
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 def _quiet_splink() -> None:
     for name in ("splink", "splink.internals"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -280,12 +271,6 @@ def model_dict(linker) -> dict:
     return linker.misc.save_model_to_json()
 
 
-def save_model(linker, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(model_dict(linker), indent=2, default=str))
-    return path
-
-
 # --------------------------------------------------------------------------- sanity
 def check_parameters(model: dict) -> list[str]:
     """Problems with a trained model's parameters (empty = sane).
@@ -306,37 +291,52 @@ def check_parameters(model: dict) -> list[str]:
     for comp in model.get("comparisons", []):
         name = comp.get("output_column_name", "?")
         levels = [lv for lv in comp["comparison_levels"] if not lv.get("is_null_level")]
-        ms, us, bfs = [], [], []
-        for lv in levels:
-            label = lv.get("label_for_charts", lv["sql_condition"])
-            m, u = lv.get("m_probability"), lv.get("u_probability")
-            for what, p in (("m", m), ("u", u)):
-                if p is None or (isinstance(p, float) and math.isnan(p)) or not (0 < p <= 1):
-                    problems.append(f"{name} / {label}: {what}-probability {p!r} is not a probability in (0, 1]")
-            if m is None or u is None or not (0 < m <= 1) or not (0 < u <= 1):
-                bfs.append(None)
-                continue
-            ms.append(m)
-            us.append(u)
-            bfs.append(m / u)
-        for what, vals in (("m", ms), ("u", us)):
-            if vals and abs(sum(vals) - 1) > 0.02:
-                problems.append(f"{name}: {what}-probabilities sum to {sum(vals):.3f}, not 1")
-        if bfs and bfs[0] is not None and bfs[0] <= 1:
-            problems.append(f"{name} / {levels[0].get('label_for_charts')}: exact agreement has m={levels[0]['m_probability']:.4g} "
-                            f"<= u={levels[0]['u_probability']:.4g}, i.e. agreeing counts against a match")
-        if bfs and bfs[-1] is not None and bfs[-1] >= 1:
-            problems.append(f"{name} / else: disagreement has m={levels[-1]['m_probability']:.4g} "
-                            f">= u={levels[-1]['u_probability']:.4g}, i.e. disagreeing counts for a match")
-        for i in range(1, len(bfs) - 1):
-            looser = [b for b in bfs[i + 1:-1] if b is not None]
-            if bfs[i] is not None and bfs[i] < 1 and looser and max(looser) > 2 * max(bfs[i], 1e-12) and max(looser) > 1:
-                problems.append(f"{name} / {levels[i].get('label_for_charts')}: Bayes factor {bfs[i]:.3g} is below "
-                                f"that of a looser level ({max(looser):.3g})")
+        bfs = _bayes_factors(name, levels, problems)
+        _check_direction(name, levels, bfs, problems)
+        _check_monotone(name, levels, bfs, problems)
     return problems
 
 
-def assert_sane(model: dict) -> None:
-    problems = check_parameters(model)
-    if problems:
-        raise ModelSanityError("the trained Splink model fails its sanity checks: " + "; ".join(problems))
+def _is_probability(p) -> bool:
+    return p is not None and not (isinstance(p, float) and math.isnan(p)) and 0 < p <= 1
+
+
+def _bayes_factors(name: str, levels: list[dict], problems: list[str]) -> list[float | None]:
+    """m/u per level (None where either is not a probability); reports bad probabilities and
+    m or u not summing to ~1 over the levels."""
+    ms, us, bfs = [], [], []
+    for lv in levels:
+        label = lv.get("label_for_charts", lv["sql_condition"])
+        m, u = lv.get("m_probability"), lv.get("u_probability")
+        for what, p in (("m", m), ("u", u)):
+            if not _is_probability(p):
+                problems.append(f"{name} / {label}: {what}-probability {p!r} is not a probability in (0, 1]")
+        if m is None or u is None or not (0 < m <= 1) or not (0 < u <= 1):
+            bfs.append(None)
+            continue
+        ms.append(m)
+        us.append(u)
+        bfs.append(m / u)
+    for what, vals in (("m", ms), ("u", us)):
+        if vals and abs(sum(vals) - 1) > 0.02:
+            problems.append(f"{name}: {what}-probabilities sum to {sum(vals):.3f}, not 1")
+    return bfs
+
+
+def _check_direction(name: str, levels: list[dict], bfs: list[float | None], problems: list[str]) -> None:
+    """Exact agreement counts for a match, the else level against."""
+    if bfs and bfs[0] is not None and bfs[0] <= 1:
+        problems.append(f"{name} / {levels[0].get('label_for_charts')}: exact agreement has m={levels[0]['m_probability']:.4g} "
+                        f"<= u={levels[0]['u_probability']:.4g}, i.e. agreeing counts against a match")
+    if bfs and bfs[-1] is not None and bfs[-1] >= 1:
+        problems.append(f"{name} / else: disagreement has m={levels[-1]['m_probability']:.4g} "
+                        f">= u={levels[-1]['u_probability']:.4g}, i.e. disagreeing counts for a match")
+
+
+def _check_monotone(name: str, levels: list[dict], bfs: list[float | None], problems: list[str]) -> None:
+    """No level is evidence against while a looser one is (2x slack for noise)."""
+    for i in range(1, len(bfs) - 1):
+        looser = [b for b in bfs[i + 1:-1] if b is not None]
+        if bfs[i] is not None and bfs[i] < 1 and looser and max(looser) > 2 * max(bfs[i], 1e-12) and max(looser) > 1:
+            problems.append(f"{name} / {levels[i].get('label_for_charts')}: Bayes factor {bfs[i]:.3g} is below "
+                            f"that of a looser level ({max(looser):.3g})")

@@ -27,11 +27,12 @@ replenishment and VIP early access = lift x (1 - churn probability) (0.5 when un
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from core.settings.scoring import CHANNELS, OffersSettings
+from core.settings.scoring import CHANNELS, Offer, OffersSettings
 
 INPUT_COLUMNS = {
     "person_id": "person",
@@ -62,90 +63,187 @@ def in_holdout(person_ids, experiment: str, share: float) -> np.ndarray:
     return np.array([u(p) < share for p in person_ids], dtype=bool)
 
 
+CART_OFFERS = ("cart_reminder", "cart_reminder_discount")
+_OFFER_REASON = {"cross_sell": "cross_sell_favourite_category", "replenishment": "due_for_replenishment",
+                 "vip_early_access": "vip_customer"}
+
+
 def decide_offers(people: pd.DataFrame, settings: OffersSettings) -> pd.DataFrame:
+    """The rule book (module docstring) applied to every person: one row per contactable person."""
+    _require_inputs(people)
+    catalog = {name: spec for name, spec in settings.catalog.items() if name != "none"}
+    channels_used = sorted({spec.channel for spec in catalog.values()})
+    people, consent = _contactable(people, channels_used)
+    s = _Signals.of(people, consent, settings)
+    eligible, value = {}, {}
+    for name, spec in catalog.items():
+        if name not in _CANDIDATES:  # pragma: no cover - the settings model only allows these names
+            raise ValueError(f"unknown offer {name!r}")
+        candidate, propensity, worth = _CANDIDATES[name](s, spec)
+        eligible[name] = (candidate & _consented(s, spec) & _under_frequency_cap(s, spec)
+                          & _discount_needed(s, spec))
+        value[name] = _expected_value(propensity, worth, spec)
+    chosen, best_ev = _best_offer(catalog, eligible, value, len(people))
+    discounts = any(spec.discount_pct > 0 for spec in catalog.values())
+    reasons = [_reason_codes(s, i, offer, channels_used, discounts) for i, offer in enumerate(chosen)]
+    holdout = in_holdout(people["person_id"].tolist(), settings.experiment, settings.holdout_share)
+    return _offers_frame(people, settings, catalog, chosen, best_ev, reasons, holdout)
+
+
+def _require_inputs(people: pd.DataFrame) -> None:
     missing = [c for c in INPUT_COLUMNS if c not in people.columns]
     if missing:
         raise ValueError(f"next-best-offer inputs lack column(s): {', '.join(missing)}")
-    catalog = {name: spec for name, spec in settings.catalog.items() if name != "none"}
-    channels_used = sorted({spec.channel for spec in catalog.values()})
+
+
+def _contactable(people: pd.DataFrame, channels_used: list[str]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Rule 1: only people with consent on a channel some offer uses; their consent per channel."""
     consent = {ch: people[f"consent_{CHANNELS[ch]}"].fillna(False).astype(bool).to_numpy() for ch in CHANNELS}
     contactable = np.zeros(len(people), dtype=bool)
     for ch in channels_used:
         contactable |= consent[ch]
-    people = people[contactable].reset_index(drop=True)
-    consent = {ch: v[contactable] for ch, v in consent.items()}
-    n = len(people)
+    return people[contactable].reset_index(drop=True), {ch: v[contactable] for ch, v in consent.items()}
 
-    churn = people["churn_probability"].astype(float).to_numpy()
-    stay = np.where(np.isnan(churn), 0.5, 1 - churn)
-    risk = people["risk_tier"].astype(object).to_numpy()
-    intent = people["intent_group"].astype(object).to_numpy()
-    has_cart = people["cart_id"].notna().to_numpy()
-    cart_value = people["cart_value"].astype(float).fillna(0).to_numpy()
-    p_cart = people["purchase_probability"].astype(float).fillna(0).to_numpy()
-    cart_bought = people["cart_bought_recently"].fillna(False).astype(bool).to_numpy()
-    capped = people["marketing_emails_7d"].fillna(0).to_numpy() >= settings.max_emails_per_7_days
-    likely_buyer = (intent == "likely") | (risk == "low")
 
-    eligible, value = {}, {}
-    for name, spec in catalog.items():
-        if name == "cart_reminder":
-            ok, p, worth = has_cart & ~cart_bought, p_cart, spec.value * cart_value
-        elif name == "cart_reminder_discount":
-            ok, p = has_cart & ~cart_bought, np.minimum(1.0, p_cart + spec.lift)
-            worth = (spec.value - spec.discount_pct) * cart_value
-        elif name == "winback_discount":
-            ok, p, worth = np.isin(risk, ["high", "medium"]), np.nan_to_num(churn) * spec.lift, np.full(n, spec.value)
-        elif name == "cross_sell":
-            ok, p, worth = people["cross_sell_sku"].notna().to_numpy(), spec.lift * stay, np.full(n, spec.value)
-        elif name == "replenishment":
-            ok, p, worth = people["replenishment_sku"].notna().to_numpy(), spec.lift * stay, np.full(n, spec.value)
-        elif name == "vip_early_access":
-            ok, p, worth = people["is_vip"].fillna(False).astype(bool).to_numpy(), spec.lift * stay, np.full(n, spec.value)
-        else:  # pragma: no cover - the settings model only allows the names above
-            raise ValueError(f"unknown offer {name!r}")
-        ok = ok & consent[spec.channel]
-        if spec.channel == "email":
-            ok = ok & ~capped
-        if spec.discount_pct > 0:
-            ok = ok & ~likely_buyer
-        eligible[name] = ok
-        value[name] = p * worth - spec.cost
+@dataclass
+class _Signals:
+    """What the rules read, one array entry per contactable person."""
 
+    people: pd.DataFrame
+    consent: dict[str, np.ndarray]
+    churn: np.ndarray  # NaN: not a recent buyer
+    stay: np.ndarray  # 1 - churn probability, 0.5 when unknown
+    risk: np.ndarray
+    intent: np.ndarray
+    has_cart: np.ndarray
+    cart_value: np.ndarray
+    p_cart: np.ndarray
+    cart_bought: np.ndarray
+    capped: np.ndarray  # at the email frequency cap
+    likely_buyer: np.ndarray  # would buy anyway: cart intent 'likely' or churn risk 'low'
+
+    @classmethod
+    def of(cls, people: pd.DataFrame, consent: dict[str, np.ndarray], settings: OffersSettings) -> _Signals:
+        churn = people["churn_probability"].astype(float).to_numpy()
+        risk = people["risk_tier"].astype(object).to_numpy()
+        intent = people["intent_group"].astype(object).to_numpy()
+        return cls(
+            people=people, consent=consent, churn=churn, stay=np.where(np.isnan(churn), 0.5, 1 - churn),
+            risk=risk, intent=intent, has_cart=people["cart_id"].notna().to_numpy(),
+            cart_value=people["cart_value"].astype(float).fillna(0).to_numpy(),
+            p_cart=people["purchase_probability"].astype(float).fillna(0).to_numpy(),
+            cart_bought=people["cart_bought_recently"].fillna(False).astype(bool).to_numpy(),
+            capped=people["marketing_emails_7d"].fillna(0).to_numpy() >= settings.max_emails_per_7_days,
+            likely_buyer=(intent == "likely") | (risk == "low"))
+
+    def flag(self, column: str) -> np.ndarray:
+        return self.people[column].fillna(False).astype(bool).to_numpy()
+
+    def present(self, column: str) -> np.ndarray:
+        return self.people[column].notna().to_numpy()
+
+    def constant(self, value: float) -> np.ndarray:
+        return np.full(len(self.people), value)
+
+
+# ---- the rules that apply to every offer: each gives who may receive it
+
+def _consented(s: _Signals, spec: Offer) -> np.ndarray:
+    """Rule 1: consent on the offer's own channel."""
+    return s.consent[spec.channel]
+
+
+def _under_frequency_cap(s: _Signals, spec: Offer) -> np.ndarray | bool:
+    """Rule 2: no email offer at or above the 7-day marketing email cap."""
+    return ~s.capped if spec.channel == "email" else True
+
+
+def _discount_needed(s: _Signals, spec: Offer) -> np.ndarray | bool:
+    """Rule 3: no discount for people likely to buy anyway."""
+    return ~s.likely_buyer if spec.discount_pct > 0 else True
+
+
+def _cart_not_bought_recently(s: _Signals) -> np.ndarray:
+    """Rule 4 for carts: an open cart whose items were not all bought recently (cross-sell and
+    replenishment products already exclude recent purchases in `offer_inputs`)."""
+    return s.has_cart & ~s.cart_bought
+
+
+def _expected_value(propensity: np.ndarray, worth: np.ndarray, spec: Offer) -> np.ndarray:
+    """Rule 5: propensity x value - cost."""
+    return propensity * worth - spec.cost
+
+
+# ---- each offer: (who is a candidate, propensity to buy, value of a conversion)
+
+def _cart_reminder(s: _Signals, spec: Offer):
+    return _cart_not_bought_recently(s), s.p_cart, spec.value * s.cart_value
+
+
+def _cart_reminder_discount(s: _Signals, spec: Offer):
+    # the discount adds its lift to the cart model's probability and is taken off the value
+    return (_cart_not_bought_recently(s), np.minimum(1.0, s.p_cart + spec.lift),
+            (spec.value - spec.discount_pct) * s.cart_value)
+
+
+def _winback_discount(s: _Signals, spec: Offer):
+    # lift = the share of would-be churners the offer keeps
+    return np.isin(s.risk, ["high", "medium"]), np.nan_to_num(s.churn) * spec.lift, s.constant(spec.value)
+
+
+def _cross_sell(s: _Signals, spec: Offer):
+    return s.present("cross_sell_sku"), spec.lift * s.stay, s.constant(spec.value)
+
+
+def _replenishment(s: _Signals, spec: Offer):
+    return s.present("replenishment_sku"), spec.lift * s.stay, s.constant(spec.value)
+
+
+def _vip_early_access(s: _Signals, spec: Offer):
+    return s.flag("is_vip"), spec.lift * s.stay, s.constant(spec.value)
+
+
+_CANDIDATES = {"cart_reminder": _cart_reminder, "cart_reminder_discount": _cart_reminder_discount,
+               "winback_discount": _winback_discount, "cross_sell": _cross_sell, "replenishment": _replenishment,
+               "vip_early_access": _vip_early_access}
+
+
+def _best_offer(catalog: dict[str, Offer], eligible: dict[str, np.ndarray], value: dict[str, np.ndarray],
+                n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 5: the eligible offer of highest expected value if positive, else 'none'; and that value."""
     names = list(catalog)
     ev = np.column_stack([np.where(eligible[k], value[k], -np.inf) for k in names]) if names else np.zeros((n, 0))
     best = ev.argmax(axis=1) if names else np.zeros(n, dtype=int)
     best_ev = ev[np.arange(n), best] if names else np.full(n, -np.inf)
     chosen = np.where(best_ev > 0, np.array(names, dtype=object)[best] if names else "none", "none")
+    return chosen, best_ev
+
+
+def _reason_codes(s: _Signals, i: int, offer: str, channels_used: list[str], discounts: bool) -> str:
+    """Why person i got ``offer``: what made it fit, then every rule that held something back."""
+    codes = []
+    if offer in CART_OFFERS:
+        codes += ["open_cart", f"cart_intent_{s.intent[i]}"]
+    elif offer == "winback_discount":
+        codes.append(f"churn_risk_{s.risk[i]}")
+    elif offer in _OFFER_REASON:
+        codes.append(_OFFER_REASON[offer])
+    if s.capped[i]:
+        codes.append("frequency_capped")
+    if s.likely_buyer[i] and discounts:
+        codes.append("no_discount_likely_buyer")
+    if s.has_cart[i] and s.cart_bought[i]:
+        codes.append("cart_items_bought_recently")
+    codes += [f"no_consent_{ch}" for ch in channels_used if not s.consent[ch][i]]
+    codes.append("best_expected_value" if offer != "none" else "nothing_worth_sending")
+    return ",".join(codes)
+
+
+def _offers_frame(people: pd.DataFrame, settings: OffersSettings, catalog: dict[str, Offer], chosen: np.ndarray,
+                  best_ev: np.ndarray, reasons: list[str], holdout: np.ndarray) -> pd.DataFrame:
+    """Rule 6: held-out people get 'holdout' on no channel; `assigned_*` keep what they would have got."""
+    n = len(people)
     none_spec = settings.catalog.get("none")
-
-    reasons = []
-    for i in range(n):
-        offer = chosen[i]
-        codes = []
-        if offer in ("cart_reminder", "cart_reminder_discount"):
-            codes += ["open_cart", f"cart_intent_{intent[i]}"]
-        elif offer == "winback_discount":
-            codes += [f"churn_risk_{risk[i]}"]
-        elif offer == "cross_sell":
-            codes += ["cross_sell_favourite_category"]
-        elif offer == "replenishment":
-            codes += ["due_for_replenishment"]
-        elif offer == "vip_early_access":
-            codes += ["vip_customer"]
-        if capped[i]:
-            codes.append("frequency_capped")
-        if likely_buyer[i] and any(s.discount_pct > 0 for s in catalog.values()):
-            codes.append("no_discount_likely_buyer")
-        if has_cart[i] and cart_bought[i]:
-            codes.append("cart_items_bought_recently")
-        for ch in channels_used:
-            if not consent[ch][i]:
-                codes.append(f"no_consent_{ch}")
-        codes.append("best_expected_value" if offer != "none" else "nothing_worth_sending")
-        reasons.append(",".join(codes))
-
-    holdout = in_holdout(people["person_id"].tolist(), settings.experiment, settings.holdout_share)
     channel = np.array([catalog[o].channel if o in catalog else (none_spec.channel if none_spec else "none")
                         for o in chosen], dtype=object)
     channel = np.where(chosen == "none", "none", channel)
@@ -163,7 +261,6 @@ def decide_offers(people: pd.DataFrame, settings: OffersSettings) -> pd.DataFram
                                  np.array(reasons, dtype=object)),
         "holdout": holdout,
         "experiment": settings.experiment,
-        "cart_id": np.where(np.isin(chosen, ["cart_reminder", "cart_reminder_discount"]),
-                            people["cart_id"].astype(object), None),
+        "cart_id": np.where(np.isin(chosen, CART_OFFERS), people["cart_id"].astype(object), None),
         "sku": sku,
     })

@@ -17,7 +17,6 @@ from .textops import STR, S, hex_strings, padded, pick, scramble, split_email, s
 from .timeline import US_PER_DAY, US_PER_HOUR, Timeline
 
 MAX_EMAILS = 3
-MAX_DEVICES = 3
 NAME_DERIVED_EMAIL_SHARE = 0.35  # the rest are handles unrelated to the name
 
 

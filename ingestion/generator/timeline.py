@@ -8,8 +8,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import numpy as np
-
 US_PER_SECOND = 1_000_000
 US_PER_MINUTE = 60 * US_PER_SECOND
 US_PER_HOUR = 60 * US_PER_MINUTE
@@ -64,8 +62,3 @@ class Timeline:
     def history_months(self) -> list[Month]:
         """Months with at least some time before the cutoff (these get landing files)."""
         return [m for m in self.months if m.start_us < self.cutoff_us]
-
-    def month_index(self, times_us: np.ndarray) -> np.ndarray:
-        """Index into ``months`` of each time (times outside the grid clip to the ends)."""
-        starts = np.array([m.start_us for m in self.months], dtype=np.int64)
-        return np.clip(np.searchsorted(starts, times_us, side="right") - 1, 0, len(starts) - 1)

@@ -82,9 +82,6 @@ class Landing:
     def register(self, name: str, table: Table | pa.Table) -> None:
         self.con.register(name, table if isinstance(table, pa.Table) else to_arrow(table))
 
-    def create(self, name: str, sql: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {sql}")
-
     def copy(self, sql: str, relative: str, con: duckdb.DuckDBPyConnection | None = None) -> int:
         path = self.out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
