@@ -54,8 +54,12 @@ def read_manifest(published_dir: Path) -> dict:
 def open_snapshot(path: Path) -> duckdb.DuckDBPyConnection:
     """A sealed, read-only connection to one snapshot file."""
     con = duckdb.connect(str(path), read_only=True, config=dict(SEALED_SETTINGS))
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET lock_configuration = true")
+    # A second connection to a file already open in this process shares its database, whose
+    # configuration the first one locked (the publish report reads the new snapshot while
+    # charting the recent ones): nothing to set then.
+    if con.execute("SELECT current_setting('lock_configuration')").fetchone()[0] is not True:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET lock_configuration = true")
     return con
 
 
