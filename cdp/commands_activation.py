@@ -43,6 +43,7 @@ def sync_command(config_path, name, all_syncs, dry_run, as_json) -> None:
     """Sync audiences and traits from the published snapshot to a destination (diffed, consent-safe)."""
     from activation.state import StateBusy
     from activation.sync import SyncError, run_all, run_sync
+    from dagster_project.defs.activation import record_cli_syncs
 
     config = load_config_or_exit(config_path)
     if bool(name) == bool(all_syncs):
@@ -52,6 +53,11 @@ def sync_command(config_path, name, all_syncs, dry_run, as_json) -> None:
         reports = run_all(config, dry_run, progress) if all_syncs else [run_sync(config, name, dry_run, progress)]
     except (SyncError, StateBusy) as e:
         raise UserError(str(e)) from None
+    try:
+        # The sync assets in the Dagster UI show this delivery too.
+        record_cli_syncs(config, reports)
+    except Exception as e:  # the deliveries are done and recorded in the sync state either way
+        click.echo(f"warning: could not record the sync in Dagster: {e}", err=True)
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in reports], default=str))
     else:

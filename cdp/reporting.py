@@ -13,6 +13,7 @@ from rich.table import Table
 from cdp.reporting_scoring import print_model_overview
 from core.config import Config
 from core.contracts import ENTITIES
+from core.dbt_project import dbt_project_dir
 from core.snapshots import current_path, read_manifest
 from core.warehouse import WarehouseBusy, open_warehouse, table_exists
 from expectations.gate import latest_gate
@@ -165,6 +166,10 @@ def status_dict(config: Config, config_path: Path) -> dict:
             "published": str(config.published_dir),
             "dagster_home": str(config.dagster_home),
             "reports": str(config.reports_dir),
+            # The installed dbt project, and where dbt writes for this project (manifest,
+            # partial-parse state, one folder per invocation under runs/).
+            "dbt_project": str(dbt_project_dir()),
+            "dbt_target": str(config.dbt_target_dir),
         },
         "sources": [{"name": s.name, "kind": s.kind, "entities": sorted(s.entities)} for s in config.enabled_sources()],
         "latest_run": latest_run(config.dagster_home),

@@ -1,7 +1,10 @@
 """``cdp run``: the Dagster asset graph, executed in this process, with a readable summary.
 
 The same assets, checks and run history as in the Dagster UI (runs are recorded in the
-config's ``paths.dagster_home``), without a web server.
+config's ``paths.dagster_home``), without a web server. The project reaches the assets through
+the definitions' TesseraResource and the Dagster instance is opened from its folder: nothing is
+set in the process environment, so calls for different projects can follow each other (or
+interleave) in one process.
 """
 
 from __future__ import annotations
@@ -10,8 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdp.scaffold import ensure_dagster_home
-from core.config import CONFIG_ENV, Config, find_config_path, load_config
+from core.config import Config, find_config_path, load_config
 from core.pii import mask_obj, mask_pii
 
 # `cdp run --only STAGE` → the Dagster asset groups it runs. Later stages add theirs.
@@ -77,10 +79,9 @@ class RunSummary:
         return mask_obj(out)
 
 
-def prepare_environment(config: Config, config_path: Path) -> None:
-    """Point Dagster and the definitions at this project (before importing definitions)."""
-    os.environ[CONFIG_ENV] = str(config_path)
-    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home(config.dagster_home))
+def quiet_tools() -> None:
+    """No telemetry from the tools a run loads (process-wide and the same for every project, so
+    set once and never restored; an explicit setting in the environment wins)."""
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -98,36 +99,31 @@ def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] |
     unknown = [s for s in (only or []) if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
-    cfg_path = find_config_path(config_path)
+    cfg_path = find_config_path(config_path).resolve()
     config = load_config(cfg_path)
-    saved = {k: os.environ.get(k) for k in (CONFIG_ENV, "DAGSTER_HOME")}
-    prepare_environment(config, cfg_path)
-    try:
-        return _execute(config, only, accept_drift)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    quiet_tools()
+    return _execute(config, cfg_path, only, accept_drift)
 
 
-def _execute(config: Config, only: list[str] | None, accept_drift: bool = False) -> RunSummary:
+def _execute(config: Config, cfg_path: Path, only: list[str] | None, accept_drift: bool = False) -> RunSummary:
     from dagster_project.run_guard import project_run
 
     # One run at a time, and nothing a killed run left behind blocks this one (run_guard.py);
     # taken before the definitions load, so a second `cdp run` is turned away at once.
     with project_run(config, trigger="cdp run") as claim:
-        return _execute_claimed(config, only, accept_drift, claim)
+        return _execute_claimed(config, cfg_path, only, accept_drift, claim)
 
 
-def _execute_claimed(config: Config, only: list[str] | None, accept_drift: bool, claim) -> RunSummary:
+def _execute_claimed(config: Config, cfg_path: Path, only: list[str] | None, accept_drift: bool,
+                     claim) -> RunSummary:
 
-    from dagster import AssetSelection, DagsterInstance
+    from dagster import AssetSelection
 
-    from dagster_project.definitions import GATE_CHECKS, defs
+    from dagster_project.definitions import GATE_CHECKS, build_definitions
     from dagster_project.defs.quality import ACCEPT_DRIFT_TAG
+    from dagster_project.defs.resources import project_instance
 
+    defs = build_definitions(cfg_path)
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     if only:
@@ -145,7 +141,7 @@ def _execute_claimed(config: Config, only: list[str] | None, accept_drift: bool,
     tags = {"tessera/trigger": "cli", "tessera/stages": ",".join(only or ["all"]), **claim.tags}
     if accept_drift:
         tags[ACCEPT_DRIFT_TAG] = "true"
-    with DagsterInstance.get() as instance:
+    with project_instance(config) as instance:
         result = job.execute_in_process(
             instance=instance,
             run_id=claim.run_id,

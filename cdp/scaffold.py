@@ -6,6 +6,7 @@ from pathlib import Path
 
 from core.config import load_config
 from core.salt import salt_path, write_salt_file
+from dagster_project.instance import ensure_dagster_home
 
 # The example segments file `cdp init` writes beside cdp.yaml.
 EXAMPLE_SEGMENTS = Path(__file__).resolve().parents[1] / "segments" / "example.yaml"
@@ -120,26 +121,6 @@ privacy:
   folder: privacy             # erasure requests and reports (hashes only)
 """
 
-# Dagster instance settings: one run at a time and one warehouse writer at a time
-# (DuckDB allows a single writing process per file), no telemetry.
-DAGSTER_YAML = """\
-telemetry:
-  enabled: false
-# Stage progress lines (Python loggers named tessera.*) appear in each run's event log.
-# Emails and phone numbers in them are masked when each record is created (the code location
-# installs core.pii at import), so the event log never receives them; a handler added
-# under dagster_handler_config can take the same filter: {"()": core.pii.MaskPII}.
-python_logs:
-  managed_python_loggers:
-    - tessera
-concurrency:
-  runs:
-    max_concurrent_runs: 1
-  pools:
-    default_limit: 1
-"""
-
-
 def init_project(directory: Path, force: bool = False, project: str | None = None) -> Path:
     directory = directory.resolve()
     cfg_path = directory / "cdp.yaml"
@@ -155,11 +136,3 @@ def init_project(directory: Path, force: bool = False, project: str | None = Non
     ensure_dagster_home(config.dagster_home)
     write_salt_file(salt_path(config))
     return cfg_path
-
-
-def ensure_dagster_home(dagster_home: Path) -> Path:
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    yaml_path = dagster_home / "dagster.yaml"
-    if not yaml_path.exists():
-        yaml_path.write_text(DAGSTER_YAML)
-    return dagster_home

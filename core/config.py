@@ -169,6 +169,13 @@ class Config(_Strict):
         return self.resolve(self.paths.dagster_home)
 
     @property
+    def dbt_target_dir(self) -> Path:
+        """dbt's target/ for this project: the parsed manifest, the partial-parse state and one
+        folder per dbt invocation (runs/). Beside Dagster's run history, not in the installed
+        code, so projects sharing one install keep their own parse state."""
+        return self.dagster_home / "dbt_target"
+
+    @property
     def segments_file(self) -> Path:
         return self.resolve(self.segments.file)
 

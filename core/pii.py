@@ -38,7 +38,7 @@ import re
 from collections.abc import Iterable
 
 from core.contracts import ENTITIES
-from core.published import ManifestError, published_tables
+from core.published import ManifestError, manifest_path, published_tables
 
 # Email-shaped, dotless domains included: an invalid address a destination quotes back
 # ("ann@nodomain looks fake") is still personal data.
@@ -70,7 +70,8 @@ def pii_fields() -> frozenset[str]:
         return _PII_FIELDS[0]
     names = {f.name for e in ENTITIES for f in e.fields if f.pii}
     try:
-        names |= {c for t in published_tables() for c in t.pii_columns}
+        # Never parse from here (a logging filter may ask): the manifest a run has made, if any.
+        names |= {c for t in published_tables(manifest_path(parse=False)) for c in t.pii_columns}
         found = True
     except ManifestError:
         found = False

@@ -37,6 +37,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.dbt_project import cache_target_dir, installed_manifest
+
 CONSENT_CHANNELS = ("email_marketing", "sms_marketing", "web_personalisation")
 # dbt's copy is the var `consent_channels` in dbt/dbt_project.yml (dbt cannot import Python and
 # passing it with --vars would make dbt re-parse the project); a test keeps the two equal.
@@ -48,7 +50,6 @@ PUBLISHED_TAG = "published"
 KEY_TEST = "unique_key"
 # Points the published-table registry at another dbt manifest (tests; a relocated dbt target).
 MANIFEST_ENV = "TESSERA_DBT_MANIFEST"
-_DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "dbt" / "target" / "manifest.json"
 
 
 class ManifestError(RuntimeError):
@@ -91,10 +92,13 @@ class PublishedTable:
         return self.relation.split(".")[1]
 
 
-def manifest_path() -> Path:
-    """Where ``dbt parse`` writes the manifest the registry reads (``$TESSERA_DBT_MANIFEST``
-    overrides it)."""
-    return Path(os.environ[MANIFEST_ENV]) if os.environ.get(MANIFEST_ENV) else _DEFAULT_MANIFEST
+def manifest_path(parse: bool = True) -> Path:
+    """The manifest the registry reads: ``$TESSERA_DBT_MANIFEST`` when set, else the installed
+    dbt project's, parsed into the per-user cache when missing or stale (``parse=False``: the
+    cached file as it is, which may not exist yet)."""
+    if os.environ.get(MANIFEST_ENV):
+        return Path(os.environ[MANIFEST_ENV])
+    return installed_manifest() if parse else cache_target_dir() / "manifest.json"
 
 
 _CACHE: dict[tuple[str, int], tuple[PublishedTable, ...]] = {}

@@ -6,8 +6,8 @@ warehouse's ``marts`` schema, or a published snapshot's ``main``); each must hav
 non-empty description in ``manifest.json``. With a snapshot, every table in it must also be
 a documented published model.
 
-    python -m marketing.table_docs --manifest dbt/target/manifest.json --catalog DIR/catalog.json
-    python -m marketing.table_docs --manifest dbt/target/manifest.json --database published/tessera.duckdb --schema main
+    python -m marketing.table_docs --manifest PROJECT/.dagster/dbt_target/manifest.json --catalog DIR/catalog.json
+    python -m marketing.table_docs --manifest PROJECT/.dagster/dbt_target/manifest.json --database published/tessera.duckdb --schema main
 
 Exit status 1 and one line per problem when something is undocumented.
 """

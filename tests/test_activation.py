@@ -224,9 +224,19 @@ def test_dry_run_prints_plan_masked_and_sends_nothing(tmp_path):
         assert "12 additions" in res.output and "dry run" in res.output
         assert "a***@***.com" in res.output and "@example.com" not in res.output and "Ann" not in res.output
         assert sum(k.requests.values()) == 0 and not state_path(tmp_path).exists()
+        assert not (tmp_path / ".dagster").exists()  # a dry run records nothing in Dagster
         res = CliRunner().invoke(main, ["sync", "--all", "--config", str(tmp_path / "cdp.yaml")])
         assert res.exit_code == 0, res.output
         assert "sent 12" in res.output and len(k.deliveries) == 12
+    # The delivery made outside Dagster is the sync asset's latest materialization in the
+    # project's instance (the UI no longer says "Never materialized").
+    from dagster import AssetKey, DagsterInstance
+
+    with DagsterInstance.from_config(str(tmp_path / ".dagster")) as instance:
+        event = instance.get_latest_materialization_event(AssetKey(["activation", "vip_klaviyo"]))
+    assert event is not None and event.run_id == ""  # runless: reported, not run
+    meta = event.asset_materialization.metadata
+    assert meta["sent"].value == 12 and meta["trigger"].value == "cli"
 
 
 def test_config_rules_and_clear_errors(tmp_path, monkeypatch):

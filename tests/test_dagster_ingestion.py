@@ -133,3 +133,32 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, monkeypatch):
     init_project(tmp_path / "p")
     res = runner.invoke(cdp, ["run", "--config", str(tmp_path / "p" / "cdp.yaml"), "--only", "nonsense"])
     assert res.exit_code == 2 and "unknown stage(s) nonsense" in res.output
+
+
+def test_run_pipeline_twice_on_two_projects_in_one_process(tmp_path, monkeypatch):
+    """`cdp run` is in-process and leaves no process-global state: two projects run one after
+    the other in one process each get their own rows and their own run history."""
+    from cdp.runner import run_pipeline
+    from cdp.scaffold import init_project
+    from core.config import load_config
+    from core.warehouse import fetch_value, open_warehouse
+
+    monkeypatch.delenv("CDP_CONFIG", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    environ_before = dict(os.environ)
+    projects = {}
+    for name, events in (("a", 30), ("b", 7)):
+        config = load_config(init_project(tmp_path / name))
+        write(config.landing_dir / "web" / "events_2025-01.jsonl", "\n".join(web_line(i) for i in range(events)) + "\n")
+        projects[name] = (config, events)
+    summaries = {name: run_pipeline(config.root / "cdp.yaml", only=["ingestion"]) for name, (config, _) in projects.items()}
+    for name, (config, events) in projects.items():
+        summary = summaries[name]
+        assert summary.ok, summary.failures
+        web = next(m for m in summary.materialized if m.asset == "raw/web_events")
+        assert web.metadata["dagster/row_count"] == events
+        with open_warehouse(config.warehouse_path, read_only=True) as con:
+            assert fetch_value(con, "SELECT count(*) FROM raw.web_events") == events
+        with DagsterInstance.from_config(str(config.dagster_home)) as instance:
+            assert [r.run_id for r in instance.get_runs()] == [summary.run_id]
+    assert dict(os.environ) == environ_before  # nothing set, nothing left behind

@@ -390,7 +390,9 @@ def test_every_published_column_is_described_in_dbt(built, tmp_path, capsys):
     from marketing.table_docs import main as check_docs
 
     _, config = built
-    manifest = Path(__file__).resolve().parents[1] / "dbt" / "target" / "manifest.json"  # parsed by the build
+    from dagster_project.defs.dbt_marts import DBT_PROJECT
+
+    manifest = DBT_PROJECT.manifest_path  # parsed when the definitions loaded
     r1 = str(config.published_dir / "snapshots" / "r1.duckdb")  # the real marts only
     assert check_docs(["--manifest", str(manifest), "--database", r1]) == 0
     assert "every one described" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import os
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetSelection,
     DefaultScheduleStatus,
     Failure,
@@ -18,10 +19,10 @@ from dagster import (
     asset,
 )
 
-from activation.sync import run_sync
-from core.config import CONFIG_ENV, ConfigError, load_config
+from activation.sync import SyncReport, run_sync
+from core.config import Config, ConfigError, load_config
 from core.settings.activation import SyncConfig
-from dagster_project.defs.resources import TesseraResource
+from dagster_project.defs.resources import TesseraResource, project_instance
 
 ACTIVATION_GROUP = "activation"
 PUBLISH_KEY = AssetKey(["publish", "snapshot"])
@@ -44,13 +45,7 @@ def build_sync_asset(sync: SyncConfig):
     )
     def _sync(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
         report = run_sync(tessera.load(), sync.name, progress=context.log.info)
-        metadata = {
-            "snapshot": report.snapshot or "",
-            **{f"planned_{k}": v for k, v in report.planned.items()},
-            "sent": report.sent, "rejected": report.rejected, "failed": report.failed,
-            "requests": report.requests, "seconds": report.seconds,
-            "not_sent": MetadataValue.json(report.skipped),
-        }
+        metadata = sync_metadata(report)
         if report.failed:
             raise Failure(
                 f"sync {sync.name}: {report.failed} change(s) not acknowledged ({report.error}); they stay "
@@ -58,6 +53,32 @@ def build_sync_asset(sync: SyncConfig):
         return MaterializeResult(metadata=metadata)
 
     return _sync
+
+
+def sync_metadata(report: SyncReport) -> dict:
+    return {
+        "snapshot": report.snapshot or "",
+        **{f"planned_{k}": v for k, v in report.planned.items()},
+        "sent": report.sent, "rejected": report.rejected, "failed": report.failed,
+        "requests": report.requests, "seconds": report.seconds,
+        "not_sent": MetadataValue.json(report.skipped),
+    }
+
+
+def record_cli_syncs(config: Config, reports: list[SyncReport]) -> None:
+    """Record `cdp sync` deliveries in the project's Dagster instance, as the asset would (a
+    materialization for a delivery that completed, nothing for a dry run or a failed one), so
+    the UI shows when each sync last ran whether it ran in Dagster or from the command line."""
+    done = [r for r in reports if not r.dry_run and r.ok]
+    if not done:
+        return
+    with project_instance(config) as instance:
+        for report in done:
+            instance.report_runless_asset_event(AssetMaterialization(
+                asset_key=sync_key(report.sync),
+                description=f"cdp sync {report.sync} (run {report.run_id}), outside Dagster",
+                metadata={**sync_metadata(report), "trigger": "cli"},
+            ))
 
 
 def build_sync_schedule(sync: SyncConfig) -> ScheduleDefinition:
@@ -71,15 +92,18 @@ def build_sync_schedule(sync: SyncConfig) -> ScheduleDefinition:
     )
 
 
-def configured_syncs() -> list[SyncConfig]:
-    """The enabled syncs of the config Dagster was started with ($CDP_CONFIG); none without one."""
+def configured_syncs(config_path: str | os.PathLike | None) -> list[SyncConfig]:
+    """The enabled syncs of a config; none without one."""
+    if not config_path:
+        return []
     try:
-        return [s for s in load_config(os.environ.get(CONFIG_ENV)).syncs if s.enabled]
+        return [s for s in load_config(config_path).syncs if s.enabled]
     except ConfigError as e:
         log.warning("no sync assets: %s", str(e).splitlines()[0])
         return []
 
 
-SYNCS = configured_syncs()
-SYNC_ASSETS = [build_sync_asset(s) for s in SYNCS]
-SYNC_SCHEDULES = [build_sync_schedule(s) for s in SYNCS if s.schedule]
+def sync_defs(config_path: str | os.PathLike | None) -> tuple[list, list[ScheduleDefinition]]:
+    """The sync assets and schedules of a config (the code location's: $CDP_CONFIG)."""
+    syncs = configured_syncs(config_path)
+    return [build_sync_asset(s) for s in syncs], [build_sync_schedule(s) for s in syncs if s.schedule]

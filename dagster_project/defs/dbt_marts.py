@@ -1,9 +1,12 @@
 """dbt assets: the `dbt/` project (staging views, intermediate tables, published marts).
 
-One ``DbtProject`` is the single source of truth for paths. dbt sources map onto the assets
-that write them (``raw.X`` -> ``raw/X`` from ingestion, ``identity.Y`` -> ``identity/Y``
-from identity resolution); models are grouped by layer and keyed ``<layer>/<model>``; dbt
-data tests become asset checks. The warehouse path and ``as_of`` come from cdp.yaml.
+The dbt project is installed code (core/dbt_project.py); what dbt writes (manifest, partial-parse
+state, one target folder per invocation) lives in the project's ``Config.dbt_target_dir``. dbt
+sources map onto the assets that write them (``raw.X`` -> ``raw/X`` from ingestion,
+``identity.Y`` -> ``identity/Y`` from identity resolution); models are grouped by layer and keyed
+``<layer>/<model>``; dbt data tests become asset checks. The warehouse path and ``as_of`` come from
+cdp.yaml through the TesseraResource, as dbt --vars of each invocation: nothing is set in the
+process environment, so one process can build several projects.
 """
 
 
@@ -14,16 +17,15 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
-from contextlib import contextmanager
+import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from dagster import AssetExecutionContext, AssetKey, Output
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
-from core.config import CONFIG_ENV, ConfigError, load_config
+from core.config import CONFIG_ENV, Config, ConfigError, load_config
+from core.dbt_project import DBT_EXECUTABLE, WAREHOUSE_VAR, cache_target_dir, dbt_project_dir, manifest_is_stale
 from core.settings.scoring import dbt_vars
 from core.warehouse import fetch_all, open_warehouse, table_exists
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
@@ -31,89 +33,95 @@ from dagster_project.defs.resources import TesseraResource
 
 log = logging.getLogger("tessera.dbt")
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt"
-# profiles.yml reads the warehouse file from this variable.
-WAREHOUSE_ENV = "TESSERA_WAREHOUSE"
+# The installed dbt project (package data, see core/dbt_project.py): code only. Everything dbt
+# writes goes to the project's Config.dbt_target_dir.
+DBT_PROJECT_DIR = dbt_project_dir()
 # The dbt layers, which are also the Dagster groups (`cdp run --only marts` runs all three).
 DBT_LAYERS = ("staging", "intermediate", "marts")
 
-# dbt from this interpreter's environment: `cdp` is often run as .venv/bin/cdp, without the
-# venv's bin/ on PATH.
-DBT_EXECUTABLE = str(Path(sys.executable).parent / "dbt") if (Path(sys.executable).parent / "dbt").exists() else "dbt"
-
-DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR)
+PARTIAL_PARSE = "partial_parse.msgpack"
 
 
-@contextmanager
-def _warehouse_env(path: Path | str) -> Iterator[None]:
-    """Point profiles.yml at a warehouse file for the duration of a dbt invocation.
-
-    Also sets dbt's indirect selection to `buildable`: Dagster may run a subset of a dbt
-    selection as its own step, and with dbt's default (`eager`) a subset holding `customers`
-    would pull in the relationship tests of after-scoring models that are not built yet."""
-    wanted = {WAREHOUSE_ENV: str(path), "DBT_INDIRECT_SELECTION": os.environ.get("DBT_INDIRECT_SELECTION", "buildable")}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def invocation_vars(config: Config) -> dict[str, Any]:
+    """The --vars of every dbt invocation for a project: its warehouse file (profiles.yml reads
+    it), its as_of when cdp.yaml sets one (else dbt's default, the invocation's start) and the
+    feature models' settings that differ from dbt_project.yml (core.settings.scoring.dbt_vars).
+    The same for every invocation of one project, so its partial-parse state stays valid: dbt
+    re-parses everything when the vars or the profile change."""
+    return {
+        WAREHOUSE_VAR: str(config.warehouse_path),
+        **({"as_of": config.as_of.isoformat()} if config.as_of is not None else {}),
+        **dbt_vars(config.churn, config.cart_intent),
+    }
 
 
-def _parse_warehouse_path() -> Path:
-    """The warehouse path to parse with: the configured one when cdp.yaml is at hand (so a
-    run's `dbt build` can reuse the parse: dbt re-parses everything when the profile changes),
-    else a placeholder (`dbt parse` never opens it)."""
-    if os.environ.get(WAREHOUSE_ENV):
-        return Path(os.environ[WAREHOUSE_ENV])
-    try:
-        return load_config(os.environ.get(CONFIG_ENV)).warehouse_path
-    except (ConfigError, OSError):
-        return DBT_PROJECT.project_dir / DBT_PROJECT.target_path / "parse_only.duckdb"
+def _load_time_target() -> tuple[Path, dict[str, Any]]:
+    """The target folder and vars to parse the manifest with when the definitions load: those of
+    the project Dagster was started for ($CDP_CONFIG, as `dagster dev` is), else the cache."""
+    if os.environ.get(CONFIG_ENV):
+        try:
+            config = load_config(os.environ[CONFIG_ENV])
+            return config.dbt_target_dir, invocation_vars(config)
+        except (ConfigError, OSError):
+            pass
+    folder = cache_target_dir()
+    return folder, {WAREHOUSE_VAR: str(folder / "parse_only.duckdb")}  # `dbt parse` never opens it
 
 
 def _manifest_is_stale(project: DbtProject) -> bool:
-    manifest = project.manifest_path
-    if not manifest.exists():
-        return True
-    built = manifest.stat().st_mtime
-    sources = [project.project_dir / "dbt_project.yml", project.project_dir / "profiles.yml"]
-    for folder in ("models", "macros", "tests", "snapshots", "seeds"):
-        sources.extend(p for p in (project.project_dir / folder).rglob("*") if p.is_file())
-    return any(p.stat().st_mtime > built for p in sources if p.exists())
+    return manifest_is_stale(Path(project.manifest_path))
 
 
-def ensure_manifest(project: DbtProject = DBT_PROJECT) -> Path:
-    """`dbt parse` when target/manifest.json is missing or older than the project's files, so a
-    fresh clone loads without manual steps (a cold parse takes ~10-15 s on 2 cores; an
-    up-to-date manifest costs nothing)."""
+def _seed_partial_parse(state_dir: Path, run_target: Path) -> None:
+    """Start an invocation's own target folder from the project's partial-parse state."""
+    run_target.mkdir(parents=True, exist_ok=True)
+    if (state_dir / PARTIAL_PARSE).exists():
+        shutil.copy(state_dir / PARTIAL_PARSE, run_target / PARTIAL_PARSE)
+
+
+def _keep_partial_parse(run_target: Path, state_dir: Path) -> None:
+    """Hand an invocation's parse state back to the project's target folder (atomically: another
+    process may be seeding from it)."""
+    state = Path(run_target) / PARTIAL_PARSE
+    if state.exists():
+        tmp = state_dir / f".{PARTIAL_PARSE}-{os.getpid()}"
+        shutil.copy(state, tmp)
+        os.replace(tmp, state_dir / PARTIAL_PARSE)
+
+
+def ensure_manifest(project: DbtProject, variables: Mapping[str, Any]) -> Path:
+    """`dbt parse` into the project's target folder when its manifest.json is missing or older
+    than the dbt project's files, so a fresh install loads without manual steps.
+
+    Not `DbtProject.prepare_if_dev()`: it does nothing outside `dagster dev`, and `cdp run` and a
+    deployed code location load without it (a pip-installed wheel has no build step that could
+    run `dagster-dbt project prepare-and-package`); under `dagster dev` it re-parses on every
+    load (measured: 3.7 CPU-s, 12 s wall on the shared 2 cores, with warm partial-parse state,
+    against a few file stats for this check), and its preparer runs the `dbt` found on PATH,
+    which `.venv/bin/cdp` does not have. The parse itself is dagster-dbt's (`DbtCliResource.cli`), with the project's vars."""
     if _manifest_is_stale(project):
         log.info("dbt: parsing %s (manifest missing or out of date)", project.project_dir)
-        target = project.project_dir / project.target_path
-        scratch = target / f".parse-{os.getpid()}"
-        env = {**os.environ, WAREHOUSE_ENV: str(_parse_warehouse_path()), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-        if (target / "partial_parse.msgpack").exists():
-            scratch.mkdir(parents=True, exist_ok=True)
-            shutil.copy(target / "partial_parse.msgpack", scratch / "partial_parse.msgpack")
+        target = Path(project.target_path)
+        scratch = target / f".parse-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        _seed_partial_parse(target, scratch)
         try:
-            done = subprocess.run(
-                [DBT_EXECUTABLE, "parse", "--quiet", "--project-dir", str(project.project_dir),
-                 "--profiles-dir", str(project.profiles_dir), "--target-path", str(scratch)],
-                env=env, capture_output=True, text=True,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"dbt parse failed in {project.project_dir}:\n{done.stdout}{done.stderr}")
+            DbtCliResource(project_dir=project, dbt_executable=DBT_EXECUTABLE).cli(
+                ["parse", "--quiet", "--vars", json.dumps(dict(variables))], target_path=scratch,
+            ).wait()
             # Move the results in atomically: another process may be loading the definitions too.
-            for name in ("partial_parse.msgpack", "manifest.json"):
+            for name in (PARTIAL_PARSE, "manifest.json"):
                 if (scratch / name).exists():
                     os.replace(scratch / name, target / name)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return project.manifest_path
+
+
+_LOAD_TARGET, _LOAD_VARS = _load_time_target()
+# The project the definitions are built from. Its target folder only holds the manifest the
+# asset definitions are read from (the same for every project: it depends on the dbt code);
+# each build writes to the target folder of the project its TesseraResource points at.
+DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR, target_path=_LOAD_TARGET)
 
 
 class TesseraDbtTranslator(DagsterDbtTranslator):
@@ -149,15 +157,8 @@ class TesseraDbtTranslator(DagsterDbtTranslator):
         return description or f"dbt {kind} {dbt_resource_props['name']}"
 
 
-def _dbt_args(as_of, model_vars: dict | None = None) -> list[str]:
-    # Without an as_of in cdp.yaml, dbt's default (the invocation's start) applies and no --vars
-    # is passed: changing vars makes dbt re-parse the whole project. `model_vars` are the
-    # feature models' settings that differ from dbt_project.yml (core.settings.scoring.dbt_vars).
-    args = ["build"]
-    variables = {**({"as_of": as_of.isoformat()} if as_of is not None else {}), **(model_vars or {})}
-    if variables:
-        args += ["--vars", json.dumps(variables)]
-    return args
+def _dbt_args(config: Config) -> list[str]:
+    return ["build", "--vars", json.dumps(invocation_vars(config))]
 
 
 class _DbtProgress(io.TextIOBase):
@@ -174,28 +175,6 @@ class _DbtProgress(io.TextIOBase):
         return len(text)
 
 
-def _keep_partial_parse(run_target: Path) -> None:
-    """Hand the run's parse state back to the project's target/: each run parses in a target
-    folder of its own seeded from there, and dbt re-parses everything when the profile (the
-    warehouse path) or the vars differ from that seed's."""
-    state = Path(run_target) / "partial_parse.msgpack"
-    if state.exists():
-        tmp = DBT_PROJECT.project_dir / DBT_PROJECT.target_path / f".partial_parse-{os.getpid()}"
-        shutil.copy(state, tmp)
-        os.replace(tmp, DBT_PROJECT.project_dir / DBT_PROJECT.target_path / "partial_parse.msgpack")
-
-
-def _row_counts(warehouse: Path, relations: dict[str, str]) -> dict[str, int]:
-    """Row counts of built tables, read after dbt has exited (DuckDB allows one writer)."""
-    if not relations:
-        return {}
-    union = " UNION ALL ".join(
-        f"SELECT '{uid}' AS uid, count(*) AS n FROM {rel}" for uid, rel in relations.items()
-    )
-    with open_warehouse(warehouse, read_only=True) as con:
-        return {uid: n for uid, n in fetch_all(con, union)}
-
-
 def _built_as_of(warehouse: Path) -> Optional[str]:
     """The as_of the marts were built with (dbt resolves 'now' itself); None before
     marts.customers is first built (a step of staging models only)."""
@@ -206,16 +185,37 @@ def _built_as_of(warehouse: Path) -> Optional[str]:
     return rows[0][0].isoformat(sep=" ") if rows and rows[0][0] is not None else None
 
 
+def _row_counts(warehouse: Path, relations: dict[str, str]) -> dict[str, int]:
+    """Row counts of built tables, read after dbt has exited (DuckDB allows one writer).
+
+    Not dagster-dbt's `fetch_row_counts()`: with dbt-duckdb it counts through an in-process dbt
+    adapter that keeps the warehouse file open read-only for the rest of the run's process, so
+    the next step that writes it (scoring, or ingestion when a dbt step runs first) fails with
+    "Can't open a connection to same database file with a different configuration"; and it
+    counts the manifest's `relation_name`, which names the database of the warehouse the
+    definitions' manifest was parsed for (another project's, or the parse-only placeholder)."""
+    if not relations:
+        return {}
+    union = " UNION ALL ".join(
+        f"SELECT '{uid}' AS uid, count(*) AS n FROM {rel}" for uid, rel in relations.items()
+    )
+    with open_warehouse(warehouse, read_only=True) as con:
+        return {uid: n for uid, n in fetch_all(con, union)}
+
+
 def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: TesseraResource):
-    """`dbt build` of the selection the context asks for, with row counts and as_of as metadata."""
+    """`dbt build` of the selection the context asks for, in the project's target folder, with
+    row counts and the as_of the marts were built with as metadata."""
     config = tessera.load()
+    state_dir = config.dbt_target_dir
+    run_target = state_dir / "runs" / f"{context.op_execution_context.op.name}-{context.run_id[:8]}-{uuid.uuid4().hex[:7]}"
+    _seed_partial_parse(state_dir, run_target)
     # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
-    with tessera.project_held(), _warehouse_env(config.warehouse_path):
-        invocation = dbt.cli(_dbt_args(config.as_of, dbt_vars(config.churn, config.cart_intent)), context=context,
-                             raise_on_error=False)
+    with tessera.project_held():
+        invocation = dbt.cli(_dbt_args(config), context=context, raise_on_error=False, target_path=run_target)
         with contextlib.redirect_stdout(_DbtProgress()):
             events = list(invocation.stream())
-    _keep_partial_parse(invocation.target_path)
+    _keep_partial_parse(run_target, state_dir)
 
     nodes = invocation.manifest["nodes"]
     built_tables = {}
@@ -255,7 +255,7 @@ AFTER_SCORING_TAG = "after_scoring"
 
 
 @dbt_assets(
-    manifest=ensure_manifest(),
+    manifest=ensure_manifest(DBT_PROJECT, _LOAD_VARS),
     project=DBT_PROJECT,
     dagster_dbt_translator=TesseraDbtTranslator(),
     name="dbt_core",
@@ -268,7 +268,7 @@ def dbt_core(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tesse
 
 
 @dbt_assets(
-    manifest=ensure_manifest(),
+    manifest=ensure_manifest(DBT_PROJECT, _LOAD_VARS),
     project=DBT_PROJECT,
     dagster_dbt_translator=TesseraDbtTranslator(),
     name="dbt_after_scoring",
@@ -281,5 +281,6 @@ def dbt_after_scoring(context: AssetExecutionContext, dbt: DbtCliResource, tesse
 
 
 DBT_ASSETS = [dbt_core, dbt_after_scoring]
-# The resource the dbt assets need; add to Definitions(resources=...).
+# The resource the dbt assets need; add to Definitions(resources=...). It carries no project:
+# the warehouse and the target folder come from the TesseraResource with each invocation.
 DBT_RESOURCES = {"dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=DBT_EXECUTABLE)}

@@ -12,13 +12,16 @@ from dagster import (
     AssetSpec,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableColumnConstraints,
+    TableSchema,
     multi_asset,
 )
 
-from core.contracts import ENTITIES, Entity
+from core.contracts import DUCKDB_TYPES, ENTITIES, Entity
 from core.pii import mask_pii
 from dagster_project.defs.resources import TesseraResource
-from ingestion.loader import CHANGED, REJECTED, ingest
+from ingestion.loader import CHANGED, LINEAGE_COLUMNS, REJECTED, ingest
 
 INGESTION_GROUP = "ingestion"
 # Every asset that writes the warehouse shares this pool; the instance limits it to one
@@ -45,7 +48,12 @@ def _raw_asset(ent: Entity):
                     f"as landed plus lineage columns. {ent.description}"
                 ),
                 kinds={"duckdb", "python"},
-                metadata={"contract_fields": MetadataValue.md(_fields_md(ent))},
+                metadata={
+                    "contract_fields": MetadataValue.md(_fields_md(ent)),
+                    # Dagster's standard table metadata keys: the UI's column and row-count views.
+                    "dagster/column_schema": raw_table_schema(ent),
+                    "dagster/table_name": f"raw.{ent.table}",
+                },
             )
         ],
         check_specs=[
@@ -81,6 +89,7 @@ def _raw_asset(ent: Entity):
         yield MaterializeResult(
             asset_key=key,
             metadata={
+                "dagster/row_count": total_rows,
                 "rows_total": total_rows,
                 "rows_loaded_this_run": loaded,
                 "rows_quarantined_this_run": quarantined,
@@ -111,6 +120,17 @@ def _raw_asset(ent: Entity):
         )
 
     return _asset
+
+
+def raw_table_schema(ent: Entity) -> TableSchema:
+    """raw.<table>'s columns as ingestion creates them: the contract's fields, then lineage."""
+    fields = [
+        TableColumn(f.name, DUCKDB_TYPES[f.type], description=f.description or None,
+                    constraints=TableColumnConstraints(nullable=not f.required))
+        for f in ent.fields
+    ]
+    lineage = [TableColumn(name, typ, description="lineage") for name, typ in LINEAGE_COLUMNS]
+    return TableSchema(columns=fields + lineage)
 
 
 def _fields_md(ent: Entity) -> str:

@@ -1,15 +1,18 @@
-"""The one Dagster resource: the project's config file and its warehouse."""
+"""The one resource carrying the project: its config file (and through it the warehouse, the
+dbt target folder and every stage's settings). The code location reads the path from
+$CDP_CONFIG; `cdp run` passes its own, per call."""
 
 
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import duckdb
-from dagster import ConfigurableResource, EnvVar, Failure, OpExecutionContext
+from dagster import ConfigurableResource, DagsterInstance, EnvVar, Failure, OpExecutionContext
 
 from core import run_lock
 from core.config import CONFIG_ENV, Config, load_config
 from core.warehouse import open_warehouse
+from dagster_project.instance import ensure_dagster_home
 
 
 class TesseraResource(ConfigurableResource):
@@ -52,3 +55,8 @@ class TesseraResource(ConfigurableResource):
 
 def tessera_from_env() -> TesseraResource:
     return TesseraResource(config_path=EnvVar(CONFIG_ENV))
+
+
+def project_instance(config: Config) -> DagsterInstance:
+    """The project's Dagster instance (its paths.dagster_home), without touching $DAGSTER_HOME."""
+    return DagsterInstance.from_config(str(ensure_dagster_home(config.dagster_home)))
