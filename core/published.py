@@ -92,6 +92,13 @@ PUBLISHED_TABLES: tuple[PublishedTable, ...] = (
                    person_column="person_id", description="Latest consent per person and channel."),
     PublishedTable("model_metrics", "marts.model_metrics", columns=("model", "metric", "value", "dataset"),
                    description="Model quality metrics."),
+    PublishedTable("experiment_results", "marts.experiment_results", keys=("experiment", "arm"),
+                   columns=("metric", "n", "outcome_mean", "abs_lift", "abs_lift_low", "abs_lift_high", "srm_flag"),
+                   nullable_probabilities=("prob_beats_control",), non_negative=("n", "exposed"),
+                   description="Lift per experiment and arm."),
+    PublishedTable("experiment_assignments", "marts.experiment_assignments", keys=("experiment", "person_id"),
+                   columns=("arm", "holdout", "exposed_at"), person_column="person_id",
+                   description="Experiment arm per exposed person."),
 )
 
 BY_NAME = {t.name: t for t in PUBLISHED_TABLES}
