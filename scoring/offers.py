@@ -62,7 +62,25 @@ def in_holdout(person_ids, experiment: str, share: float) -> np.ndarray:
     return np.array([u(p) < share for p in person_ids], dtype=bool)
 
 
-def decide_offers(people: pd.DataFrame, settings: OffersSettings) -> pd.DataFrame:
+def experiment_holdout(person_ids, settings: OffersSettings, experiment: str | None = None,
+                       arms: pd.DataFrame | None = None) -> tuple[np.ndarray, str, np.ndarray]:
+    """Who is held out, under which experiment, and each person's arm. With an experiment attached
+    to offers (cdp.yaml `experiments:` with offers: true), `arms` are its recorded assignments
+    (person_id, arm, holdout): its holdout arms are held out, and people it has not exposed are
+    not in it (arm None). Without one, the hash holdout of offers.holdout_share (arm 'holdout' or
+    'offer')."""
+    ids = pd.Series(list(person_ids), dtype=object)
+    if experiment is None or arms is None:
+        held = in_holdout(ids.tolist(), settings.experiment, settings.holdout_share)
+        return held, settings.experiment, np.where(held, "holdout", "offer").astype(object)
+    by_person = arms.drop_duplicates("person_id").set_index("person_id")
+    held = ids.map(by_person["holdout"]).fillna(False).astype(bool).to_numpy()
+    arm = ids.map(by_person["arm"]).astype(object).to_numpy()
+    return held, experiment, np.where(pd.isna(arm), None, arm).astype(object)
+
+
+def decide_offers(people: pd.DataFrame, settings: OffersSettings, experiment: str | None = None,
+                  arms: pd.DataFrame | None = None) -> pd.DataFrame:
     missing = [c for c in INPUT_COLUMNS if c not in people.columns]
     if missing:
         raise ValueError(f"next-best-offer inputs lack column(s): {', '.join(missing)}")
@@ -145,7 +163,7 @@ def decide_offers(people: pd.DataFrame, settings: OffersSettings) -> pd.DataFram
         codes.append("best_expected_value" if offer != "none" else "nothing_worth_sending")
         reasons.append(",".join(codes))
 
-    holdout = in_holdout(people["person_id"].tolist(), settings.experiment, settings.holdout_share)
+    holdout, experiment_name, arm = experiment_holdout(people["person_id"], settings, experiment, arms)
     channel = np.array([catalog[o].channel if o in catalog else (none_spec.channel if none_spec else "none")
                         for o in chosen], dtype=object)
     channel = np.where(chosen == "none", "none", channel)
@@ -162,7 +180,8 @@ def decide_offers(people: pd.DataFrame, settings: OffersSettings) -> pd.DataFram
         "reason_codes": np.where(holdout, np.char.add("holdout,", np.array(reasons, dtype=str)) if n else [],
                                  np.array(reasons, dtype=object)),
         "holdout": holdout,
-        "experiment": settings.experiment,
+        "experiment": experiment_name,
+        "arm": arm,
         "cart_id": np.where(np.isin(chosen, ["cart_reminder", "cart_reminder_discount"]),
                             people["cart_id"].astype(object), None),
         "sku": sku,
