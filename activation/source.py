@@ -41,6 +41,8 @@ class SourceRead:
     # person_id -> destination identifier fields whose value another wanted person shares (a shared
     # phone would make the destination merge them into one profile): those fields are not sent
     shared: dict[str, set[str]] = field(default_factory=dict)
+    # persons in a holdout arm of an experiment attached to the sync: never sent
+    held_out: set[str] = field(default_factory=set)
 
 
 def _tables(con) -> set[str]:
@@ -124,7 +126,21 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str | None = None) -> SourceRead:
+def holdouts(sync: SyncConfig, con: duckdb.DuckDBPyConnection, experiments: list[str]) -> set[str]:
+    """Persons in a holdout arm of the given experiments (published experiment_assignments)."""
+    if not experiments:
+        return set()
+    if "experiment_assignments" not in _tables(con):
+        # Sending without knowing who is held out could reach the holdout: refuse instead.
+        raise SourceError(f"syncs[{sync.name}]: experiments {', '.join(experiments)} hold people out of this sync, "
+                          f"but the published snapshot has no experiment_assignments; publish the marts first")
+    return {r[0] for r in con.execute(
+        "SELECT DISTINCT CAST(person_id AS VARCHAR) FROM experiment_assignments WHERE holdout "
+        "AND experiment IN (SELECT unnest(?::VARCHAR[]))", [list(experiments)]).fetchall()}
+
+
+def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str | None = None,
+                holdout_experiments: list[str] | tuple[str, ...] = ()) -> SourceRead:
     sql, params = source_sql(sync, con)
     try:
         cols = [d[0] for d in con.execute(f"SELECT * FROM ({sql}) q LIMIT 0", params).description]
@@ -156,12 +172,13 @@ def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str 
             consented = {r[0] for r in con.execute(
                 "SELECT person_id FROM consent WHERE channel = ? AND status = 'granted'",
                 [sync.consent.channel]).fetchall()}
+    held_out = holdouts(sync, con, list(holdout_experiments))
     wanted: dict[str, Wanted] = {}
     taken: set[str] = set()
     no_consent, no_id, dup = set(), 0, 0
     for r in rows:
         pid = r[0]
-        if pid in wanted:
+        if pid in wanted or pid in held_out:
             continue
         if consented is not None and pid not in consented:
             no_consent.add(pid)
@@ -195,7 +212,8 @@ def read_source(sync: SyncConfig, con: duckdb.DuckDBPyConnection, snapshot: str 
             if len(pids) > 1:
                 for pid in pids:
                     shared.setdefault(pid, set()).add(dest)
-    return SourceRead(wanted, no_consent, no_id, dup, known, merged, consented, snapshot, shared)
+    return SourceRead(wanted, no_consent, no_id, dup, known, merged, consented, snapshot, shared,
+                      held_out & {r[0] for r in rows})
 
 
 def fetch_fields(sync: SyncConfig, con: duckdb.DuckDBPyConnection, person_ids: list[str],

@@ -100,7 +100,9 @@ def plan_sync(config, sync: SyncConfig, state: SyncState) -> Plan:
     except PublishError as e:
         raise SyncError(str(e)) from None
     try:
-        src = read_source(sync, con, read_manifest(published).get("current"))
+        # Experiments attached to this sync: their holdout arms are never sent (cdp.yaml experiments[].syncs).
+        holding_out = [e.name for e in config.experiments if sync.name in e.syncs]
+        src = read_source(sync, con, read_manifest(published).get("current"), holdout_experiments=holding_out)
         plan = make_plan(sync, src, state.delivered(sync.name))
         sending = [c.person_id for c in plan.changes if c.action in ("upsert", "add_membership")]
         fields = fetch_fields(sync, con, sending, of_total=len(src.wanted))

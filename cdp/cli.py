@@ -15,6 +15,7 @@ import click
 
 from cdp.cli_common import UserError, config_option, load_config_or_exit, out, progress, show_stage_progress
 from cdp.commands_activation import sync_command
+from cdp.commands_experiments import experiment_command, experiments_command
 from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS
 from cdp.commands_marketing import segments_command
 from cdp.commands_privacy import export_subject_command, forget
@@ -201,6 +202,8 @@ main.add_command(publish_command)
 main.add_command(rollback_command)
 main.add_command(forget)
 main.add_command(export_subject_command)
+main.add_command(experiment_command)
+main.add_command(experiments_command)
 for _command in MARKETING_COMMANDS:
     main.add_command(_command)
 evaluate.add_command(evaluate_churn)

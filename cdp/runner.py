@@ -23,8 +23,10 @@ STAGES: dict[str, list[str]] = {
     "identity": ["identity"],
     # dbt (dagster_project/defs/dbt_marts.py): one group per dbt layer, and the stages the marts
     # tagged after_scoring read: scoring (defs/scoring.py) and declarative segments (defs/segments.py).
-    "marts": ["staging", "intermediate", "scoring", "segments", "marts"],
+    "marts": ["staging", "intermediate", "experiments", "scoring", "segments", "marts"],
     "scoring": ["scoring"],
+    # Experiment assignment and results (defs/experiments.py), between the core marts and scoring.
+    "experiments": ["experiments"],
     # Declarative segments: the segments file evaluated against the current marts.
     "segments": ["segments"],
     # The quality gate's checks on the built marts, then publish/snapshot (defs/quality.py).

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.contracts import SOURCE_KINDS, entities_of
 from core.settings.activation import Syncs
+from core.settings.experiments import Experiment, check_experiments
 from core.settings.identity import IdentitySettings
 from core.settings.privacy import PrivacySettings
 from core.settings.quality import QualitySettings
@@ -136,6 +137,7 @@ class Config(_Strict):
     syncs: Syncs = Field(default_factory=list)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    experiments: list[Experiment] = Field(default_factory=list)
 
     root: Path = Field(default=Path("."), exclude=True)
 
@@ -146,7 +148,16 @@ class Config(_Strict):
             if s.name in seen:
                 raise ValueError(f"sources: the name {s.name!r} is used twice; names must be unique")
             seen.add(s.name)
+        check_experiments(self.experiments, {s.name for s in self.syncs})
         return self
+
+    def experiment(self, name: str) -> Experiment | None:
+        return next((e for e in self.experiments if e.name == name), None)
+
+    @property
+    def offers_experiment(self) -> Experiment | None:
+        """The experiment next-best-offer takes its holdout from, if one is attached."""
+        return next((e for e in self.experiments if e.offers), None)
 
     # Resolved paths -----------------------------------------------------------------
     def resolve(self, p: Path) -> Path:

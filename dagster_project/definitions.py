@@ -15,6 +15,7 @@ from core.pii import install_log_masking
 from dagster_project.defs.activation import sync_defs
 from dagster_project.defs.automation import daily_refresh, ingest_job, landing_files_sensor, refresh_job
 from dagster_project.defs.dbt_marts import DBT_ASSETS, DBT_PROJECT, DBT_RESOURCES
+from dagster_project.defs.experiments import EXPERIMENT_ASSETS
 from dagster_project.defs.identity import IDENTITY_ASSETS
 from dagster_project.defs.ingestion import RAW_ASSETS
 from dagster_project.defs.privacy import PRIVACY_ASSETS
@@ -27,7 +28,7 @@ from dagster_project.defs.segments import SEGMENT_ASSETS
 # before Dagster's handlers copy it into the event log (see core/pii.py).
 install_log_masking()
 
-PIPELINE_ASSETS = [*RAW_ASSETS, *PRIVACY_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *SCORING_ASSETS, *SEGMENT_ASSETS]
+PIPELINE_ASSETS = [*RAW_ASSETS, *PRIVACY_ASSETS, *IDENTITY_ASSETS, *DBT_ASSETS, *EXPERIMENT_ASSETS, *SCORING_ASSETS, *SEGMENT_ASSETS]
 # The quality gate's checks and publish/snapshot, wired to the published marts defined above; the
 # list of published marts is the dbt manifest's (models tagged `published`), prepared by dbt_marts.
 PUBLISH_ASSETS, GATE_CHECKS = build_quality_defs({key for a in PIPELINE_ASSETS for key in a.keys},

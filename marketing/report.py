@@ -29,6 +29,7 @@ CHARTS = (
     ("largest_clusters", "Identity: the largest persons (most source records)"),
     ("intent_groups", "Cart intent groups"),
     ("offers", "Next-best-offer: offers chosen"),
+    ("experiments", "Experiments: lift against control (95% interval)"),
     ("quality_gate", "Quality gate results"),
     ("syncs", "Syncs: state of each"),
 )
@@ -171,6 +172,34 @@ def _offers(con, have) -> Chart:
     return chart
 
 
+def _experiments(con, have) -> Chart:
+    chart = Chart("experiments", dict(CHARTS)["experiments"])
+    if "experiment_results" not in have:
+        return _missing("experiments", "experiment_results")
+    rows = con.execute("""SELECT experiment, arm, metric, n, outcome_mean, abs_lift, abs_lift_low, abs_lift_high,
+                                 rel_lift, prob_beats_control, decision, srm_flag
+                          FROM experiment_results WHERE NOT is_control ORDER BY experiment, arm""").fetchall()
+    if not rows:
+        chart.note = "No experiment has analysed anyone yet (cdp.yaml experiments:, outcome windows still open)."
+        return chart
+    labels = [f"{r[0]} / {r[1]}" for r in rows]
+    lifts = [r[5] for r in rows]
+    fig = go.Figure(go.Bar(x=labels, y=lifts, marker_color=COLOURS["treated"], error_y=dict(
+        type="data", symmetric=False, array=[(hi - v) if None not in (hi, v) else 0 for v, hi in zip(lifts, [r[7] for r in rows])],
+        arrayminus=[(v - lo) if None not in (lo, v) else 0 for v, lo in zip(lifts, [r[6] for r in rows])])))
+    chart.figure = _layout(fig, yaxis_title="absolute lift vs control")
+    chart.note = ("Decisions use O'Brien-Fleming alpha spending over the planned duration, so daily looks keep the "
+                  "false-positive rate; a flagged sample-ratio mismatch means the assignment is broken.")
+
+    def fmt(v, pct=False):
+        return "" if v is None else (f"{v:+.1%}" if pct else f"{v:.4g}")
+    chart.rows = [{"experiment": r[0], "arm": r[1], "metric": r[2], "n": r[3], "mean": fmt(r[4]),
+                   "lift": f"{fmt(r[5])} [{fmt(r[6])}, {fmt(r[7])}]", "relative": fmt(r[8], pct=True),
+                   "P(beats control)": fmt(r[9]), "decision": r[10], "SRM": "FLAGGED" if r[11] else "ok"}
+                  for r in rows]
+    return chart
+
+
 def gate_checks(gate: dict | None) -> list[dict]:
     """The gate result recorded with a publish, as rows {check, table, severity, passed}.
     Accepts a list under 'checks' or 'results' (items naming the check by 'check' or 'name'),
@@ -248,7 +277,7 @@ def build_charts(published_dir: Path, run_id: str, syncs: list[dict] | None = No
     try:
         have = tables(con)
         charts = [_segment_sizes(published_dir, manifest, run_id), _churn(con, have), *_identity(con, have),
-                  _intent(con, have), _offers(con, have), _quality(entry, quality), _syncs(syncs)]
+                  _intent(con, have), _offers(con, have), _experiments(con, have), _quality(entry, quality), _syncs(syncs)]
         as_of = None
         for t in ("customers", "segment_membership", *have):
             if t in have and "as_of" in have[t]:

@@ -68,7 +68,25 @@ _OFFER_REASON = {"cross_sell": "cross_sell_favourite_category", "replenishment":
                  "vip_early_access": "vip_customer"}
 
 
-def decide_offers(people: pd.DataFrame, settings: OffersSettings) -> pd.DataFrame:
+def experiment_holdout(person_ids, settings: OffersSettings, experiment: str | None = None,
+                       arms: pd.DataFrame | None = None) -> tuple[np.ndarray, str, np.ndarray]:
+    """Who is held out, under which experiment, and each person's arm. With an experiment attached
+    to offers (cdp.yaml `experiments:` with offers: true), `arms` are its recorded assignments
+    (person_id, arm, holdout): its holdout arms are held out, and people it has not exposed are
+    not in it (arm None). Without one, the hash holdout of offers.holdout_share (arm 'holdout' or
+    'offer')."""
+    ids = pd.Series(list(person_ids), dtype=object)
+    if experiment is None or arms is None:
+        held = in_holdout(ids.tolist(), settings.experiment, settings.holdout_share)
+        return held, settings.experiment, np.where(held, "holdout", "offer").astype(object)
+    by_person = arms.drop_duplicates("person_id").set_index("person_id")
+    held = ids.map(by_person["holdout"]).fillna(False).astype(bool).to_numpy()
+    arm = ids.map(by_person["arm"]).astype(object).to_numpy()
+    return held, experiment, np.where(pd.isna(arm), None, arm).astype(object)
+
+
+def decide_offers(people: pd.DataFrame, settings: OffersSettings, experiment: str | None = None,
+                  arms: pd.DataFrame | None = None) -> pd.DataFrame:
     """The rule book (module docstring) applied to every person: one row per contactable person."""
     _require_inputs(people)
     catalog = {name: spec for name, spec in settings.catalog.items() if name != "none"}
@@ -86,8 +104,8 @@ def decide_offers(people: pd.DataFrame, settings: OffersSettings) -> pd.DataFram
     chosen, best_ev = _best_offer(catalog, eligible, value, len(people))
     discounts = any(spec.discount_pct > 0 for spec in catalog.values())
     reasons = [_reason_codes(s, i, offer, channels_used, discounts) for i, offer in enumerate(chosen)]
-    holdout = in_holdout(people["person_id"].tolist(), settings.experiment, settings.holdout_share)
-    return _offers_frame(people, settings, catalog, chosen, best_ev, reasons, holdout)
+    holdout, experiment_name, arm = experiment_holdout(people["person_id"], settings, experiment, arms)
+    return _offers_frame(people, settings, catalog, chosen, best_ev, reasons, holdout, experiment_name, arm)
 
 
 def _require_inputs(people: pd.DataFrame) -> None:
@@ -240,7 +258,8 @@ def _reason_codes(s: _Signals, i: int, offer: str, channels_used: list[str], dis
 
 
 def _offers_frame(people: pd.DataFrame, settings: OffersSettings, catalog: dict[str, Offer], chosen: np.ndarray,
-                  best_ev: np.ndarray, reasons: list[str], holdout: np.ndarray) -> pd.DataFrame:
+                  best_ev: np.ndarray, reasons: list[str], holdout: np.ndarray, experiment_name: str,
+                  arm: np.ndarray) -> pd.DataFrame:
     """Rule 6: held-out people get 'holdout' on no channel; `assigned_*` keep what they would have got."""
     n = len(people)
     none_spec = settings.catalog.get("none")
@@ -260,7 +279,8 @@ def _offers_frame(people: pd.DataFrame, settings: OffersSettings, catalog: dict[
         "reason_codes": np.where(holdout, np.char.add("holdout,", np.array(reasons, dtype=str)) if n else [],
                                  np.array(reasons, dtype=object)),
         "holdout": holdout,
-        "experiment": settings.experiment,
+        "experiment": experiment_name,
+        "arm": arm,
         "cart_id": np.where(np.isin(chosen, CART_OFFERS), people["cart_id"].astype(object), None),
         "sku": sku,
     })

@@ -16,6 +16,7 @@ import duckdb
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from core.settings.experiments import Experiment
 from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings
 from core.warehouse import table_exists
 from scoring import cart, churn
@@ -166,12 +167,20 @@ def _write(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> N
 
 
 def run_scoring(con: duckdb.DuckDBPyConnection, churn_settings: ChurnSettings, cart_settings: CartIntentSettings,
-                offer_settings: OffersSettings, progress=log.info) -> ScoringResult:
+                offer_settings: OffersSettings, progress=log.info,
+                offers_experiment: Experiment | None = None) -> ScoringResult:
     with threadpool_limits(limits=MODEL_THREADS):
-        return _run_scoring(con, churn_settings, cart_settings, offer_settings, progress)
+        return _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, offers_experiment)
 
 
-def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress) -> ScoringResult:
+def experiment_arms(con: duckdb.DuckDBPyConnection, experiment: Experiment) -> pd.DataFrame:
+    """The offers experiment's recorded assignments (experiments stage, run before scoring)."""
+    _require(con, "experiments", "assignments", f"experiment {experiment.name!r} drives next-best-offer's holdout")
+    return _frame(con, "SELECT person_id, arm, holdout FROM experiments.assignments WHERE experiment = ?",
+                  [experiment.name])
+
+
+def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, offers_experiment=None) -> ScoringResult:
     started = time.perf_counter()
     for table, why in (("int_churn_features", "churn features"), ("int_cart_features", "cart features"),
                        ("int_carts", "abandon-and-return gaps")):
@@ -192,8 +201,9 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress) -
              f"{cart_result.validation['roc_auc']:.3f}, {len(cart_result.predictions):,} open carts scored "
              f"({time.perf_counter() - started:.1f}s)")
 
+    arms = experiment_arms(con, offers_experiment) if offers_experiment else None
     offers = decide_offers(offer_inputs(con, churn_result.predictions, cart_result.predictions, offer_settings, as_of),
-                           offer_settings)
+                           offer_settings, offers_experiment.name if offers_experiment else None, arms)
     offers["as_of"] = as_of
     progress(f"scoring: next-best-offer for {len(offers):,} contactable people, {int(offers['holdout'].sum()):,} held out "
              f"({time.perf_counter() - started:.1f}s)")

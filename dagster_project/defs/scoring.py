@@ -21,7 +21,8 @@ METRICS_KEY = AssetKey(["scoring", "model_metrics"])
 # The dbt core models the stage reads (keys as dagster_project/defs/dbt_marts.py names them).
 FEATURE_INPUTS = [AssetKey(["intermediate", m]) for m in ("int_churn_features", "int_cart_features", "int_carts")]
 OFFER_INPUTS = [AssetKey(["intermediate", m]) for m in ("int_order_lines", "int_email_activity")] + [
-    AssetKey(["marts", m]) for m in ("consent", "customer_traits")]
+    AssetKey(["marts", m]) for m in ("consent", "customer_traits")] + [
+    AssetKey(["experiments", "assignments"])]  # the offers experiment's arms (dagster_project/defs/experiments.py)
 
 
 @multi_asset(
@@ -47,7 +48,8 @@ def scoring_models(context: AssetExecutionContext, tessera: TesseraResource):
     config = tessera.load()
     with tessera.warehouse() as con:
         try:
-            result = run_scoring(con, config.churn, config.cart_intent, config.offers, progress=log.info)
+            result = run_scoring(con, config.churn, config.cart_intent, config.offers, progress=log.info,
+                                 offers_experiment=config.offers_experiment)
         except ValueError as e:
             raise RuntimeError(str(e)) from e
     s = result.summary()
@@ -65,7 +67,7 @@ def scoring_models(context: AssetExecutionContext, tessera: TesseraResource):
         "candidates": {a: {m: round(v, 4) for m, v in r.items()} for a, r in cart.candidates.items()}})
     yield MaterializeResult(asset_key=OFFERS_KEY, metadata={
         "dagster/row_count": s["offer_rows"], "offers": s["offers"], "holdout": s["holdout"],
-        "experiment": config.offers.experiment})
+        "experiment": config.offers_experiment.name if config.offers_experiment else config.offers.experiment})
     yield MaterializeResult(asset_key=METRICS_KEY, metadata={
         "dagster/row_count": int(len(result.metrics)),
         **{k: v for k, v in s.items() if "validation" in k}})

@@ -1,0 +1,26 @@
+{{ config(tags=['after_scoring']) }}
+
+{#- Published experiment assignments: who is in which arm since when (syncs leave holdout arms out). -#}
+
+with assignments as (
+    select * from {{ optional_source('experiments', 'assignments',
+        "select cast(null as varchar) as experiment, cast(null as varchar) as person_id, cast(null as varchar) as arm, cast(null as boolean) as holdout, cast(null as timestamp) as exposed_at where false") }}
+),
+
+customers as (
+    select person_id from {{ ref('customers') }}
+),
+
+final as (
+    select
+        assignments.experiment,
+        assignments.person_id,
+        assignments.arm,
+        assignments.holdout,
+        assignments.exposed_at,
+        {{ as_of() }} as as_of
+    from assignments
+    inner join customers on customers.person_id = assignments.person_id
+)
+
+select * from final
