@@ -30,7 +30,9 @@ KINDS = ("email", "phone", *SCOPED_KINDS, "person_id")
 # field name; JSON paths are written as field->>'$.path'.
 ROW_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
     "web_events": (("anonymous_id", "anonymousId"), ("user_id", "userId"),
-                   ("email", "traits->>'$.email'"), ("phone", "traits->>'$.phone'")),
+                   ("email", "traits->>'$.email'"), ("phone", "traits->>'$.phone'"),
+                   # an alias call's previous id is either kind (Segment spec)
+                   ("anonymous_id", "previousId"), ("user_id", "previousId")),
     "email_subscribers": (("subscriber_id", "subscriber_id"), ("email", "email")),
     "email_events": (("subscriber_id", "subscriber_id"), ("email", "email")),
     "pos_transactions": (("transaction_id", "transaction_id"), ("loyalty_id", "loyalty_id"),
