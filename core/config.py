@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.contracts import SOURCE_KINDS, entities_of
+from core.contracts import SOURCE_KINDS, WEB_TRACK_EVENTS, entities_of
 from core.settings.activation import Syncs
 from core.settings.experiments import Experiment, check_experiments
 from core.settings.identity import IdentitySettings
@@ -53,6 +53,12 @@ class EntityFiles(_Strict):
         description="Contract field -> strptime format for dates/timestamps not in ISO 8601.",
     )
     delimiter: str = ","
+    event_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="web events only: a shop's own track event name -> canonical name "
+        f"({', '.join(WEB_TRACK_EVENTS)}). Spec names (Title Case or snake_case) need no entry. "
+        "Applies to events loaded after the change.",
+    )
 
 
 class Source(_Strict):
@@ -91,6 +97,16 @@ class Source(_Strict):
                         f"entities.{entity_name}.columns: {landed!r} maps to {target!r}, which is "
                         f"not a field of the {self.kind}.{entity_name} contract; fields are: "
                         f"{', '.join(sorted(contract_fields))}"
+                    )
+            if files.event_names and (self.kind, entity_name) != ("web", "events"):
+                raise ValueError(f"entities.{entity_name}.event_names: only web events have event names")
+            for own, target in files.event_names.items():
+                if not own.strip():
+                    raise ValueError(f"entities.{entity_name}.event_names: an empty event name cannot be mapped")
+                if target not in WEB_TRACK_EVENTS:
+                    raise ValueError(
+                        f"entities.{entity_name}.event_names: {own!r} maps to {target!r}, which is not a "
+                        f"canonical event name; use one of: {', '.join(WEB_TRACK_EVENTS)}"
                     )
             for target in files.formats:
                 if target not in contract_fields:

@@ -68,8 +68,10 @@ class Entity:
         raise KeyError(name)
 
 
-WEB_EVENT_TYPES = ("track", "identify", "page")
-# Track event names in snake_case, after Segment's e-commerce spec ("Product Viewed" -> product_viewed).
+# Segment's six call types (RudderStack's are the same).
+WEB_EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+# Canonical track event names: snake_case after Segment's e-commerce spec v2. The loader maps
+# the spec's Title Case names and a shop's own names onto them (core.segment_spec).
 WEB_TRACK_EVENTS = (
     "product_viewed",
     "product_added",
@@ -92,22 +94,34 @@ ENTITIES: tuple[Entity, ...] = (
         format="jsonl",
         key=("messageId",),
         description=(
-            "Segment-spec events, one JSON object per line. `properties` carries product_id, "
-            "price, quantity, cart_id, order_id, revenue, discount, products[], query, and for "
+            "Segment-spec events (as Segment's and RudderStack's SDKs send them), one JSON object "
+            "per line, all six call types. `properties` carries product_id/sku, price, quantity, "
+            "cart_id, order_id, revenue (else total), discount, products[], query, and for "
             "consent_updated: channel + granted. `context` carries page {url, path, referrer}, "
-            "campaign {source, medium, name}, userAgent, ip. An email click-through lands on a "
-            "page whose url holds `tid=<link_tracking_id>`."
+            "campaign {source, medium, name}, traits, userAgent, ip. An email click-through lands "
+            "on a page whose url holds `tid=<link_tracking_id>`. Stored as core.segment_spec "
+            "reads them: event time corrected, event names canonical, person traits merged; a "
+            "messageId already loaded from the same source is a re-delivery and is skipped."
         ),
         fields=(
             Field("messageId", STRING, required=True, description="Unique event id."),
             Field("type", STRING, required=True, values=WEB_EVENT_TYPES),
-            Field("event", STRING, description="Track event name; null for page/identify."),
+            Field("event", STRING, description="Track event name, canonical (snake_case spec names, a shop's "
+                  "own names mapped by event_names); as sent for other names and call types."),
             Field("anonymousId", STRING, pii=True, description="Device/browser id."),
             Field("userId", STRING, pii=True, description="Site account id, set once logged in."),
-            Field("traits", JSON, pii=True, description="identify traits: email, first_name, last_name, phone."),
+            Field("traits", JSON, pii=True, description="The person's traits: context.traits overlaid by the call's "
+                  "traits (not a group's), plus email, first_name, last_name, phone, address_line1, city, "
+                  "postcode read in camelCase or snake_case."),
             Field("properties", JSON, pii=True, description="Event properties (may carry an email)."),
-            Field("context", JSON, pii=True, description="page, campaign, userAgent, ip."),
-            Field("timestamp", TIMESTAMP, required=True),
+            Field("context", JSON, pii=True, description="page, campaign, traits, userAgent, ip."),
+            Field("previousId", STRING, pii=True, description="alias: the id the person had before userId."),
+            Field("groupId", STRING, description="group: the account the person belongs to (kept, links nobody)."),
+            Field("originalTimestamp", TIMESTAMP, description="The device's clock when the event happened."),
+            Field("sentAt", TIMESTAMP, description="The device's clock when the event was sent."),
+            Field("receivedAt", TIMESTAMP, description="The collector's clock when it arrived."),
+            Field("timestamp", TIMESTAMP, required=True, description="Event time: timestamp as sent, else "
+                  "originalTimestamp + (receivedAt - sentAt), else receivedAt."),
         ),
         row_rules=(
             ("coalesce({anonymousId}, {userId}) IS NOT NULL", "missing_required: anonymousId|userId"),

@@ -36,7 +36,9 @@ WEB_EVENT_CONTACT_PATHS = ("traits->>'$.{}'", "context->>'$.traits.{}'", "proper
 # row can carry one: a row keyed by any of them is dropped at load once that key is erased.
 ROW_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
     "web_events": (("anonymous_id", "anonymousId"), ("user_id", "userId"),
-                   *((kind, path.format(kind)) for path in WEB_EVENT_CONTACT_PATHS for kind in ("email", "phone"))),
+                   *((kind, path.format(kind)) for path in WEB_EVENT_CONTACT_PATHS for kind in ("email", "phone")),
+                   # an alias call's previous id is either kind (Segment spec)
+                   ("anonymous_id", "previousId"), ("user_id", "previousId")),
     "email_subscribers": (("subscriber_id", "subscriber_id"), ("email", "email")),
     "email_events": (("subscriber_id", "subscriber_id"), ("email", "email")),
     "pos_transactions": (("transaction_id", "transaction_id"), ("loyalty_id", "loyalty_id"),

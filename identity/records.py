@@ -8,8 +8,8 @@ Built straight from ``raw.*`` in DuckDB SQL (one statement per entity, vectorise
 | subscribers | an email-tool subscriber | subscriber_id |
 | tickets | a support ticket | ticket_id |
 | transactions | a POS receipt carrying a loyalty id, an email, a phone or a card token | transaction_id |
-| anonymous_id | a web browser/device; identify traits aggregated (latest wins) | anonymousId |
-| user_id | a logged-in web account; identify traits aggregated | userId |
+| anonymous_id | a web browser/device; person traits of its events aggregated (latest wins) | anonymousId |
+| user_id | a logged-in web account; person traits of its events aggregated | userId |
 
 ``record_key`` = ``source|entity|source_record_id`` (it maps to the generator's ground truth
 ``(source, entity, record_id)``); ``rid`` is a dense integer id ordered by record_key, used
@@ -98,14 +98,18 @@ def staged_sql(present: set[str], sources: list[str] | None) -> str:
             aid = f"s.{key}" if entity == "anonymous_id" else "NULL"
             parts.append(f"""
         SELECT s._source, '{entity}', s.{key}, t.t_first, t.t_last, t.t_email, t.t_phone,
-               NULL, NULL, NULL, NULL, NULL, {uid}, {aid}, NULL, s.first_seen_at, s.last_seen_at, NULL, NULL
+               t.t_street, t.t_city, t.t_postcode, NULL, NULL, {uid}, {aid}, NULL, s.first_seen_at, s.last_seen_at,
+               NULL, NULL
         FROM (SELECT _source, {key}, min(first_at) AS first_seen_at, max(last_at) AS last_seen_at FROM web_seen
               WHERE {key} IS NOT NULL GROUP BY ALL) s
         LEFT JOIN (SELECT _source, {key},
                           arg_max(t_first, timestamp) FILTER (WHERE t_first IS NOT NULL) AS t_first,
                           arg_max(t_last, timestamp) FILTER (WHERE t_last IS NOT NULL) AS t_last,
                           arg_max(t_email, timestamp) FILTER (WHERE t_email IS NOT NULL) AS t_email,
-                          arg_max(t_phone, timestamp) FILTER (WHERE t_phone IS NOT NULL) AS t_phone
+                          arg_max(t_phone, timestamp) FILTER (WHERE t_phone IS NOT NULL) AS t_phone,
+                          arg_max(t_street, timestamp) FILTER (WHERE t_street IS NOT NULL) AS t_street,
+                          arg_max(t_city, timestamp) FILTER (WHERE t_city IS NOT NULL) AS t_city,
+                          arg_max(t_postcode, timestamp) FILTER (WHERE t_postcode IS NOT NULL) AS t_postcode
                    FROM web_identify WHERE {key} IS NOT NULL GROUP BY ALL) t USING (_source, {key})""")
     if not parts:
         return ""
@@ -131,7 +135,9 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
     sources = sources if sources is not None else settings.sources
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     if "web_events" in present:
-        # a device's or account's first and last event, and the traits its identify calls sent
+        # a device's or account's first and last event, and the person traits its events carried:
+        # identify calls, and the context.traits RudderStack's SDKs send with every call (the
+        # loader merged both into `traits`, keys canonical; see core.segment_spec)
         # (two small tables: every event's row carried through the grouping cost twice as much)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE web_seen AS
@@ -140,9 +146,12 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE web_identify AS
             SELECT _source, anonymousId, userId, timestamp, nullif(trim(t[1]), '') AS t_first,
-                   nullif(trim(t[2]), '') AS t_last, nullif(trim(t[3]), '') AS t_email, nullif(trim(t[4]), '') AS t_phone
-            FROM (SELECT *, json_extract_string(traits, ['$.first_name', '$.last_name', '$.email', '$.phone']) AS t
-                  FROM raw.web_events WHERE type = 'identify' AND {_source_filter(sources)})""")
+                   nullif(trim(t[2]), '') AS t_last, nullif(trim(t[3]), '') AS t_email, nullif(trim(t[4]), '') AS t_phone,
+                   nullif(trim(t[5]), '') AS t_street, nullif(trim(t[6]), '') AS t_city,
+                   nullif(trim(t[7]), '') AS t_postcode
+            FROM (SELECT *, json_extract_string(traits, ['$.first_name', '$.last_name', '$.email', '$.phone',
+                                                         '$.address_line1', '$.city', '$.postcode']) AS t
+                  FROM raw.web_events WHERE traits IS NOT NULL AND {_source_filter(sources)})""")
     union = staged_sql(present, sources)
     if not union:
         con.execute(f"CREATE OR REPLACE TABLE {schema}.records AS SELECT * FROM ({empty_records_sql()})")

@@ -3,6 +3,9 @@
 Links between records that need no model:
 
 - ``anonymous_id``: a web device and the account (userId) seen on the same event.
+- ``alias``: a Segment ``alias`` call: the id the person had (``previousId``: a device's
+  anonymousId or an earlier userId) and their ``userId``. (``group`` calls link nobody: people
+  of one account are different people.)
 - ``order_ref``: a web order (``order_completed``) and the POS receipt of the same order.
 - ``link_tracking_id``: an email click's tracking id and the web page view that carries it
   (``tid=`` in the url) link the subscriber to that web device.
@@ -58,6 +61,15 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
                   WHERE anonymousId IS NOT NULL AND userId IS NOT NULL) e
             JOIN {rec} a ON a.entity = 'anonymous_id' AND a.source = e._source AND a.source_record_id = e.anonymousId
             JOIN {rec} u ON u.entity = 'user_id' AND u.source = e._source AND u.source_record_id = e.userId""")
+    if settings.rule("alias").link and "web_events" in tables:
+        # (the previous id's records of either kind: the spec allows both)
+        parts.append(f"""
+            SELECT p.rid, u.rid, 'alias', {prio('alias')}, 'link'
+            FROM (SELECT DISTINCT _source, previousId, userId FROM raw.web_events
+                  WHERE type = 'alias' AND nullif(trim(previousId), '') IS NOT NULL AND userId IS NOT NULL) e
+            JOIN {rec} u ON u.entity = 'user_id' AND u.source = e._source AND u.source_record_id = e.userId
+            JOIN {rec} p ON p.entity IN ('anonymous_id', 'user_id') AND p.source = e._source
+                        AND p.source_record_id = trim(e.previousId)""")
     if settings.rule("link_tracking_id").link and {"web_events", "email_events"} <= tables:
         parts.append(f"""
             SELECT s.rid, a.rid, 'link_tracking_id', {prio('link_tracking_id')}, 'link'

@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Iterator
 import duckdb
 import pyarrow as pa
 
+from core import segment_spec
 from core.config import Config, EntityFiles, Source
 from core.contracts import (
     BOOLEAN,
@@ -454,12 +455,25 @@ def _jsonl_checked_sql(ent: Entity, files: EntityFiles, path: Path | None) -> tu
                    false AS _bad_json, {unpack}
             FROM read_json({_lit(str(path))}, format='newline_delimited', columns={columns},
                            ignore_errors=true)"""
+    rewrites = _spec_rewrites(ent, files)
+    if rewrites:
+        # the spec's derived values replace the landed ones before they are typed and checked
+        # (all at once: each expression reads the values as landed)
+        parsed = f"SELECT * REPLACE ({', '.join(f'{e} AS _l_{n}' for n, e in rewrites.items())}) FROM ({parsed})"
     sql = f"""
         WITH parsed AS ({parsed}),
         typed AS (SELECT *, {typed_cols} FROM parsed)
         SELECT _row, _raw_record, {', '.join(f'_t_{f.name}' for f in ent.fields)}, {case_index} AS _case FROM typed
     """
     return sql, decode
+
+
+def _spec_rewrites(ent: Entity, files: EntityFiles) -> dict[str, str]:
+    """Contract field -> SQL over the landed ``_l_<field>`` values computing what is stored:
+    web events as the Segment spec reads them (core.segment_spec, shared with any collector)."""
+    if (ent.kind, ent.name) == ("web", "events"):
+        return segment_spec.landed_sql(lambda n: f"_l_{n}", files.event_names)
+    return {}
 
 
 def _csv_checked_sql(ent: Entity, files: EntityFiles, header: list[str], source_sql: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 IDENTIFIERS = (
-    "loyalty_id", "user_id", "anonymous_id", "link_tracking_id", "order_ref", "card_token", "subscriber_id",
+    "loyalty_id", "user_id", "anonymous_id", "alias", "link_tracking_id", "order_ref", "card_token", "subscriber_id",
     "email", "phone", "first_name", "last_name", "postcode", "date_of_birth",
 )
 GOLDEN_FIELDS = ("first_name", "last_name", "email", "phone", "address_line1", "city", "postcode", "date_of_birth")
@@ -65,6 +65,8 @@ def _default_rules() -> dict[str, IdentifierRule]:
         "loyalty_id": IdentifierRule(priority=10, unique=True, max_per_profile=1),
         "user_id": IdentifierRule(priority=10, unique=True, max_per_profile=1),
         "anonymous_id": IdentifierRule(priority=20, max_per_profile=200),
+        # a Segment alias call: the person says the two ids are theirs
+        "alias": IdentifierRule(priority=20),
         "link_tracking_id": IdentifierRule(priority=30),
         "order_ref": IdentifierRule(priority=25),
         # receipts known only by the card that paid follow the one person whose receipts used it

@@ -32,7 +32,7 @@ web_products as (
 web_lines as (
     select
         order_key,
-        {{ json_text('product_json', 'product_id') }} as sku,
+        coalesce({{ json_text('product_json', 'sku') }}, {{ json_text('product_json', 'product_id') }}) as sku,
         cast(coalesce({{ json_number('product_json', 'quantity') }}, 1) as {{ dbt.type_int() }}) as quantity,
         {{ json_number('product_json', 'price') }} as unit_price,
         cast(0 as {{ dbt.type_float() }}) as discount

@@ -69,7 +69,7 @@ sessions as (
         min(occurred_at) as started_at,
         max(occurred_at) as ended_at,
         count(*) as event_count,
-        sum(case when event_type = 'page' then 1 else 0 end) as page_views,
+        sum(case when event_type in ('page', 'screen') then 1 else 0 end) as page_views,
         sum(case when event_name = 'product_viewed' then 1 else 0 end) as product_views,
         sum(case when event_name = 'product_added' then 1 else 0 end) as cart_adds,
         sum(case when event_name = 'checkout_started' then 1 else 0 end) as checkouts_started,

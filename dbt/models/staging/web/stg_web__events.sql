@@ -24,16 +24,18 @@ renamed as (
         {{ json_text('context', 'campaign.medium') }} as utm_medium,
         {{ json_text('context', 'campaign.name') }} as utm_campaign,
         regexp_extract({{ json_text('context', 'page.url') }}, 'tid=([A-Za-z0-9_-]+)', 1) as link_tracking_id,
-        {{ json_text('properties', 'product_id') }} as product_id,
+        -- the spec's sku when sent (its product_id is a database id), else product_id (the SKU here)
+        coalesce({{ json_text('properties', 'sku') }}, {{ json_text('properties', 'product_id') }}) as product_id,
         {{ json_text('properties', 'category') }} as product_category,
         {{ json_number('properties', 'price') }} as product_price,
         cast({{ json_number('properties', 'quantity') }} as {{ dbt.type_int() }}) as product_quantity,
         {{ json_text('properties', 'cart_id') }} as cart_id,
         {{ json_text('properties', 'order_id') }} as order_id,
-        {{ json_number('properties', 'revenue') }} as order_revenue,
+        coalesce({{ json_number('properties', 'revenue') }}, {{ json_number('properties', 'total') }}) as order_revenue,
         {{ json_number('properties', 'discount') }} as order_discount,
         {{ json_array_text('properties', 'products') }} as order_products,
         {{ json_text('properties', 'query') }} as search_query,
+        {{ clean_text('groupId') }} as group_id,
         {{ json_text('properties', 'channel') }} as consent_channel,
         lower({{ json_text('properties', 'granted') }}) = 'true' as consent_granted,
         cast({{ adapter.quote('timestamp') }} as {{ dbt.type_timestamp() }}) as occurred_at,
@@ -45,7 +47,9 @@ renamed as (
 ),
 
 latest as (
-    {{ latest_per_key('renamed', 'source, message_id') }}
+    -- a re-delivered messageId (an SDK's retry, a file landed again) is one event: the first
+    -- delivery counts, as in Segment's de-duplication
+    {{ latest_per_key('renamed', 'source, message_id', order_by='loaded_at, landed_file, landed_row') }}
 ),
 
 final as (
@@ -54,7 +58,7 @@ final as (
         email, first_name, last_name, phone,
         page_url, page_path, utm_source, utm_medium, utm_campaign, nullif(link_tracking_id, '') as link_tracking_id,
         product_id, product_category, product_price, product_quantity,
-        cart_id, order_id, order_revenue, order_discount, order_products, search_query,
+        cart_id, order_id, order_revenue, order_discount, order_products, search_query, group_id,
         case when event_name = 'consent_updated' then consent_channel end as consent_channel,
         case when event_name = 'consent_updated' then consent_granted end as consent_granted,
         occurred_at, loaded_at, load_id, landed_file, landed_row

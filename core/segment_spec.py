@@ -1,0 +1,147 @@
+"""The Segment spec (and RudderStack's, which follows it), as Tessera reads it: one module.
+
+What a web event means does not depend on how it arrived: the batch loader applies these rules
+to landed JSON lines, and a collector receiving the SDKs' HTTP calls (issue 22) will apply the
+very same ones. So the rules are written once, as SQL expressions over an event's landed fields
+(:func:`landed_sql`); :func:`normalise_events` runs that SQL over Python dicts. (Kept in
+``core``: stage packages may import only ``core``, and a collector will be a stage of its own.)
+
+The rules:
+
+- **Call types**: all six (``CALL_TYPES``).
+- **Event time**, as Segment corrects a device clock: ``timestamp`` when sent; else
+  ``originalTimestamp`` shifted by ``receivedAt - sentAt`` (both needed, else unshifted); else
+  ``receivedAt``.
+- **Event names** (of track calls): a shop's own names first (``event_names`` in ``cdp.yaml``, exact match),
+  then the e-commerce spec v2 names in Title Case or snake_case (``Order Completed``,
+  ``order_completed``, ``order-completed``) to the canonical snake_case names of
+  ``core.contracts.WEB_TRACK_EVENTS``. Other names are kept as sent.
+- **Person traits**: ``context.traits`` overlaid by the call's own ``traits`` (except on
+  ``group``, whose traits describe the account, not the person), plus canonical keys read in
+  camelCase or snake_case: ``email``, ``first_name`` (``firstName``, ``firstname``, else the
+  first word of ``name``), ``last_name`` (likewise, else the last word of a ``name`` of two words
+  or more), ``phone``, ``address_line1``/``city``/``postcode`` (from ``address.street``,
+  ``address.city``, ``address.postalCode``/``postal_code``/``zip``). The keys as sent are kept.
+- ``messageId`` is the event's identity: a re-delivery (the same messageId from the same
+  source, in any file) counts once. Raw keeps every delivery as landed; staging
+  (``stg_web__events``) keeps one row per messageId, the first delivered.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable, Mapping
+
+import duckdb
+
+from core.contracts import WEB_EVENT_TYPES, WEB_TRACK_EVENTS
+
+CALL_TYPES = WEB_EVENT_TYPES
+
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _snake_sql(text: str) -> str:
+    """'Order Completed' / 'order-completed' / 'order_completed' -> 'order_completed'."""
+    return f"lower(regexp_replace(trim({text}), '[\\s\\-]+', '_', 'g'))"
+
+
+def event_time_sql(col: Callable[[str], str]) -> str:
+    """The corrected event time, as ISO text (the loader then casts and checks it like any
+    timestamp). A time that cannot be read stays as sent, so the check names its field."""
+    ts, ot, sa, ra = (col(n) for n in ("timestamp", "originalTimestamp", "sentAt", "receivedAt"))
+    skew = f"coalesce(try_cast({ra} AS TIMESTAMPTZ) - try_cast({sa} AS TIMESTAMPTZ), INTERVAL 0 SECOND)"
+    return f"""(CASE
+        WHEN nullif(trim({ts}), '') IS NOT NULL THEN {ts}
+        WHEN nullif(trim({ot}), '') IS NOT NULL THEN
+            coalesce(CAST(try_cast({ot} AS TIMESTAMPTZ) + {skew} AS VARCHAR), {ot})
+        ELSE {ra} END)"""
+
+
+def event_name_sql(col: Callable[[str], str], event_names: Mapping[str, str] | None = None) -> str:
+    ev = col("event")
+    shop = " ".join(f"WHEN {ev} = {_lit(k)} THEN {_lit(v)}" for k, v in (event_names or {}).items())
+    canonical = ", ".join(_lit(e) for e in WEB_TRACK_EVENTS)
+    # (track events only: a screen's `event`, which some SDKs send, is the screen's name)
+    return f"""(CASE WHEN {col('type')} IS DISTINCT FROM 'track' THEN {ev} {shop}
+        WHEN {_snake_sql(ev)} IN ({canonical}) THEN {_snake_sql(ev)}
+        ELSE {ev} END)"""
+
+
+def person_traits_sql(col: Callable[[str], str]) -> str:
+    """The person's traits as one JSON object (NULL when the event carries none)."""
+    own = f"CASE WHEN {col('type')} = 'group' THEN NULL ELSE json({col('traits')}) END"
+    ctx = f"json_extract({col('context')}, '$.traits')"
+    # (json_merge_patch of a non-object replaces: keep objects only)
+    obj = "CASE WHEN json_type({x}) = 'OBJECT' THEN json({x}) END"
+    t = "_seg_t"
+
+    def first(*keys: str) -> str:
+        return "coalesce(" + ", ".join(f"nullif(trim(json_extract_string({t}, {_lit('$.' + k)})), '')" for k in keys) + ")"
+
+    name = f"nullif(trim(json_extract_string({t}, '$.name')), '')"
+    canonical = {
+        "email": first("email"),
+        "first_name": f"coalesce({first('first_name', 'firstName', 'firstname')}, regexp_extract({name}, '^(\\S+)', 1))",
+        "last_name": f"coalesce({first('last_name', 'lastName', 'lastname')}, "
+                     f"CASE WHEN regexp_matches({name}, '\\s') THEN regexp_extract({name}, '(\\S+)$', 1) END)",
+        "phone": first("phone"),
+        "address_line1": first("address_line1", "address.street"),
+        "city": first("city", "address.city"),
+        "postcode": first("postcode", "address.postalCode", "address.postal_code", "address.zip"),
+    }
+    added = "json_object(" + ", ".join(f"{_lit(k)}, nullif({v}, '')" for k, v in canonical.items()) + ")"
+    merged = (f"CASE WHEN ({obj.format(x=ctx)}) IS NULL AND ({obj.format(x=own)}) IS NULL THEN NULL "
+              f"ELSE json_merge_patch(coalesce({obj.format(x=ctx)}, '{{}}'), coalesce({obj.format(x=own)}, '{{}}')) END")
+    # (a lambda over a one-element list names the merged object once instead of repeating its
+    # expression in every key above)
+    return f"list_transform([{merged}], lambda {t}: CASE WHEN {t} IS NOT NULL THEN json_merge_patch({t}, {added}) END)[1]"
+
+
+def landed_sql(col: Callable[[str], str], event_names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Contract field -> SQL computing its stored value from the landed fields (``col(name)``:
+    the landed value of a contract field, text or JSON)."""
+    return {
+        "timestamp": event_time_sql(col),
+        "event": event_name_sql(col, event_names),
+        "traits": person_traits_sql(col),
+    }
+
+
+def canonical_event_name(name: str, event_names: Mapping[str, str] | None = None) -> str:
+    """The canonical name of a track event name (the same rule as :func:`event_name_sql`)."""
+    return normalise_events([{"type": "track", "event": name}], event_names)[0]["event"]
+
+
+def normalise_events(events: Iterable[Mapping], event_names: Mapping[str, str] | None = None) -> list[dict]:
+    """Events (SDK payloads as dicts) with the derived fields as the loader stores them:
+    ``timestamp`` (ISO text, UTC), ``event`` and ``traits`` (a dict or None). Other keys are
+    returned as sent. The same SQL as the loader's, run on an in-memory DuckDB."""
+    events = [dict(e) for e in events]
+    if not events:
+        return []
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rows = [[json.dumps(e)] for e in events]
+        con.execute("CREATE TEMP TABLE _ev (i INTEGER, j JSON)")
+        con.executemany("INSERT INTO _ev VALUES (?, ?)", [[i, r[0]] for i, r in enumerate(rows)])
+
+        def col(name: str) -> str:
+            path = _lit("$." + json.dumps(name))
+            return f"json_extract(j, {path})" if name in ("traits", "context") else f"json_extract_string(j, {path})"
+
+        exprs = landed_sql(col, event_names)
+        out = con.execute(
+            f"SELECT CAST(try_cast({exprs['timestamp']} AS TIMESTAMPTZ) AS VARCHAR), {exprs['event']}, "
+            f"CAST({exprs['traits']} AS VARCHAR) FROM _ev ORDER BY i"
+        ).fetchall()
+    finally:
+        con.close()
+    for e, (ts, ev, traits) in zip(events, out):
+        e["timestamp"], e["event"] = ts, ev
+        e["traits"] = json.loads(traits) if traits is not None else None
+    return events
