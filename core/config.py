@@ -21,7 +21,7 @@ from core.settings.activation import Syncs
 from core.settings.identity import IdentitySettings
 from core.settings.privacy import PrivacySettings
 from core.settings.quality import QualitySettings
-from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings
+from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
 from core.settings.segments import SegmentsSettings
 from core.yamlfile import YamlFileError, load_yaml
 
@@ -133,6 +133,7 @@ class Config(_Strict):
     churn: ChurnSettings = Field(default_factory=ChurnSettings)
     cart_intent: CartIntentSettings = Field(default_factory=CartIntentSettings)
     offers: OffersSettings = Field(default_factory=OffersSettings)
+    recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
     syncs: Syncs = Field(default_factory=list)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
