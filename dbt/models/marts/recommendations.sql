@@ -12,6 +12,11 @@ customers as (
     select person_id from {{ ref('customers') }}
 ),
 
+-- Only what the catalog still sells (and a parent of the catalog test, so dbt runs it here).
+products as (
+    select sku from {{ ref('stg_catalog__products') }}
+),
+
 final as (
     select
         recommendations.person_id,
@@ -22,6 +27,7 @@ final as (
         {{ as_of() }} as as_of
     from recommendations
     inner join customers on customers.person_id = recommendations.person_id
+    inner join products on products.sku = recommendations.sku
 )
 
 select * from final
