@@ -66,3 +66,73 @@ def main(customers: int = QUALITY_CUSTOMERS) -> dict:
 
 if __name__ == "__main__":
     print(json.dumps(main(int(sys.argv[1]) if len(sys.argv) > 1 else QUALITY_CUSTOMERS), indent=2))
+
+
+# --------------------------------------------------------------------------- CPU at scale
+def synthetic_shop(persons: int, seed: int = 1, products: int = 5_000, categories: int = 40):
+    """The four tables the recommender reads, made directly in DuckDB at any size: people with a
+    favourite category, Zipf-popular products, some staples rebought, sessions of views. For
+    measuring cost only (the quality figures come from the generator above)."""
+    import duckdb
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    cat_of = np.sort(rng.integers(0, categories, products))
+    skus = np.array([f"S{i:06d}" for i in range(products)])
+    orders_per = rng.poisson(4, persons) + 1
+    person = np.repeat(np.arange(persons), orders_per)
+    order_day = rng.integers(0, 730, len(person))
+    fav = rng.integers(0, categories, persons)
+    lines_per = rng.integers(1, 4, len(person))
+    line_order = np.repeat(np.arange(len(person)), lines_per)
+    line_person = person[line_order]
+    starts = np.searchsorted(cat_of, np.arange(categories))
+    sizes = np.diff(np.r_[starts, products])
+    cat = np.where(rng.random(len(line_order)) < 0.7, fav[line_person], rng.integers(0, categories, len(line_order)))
+    item = starts[cat] + np.minimum((rng.pareto(1.2, len(cat))).astype(int), sizes[cat] - 1)
+    t0 = pd.Timestamp("2023-07-01")
+    con = duckdb.connect()
+    for schema in ("intermediate", "staging", "marts"):
+        con.execute(f"CREATE SCHEMA {schema}")
+    con.register("p", pd.DataFrame({"sku": skus, "category": cat_of.astype(str), "is_product": True}))
+    con.execute("CREATE TABLE staging.stg_catalog__products AS SELECT * FROM p")
+    con.register("l", pd.DataFrame({"person_id": line_person.astype(str), "order_key": line_order.astype(str),
+                                    "sku": skus[item], "ordered_at": t0 + pd.to_timedelta(order_day[line_order], "D")}))
+    con.execute("CREATE TABLE intermediate.int_order_lines AS SELECT * FROM l")
+    n_views = persons * 4
+    view_person = rng.integers(0, persons, n_views)
+    view_cat = fav[view_person]
+    view_item = starts[view_cat] + np.minimum(rng.pareto(1.2, n_views).astype(int), sizes[view_cat] - 1)
+    con.register("v", pd.DataFrame({"person_id": view_person.astype(str), "session_id": (np.arange(n_views) // 2).astype(str),
+                                    "sku": skus[view_item], "event_name": "product_viewed",
+                                    "occurred_at": t0 + pd.to_timedelta(rng.integers(600, 730, n_views), "D")}))
+    con.execute("CREATE TABLE intermediate.int_web_product_events AS SELECT * FROM v")
+    con.execute("CREATE TABLE marts.customers AS SELECT DISTINCT person_id FROM intermediate.int_order_lines")
+    return con, t0 + pd.Timedelta(days=730)
+
+
+def scale(sizes=(50_000, 250_000)) -> dict:
+    """CPU seconds of the recommendation stage at each size (one thread, as in the pipeline)."""
+    import resource
+
+    from threadpoolctl import threadpool_limits
+
+    from core.settings.scoring import RecommendationsSettings
+    from scoring.recommend import run_recommendations
+
+    out = {}
+    for n in sizes:
+        con, as_of = synthetic_shop(n)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        with threadpool_limits(limits=1):
+            result = run_recommendations(con, as_of, RecommendationsSettings())
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        out[n] = {"cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+                  "wall_s": round(time.perf_counter() - t0, 1), "rows": int(len(result.recommendations))}
+        con.close()
+    first, last = sizes[0], sizes[-1]
+    out["cpu_ratio"] = round(out[last]["cpu_s"] / max(out[first]["cpu_s"], 1e-9), 2)
+    out["customers_ratio"] = round(last / first, 2)
+    return out

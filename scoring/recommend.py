@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from core.settings.scoring import RecommendationsSettings
+from scoring.recommend_metrics import als_top, buy_again_lists, popularity_lists, ranking_metrics
 
 log = logging.getLogger("tessera.scoring")
 
@@ -292,9 +293,8 @@ def candidates(s: State, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     parts.append(sp.coo_matrix((np.ones(len(local) * len(trend)), (np.repeat(local, len(trend)), np.tile(trend, len(local)))),
                                shape=union.shape))
     if s.als_users is not None:
-        scores = s.als_users[rows] @ s.als_items.T
-        k = min(ALS_CANDIDATES, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        k = min(ALS_CANDIDATES, s.data.n_items)
+        top = als_top(s, rows, k)
         parts.append(sp.coo_matrix((np.ones(top.size), (np.repeat(local, k), top.ravel())), shape=union.shape))
     merged = sp.csr_matrix(sum(p.tocsr() for p in parts))
     merged.sum_duplicates()
@@ -402,8 +402,6 @@ def fit_blend(data: Interactions, as_of: pd.Timestamp, settings: Recommendations
     blend = Blend(model, "ranker", training_rows=int(keep.sum()), training_buyers=len(fit_users),
                   label_window=(str(split), str(as_of)))
     # Held-out buyers: the blend against the two simplest baselines on the same people.
-    from scoring.recommend_metrics import buy_again_lists, popularity_lists, ranking_metrics
-
     lists = recommend_lists(state, blend, val_users, settings, k, with_reasons=False)
     truth_val = truth[truth["u"].isin(val_users)]
     blend.validation = {

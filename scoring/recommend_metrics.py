@@ -88,7 +88,16 @@ def item_item_lists(state, rows: np.ndarray, k: int) -> pd.DataFrame:
 def als_lists(state, rows: np.ndarray, k: int) -> pd.DataFrame | None:
     if state.als_users is None:
         return None
-    scores = state.als_users[rows] @ state.als_items.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = als_top(state, rows, k)
     return pd.DataFrame({"u": np.repeat(rows, k), "i": top.ravel().astype(np.int64),
                          "rank": np.tile(np.arange(1, k + 1), len(rows))})
+
+
+def als_top(state, rows: np.ndarray, k: int) -> np.ndarray:
+    """Each person's k best products by ALS score (implicit's top-k: no dense people x products
+    matrix, which dominated the cost at scale)."""
+    from implicit.cpu.topk import topk
+
+    ids, _ = topk(np.ascontiguousarray(state.als_items, dtype=np.float32),
+                  np.ascontiguousarray(state.als_users[rows], dtype=np.float32), k, num_threads=1)
+    return np.asarray(ids, dtype=np.int64)
