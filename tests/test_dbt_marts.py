@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from cdp.scaffold import init_project
@@ -445,10 +446,13 @@ def test_scoring_is_deterministic(built, con):
 
     from core.settings.scoring import CartIntentSettings, ChurnSettings
     from scoring import cart, churn
+    from scoring.pipeline import previous_algorithm
 
     stored = con.execute("SELECT person_id, churn_probability, model_version FROM scoring.churn_predictions ORDER BY 1").df()
     with threadpool_limits(1):
-        again = churn.train_and_score(con.execute("SELECT * FROM intermediate.int_churn_features").df(), ChurnSettings())
+        # The stored run may have kept the previous run's algorithm (switch_margin): pass its choice.
+        again = churn.train_and_score(con.execute("SELECT * FROM intermediate.int_churn_features").df(), ChurnSettings(),
+                                      previous_algorithm(con, "churn"))
         carts = cart.train_and_score(con.execute("SELECT * FROM intermediate.int_cart_features").df(), [],
                                      CartIntentSettings())
     again_p = again.predictions.sort_values("person_id").reset_index(drop=True)
@@ -478,6 +482,25 @@ def test_cdp_evaluate_churn_reports_validation_and_ground_truth(built):
     groups = report["cart_intent"]["ground_truth"]["groups"]
     assert set(groups) == {"likely", "on_the_fence", "unlikely"}
     assert sum(g["carts"] for g in groups.values()) == report["cart_intent"]["ground_truth"]["carts_matched_to_truth"] > 0
+
+
+def test_cdp_evaluate_recommendations_on_a_time_split_of_the_warehouse(built):
+    from click.testing import CliRunner
+
+    from cdp.cli import main
+
+    config = built["config"]
+    res = CliRunner().invoke(main, ["evaluate", "recommendations", "--config", str(config.root / "cdp.yaml"), "--json",
+                                    "--k", "5", "--cutoff", "2026-04-01", "--horizon-days", "60"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["k"] == 5 and report["cutoff"].startswith("2026-04-01 23:59:59") and report["horizon_days"] == 60
+    assert set(report["methods"]) == {"tessera", "popularity", "buy_again", "item_item", "als"}
+    assert report["customers_evaluated"] > 20
+    for method in report["methods"].values():
+        assert 0 <= method["all"]["recall"] <= method["all"]["hit_rate"] <= 1
+    assert pd.Timestamp(report["blend"]["label_window"][1]) <= pd.Timestamp("2026-04-01 23:59:59") \
+        if report["blend"]["label_window"] else report["blend"]["kind"] == "fallback"
 
 
 # --------------------------------------------------------------------------- declarative segments
