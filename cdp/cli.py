@@ -20,7 +20,7 @@ from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS
 from cdp.commands_marketing import segments_command
 from cdp.commands_privacy import export_subject_command, forget
 from cdp.commands_quality import print_publish_status, print_run_summary, publish_command, rollback_command
-from cdp.commands_scoring import evaluate_churn
+from cdp.commands_scoring import evaluate_churn, evaluate_recommendations
 from cdp.commands_segments import validate as validate_segments
 from core.config import ConfigError, find_config_path
 from core.run_lock import RunInProgress
@@ -207,6 +207,7 @@ main.add_command(experiments_command)
 for _command in MARKETING_COMMANDS:
     main.add_command(_command)
 evaluate.add_command(evaluate_churn)
+evaluate.add_command(evaluate_recommendations)
 # `cdp segments` lists the published segments; `cdp segments validate` checks the definitions file.
 segments_command.add_command(validate_segments)
 

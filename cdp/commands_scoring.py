@@ -31,10 +31,47 @@ def evaluate_churn(config_path, as_json) -> None:
     churn, cart = result["churn"], result["cart_intent"]
     val, gt = churn["stored"].get("validation", {}), churn["ground_truth"]
     out.print(f"churn model              {churn['stored'].get('model_version')}")
-    for metric in ("roc_auc", "pr_auc", "brier", "positive_rate"):
+    for metric in ("roc_auc", "pr_auc", "brier", "positive_rate", "mean_predicted", "ece"):
         out.print(f"  {metric:<22} validation {val.get(metric)}   ground truth {gt.get(metric)}")
     out.print(f"  persons scored / matched {gt.get('persons_scored')} / {gt.get('persons_matched_to_truth')}")
     out.print("cart intent: measured 7-day purchase rate per group")
     for group, g in cart["ground_truth"]["groups"].items():
         out.print(f"  {group:<14} {g['carts']:>7,} carts  {g['purchased_within_7d_rate']}")
     out.print(f"  groups ordered: {cart['ground_truth']['groups_ordered']}")
+
+
+@click.command("recommendations")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Path to cdp.yaml (default: $CDP_CONFIG or ./cdp.yaml).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--k", "k", type=click.IntRange(1, 100), default=10, show_default=True, help="List length measured.")
+@click.option("--cutoff", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="End of the history (end of that day); default: the last order minus the horizon.")
+@click.option("--horizon-days", type=click.IntRange(1, 730), default=90, show_default=True,
+              help="Truth = what each customer bought in this many days after the cut-off.")
+def evaluate_recommendations(config_path, as_json, k, cutoff, horizon_days) -> None:
+    """Recommendations on a time split of the warehouse's orders: HitRate, Recall, Precision,
+    NDCG at K, coverage and novelty for Tessera and the baselines (popularity, buy-again,
+    item-item co-occurrence, implicit ALS) on the same customers."""
+    import pandas as pd
+
+    from scoring.recommend_evaluate import evaluate_config, table
+
+    cutoff_ts = pd.Timestamp(cutoff) + pd.Timedelta(hours=23, minutes=59, seconds=59) if cutoff else None
+    try:
+        result = evaluate_config(load_config_or_exit(config_path), k=k, cutoff=cutoff_ts, horizon_days=horizon_days)
+    except (WarehouseBusy, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    if "error" in result:
+        raise UserError(result["error"])
+    if as_json:
+        out.print_json(json.dumps(result, default=str))
+        return
+    out.print(f"cut-off {result['cutoff']}, truth: purchases in the next {horizon_days} days; "
+              f"{result['customers_evaluated']:,} buyers evaluated ({result['known_customers']:,} known before the "
+              f"cut-off), {result['products']:,} products; blend: {result['blend']['kind']}", markup=False)
+    for population in ("all", "known"):
+        out.print(f"\n{population} buyers", markup=False)
+        out.print(table(result, population), markup=False)
+    out.print(f"\nbest baseline: {result['best_baseline']}; Tessera at least as good: "
+              f"{result['tessera_at_least_best_baseline']}", markup=False)

@@ -98,6 +98,10 @@ segments:
 churn: {{}}
 cart_intent: {{}}
 offers: {{}}
+# Recommendations (scoring/recommend.py; `cdp evaluate recommendations` measures them):
+# list_length (10), exclude_bought_within_days (0 = rebuys allowed), max_per_category (4),
+# horizon_days (90: the blend learns what predicts purchases in this many days).
+recommendations: {{}}
 # Reverse-ETL syncs (README "Activation"), e.g.
 #   - name: vip_to_klaviyo
 #     source: {{segment: vip}}

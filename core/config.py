@@ -22,7 +22,7 @@ from core.settings.experiments import Experiment, check_experiments
 from core.settings.identity import IdentitySettings
 from core.settings.privacy import PrivacySettings
 from core.settings.quality import QualitySettings
-from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings
+from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
 from core.settings.segments import SegmentsSettings
 from core.yamlfile import YamlFileError, load_yaml
 
@@ -150,6 +150,7 @@ class Config(_Strict):
     churn: ChurnSettings = Field(default_factory=ChurnSettings)
     cart_intent: CartIntentSettings = Field(default_factory=CartIntentSettings)
     offers: OffersSettings = Field(default_factory=OffersSettings)
+    recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
     syncs: Syncs = Field(default_factory=list)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)

@@ -255,6 +255,8 @@ ENTITIES: tuple[Entity, ...] = (
             Field("category", STRING, required=True),
             Field("price", DECIMAL, required=True),
             Field("margin", DECIMAL, description="Gross margin as a fraction of price, 0..1."),
+            Field("is_product", BOOLEAN, description="false for codes that are no product (postage, fees, gift "
+                                                     "wrap): never recommended. Empty = a product."),
         ),
     ),
 )

@@ -5,8 +5,15 @@ Reads intermediate.int_churn_features (dbt: one row per person per snapshot, see
 - fit every candidate on the `train` snapshot (features at as_of - 2H, labels up to as_of - H);
 - validate on the `validate` snapshot (features at as_of - H, labels up to as_of): a true
   time split, the same distance into the future as the scores;
-- keep the best by validation ROC AUC, refit it on the `validate` snapshot (the most recent
-  fully labelled one) and score the `score` snapshot (features at as_of).
+- keep the best by validation ROC AUC - but the previous run's algorithm stays unless the
+  challenger beats it by `switch_margin`, so the choice does not flip on noise;
+- calibrate that train-fitted model on the `validate` snapshot (isotonic or Platt) and deploy
+  it: the validation metrics printed are the deployed model's, out of time. Calibration
+  metrics (ECE, reliability curve, mean predicted vs observed) are cross-fitted on two halves
+  of the validate snapshot, so they are not measured on the rows the calibrator saw;
+- a horizon longer than the history allows (no buyers at the train cutoff) is fitted on half of
+  the validate snapshot and measured on the other half (in time, said so); with no validate
+  snapshot either, churn is skipped with a message, never a failed run.
 """
 
 from __future__ import annotations
@@ -17,7 +24,15 @@ import numpy as np
 import pandas as pd
 
 from core.settings.scoring import ChurnSettings
-from scoring.models import binary_metrics, calibration_table, make_model, model_version, reasons, select_and_fit
+from scoring.models import (
+    binary_metrics,
+    calibration_table,
+    calibrator,
+    expected_calibration_error,
+    model_version,
+    reasons,
+    select_and_fit,
+)
 
 FEATURES = [
     "days_since_last_order", "days_since_first_order", "orders_total", "orders_30d", "orders_90d", "orders_prev_90d",
@@ -62,6 +77,19 @@ _WORDING = {
 }
 
 
+# Features that carry the same signal, replaced together when explaining a score (models.reasons):
+# the lead feature words the reason, e.g. "no order for 120 days (typical 45)".
+REASON_GROUPS = {
+    "days_since_last_order": ["days_since_last_order", "orders_30d", "orders_90d", "orders_prev_90d",
+                              "orders_trend_90d"],
+    "days_since_last_session": ["days_since_last_session", "web_sessions_30d", "web_sessions_90d",
+                                "web_sessions_trend_90d", "web_sessions_365d", "cart_adds_90d"],
+    "days_since_last_open": ["days_since_last_open", "email_opens_30d", "email_opens_90d", "email_opens_trend_90d",
+                             "email_opens_365d", "email_clicks_90d"],
+    "bad_tickets_90d": ["bad_tickets_90d", "bad_tickets_365d", "support_tickets_365d"],
+}
+
+
 def describe(feature: str, value: float, typical: float) -> str:
     return _WORDING.get(feature, feature + " {v:.2f} (typical {t:.2f})").format(v=value, t=typical)
 
@@ -77,13 +105,35 @@ class ChurnResult:
     training_rows: int
     as_of: pd.Timestamp
     risk_tier_counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def risk_tier(p: np.ndarray, settings: ChurnSettings) -> np.ndarray:
+    if settings.risk_tiers == "quantile" and len(p):
+        # Rank-based so that ties never put everyone in one tier.
+        share_above = 1.0 - (pd.Series(p).rank(method="first").to_numpy() - 1) / len(p)
+        return np.where(share_above <= settings.high_risk_share, "high",
+                        np.where(share_above <= settings.high_risk_share + settings.medium_risk_share, "medium", "low"))
     return np.where(p >= settings.high_risk_at, "high", np.where(p >= settings.medium_risk_at, "medium", "low"))
 
 
-def train_and_score(features: pd.DataFrame, settings: ChurnSettings) -> ChurnResult:
+def _halves(frame: pd.DataFrame) -> np.ndarray:
+    """A deterministic split of people into two halves (by a hash of person_id)."""
+    return (pd.util.hash_pandas_object(frame["person_id"].astype(str), index=False).to_numpy() % 2).astype(bool)
+
+
+def _cross_calibrated(model, frame: pd.DataFrame, method: str) -> np.ndarray:
+    """Calibrated validation probabilities, each half calibrated on the other half."""
+    x, y = frame[FEATURES].to_numpy(float), frame[LABEL].to_numpy(int)
+    half = _halves(frame)
+    out = model.predict_proba(x)[:, 1]
+    for part in (half, ~half):
+        if part.any() and (~part).any() and len(np.unique(y[~part])) == 2:
+            out[part] = calibrator(model, x[~part], y[~part], method).predict_proba(x[part])[:, 1]
+    return out
+
+
+def train_and_score(features: pd.DataFrame, settings: ChurnSettings, previous_algorithm: str | None = None) -> ChurnResult:
     # Rows in a fixed order: dbt returns them in any order, and boosting's early-stopping
     # split is by position, so the same data must reach the model the same way every run.
     frame = features.sort_values(["snapshot", "person_id"], kind="stable").reset_index(drop=True)
@@ -91,30 +141,58 @@ def train_and_score(features: pd.DataFrame, settings: ChurnSettings) -> ChurnRes
     train = frame[frame["snapshot"] == "train"]
     validate = frame[frame["snapshot"] == "validate"]
     score = frame[frame["snapshot"] == "score"]
-    if validate.empty or train.empty:
-        raise ValueError("churn: no buyers at the train or validate cutoff (as_of - 2 x horizon / as_of - horizon); "
-                         "the warehouse needs at least 2 x horizon_days + 365 days of order history")
-    algorithm, candidates, validation_p = select_and_fit(
-        train, validate, FEATURES, LABEL, list(settings.algorithms), settings.seed)
-    validation = candidates[algorithm]
-    calibration = calibration_table(validate[LABEL], validation_p)
+    notes: list[str] = []
+    as_of = pd.Timestamp(score["cutoff_at"].iloc[0]) if not score.empty else (
+        pd.Timestamp(validate["cutoff_at"].iloc[0]) if not validate.empty else pd.NaT)
+    if validate.empty or validate[LABEL].nunique() < 2 and train.empty:
+        note = (f"churn skipped: no labelled buyers at as_of - horizon ({settings.horizon_days} days); the history "
+                f"must cover horizon_days + 365 days of orders")
+        empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
+            ("person_id", object), ("churn_probability", float), ("risk_tier", object), ("model_version", object),
+            ("top_reasons", object), ("as_of", "datetime64[ns]"))})
+        return ChurnResult(empty, "skipped", "churn-skipped", {}, {}, [], 0, as_of, {"high": 0, "medium": 0, "low": 0},
+                           [note])
+    if train.empty or train[LABEL].nunique() < 2:
+        # The horizon is longer than the history allows: learn from half of the validate
+        # snapshot, measure on the other half (in time, not out of time).
+        half = _halves(validate)
+        train, validate = validate[half], validate[~half]
+        notes.append(f"churn: no labelled buyers at as_of - 2 x {settings.horizon_days} days; fitted and measured on "
+                     "two halves of the as_of - horizon snapshot (in-time validation)")
+    models: dict = {}
+    best, candidates, _ = select_and_fit(train, validate, FEATURES, LABEL, list(settings.algorithms), settings.seed,
+                                         models)
+    algorithm = best
+    if (previous_algorithm in candidates and previous_algorithm != best
+            and candidates[best]["roc_auc"] - candidates[previous_algorithm]["roc_auc"] < settings.switch_margin):
+        algorithm = previous_algorithm
+        notes.append(f"churn: kept {previous_algorithm}; {best} won by less than switch_margin {settings.switch_margin}")
+    raw = models[algorithm]
+    x_val, y_val = validate[FEATURES].to_numpy(float), validate[LABEL].to_numpy(int)
+    validation_p = _cross_calibrated(raw, validate, settings.calibration)
+    validation = {**binary_metrics(y_val, validation_p), "ece": expected_calibration_error(y_val, validation_p),
+                  "ece_uncalibrated": expected_calibration_error(y_val, raw.predict_proba(x_val)[:, 1]),
+                  "roc_auc_uncalibrated": candidates[algorithm]["roc_auc"]}
+    calibration = calibration_table(y_val, validation_p)
+    deployed = calibrator(raw, x_val, y_val, settings.calibration)
 
-    model = make_model(algorithm, settings.seed).fit(validate[FEATURES].to_numpy(float), validate[LABEL].to_numpy(int))
-    as_of = pd.Timestamp(score["cutoff_at"].iloc[0]) if not score.empty else pd.Timestamp(validate["cutoff_at"].iloc[0])
-    version = model_version("churn", algorithm, as_of, validate, FEATURES)
-    p = model.predict_proba(score[FEATURES].to_numpy(float))[:, 1] if not score.empty else np.zeros(0)
+    version = model_version("churn", algorithm, as_of, train, FEATURES)
+    p = deployed.predict_proba(score[FEATURES].to_numpy(float))[:, 1] if not score.empty else np.zeros(0)
     predictions = pd.DataFrame({
         "person_id": score["person_id"].to_numpy(),
         "churn_probability": np.round(p, 6),
         "risk_tier": risk_tier(p, settings),
         "model_version": version,
-        "top_reasons": reasons(model, score, FEATURES, describe, settings.top_reasons) if not score.empty else [],
+        # Explained on the uncalibrated model: calibration is monotone, and isotonic steps would
+        # hide small one-feature changes.
+        "top_reasons": reasons(raw, score, FEATURES, describe, settings.top_reasons, groups=REASON_GROUPS)
+        if not score.empty else [],
         "as_of": as_of,
     })
     counts = predictions["risk_tier"].value_counts().to_dict()
     return ChurnResult(predictions, algorithm, version, validation, candidates, calibration,
-                       training_rows=len(validate), as_of=as_of,
-                       risk_tier_counts={t: int(counts.get(t, 0)) for t in ("high", "medium", "low")})
+                       training_rows=len(train), as_of=as_of,
+                       risk_tier_counts={t: int(counts.get(t, 0)) for t in ("high", "medium", "low")}, notes=notes)
 
 
 def evaluate_predictions(predictions: pd.DataFrame, truth: pd.Series) -> dict:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from scoring.cart import GROUPS
 from scoring.churn import evaluate_predictions
-from scoring.models import binary_metrics, calibration_table
+from scoring.models import binary_metrics, calibration_table, expected_calibration_error
 
 GROUND_TRUTH_FUTURE_DAYS = 90
 
@@ -88,6 +88,8 @@ def evaluate_churn(con: duckdb.DuckDBPyConnection, ground_truth: Path, horizon_d
                       name="churned")
     truth.index.name = "person_id"
     gt = evaluate_predictions(predictions, truth)
+    gt["ece"] = expected_calibration_error(truth.reindex(scored["person_id"]).to_numpy(),
+                                           scored["churn_probability"].to_numpy())
     gt["persons_scored"] = int(len(predictions))
     gt["persons_matched_to_truth"] = int(len(scored))
     gt["future_days_observed"] = days

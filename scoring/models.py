@@ -64,6 +64,39 @@ def binary_metrics(y_true, p) -> dict[str, float]:
     }
 
 
+def expected_calibration_error(y_true, p, bins: int = 10) -> float:
+    """ECE: the mean |predicted - observed| over equal-width probability bins, weighted by rows."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(p, dtype=float)
+    if len(y) == 0:
+        return float("nan")
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        part = which == b
+        total += part.sum() * abs(p[part].mean() - y[part].mean())
+    return float(total / len(y))
+
+
+def calibrator(model, X, y, method: str):
+    """The fitted `model` with its probabilities calibrated on (X, y), the model itself left as
+    fitted (scikit-learn's FrozenEstimator, or cv='prefit' before 1.6). 'auto' = isotonic from
+    1,000 rows (it needs them), sigmoid (Platt) below."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    if isinstance(model, BaseRate) or len(np.unique(y)) < 2:
+        return model
+    if method == "auto":
+        method = "isotonic" if len(y) >= 1000 else "sigmoid"
+    try:
+        from sklearn.frozen import FrozenEstimator
+
+        calibrated = CalibratedClassifierCV(FrozenEstimator(model), method=method)
+    except ImportError:  # scikit-learn < 1.6
+        calibrated = CalibratedClassifierCV(model, method=method, cv="prefit")
+    return calibrated.fit(X, y)
+
+
 def calibration_table(y_true, p, bins: int = 10) -> list[dict]:
     """Deciles of predicted probability: rows, mean predicted, observed rate per decile."""
     frame = pd.DataFrame({"y": np.asarray(y_true, dtype=float), "p": np.asarray(p, dtype=float)})
@@ -77,7 +110,7 @@ def calibration_table(y_true, p, bins: int = 10) -> list[dict]:
 
 
 def select_and_fit(train: pd.DataFrame, validate: pd.DataFrame, features: list[str], label: str,
-                   algorithms: list[str], seed: int) -> tuple[str, dict[str, dict], np.ndarray]:
+                   algorithms: list[str], seed: int, models: dict | None = None) -> tuple[str, dict[str, dict], np.ndarray]:
     """Fit each candidate on `train`, score `validate`; return the best algorithm by validation
     ROC AUC (ties: the first listed), every candidate's validation metrics, and the best one's
     validation predictions. With a single outcome in `train` nothing can be learnt: 'base_rate'."""
@@ -89,30 +122,42 @@ def select_and_fit(train: pd.DataFrame, validate: pd.DataFrame, features: list[s
         p = model.predict_proba(validate[features].to_numpy(float))[:, 1]
         results[algorithm] = binary_metrics(validate[label], p)
         predictions[algorithm] = p
+        if models is not None:  # the caller keeps the fitted candidates
+            models[algorithm] = model
     best = max(algorithms, key=lambda a: (np.nan_to_num(results[a]["roc_auc"], nan=-1.0), -algorithms.index(a)))
     return best, results, predictions[best]
 
 
-def reasons(model, X: pd.DataFrame, features: list[str], describe, top: int, toward_positive: bool = True) -> list[str]:
+def reasons(model, X: pd.DataFrame, features: list[str], describe, top: int, toward_positive: bool = True,
+            groups: dict[str, list[str]] | None = None) -> list[str]:
     """Top reasons per row: for each feature, how much the predicted probability moves when
     the row's value is replaced by the population's median (its contribution against a typical
     person). The features that raise the probability most, worded by `describe(feature, value,
     typical)`, joined with '; '. One-at-a-time, so interactions are not split: it answers "what
-    about this person differs from typical and pushes the score up"."""
+    about this person differs from typical and pushes the score up".
+
+    `groups` (lead feature -> features that say the same thing, e.g. days since the last order
+    and orders in 30 / 90 days) are replaced together and worded by their lead feature: one-at-a-
+    time, correlated features split the credit and the strongest signal (recency) never showed."""
     values = X[features].to_numpy(float)
     base = model.predict_proba(values)[:, 1]
     medians = np.median(values, axis=0) if len(values) else np.zeros(len(features))
-    contributions = np.zeros_like(values)
-    for j in range(len(features)):
+    index = {f: j for j, f in enumerate(features)}
+    grouped = {f for members in (groups or {}).values() for f in members}
+    units = [(lead, [index[m] for m in members if m in index]) for lead, members in (groups or {}).items()]
+    units += [(f, [index[f]]) for f in features if f not in grouped]
+    contributions = np.zeros((len(values), len(units)))
+    for u, (_, columns) in enumerate(units):
         typical = values.copy()
-        typical[:, j] = medians[j]
-        contributions[:, j] = base - model.predict_proba(typical)[:, 1]
+        typical[:, columns] = medians[columns]
+        contributions[:, u] = base - model.predict_proba(typical)[:, 1]
     if not toward_positive:
         contributions = -contributions
     order = np.argsort(-contributions, axis=1, kind="stable")[:, :top]
     out = []
     for i in range(len(values)):
-        parts = [describe(features[j], values[i, j], medians[j]) for j in order[i] if contributions[i, j] > 0.005]
+        parts = [describe(units[u][0], values[i, index[units[u][0]]], medians[index[units[u][0]]])
+                 for u in order[i] if contributions[i, u] > 0.005]
         out.append("; ".join(parts))
     return out
 

@@ -17,9 +17,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from core.settings.experiments import Experiment
-from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings
+from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
 from core.warehouse import table_exists
-from scoring import cart, churn
+from scoring import cart, churn, recommend
 from scoring.offers import decide_offers
 
 log = logging.getLogger("tessera.scoring")
@@ -42,7 +42,8 @@ class ScoringResult:
         offers = self.offers
         return {
             "churn_algorithm": c.algorithm, "churn_model_version": c.model_version,
-            **{f"churn_validation_{m}": round(c.validation[m], 4) for m in ("roc_auc", "pr_auc", "brier", "positive_rate")},
+            **{f"churn_validation_{m}": round(c.validation[m], 4)
+               for m in ("roc_auc", "pr_auc", "brier", "positive_rate", "mean_predicted", "ece") if m in c.validation},
             "churn_scored": int(len(c.predictions)), "churn_risk_tiers": c.risk_tier_counts,
             "cart_algorithm": k.algorithm, "cart_model_version": k.model_version,
             **{f"cart_validation_{m}": round(k.validation[m], 4) for m in ("roc_auc", "pr_auc", "brier", "positive_rate")},
@@ -67,6 +68,9 @@ def metrics_rows(result_churn: churn.ChurnResult, result_cart: cart.CartResult) 
     for model, res in (("churn", result_churn), ("cart_intent", result_cart)):
         common = {"model": model, "model_version": res.model_version, "as_of": res.as_of}
         for algorithm, metrics in res.candidates.items():
+            # The selected algorithm's row holds the deployed (calibrated) model's metrics.
+            if algorithm == res.algorithm and res.validation:
+                metrics = res.validation
             for metric, value in metrics.items():
                 rows.append({**common, "algorithm": algorithm, "dataset": "validation", "metric": metric,
                              "bin": None, "value": value, "selected": algorithm == res.algorithm})
@@ -158,6 +162,15 @@ def offer_inputs(con: duckdb.DuckDBPyConnection, churn_predictions: pd.DataFrame
         con.unregister("cart_now")
 
 
+def previous_algorithm(con: duckdb.DuckDBPyConnection, model: str) -> str | None:
+    """The algorithm the last run deployed (scoring.model_metrics): kept unless beaten by a margin."""
+    if not table_exists(con, SCHEMA, "model_metrics"):
+        return None
+    row = con.execute(f"SELECT any_value(algorithm) FROM {SCHEMA}.model_metrics WHERE model = ? AND selected",
+                      [model]).fetchone()
+    return row[0] if row else None
+
+
 def _write(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
     con.register("frame_to_write", frame)
     try:
@@ -186,8 +199,12 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, o
                        ("int_carts", "abandon-and-return gaps")):
         _require(con, "intermediate", table, why)
     churn_features = _frame(con, "SELECT * FROM intermediate.int_churn_features")
-    churn_result = churn.train_and_score(churn_features, churn_settings)
-    progress(f"scoring: churn {churn_result.algorithm}, validation ROC AUC {churn_result.validation['roc_auc']:.3f}, "
+    churn_result = churn.train_and_score(churn_features, churn_settings, previous_algorithm(con, "churn"))
+    for note in churn_result.notes:
+        progress(f"scoring: {note}")
+    v = churn_result.validation
+    progress(f"scoring: churn {churn_result.algorithm}, deployed model's validation ROC AUC "
+             f"{v.get('roc_auc', float('nan')):.3f}, ECE {v.get('ece', float('nan')):.3f}, "
              f"{len(churn_result.predictions):,} scored ({time.perf_counter() - started:.1f}s)")
 
     cart_features = _frame(con, "SELECT * FROM intermediate.int_cart_features")
@@ -215,3 +232,22 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, o
     _write(con, "offer_decisions", offers)
     _write(con, "model_metrics", metrics)
     return ScoringResult(churn_result, cart_result, offers, metrics)
+
+
+def run_recommendation_stage(con: duckdb.DuckDBPyConnection, as_of, settings: RecommendationsSettings,
+                             progress=log.info) -> recommend.RecommendationsResult:
+    """scoring.recommendations as of `as_of` (scoring/recommend.py); read by dbt's recommendations mart."""
+    for schema, table, why in (("intermediate", "int_order_lines", "purchases"),
+                               ("intermediate", "int_web_product_events", "product views"),
+                               ("staging", "stg_catalog__products", "the catalog"), ("marts", "customers", "people")):
+        _require(con, schema, table, why)
+    started = time.perf_counter()
+    with threadpool_limits(limits=MODEL_THREADS):
+        result = recommend.run_recommendations(con, as_of, settings)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    _write(con, "recommendations", result.recommendations)
+    validation = result.blend.validation.get("tessera", {})
+    progress(f"scoring: recommendations for {result.recommendations['person_id'].nunique():,} people "
+             f"({result.blend.kind}; held-out HitRate@{settings.list_length} {validation.get('hit_rate', float('nan')):.3f}) "
+             f"({time.perf_counter() - started:.1f}s)")
+    return result

@@ -25,16 +25,29 @@ class ChurnSettings(_Strict):
                               description="Churned = no purchase in this many days (among buyers of the prior 365).")
     high_risk_at: float = Field(default=0.7, gt=0, lt=1, description="churn_probability >= this -> risk tier high.")
     medium_risk_at: float = Field(default=0.4, gt=0, lt=1, description="churn_probability >= this -> medium; else low.")
+    risk_tiers: Literal["probability", "quantile"] = Field(
+        default="probability",
+        description="probability: tiers at high_risk_at / medium_risk_at of the calibrated probability; quantile: "
+                    "the top high_risk_share of scored people are high, the next medium_risk_share medium.")
+    high_risk_share: float = Field(default=0.2, gt=0, lt=1)
+    medium_risk_share: float = Field(default=0.3, gt=0, lt=1)
+    calibration: Literal["auto", "isotonic", "sigmoid"] = Field(
+        default="auto", description="Calibrated on the validation split; auto = isotonic from 1,000 rows, else sigmoid.")
     top_reasons: int = Field(default=3, ge=1, le=10)
     algorithms: list[Literal["gradient_boosting", "logistic_regression"]] = Field(
         default_factory=lambda: list(ALGORITHMS), min_length=1,
         description="Candidates; the one with the best time-split validation ROC AUC is used.")
+    switch_margin: float = Field(
+        default=0.01, ge=0, le=0.5,
+        description="The previous run's algorithm stays unless a challenger's validation ROC AUC beats it by this.")
     seed: int = 7
 
     @model_validator(mode="after")
     def _ordered(self) -> "ChurnSettings":
         if self.medium_risk_at >= self.high_risk_at:
             raise ValueError("medium_risk_at must be below high_risk_at")
+        if self.high_risk_share + self.medium_risk_share > 1:
+            raise ValueError("high_risk_share + medium_risk_share must be at most 1")
         return self
 
 
@@ -93,6 +106,30 @@ class OffersSettings(_Strict):
 
     def offer(self, name: str) -> Offer | None:
         return self.catalog.get(name)
+
+
+class RecommendationsSettings(_Strict):
+    """cdp.yaml's `recommendations` section (scoring/recommend.py). The blend's weights are not
+    settings: they are learnt on a time split of the shop's own orders at every run."""
+
+    list_length: int = Field(default=10, ge=1, le=100, description="Products per person in `recommendations`.")
+    exclude_bought_within_days: int = Field(
+        default=0, ge=0, le=365,
+        description="Never recommend what the person bought in this many days (0 = rebuys allowed: on a "
+                    "repeat-purchase shop they are often the best recommendation).")
+    max_per_category: int = Field(default=4, ge=1, le=100,
+                                  description="Diversity: at most this many products of one category in a list.")
+    horizon_days: int = Field(default=90, ge=7, le=365,
+                              description="The blend learns which signals predict purchases in this many days.")
+    trending_days: int = Field(default=30, ge=1, le=365, description="'Trending' = most buyers in these days.")
+    view_days: int = Field(default=90, ge=1, le=730, description="Product views this recent count (co-views, affinity).")
+    neighbours: int = Field(default=20, ge=1, le=200, description="Co-purchase / co-view neighbours kept per product.")
+    seed_items: int = Field(default=10, ge=1, le=100,
+                            description="A person's most recent products that seed their co-purchase candidates.")
+    collaborative: bool = Field(default=True, description="Add implicit-feedback ALS candidates when the data allows.")
+    training_customers: int = Field(default=20_000, ge=100,
+                                    description="Buyers sampled to fit the blend (bounds its cost at any scale).")
+    seed: int = 7
 
 
 def dbt_vars(churn: ChurnSettings, cart: CartIntentSettings) -> dict[str, int]:

@@ -10,6 +10,8 @@ renamed as (
         lower({{ clean_text('category') }}) as category,
         price,
         margin,
+        -- Empty = a product: only codes marked false (postage, fees) are no product.
+        coalesce(is_product, true) as is_product,
         cast(_loaded_at as {{ dbt.type_timestamp() }}) as loaded_at,
         _load_id as load_id,
         _file as landed_file,
@@ -23,7 +25,7 @@ latest as (
 ),
 
 final as (
-    select sku, source, product_name, category, price, margin, loaded_at, load_id, landed_file, landed_row
+    select sku, source, product_name, category, price, margin, is_product, loaded_at, load_id, landed_file, landed_row
     from latest
 )
 
