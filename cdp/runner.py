@@ -94,7 +94,7 @@ def _metadata_value(v):
 
 
 def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] | None = None,
-                 accept_drift: bool = False) -> RunSummary:
+                 accept_drift: bool = False, keep_going: bool = False) -> RunSummary:
     unknown = [s for s in (only or []) if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
@@ -103,7 +103,7 @@ def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] |
     saved = {k: os.environ.get(k) for k in (CONFIG_ENV, "DAGSTER_HOME")}
     prepare_environment(config, cfg_path)
     try:
-        return _execute(config, only, accept_drift)
+        return _execute(config, only, accept_drift, keep_going)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -112,20 +112,22 @@ def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] |
                 os.environ[k] = v
 
 
-def _execute(config: Config, only: list[str] | None, accept_drift: bool = False) -> RunSummary:
+def _execute(config: Config, only: list[str] | None, accept_drift: bool = False, keep_going: bool = False) -> RunSummary:
     from dagster_project.run_guard import project_run
 
     # One run at a time, and nothing a killed run left behind blocks this one (run_guard.py);
     # taken before the definitions load, so a second `cdp run` is turned away at once.
     with project_run(config, trigger="cdp run") as claim:
-        return _execute_claimed(config, only, accept_drift, claim)
+        return _execute_claimed(config, only, accept_drift, claim, keep_going)
 
 
-def _execute_claimed(config: Config, only: list[str] | None, accept_drift: bool, claim) -> RunSummary:
+def _execute_claimed(config: Config, only: list[str] | None, accept_drift: bool, claim,
+                     keep_going: bool = False) -> RunSummary:
 
     from dagster import AssetSelection, DagsterInstance
 
     from dagster_project.definitions import GATE_CHECKS, defs
+    from dagster_project.defs.ingestion import KEEP_GOING_TAG
     from dagster_project.defs.quality import ACCEPT_DRIFT_TAG
 
     job = defs.resolve_implicit_global_asset_job_def()
@@ -145,6 +147,8 @@ def _execute_claimed(config: Config, only: list[str] | None, accept_drift: bool,
     tags = {"tessera/trigger": "cli", "tessera/stages": ",".join(only or ["all"]), **claim.tags}
     if accept_drift:
         tags[ACCEPT_DRIFT_TAG] = "true"
+    if keep_going:
+        tags[KEEP_GOING_TAG] = "true"
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,

@@ -1,11 +1,19 @@
 """A retailer's own exports landed with cdp.yaml alone: expressions, receipts folded from
 invoice lines, derived line numbers, optional fields, older history (issue 26)."""
 
-import pytest
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from core.config import ConfigError
+import pytest
+import yaml
+
+from core.config import ConfigError, load_config
 from core.expressions import ExpressionError, compile_sql, parse
-from core.warehouse import connect
+from core.snapshots import current_path, open_snapshot
+from core.warehouse import connect, open_warehouse
 from ingestion.loader import LOADED, REJECTED, ingest
 from tests.conftest import make_config, write
 
@@ -124,3 +132,103 @@ def test_earliest_plausible_date_is_a_setting(tmp_path):
     report = ingest(config, con)
     assert [f.status for f in report.files] == [LOADED] * 3
     assert con.execute("SELECT min(occurred_at)::DATE::VARCHAR FROM raw.pos_transactions").fetchall() == [("1997-12-01",)]
+
+
+# --------------------------------------------------------------------------- whole runs
+# Real `cdp run`s on small projects: slow-ish (dbt, identity, the gate), so one project each.
+CDP = str(Path(sys.executable).parent / "cdp")
+
+
+def _cdp(*args) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("CDP_CONFIG", "DAGSTER_HOME")}
+    return subprocess.run([CDP, *args], env=env, capture_output=True, text=True, timeout=900)
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data):  # cdp.yaml refuses YAML aliases
+        return True
+
+
+def _project(root: Path, **settings) -> Path:
+    assert _cdp("init", str(root)).returncode == 0
+    cfg = root / "cdp.yaml"
+    data = yaml.safe_load(cfg.read_text())
+    data.update(settings)
+    cfg.write_text(yaml.dump(data, Dumper=_NoAliases, sort_keys=False))
+    return cfg
+
+
+def _invoice_lines_1997() -> list[str]:
+    """Three months of a small shop's invoice lines in late 1997: every customer a loyalty
+    member who buys, one cancellation, postage on some invoices, guests without an id."""
+    rows, n = [], 540000
+    for day in range(0, 80, 3):
+        when = (dt.datetime(1997, 10, 1, 9) + dt.timedelta(days=day)).strftime("%m/%d/%Y %H:%M").lstrip("0")
+        for customer, sku, qty, price in (("17850.0", "71053", 6, 3.39), ("13047.0", "22633", 6, 1.85),
+                                          ("12583.0", "84879", 12, 1.69), ("", "22960", 1, 4.25)):
+            n += 1
+            rows.append(f"{n},{sku},ITEM,{qty},{when},{price},{customer},United Kingdom")
+            rows.append(f"{n},{'85123A' if day % 2 else '21754'},ITEM,2,{when},2.55,{customer},United Kingdom")
+            if day % 9 == 0:
+                rows.append(f"{n},POST,POSTAGE,1,{when},18.0,{customer},United Kingdom")
+    # 17850 sends back every lantern bought at the last visit and one more
+    rows.append("C549999,71053,WHITE METAL LANTERN,-7,12/20/1997 10:00,3.39,17850.0,United Kingdom")
+    return rows
+
+
+CATALOG = """sku,name,category,price,non_product
+71053,White metal lantern,lighting,3.39,
+22633,Hand warmer,accessories,1.85,false
+84879,Bird ornament,decor,1.69,false
+22960,Jam making set,kitchen,4.25,false
+85123A,T-light holder,lighting,2.55,false
+21754,Home sign,decor,5.95,false
+POST,Postage,postage,18.0,true
+"""
+
+
+def test_a_1997_pos_only_export_lands_backtests_and_publishes_on_its_first_run(tmp_path):
+    root = tmp_path / "shop97"
+    cfg = _project(root, as_of="1997-12-31", ingestion={"earliest_date": "1990-01-01"}, sources=[
+        uci_source(), {"name": "catalog", "kind": "catalog", "entities": {"products": {"path": "catalog/*.csv"}}}])
+    write(root / "landing/pos/online_retail_1997.csv", "\n".join([UCI_HEADER, *_invoice_lines_1997()]) + "\n")
+    write(root / "landing/catalog/products.csv", CATALOG)
+    done = _cdp("run", "--config", str(cfg))
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "Traceback" not in out
+    # the models without enough history are named, with what they need and what there is
+    assert "skipped" in out and "churn needs orders from more than 2 × churn.horizon_days = 180 days" in out
+    assert "cart intent needs carts" in out
+
+    config = load_config(cfg)
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        traits = dict(con.execute("""
+            SELECT g.source_record_id, struct_pack(t.order_count, t.revenue, t.preferred_category, t.as_of)
+            FROM marts.customer_traits t JOIN identity.graph g USING (person_id)
+            WHERE g.entity = 'loyalty_members'""").fetchall())
+        lanterns = con.execute("""
+            SELECT sum(l.quantity) FROM intermediate.int_order_lines l JOIN identity.graph g USING (person_id)
+            WHERE g.entity = 'loyalty_members' AND g.source_record_id = '17850' AND l.sku = '71053'""").fetchall()[0][0]
+        postage_lines = con.execute("SELECT count(*) FROM intermediate.int_order_lines WHERE sku = 'POST'").fetchall()[0][0]
+        recommended_postage = con.execute(
+            "SELECT count(*) FROM marts.recommendations WHERE sku = 'POST'").fetchall()[0][0]
+    visits = len(range(0, 80, 3))
+    lantern = traits["17850"]
+    # the cancellation is no order, but pays its money back
+    assert lantern["order_count"] == visits
+    bought = sum(6 * 3.39 + 2 * 2.55 + (18.0 if d % 9 == 0 else 0) for d in range(0, 80, 3))
+    assert lantern["revenue"] == pytest.approx(bought - 7 * 3.39, abs=0.01)
+    assert lantern["as_of"].date() == dt.date(1997, 12, 31)
+    # returned lanterns are not "bought"; postage is no goods and no category
+    assert lanterns == 6 * visits - 7
+    assert postage_lines == 0 and recommended_postage == 0
+    assert all(t["preferred_category"] not in (None, "postage") for t in traits.values())
+
+    published = current_path(config.published_dir)
+    ro = open_snapshot(published)
+    try:
+        assert ro.execute("SELECT count(*) FROM customers").fetchall()[0][0] == 3
+        assert ro.execute("SELECT count(*) FROM churn_scores").fetchall()[0][0] == 0  # published empty
+    finally:
+        ro.close()

@@ -7,7 +7,9 @@ renamed as (
         sku,
         _source as source,
         {{ clean_text('name') }} as product_name,
-        lower({{ clean_text('category') }}) as category,
+        -- postage, fees: no category of goods, so never a person's preferred category or affinity
+        case when coalesce(non_product, false) then null else lower({{ clean_text('category') }}) end as category,
+        coalesce(non_product, false) as non_product,
         price,
         margin,
         cast(_loaded_at as {{ dbt.type_timestamp() }}) as loaded_at,
@@ -23,7 +25,7 @@ latest as (
 ),
 
 final as (
-    select sku, source, product_name, category, price, margin, loaded_at, load_id, landed_file, landed_row
+    select sku, source, product_name, category, non_product, price, margin, loaded_at, load_id, landed_file, landed_row
     from latest
 )
 
