@@ -2,6 +2,7 @@
 invoice lines, derived line numbers, optional fields, older history (issue 26)."""
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -230,5 +231,69 @@ def test_a_1997_pos_only_export_lands_backtests_and_publishes_on_its_first_run(t
     try:
         assert ro.execute("SELECT count(*) FROM customers").fetchall()[0][0] == 3
         assert ro.execute("SELECT count(*) FROM churn_scores").fetchall()[0][0] == 0  # published empty
+    finally:
+        ro.close()
+
+
+def test_a_file_rejected_whole_stops_the_run_before_identity_with_its_message(tmp_path):
+    root = tmp_path / "shop97"
+    cfg = _project(root, as_of="1997-12-31", sources=[uci_source()])  # earliest_date left at 2000
+    write(root / "landing/pos/online_retail_1997.csv", "\n".join([UCI_HEADER, *_invoice_lines_1997()]) + "\n")
+    done = _cdp("run", "--config", str(cfg))
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Traceback" not in out and "ZeroDivisionError" not in out
+    assert "online_retail_1997.csv" in out and "ingestion.earliest_date" in out and "before identity" in out
+    with open_warehouse(load_config(cfg).warehouse_path, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'identity'"
+                           ).fetchall()[0][0] == 0
+
+
+def _web_month(start: dt.datetime) -> list[str]:
+    """30 days of a small web shop: visitors who log in, browse, add to cart and sometimes order."""
+    events, n = [], 0
+
+    def event(**fields) -> None:
+        nonlocal n
+        n += 1
+        events.append(json.dumps({"messageId": f"m{n}", **fields}))
+
+    for day in range(30):
+        for u in range(6):
+            ts = (start + dt.timedelta(days=day, hours=u)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            anon, user = f"anon-{u}", f"user-{u}"
+            if day == 0:
+                event(type="identify", anonymousId=anon, userId=user, timestamp=ts,
+                      traits={"email": f"person{u}@shop.example", "first_name": f"Ann{u}"})
+            sku = f"SKU{(day + u) % 5}"
+            event(type="page", anonymousId=anon, userId=user, timestamp=ts,
+                  context={"page": {"url": f"https://shop.example/p/{sku}", "path": f"/p/{sku}"}})
+            event(type="track", event="product_viewed", anonymousId=anon, userId=user, timestamp=ts,
+                  properties={"product_id": sku, "price": 10.0})
+            if (day + u) % 3 == 0:
+                event(type="track", event="product_added", anonymousId=anon, userId=user, timestamp=ts,
+                      properties={"product_id": sku, "price": 10.0, "quantity": 1, "cart_id": f"c{day}-{u}"})
+            if (day + u) % 6 == 0:
+                event(type="track", event="order_completed", anonymousId=anon, userId=user, timestamp=ts,
+                      properties={"order_id": f"o{day}-{u}", "revenue": 10.0, "cart_id": f"c{day}-{u}",
+                                  "products": [{"product_id": sku, "price": 10.0, "quantity": 1}]})
+    return events
+
+
+def test_a_web_only_project_with_30_days_publishes_on_its_first_run(tmp_path):
+    root = tmp_path / "webshop"
+    cfg = _project(root, as_of="2026-03-31", sources=[
+        {"name": "web", "kind": "web", "entities": {"events": {"path": "web/*.jsonl"}}}])
+    write(root / "landing/web/events.jsonl", "\n".join(_web_month(dt.datetime(2026, 3, 2, 8))) + "\n")
+    done = _cdp("run", "--config", str(cfg))
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "Traceback" not in out
+    assert "skipped" in out and "churn needs orders" in out and "there are 29 day(s) of orders" in out
+    config = load_config(cfg)
+    ro = open_snapshot(current_path(config.published_dir))
+    try:
+        assert ro.execute("SELECT count(*) FROM customers").fetchall()[0][0] == 6
+        assert ro.execute("SELECT count(*) FROM churn_scores").fetchall()[0][0] == 0
     finally:
         ro.close()

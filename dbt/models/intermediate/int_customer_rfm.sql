@@ -15,13 +15,13 @@ orders as (
 order_stats as (
     select
         person_id,
-        sum(case when is_return then 0 else 1 end) as order_count,
+        sum(case when coalesce(is_return, false) then 0 else 1 end) as order_count,
         sum(order_total) as revenue,
-        min(case when not is_return then ordered_at end) as first_order_at,
-        max(case when not is_return then ordered_at end) as last_order_at
+        min(case when not coalesce(is_return, false) then ordered_at end) as first_order_at,
+        max(case when not coalesce(is_return, false) then ordered_at end) as last_order_at
     from orders
     group by person_id
-    having sum(case when is_return then 0 else 1 end) > 0
+    having sum(case when coalesce(is_return, false) then 0 else 1 end) > 0
 ),
 
 purchasers as (

@@ -19,13 +19,13 @@ with cutoffs as (
 orders as (
     select person_id, ordered_at, order_total, discount
     from {{ ref('int_orders') }}
-    where person_id is not null and not is_return
+    where person_id is not null and not coalesce(is_return, false)
 ),
 
 returns as (
     select person_id, ordered_at, order_total
     from {{ ref('int_orders') }}
-    where person_id is not null and is_return
+    where person_id is not null and coalesce(is_return, false)
 ),
 
 return_features as (
