@@ -95,7 +95,7 @@ def synthetic_shop(persons: int, seed: int = 1, products: int = 5_000, categorie
     con = duckdb.connect()
     for schema in ("intermediate", "staging", "marts"):
         con.execute(f"CREATE SCHEMA {schema}")
-    con.register("p", pd.DataFrame({"sku": skus, "category": cat_of.astype(str), "is_product": True}))
+    con.register("p", pd.DataFrame({"sku": skus, "category": cat_of.astype(str), "non_product": False}))
     con.execute("CREATE TABLE staging.stg_catalog__products AS SELECT * FROM p")
     con.register("l", pd.DataFrame({"person_id": line_person.astype(str), "order_key": line_order.astype(str),
                                     "sku": skus[item], "ordered_at": t0 + pd.to_timedelta(order_day[line_order], "D")}))

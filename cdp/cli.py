@@ -83,14 +83,16 @@ def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
               help="Run only this stage (repeatable), e.g. --only ingestion.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--accept-drift", is_flag=True, help="Publish even if drift checks fail (every other check must pass).")
-def run(config_path, only, as_json, accept_drift) -> None:
+@click.option("--keep-going", is_flag=True,
+              help="Go on when ingestion rejects a file whole (by default the run stops before identity).")
+def run(config_path, only, as_json, accept_drift, keep_going) -> None:
     """Run the asset graph in this process (what the Dagster UI runs), then summarise."""
     from cdp.runner import run_pipeline
 
     load_config_or_exit(config_path)  # validate first, with a clear message
     show_stage_progress()
     try:
-        summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift)
+        summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift, keep_going=keep_going)
     except ValueError as e:
         raise UserError(str(e)) from None
     except (WarehouseBusy, RunInProgress) as e:  # another run holds the project: exit 2, naming it

@@ -112,6 +112,9 @@ def print_run_summary(summary, config_path) -> None:
             out.print("    " + c.detail.replace("\n", "\n    ")[:2000], markup=False)
     for f in summary.failures:
         err.print(f"[bold red]failed:[/] {f}", markup=True)
+    for a in summary.materialized:  # models without enough history yet (published empty)
+        if a.metadata.get("skipped"):
+            out.print(f"[yellow]skipped:[/] {a.asset} — {a.metadata['skipped']}", markup=True)
     print_gate_outcome(out, summary)
     passed = sum(c.passed for c in summary.checks)
     verdict = "[bold green]OK[/]" if summary.ok else "[bold red]FAILED[/]"

@@ -107,11 +107,14 @@ def print_downstream_overview(console: Console, config: Config) -> None:
                               count(*) FILTER (WHERE n > 1), max(n)
                        FROM (SELECT person_id, count(*) OVER (PARTITION BY person_id) AS n FROM identity.graph)"""
                 ).fetchall()[0]
-                console.print(
-                    f"Identity: {records:,} source records -> {persons:,} persons "
-                    f"({multi / records:.0%} of records share their person with another record; "
-                    f"largest person holds {largest:,} records)"
-                )
+                if records:  # (a run over empty raw tables resolves no one: nothing to divide)
+                    console.print(
+                        f"Identity: {records:,} source records -> {persons:,} persons "
+                        f"({multi / records:.0%} of records share their person with another record; "
+                        f"largest person holds {largest:,} records)"
+                    )
+                else:
+                    console.print("Identity: no source records yet")
             if table_exists(con, "marts", "segment_membership"):
                 t = Table(title="Segments (marts.segment_membership)", title_justify="left")
                 t.add_column("segment")

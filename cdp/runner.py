@@ -97,31 +97,33 @@ def _metadata_value(v):
 
 
 def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] | None = None,
-                 accept_drift: bool = False) -> RunSummary:
+                 accept_drift: bool = False, keep_going: bool = False) -> RunSummary:
     unknown = [s for s in (only or []) if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
     cfg_path = find_config_path(config_path).resolve()
     config = load_config(cfg_path)
     quiet_tools()
-    return _execute(config, cfg_path, only, accept_drift)
+    return _execute(config, cfg_path, only, accept_drift, keep_going)
 
 
-def _execute(config: Config, cfg_path: Path, only: list[str] | None, accept_drift: bool = False) -> RunSummary:
+def _execute(config: Config, cfg_path: Path, only: list[str] | None, accept_drift: bool = False,
+             keep_going: bool = False) -> RunSummary:
     from dagster_project.run_guard import project_run
 
     # One run at a time, and nothing a killed run left behind blocks this one (run_guard.py);
     # taken before the definitions load, so a second `cdp run` is turned away at once.
     with project_run(config, trigger="cdp run") as claim:
-        return _execute_claimed(config, cfg_path, only, accept_drift, claim)
+        return _execute_claimed(config, cfg_path, only, accept_drift, claim, keep_going)
 
 
 def _execute_claimed(config: Config, cfg_path: Path, only: list[str] | None, accept_drift: bool,
-                     claim) -> RunSummary:
+                     claim, keep_going: bool = False) -> RunSummary:
 
     from dagster import AssetSelection
 
     from dagster_project.definitions import GATE_CHECKS, build_definitions
+    from dagster_project.defs.ingestion import KEEP_GOING_TAG
     from dagster_project.defs.quality import ACCEPT_DRIFT_TAG
     from dagster_project.defs.resources import project_instance
 
@@ -143,6 +145,8 @@ def _execute_claimed(config: Config, cfg_path: Path, only: list[str] | None, acc
     tags = {"tessera/trigger": "cli", "tessera/stages": ",".join(only or ["all"]), **claim.tags}
     if accept_drift:
         tags[ACCEPT_DRIFT_TAG] = "true"
+    if keep_going:
+        tags[KEEP_GOING_TAG] = "true"
     with project_instance(config) as instance:
         result = job.execute_in_process(
             instance=instance,

@@ -114,7 +114,7 @@ syncs: []
 #   keep_snapshots: 5
 #   drift: {{max_person_count_change: 0.5, block_emptied_segment: true, max_merge_rate_change: 0.15,
 #           max_churn_mean_change: 0.2, max_churn_psi: 0.25}}
-#   identity: {{max_cluster_records: 500, max_emails_per_person: 10, max_persons_over_email_limit: 0}}
+#   identity: {{max_cluster_growth: 2.0, max_emails_per_person: 10, max_persons_over_email_limit: 0}}
 quality: {{}}
 
 # Erasure (`cdp forget`) keeps salted hashes of an erased person's identifiers so that files

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.contracts import SOURCE_KINDS, WEB_TRACK_EVENTS, entities_of
+from core.expressions import ExpressionError
+from core.expressions import parse as parse_expression
 from core.settings.activation import Syncs
 from core.settings.experiments import Experiment, check_experiments
 from core.settings.identity import IdentitySettings
@@ -59,6 +61,31 @@ class EntityFiles(_Strict):
         f"({', '.join(WEB_TRACK_EVENTS)}). Spec names (Title Case or snake_case) need no entry. "
         "Applies to events loaded after the change.",
     )
+    expressions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Contract field -> expression over landed columns (core/expressions.py), e.g. "
+                    "'cast_integer(CustomerID)' or 'Quantity * UnitPrice'.",
+    )
+    rows: Literal["records", "lines"] = Field(
+        default="records",
+        description="'lines': the file has one row per receipt line (an invoice-lines export); rows with "
+                    "the same key become one record, decimal fields summed, others from the first line; "
+                    "rows without the key are no record of this entity and are skipped.",
+    )
+    number_lines: bool = Field(
+        default=False,
+        description="pos.line_items: derive line_no as each row's position within its transaction, in file order.",
+    )
+
+    @field_validator("expressions")
+    @classmethod
+    def _expressions_parse(cls, v: dict[str, str]) -> dict[str, str]:
+        for target, text in v.items():
+            try:
+                parse_expression(text)
+            except ExpressionError as e:
+                raise ValueError(f"expressions.{target}: {e}") from None
+        return v
 
 
 class Source(_Strict):
@@ -108,6 +135,21 @@ class Source(_Strict):
                         f"entities.{entity_name}.event_names: {own!r} maps to {target!r}, which is not a "
                         f"canonical event name; use one of: {', '.join(WEB_TRACK_EVENTS)}"
                     )
+            for target in files.expressions:
+                if target not in contract_fields:
+                    raise ValueError(
+                        f"entities.{entity_name}.expressions: {target!r} is not a field of the "
+                        f"{self.kind}.{entity_name} contract; fields are: {', '.join(sorted(contract_fields))}"
+                    )
+                if target in files.columns.values():
+                    raise ValueError(
+                        f"entities.{entity_name}.expressions: {target!r} is also the target of a column in "
+                        "`columns`; map it one way only"
+                    )
+            if files.number_lines and (self.kind, entity_name) != ("pos", "line_items"):
+                raise ValueError(f"entities.{entity_name}.number_lines: only pos line_items have line numbers")
+            if files.rows == "lines" and len(known[entity_name].key) != 1:
+                raise ValueError(f"entities.{entity_name}.rows: 'lines' needs an entity with a one-field key")
             for target in files.formats:
                 if target not in contract_fields:
                     raise ValueError(
@@ -129,6 +171,11 @@ class Ingestion(_Strict):
     max_bad_row_rate: float = Field(
         default=0.05, ge=0, le=1,
         description="A file whose share of quarantined rows exceeds this is rejected whole.",
+    )
+    earliest_date: date = Field(
+        default=date(2000, 1, 1),
+        description="Timestamps before this are implausible (a typo'd year, an epoch-zero default) and their "
+                    "rows quarantined as impossible_timestamp; set it earlier to load older history.",
     )
 
 

@@ -176,7 +176,7 @@ ENTITIES: tuple[Entity, ...] = (
         ),
         fields=(
             Field("transaction_id", STRING, required=True),
-            Field("store_id", STRING, required=True),
+            Field("store_id", STRING, description="Store that issued the receipt; empty for an online-only shop."),
             Field("occurred_at", TIMESTAMP, required=True),
             Field("loyalty_id", STRING, pii=True),
             Field("email", STRING, pii=True),
@@ -188,6 +188,9 @@ ENTITIES: tuple[Entity, ...] = (
             Field("total", DECIMAL, required=True),
             Field("payment_method", STRING),
             Field("card_token", STRING, pii=True),
+            Field("is_return", BOOLEAN, description=(
+                "A return or cancellation (refund) rather than a sale; empty = a return when the total is "
+                "negative. Its lines carry negative quantities.")),
         ),
     ),
     Entity(
@@ -199,7 +202,7 @@ ENTITIES: tuple[Entity, ...] = (
             Field("transaction_id", STRING, required=True),
             Field("line_no", INTEGER, required=True),
             Field("sku", STRING, required=True),
-            Field("quantity", INTEGER, required=True),
+            Field("quantity", INTEGER, required=True, description="Negative on a return or cancellation line."),
             Field("unit_price", DECIMAL, required=True),
             Field("discount", DECIMAL),
         ),
@@ -220,7 +223,8 @@ ENTITIES: tuple[Entity, ...] = (
             Field("city", STRING, pii=True),
             Field("postcode", STRING, pii=True),
             Field("date_of_birth", DATE, pii=True),
-            Field("enrolled_at", TIMESTAMP, required=True),
+            Field("enrolled_at", TIMESTAMP, description="When the member joined; empty = unknown (the first receipt "
+                  "with their loyalty id stands in for it)."),
         ),
     ),
     Entity(
@@ -255,8 +259,9 @@ ENTITIES: tuple[Entity, ...] = (
             Field("category", STRING, required=True),
             Field("price", DECIMAL, required=True),
             Field("margin", DECIMAL, description="Gross margin as a fraction of price, 0..1."),
-            Field("is_product", BOOLEAN, description="false for codes that are no product (postage, fees, gift "
-                                                     "wrap): never recommended. Empty = a product."),
+            Field("non_product", BOOLEAN, description=(
+                "True for a code that is no goods (postage, fees, adjustments): never a category of a "
+                "person's interest, never recommended. Empty = false.")),
         ),
     ),
 )

@@ -38,6 +38,12 @@ from expectations.suites import (
 log = logging.getLogger("tessera.quality")
 
 DRIFT_CHECKS = {m.check for _, m in DRIFT_METRICS}
+DRIFT_SETTINGS = {
+    "drift_person_count": "quality.drift.max_person_count_change",
+    "drift_segment_sizes": "quality.drift.block_emptied_segment / max_segment_size_change",
+    "drift_merge_rate": "quality.drift.max_merge_rate_change",
+    "drift_churn_distribution": "quality.drift.max_churn_mean_change / max_churn_psi",
+}
 CHURN_BINS = 10
 
 
@@ -218,12 +224,37 @@ def identity_metrics(con, graph: str = "marts.identity_graph", max_emails: int =
     return values
 
 
+# The setting that would accept each identity check's failure (named in its message).
+IDENTITY_SETTINGS = {
+    "identity_largest_cluster": "quality.identity.max_cluster_records (or max_cluster_growth)",
+    "identity_emails_per_person": "quality.identity.max_persons_over_email_limit (or max_emails_per_person)",
+    "identity_merged_share": "quality.identity.min_merged_share / max_merged_share",
+}
+
+
+def identity_params(bounds, previous: dict | None) -> dict:
+    """The identity bounds in force: the configured ones, and for those left empty, bounds
+    learned from the last publish (a shop's shape, not a constant tuned to generated data)."""
+    params = bounds.model_dump()
+    params["min_merged_share"] = 0.0 if bounds.min_merged_share is None else bounds.min_merged_share
+    params["max_merged_share"] = 1.0 if bounds.max_merged_share is None else bounds.max_merged_share
+    if bounds.max_cluster_records is None:
+        largest = (previous or {}).get("largest_cluster")
+        # first publish: nothing learned yet; identity.max_cluster_size already holds oversized merges
+        params["max_cluster_records"] = 10**12 if not largest else math.ceil(largest * bounds.max_cluster_growth)
+    return params
+
+
 def check_identity(con, gx, config: Config) -> list[CheckResult]:
     bounds = config.quality.identity
     values = identity_metrics(con, max_emails=bounds.max_emails_per_person)
-    outcomes = gx.validate("gate_identity", _frame(values), bounds.model_dump())
+    params = identity_params(bounds, previous_profile(config)[0])
+    outcomes = gx.validate("gate_identity", _frame(values), params)
     results = _group(outcomes, list(IDENTITY_METRICS), values, "identity_graph", "marts/identity_graph",
-                     "identity", con, 0, params=bounds.model_dump())
+                     "identity", con, 0, params=params)
+    for r in results:
+        if not r.passed:
+            r.detail += f"; to accept it, set {IDENTITY_SETTINGS.get(r.check, 'quality.identity')}"
     for r in results:
         if not r.passed and r.check == "identity_largest_cluster":
             r.sample = [{"person_id": p, "records": n} for p, n in fetch_all(
@@ -244,7 +275,8 @@ def profile(con, relation: dict[str, str]) -> dict:
     if "segment_catalog" in relation:
         out["defined_segments"] = {r[0] for r in fetch_all(con, f"SELECT segment FROM {relation['segment_catalog']}")}
     if "identity_graph" in relation:
-        out["merged_share"] = identity_metrics(con, relation["identity_graph"])["merged_share"]
+        ident = identity_metrics(con, relation["identity_graph"])
+        out["merged_share"], out["largest_cluster"] = ident["merged_share"], ident["largest_cluster_records"]
     if "churn_scores" in relation:
         rows = fetch_all(con, f"""
             SELECT least(floor(churn_probability * {CHURN_BINS}), {CHURN_BINS - 1})::INT AS bin, count(*), avg(churn_probability)
@@ -335,7 +367,8 @@ def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], acc
                 r.detail = f"segments emptied since the last publish: {', '.join(details[r.check]['emptied'])}; " + r.detail
                 r.sample = [{"segment": s, "published_members": before["segments"][s], "members_now": 0}
                             for s in details[r.check]["emptied"][: max(config.quality.sample_rows, 1)]]
-            r.detail += f" vs published snapshot {prev_run}"
+            r.detail += (f" vs published snapshot {prev_run}; to accept it, set {DRIFT_SETTINGS.get(r.check, 'quality.drift')}"
+                         " or publish with --accept-drift")
             r.accepted = accept
     return results
 

@@ -172,6 +172,8 @@ def source_metrics(ent: Entity, batch_filter: str) -> list[Metric]:
                             failing_rows_sql=f"SELECT * {where} AND {bad}"))
         if f.type in (DECIMAL, INTEGER) and f.name in NON_NEGATIVE_SOURCE_FIELDS:
             bad = f"{col} < 0"
+            if "is_return" in ent.field_names and f.name in ("total", "subtotal"):
+                bad += ' AND "is_return" = false'  # a return pays money back: negative unless flagged a sale
             m.append(Metric(f"{f.name}_negative", "values_in_range", f"count(*) FILTER (WHERE {bad})",
                             failing_rows_sql=f"SELECT * {where} AND {bad}"))
         if f.type in (DECIMAL, INTEGER) and f.name in FRACTION_SOURCE_FIELDS:

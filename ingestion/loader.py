@@ -41,7 +41,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -66,6 +66,9 @@ from core.contracts import (
 from core.contracts import (
     entity as contract_entity,
 )
+from core.expressions import columns as expression_columns
+from core.expressions import compile_sql as compile_expression
+from core.expressions import parse as parse_expression
 from core.identifiers import erased_count, load_erased, row_erased_sql, text_erased_sql
 from core.identifiers import install as install_hashing
 from core.salt import load_salt
@@ -78,9 +81,11 @@ LINEAGE_COLUMNS = (
     ("_load_id", "VARCHAR"),
     ("_loaded_at", "TIMESTAMPTZ"),
 )
-# Timestamps before this or more than a day after the load are impossible for a retailer's
-# operational data (a typo'd year, an epoch-zero default).
+# Timestamps before ingestion.earliest_date (default below) or more than a day after the load are
+# impossible for a retailer's operational data (a typo'd year, an epoch-zero default). The
+# setting reaches the checks as a DuckDB variable of the loading connection (load_file sets it).
 EARLIEST_PLAUSIBLE = "2000-01-01"
+_EARLIEST_SQL = f"coalesce(getvariable('tessera_earliest'), TIMESTAMPTZ '{EARLIEST_PLAUSIBLE}')"
 
 # Outcome of one file.
 LOADED, DUPLICATE, UNCHANGED, CHANGED, REJECTED = "loaded", "duplicate", "unchanged", "changed", "rejected"
@@ -222,9 +227,14 @@ def _cast_expr(field_type: str, raw: str, fmt: str | None) -> str:
     return raw
 
 
-def _validation_cases(ent: Entity, raw_name: Callable[[str], str], typed_name: Callable[[str], str]) -> list[tuple[str, str, str]]:
-    """(condition that marks a row bad, reason code, field) in the order they are checked."""
+def _validation_cases(ent: Entity, raw_name: Callable[[str], str], typed_name: Callable[[str], str],
+                      computed: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(condition that marks a row bad, reason code, field) in the order they are checked.
+    ``computed``: field -> SQL true when the inputs of its expression are there (a NULL result
+    then means the expression could not compute it: invalid_expression, not missing)."""
     cases: list[tuple[str, str, str]] = []
+    for name, inputs_present in (computed or {}).items():
+        cases.append((f"({inputs_present}) AND {raw_name(name)} IS NULL", "invalid_expression", name))
     for f in ent.fields:
         raw, typed = raw_name(f.name), typed_name(f.name)
         present = f"({raw} IS NOT NULL AND {raw} <> '')" if f.type != JSON else f"({raw} IS NOT NULL)"
@@ -238,7 +248,7 @@ def _validation_cases(ent: Entity, raw_name: Callable[[str], str], typed_name: C
         if f.type == TIMESTAMP:
             cases.append(
                 (
-                    f"{typed} IS NOT NULL AND ({typed} < TIMESTAMPTZ '{EARLIEST_PLAUSIBLE}' "
+                    f"{typed} IS NOT NULL AND ({typed} < {_EARLIEST_SQL} "
                     f"OR {typed} > now() + INTERVAL 1 DAY)",
                     "impossible_timestamp",
                     f.name,
@@ -431,17 +441,25 @@ def _jsonl_checked_sql(ent: Entity, files: EntityFiles, path: Path | None) -> tu
     landed_key = {target: landed for landed, target in files.columns.items()}
     landed = {f.name: landed_key.get(f.name, f.name) for f in ent.fields}
     struct = {landed[f.name]: ("JSON" if f.type == JSON else "VARCHAR") for f in ent.fields}
-    raw_name = lambda n: f"_l_{n}"  # noqa: E731
+    # the keys expressions read, each as its own text column _x<i>
+    keys = list(dict.fromkeys(c for text in files.expressions.values() for c in expression_columns(parse_expression(text))))
+    extra = {k: f"_x{i}" for i, k in enumerate(keys)}
+    for k in keys:
+        struct.setdefault(k, "VARCHAR")
+    values, computed = _derived(ent, files, lambda k: extra[k], lambda n: f"_l_{n}")
+    raw_name = lambda n: f"_v_{n}" if n in values else f"_l_{n}"  # noqa: E731
     typed_name = lambda n: f"_t_{n}"  # noqa: E731
-    cases = _reader_cases() + [("_bad_json", "malformed_json", "")] + _validation_cases(ent, raw_name, typed_name)
+    cases = (_reader_cases() + [("_bad_json", "malformed_json", "")]
+             + _validation_cases(ent, raw_name, typed_name, computed))
     typed_cols = ", ".join(
         f"{_cast_expr(f.type, raw_name(f.name), files.formats.get(f.name))} AS _t_{f.name}"
-        if f.type not in (STRING, JSON) else f"_l_{f.name} AS _t_{f.name}"
+        if f.type not in (STRING, JSON) else f"{raw_name(f.name)} AS _t_{f.name}"
         for f in ent.fields
     )
     case_index, decode = _reason_sql(cases)
     if path is None:
-        unpack = ", ".join(f"j.{_q(landed[f.name])} AS _l_{f.name}" for f in ent.fields)
+        unpack = ", ".join([f"j.{_q(landed[f.name])} AS _l_{f.name}" for f in ent.fields]
+                           + [f"CAST(j.{_q(k)} AS VARCHAR) AS {x}" for k, x in extra.items()])
         parsed = f"""
             SELECT _row, _raw_record, _pre, j IS NULL AS _bad_json, {unpack}
             FROM (SELECT _row, line AS _raw_record, _pre,
@@ -449,7 +467,8 @@ def _jsonl_checked_sql(ent: Entity, files: EntityFiles, path: Path | None) -> tu
                   FROM _lines)"""
     else:
         columns = "{" + ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in struct.items()) + "}"
-        unpack = ", ".join(f"{_q(landed[f.name])} AS _l_{f.name}" for f in ent.fields)
+        unpack = ", ".join([f"{_q(landed[f.name])} AS _l_{f.name}" for f in ent.fields]
+                           + [f"CAST({_q(k)} AS VARCHAR) AS {x}" for k, x in extra.items()])
         parsed = f"""
             SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _raw_record, NULL::VARCHAR AS _pre,
                    false AS _bad_json, {unpack}
@@ -460,8 +479,9 @@ def _jsonl_checked_sql(ent: Entity, files: EntityFiles, path: Path | None) -> tu
         # the spec's derived values replace the landed ones before they are typed and checked
         # (all at once: each expression reads the values as landed)
         parsed = f"SELECT * REPLACE ({', '.join(f'{e} AS _l_{n}' for n, e in rewrites.items())}) FROM ({parsed})"
+    computed_cols = "".join(f", {sql} AS _v_{name}" for name, sql in values.items())
     sql = f"""
-        WITH parsed AS ({parsed}),
+        WITH parsed AS (SELECT r.*{computed_cols} FROM ({parsed}) r),
         typed AS (SELECT *, {typed_cols} FROM parsed)
         SELECT _row, _raw_record, {', '.join(f'_t_{f.name}' for f in ent.fields)}, {case_index} AS _case FROM typed
     """
@@ -476,26 +496,61 @@ def _spec_rewrites(ent: Entity, files: EntityFiles) -> dict[str, str]:
     return {}
 
 
+def _derived(ent: Entity, files: EntityFiles, column_sql: Callable[[str], str], plain: Callable[[str], str]
+             ) -> tuple[dict[str, str], dict[str, str]]:
+    """SQL (as text) of the fields the config computes rather than maps: ``expressions`` and a
+    derived ``line_no``; and, per expression, SQL true when its inputs are all there.
+    ``column_sql``: a landed column's text (raises FileRejected for one the file lacks);
+    ``plain``: a field's mapped (not computed) text."""
+    values: dict[str, str] = {}
+    present: dict[str, str] = {}
+    for target, text in files.expressions.items():
+        node = parse_expression(text)
+        values[target] = compile_expression(node, column_sql)
+        inputs = [column_sql(c) for c in expression_columns(node)]
+        present[target] = " AND ".join(f"({c} IS NOT NULL AND {c} <> '')" for c in inputs) or "false"
+    if files.number_lines:
+        txn = values.get("transaction_id", plain("transaction_id"))
+        # file order within each receipt: an export that has only lines numbers nothing
+        values["line_no"] = f"CAST(row_number() OVER (PARTITION BY {txn} ORDER BY r._row) AS VARCHAR)"
+    return values, present
+
+
 def _csv_checked_sql(ent: Entity, files: EntityFiles, header: list[str], source_sql: str) -> tuple[str, str]:
     """SQL for CSV records (columns _row, _raw_record, _pre, c0..cN in header order) as rows
     (_row, _raw_record, _t_<field>..., _case, _newlines), and the SQL that decodes _case.
     ``_newlines``: the line breaks inside the row's quoted fields (lines it takes beyond one)."""
     to_contract = {landed: files.columns.get(landed, landed) for landed in header}
     column_of = {target: f"r.c{i}" for i, target in enumerate(to_contract[h] for h in header)}
+    position = {h: i for i, h in enumerate(header)}
+
+    def landed_column(name: str) -> str:
+        if name not in position:
+            raise FileRejected(f"an expression reads column '{name}', which the header lacks "
+                               f"(the header has {len(header)} column(s))")
+        return f"r.c{position[name]}"
+
+    values, computed = _derived(ent, files, landed_column,
+                                lambda n: column_of.get(n, "CAST(NULL AS VARCHAR)"))
 
     def raw_name(n: str) -> str:
+        if n in values:
+            return f"r._v_{n}"
         return column_of.get(n, "CAST(NULL AS VARCHAR)")
 
     typed_name = lambda n: f"_t_{n}"  # noqa: E731
-    cases = _reader_cases() + _validation_cases(ent, raw_name, typed_name)
+    cases = _reader_cases() + _validation_cases(ent, raw_name, typed_name, computed)
     typed_cols = ", ".join(
         f"{_cast_expr(f.type, raw_name(f.name), files.formats.get(f.name))} AS _t_{f.name}" for f in ent.fields
     )
     newlines = " + ".join(f"coalesce(length(r.c{i}) - length(replace(r.c{i}, chr(10), '')), 0)"
                           for i in range(len(header)))
     case_index, decode = _reason_sql(cases)
+    # computed fields first, in a step of their own: the checks and casts read them like columns
+    computed_cols = "".join(f", {sql} AS _v_{name}" for name, sql in values.items())
     sql = f"""
-        WITH typed AS (SELECT r.*, {typed_cols} FROM ({source_sql}) r),
+        WITH base AS (SELECT r.*{computed_cols} FROM ({source_sql}) r),
+        typed AS (SELECT r.*, {typed_cols} FROM base r),
         checked AS (SELECT r.*, {case_index} AS _case FROM typed r)
         SELECT _row, CASE WHEN _case IS NOT NULL THEN _raw_record END AS _raw_record,
                {', '.join(f'_t_{f.name}' for f in ent.fields)}, _case, {newlines} AS _newlines
@@ -559,7 +614,9 @@ def _csv_header(path: Path, files: EntityFiles) -> list[str]:
 def _check_header(header: list[str], ent: Entity, files: EntityFiles) -> list[str]:
     """Rejects a header without the contract's required columns; returns notes for the load's
     message (columns outside the contract, which are ignored)."""
-    present = {files.columns.get(h, h) for h in header}
+    present = {files.columns.get(h, h) for h in header} | set(files.expressions)
+    if files.number_lines:
+        present.add("line_no")
     missing = [f.name for f in ent.fields if f.required and f.name not in present]
     if missing:
         hint = " (after the config's column mapping)" if files.columns else ""
@@ -570,7 +627,8 @@ def _check_header(header: list[str], ent: Entity, files: EntityFiles) -> list[st
                 f"the first line does not look like a header: column {looks_like[0]} is {looks_like[1]}; {message}"
             )
         raise FileRejected(f"{message} (the header has {len(header)} column(s))")
-    extra = [h for h in header if files.columns.get(h, h) not in set(ent.field_names)]
+    read = {c for text in files.expressions.values() for c in expression_columns(parse_expression(text))}
+    extra = [h for h in header if files.columns.get(h, h) not in set(ent.field_names) and h not in read]
     return [f"ignored column(s) not in the contract: {', '.join(extra)}"] if extra else []
 
 
@@ -603,7 +661,7 @@ def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, hashing:
         if size == 0:
             raise FileRejected("the file is empty")
         if fmt == "jsonl":
-            if _stage_jsonl_fast(con, path, ent, files, hashing, load_id, lineage, erased_filter, staged):
+            if files.rows == "records" and _stage_jsonl_fast(con, path, ent, files, hashing, load_id, lineage, erased_filter, staged):
                 return staged
             _stage_jsonl_by_line(con, path, ent, files, staged)
         else:
@@ -614,6 +672,8 @@ def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, hashing:
     except duckdb.Error as e:
         staged.rejection = f"cannot read as {fmt}: {_without_values(e)}"
         return staged
+    if files.rows == "lines":
+        _fold_lines(con, ent, staged)
     _mark_erased(con, ent, source_name, erased_filter)
     staged.rows, staged.bad, staged.erased = con.execute(
         "SELECT count(*) FILTER (WHERE NOT _erased), count(*) FILTER (WHERE _reason IS NOT NULL AND NOT _erased), "
@@ -694,6 +754,34 @@ def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future
     _decode_reasons(con, decode)
 
 
+def _fold_lines(con, ent: Entity, staged: _Staged) -> None:
+    """``rows: lines``: a file with one row per receipt line becomes one record per key. Good
+    lines with the same key fold into one (decimal fields summed - a receipt's total is the sum
+    of its lines - the rest from its first line); a line without the key (a guest's line, for
+    the loyalty members) is no record of this entity. Both count as skipped lines, so the file's
+    lines still add up; a bad line is quarantined on its own and the record is made of the rest,
+    as its line items are."""
+    key = ent.key[0]
+    keyless = con.execute(
+        "SELECT count(*) FROM _landed WHERE _reason = 'missing_required' AND _field = ?", [key]).fetchall()[0][0]
+    con.execute("DELETE FROM _landed WHERE _reason = 'missing_required' AND _field = ?", [key])
+    folded = ", ".join(
+        f"sum(_t_{f.name}) AS _t_{f.name}" if f.type == DECIMAL else f"arg_min(_t_{f.name}, _row) AS _t_{f.name}"
+        for f in ent.fields if f.name != key
+    )
+    good = con.execute("SELECT count(*) FROM _landed WHERE _reason IS NULL").fetchall()[0][0]
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _landed AS
+        SELECT * FROM _landed WHERE _reason IS NOT NULL
+        UNION ALL BY NAME
+        SELECT min(_row) AS _row, _t_{key}, {folded} FROM _landed WHERE _reason IS NULL GROUP BY _t_{key}""")
+    records = con.execute("SELECT count(*) FROM _landed WHERE _reason IS NULL").fetchall()[0][0]
+    staged.skipped += keyless + good - records
+    if keyless or good - records:
+        staged.notes.append(f"{good:,} line(s) made {records:,} record(s)"
+                            + (f"; {keyless:,} line(s) without {key} skipped" if keyless else ""))
+
+
 def _decode_reasons(con, decode: str) -> None:
     """Add _reason/_field to _landed, decoded from _case for the (few) bad rows."""
     con.execute("ALTER TABLE _landed ADD COLUMN _reason VARCHAR")
@@ -753,9 +841,13 @@ def _batch_rejection(con, total: int, bad: int, max_bad_row_rate: float) -> str 
         f"{r} in field '{f}' ({n} rows, first at row {row})" if f else f"{r} ({n} rows, first at row {row})"
         for r, f, n, row in top
     )
+    hint = ""
+    if any(r == "impossible_timestamp" for r, *_ in top):
+        hint = ("; timestamps before ingestion.earliest_date (or over a day after the load) are impossible: "
+                "set ingestion.earliest_date earlier to load older history")
     return (
         f"{bad} of {total} rows break the contract ({bad / total:.1%}, over the "
-        f"{max_bad_row_rate:.1%} bound in ingestion.max_bad_row_rate): {detail}"
+        f"{max_bad_row_rate:.1%} bound in ingestion.max_bad_row_rate): {detail}{hint}"
     )
 
 
@@ -867,6 +959,7 @@ def load_file(
     applied: set[str] | None = None,
     erased_filter: bool = False,
     claim_lock: threading.Lock | None = None,
+    earliest: date | None = None,
 ) -> FileResult:
     """Load one landed file: stage (parse and check), validate, claim, commit. Returns what
     happened; never raises for bad data.
@@ -874,8 +967,11 @@ def load_file(
     ``pv_erased`` temp table on ``con``; :func:`ingest` sets both up).
     ``claim_lock``: held while this file's content is checked against, and added to,
     ``applied``, when several files load at once (two copies of one file landed together
-    must still load once)."""
+    must still load once).
+    ``earliest``: ingestion.earliest_date (None: the default, 2000-01-01)."""
     t0 = time.perf_counter()
+    if earliest is not None:
+        con.execute(f"SET VARIABLE tessera_earliest = TIMESTAMPTZ '{earliest.isoformat()}'")
     started = datetime.now(timezone.utc)
     if known is None or applied is None:
         known, applied = _manifest(con, source.name, ent.table)
@@ -972,7 +1068,8 @@ def ingest(
             if erased_filter:
                 prepare_erased_filter(config, cur)
             return load_file(cur, source, ent, files, path, rel, config.ingestion.max_bad_row_rate,
-                             known, applied, erased_filter=erased_filter, claim_lock=claim_lock)
+                             known, applied, erased_filter=erased_filter, claim_lock=claim_lock,
+                             earliest=config.ingestion.earliest_date)
         finally:
             cur.close()
 

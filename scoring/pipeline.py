@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pandas as pd
@@ -35,18 +35,22 @@ class ScoringResult:
     cart: cart.CartResult
     offers: pd.DataFrame
     metrics: pd.DataFrame
+    # model -> why it was skipped (too little history); its tables are written empty
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Figures for asset metadata and the run summary."""
         c, k = self.churn, self.cart
         offers = self.offers
         return {
+            "skipped_models": dict(self.skipped),
             "churn_algorithm": c.algorithm, "churn_model_version": c.model_version,
             **{f"churn_validation_{m}": round(c.validation[m], 4)
                for m in ("roc_auc", "pr_auc", "brier", "positive_rate", "mean_predicted", "ece") if m in c.validation},
             "churn_scored": int(len(c.predictions)), "churn_risk_tiers": c.risk_tier_counts,
             "cart_algorithm": k.algorithm, "cart_model_version": k.model_version,
-            **{f"cart_validation_{m}": round(k.validation[m], 4) for m in ("roc_auc", "pr_auc", "brier", "positive_rate")},
+            **{f"cart_validation_{m}": round(k.validation[m], 4) for m in ("roc_auc", "pr_auc", "brier", "positive_rate")
+               if m in k.validation},
             "cart_scored": int(len(k.predictions)), "cart_intent_groups": k.group_counts,
             "offers": {str(o): int(n) for o, n in offers["offer"].value_counts().sort_index().items()},
             "offer_rows": int(len(offers)), "holdout": int(offers["holdout"].sum()),
@@ -66,6 +70,8 @@ def _require(con, schema: str, table: str, why: str) -> None:
 def metrics_rows(result_churn: churn.ChurnResult, result_cart: cart.CartResult) -> pd.DataFrame:
     rows = []
     for model, res in (("churn", result_churn), ("cart_intent", result_cart)):
+        if not res.model_version:  # skipped for too little history: no metrics to report
+            continue
         common = {"model": model, "model_version": res.model_version, "as_of": res.as_of}
         for algorithm, metrics in res.candidates.items():
             # The selected algorithm's row holds the deployed (calibrated) model's metrics.
@@ -83,7 +89,8 @@ def metrics_rows(result_churn: churn.ChurnResult, result_cart: cart.CartResult) 
                      "value": float(res.training_rows), "selected": True})
         rows.append({**common, "algorithm": res.algorithm, "dataset": "scoring", "metric": "rows", "bin": None,
                      "value": float(len(res.predictions)), "selected": True})
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=["model", "model_version", "as_of", "algorithm", "dataset", "metric", "bin",
+                                        "value", "selected"])
     frame["bin"] = frame["bin"].astype("Int64")
     return frame
 
@@ -198,25 +205,39 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, o
     for table, why in (("int_churn_features", "churn features"), ("int_cart_features", "cart features"),
                        ("int_carts", "abandon-and-return gaps")):
         _require(con, "intermediate", table, why)
+    as_of = run_as_of(con)
+    skipped: dict[str, str] = {}
     churn_features = _frame(con, "SELECT * FROM intermediate.int_churn_features")
-    churn_result = churn.train_and_score(churn_features, churn_settings, previous_algorithm(con, "churn"))
-    for note in churn_result.notes:
-        progress(f"scoring: {note}")
-    v = churn_result.validation
-    progress(f"scoring: churn {churn_result.algorithm}, deployed model's validation ROC AUC "
-             f"{v.get('roc_auc', float('nan')):.3f}, ECE {v.get('ece', float('nan')):.3f}, "
-             f"{len(churn_result.predictions):,} scored ({time.perf_counter() - started:.1f}s)")
+    shortfall = churn_history_shortfall(con, churn_features, churn_settings.horizon_days, as_of)
+    if shortfall:
+        skipped["churn"] = shortfall
+        churn_result = _skipped_churn(as_of)
+        progress(f"scoring: churn skipped — {shortfall}")
+    else:
+        churn_result = churn.train_and_score(churn_features, churn_settings, previous_algorithm(con, "churn"))
+        as_of = churn_result.as_of
+        for note in churn_result.notes:
+            progress(f"scoring: {note}")
+        v = churn_result.validation
+        progress(f"scoring: churn {churn_result.algorithm}, deployed model's validation ROC AUC "
+                 f"{v.get('roc_auc', float('nan')):.3f}, ECE {v.get('ece', float('nan')):.3f}, "
+                 f"{len(churn_result.predictions):,} scored ({time.perf_counter() - started:.1f}s)")
 
     cart_features = _frame(con, "SELECT * FROM intermediate.int_cart_features")
     window_hours = cart_settings.window_days * 24
-    as_of = churn_result.as_of
     gaps = _frame(con, """SELECT return_gap_hours FROM intermediate.int_carts
                           WHERE return_gap_hours IS NOT NULL AND return_gap_hours <= ? AND ordered_at <= ?""",
                   [window_hours, as_of.to_pydatetime()])["return_gap_hours"].to_numpy(float)
-    cart_result = cart.train_and_score(cart_features, gaps, cart_settings)
-    progress(f"scoring: cart intent {cart_result.algorithm}, validation ROC AUC "
-             f"{cart_result.validation['roc_auc']:.3f}, {len(cart_result.predictions):,} open carts scored "
-             f"({time.perf_counter() - started:.1f}s)")
+    shortfall = cart_history_shortfall(cart_features, cart_settings)
+    if shortfall:
+        skipped["cart_intent"] = shortfall
+        cart_result = _skipped_cart(as_of)
+        progress(f"scoring: cart intent skipped — {shortfall}")
+    else:
+        cart_result = cart.train_and_score(cart_features, gaps, cart_settings)
+        progress(f"scoring: cart intent {cart_result.algorithm}, validation ROC AUC "
+                 f"{cart_result.validation['roc_auc']:.3f}, {len(cart_result.predictions):,} open carts scored "
+                 f"({time.perf_counter() - started:.1f}s)")
 
     arms = experiment_arms(con, offers_experiment) if offers_experiment else None
     offers = decide_offers(offer_inputs(con, churn_result.predictions, cart_result.predictions, offer_settings, as_of),
@@ -231,7 +252,7 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, o
     _write(con, "cart_predictions", cart_result.predictions)
     _write(con, "offer_decisions", offers)
     _write(con, "model_metrics", metrics)
-    return ScoringResult(churn_result, cart_result, offers, metrics)
+    return ScoringResult(churn_result, cart_result, offers, metrics, skipped)
 
 
 def run_recommendation_stage(con: duckdb.DuckDBPyConnection, as_of, settings: RecommendationsSettings,
@@ -251,3 +272,71 @@ def run_recommendation_stage(con: duckdb.DuckDBPyConnection, as_of, settings: Re
              f"({result.blend.kind}; held-out HitRate@{settings.list_length} {validation.get('hit_rate', float('nan')):.3f}) "
              f"({time.perf_counter() - started:.1f}s)")
     return result
+
+
+# --------------------------------------------------------------------------- too little history
+# A first run on a young shop has too little history for a model: the model is skipped with a
+# message naming what is missing and when it will be enough, its table is written (and published)
+# empty, and everything else goes on.
+def run_as_of(con) -> pd.Timestamp:
+    """The run's as_of, as the marts stamped it (customer_traits is built before scoring)."""
+    value = con.execute("SELECT max(as_of) FROM marts.customer_traits").fetchall()[0][0] \
+        if table_exists(con, "marts", "customer_traits") else None
+    if value is None:  # no person at all: the churn cutoffs' as_of is the same
+        value = con.execute("SELECT max(cutoff_at) FROM intermediate.int_churn_features").fetchall()[0][0]
+    return pd.Timestamp(value) if value is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
+
+
+def churn_history_shortfall(con, features: pd.DataFrame, horizon: int, as_of: pd.Timestamp) -> str | None:
+    """Why churn cannot be trained, or None. It fits on buyers before as_of - 2 x horizon (labels
+    observed up to as_of - horizon) and validates on buyers before as_of - horizon: it needs
+    orders from before as_of - 2 x horizon, i.e. more than 2 x horizon days of order history."""
+    snapshots = set(features["snapshot"]) if len(features) else set()
+    if {"train", "validate"} <= snapshots:
+        return None
+    first = con.execute("SELECT min(ordered_at) FROM intermediate.int_orders WHERE ordered_at <= ?",
+                        [as_of.to_pydatetime()]).fetchall()[0][0] if table_exists(con, "intermediate", "int_orders") else None
+    needed = 2 * horizon
+    if first is None:
+        have = "there are no orders yet"
+        ready = f"{needed + 1} days after the first order"
+    else:
+        first = pd.Timestamp(first)
+        have = f"there are {(as_of - first).days} day(s) of orders (the first on {first:%Y-%m-%d})"
+        ready = f"from {(first + pd.Timedelta(days=needed + 1)):%Y-%m-%d}"
+    return (f"churn needs orders from more than 2 × churn.horizon_days = {needed} days before as_of "
+            f"(buyers to train on and a validation label {horizon} days later); {have}; enough {ready}. "
+            "churn_scores is published empty until then")
+
+
+def cart_history_shortfall(features: pd.DataFrame, settings: CartIntentSettings) -> str | None:
+    """Why cart intent cannot be trained, or None: it learns from carts at two weekly cutoffs
+    (fit on the older, validate on the latest) whose outcome window has passed."""
+    history = features[features["snapshot"] == "history"] if len(features) else features
+    cutoffs = history["cutoff_at"].nunique() if len(history) else 0
+    if cutoffs >= 2:
+        return None
+    return (f"cart intent needs carts at 2 weekly cutoffs with their {settings.window_days}-day outcome known "
+            f"(cart_intent.window_days + 7 days of carts, up to cart_intent.history_weeks = {settings.history_weeks} "
+            f"weeks back); there are carts at {cutoffs}. cart_intent is published empty until then")
+
+
+def _skipped_churn(as_of: pd.Timestamp) -> churn.ChurnResult:
+    predictions = pd.DataFrame({
+        "person_id": pd.Series(dtype="string"), "churn_probability": pd.Series(dtype="float64"),
+        "risk_tier": pd.Series(dtype="string"), "model_version": pd.Series(dtype="string"),
+        "top_reasons": pd.Series(dtype="object"), "as_of": pd.Series(dtype="datetime64[us]")})
+    return churn.ChurnResult(predictions, "", "", {}, {}, [], training_rows=0, as_of=as_of,
+                             risk_tier_counts={t: 0 for t in ("high", "medium", "low")})
+
+
+def _skipped_cart(as_of: pd.Timestamp) -> cart.CartResult:
+    predictions = pd.DataFrame({
+        "person_id": pd.Series(dtype="string"), "cart_id": pd.Series(dtype="string"),
+        "cart_value": pd.Series(dtype="float64"), "cart_added_at": pd.Series(dtype="datetime64[us]"),
+        "purchase_probability": pd.Series(dtype="float64"), "intent_group": pd.Series(dtype="string"),
+        "expected_return_hours": pd.Series(dtype="float64"), "model_version": pd.Series(dtype="string"),
+        "as_of": pd.Series(dtype="datetime64[us]")})
+    return cart.CartResult(predictions, "", "", {}, {}, [], training_rows=0, as_of=as_of,
+                           group_counts={g: 0 for g in cart.GROUPS})
+

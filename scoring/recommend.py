@@ -15,7 +15,7 @@ recommendations` runs the same code as of a past cut-off.
 3. The blend is a gradient-boosted ranker fitted on a time split of the shop's own orders:
    features as of as_of - horizon, label = bought in the next horizon days. Weights are never
    hand-set for one data set; a shop too small to learn from gets a fixed fallback blend.
-4. Lists: non-products (catalog is_product = false) and purchases of the last
+4. Lists: non-products (catalog non_product = true) and purchases of the last
    `exclude_bought_within_days` never appear; at most `max_per_category` per category; the
    reason is the personal signal whose removal lowers the score most, else `trending`.
 
@@ -64,7 +64,7 @@ CHUNK = 20_000
 # --------------------------------------------------------------------------- data
 @dataclass
 class Interactions:
-    """Everything up to `until`, ids encoded: persons (customers), products (is_product only)."""
+    """Everything up to `until`, ids encoded: persons (customers), products (non_product excluded)."""
 
     persons: np.ndarray
     products: pd.DataFrame  # sku, category, cat (int code)
@@ -84,7 +84,7 @@ def load_interactions(con, until: pd.Timestamp, view_from: pd.Timestamp) -> Inte
     """Order lines up to `until` and product views in (view_from, until] from the warehouse."""
     until, view_from = pd.Timestamp(until).to_pydatetime(), pd.Timestamp(view_from).to_pydatetime()
     products = con.execute("""SELECT sku, coalesce(category, '') AS category FROM staging.stg_catalog__products
-                              WHERE coalesce(is_product, true) ORDER BY sku""").df()
+                              WHERE NOT coalesce(non_product, false) ORDER BY sku""").df()
     persons = con.execute("SELECT person_id FROM marts.customers ORDER BY person_id").df()["person_id"].to_numpy()
     products["cat"] = pd.factorize(products["category"])[0]
     con.register("rec_products", products[["sku"]].assign(i=np.arange(len(products))))

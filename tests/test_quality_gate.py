@@ -285,7 +285,8 @@ def test_source_suites_catch_schema_drift_and_bad_values_in_a_load(base, tmp_pat
     with open_warehouse(config.warehouse_path) as con:
         clean = run_source_checks(config, con, since=None)
         assert clean and all(c.passed for c in clean), [c.label for c in clean if not c.passed]
-        con.execute("UPDATE raw.pos_transactions SET total = -5 WHERE transaction_id = "
+        # a negative total is a return unless the receipt is flagged a sale: that is the bad value
+        con.execute("UPDATE raw.pos_transactions SET total = -5, is_return = false WHERE transaction_id = "
                     "(SELECT min(transaction_id) FROM raw.pos_transactions)")
         con.execute("ALTER TABLE raw.support_tickets DROP COLUMN category")
         failed = {c.label: c for c in run_source_checks(config, con, since=None) if not c.passed}

@@ -28,7 +28,7 @@ def make_shop(persons: int = 400, seed: int = 3) -> duckdb.DuckDBPyConnection:
     cats = ["a", "b", "c", "d"]
     skus = [f"{c}{n:02d}" for c in cats for n in range(12)]
     products = pd.DataFrame({"sku": skus + ["SHIP"], "category": [s[0] for s in skus] + ["fees"],
-                             "is_product": [True] * len(skus) + [False]})
+                             "non_product": [False] * len(skus) + [True]})
     lines, views = [], []
     for p in range(persons):
         cat = cats[p % 4]

@@ -49,13 +49,26 @@ class DriftBounds(_Strict):
 class IdentityBounds(_Strict):
     """Sanity of the resolved identities, on every build."""
 
-    max_cluster_records: int = Field(default=500, ge=1, description="Most source records one person may hold.")
+    max_cluster_records: int | None = Field(
+        default=None, ge=1,
+        description="Most source records one person may hold; empty = learned: max_cluster_growth times the "
+                    "largest person of the last publish (the first publish relies on identity.max_cluster_size).",
+    )
+    max_cluster_growth: float = Field(
+        default=2.0, gt=1,
+        description="With max_cluster_records empty: how many times the last publish's largest person the "
+                    "largest person may grow to.",
+    )
     max_emails_per_person: int = Field(default=10, ge=1, description="A person with more distinct emails is suspect.")
     max_persons_over_email_limit: int = Field(
         default=0, ge=0, description="How many persons may exceed max_emails_per_person before it blocks.",
     )
-    min_merged_share: float = Field(default=0.0, ge=0, le=1, description="Lowest share of records merged with another.")
-    max_merged_share: float = Field(default=0.98, ge=0, le=1, description="Highest share of records merged with another.")
+    # A shop's merged share is its shape (every loyalty member with receipts merges: 1.0 is
+    # fine), so by default it is bounded only relative to the last publish (drift.max_merge_rate_change).
+    min_merged_share: float | None = Field(default=None, ge=0, le=1,
+                                           description="Lowest share of records merged with another; empty = none.")
+    max_merged_share: float | None = Field(default=None, ge=0, le=1,
+                                           description="Highest share of records merged with another; empty = none.")
 
 
 class SourceBounds(_Strict):

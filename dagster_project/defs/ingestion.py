@@ -10,6 +10,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
+    Failure,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -24,6 +25,9 @@ from dagster_project.defs.resources import TesseraResource
 from ingestion.loader import CHANGED, LINEAGE_COLUMNS, REJECTED, ingest
 
 INGESTION_GROUP = "ingestion"
+# Run tag (`cdp run --keep-going`): go on past a file rejected whole. Without it the step fails
+# with the rejection, so identity and the marts never run on tables missing that file.
+KEEP_GOING_TAG = "tessera/keep_going"
 # Every asset that writes the warehouse shares this pool; the instance limits it to one
 # step at a time because DuckDB allows a single writing process per file.
 WAREHOUSE_POOL = "tessera_warehouse"
@@ -84,6 +88,13 @@ def _raw_asset(ent: Entity):
                 ).fetchall()
             )
         bad_files = [f for f in report.files if f.status in (REJECTED, CHANGED)]
+        if bad_files and context.run.tags.get(KEEP_GOING_TAG, "").lower() != "true":
+            raise Failure(
+                description="ingestion rejected "
+                + "; ".join(f"{f.file} ({f.source}): {f.status} — {mask_pii(f.message)}" for f in bad_files)
+                + ". The run stops before identity; fix the file or the config and run again, or pass "
+                  "--keep-going to build on the rest.",
+            )
         loaded, quarantined = report.rows_loaded(), report.rows_quarantined()
         landed = loaded + quarantined
         yield MaterializeResult(

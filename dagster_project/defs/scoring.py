@@ -56,12 +56,17 @@ def scoring_models(context: AssetExecutionContext, tessera: TesseraResource):
     churn, cart = result.churn, result.cart
     calibration = "\n".join(["| decile | rows | predicted | observed |", "|---|---|---|---|"] + [
         f"| {b['bin']} | {b['rows']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in churn.calibration])
+    skipped = s["skipped_models"]  # too little history: the model's table is empty, the message says why
+    for model, why in skipped.items():
+        log.warning(f"scoring: {model} skipped — {why}")
     yield MaterializeResult(asset_key=CHURN_KEY, metadata={
+        **({"skipped": skipped["churn"]} if "churn" in skipped else {}),
         "dagster/row_count": s["churn_scored"], "algorithm": churn.algorithm, "model_version": churn.model_version,
         **{k: v for k, v in s.items() if k.startswith("churn_validation_")}, "risk_tiers": s["churn_risk_tiers"],
         "candidates": {a: {m: round(v, 4) for m, v in r.items()} for a, r in churn.candidates.items()},
         "calibration": MetadataValue.md(calibration), "as_of": str(churn.as_of)})
     yield MaterializeResult(asset_key=CART_KEY, metadata={
+        **({"skipped": skipped["cart_intent"]} if "cart_intent" in skipped else {}),
         "dagster/row_count": s["cart_scored"], "algorithm": cart.algorithm, "model_version": cart.model_version,
         **{k: v for k, v in s.items() if k.startswith("cart_validation_")}, "intent_groups": s["cart_intent_groups"],
         "candidates": {a: {m: round(v, 4) for m, v in r.items()} for a, r in cart.candidates.items()}})

@@ -11,15 +11,17 @@ orders as (
     where person_id is not null
 ),
 
+-- Returns and cancellations are no orders, but pay money back: revenue is net of them.
 order_stats as (
     select
         person_id,
-        count(*) as order_count,
+        sum(case when coalesce(is_return, false) then 0 else 1 end) as order_count,
         sum(order_total) as revenue,
-        min(ordered_at) as first_order_at,
-        max(ordered_at) as last_order_at
+        min(case when not coalesce(is_return, false) then ordered_at end) as first_order_at,
+        max(case when not coalesce(is_return, false) then ordered_at end) as last_order_at
     from orders
     group by person_id
+    having sum(case when coalesce(is_return, false) then 0 else 1 end) > 0
 ),
 
 purchasers as (

@@ -1,6 +1,11 @@
-{#- The lines of every order in int_orders: a web order's lines come from its order_completed
-    event's products (its POS copy's lines are the same goods and are not repeated); a POS order's
-    lines are its receipt lines. -#}
+{#- The goods people bought and kept, line by line, for the orders in int_orders: a web order's
+    lines come from its order_completed event's products (its POS copy's lines are the same goods
+    and are not repeated); a POS order's lines are its receipt lines.
+
+    Returns are netted out, not listed: a return line (negative quantity, on a return or
+    cancellation receipt) takes back the same person's latest purchases of that sku, so an item
+    bought and returned is not "bought" for categories, recommendations or offers. (Revenue nets
+    returns in int_orders' totals.) Non-product codes (postage, fees) are no goods bought. -#}
 
 with orders as (
     select * from {{ ref('int_orders') }}
@@ -71,22 +76,53 @@ all_lines as (
     select * from pos_lines
 ),
 
-final as (
-    select
-        all_lines.order_key || ':' || cast(all_lines.line_no as {{ dbt.type_string() }}) as order_line_key,
-        all_lines.order_key,
-        all_lines.line_no,
-        orders.person_id,
-        orders.ordered_at,
-        all_lines.sku,
-        products.category,
-        all_lines.quantity,
-        all_lines.unit_price,
-        all_lines.discount,
-        all_lines.quantity * all_lines.unit_price - all_lines.discount as line_total
+with_orders as (
+    select all_lines.*, orders.person_id, orders.ordered_at
     from all_lines
     inner join orders on orders.order_key = all_lines.order_key
-    left join products on products.sku = all_lines.sku
+),
+
+returned as (
+    select person_id, sku, -sum(quantity) as returned_quantity
+    from with_orders
+    where quantity < 0 and person_id is not null
+    group by person_id, sku
+),
+
+-- Latest purchases first: what was returned is taken from them until it is used up.
+kept as (
+    select
+        with_orders.*,
+        greatest(
+            with_orders.quantity - greatest(
+                coalesce(returned.returned_quantity, 0) - coalesce(sum(with_orders.quantity) over (
+                    partition by with_orders.person_id, with_orders.sku
+                    order by with_orders.ordered_at desc, with_orders.order_key desc, with_orders.line_no desc
+                    rows between unbounded preceding and 1 preceding), 0),
+                0),
+            0) as kept_quantity
+    from with_orders
+    left join returned on returned.person_id = with_orders.person_id and returned.sku = with_orders.sku
+    where with_orders.quantity > 0
+),
+
+final as (
+    select
+        kept.order_key || ':' || cast(kept.line_no as {{ dbt.type_string() }}) as order_line_key,
+        kept.order_key,
+        kept.line_no,
+        kept.person_id,
+        kept.ordered_at,
+        kept.sku,
+        products.category,
+        cast(kept.kept_quantity as {{ dbt.type_int() }}) as quantity,
+        kept.unit_price,
+        kept.discount * kept.kept_quantity / kept.quantity as discount,
+        kept.kept_quantity * kept.unit_price - kept.discount * kept.kept_quantity / kept.quantity as line_total
+    from kept
+    left join products on products.sku = kept.sku
+    where kept.kept_quantity > 0
+        and not coalesce(products.non_product, false)
 )
 
 select * from final

@@ -83,7 +83,8 @@ web_final as (
         pos_copy.transaction_id as pos_transaction_id,
         -- The web identity first; else the store copy's (e.g. a loyalty card given at collection).
         coalesce(web_people.person_id, pos_copy_people.person_id) as person_id,
-        coalesce(web_people.identified_via, pos_copy_people.identified_via) as identified_via
+        coalesce(web_people.identified_via, pos_copy_people.identified_via) as identified_via,
+        false as is_return
     from web_orders
     left join web_people
         on web_people.source = web_orders.source and web_people.order_id = web_orders.order_id
@@ -105,7 +106,8 @@ pos_final as (
         pos_transactions.discount,
         pos_transactions.transaction_id as pos_transaction_id,
         pos_people.person_id,
-        pos_people.identified_via
+        pos_people.identified_via,
+        pos_transactions.is_return
     from pos_transactions
     left join pos_people
         on pos_people.source = pos_transactions.source and pos_people.transaction_id = pos_transactions.transaction_id

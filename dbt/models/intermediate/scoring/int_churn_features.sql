@@ -15,10 +15,28 @@ with cutoffs as (
     {{ model_cutoffs([('train', 2), ('validate', 1), ('score', 0)], horizon) }}
 ),
 
+-- Purchases only: a return is no sign of coming back. Returns net the revenue (returns below).
 orders as (
     select person_id, ordered_at, order_total, discount
     from {{ ref('int_orders') }}
-    where person_id is not null
+    where person_id is not null and not coalesce(is_return, false)
+),
+
+returns as (
+    select person_id, ordered_at, order_total
+    from {{ ref('int_orders') }}
+    where person_id is not null and coalesce(is_return, false)
+),
+
+return_features as (
+    select
+        cutoffs.snapshot,
+        returns.person_id,
+        sum(returns.order_total) as returned_365d
+    from cutoffs
+    inner join returns
+        on {{ before_cutoff('returns.ordered_at', 'cutoffs.cutoff_at', 365) }}
+    group by cutoffs.snapshot, returns.person_id
 ),
 
 sessions as (
@@ -131,8 +149,8 @@ final as (
         order_features.orders_90d,
         order_features.orders_prev_90d,
         order_features.orders_365d,
-        round(order_features.revenue_365d, 2) as revenue_365d,
-        round(order_features.revenue_365d / order_features.orders_365d, 2) as avg_order_value_365d,
+        round(order_features.revenue_365d + coalesce(return_features.returned_365d, 0), 2) as revenue_365d,
+        round((order_features.revenue_365d + coalesce(return_features.returned_365d, 0)) / order_features.orders_365d, 2) as avg_order_value_365d,
         cast(order_features.discounted_orders_365d as {{ dbt.type_float() }}) / order_features.orders_365d as discounted_order_share_365d,
         order_features.orders_90d - order_features.orders_prev_90d as orders_trend_90d,
         coalesce(session_features.web_sessions_30d, 0) as web_sessions_30d,
@@ -167,6 +185,8 @@ final as (
         on email_features.snapshot = order_features.snapshot and email_features.person_id = order_features.person_id
     left join ticket_features
         on ticket_features.snapshot = order_features.snapshot and ticket_features.person_id = order_features.person_id
+    left join return_features
+        on return_features.snapshot = order_features.snapshot and return_features.person_id = order_features.person_id
     left join labels
         on labels.snapshot = order_features.snapshot and labels.person_id = order_features.person_id
     where order_features.orders_365d > 0

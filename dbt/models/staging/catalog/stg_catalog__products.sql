@@ -7,11 +7,11 @@ renamed as (
         sku,
         _source as source,
         {{ clean_text('name') }} as product_name,
-        lower({{ clean_text('category') }}) as category,
+        -- postage, fees: no category of goods, so never a person's preferred category or affinity
+        case when coalesce(non_product, false) then null else lower({{ clean_text('category') }}) end as category,
+        coalesce(non_product, false) as non_product,
         price,
         margin,
-        -- Empty = a product: only codes marked false (postage, fees) are no product.
-        coalesce(is_product, true) as is_product,
         cast(_loaded_at as {{ dbt.type_timestamp() }}) as loaded_at,
         _load_id as load_id,
         _file as landed_file,
@@ -25,7 +25,7 @@ latest as (
 ),
 
 final as (
-    select sku, source, product_name, category, price, margin, is_product, loaded_at, load_id, landed_file, landed_row
+    select sku, source, product_name, category, non_product, price, margin, loaded_at, load_id, landed_file, landed_row
     from latest
 )
 

@@ -26,6 +26,7 @@ final as (
     select
         transaction_id, source, line_no, sku, quantity, unit_price, discount,
         quantity * unit_price - discount as line_total,
+        quantity < 0 as is_return,
         loaded_at, load_id, landed_file, landed_row
     from latest
 )

@@ -2,6 +2,16 @@ with source as (
     select * from {{ source('raw', 'pos_loyalty_members') }}
 ),
 
+-- An export without enrolment dates: the member's first receipt stands in for it (a backtest
+-- must not see members before anything of theirs happened).
+first_receipts as (
+    select _source as source, upper({{ clean_text('loyalty_id') }}) as loyalty_id,
+        min(cast(occurred_at as {{ dbt.type_timestamp() }})) as first_receipt_at
+    from {{ source('raw', 'pos_transactions') }}
+    where loyalty_id is not null
+    group by 1, 2
+),
+
 renamed as (
     select
         upper({{ clean_text('loyalty_id') }}) as loyalty_id,
@@ -31,7 +41,9 @@ final as (
         loyalty_id, source, first_name, last_name, email, phone, address_line1, city, postcode,
         date_of_birth, enrolled_at, loaded_at, load_id, landed_file, landed_row
     from latest
-    where enrolled_at <= {{ as_of() }}
+    left join first_receipts using (source, loyalty_id)
+    where coalesce(enrolled_at, first_receipts.first_receipt_at) <= {{ as_of() }}
+        or coalesce(enrolled_at, first_receipts.first_receipt_at) is null
 )
 
 select * from final

@@ -17,6 +17,8 @@ renamed as (
         coalesce(discount, 0) as discount,
         total,
         payment_method,
+        -- a return or cancellation: flagged, or (unflagged) a receipt that pays money back
+        coalesce(is_return, total < 0) as is_return,
         cast(_loaded_at as {{ dbt.type_timestamp() }}) as loaded_at,
         _load_id as load_id,
         _file as landed_file,
@@ -31,7 +33,7 @@ latest as (
 final as (
     select
         transaction_id, source, store_id, occurred_at, loyalty_id, email, phone, channel, order_ref,
-        subtotal, discount, total, payment_method, loaded_at, load_id, landed_file, landed_row
+        subtotal, discount, total, payment_method, is_return, loaded_at, load_id, landed_file, landed_row
     from latest
     where occurred_at <= {{ as_of() }}
 )
