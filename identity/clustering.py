@@ -519,7 +519,8 @@ class _ClusterState:
         if self._over_size_cap(a, b):
             return False, "cluster_size_cap"
         if rule == "splink":
-            if p < self.conflict_p:
+            # two single records: their disagreement is exactly what the score already weighed
+            if p < self.conflict_p and (self.size[a] > 1 or self.size[b] > 1):
                 if self._first_names_conflict(a, b):
                     return False, "conflict:first_name"
                 if self._dobs_conflict(a, b):

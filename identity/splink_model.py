@@ -77,7 +77,8 @@ def comparisons(tf: bool = True) -> list[dict]:
     # a shared family or office mailbox and a big city are weaker evidence than a rare one
     tf_email = {"tf_adjustment_column": "email_canon", "tf_adjustment_weight": 1.0} if tf else {}
     jw_addr = 'jaro_winkler_similarity("address_l", "address_r") >= 0.9'
-    same_area = '"postcode_outward_l" = "postcode_outward_r" OR "city_l" = "city_r"'
+    same_area = ('"postcode_outward_l" = "postcode_outward_r" OR "city_l" = "city_r" '
+                 'OR jaro_winkler_similarity("city_l", "city_r") >= 0.92')
     fn, ln = '"first_name_canon_{}"', '"last_name_{}"'
     jw = "jaro_winkler_similarity(\"{c}_l\", \"{c}_r\") >= 0.88"
     return [
@@ -91,7 +92,9 @@ def comparisons(tf: bool = True) -> list[dict]:
                 _lvl('("first_name_l" IS NULL AND "last_name_l" IS NULL) OR ("first_name_r" IS NULL AND "last_name_r" IS NULL)',
                      "null", is_null_level=True),
                 _lvl('"full_name_l" = "full_name_r"', "both exact (nickname-aware)", **tf_full),
-                _lvl('"first_name_l" = "last_name_r" AND "last_name_l" = "first_name_r"', "swapped"),
+                _lvl('("first_name_l" = "last_name_r" AND "last_name_l" = "first_name_r") OR '
+                     '(jaro_winkler_similarity("first_name_l", "last_name_r") >= 0.92 AND '
+                     'jaro_winkler_similarity("last_name_l", "first_name_r") >= 0.92)', "swapped (exact or one typo)"),
                 _lvl(f'{ln.format("l")} = {ln.format("r")} AND {jw.format(c="first_name")}', "surname exact, first name fuzzy"),
                 _lvl(f'{fn.format("l")} = {fn.format("r")} AND {jw.format(c="last_name")}', "first name exact, surname fuzzy"),
                 _lvl(f'{jw.format(c="first_name")} AND {jw.format(c="last_name")}', "both fuzzy"),
@@ -152,7 +155,7 @@ def comparisons(tf: bool = True) -> list[dict]:
                      "address exact, or postcode exact and address fuzzy"),
                 _lvl('"postcode_l" = "postcode_r"', "postcode exact"),
                 _lvl(f'{jw_addr} AND ({same_area})', "address fuzzy, same district or city"),
-                _lvl(same_area, "same district or city"),
+                _lvl(same_area, "same district or city (or a city one typo off)"),
                 _else(),
             ],
         },
@@ -212,7 +215,7 @@ def _rule_columns(rule) -> tuple[str, ...]:
 def profile(db: duckdb.DuckDBPyConnection, table: str = "identity_input") -> dict[str, dict]:
     """Fill rate and distinct count of every input column, and the record count."""
     cols = [c for c in SPLINK_COLUMNS if c != "unique_id"]
-    row = db.execute(f"SELECT count(*), " + ", ".join(
+    row = db.execute("SELECT count(*), " + ", ".join(
         f'count("{c}"), approx_count_distinct("{c}")' for c in cols) + f" FROM {table}").fetchall()[0]
     n = row[0]
     out = {"records": n}
