@@ -234,7 +234,8 @@ def table(result: dict) -> str:
     rows = ["| data set | records | Tessera P / R / F1 | CPU s | bare Splink 5 P / R / F1 | CPU s |", "|---|---|---|---|---|---|"]
     for name, r in result.items():
         t, b = r["tessera"], r["bare_splink"]
-        fmt = (lambda x: f"{x['precision']:.4f} / {x['recall']:.4f} / {x['f1']:.4f}" if "f1" in x else x.get("error", "?"))
+        def fmt(x):
+            return (f"{x['precision']:.4f} / {x['recall']:.4f} / {x['f1']:.4f}" if "f1" in x else x.get("error", "?"))
         rows.append(f"| {name} ({r['link_type']}) | {r['records']:,} | {fmt(t)} | {t.get('cpu_s', '')} | "
                     f"{fmt(b)} | {b.get('cpu_s', '')} |")
     return "\n".join(rows)
