@@ -254,7 +254,36 @@ def _accept_conflict_free(decision: np.ndarray, n_max: int, left: np.ndarray, ri
         weights = (idx + 1).astype(np.float64)  # unique, increasing with seq
         tree = minimum_spanning_tree(coo_matrix((weights, (left[idx], right[idx])), shape=(n_max, n_max)).tocsr())
         decision[tree.tocoo().data.astype(np.int64) - 1] = ACCEPTED
-    decision[clean & attach & (c1[left] != c1[right])] = ACCEPTED
+    _accept_clean_attaches(decision, np.flatnonzero(clean & attach), left, c1[left], c1[right])
+
+
+def _accept_clean_attaches(decision: np.ndarray, idx: np.ndarray, rec: np.ndarray, cl: np.ndarray,
+                           cr: np.ndarray) -> None:
+    """Attach edges of conflict-free components, as the loop settles them: consecutive edges
+    from one record are a group; it joins its (single) target cluster unless already in it, so
+    a record attached by email is not attached again by phone (union-find over link components)."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    i, n = 0, len(idx)
+    while i < n:
+        j = i
+        while j < n and rec[idx[j]] == rec[idx[i]]:
+            j += 1
+        own = find(int(cl[idx[i]]))
+        targets = set()
+        for k in idx[i:j]:
+            t = find(int(cr[k]))
+            if t != own:
+                decision[k] = ACCEPTED
+                targets.add(t)
+        for t in targets:  # (one in a conflict-free component)
+            parent[t] = own
+        i = j
 
 
 def _write_clusters(con: duckdb.DuckDBPyConnection, rec: str, n_max: int, key: np.ndarray, held: np.ndarray) -> None:
