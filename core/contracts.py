@@ -38,6 +38,9 @@ class Field:
     required: bool = False
     values: tuple[str, ...] = ()  # allowed values (an enum), empty = any
     pii: bool = False  # personal data: masked in logs, check samples and reports (core/pii.py)
+    # an unparseable value of an optional field is nulled (and recorded in raw.quarantine as a
+    # field-level issue) instead of quarantining the row: a bad birthday must not lose the person
+    null_if_invalid: bool = False
     description: str = ""
 
 
@@ -222,7 +225,7 @@ ENTITIES: tuple[Entity, ...] = (
             Field("address_line1", STRING, pii=True),
             Field("city", STRING, pii=True),
             Field("postcode", STRING, pii=True),
-            Field("date_of_birth", DATE, pii=True),
+            Field("date_of_birth", DATE, pii=True, null_if_invalid=True),
             Field("enrolled_at", TIMESTAMP, description="When the member joined; empty = unknown (the first receipt "
                   "with their loyalty id stands in for it)."),
         ),

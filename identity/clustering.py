@@ -12,11 +12,14 @@ A merge of clusters A and B is refused, with the reason recorded on the edge, wh
 - ``limit:<id>``: together they would hold more distinct values than ``max_per_profile``;
 - ``cluster_size_cap``: together they would hold more than ``max_cluster_size`` profile
   records; both are flagged ``held_for_review`` (never silently merged);
-- ``conflict:first_name``: for Splink edges and rules that ``require`` it, no first name of
-  A is compatible with one of B (same, nickname, Jaro-Winkler >= 0.88, or the two names
-  swapped): one weak link cannot chain two people;
-- ``conflict:date_of_birth``: for Splink edges, A and B both have dates of birth and none
-  is within one character of the other;
+- ``conflict:first_name``: for rules that ``require`` it (email and phone by default: a
+  shared or mistyped address is not proof), no first name of A is compatible with one of B
+  (same, nickname, Jaro-Winkler >= 0.88, or the two names swapped);
+- ``conflict:first_name`` / ``conflict:date_of_birth`` for Splink edges are *weighed*, not
+  vetoes: the edge's own two records' disagreement is already in its score, so a conflict
+  between the clusters only refuses an edge below ``conflict_match_probability`` (a
+  replaced first name with everything else equal scores ~1.0 and merges; a weak link
+  cannot chain two people whose names or dates of birth disagree);
 - ``ambiguous:<rule>``: an attach edge whose candidates are in several clusters.
 
 Because checks are made on whole clusters, not on the edge's two records, a chain
@@ -92,12 +95,44 @@ def _one_edit(a: str, b: str) -> bool:
     return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
 
 
+@lru_cache(maxsize=200_000)
+def _first_names_alike(x: str, y: str) -> bool:
+    """Jaro-Winkler >= 0.88; one is a short form of the other (jon/jonathan, nat/natalie); or a
+    typo: one edit, or two in names of five letters or more (olvea/oliver, gwradl/gerald)."""
+    if jaro_winkler(x, y) >= NAME_JW:
+        return True
+    short, long_ = sorted((x, y), key=len)
+    if len(short) >= 3 and long_.startswith(short):
+        return True
+    return _edits(x, y, 2 if min(len(x), len(y)) >= 5 else 1)
+
+
+def _edits(a: str, b: str, k: int) -> bool:
+    """Optimal-string-alignment distance of a and b is at most k."""
+    if abs(len(a) - len(b)) > k:
+        return False
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if prev2 is not None and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        if min(cur) > k:
+            return False
+        prev2, prev = prev, cur
+    return prev[-1] <= k
+
+
 def names_compatible(fa: set, la: set | None, fb: set, lb: set | None) -> bool:
     if fa & fb:
         return True
     if la and lb and (fa & lb) and (la & fb):
         return True  # first and last name swapped
-    return any(jaro_winkler(x, y) >= NAME_JW for x in fa for y in fb)
+    if (not la and lb and fa & lb) or (not lb and la and fb & la):
+        return True  # a surname given alone, in the first-name field
+    return any(_first_names_alike(x, y) for x in fa for y in fb)
 
 
 def dobs_compatible(da: set, db: set) -> bool:
@@ -198,8 +233,9 @@ def _edges_in_order(con: duckdb.DuckDBPyConnection, schema: str,
             UNION ALL
             SELECT s.rid_l, s.rid_r, 'splink', 'splink', 1000, s.match_probability, 2, -s.match_probability, 'link'
             FROM id_splink_pairs s
-            WHERE NOT EXISTS (SELECT 1 FROM {schema}.det_edges d WHERE d.phase = 'link'
-                              AND d.rid_l = s.rid_l AND d.rid_r = s.rid_r))
+            -- (kept even where a deterministic edge joins the same pair: if that edge is refused for
+            -- want of corroboration, the model's own evidence may still merge them)
+            )
         ORDER BY stage, priority, rule, neg_p, rid_l, rid_r""")
     e = con.sql("SELECT rid_l, rid_r, phase = 'attach' AS attach FROM id_edge_order ORDER BY rowid").to_arrow_table()
     return (e.column("rid_l").to_numpy().astype(np.int64), e.column("rid_r").to_numpy().astype(np.int64),
@@ -212,10 +248,42 @@ def _accept_conflict_free(decision: np.ndarray, n_max: int, left: np.ndarray, ri
     (Kruskal), and an attach edge whose two ends are in different link components."""
     idx = np.flatnonzero(clean & ~attach)
     if len(idx):
+        # one pair may carry a deterministic and a Splink edge: keep its first (coo sums duplicates)
+        _, first = np.unique(left[idx] * np.int64(n_max) + right[idx], return_index=True)
+        idx = idx[np.sort(first)]
         weights = (idx + 1).astype(np.float64)  # unique, increasing with seq
         tree = minimum_spanning_tree(coo_matrix((weights, (left[idx], right[idx])), shape=(n_max, n_max)).tocsr())
         decision[tree.tocoo().data.astype(np.int64) - 1] = ACCEPTED
-    decision[clean & attach & (c1[left] != c1[right])] = ACCEPTED
+    _accept_clean_attaches(decision, np.flatnonzero(clean & attach), left, c1[left], c1[right])
+
+
+def _accept_clean_attaches(decision: np.ndarray, idx: np.ndarray, rec: np.ndarray, cl: np.ndarray,
+                           cr: np.ndarray) -> None:
+    """Attach edges of conflict-free components, as the loop settles them: consecutive edges
+    from one record are a group; it joins its (single) target cluster unless already in it, so
+    a record attached by email is not attached again by phone (union-find over link components)."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    i, n = 0, len(idx)
+    while i < n:
+        j = i
+        while j < n and rec[idx[j]] == rec[idx[i]]:
+            j += 1
+        own = find(int(cl[idx[i]]))
+        targets = set()
+        for k in idx[i:j]:
+            t = find(int(cr[k]))
+            if t != own:
+                decision[k] = ACCEPTED
+                targets.add(t)
+        for t in targets:  # (one in a conflict-free component)
+            parent[t] = own
+        i = j
 
 
 def _write_clusters(con: duckdb.DuckDBPyConnection, rec: str, n_max: int, key: np.ndarray, held: np.ndarray) -> None:
@@ -366,7 +434,7 @@ class _ClusterState:
     roots and their state. Sets are owned by one root each, so merging may grow them in place."""
 
     __slots__ = ("parent", "size", "uniq", "multi", "firsts", "lasts", "dobs", "value_sets", "held",
-                 "limited", "requires", "cap")
+                 "limited", "requires", "cap", "conflict_p")
 
     def __init__(self, settings: IdentitySettings, n_max: int, cols: dict[str, list]):
         self.parent = list(range(n_max))
@@ -382,6 +450,7 @@ class _ClusterState:
         self.value_sets = [*self.multi.values(), self.firsts, self.lasts, self.dobs]
         self.requires = {name: bool(settings.rule(name).requires) for name in _RULES_THAT_MAY_REQUIRE}
         self.cap = settings.max_cluster_size
+        self.conflict_p = settings.conflict_match_probability
         # column by column: indexing every column per row cost twice as much
         rids = cols["rid"]
         for rid, entity in zip(rids, cols["entity"]):
@@ -468,20 +537,26 @@ class _ClusterState:
         da, db = self.dobs.get(a), self.dobs.get(b)
         return bool(da and db) and not dobs_compatible(da, db)
 
-    def can_merge(self, a: int, b: int, rule: str) -> tuple[bool, str | None]:
+    def can_merge(self, a: int, b: int, rule: str, p: float = 1.0) -> tuple[bool, str | None]:
         """(True, None), or (False, why) for the first rule that refuses merging roots a and b
-        over an edge of ``rule``. Names are checked for Splink edges and rules that require
-        them; dates of birth for Splink edges only (a deterministic rule has its own evidence)."""
+        over an edge of ``rule`` with match probability ``p``. Names are a veto for rules that
+        require them; for Splink edges names and dates of birth are weighed: a conflict needs
+        ``p`` of at least ``conflict_match_probability``."""
         why = self._merge_protection(a, b) or self._over_limit(a, b)
         if why is not None:
             return False, why
         if self._over_size_cap(a, b):
             return False, "cluster_size_cap"
-        splink = rule == "splink"
-        if (splink or self.requires.get(rule)) and self._first_names_conflict(a, b):
+        if rule == "splink":
+            # two single records: their disagreement is exactly what the score already weighed
+            if p < self.conflict_p and (self.size[a] > 1 or self.size[b] > 1):
+                if self._first_names_conflict(a, b):
+                    return False, "conflict:first_name"
+                if self._dobs_conflict(a, b):
+                    return False, "conflict:date_of_birth"
+            return _MERGEABLE
+        if self.requires.get(rule) and self._first_names_conflict(a, b):
             return False, "conflict:first_name"
-        if splink and self._dobs_conflict(a, b):
-            return False, "conflict:date_of_birth"
         return _MERGEABLE
 
     def merge(self, a: int, b: int) -> None:
@@ -531,33 +606,36 @@ def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, id
 
     Returns (decision per edge, reason per edge, union-find root per rid, roots held for review)."""
     state = _ClusterState.load(con, settings, rec, n_max, np.unique(np.concatenate([left[idx], right[idx]])))
-    edges = _EdgeDecisions(state, left[idx].tolist(), right[idx].tolist(), _rules_of(con, idx))
+    rules, probs = _rules_of(con, idx)
+    edges = _EdgeDecisions(state, left[idx].tolist(), right[idx].tolist(), rules, probs)
     edges.run(is_attach[idx].tolist())
     return edges.decision, edges.reason, state.roots(n_max, set(edges.left) | set(edges.right)), state.held_roots()
 
 
-def _rules_of(con: duckdb.DuckDBPyConnection, idx: np.ndarray) -> list[str]:
-    """The rule of each edge in ``idx`` (seq = rowid of id_edge_order)."""
+def _rules_of(con: duckdb.DuckDBPyConnection, idx: np.ndarray) -> tuple[list[str], list[float]]:
+    """The rule and match probability of each edge in ``idx`` (seq = rowid of id_edge_order)."""
     con.register("_id_idx", pa.table({"seq": idx}))
-    rules = [r[0] for r in con.execute(
-        "SELECT o.rule FROM id_edge_order o JOIN _id_idx i ON i.seq = o.rowid ORDER BY i.seq").fetchall()]
+    rows = con.execute(
+        "SELECT o.rule, o.match_probability FROM id_edge_order o JOIN _id_idx i ON i.seq = o.rowid ORDER BY i.seq").fetchall()
     con.unregister("_id_idx")
-    return rules
+    return [r[0] for r in rows], [float(r[1]) for r in rows]
 
 
 class _EdgeDecisions:
     """The decision and reason of each edge, taken one edge (or one attach group) at a time."""
 
-    def __init__(self, state: _ClusterState, left: list[int], right: list[int], rules: list[str]):
+    def __init__(self, state: _ClusterState, left: list[int], right: list[int], rules: list[str],
+                 probs: list[float] | None = None):
         self.state, self.left, self.right, self.rules = state, left, right, rules
+        self.probs = probs if probs is not None else [1.0] * len(left)
         self.decision = [REDUNDANT] * len(left)
         self.reason: list[str | None] = [None] * len(left)
 
     def run(self, is_attach: list[bool]) -> None:
         """Every edge in processing order. A link or Splink edge merges its two clusters unless
         a rule refuses; consecutive attach edges from one record are settled together."""
-        state, left, right, rules, decision, reason = (self.state, self.left, self.right, self.rules,
-                                                       self.decision, self.reason)
+        state, left, right, rules, probs, decision, reason = (self.state, self.left, self.right, self.rules,
+                                                              self.probs, self.decision, self.reason)
         find, can_merge, merge = state.find, state.can_merge, state.merge  # bound once: the hot loop
         group: list[int] = []
         for i, attach in enumerate(is_attach):
@@ -570,7 +648,7 @@ class _EdgeDecisions:
             a, b = find(left[i]), find(right[i])
             if a == b:
                 continue  # redundant
-            ok, why = can_merge(a, b, rules[i])
+            ok, why = can_merge(a, b, rules[i], probs[i])
             if ok:
                 decision[i] = ACCEPTED
                 merge(a, b)

@@ -136,16 +136,19 @@ def linkable_recall(con: duckdb.DuckDBPyConnection, schema: str = "identity", on
     return out
 
 
-def unique_id_conflicts(con: duckdb.DuckDBPyConnection, schema: str = "identity") -> int:
-    """Persons holding two different loyalty ids of one source, or two login user ids."""
-    return int(con.sql(f"""
-        SELECT count(*) FROM (
-            SELECT g.person_id FROM {schema}.records r JOIN {schema}.graph g USING (rid)
-            WHERE r.entity = 'loyalty_members' GROUP BY g.person_id, r.source HAVING count(DISTINCT r.loyalty_id) > 1
-            UNION ALL
-            SELECT g.person_id FROM {schema}.records r JOIN {schema}.graph g USING (rid)
-            WHERE r.user_id IS NOT NULL GROUP BY g.person_id, r.source HAVING count(DISTINCT r.user_id) > 1)
-    """).fetchall()[0][0])
+def unique_id_conflicts(con: duckdb.DuckDBPyConnection, schema: str = "identity", settings=None) -> int:
+    """Persons holding two different values (of one source) of an identifier the config
+    declares ``unique`` (by default loyalty ids and login user ids); none when none is."""
+    from core.settings.identity import IdentitySettings
+
+    settings = settings or IdentitySettings()
+    parts = [f"""SELECT g.person_id FROM {schema}.records r JOIN {schema}.graph g USING (rid)
+                 WHERE r.{col} IS NOT NULL AND r.entity <> 'transactions'
+                 GROUP BY g.person_id, r.source HAVING count(DISTINCT r.{col}) > 1"""
+             for name, col in (("loyalty_id", "loyalty_id"), ("user_id", "user_id")) if settings.rule(name).unique]
+    if not parts:
+        return 0
+    return int(con.sql(f"SELECT count(DISTINCT person_id) FROM ({' UNION ALL '.join(parts)})").fetchall()[0][0])
 
 
 def evaluate_config(config, con: duckdb.DuckDBPyConnection | None = None) -> dict:

@@ -47,10 +47,31 @@ class IdentityResult:
     model_problems: list[str]
     model_notes: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     evaluation: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+MOSTLY_REFUSED = 0.5  # a run refusing more than this share of its merge edges says so
+
+
+def refusal_warnings(cstats: clustering.ClusterStats) -> list[str]:
+    """A run whose edges are mostly refused has probably been configured against its data
+    (e.g. duplicates holding different values of an id declared unique): it says so, with the
+    top reasons, instead of reporting an OK run with no merges."""
+    decided = cstats.accepted + cstats.refused
+    if cstats.refused < 10 or cstats.refused <= MOSTLY_REFUSED * decided:
+        return []
+    top = sorted(cstats.refused_by_reason.items(), key=lambda kv: -kv[1])[:3]
+    hint = ""
+    if top and top[0][0].startswith("merge_protection:"):
+        ident = top[0][0].split(":", 1)[1]
+        hint = (f"; if one person may hold several {ident} values (duplicates in a customer list), "
+                f"set identity.rules.{ident}.unique: false")
+    return [f"{cstats.refused:,} of {decided:,} merge edges were refused ("
+            + ", ".join(f"{r}: {n:,}" for r, n in top) + ")" + hint]
 
 
 def models_dir(config) -> Path:
@@ -251,7 +272,10 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
                    FROM {work}.graph GROUP BY person_id)
         SELECT count(*), count(*) FILTER (WHERE n > 1), coalesce(max(n), 0), coalesce(max(np), 0) FROM c""").fetchall()[0]
     persons, multi, largest, largest_profile = (int(x) for x in stats)
-    conflicts = unique_id_conflicts(con, work)
+    conflicts = unique_id_conflicts(con, work, settings)
+    warnings = refusal_warnings(cstats)
+    for w in warnings:
+        say(f"identity: WARNING {w}")
     t0 = time.perf_counter()
     for copy in copies:
         copy.result()
@@ -263,6 +287,7 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
         edges_accepted=cstats.accepted, edges_refused=cstats.refused, refused_by_reason=cstats.refused_by_reason,
         unique_id_conflicts=conflicts, changes=changes, model_path=model_path,
         model_problems=problems, model_notes=notes, timings={k: round(v, 3) for k, v in t.items()},
+        warnings=warnings,
     )
     with transaction(con):  # the new tables, the id history and the run: all or nothing
         _swap_in(con, schema)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +36,7 @@ from core.settings.identity import IdentitySettings
 log = logging.getLogger("tessera.identity")
 
 SPLINK_COLUMNS = ("unique_id", "first_name", "first_name_canon", "last_name", "full_name", "email_canon",
-                  "email_local", "phone", "address", "postcode", "postcode_outward", "dob")
+                  "email_local", "phone", "address", "postcode", "postcode_outward", "dob", "city")
 
 
 class ModelSanityError(RuntimeError):
@@ -48,7 +49,8 @@ def input_sql(schema: str = "identity") -> str:
         SELECT rid AS unique_id, first_name, first_name_canon, last_name,
                CASE WHEN first_name_canon IS NOT NULL AND last_name IS NOT NULL
                     THEN first_name_canon || ' ' || last_name END AS full_name, email_canon, email_local, phone,
-               address, postcode, postcode_outward, CAST(date_of_birth AS VARCHAR) AS dob
+               address, postcode, postcode_outward, CAST(date_of_birth AS VARCHAR) AS dob,
+               nullif(trim(regexp_replace(lower(city_display), '[^a-z0-9]+', ' ', 'g')), '') AS city
         FROM {schema}.records
         WHERE NOT is_satellite AND (first_name IS NOT NULL OR last_name IS NOT NULL OR date_of_birth IS NOT NULL)
         ORDER BY rid"""  # (a fixed order, whatever the table's: Splink's seeded sampling of pairs depends on it)
@@ -66,8 +68,17 @@ def _else() -> dict:
     return _lvl("ELSE", "else")
 
 
+def _all_null(side: str) -> str:
+    return "(" + " AND ".join(f'"{c}_{side}" IS NULL' for c in ("address", "postcode", "city")) + ")"
+
+
 def comparisons(tf: bool = True) -> list[dict]:
     tf_full = {"tf_adjustment_column": "full_name", "tf_adjustment_weight": 1.0} if tf else {}
+    # a shared family or office mailbox and a big city are weaker evidence than a rare one
+    tf_email = {"tf_adjustment_column": "email_canon", "tf_adjustment_weight": 1.0} if tf else {}
+    jw_addr = 'jaro_winkler_similarity("address_l", "address_r") >= 0.9'
+    same_area = ('"postcode_outward_l" = "postcode_outward_r" OR "city_l" = "city_r" '
+                 'OR jaro_winkler_similarity("city_l", "city_r") >= 0.92')
     fn, ln = '"first_name_canon_{}"', '"last_name_{}"'
     jw = "jaro_winkler_similarity(\"{c}_l\", \"{c}_r\") >= 0.88"
     return [
@@ -81,7 +92,9 @@ def comparisons(tf: bool = True) -> list[dict]:
                 _lvl('("first_name_l" IS NULL AND "last_name_l" IS NULL) OR ("first_name_r" IS NULL AND "last_name_r" IS NULL)',
                      "null", is_null_level=True),
                 _lvl('"full_name_l" = "full_name_r"', "both exact (nickname-aware)", **tf_full),
-                _lvl('"first_name_l" = "last_name_r" AND "last_name_l" = "first_name_r"', "swapped"),
+                _lvl('("first_name_l" = "last_name_r" AND "last_name_l" = "first_name_r") OR '
+                     '(jaro_winkler_similarity("first_name_l", "last_name_r") >= 0.92 AND '
+                     'jaro_winkler_similarity("last_name_l", "first_name_r") >= 0.92)', "swapped (exact or one typo)"),
                 _lvl(f'{ln.format("l")} = {ln.format("r")} AND {jw.format(c="first_name")}', "surname exact, first name fuzzy"),
                 _lvl(f'{fn.format("l")} = {fn.format("r")} AND {jw.format(c="last_name")}', "first name exact, surname fuzzy"),
                 _lvl(f'{jw.format(c="first_name")} AND {jw.format(c="last_name")}', "both fuzzy"),
@@ -92,10 +105,15 @@ def comparisons(tf: bool = True) -> list[dict]:
         },
         {
             "output_column_name": "email",
-            "comparison_description": "email: canonical exact (no fuzzy level: a fuzzy email is mostly a fuzzy name)",
+            "comparison_description": "email: canonical exact, same domain and user part one or two edits apart",
             "comparison_levels": [
                 _null("email_canon"),
-                _lvl('"email_canon_l" = "email_canon_r"', "canonical exact"),
+                _lvl('"email_canon_l" = "email_canon_r"', "canonical exact", **tf_email),
+                # a mistyped user part at the same provider; a different domain with the same
+                # user part is left to the else level (common user parts are not one person)
+                _lvl("split_part(\"email_canon_l\", '@', 2) = split_part(\"email_canon_r\", '@', 2) AND "
+                     "damerau_levenshtein(split_part(\"email_canon_l\", '@', 1), split_part(\"email_canon_r\", '@', 1)) <= 2",
+                     "same domain, user part within 2 edits"),
                 _else(),
             ],
         },
@@ -111,58 +129,183 @@ def comparisons(tf: bool = True) -> list[dict]:
         },
         {
             "output_column_name": "date_of_birth",
-            "comparison_description": "date of birth: exact, one character off (a typo or swapped day/month digit)",
+            "comparison_description": "date of birth: exact, one edit or day/month swapped, within 31 days, same year",
             "comparison_levels": [
                 _null("dob"),
                 _lvl('"dob_l" = "dob_r"', "exact"),
-                _lvl('damerau_levenshtein("dob_l", "dob_r") <= 1', "one edit"),
+                _lvl('damerau_levenshtein("dob_l", "dob_r") <= 1 OR (substr("dob_l", 1, 4) = substr("dob_r", 1, 4) '
+                     'AND substr("dob_l", 6, 2) = substr("dob_r", 9, 2) AND substr("dob_l", 9, 2) = substr("dob_r", 6, 2))',
+                     "one edit or day/month swapped"),
+                _lvl('abs(date_diff(\'day\', TRY_CAST("dob_l" AS DATE), TRY_CAST("dob_r" AS DATE))) <= 31', "within 31 days"),
+                _lvl('substr("dob_l", 1, 4) = substr("dob_r", 1, 4)', "same year"),
                 _else(),
             ],
         },
         {
-            "output_column_name": "postcode",
-            "comparison_description": "postcode: exact, same district (outward code)",
+            # One comparison for where someone lives: address, postcode and city are not
+            # independent evidence (three agreeing fields are one household, and a household's
+            # members would otherwise outweigh their different first names and birthdays).
+            "output_column_name": "location",
+            "comparison_description": "address + postcode + city: both exact, address exact, postcode exact, "
+                                      "fuzzy address in the same district or city, same district or city",
             "comparison_levels": [
-                _null("postcode"),
-                _lvl('"postcode_l" = "postcode_r"', "exact"),
-                _lvl('"postcode_outward_l" = "postcode_outward_r"', "same district"),
-                _else(),
-            ],
-        },
-        {
-            "output_column_name": "address",
-            "comparison_description": "first address line: exact, Jaro-Winkler >= 0.9",
-            "comparison_levels": [
-                _null("address"),
-                _lvl('"address_l" = "address_r"', "exact"),
-                _lvl('jaro_winkler_similarity("address_l", "address_r") >= 0.9', "jaro-winkler >= 0.9"),
+                _lvl(_all_null("l") + " OR " + _all_null("r"), "null", is_null_level=True),
+                _lvl('"address_l" = "address_r" AND "postcode_l" = "postcode_r"', "address and postcode exact"),
+                _lvl('"address_l" = "address_r" OR ("postcode_l" = "postcode_r" AND ' + jw_addr + ")",
+                     "address exact, or postcode exact and address fuzzy"),
+                _lvl('"postcode_l" = "postcode_r"', "postcode exact"),
+                _lvl(f'{jw_addr} AND ({same_area})', "address fuzzy, same district or city"),
+                _lvl(same_area, "same district or city (or a city one typo off)"),
                 _else(),
             ],
         },
     ]
 
 
-BLOCKING_RULES = [
-    # Each rule is an equi-join on a selective key, so pairs grow ~linearly with records.
-    'l.first_name_canon = r.first_name_canon AND l.last_name = r.last_name',
-    'l.first_name = r.last_name AND l.last_name = r.first_name',
-    'l.dob = r.dob AND l.last_name = r.last_name',
-    'l.dob = r.dob AND l.first_name_canon = r.first_name_canon',
-    'l.dob = r.dob AND l.postcode = r.postcode',
-    'l.postcode = r.postcode AND l.first_name_canon = r.first_name_canon',
-    'l.email_local = r.email_local',
-    'l.phone = r.phone',
+# Candidate blocking rules for prediction, strongest first: each an equi-join on a key whose
+# columns the data may or may not have. The recipe keeps those whose columns are present and
+# whose blocks stay small (pairs counted exactly with one GROUP BY per rule).
+BLOCKING_CANDIDATES = [
+    ("first_name_canon", "last_name"),
+    "l.first_name = r.last_name AND l.last_name = r.first_name",
+    ("dob", "last_name"),
+    ("dob", "first_name_canon"),
+    ("dob", "postcode"),
+    ("postcode", "first_name_canon"),
+    ("postcode", "last_name"),
+    ("dob", "city"),
+    ("address", "postcode"),
+    ("address", "city"),
+    ("email_local",),
+    ("phone",),
+    ("postcode",),  # a typo'd or missing name: the postcode alone, when its blocks are small
 ]
+# Deterministic rules for lambda (few false positives), used when their columns are present.
+LAMBDA_CANDIDATES = [
+    ("email_canon",),
+    ("phone", "first_name_canon"),
+    ("first_name_canon", "last_name", "dob"),
+    ("first_name_canon", "last_name", "address"),
+]
+# EM session blocks, preferred first: independent of names where possible (emails here are
+# often built from names, so in a name block non-matches also agree on email-ish fields and
+# EM learns that agreement as evidence of a match); the name block only as the last resort.
+EM_CANDIDATES = [("dob",), ("email_canon",), ("postcode",), ("phone",), ("address",), ("email_local",),
+                 ("first_name_canon", "last_name")]
+# Columns each comparison reads (a comparison whose columns are empty everywhere is left out).
+COMPARISON_COLUMNS = {
+    "name": ("first_name", "last_name"), "email": ("email_canon",), "phone": ("phone",), "date_of_birth": ("dob",),
+    "location": ("address", "postcode", "city"),
+}
+MIN_FILL = 0.005  # a column filled on fewer records than this counts as absent
+MIN_EM_FILL = 0.05  # an EM block needs the key on this share of records at least
+MAX_PAIRS_PER_RECORD = 20  # a prediction rule whose blocks make more pairs than this per record is dropped
 
 
-def settings_dict(settings: IdentitySettings) -> dict[str, Any]:
+def _rule_sql(rule) -> str:
+    return rule if isinstance(rule, str) else " AND ".join(f'l."{c}" = r."{c}"' for c in rule)
+
+
+def _rule_columns(rule) -> tuple[str, ...]:
+    if isinstance(rule, str):
+        return tuple(sorted(set(re.findall(r"[lr]\.\"?(\w+)", rule))))
+    return tuple(rule)
+
+
+def profile(db: duckdb.DuckDBPyConnection, table: str = "identity_input") -> dict[str, dict]:
+    """Fill rate and distinct count of every input column, and the record count."""
+    cols = [c for c in SPLINK_COLUMNS if c != "unique_id"]
+    row = db.execute("SELECT count(*), " + ", ".join(
+        f'count("{c}"), approx_count_distinct("{c}")' for c in cols) + f" FROM {table}").fetchall()[0]
+    n = row[0]
+    out = {"records": n}
+    for i, c in enumerate(cols):
+        out[c] = {"fill": round(row[1 + 2 * i] / n, 4) if n else 0.0, "distinct": int(row[2 + 2 * i])}
+    return out
+
+
+def block_pairs(db: duckdb.DuckDBPyConnection, rule, table: str = "identity_input") -> int:
+    """Pairs an equi-join rule makes (exact: sum of n(n-1)/2 over its blocks)."""
+    cols = _rule_columns(rule)
+    if isinstance(rule, str):  # the swapped-name rule: bounded by the name block's size
+        cols = ("first_name", "last_name")
+    keys = ", ".join(f'"{c}"' for c in cols)
+    nn = " AND ".join(f'"{c}" IS NOT NULL' for c in cols)
+    return int(db.execute(f"SELECT coalesce(sum(n * (n - 1) / 2), 0) FROM (SELECT count(*) AS n FROM {table} "
+                          f"WHERE {nn} GROUP BY {keys})").fetchall()[0][0])
+
+
+def choose_recipe(db: duckdb.DuckDBPyConnection, settings: IdentitySettings, table: str = "identity_input") -> dict:
+    """The training recipe for the data at hand (saved with the model, so a run can be read
+    back): comparisons, prediction blocking rules, lambda rules and EM session blocks, each
+    chosen from the columns present; any of them can be fixed in cdp.yaml (identity.splink)."""
+    s = settings.splink
+    prof = profile(db, table)
+    n = prof["records"]
+    present = {c for c, p in prof.items() if c != "records" and p["fill"] >= MIN_FILL and p["distinct"] >= 2}
+    # derived columns are only as present as what they are derived from
+    comps = [name for name, cols in COMPARISON_COLUMNS.items() if any(c in present for c in cols)]
+    if s.blocking_rules is not None:
+        blocking = list(s.blocking_rules)
+    else:
+        cap = max(MAX_PAIRS_PER_RECORD * n, 10_000)
+        blocking = [_rule_sql(r) for r in BLOCKING_CANDIDATES
+                    if set(_rule_columns(r)) <= present and block_pairs(db, r, table) <= cap]
+    lam = list(s.lambda_rules) if s.lambda_rules is not None else [
+        _rule_sql(r) for r in LAMBDA_CANDIDATES if set(r) <= present]
+    if s.em_blocks is not None:
+        em = list(s.em_blocks)
+    else:
+        em, untrained = [], set(comps)
+        for key in EM_CANDIDATES:
+            if not all(c in present and prof[c]["fill"] >= MIN_EM_FILL for c in key):
+                continue
+            trains = {c for c in comps if not set(COMPARISON_COLUMNS[c]) & _em_columns(key)}
+            if trains & untrained or (trains and len(em) < 2):
+                em.append(_rule_sql(key))
+                untrained -= trains
+            if not untrained and len(em) >= 2:
+                break
+    return {"profile": prof, "comparisons": comps, "blocking_rules": blocking, "lambda_rules": lam,
+            "em_blocks": em, "postcode_district_chars": _district_chars(db, settings, table)}
+
+
+def _em_columns(key: tuple[str, ...]) -> set[str]:
+    """Columns a block key stands for (the name block also decides the full name)."""
+    cols = set(key)
+    if {"first_name_canon", "last_name"} & cols:
+        cols |= {"first_name", "last_name"}
+    if "email_local" in cols:
+        cols.add("email_canon")  # (the same address, mostly: it cannot train the email comparison)
+    return cols
+
+
+def _district_chars(db: duckdb.DuckDBPyConnection, settings: IdentitySettings, table: str) -> int:
+    """Characters of a postcode that make its district level: configured, or from the data:
+    all-digit postcodes (US ZIP, AU, DE...) keep the first 3; others (UK, CA) drop the last 3
+    (returned as -3)."""
+    if settings.splink.postcode_district_chars is not None:
+        return settings.splink.postcode_district_chars
+    digits, total = db.execute(f"""SELECT count(*) FILTER (WHERE regexp_full_match(postcode, '[0-9]+')), count(postcode)
+                                   FROM {table}""").fetchall()[0]
+    return 3 if total and digits >= 0.9 * total else -3
+
+
+def apply_district(db: duckdb.DuckDBPyConnection, chars: int, table: str = "identity_input") -> None:
+    expr = (f"left(postcode, {chars})" if chars > 0 else
+            f"CASE WHEN length(postcode) > {-chars} THEN left(postcode, length(postcode) - {-chars}) END")
+    db.execute(f"UPDATE {table} SET postcode_outward = {expr}")
+
+
+def settings_dict(settings: IdentitySettings, recipe: dict) -> dict[str, Any]:
     """The whole Splink model specification, as data."""
+    s = settings.splink
     return {
         "link_type": "dedupe_only",
         "unique_id_column_name": "unique_id",
-        "comparisons": comparisons(settings.splink.term_frequencies),
-        "blocking_rules_to_generate_predictions": [{"blocking_rule": b} for b in BLOCKING_RULES],
-        "max_iterations": settings.splink.max_iterations,
+        "comparisons": [c for c in comparisons(s.term_frequencies) if c["output_column_name"] in recipe["comparisons"]],
+        "blocking_rules_to_generate_predictions": [{"blocking_rule": b} for b in recipe["blocking_rules"]],
+        "max_iterations": s.max_iterations,
         "em_convergence": 0.0001,
         "retain_matching_columns": False,
         "retain_intermediate_calculation_columns": False,
@@ -170,14 +313,7 @@ def settings_dict(settings: IdentitySettings) -> dict[str, Any]:
     }
 
 
-DETERMINISTIC_RULES_FOR_LAMBDA = [
-    "l.email_canon = r.email_canon",
-    "l.phone = r.phone AND l.first_name_canon = r.first_name_canon",
-]
-EM_SESSIONS = [
-    "l.dob = r.dob",
-    "l.email_canon = r.email_canon",
-]
+RECIPE_KEY = "tessera_recipe"  # the recipe, kept in the saved model JSON beside Splink's settings
 
 
 def _quiet_splink() -> None:
@@ -195,37 +331,62 @@ def make_linker(arrow_table, settings: IdentitySettings, model: dict | Path | No
     db.register("_records_arrow", arrow_table)
     db.execute("CREATE TABLE identity_input AS SELECT * FROM _records_arrow")
     db.unregister("_records_arrow")
+    if model is None:
+        recipe = choose_recipe(db, settings)
+        spec: Any = settings_dict(settings, recipe)
+    else:
+        spec = dict(json.loads(Path(model).read_text()) if isinstance(model, (str, Path)) else model)
+        recipe = spec.pop(RECIPE_KEY, None) or {"postcode_district_chars": -3}
+    apply_district(db, recipe["postcode_district_chars"])
     api = DuckDBAPI(connection=db)
     sdf = api.register("identity_input")
-    spec: Any = settings_dict(settings) if model is None else (
-        json.loads(Path(model).read_text()) if isinstance(model, (str, Path)) else model)
     linker = Linker(sdf, spec, log_level=None)
+    linker.tessera_recipe = recipe  # (read by train() and model_dict())
     return linker, db
 
 
+def _fallback_lambda(n: int) -> float:
+    """When no deterministic rule can be counted: about one duplicate per record (1/n), kept
+    inside (0, 0.5) so EM never takes log 0."""
+    return min(max(1.0 / max(n, 2), 1e-9), 0.1)
+
+
 def train(linker, settings: IdentitySettings, progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """The training recipe above; returns seconds per step."""
+    """The recipe chosen for the data (choose_recipe); returns seconds per step."""
     import time
 
     say = progress or (lambda m: None)
     t: dict[str, float] = {}
     s = settings.splink
+    recipe = linker.tessera_recipe
+    n = recipe["profile"]["records"]
     t0 = time.perf_counter()
-    try:
-        linker.training.estimate_probability_two_random_records_match(
-            DETERMINISTIC_RULES_FOR_LAMBDA, recall=s.recall_of_deterministic_rules)
-    except ValueError as e:  # more deterministic matches than the recall allows: tiny data
-        log.info("lambda estimate skipped: %s", e)
-        linker._settings_obj._probability_two_random_records_match = 0.01
+    sobj = linker._settings_obj
+    lam = None
+    if recipe["lambda_rules"]:
+        try:
+            linker.training.estimate_probability_two_random_records_match(
+                recipe["lambda_rules"], recall=s.recall_of_deterministic_rules)
+            lam = sobj._probability_two_random_records_match
+        except ValueError as e:  # more deterministic matches than the recall allows: tiny data
+            log.info("lambda estimate from rules failed: %s", e)
+            lam = 0.01
+    if not lam or not (0 < lam < 0.5):  # no rule, or the rules found no pair at all
+        lam = _fallback_lambda(n)
+    sobj._probability_two_random_records_match = lam
+    recipe["lambda"] = lam
     t["lambda"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     linker.training.estimate_u_using_random_sampling(max_pairs=s.u_max_pairs, seed=s.seed)
     t["u"] = time.perf_counter() - t0
     say(f"splink: u estimated from {s.u_max_pairs:,.0f} random pairs ({t['u']:.1f}s)")
-    for i, rule in enumerate(EM_SESSIONS):
+    for i, rule in enumerate(recipe["em_blocks"]):
         t0 = time.perf_counter()
-        linker.training.estimate_parameters_using_expectation_maximisation(
-            rule, estimate_without_term_frequencies=True, max_pairs=s.em_max_pairs)
+        try:
+            linker.training.estimate_parameters_using_expectation_maximisation(
+                rule, estimate_without_term_frequencies=True, max_pairs=s.em_max_pairs)
+        except Exception as e:  # (e.g. a block with no pairs): the levels stay untrained, smoothed later
+            log.warning("EM session blocked on %s skipped: %s", rule, e)
         t[f"em_{i + 1}"] = time.perf_counter() - t0
         say(f"splink: EM session blocked on `{rule}` ({t[f'em_{i + 1}']:.1f}s)")
     return t
@@ -268,7 +429,11 @@ def smooth_untrained(linker) -> list[str]:
 
 
 def model_dict(linker) -> dict:
-    return linker.misc.save_model_to_json()
+    md = linker.misc.save_model_to_json()
+    recipe = getattr(linker, "tessera_recipe", None)
+    if recipe is not None:
+        md[RECIPE_KEY] = recipe
+    return md
 
 
 # --------------------------------------------------------------------------- sanity

@@ -242,7 +242,7 @@ def _validation_cases(ent: Entity, raw_name: Callable[[str], str], typed_name: C
             present = f"({raw} IS NOT NULL AND trim({raw}) <> '')"
         if f.required:
             cases.append((f"NOT {present}", "missing_required", f.name))
-        if f.type in (TIMESTAMP, DATE, INTEGER, DECIMAL, BOOLEAN):
+        if f.type in (TIMESTAMP, DATE, INTEGER, DECIMAL, BOOLEAN) and not (f.null_if_invalid and not f.required):
             reason = "invalid_timestamp" if f.type in (TIMESTAMP, DATE) else "invalid_type"
             cases.append((f"{present} AND {typed} IS NULL", reason, f.name))
         if f.type == TIMESTAMP:
@@ -262,6 +262,19 @@ def _validation_cases(ent: Entity, raw_name: Callable[[str], str], typed_name: C
         landed = condition.format(**{f.name: raw_name(f.name) for f in ent.fields})
         cases.append((f"NOT ({landed})", reason, field_name))
     return cases
+
+
+def _nulled_sql(ent: Entity, raw_name: Callable[[str], str], typed_name: Callable[[str], str]) -> str:
+    """``<field> AS _nulled, <landed value> AS _nulled_value`` for the first optional field
+    (``null_if_invalid``) whose landed value did not parse: the row loads with it NULL."""
+    soft = [f for f in ent.fields if f.null_if_invalid and not f.required]
+    if not soft:
+        return "CAST(NULL AS VARCHAR) AS _nulled, CAST(NULL AS VARCHAR) AS _nulled_value"
+    bad = [(f, f"({raw_name(f.name)} IS NOT NULL AND trim(CAST({raw_name(f.name)} AS VARCHAR)) <> '' "
+               f"AND {typed_name(f.name)} IS NULL)") for f in soft]
+    name = "CASE " + " ".join(f"WHEN {c} THEN {_lit(f.name)}" for f, c in bad) + " END"
+    value = "CASE " + " ".join(f"WHEN {c} THEN CAST({raw_name(f.name)} AS VARCHAR)" for f, c in bad) + " END"
+    return f"{name} AS _nulled, {value} AS _nulled_value"
 
 
 def _reason_sql(cases: list[tuple[str, str, str]]) -> tuple[str, str]:
@@ -483,7 +496,8 @@ def _jsonl_checked_sql(ent: Entity, files: EntityFiles, path: Path | None) -> tu
     sql = f"""
         WITH parsed AS (SELECT r.*{computed_cols} FROM ({parsed}) r),
         typed AS (SELECT *, {typed_cols} FROM parsed)
-        SELECT _row, _raw_record, {', '.join(f'_t_{f.name}' for f in ent.fields)}, {case_index} AS _case FROM typed
+        SELECT _row, _raw_record, {', '.join(f'_t_{f.name}' for f in ent.fields)}, {case_index} AS _case,
+               {_nulled_sql(ent, raw_name, typed_name)} FROM typed
     """
     return sql, decode
 
@@ -553,7 +567,8 @@ def _csv_checked_sql(ent: Entity, files: EntityFiles, header: list[str], source_
         typed AS (SELECT r.*, {typed_cols} FROM base r),
         checked AS (SELECT r.*, {case_index} AS _case FROM typed r)
         SELECT _row, CASE WHEN _case IS NOT NULL THEN _raw_record END AS _raw_record,
-               {', '.join(f'_t_{f.name}' for f in ent.fields)}, _case, {newlines} AS _newlines
+               {', '.join(f'_t_{f.name}' for f in ent.fields)}, _case, {newlines} AS _newlines,
+               {_nulled_sql(ent, raw_name, typed_name)}
         FROM checked r
     """
     return sql, decode
@@ -575,7 +590,8 @@ def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineag
     typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
     return con.execute(
         f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
-        f"SELECT {typed}, {lineage} FROM ({sql}) WHERE _case IS NULL"
+        # (a row with a nulled field is left out: the line-by-line path records the field issue)
+        f"SELECT {typed}, {lineage} FROM ({sql}) WHERE _case IS NULL AND _nulled IS NULL"
     ).fetchall()[0][0]
 
 
@@ -929,6 +945,12 @@ def _commit(con, res: FileResult, staged: _Staged, ent: Entity, lineage: str, st
             f"INSERT INTO raw.quarantine SELECT {_lit(res.load_id)}, {_lit(res.source)}, {_lit(res.file)}, "
             f"_row, {_lit(ent.table)}, _reason, _field, _raw_record, now() FROM _landed "
             f"WHERE _reason IS NOT NULL AND NOT _erased ORDER BY _row"
+        )
+        # field-level issues: the row was loaded with the field NULL; the bad value alone is kept
+        con.execute(
+            f"INSERT INTO raw.quarantine SELECT {_lit(res.load_id)}, {_lit(res.source)}, {_lit(res.file)}, "
+            f"_row, {_lit(ent.table)}, 'field_nulled:invalid_value', _nulled, _nulled_value, now() FROM _landed "
+            f"WHERE _reason IS NULL AND NOT _erased AND _nulled IS NOT NULL ORDER BY _row"
         )
         _record(con, res, stat, started)
 

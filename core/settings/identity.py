@@ -11,7 +11,10 @@ Per-identifier rules, as the better CDPs have them:
 - ``blocked_values`` / ``blocked_patterns``: exact values (compared after normalisation,
   case-insensitively) and regular expressions (RE2, on the normalised value) that are junk:
   they are dropped from the identity record and never link anything.
-- ``unique``: merge protection. Two clusters holding different values never merge.
+- ``unique``: merge protection, "a person holds at most one": two clusters holding different
+  values (of one source) never merge. ``unique: false`` makes the id mean "equal values are
+  one person" only, so a customer list whose duplicates carry different member numbers
+  dedupes (``identity: {rules: {loyalty_id: {unique: false}}}``).
 - ``requires``: a deterministic edge on this identifier also needs these fields to be
   compatible (households share a landline and a surname, not a first name).
 - ``link``: whether equal values make a deterministic edge at all.
@@ -40,7 +43,8 @@ class IdentifierRule(_Strict):
     max_per_profile: int | None = Field(default=None, ge=1, description="At most this many distinct values per person.")
     blocked_values: list[str] = Field(default_factory=list, description="Junk values, compared case-insensitively.")
     blocked_patterns: list[str] = Field(default_factory=list, description="RE2 patterns on the normalised value.")
-    unique: bool = Field(default=False, description="Merge protection: clusters with different values never merge.")
+    unique: bool = Field(default=False, description="A person holds at most one value (per source): clusters with "
+                                                    "different values never merge. false = duplicates may hold several.")
     requires: list[Literal["first_name", "last_name"]] = Field(
         default_factory=list, description="Fields that must be compatible for an edge on this identifier."
     )
@@ -62,8 +66,10 @@ _JUNK_NAME_VALUES = ["n/a", "na", "none", "-", "test", "x", "xx", "xxx", "unknow
 
 def _default_rules() -> dict[str, IdentifierRule]:
     return {
-        "loyalty_id": IdentifierRule(priority=10, unique=True, max_per_profile=1),
-        "user_id": IdentifierRule(priority=10, unique=True, max_per_profile=1),
+        # unique: a person holds at most one (per source). `unique: false` alone turns that off,
+        # for a customer list whose duplicates carry different member numbers (no hidden limit)
+        "loyalty_id": IdentifierRule(priority=10, unique=True),
+        "user_id": IdentifierRule(priority=10, unique=True),
         "anonymous_id": IdentifierRule(priority=20, max_per_profile=200),
         # a Segment alias call: the person says the two ids are theirs
         "alias": IdentifierRule(priority=20),
@@ -73,8 +79,10 @@ def _default_rules() -> dict[str, IdentifierRule]:
         # (an attachment, never an edge between profiles, so no priority applies)
         "card_token": IdentifierRule(),
         "subscriber_id": IdentifierRule(priority=30, max_per_profile=5),
+        # an equal email or phone is corroborated by a compatible first name: a shared family
+        # mailbox or a typo landing on someone else's address is not proof on its own
         "email": IdentifierRule(priority=40, max_per_profile=10, blocked_values=_JUNK_EMAIL_VALUES,
-                                blocked_patterns=_JUNK_EMAIL_PATTERNS),
+                                blocked_patterns=_JUNK_EMAIL_PATTERNS, requires=["first_name"]),
         "phone": IdentifierRule(priority=50, max_per_profile=5, blocked_patterns=_JUNK_PHONE_PATTERNS,
                                 blocked_values=["n/a", "none", "0", "unknown"], requires=["first_name"]),
         "first_name": IdentifierRule(link=False, blocked_values=_JUNK_NAME_VALUES, blocked_patterns=[r"^[^a-z]*$"]),
@@ -111,12 +119,27 @@ class SplinkTraining(_Strict):
     seed: int = 42
     recall_of_deterministic_rules: float = Field(default=0.7, gt=0, le=1)
     max_iterations: int = Field(default=25, ge=1)
-    term_frequencies: bool = Field(default=True, description="Term-frequency adjust exact name matches.")
+    term_frequencies: bool = Field(default=True, description="Term-frequency adjust exact name, email and city matches.")
+    # The recipe is chosen from the columns present (identity/splink_model.choose_recipe);
+    # each part can be fixed here instead (Splink SQL on l./r. columns of the model input).
+    blocking_rules: list[str] | None = Field(default=None, description="Prediction blocking rules; empty = from the data.")
+    lambda_rules: list[str] | None = Field(
+        default=None, description="Deterministic rules estimating the prior match probability; empty = from the data.")
+    em_blocks: list[str] | None = Field(default=None, description="One EM session per rule; empty = from the data.")
+    postcode_district_chars: int | None = Field(
+        default=None, ge=-6, le=8,
+        description="Postcode characters of the district level: N > 0 keeps the first N (ZIP3: 3), -N drops the "
+                    "last N (UK outward code: -3); empty = from the data (all-digit postcodes 3, else -3).")
 
 
 class IdentitySettings(_Strict):
     match_threshold: float = Field(
         default=0.99, gt=0, lt=1, description="Splink match probability at or above which an edge is proposed."
+    )
+    conflict_match_probability: float = Field(
+        default=0.9999, gt=0, le=1,
+        description="A Splink edge between clusters whose first names or dates of birth disagree merges only at "
+                    "or above this probability (the disagreement is weighed, not a veto; 1 = always refuse).",
     )
     max_cluster_size: int = Field(
         default=60, ge=2,
