@@ -15,7 +15,7 @@ orders as (
 order_stats as (
     select
         person_id,
-        sum(case when coalesce(is_return, false) then 0 else 1 end) as order_count,
+        count(*) filter (where not coalesce(is_return, false)) as order_count,
         sum(order_total) as revenue,
         min(case when not coalesce(is_return, false) then ordered_at end) as first_order_at,
         max(case when not coalesce(is_return, false) then ordered_at end) as last_order_at
