@@ -181,7 +181,11 @@ def previous_algorithm(con: duckdb.DuckDBPyConnection, model: str) -> str | None
 def _write(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
     con.register("frame_to_write", frame)
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.{table} AS SELECT * FROM frame_to_write")
+        # A column with no value at all (a skipped model's empty table, an unused optional
+        # field) would get DuckDB's NULL type, which no mart's enforced contract accepts: text.
+        columns = [f'CAST("{name}" AS VARCHAR) AS "{name}"' if kind == "NULL" else f'"{name}"'
+                   for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM frame_to_write").fetchall()]
+        con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.{table} AS SELECT {', '.join(columns)} FROM frame_to_write")
     finally:
         con.unregister("frame_to_write")
 

@@ -114,7 +114,8 @@ def test_cdp_run_exits_nonzero_with_a_summary_when_a_file_is_rejected(project, m
     write(project.landing_dir / "pos" / "line_items_2025-01.csv", "transaction_id,sku\nT1,S1\n")
     result = CliRunner().invoke(cdp, ["run", "--config", str(project.root / "cdp.yaml"), "--only", "ingestion"])
     assert result.exit_code == 1
-    assert "check failed (ERROR): raw/pos_line_items files_accepted" in result.output
+    # the run stops at ingestion with the file's message and how to go on without it
+    assert "pos/line_items_2025-01.csv: REJECTED" in result.output and "--keep-going" in result.output
     assert "required column(s) missing: line_no, quantity, unit_price" in result.output
     assert "FAILED" in result.output
 

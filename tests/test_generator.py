@@ -158,15 +158,25 @@ def test_progress_and_summary(runs, out):
         assert lines == rows + header + bad, relative
 
 
+# Optional contract fields for shapes of export the generator does not write: a catalog's
+# non-product flag, an explicit return flag (its returns are negative totals), and the Segment
+# spec's alias/group/clock fields (it sends `timestamp` itself).
+NOT_GENERATED = {"non_product", "is_return", "previousId", "groupId", "originalTimestamp", "sentAt", "receivedAt"}
+
+
+def generated_fields(kind: str, name: str) -> list[str]:
+    return [f for f in entity(kind, name).field_names if f not in NOT_GENERATED]
+
+
 def test_every_file_parses_with_the_contract_columns(out, db):
     for relative, (kind, name) in SINGLE.items():
         df = read_csv(db, out / relative)
-        assert list(df.columns) == entity(kind, name).field_names, relative
+        assert list(df.columns) == generated_fields(kind, name), relative
         assert len(df) > 0
     for file_set, (kind, name) in MONTHLY.items():
         files = sorted(out.glob(f"{file_set}_*"))
         assert len(files) == 24, file_set  # 2023-07 .. 2025-06
-        fields = entity(kind, name).field_names
+        fields = generated_fields(kind, name)
         if files[0].suffix == ".csv":
             relation = db.sql(f"SELECT * FROM read_csv('{out / file_set}_*.csv', all_varchar = true)")
             assert relation.columns == fields, file_set

@@ -290,9 +290,12 @@ def test_column_mapping_formats_and_two_instances_of_one_kind(tmp_path):
     assert rows == [
         ("pos_north", "N1", "Lee", "1990-04-03", "2024-01-02 10:00:00+00"),
         ("pos_outlet", "O1", "Lee", "1990-04-03", "2024-01-02 10:00:00+00"),
+        ("pos_outlet", "O2", "Kay", None, "2024-01-02 10:00:00+00"),
     ]
-    # 31/02 is no date: quarantined under the contract's field name.
-    assert con.execute("SELECT reason, field FROM raw.quarantine").fetchall() == [("invalid_timestamp", "date_of_birth")]
+    # 31/02 is no date: an optional date of birth is nulled, the member kept, and the field recorded
+    # in the quarantine under the contract's field name.
+    assert con.execute("SELECT reason, field FROM raw.quarantine").fetchall() == [
+        ("field_nulled:invalid_value", "date_of_birth")]
 
 
 def test_extra_columns_are_ignored_and_reported(tmp_path):
@@ -410,11 +413,11 @@ def test_error_messages_do_not_leak_values(tmp_path):
     secret = "jane.doe.secret@example.com"
     write(
         config.landing_dir / "m" / "m.csv",
-        "loyalty_id,email,date_of_birth,enrolled_at\n" + f"L1,{secret},not-a-date,2024-01-01\n" * 3,
+        "loyalty_id,email,date_of_birth,enrolled_at\n" + f"L1,{secret},1990-01-01,not-a-date\n" * 3,
     )
     con = connect(config.warehouse_path)
     [res] = ingest(config, con).files
-    assert res.status == REJECTED and "date_of_birth" in res.message and "row 1" in res.message
+    assert res.status == REJECTED and "enrolled_at" in res.message and "row 1" in res.message
     assert secret not in res.message
 
 

@@ -351,7 +351,9 @@ def test_report_holds_every_chart_with_data_and_needs_no_network(built):
     assert path == report_path(config.published_dir, "r2") and path.parent == config.published_dir / "snapshots"
     page = path.read_text()
     figs = _figures(page)
-    assert set(figs) == {name for name, _ in CHARTS}
+    # this project configures no experiment: that section says so instead of drawing a chart
+    assert set(figs) == {name for name, _ in CHARTS} - {"experiments"}
+    assert "No experiment has analysed anyone yet" in page
     with ro(config) as con, ro(config, "r1") as old:
         seg = dict(con.execute("SELECT segment, count(*) FROM segment_membership GROUP BY 1").fetchall())
         seg_r1 = dict(old.execute("SELECT segment, count(*) FROM segment_membership GROUP BY 1").fetchall())

@@ -63,7 +63,7 @@ OTHER_MARTS = {
                CASE WHEN e.status = 'granted' THEN 'email' ELSE 'sms' END AS channel,
                1.5 AS expected_value, ['test'] AS reason_codes, false AS holdout, 'exp1' AS experiment,
                CASE WHEN e.status = 'granted' THEN 'cart_reminder' ELSE 'cross_sell' END AS assigned_offer,
-               1.5 AS assigned_expected_value, NULL::VARCHAR AS cart_id, NULL::VARCHAR AS sku, c.as_of
+               1.5 AS assigned_expected_value, 'offer' AS arm, NULL::VARCHAR AS cart_id, NULL::VARCHAR AS sku, c.as_of
         FROM marts.customers c
         LEFT JOIN marts.consent e ON e.person_id = c.person_id AND e.channel = 'email_marketing'
         LEFT JOIN marts.consent s ON s.person_id = c.person_id AND s.channel = 'sms_marketing'
@@ -75,6 +75,10 @@ OTHER_MARTS = {
         SELECT segment, 'builtin' AS kind, any_value(segment_type) AS segment_type, 'test segment' AS description,
                NULL::VARCHAR AS definition, count(*) AS members, max(as_of) AS as_of
         FROM marts.segment_membership GROUP BY segment""",
+    # no experiment configured: published empty, with their contracts' columns
+    "experiment_assignments": "SELECT NULL::VARCHAR AS experiment, NULL::VARCHAR AS person_id, NULL::VARCHAR AS arm, "
+                              "NULL::BOOLEAN AS holdout, NULL::TIMESTAMP AS exposed_at, NULL::TIMESTAMP AS as_of WHERE false",
+    "experiment_results": "SELECT NULL::VARCHAR AS experiment, NULL::VARCHAR AS arm, NULL::BOOLEAN AS is_control, NULL::BOOLEAN AS holdout, NULL::VARCHAR AS metric, NULL::INTEGER AS window_days, NULL::BIGINT AS exposed, NULL::BIGINT AS n, NULL::DOUBLE AS outcome_mean, NULL::DOUBLE AS abs_lift, NULL::DOUBLE AS abs_lift_low, NULL::DOUBLE AS abs_lift_high, NULL::DOUBLE AS rel_lift, NULL::DOUBLE AS rel_lift_low, NULL::DOUBLE AS rel_lift_high, NULL::DOUBLE AS prob_beats_control, NULL::DOUBLE AS z, NULL::DOUBLE AS sequential_boundary, NULL::BOOLEAN AS sequential_significant, NULL::VARCHAR AS decision, NULL::DOUBLE AS srm_p_value, NULL::BOOLEAN AS srm_flag, NULL::DOUBLE AS mde_absolute, NULL::DOUBLE AS mde_relative, NULL::DOUBLE AS spending_fraction, NULL::DOUBLE AS alpha_spent, NULL::INTEGER AS looks, NULL::VARCHAR AS interval_method, NULL::VARCHAR AS posterior_method, NULL::TIMESTAMP AS as_of WHERE false",
     "model_metrics": "SELECT 'churn' AS model, 'roc_auc' AS metric, 0.8 AS value, 'validation' AS dataset, "
                      "'gradient_boosting' AS algorithm, true AS selected, NULL::INTEGER AS bin, 'test-1' AS model_version, "
                      "TIMESTAMP '2026-06-30 23:59:59' AS as_of",
@@ -480,18 +484,18 @@ def test_consent_channels_are_one_constant():
     """dbt cannot import Python: its var must equal core's constant, which the settings derive from."""
     import yaml
 
+    from core.dbt_project import dbt_project_dir
+    from core.published import manifest_path
     from core.settings.activation import ConsentRule
     from core.settings.scoring import CHANNELS
-    from dagster_project.defs.dbt_marts import ensure_manifest
-    from tests.test_dbt_marts import DBT_DIR
 
-    dbt_vars = yaml.safe_load((DBT_DIR / "dbt_project.yml").read_text())["vars"]
+    dbt_vars = yaml.safe_load((dbt_project_dir() / "dbt_project.yml").read_text())["vars"]
     assert tuple(dbt_vars["consent_channels"]) == CONSENT_CHANNELS
     assert tuple(CHANNELS.values()) == CONSENT_CHANNELS and set(CHANNELS) == {"email", "sms", "web"}
     assert all(ConsentRule(channel=c) for c in CONSENT_CHANNELS)
     with pytest.raises(ValueError):
         ConsentRule(channel="fax_marketing")
-    assert published_table("consent", ensure_manifest()).value_sets["channel"] == CONSENT_CHANNELS
+    assert published_table("consent", manifest_path()).value_sets["channel"] == CONSENT_CHANNELS
 
 
 def test_the_dagster_wiring_refuses_to_load_without_published_tables(tmp_path):
