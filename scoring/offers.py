@@ -80,7 +80,7 @@ def experiment_holdout(person_ids, settings: OffersSettings, experiment: str | N
         held = in_holdout(ids.tolist(), settings.experiment, settings.holdout_share)
         return held, settings.experiment, np.where(held, "holdout", "offer").astype(object)
     by_person = arms.drop_duplicates("person_id").set_index("person_id")
-    held = ids.map(by_person["holdout"]).fillna(False).astype(bool).to_numpy()
+    held = ids.map(by_person["holdout"]).eq(True).to_numpy()  # not exposed (NaN): not held out
     arm = ids.map(by_person["arm"]).astype(object).to_numpy()
     return held, experiment, np.where(pd.isna(arm), None, arm).astype(object)
 

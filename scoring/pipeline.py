@@ -16,6 +16,7 @@ import duckdb
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from core.published import ManifestError, published_table
 from core.settings.experiments import Experiment
 from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
 from core.warehouse import table_exists
@@ -182,12 +183,22 @@ def _write(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> N
     con.register("frame_to_write", frame)
     try:
         # A column with no value at all (a skipped model's empty table, an unused optional
-        # field) would get DuckDB's NULL type, which no mart's enforced contract accepts: text.
-        columns = [f'CAST("{name}" AS VARCHAR) AS "{name}"' if kind == "NULL" else f'"{name}"'
+        # field) would get DuckDB's NULL type, which no mart's enforced contract accepts: it takes
+        # the type the published mart of the same name declares (text when none does).
+        declared = _declared_types(table)
+        columns = [f'CAST("{name}" AS {declared.get(name, "VARCHAR")}) AS "{name}"' if kind.strip('"') == "NULL"
+                   else f'"{name}"'
                    for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM frame_to_write").fetchall()]
         con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.{table} AS SELECT {', '.join(columns)} FROM frame_to_write")
     finally:
         con.unregister("frame_to_write")
+
+
+def _declared_types(table: str) -> dict[str, str]:
+    try:
+        return dict(published_table(table).data_types)
+    except (KeyError, ManifestError):
+        return {}
 
 
 def run_scoring(con: duckdb.DuckDBPyConnection, churn_settings: ChurnSettings, cart_settings: CartIntentSettings,

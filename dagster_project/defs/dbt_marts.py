@@ -208,7 +208,7 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     row counts and the as_of the marts were built with as metadata."""
     config = tessera.load()
     state_dir = config.dbt_target_dir
-    run_target = state_dir / "runs" / f"{context.op_execution_context.op.name}-{context.run_id[:8]}-{uuid.uuid4().hex[:7]}"
+    run_target = state_dir / "runs" / f"{context.op_execution_context.op.name}-{context.run.run_id[:8]}-{uuid.uuid4().hex[:7]}"
     _seed_partial_parse(state_dir, run_target)
     # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
     with tessera.project_held():

@@ -68,7 +68,7 @@ def identity_resolution(context: AssetExecutionContext, tessera: TesseraResource
     config = tessera.load()
     with tessera.warehouse() as con:
         try:
-            result = resolve(config, con, run_id=context.run_id.replace("-", "")[:24] or None,
+            result = resolve(config, con, run_id=context.run.run_id.replace("-", "")[:24] or None,
                              as_of=config.as_of_datetime(), progress=log.info)
         except ModelSanityError as e:
             raise RuntimeError(f"identity: {e}") from e
