@@ -16,6 +16,7 @@ import click
 from cdp.cli_common import UserError, config_option, load_config_or_exit, out, progress, show_stage_progress
 from cdp.commands_activation import sync_command
 from cdp.commands_experiments import experiment_command, experiments_command
+from cdp.commands_identity import COMMANDS as IDENTITY_COMMANDS
 from cdp.commands_marketing import COMMANDS as MARKETING_COMMANDS
 from cdp.commands_marketing import segments_command
 from cdp.commands_privacy import export_subject_command, forget
@@ -141,7 +142,7 @@ def status(config_path, as_json) -> None:
 # --------------------------------------------------------------------------- identity
 @main.group()
 def identity() -> None:
-    """Identity resolution: what a config change would do."""
+    """Identity resolution: what a config change would do, manual merges and splits."""
 
 
 @identity.command("plan")
@@ -208,6 +209,8 @@ main.add_command(experiment_command)
 main.add_command(experiments_command)
 for _command in MARKETING_COMMANDS:
     main.add_command(_command)
+for _command in IDENTITY_COMMANDS:
+    identity.add_command(_command)
 evaluate.add_command(evaluate_churn)
 evaluate.add_command(evaluate_recommendations)
 # `cdp segments` lists the published segments; `cdp segments validate` checks the definitions file.

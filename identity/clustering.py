@@ -20,7 +20,12 @@ A merge of clusters A and B is refused, with the reason recorded on the edge, wh
   between the clusters only refuses an edge below ``conflict_match_probability`` (a
   replaced first name with everything else equal scores ~1.0 and merges; a weak link
   cannot chain two people whose names or dates of birth disagree);
-- ``ambiguous:<rule>``: an attach edge whose candidates are in several clusters.
+- ``ambiguous:<rule>``: an attach edge whose candidates are in several clusters;
+- ``manual_split``: the merge would put together two records a user forced apart
+  (``cdp identity split``). A user's force-merge edge (``cdp identity merge``, rule
+  ``manual_merge``) comes first and passes every other check;
+- ``limit:alias``: a Segment ``alias`` edge may join two login user ids (the source's own
+  system asserts it), but not beyond ``rules.alias.max_per_profile`` user ids in one person.
 
 Because checks are made on whole clusters, not on the edge's two records, a chain
 A–x–B of individually plausible edges cannot join A and B when A and B conflict.
@@ -44,6 +49,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from core.settings.identity import IdentitySettings
+from identity.rules import MANUAL_MERGE
 
 ACCEPTED, REFUSED, REDUNDANT = "accepted", "refused", "redundant"
 NAME_JW = 0.88
@@ -174,13 +180,18 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
         f"SELECT coalesce(max(rid), 0) + 1, count(*) FILTER (WHERE NOT is_satellite) FROM {rec}").fetchall()[0]
     left, right, attach = _edges_in_order(con, schema, splink_pairs)
     m = stats.edges = len(left)
+    splits = manual_splits(con, schema)
 
     # ---- components: c1 over link and Splink edges, c2 over every edge (attach too)
     c1 = _components(n_max, left[~attach], right[~attach])
     c2 = _components(n_max, left, right)
     dirty_node = np.ones(n_max, bool)
     if not edge_by_edge:
-        dirty_node = np.isin(c2, _components_needing_checks(con, settings, rec, c1, c2))
+        dirty = _components_needing_checks(con, settings, rec, c1, c2)
+        if splits:  # a component holding both records of a force-split pair
+            a, b = np.array(splits, dtype=np.int64).T
+            dirty = np.union1d(dirty, c2[a][c2[a] == c2[b]])
+        dirty_node = np.isin(c2, dirty)
     dirty_edge = dirty_node[left]
     stats.edges_checked_one_by_one = int(dirty_edge.sum())
 
@@ -193,7 +204,8 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     held_roots: set[int] = set()
     if dirty_edge.any():
         dirty_idx = np.flatnonzero(dirty_edge)
-        dec, why, roots, held_roots = _constrained_union(con, settings, rec, n_max, dirty_idx, left, right, attach)
+        dec, why, roots, held_roots = _constrained_union(con, settings, rec, n_max, dirty_idx, left, right, attach,
+                                                         splits)
         decision[dirty_idx] = dec
         reason[dirty_idx] = why
         key[dirty_node] = n_max + roots[dirty_node]
@@ -209,6 +221,15 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
     stats.held_clusters = len(held_roots)
     attach_satellites(con, settings, schema)
     return stats
+
+
+def manual_splits(con: duckdb.DuckDBPyConnection, schema: str) -> list[tuple[int, int]]:
+    """The record pairs a manual override keeps apart (``<schema>.manual_splits``, if the run made one)."""
+    try:
+        rows = con.execute(f"SELECT rid_a, rid_b FROM {schema}.manual_splits ORDER BY ALL").fetchall()
+    except duckdb.CatalogException:
+        return []
+    return [(int(a), int(b)) for a, b in rows]
 
 
 def _edges_in_order(con: duckdb.DuckDBPyConnection, schema: str,
@@ -433,8 +454,8 @@ class _ClusterState:
     ``can_merge`` asks every rule, in the order refusals are reported; ``merge`` joins two
     roots and their state. Sets are owned by one root each, so merging may grow them in place."""
 
-    __slots__ = ("parent", "size", "uniq", "multi", "firsts", "lasts", "dobs", "value_sets", "held",
-                 "limited", "requires", "cap", "conflict_p")
+    __slots__ = ("parent", "size", "uniq", "multi", "firsts", "lasts", "dobs", "splits", "value_sets", "held",
+                 "limited", "requires", "cap", "conflict_p", "alias_cap", "rec_first", "rec_dob")
 
     def __init__(self, settings: IdentitySettings, n_max: int, cols: dict[str, list]):
         self.parent = list(range(n_max))
@@ -445,12 +466,19 @@ class _ClusterState:
         self.firsts: dict[int, set] = {}
         self.lasts: dict[int, set] = {}
         self.dobs: dict[int, set] = {}
+        # each record's own first names and date of birth (the sets above grow as clusters merge)
+        self.rec_first: dict[int, frozenset] = {}
+        self.rec_dob: dict[int, str] = {}
+        # manual splits: the k-th force-split pair tags its two records 2k and 2k + 1; a cluster
+        # holding tag t never merges with one holding t ^ 1
+        self.splits: dict[int, set] = {}
         self.held: set[int] = set()
         # every root -> set of values map, merged alike
-        self.value_sets = [*self.multi.values(), self.firsts, self.lasts, self.dobs]
+        self.value_sets = [*self.multi.values(), self.firsts, self.lasts, self.dobs, self.splits]
         self.requires = {name: bool(settings.rule(name).requires) for name in _RULES_THAT_MAY_REQUIRE}
         self.cap = settings.max_cluster_size
         self.conflict_p = settings.conflict_match_probability
+        self.alias_cap = settings.rule("alias").max_per_profile or 1_000_000
         # column by column: indexing every column per row cost twice as much
         rids = cols["rid"]
         for rid, entity in zip(rids, cols["entity"]):
@@ -461,15 +489,20 @@ class _ClusterState:
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rec: str, n_max: int,
-             rids: np.ndarray) -> _ClusterState:
-        """The state of every profile record in ``rids``, each its own cluster."""
+             rids: np.ndarray, splits: list[tuple[int, int]] = ()) -> _ClusterState:
+        """The state of every profile record in ``rids``, each its own cluster (``splits``: the
+        record pairs a manual override keeps apart)."""
         con.register("_id_dirty", pa.table({"rid": rids}))
         cols = con.sql(f"""
             SELECT rid, source, entity, loyalty_id, user_id, subscriber_id, anonymous_id, email_canon, phone,
                    first_name, first_name_canon, last_name, CAST(date_of_birth AS VARCHAR) AS dob
             FROM {rec} WHERE NOT is_satellite AND rid IN (SELECT rid FROM _id_dirty) ORDER BY rid""").to_arrow_table().to_pydict()
         con.unregister("_id_dirty")
-        return cls(settings, n_max, cols)
+        state = cls(settings, n_max, cols)
+        for k, (a, b) in enumerate(splits):
+            state.splits.setdefault(int(a), set()).add(2 * k)
+            state.splits.setdefault(int(b), set()).add(2 * k + 1)
+        return state
 
     def _load_unique_ids(self, names: list[str], rids: list[int], cols: dict[str, list]) -> None:
         uniq = self.uniq
@@ -477,7 +510,7 @@ class _ClusterState:
             # unique within a source: two sources' loyalty ids are different numbering schemes
             for rid, source, v in zip(rids, cols["source"], cols[_COLUMN.get(name, name)]):
                 if v is not None:
-                    uniq.setdefault(rid, {})[f"{name}@{source}"] = v
+                    uniq.setdefault(rid, {})[f"{name}@{source}"] = frozenset((v,))
 
     def _load_limited(self, rids: list[int], cols: dict[str, list]) -> None:
         for name, values in self.multi.items():
@@ -487,14 +520,17 @@ class _ClusterState:
 
     def _load_names_and_dobs(self, rids: list[int], cols: dict[str, list]) -> None:
         firsts, lasts, dobs = self.firsts, self.lasts, self.dobs
+        rec_first, rec_dob = self.rec_first, self.rec_dob
         for rid, f, fc, last, dob in zip(rids, cols["first_name"], cols["first_name_canon"], cols["last_name"],
                                          cols["dob"]):
             if f is not None:
                 firsts[rid] = {f, fc}
+                rec_first[rid] = frozenset((f, fc))
             if last is not None:
                 lasts[rid] = {last}
             if dob is not None:
                 dobs[rid] = {dob}
+                rec_dob[rid] = dob
 
     def find(self, x: int) -> int:
         p = self.parent
@@ -507,15 +543,26 @@ class _ClusterState:
 
     # ---- the merge rules, a and b being roots; each returns the refusal or None / True if it refuses
 
-    def _merge_protection(self, a: int, b: int) -> str | None:
-        """Two different values of one unique identifier (from one source) never merge."""
+    def _merge_protection(self, a: int, b: int, alias: bool = False) -> str | None:
+        """Two different values of one unique identifier (from one source) never merge, except
+        login user ids over an alias edge (the source's own system says they are one person), up
+        to ``alias_cap`` user ids in one person."""
         ua, ub = self.uniq.get(a), self.uniq.get(b)
         if ua and ub:
             for k, v in ua.items():
                 w = ub.get(k)
                 if w is not None and w != v:
+                    if alias and k.startswith("user_id@"):
+                        if len(v | w) > self.alias_cap:
+                            return "limit:alias"
+                        continue
                     return "merge_protection:" + k.split("@", 1)[0]
         return None
+
+    def _split_apart(self, a: int, b: int) -> bool:
+        """A manual force-split pair would end up in one cluster."""
+        sa, sb = self.splits.get(a), self.splits.get(b)
+        return bool(sa and sb) and any(t ^ 1 in sb for t in sa)
 
     def _over_limit(self, a: int, b: int) -> str | None:
         """Together more distinct values of an identifier than ``max_per_profile``."""
@@ -537,12 +584,34 @@ class _ClusterState:
         da, db = self.dobs.get(a), self.dobs.get(b)
         return bool(da and db) and not dobs_compatible(da, db)
 
-    def can_merge(self, a: int, b: int, rule: str, p: float = 1.0) -> tuple[bool, str | None]:
+    def _only_the_edges_own(self, a: int, b: int, x: int | None, y: int | None, dob: bool) -> bool:
+        """The clusters' conflict is the edge's own: every first name (or date of birth) of
+        cluster ``a`` is compatible with that of the edge's record ``x``, and every one of ``b``
+        with ``y``'s. Then the only disagreement is the one the edge's score already weighed
+        (a replaced first name against a cluster of that record's other copies); a conflict
+        brought in by other members (a chain A-x-y-B) is not."""
+        if x is None or y is None:
+            return False
+        if dob:
+            dx, dy = self.rec_dob.get(x), self.rec_dob.get(y)
+            return (dx is not None and dy is not None and all(dobs_compatible({d}, {dx}) for d in self.dobs[a])
+                    and all(dobs_compatible({d}, {dy}) for d in self.dobs[b]))
+        fx, fy = self.rec_first.get(x), self.rec_first.get(y)
+        return (fx is not None and fy is not None and all(names_compatible({n}, None, fx, None) for n in self.firsts[a])
+                and all(names_compatible({n}, None, fy, None) for n in self.firsts[b]))
+
+    def can_merge(self, a: int, b: int, rule: str, p: float = 1.0, x: int | None = None,
+                  y: int | None = None) -> tuple[bool, str | None]:
         """(True, None), or (False, why) for the first rule that refuses merging roots a and b
-        over an edge of ``rule`` with match probability ``p``. Names are a veto for rules that
-        require them; for Splink edges names and dates of birth are weighed: a conflict needs
-        ``p`` of at least ``conflict_match_probability``."""
-        why = self._merge_protection(a, b) or self._over_limit(a, b)
+        over an edge of ``rule`` between records x and y with match probability ``p``. Names are
+        a veto for rules that require them; for Splink edges names and dates of birth are
+        weighed: a conflict the edge's own records do not explain needs ``p`` of at least
+        ``conflict_match_probability``."""
+        if self._split_apart(a, b):
+            return False, "manual_split"
+        if rule == MANUAL_MERGE:
+            return _MERGEABLE  # the user's word: no other check applies
+        why = self._merge_protection(a, b, rule == "alias") or self._over_limit(a, b)
         if why is not None:
             return False, why
         if self._over_size_cap(a, b):
@@ -550,9 +619,9 @@ class _ClusterState:
         if rule == "splink":
             # two single records: their disagreement is exactly what the score already weighed
             if p < self.conflict_p and (self.size[a] > 1 or self.size[b] > 1):
-                if self._first_names_conflict(a, b):
+                if self._first_names_conflict(a, b) and not self._only_the_edges_own(a, b, x, y, False):
                     return False, "conflict:first_name"
-                if self._dobs_conflict(a, b):
+                if self._dobs_conflict(a, b) and not self._only_the_edges_own(a, b, x, y, True):
                     return False, "conflict:date_of_birth"
             return _MERGEABLE
         if self.requires.get(rule) and self._first_names_conflict(a, b):
@@ -568,7 +637,10 @@ class _ClusterState:
         size[a] += size[b]
         ub = self.uniq.pop(b, None)
         if ub:
-            self.uniq.setdefault(a, {}).update(ub)
+            ua = self.uniq.setdefault(a, {})
+            for k, w in ub.items():
+                v = ua.get(k)
+                ua[k] = w if v is None or v == w else v | w  # (two values only after an alias)
         for values in self.value_sets:  # inline, not a helper call per set: runs on every merge
             sb = values.pop(b, None)
             if sb:
@@ -601,11 +673,12 @@ class _ClusterState:
 
 
 def _constrained_union(con, settings: IdentitySettings, rec: str, n_max: int, idx: np.ndarray,
-                       left: np.ndarray, right: np.ndarray, is_attach: np.ndarray):
+                       left: np.ndarray, right: np.ndarray, is_attach: np.ndarray,
+                       splits: list[tuple[int, int]] = ()):
     """The exact edge-by-edge clustering over the edges ``idx`` (in processing order).
 
     Returns (decision per edge, reason per edge, union-find root per rid, roots held for review)."""
-    state = _ClusterState.load(con, settings, rec, n_max, np.unique(np.concatenate([left[idx], right[idx]])))
+    state = _ClusterState.load(con, settings, rec, n_max, np.unique(np.concatenate([left[idx], right[idx]])), splits)
     rules, probs = _rules_of(con, idx)
     edges = _EdgeDecisions(state, left[idx].tolist(), right[idx].tolist(), rules, probs)
     edges.run(is_attach[idx].tolist())
@@ -648,7 +721,7 @@ class _EdgeDecisions:
             a, b = find(left[i]), find(right[i])
             if a == b:
                 continue  # redundant
-            ok, why = can_merge(a, b, rules[i], probs[i])
+            ok, why = can_merge(a, b, rules[i], probs[i], left[i], right[i])
             if ok:
                 decision[i] = ACCEPTED
                 merge(a, b)

@@ -142,8 +142,13 @@ def unique_id_conflicts(con: duckdb.DuckDBPyConnection, schema: str = "identity"
     from core.settings.identity import IdentitySettings
 
     settings = settings or IdentitySettings()
+    # (not a conflict: a person a user merged by hand, or login ids an alias call joined)
+    asserted = {"loyalty_id": "('deterministic:manual_merge')",
+                "user_id": "('deterministic:manual_merge', 'deterministic:alias')"}
     parts = [f"""SELECT g.person_id FROM {schema}.records r JOIN {schema}.graph g USING (rid)
                  WHERE r.{col} IS NOT NULL AND r.entity <> 'transactions'
+                   AND g.person_id NOT IN (SELECT g2.person_id FROM {schema}.edges e JOIN {schema}.graph g2 ON g2.rid = e.rid_l
+                                           WHERE e.decision = 'accepted' AND e.method IN {asserted[name]})
                  GROUP BY g.person_id, r.source HAVING count(DISTINCT r.{col}) > 1"""
              for name, col in (("loyalty_id", "loyalty_id"), ("user_id", "user_id")) if settings.rule(name).unique]
     if not parts:

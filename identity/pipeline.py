@@ -20,7 +20,7 @@ import duckdb
 
 from core.settings.identity import IdentitySettings, settings_of
 from core.warehouse import transaction
-from identity import clustering, golden, records, rules, splink_model, stable_ids
+from identity import clustering, golden, overrides, records, rules, splink_model, stable_ids
 
 Progress = Callable[[str], None]
 MIN_SPLINK_RECORDS = 50  # below this there is nothing for EM to learn from
@@ -198,6 +198,8 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     n_records = records.build_records(con, settings, work)
     t["records"] = time.perf_counter() - t0
     say(f"identity: {n_records:,} identity records ({t['records']:.1f}s)")
+    # a user's force-merge and force-split pairs, as rids of this run (before the rules read them)
+    override_warnings = overrides.stage(con, overrides.read(overrides.path_of(config, settings)), work)
     # While Splink trains (on its own connection), the warehouse side runs on one thread: the
     # records copy and the deterministic rules only need the core Splink leaves idle, and more
     # busy threads than cores made both sides slower (~1 s of 27 at 1.1M records).
@@ -273,7 +275,7 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
         SELECT count(*), count(*) FILTER (WHERE n > 1), coalesce(max(n), 0), coalesce(max(np), 0) FROM c""").fetchall()[0]
     persons, multi, largest, largest_profile = (int(x) for x in stats)
     conflicts = unique_id_conflicts(con, work, settings)
-    warnings = refusal_warnings(cstats)
+    warnings = override_warnings + refusal_warnings(cstats)
     for w in warnings:
         say(f"identity: WARNING {w}")
     t0 = time.perf_counter()

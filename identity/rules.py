@@ -12,6 +12,7 @@ Links between records that need no model:
 - ``loyalty_id`` / ``user_id`` / ``subscriber_id``: the same id within one source instance.
 - ``email``: the same canonical email.
 - ``phone``: the same E.164 number, and (``requires: [first_name]``) compatible first names.
+- ``manual_merge``: a user's force-merge pair (``cdp identity merge``), before every other edge.
 
 Equal values are linked as a star (every record to the group's smallest record), so a value
 shared by n records makes n-1 edges, not n². A rule that ``requires`` fields groups by the
@@ -42,6 +43,18 @@ REQUIRED_COLUMNS = {"first_name": "first_name_canon", "last_name": "last_name"}
 MAX_GROUPS_PER_VALUE = 8  # a value held under more distinct names than this links nothing
 
 
+MANUAL_MERGE = "manual_merge"
+MANUAL_PRIORITY = -1  # (configured priorities are >= 0)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    try:
+        con.execute(f"SELECT 1 FROM {schema}.{table} LIMIT 0")
+    except duckdb.CatalogException:
+        return False
+    return True
+
+
 def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: IdentitySettings,
                               schema: str = "identity") -> int:
     """Create ``<schema>.det_edges(rid_l, rid_r, rule, priority, phase)``; returns its size."""
@@ -62,14 +75,26 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
             JOIN {rec} a ON a.entity = 'anonymous_id' AND a.source = e._source AND a.source_record_id = e.anonymousId
             JOIN {rec} u ON u.entity = 'user_id' AND u.source = e._source AND u.source_record_id = e.userId""")
     if settings.rule("alias").link and "web_events" in tables:
-        # (the previous id's records of either kind: the spec allows both)
+        # (the previous id's records of either kind: the spec allows both). An alias storm (one
+        # id aliased to many: a shared kiosk login, a buggy SDK) links nothing: an id named in
+        # alias calls with more than max_per_profile - 1 other ids is dropped from every call.
+        cap = (settings.rule("alias").max_per_profile or 1_000_000) - 1
+        ctes.append("""alias_calls AS MATERIALIZED (
+            SELECT DISTINCT _source, trim(previousId) AS previousId, userId FROM raw.web_events
+            WHERE type = 'alias' AND nullif(trim(previousId), '') IS NOT NULL AND userId IS NOT NULL
+              AND trim(previousId) <> userId)""")
+        ctes.append(f"""alias_storm AS MATERIALIZED (
+            SELECT _source, id FROM (SELECT _source, previousId AS id, userId AS other FROM alias_calls
+                                     UNION SELECT _source, userId, previousId FROM alias_calls)
+            GROUP BY ALL HAVING count(DISTINCT other) > {cap})""")
         parts.append(f"""
             SELECT p.rid, u.rid, 'alias', {prio('alias')}, 'link'
-            FROM (SELECT DISTINCT _source, previousId, userId FROM raw.web_events
-                  WHERE type = 'alias' AND nullif(trim(previousId), '') IS NOT NULL AND userId IS NOT NULL) e
+            FROM (SELECT * FROM alias_calls c
+                  WHERE NOT EXISTS (SELECT 1 FROM alias_storm s WHERE s._source = c._source
+                                    AND s.id IN (c.previousId, c.userId))) e
             JOIN {rec} u ON u.entity = 'user_id' AND u.source = e._source AND u.source_record_id = e.userId
             JOIN {rec} p ON p.entity IN ('anonymous_id', 'user_id') AND p.source = e._source
-                        AND p.source_record_id = trim(e.previousId)""")
+                        AND p.source_record_id = e.previousId""")
     if settings.rule("link_tracking_id").link and {"web_events", "email_events"} <= tables:
         parts.append(f"""
             SELECT s.rid, a.rid, 'link_tracking_id', {prio('link_tracking_id')}, 'link'
@@ -97,6 +122,9 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
             FROM web_orders o
             JOIN {rec} t ON t.entity = 'transactions' AND t.order_ref = o.order_id
             JOIN {rec} w ON w.entity = '{entity}' AND w.source = o._source AND w.source_record_id = o.{column}""")
+    if _has_table(con, schema, "manual_merges"):
+        # a user's force-merge (identity/overrides.py): before every other edge
+        parts.append(f"""SELECT rid_a, rid_b, '{MANUAL_MERGE}', {MANUAL_PRIORITY}, 'link' FROM {schema}.manual_merges""")
     for name, (value, partition) in GROUP_RULES.items():
         rule = settings.rule(name)
         if not rule.link:

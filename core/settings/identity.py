@@ -71,8 +71,11 @@ def _default_rules() -> dict[str, IdentifierRule]:
         "loyalty_id": IdentifierRule(priority=10, unique=True),
         "user_id": IdentifierRule(priority=10, unique=True),
         "anonymous_id": IdentifierRule(priority=20, max_per_profile=200),
-        # a Segment alias call: the person says the two ids are theirs
-        "alias": IdentifierRule(priority=20),
+        # a Segment alias call: the customer's own system says the two ids are one person, so it
+        # merges even two login user ids (merge protection yields to it); bounded: an id named in
+        # alias calls with more than max_per_profile - 1 other ids links none of them, and an
+        # alias merge never gives one person more than max_per_profile user ids (limit:alias)
+        "alias": IdentifierRule(priority=20, max_per_profile=5),
         "link_tracking_id": IdentifierRule(priority=30),
         "order_ref": IdentifierRule(priority=25),
         # receipts known only by the card that paid follow the one person whose receipts used it
@@ -152,6 +155,10 @@ class IdentitySettings(_Strict):
     rules: dict[str, IdentifierRule] = Field(default_factory=_default_rules)
     survivorship: dict[str, SurvivorshipRule] = Field(default_factory=_default_survivorship)
     splink: SplinkTraining = SplinkTraining()
+    overrides_file: str = Field(
+        default="identity_overrides.csv",
+        description="Manual force-merge / force-split pairs of records (by record key), relative to cdp.yaml; "
+                    "written by `cdp identity merge|split`, applied before clustering on every run.")
 
     @field_validator("rules", mode="before")
     @classmethod
