@@ -80,7 +80,9 @@ def comparisons(tf: bool = True) -> list[dict]:
     same_area = ('"postcode_outward_l" = "postcode_outward_r" OR "city_l" = "city_r" '
                  'OR jaro_winkler_similarity("city_l", "city_r") >= 0.92')
     fn, ln = '"first_name_canon_{}"', '"last_name_{}"'
-    jw = "jaro_winkler_similarity(\"{c}_l\", \"{c}_r\") >= 0.88"
+    # fuzzy: Jaro-Winkler, or one edit (short names: amy/aym, ben/bne score below any JW bar)
+    jw = ("(jaro_winkler_similarity(\"{c}_l\", \"{c}_r\") >= 0.88 OR "
+          "damerau_levenshtein(\"{c}_l\", \"{c}_r\") <= 1)")
     return [
         {
             # One comparison for the whole name: first and surname are not independent evidence
@@ -98,7 +100,13 @@ def comparisons(tf: bool = True) -> list[dict]:
                 _lvl(f'{ln.format("l")} = {ln.format("r")} AND {jw.format(c="first_name")}', "surname exact, first name fuzzy"),
                 _lvl(f'{fn.format("l")} = {fn.format("r")} AND {jw.format(c="last_name")}', "first name exact, surname fuzzy"),
                 _lvl(f'{jw.format(c="first_name")} AND {jw.format(c="last_name")}', "both fuzzy"),
+                # one name missing on one side, the other agreeing (a NULL is no disagreement)
+                _lvl(f'("first_name_l" IS NULL OR "first_name_r" IS NULL) AND {jw.format(c="last_name")}',
+                     "first name missing, surname exact or fuzzy"),
+                _lvl(f'("last_name_l" IS NULL OR "last_name_r" IS NULL) AND {jw.format(c="first_name")}',
+                     "surname missing, first name exact or fuzzy"),
                 _lvl(f'{ln.format("l")} = {ln.format("r")}', "surname exact only"),
+                _lvl(jw.format(c="last_name"), "surname fuzzy only"),
                 _lvl(f'{fn.format("l")} = {fn.format("r")}', "first name exact only"),
                 _else(),
             ],
