@@ -68,21 +68,19 @@ def _else() -> dict:
     return _lvl("ELSE", "else")
 
 
-def _all_null(side: str) -> str:
-    return "(" + " AND ".join(f'"{c}_{side}" IS NULL' for c in ("address", "postcode", "city")) + ")"
-
-
 def comparisons(tf: bool = True) -> list[dict]:
     tf_full = {"tf_adjustment_column": "full_name", "tf_adjustment_weight": 1.0} if tf else {}
     # a shared family or office mailbox and a big city are weaker evidence than a rare one
     tf_email = {"tf_adjustment_column": "email_canon", "tf_adjustment_weight": 1.0} if tf else {}
-    jw_addr = 'jaro_winkler_similarity("address_l", "address_r") >= 0.9'
-    same_area = ('"postcode_outward_l" = "postcode_outward_r" OR "city_l" = "city_r" '
-                 'OR jaro_winkler_similarity("city_l", "city_r") >= 0.92')
+    tf_pc = {"tf_adjustment_column": "postcode", "tf_adjustment_weight": 1.0} if tf else {}
+    tf_city = {"tf_adjustment_column": "city", "tf_adjustment_weight": 1.0} if tf else {}
     fn, ln = '"first_name_canon_{}"', '"last_name_{}"'
     # fuzzy: Jaro-Winkler, or one edit (short names: amy/aym, ben/bne score below any JW bar)
-    jw = ("(jaro_winkler_similarity(\"{c}_l\", \"{c}_r\") >= 0.88 OR "
-          "damerau_levenshtein(\"{c}_l\", \"{c}_r\") <= 1)")
+    # (the edit distance only for short names: it is the costly part of sampling u)
+    jw = ("(jaro_winkler_similarity(\"{c}_l\", \"{c}_r\") >= 0.88 OR (length(\"{c}_l\") <= 5 AND "
+          "damerau_levenshtein(\"{c}_l\", \"{c}_r\") <= 1))")
+    cross = ('(jaro_winkler_similarity("{a}_l", "{b}_r") >= 0.88 OR (length("{a}_l") <= 5 AND '
+             'damerau_levenshtein("{a}_l", "{b}_r") <= 1))')
     return [
         {
             # One comparison for the whole name: first and surname are not independent evidence
@@ -94,9 +92,8 @@ def comparisons(tf: bool = True) -> list[dict]:
                 _lvl('("first_name_l" IS NULL AND "last_name_l" IS NULL) OR ("first_name_r" IS NULL AND "last_name_r" IS NULL)',
                      "null", is_null_level=True),
                 _lvl('"full_name_l" = "full_name_r"', "both exact (nickname-aware)", **tf_full),
-                _lvl('("first_name_l" = "last_name_r" AND "last_name_l" = "first_name_r") OR '
-                     '(jaro_winkler_similarity("first_name_l", "last_name_r") >= 0.92 AND '
-                     'jaro_winkler_similarity("last_name_l", "first_name_r") >= 0.92)', "swapped (exact or one typo)"),
+                _lvl(f'{cross.format(a="first_name", b="last_name")} AND {cross.format(a="last_name", b="first_name")}',
+                     "swapped (exact or fuzzy)"),
                 _lvl(f'{ln.format("l")} = {ln.format("r")} AND {jw.format(c="first_name")}', "surname exact, first name fuzzy"),
                 _lvl(f'{fn.format("l")} = {fn.format("r")} AND {jw.format(c="last_name")}', "first name exact, surname fuzzy"),
                 _lvl(f'{jw.format(c="first_name")} AND {jw.format(c="last_name")}', "both fuzzy"),
@@ -108,6 +105,9 @@ def comparisons(tf: bool = True) -> list[dict]:
                 _lvl(f'{ln.format("l")} = {ln.format("r")}', "surname exact only"),
                 _lvl(jw.format(c="last_name"), "surname fuzzy only"),
                 _lvl(f'{fn.format("l")} = {fn.format("r")}', "first name exact only"),
+                # one name typed in the other field, the other name replaced or missing
+                _lvl(f'{cross.format(a="first_name", b="last_name")} OR {cross.format(a="last_name", b="first_name")}',
+                     "one name in the other field"),
                 _else(),
             ],
         },
@@ -150,20 +150,34 @@ def comparisons(tf: bool = True) -> list[dict]:
             ],
         },
         {
-            # One comparison for where someone lives: address, postcode and city are not
-            # independent evidence (three agreeing fields are one household, and a household's
-            # members would otherwise outweigh their different first names and birthdays).
-            "output_column_name": "location",
-            "comparison_description": "address + postcode + city: both exact, address exact, postcode exact, "
-                                      "fuzzy address in the same district or city, same district or city",
+            "output_column_name": "address",
+            "comparison_description": "address: exact, Jaro-Winkler >= 0.95, >= 0.88",
             "comparison_levels": [
-                _lvl(_all_null("l") + " OR " + _all_null("r"), "null", is_null_level=True),
-                _lvl('"address_l" = "address_r" AND "postcode_l" = "postcode_r"', "address and postcode exact"),
-                _lvl('"address_l" = "address_r" OR ("postcode_l" = "postcode_r" AND ' + jw_addr + ")",
-                     "address exact, or postcode exact and address fuzzy"),
-                _lvl('"postcode_l" = "postcode_r"', "postcode exact"),
-                _lvl(f'{jw_addr} AND ({same_area})', "address fuzzy, same district or city"),
-                _lvl(same_area, "same district or city (or a city one typo off)"),
+                _null("address"),
+                _lvl('"address_l" = "address_r"', "exact"),
+                _lvl('jaro_winkler_similarity("address_l", "address_r") >= 0.95', "Jaro-Winkler >= 0.95"),
+                _lvl('jaro_winkler_similarity("address_l", "address_r") >= 0.88', "Jaro-Winkler >= 0.88"),
+                _else(),
+            ],
+        },
+        {
+            "output_column_name": "postcode",
+            "comparison_description": "postcode: exact, one edit or two digits swapped, same district",
+            "comparison_levels": [
+                _null("postcode"),
+                _lvl('"postcode_l" = "postcode_r"', "exact", **tf_pc),
+                _lvl('damerau_levenshtein("postcode_l", "postcode_r") <= 1', "one edit or two characters swapped"),
+                _lvl('"postcode_outward_l" = "postcode_outward_r"', "same district"),
+                _else(),
+            ],
+        },
+        {
+            "output_column_name": "city",
+            "comparison_description": "city: exact, Jaro-Winkler >= 0.92",
+            "comparison_levels": [
+                _null("city"),
+                _lvl('"city_l" = "city_r"', "exact", **tf_city),
+                _lvl('jaro_winkler_similarity("city_l", "city_r") >= 0.92', "one typo off"),
                 _else(),
             ],
         },
@@ -203,7 +217,7 @@ EM_CANDIDATES = [("dob",), ("email_canon",), ("postcode",), ("phone",), ("addres
 # Columns each comparison reads (a comparison whose columns are empty everywhere is left out).
 COMPARISON_COLUMNS = {
     "name": ("first_name", "last_name"), "email": ("email_canon",), "phone": ("phone",), "date_of_birth": ("dob",),
-    "location": ("address", "postcode", "city"),
+    "address": ("address",), "postcode": ("postcode",), "city": ("city",),
 }
 MIN_FILL = 0.005  # a column filled on fewer records than this counts as absent
 MIN_EM_FILL = 0.05  # an EM block needs the key on this share of records at least
@@ -506,10 +520,22 @@ def _check_direction(name: str, levels: list[dict], bfs: list[float | None], pro
                         f">= u={levels[-1]['u_probability']:.4g}, i.e. disagreeing counts for a match")
 
 
+# Levels that agree on one part of a field only ("surname exact only", "first name exact only"):
+# they are not looser versions of one another, so their order says nothing about their Bayes
+# factors (on data with households a shared surname alone is evidence *against* a match, while
+# a first name alone is slightly for one).
+PARTIAL_LEVELS = frozenset({"surname exact only", "surname fuzzy only", "first name exact only",
+                            "one name in the other field"})
+
+
 def _check_monotone(name: str, levels: list[dict], bfs: list[float | None], problems: list[str]) -> None:
-    """No level is evidence against while a looser one is (2x slack for noise)."""
+    """No level is evidence against while a looser one is (2x slack for noise); partial levels
+    are left out of the comparison."""
+    partial = [lv.get("label_for_charts") in PARTIAL_LEVELS for lv in levels]
     for i in range(1, len(bfs) - 1):
-        looser = [b for b in bfs[i + 1:-1] if b is not None]
+        if partial[i]:
+            continue
+        looser = [b for b, part in zip(bfs[i + 1:-1], partial[i + 1:-1]) if b is not None and not part]
         if bfs[i] is not None and bfs[i] < 1 and looser and max(looser) > 2 * max(bfs[i], 1e-12) and max(looser) > 1:
             problems.append(f"{name} / {levels[i].get('label_for_charts')}: Bayes factor {bfs[i]:.3g} is below "
                             f"that of a looser level ({max(looser):.3g})")

@@ -151,3 +151,30 @@ def test_cli_writes_lists_and_rejects_bad_override_files(tmp_path):
     (root / name).write_text("action,record_a,record_b\nmerge,a|b|c,d|e|f\nfuse,secret@x.com|e|1,d|e|f\n")
     r = runner.invoke(main, ["identity", "overrides", "--config", cfg])
     assert r.exit_code == 2 and "row 3, field action" in r.output and "secret" not in r.output
+
+
+# --------------------------------------------------------------------------- weighed conflicts
+def _state(names, dobs):
+    from core.settings.identity import IdentitySettings
+    from identity.clustering import _ClusterState
+
+    n = len(names)
+    cols = {"rid": list(range(n)), "source": ["pos"] * n, "entity": ["loyalty_members"] * n,
+            "loyalty_id": [None] * n, "user_id": [None] * n, "subscriber_id": [None] * n, "anonymous_id": [None] * n,
+            "email_canon": [None] * n, "phone": [None] * n, "first_name": names, "first_name_canon": names,
+            "last_name": ["muehlberg"] * n, "dob": dobs}
+    return _ClusterState(IdentitySettings(), n, cols)
+
+
+def test_a_conflict_that_is_only_the_edges_own_disagreement_is_weighed_not_refused():
+    # three copies of imogen, one record where the first name was replaced: the Splink edge's
+    # score has weighed that; the clusters hold nothing else that disagrees
+    s = _state(["imogen", "imogen", "imogen", "jesse", "jesse"], ["1930-05-18"] * 3 + [None, "1971-01-02"])
+    s.merge(0, 1)
+    s.merge(s.find(0), 2)
+    assert s.can_merge(s.find(0), 3, "splink", 0.995, 2, 3) == (True, None)
+    # a chain: a jesse with no date joined to a jesse born in 1971; merging that cluster with
+    # imogen's over the undated record would bring in a disagreement the edge never weighed
+    s.merge(3, 4)
+    assert s.can_merge(s.find(0), s.find(3), "splink", 0.995, 2, 3) == (False, "conflict:date_of_birth")
+    assert s.can_merge(s.find(0), s.find(3), "splink", 0.99995, 2, 3) == (True, None)  # strong enough anyway
