@@ -159,12 +159,14 @@ def _bare_records(proj: Path):
     tables = []
     for d in sorted(p for p in (proj / "landing").iterdir() if p.is_dir() and p.name != "ground_truth"):
         t = f"src_{d.name}"
+        header = (d / "members.csv").open().readline().strip().split(",")
+        extra = "".join(f", nullif(lower(trim({c})), '') AS {c.lower()}" for c in ("Email", "Phone") if c in header)
         con.execute(f"""
             CREATE TABLE {t} AS SELECT '{d.name}|loyalty_members|' || MemberNo AS unique_id, '{d.name}' AS source_dataset,
                 nullif(lower(trim(GivenName)), '') AS first_name, nullif(lower(trim(Surname)), '') AS surname,
                 CAST(try_strptime(CAST(DOB AS VARCHAR), '%Y%m%d') AS DATE) AS dob,
                 nullif(lower(trim(Street)), '') AS address, nullif(lower(trim(Suburb)), '') AS suburb,
-                nullif(trim(CAST(Postcode AS VARCHAR)), '') AS postcode
+                nullif(trim(CAST(Postcode AS VARCHAR)), '') AS postcode{extra}
             FROM read_csv('{d}/members.csv', all_varchar = true)""")
         tables.append(t)
     return con, tables
@@ -176,6 +178,10 @@ def _child_bare(proj: Path, link_type: str) -> dict:
 
     con, tables = _bare_records(proj)
     t0, c0 = time.perf_counter(), _cpu_s()
+    columns = {r[0] for r in con.execute(f"DESCRIBE {tables[0]}").fetchall()}
+    # (email and phone, when the landed files have them: the customer-list bench)
+    extra = ([cl.EmailComparison("email")] if "email" in columns else []) + \
+        ([cl.ExactMatch("phone")] if "phone" in columns else [])
     settings = SettingsCreator(
         link_type=link_type,
         comparisons=[
@@ -185,6 +191,7 @@ def _child_bare(proj: Path, link_type: str) -> dict:
             cl.JaroWinklerAtThresholds("address", [0.95, 0.88]),
             cl.JaroWinklerAtThresholds("suburb", [0.95, 0.88]).configure(term_frequency_adjustments=True),
             cl.ExactMatch("postcode").configure(term_frequency_adjustments=True),
+            *extra,
         ],
         blocking_rules_to_generate_predictions=[
             block_on("first_name", "surname"), block_on("surname", "dob"), block_on("first_name", "dob"),

@@ -87,7 +87,8 @@ sources:
     entities:
       products: {{path: "catalog/products*.csv"}}
 
-# Identity resolution (README "Identity resolution"): rules per identifier, Splink, survivorship.
+# Identity resolution (README "Identity resolution"): rules per identifier, Splink, survivorship;
+# manual merges and splits go to overrides_file (identity_overrides.csv), written by `cdp identity merge|split`.
 identity: {{}}
 # Rule-based segments marketers define (README "Segments"): one YAML file (`cdp segments validate` checks it).
 segments:
