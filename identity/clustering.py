@@ -49,6 +49,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from core.settings.identity import IdentitySettings
+from identity.db import has_table
 from identity.rules import MANUAL_MERGE
 
 ACCEPTED, REFUSED, REDUNDANT = "accepted", "refused", "redundant"
@@ -225,11 +226,9 @@ def cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, splink_p
 
 def manual_splits(con: duckdb.DuckDBPyConnection, schema: str) -> list[tuple[int, int]]:
     """The record pairs a manual override keeps apart (``<schema>.manual_splits``, if the run made one)."""
-    try:
-        rows = con.execute(f"SELECT rid_a, rid_b FROM {schema}.manual_splits ORDER BY ALL").fetchall()
-    except duckdb.CatalogException:
+    if not has_table(con, schema, "manual_splits"):
         return []
-    return [(int(a), int(b)) for a, b in rows]
+    return [(int(a), int(b)) for a, b in con.execute(f"SELECT rid_a, rid_b FROM {schema}.manual_splits ORDER BY ALL").fetchall()]
 
 
 def _edges_in_order(con: duckdb.DuckDBPyConnection, schema: str,

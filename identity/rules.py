@@ -30,6 +30,7 @@ from __future__ import annotations
 import duckdb
 
 from core.settings.identity import IdentitySettings
+from identity.db import has_table
 
 # identifier -> (value expression, partition expression) over identity.records
 GROUP_RULES = {
@@ -45,14 +46,6 @@ MAX_GROUPS_PER_VALUE = 8  # a value held under more distinct names than this lin
 
 MANUAL_MERGE = "manual_merge"
 MANUAL_PRIORITY = -1  # (configured priorities are >= 0)
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    try:
-        con.execute(f"SELECT 1 FROM {schema}.{table} LIMIT 0")
-    except duckdb.CatalogException:
-        return False
-    return True
 
 
 def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: IdentitySettings,
@@ -122,7 +115,7 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
             FROM web_orders o
             JOIN {rec} t ON t.entity = 'transactions' AND t.order_ref = o.order_id
             JOIN {rec} w ON w.entity = '{entity}' AND w.source = o._source AND w.source_record_id = o.{column}""")
-    if _has_table(con, schema, "manual_merges"):
+    if has_table(con, schema, "manual_merges"):
         # a user's force-merge (identity/overrides.py): before every other edge
         parts.append(f"""SELECT rid_a, rid_b, '{MANUAL_MERGE}', {MANUAL_PRIORITY}, 'link' FROM {schema}.manual_merges""")
     for name, (value, partition) in GROUP_RULES.items():
