@@ -11,7 +11,8 @@ of: a typo in a name (substitution, deletion, insertion or transposition), first
 surname swapped, a missing first name / email / phone / date of birth, a move (new street,
 postcode and suburb), a typo in the email's user part, a date of birth off by one digit or
 with day and month swapped, a postcode typo. Emails are built from the names (so they agree
-when the names do), phones are Australian mobiles.
+when the names do; a namesake's gets a number, since a mailbox has one owner), phones are
+Australian mobiles.
 
 Landed through ``cdp.yaml`` as a loyalty-member CSV with ``rules.loyalty_id.unique: false``
 (the one setting a customer list with duplicate member numbers needs), scored like
@@ -73,11 +74,17 @@ def generate(rows: int, seed: int) -> list[dict]:
         return {"street": f"{rng.randint(1, 300)} {rng.choice(streets)}", "suburb": rng.choice(suburbs),
                 "postcode": f"{rng.randint(800, 7999):04d}"}
 
+    used: set[str] = set()
     for p in range(people):
         f, last = rng.choice(firsts), rng.choice(lasts)
         sep = rng.choice([".", "_", ""])
+        email = f"{f}{sep}{last}{rng.randint(1, 99) if rng.random() < 0.5 else ''}@{rng.choice(domains)}"
+        while email in used:  # a mailbox has one owner: a namesake gets a number, as providers do
+            user, dom = email.split("@")
+            email = f"{user}{rng.randint(1, 999)}@{dom}"
+        used.add(email)
         out.append({"person": p, "first": f, "last": last, **address(),
-                    "email": f"{f}{sep}{last}{rng.randint(1, 99) if rng.random() < 0.5 else ''}@{rng.choice(domains)}",
+                    "email": email,
                     "phone": f"04{rng.randint(0, 99_999_999):08d}",
                     "dob": f"{rng.randint(1940, 2005)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"})
     for _ in range(rows - people):
