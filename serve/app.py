@@ -164,7 +164,7 @@ class Server:
                 log.error("live state update failed: %s", type(e).__name__)
 
     def _snapshot_loop(self) -> None:
-        while not self._stop.wait(2.0):
+        while not self._stop.wait(1.0):
             try:
                 current = Published.current_run(self.config.published_dir)
                 if current and current != (self.state.published.run_id if self.state.published else None):
@@ -251,13 +251,9 @@ class Server:
     def profile(self, web_id: str) -> dict | None:
         state = self.state
         person_id = state.person_key(web_id)
-        if person_id.startswith("provisional:") and web_id in state.people:
-            person_id = web_id
         person = state.get(person_id)
         pub = state.published
-        published = pub is not None and person_id in {*pub.consent, *pub.offers, *pub.cart_intent} or bool(
-            pub and pub.query("SELECT 1 AS x FROM customers WHERE person_id = ?", [person_id]))
-        if person is None and not published:
+        if person is None and not (pub is not None and person_id in pub.persons):
             return None
         one = lambda sql: (pub.query(sql, [person_id]) or [None])[0] if pub else None  # noqa: E731
         traits = one("SELECT * EXCLUDE (as_of) FROM customers WHERE person_id = ?")

@@ -45,6 +45,7 @@ class Published:
         manifest = read_manifest(published_dir)
         self.run_id = manifest.get("current")
         self.person_of: dict[str, str] = {}
+        self.persons: set[str] = set()
         self.consent: dict[str, dict[str, str]] = {}
         self.cart_intent: dict[str, tuple] = {}
         self.offers: dict[str, tuple] = {}
@@ -54,6 +55,7 @@ class Published:
             return
         self.path = snapshot_file(published_dir, self.run_id)
         self.con = open_snapshot(self.path)
+        self.persons = {r[0] for r in _rows(self.con, "SELECT person_id FROM customers")}
         for sid, pid in _rows(self.con, "SELECT source_record_id, person_id FROM identity_graph "
                                         "WHERE source = ? AND entity IN ('anonymous_id', 'user_id')", [web_source]):
             self.person_of[sid] = pid
@@ -164,6 +166,8 @@ class LiveState:
             pub = self.published.person_of if self.published else {}
             if web_id in pub:
                 return pub[web_id]
+            if self.published and web_id in self.published.persons:
+                return web_id
             root = self._root(web_id)
             for candidate in (root, *[i for i, r in self.link.items() if r == root]):
                 if candidate in pub:

@@ -155,7 +155,8 @@ def publish_world(published_dir: Path, *, persons: dict[str, dict], run_id: str 
                               "holdout": pa.array([bool(o[3]) for o in offers], pa.bool_()),
                               "experiment": s(["nbo"] * len(offers)), "arm": s(["treatment"] * len(offers))})
     table("recommendations", {"person_id": s(pids), "rank": pa.array([1] * len(pids), pa.int64()),
-                              "sku": s(["SKU-1"] * len(pids))})
+                              "sku": s(["SKU-1"] * len(pids)), "score": pa.array([0.5] * len(pids), pa.float64()),
+                              "reason": s(["als"] * len(pids))})
     names = ["identity_graph", "customers", "customer_traits", "segment_membership", "consent", "cart_intent",
              "next_best_offer", "recommendations"]
     publish(con, {n: f"main.{n}" for n in names}, published_dir, run_id, gate={"passed": True})
