@@ -61,8 +61,9 @@ class Published:
             self.person_of[sid] = pid
         for pid, channel, status in _rows(self.con, "SELECT person_id, channel, status FROM consent"):
             self.consent.setdefault(pid, {})[channel] = status
-        for row in _rows(self.con, "SELECT person_id, cart_id, cart_value, purchase_probability, intent_group, "
-                                   "expected_return_hours, model_version FROM cart_intent"):
+        for row in _rows(self.con, "SELECT person_id, cart_id, CAST(cart_value AS DOUBLE), "
+                                   "CAST(purchase_probability AS DOUBLE), intent_group, "
+                                   "CAST(expected_return_hours AS DOUBLE), model_version FROM cart_intent"):
             self.cart_intent[row[0]] = row[1:]
         self._value_p = sorted((float(r[1] or 0), float(r[2])) for r in self.cart_intent.values())
         for row in _rows(self.con, "SELECT person_id, offer, channel, expected_value, reason_codes, holdout, "
