@@ -64,21 +64,33 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _collector_worker(seconds: float, batch: int, wid: int, out: mp.Queue) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", PORT)
-    sent, n, t_end = 0, 0, time.time() + seconds
-    while time.time() < t_end:
-        body = json.dumps({"batch": [
-            {"type": "track", "event": "Product Viewed", "anonymousId": f"anon-{(n * batch + i) % 100000:07d}",
-             "messageId": f"w{wid}-{n}-{i}", "properties": {"sku": f"SKU-{i % 50}", "price": 9.5},
-             "context": {"page": {"path": "/p"}}, "timestamp": "2026-11-25T10:00:00Z"} for i in range(batch)]}).encode()
-        n += 1
-        conn.request("POST", "/v1/batch", body=body, headers=W)
-        r = conn.getresponse()
-        r.read()
-        if r.status == 200:
-            sent += batch
-    out.put((sent, time.process_time()))
+def _collector_worker(seconds: float, batch: int, connections: int, wid: int, out: mp.Queue) -> None:
+    """``connections`` keep-alive connections (threads), each posting batches back to back."""
+    import threading
+
+    counts = [0] * connections
+    t_end = time.time() + seconds
+
+    def loop(c: int) -> None:
+        conn, n = http.client.HTTPConnection("127.0.0.1", PORT), 0
+        while time.time() < t_end:
+            body = json.dumps({"batch": [
+                {"type": "track", "event": "Product Viewed", "anonymousId": f"anon-{(n * batch + i) % 100000:07d}",
+                 "messageId": f"w{wid}-{c}-{n}-{i}", "properties": {"sku": f"SKU-{i % 50}", "price": 9.5},
+                 "context": {"page": {"path": "/p"}}, "timestamp": "2026-11-25T10:00:00Z"} for i in range(batch)]}).encode()
+            n += 1
+            conn.request("POST", "/v1/batch", body=body, headers=W)
+            r = conn.getresponse()
+            r.read()
+            if r.status == 200:
+                counts[c] += batch
+
+    threads = [threading.Thread(target=loop, args=(c,)) for c in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((sum(counts), time.process_time()))
 
 
 def _decide_worker(rate: float, seconds: float, n_customers: int, wid: int, out: mp.Queue) -> None:
@@ -151,9 +163,9 @@ def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0) -
         startup_s = time.perf_counter() - t0
         rss_mb = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 
-        # 1. collector: 2 client processes, batches of 100 (the SDKs' default flush size)
+        # 1. collector: 2 client processes x 8 connections, batches of 100 (the SDKs' default flush size)
         cpu0, w0 = _cpu_s(proc.pid), time.perf_counter()
-        sent, client_cpu = _run_workers(_collector_worker, lambda w: (seconds, 100), 2)
+        sent, client_cpu = _run_workers(_collector_worker, lambda w: (seconds, 100, 8), 2)
         wall = time.perf_counter() - w0
         collector = {"events_per_s": round(sum(sent) / wall), "events": sum(sent),
                      "server_cpu_s": round(_cpu_s(proc.pid) - cpu0, 1), "client_cpu_s": round(client_cpu, 1),
