@@ -148,6 +148,7 @@ class LiveState:
         self.event_names = event_names or {}
         self.published: Published | None = None
         self.link: dict[str, str] = {}        # web id -> the id it was linked to (identify / alias)
+        self.members: dict[str, set] = {}     # root id -> every web id linked to it
         self.people: dict[str, Person] = {}
         self.lock = threading.RLock()
         self.listeners: list = []             # callables(kind, person, event) (triggers)
@@ -170,7 +171,7 @@ class LiveState:
             if self.published and web_id in self.published.persons:
                 return web_id
             root = self._root(web_id)
-            for candidate in (root, *[i for i, r in self.link.items() if r == root]):
+            for candidate in self.members.get(root, (root,)):
                 if candidate in pub:
                     return pub[candidate]
             return "provisional:" + root
@@ -198,7 +199,10 @@ class LiveState:
         before = {self.person_key(a), self.person_key(b)}
         ra, rb = self._root(a), self._root(b)
         if ra != rb:
-            self.link[ra] = rb
+            moved = self.members.pop(ra, {ra})
+            for m in moved:  # every id points at its root directly: lookups stay one hop
+                self.link[m] = rb
+            self.members[rb] = self.members.get(rb, {rb}) | moved
         after = self.person_key(b)
         for key in before - {after}:
             if key in self.people:

@@ -39,7 +39,7 @@ def test_openapi_definition_holds_under_fuzzing(tmp_path):
         for op in operations:
             good = _basic(READ_KEY if op.path in ("/v1/profiles/{id}", "/v1/decide") else WRITE_KEY)
 
-            @settings(max_examples=6, deadline=None, database=None,
+            @settings(max_examples=4, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy(),
                    headers=st.sampled_from([{"Authorization": good}, {"Authorization": _basic("nope")}, {}]))
