@@ -88,7 +88,8 @@ class Server:
         self.write_keys = _keys(config, s.write_keys_env, "write")
         self.read_keys = _keys(config, s.read_keys_env, "read")
         self.limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst)
-        self.seen: OrderedDict[str, None] = OrderedDict()
+        # messageId -> None once durable, or the write's future while it is in flight
+        self.seen: OrderedDict[str, object] = OrderedDict()
         self.spool = config.serve_spool
         self.log: EventLog | None = None
         self.state = LiveState(s.session_minutes, source.entities["events"].event_names)
@@ -211,24 +212,33 @@ class Server:
         except Rejected as e:
             return self._reject(400, str(e))
         now = datetime.now(timezone.utc)
-        records, fresh = [], []
+        records, fresh, waits = [], [], set()
         for e in events:
             rec = landed_record(e, now)
             mid = rec["messageId"]
             if mid in self.seen or mid in fresh:
                 self.stats["events_duplicate"] += 1
+                if self.seen.get(mid) is not None:  # its first delivery is still being written
+                    waits.add(self.seen[mid])
                 continue
             fresh.append(mid)
             records.append(rec)
+        pending = []
         if records:
-            for mid in fresh:  # claimed now: a concurrent re-delivery waits on nothing and is dropped
+            written = self.log.append([log_line(r) for r in records])
+            for mid in fresh:  # claimed now; a concurrent re-delivery answers when this is durable
+                self.seen[mid] = written
+            pending.append(written)
+        try:
+            for f in [*pending, *waits]:
+                await asyncio.wrap_future(f)
+        except Exception:
+            for mid in fresh:
+                self.seen.pop(mid, None)
+            return self._reject(503, "the event log could not be written; retry")
+        if records:
+            for mid in fresh:
                 self.seen[mid] = None
-            try:
-                await asyncio.wrap_future(self.log.append([log_line(r) for r in records]))
-            except Exception:
-                for mid in fresh:
-                    self.seen.pop(mid, None)
-                return self._reject(503, "the event log could not be written; retry")
             while len(self.seen) > self.settings.dedup_ids:
                 self.seen.popitem(last=False)
             self.stats["events_accepted"] += len(records)
