@@ -1,10 +1,10 @@
 """The Segment spec (and RudderStack's, which follows it), as Tessera reads it: one module.
 
 What a web event means does not depend on how it arrived: the batch loader applies these rules
-to landed JSON lines, and a collector receiving the SDKs' HTTP calls (issue 22) will apply the
-very same ones. So the rules are written once, as SQL expressions over an event's landed fields
-(:func:`landed_sql`); :func:`normalise_events` runs that SQL over Python dicts. (Kept in
-``core``: stage packages may import only ``core``, and a collector will be a stage of its own.)
+to landed JSON lines, and ``cdp serve``'s live state (package ``serve``) applies the very same
+ones to the events its collector receives. So the rules are written once, as SQL expressions
+over an event's landed fields (:func:`landed_sql`); :func:`normalise_events` runs that SQL over
+Python dicts. (Kept in ``core``: the ingestion stage may import only ``core``.)
 
 The rules:
 
