@@ -23,6 +23,7 @@ from cdp.commands_privacy import export_subject_command, forget
 from cdp.commands_quality import print_publish_status, print_run_summary, publish_command, rollback_command
 from cdp.commands_scoring import evaluate_churn, evaluate_recommendations
 from cdp.commands_segments import validate as validate_segments
+from cdp.commands_serve import serve as serve_command
 from core.config import ConfigError, find_config_path
 from core.run_lock import RunInProgress
 from core.warehouse import WarehouseBusy
@@ -207,6 +208,7 @@ main.add_command(forget)
 main.add_command(export_subject_command)
 main.add_command(experiment_command)
 main.add_command(experiments_command)
+main.add_command(serve_command)
 for _command in MARKETING_COMMANDS:
     main.add_command(_command)
 for _command in IDENTITY_COMMANDS:

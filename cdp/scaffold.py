@@ -118,6 +118,15 @@ syncs: []
 #   identity: {{max_cluster_growth: 2.0, max_emails_per_person: 10, max_persons_over_email_limit: 0}}
 quality: {{}}
 
+# Real time (`cdp serve`, README "Real time"): a Segment-compatible collector, live profiles and
+# decisions. Keys live in environment variables named here (write keys for SDKs, read keys for
+# apps). Defaults: host 127.0.0.1, port 8787, source web, spool .serve, rotate_seconds 60, e.g.
+#   write_keys_env: [TESSERA_WRITE_KEY]
+#   read_keys_env: [TESSERA_READ_KEY]
+#   cart_abandonment: {{window_seconds: 1800, intent_groups: [on_the_fence], consent_channel: email_marketing,
+#                       destination: {{type: webhook, url: "https://example.com/hook", secret_env: HOOK_SECRET}}}}
+serve: {{}}
+
 # Erasure (`cdp forget`) keeps salted hashes of an erased person's identifiers so that files
 # landed later do not bring them back. The salt is a secret: `cdp init` writes a random one to
 # salt_file (owner-only); $CDP_PRIVACY_SALT overrides it. Keep it for the life of the project.

@@ -26,6 +26,7 @@ from core.settings.privacy import PrivacySettings
 from core.settings.quality import QualitySettings
 from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
 from core.settings.segments import SegmentsSettings
+from core.settings.serve import ServeSettings
 from core.yamlfile import YamlFileError, load_yaml
 
 CONFIG_ENV = "CDP_CONFIG"
@@ -202,6 +203,7 @@ class Config(_Strict):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     experiments: list[Experiment] = Field(default_factory=list)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     root: Path = Field(default=Path("."), exclude=True)
 
@@ -249,6 +251,10 @@ class Config(_Strict):
         folder per dbt invocation (runs/). Beside Dagster's run history, not in the installed
         code, so projects sharing one install keep their own parse state."""
         return self.dagster_home / "dbt_target"
+
+    @property
+    def serve_spool(self) -> Path:
+        return self.resolve(self.serve.spool)
 
     @property
     def segments_file(self) -> Path:

@@ -1,10 +1,10 @@
 """The Segment spec (and RudderStack's, which follows it), as Tessera reads it: one module.
 
 What a web event means does not depend on how it arrived: the batch loader applies these rules
-to landed JSON lines, and a collector receiving the SDKs' HTTP calls (issue 22) will apply the
-very same ones. So the rules are written once, as SQL expressions over an event's landed fields
-(:func:`landed_sql`); :func:`normalise_events` runs that SQL over Python dicts. (Kept in
-``core``: stage packages may import only ``core``, and a collector will be a stage of its own.)
+to landed JSON lines, and ``cdp serve``'s live state (package ``serve``) applies the very same
+ones to the events its collector receives. So the rules are written once, as SQL expressions
+over an event's landed fields (:func:`landed_sql`); :func:`normalise_events` runs that SQL over
+Python dicts. (Kept in ``core``: the ingestion stage may import only ``core``.)
 
 The rules:
 
@@ -33,6 +33,7 @@ import json
 from typing import Callable, Iterable, Mapping
 
 import duckdb
+import pyarrow as pa
 
 from core.contracts import WEB_EVENT_TYPES, WEB_TRACK_EVENTS
 
@@ -126,9 +127,11 @@ def normalise_events(events: Iterable[Mapping], event_names: Mapping[str, str] |
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        rows = [[json.dumps(e)] for e in events]
-        con.execute("CREATE TEMP TABLE _ev (i INTEGER, j JSON)")
-        con.executemany("INSERT INTO _ev VALUES (?, ?)", [[i, r[0]] for i, r in enumerate(rows)])
+        # one Arrow table, not a row-by-row INSERT (which cost ~0.6 ms an event: the live
+        # collector runs this on every event it receives)
+        con.register("_ev_in", pa.table({"i": pa.array(range(len(events)), pa.int32()),
+                                         "j": pa.array([json.dumps(e) for e in events], pa.string())}))
+        con.execute("CREATE TEMP TABLE _ev AS SELECT i, CAST(j AS JSON) AS j FROM _ev_in")
 
         def col(name: str) -> str:
             path = _lit("$." + json.dumps(name))

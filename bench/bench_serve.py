@@ -1,0 +1,220 @@
+"""`cdp serve`: collector throughput with durability on, /v1/decide latency at a fixed request
+rate, and event-to-decision freshness, against a published snapshot of N customers.
+
+    python -m bench.bench_serve [--customers N] [--seconds S] [--rate R]
+
+The server is `cdp serve` in its own process; the load comes from this process's worker
+processes on 127.0.0.1 (plain keep-alive HTTP clients, pre-serialised bodies). Reported with
+the CPU seconds the server and the clients used, since both share this machine's cores.
+Targets (issue 22): >= 5,000 events/s; /v1/decide p99 <= 20 ms at >= 500 requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import yaml
+
+from bench.common import OUT
+from publish.snapshot import publish
+
+WRITE_KEY, READ_KEY = "bench_write_key", "bench_read_key"
+PORT = 18787
+W = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode(), "Content-Type": "application/json"}
+R = {"Authorization": f"Bearer {READ_KEY}", "Content-Type": "application/json"}
+
+
+def _snapshot(published: Path, n: int) -> None:
+    con = duckdb.connect()
+    con.execute(f"""CREATE TABLE customers AS SELECT 'P' || lpad(i::VARCHAR, 7, '0') AS person_id,
+        'First' || i AS first_name, TIMESTAMP '2026-11-22' AS as_of FROM range({n}) t(i)""")
+    con.execute("""CREATE TABLE identity_graph AS SELECT 'web' AS source, 'anonymous_id' AS entity,
+        'anon-' || substr(person_id, 2) AS source_record_id, person_id, as_of FROM customers""")
+    con.execute("""CREATE TABLE consent AS SELECT person_id, 'email_marketing' AS channel,
+        CASE WHEN hash(person_id) % 5 = 0 THEN 'denied' ELSE 'granted' END AS status, as_of FROM customers""")
+    con.execute("""CREATE TABLE cart_intent AS SELECT person_id, 'c-' || person_id AS cart_id,
+        (hash(person_id) % 300)::DOUBLE AS cart_value, (hash(person_id) % 1000) / 1000.0 AS purchase_probability,
+        CASE WHEN (hash(person_id) % 1000) / 1000.0 >= 0.3 THEN 'likely'
+             WHEN (hash(person_id) % 1000) / 1000.0 < 0.05 THEN 'unlikely' ELSE 'on_the_fence' END AS intent_group,
+        24.0::DOUBLE AS expected_return_hours, 'bench' AS model_version, as_of FROM customers WHERE hash(person_id) % 10 = 0""")
+    con.execute("""CREATE TABLE next_best_offer AS SELECT person_id,
+        CASE WHEN hash(person_id) % 10 = 0 THEN 'holdout' ELSE 'cross_sell' END AS offer,
+        CASE WHEN hash(person_id) % 10 = 0 THEN 'none' ELSE 'email' END AS channel, 1.0 AS expected_value,
+        'cross_sell_favourite_category' AS reason_codes, hash(person_id) % 10 = 0 AS holdout, 'nbo' AS experiment,
+        'treatment' AS arm, as_of FROM customers""")
+    names = ["customers", "identity_graph", "consent", "cart_intent", "next_best_offer"]
+    publish(con, {t: f"main.{t}" for t in names}, published, "bench0001", gate={"passed": True})
+    con.close()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _collector_worker(seconds: float, batch: int, connections: int, wid: int, out: mp.Queue) -> None:
+    """``connections`` keep-alive connections (threads), each posting batches back to back."""
+    import threading
+
+    counts = [0] * connections
+    t_end = time.time() + seconds
+
+    def loop(c: int) -> None:
+        conn, n = http.client.HTTPConnection("127.0.0.1", PORT), 0
+        while time.time() < t_end:
+            body = json.dumps({"batch": [
+                {"type": "track", "event": "Product Viewed", "anonymousId": f"anon-{(n * batch + i) % 100000:07d}",
+                 "messageId": f"w{wid}-{c}-{n}-{i}", "properties": {"sku": f"SKU-{i % 50}", "price": 9.5},
+                 "context": {"page": {"path": "/p"}}, "timestamp": "2026-11-25T10:00:00Z"} for i in range(batch)]}).encode()
+            n += 1
+            conn.request("POST", "/v1/batch", body=body, headers=W)
+            r = conn.getresponse()
+            r.read()
+            if r.status == 200:
+                counts[c] += batch
+
+    threads = [threading.Thread(target=loop, args=(c,)) for c in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((sum(counts), time.process_time()))
+
+
+def _decide_worker(rate: float, seconds: float, n_customers: int, wid: int, out: mp.Queue) -> None:
+    """Open loop: requests are due at fixed times; latency counts from when one was due, so
+    a server that falls behind is charged for the wait (no coordinated omission)."""
+    conn = http.client.HTTPConnection("127.0.0.1", PORT)
+    lat, start, i = [], time.perf_counter() + 0.2, 0
+    while True:
+        due = start + i / rate
+        if due - start > seconds:
+            break
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        pid = f"anon-{(i * 7919 + wid * 104729) % n_customers:07d}"
+        conn.request("POST", "/v1/decide", body=json.dumps({"anonymousId": pid}).encode(), headers=R)
+        r = conn.getresponse()
+        r.read()
+        lat.append((time.perf_counter() - due) * 1000 if r.status == 200 else float("inf"))
+        i += 1
+    out.put((lat, time.process_time()))
+
+
+def _run_workers(target, args_of, n: int) -> tuple[list, float]:
+    q: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=target, args=(*args_of(w), w, q)) for w in range(n)]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return [r[0] for r in results], sum(r[1] for r in results)
+
+
+def _post(path: str, body: dict, headers: dict) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", PORT)
+    conn.request("POST" if body is not None else "GET", path, body=json.dumps(body).encode() if body is not None else None,
+                 headers=headers)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, json.loads(data or b"{}")
+
+
+def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0) -> dict:
+    root = OUT / "serve"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "landing").mkdir(parents=True)
+    t0 = time.perf_counter()
+    _snapshot(root / "published", customers)
+    snapshot_s = time.perf_counter() - t0
+    cfg = {"version": 1, "project": "bench",
+           "sources": [{"name": "web", "kind": "web", "entities": {"events": {"path": "web/events_*.jsonl"}}}],
+           "serve": {"write_keys_env": ["BENCH_WRITE_KEY"], "read_keys_env": ["BENCH_READ_KEY"], "port": PORT,
+                     "rate_limit_per_second": 1e6, "rate_limit_burst": 1_000_000}}
+    (root / "cdp.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "BENCH_WRITE_KEY": WRITE_KEY, "BENCH_READ_KEY": READ_KEY}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "serve", "--config", str(root / "cdp.yaml")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while True:
+            try:
+                if _post("/health", None, {})[0] == 200:
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(proc.stderr.read().decode()[-3000:]) from None
+                time.sleep(0.1)
+        startup_s = time.perf_counter() - t0
+        rss_mb = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+        # 1. collector: 2 client processes x 8 connections, batches of 100 (the SDKs' default flush size)
+        cpu0, w0 = _cpu_s(proc.pid), time.perf_counter()
+        sent, client_cpu = _run_workers(_collector_worker, lambda w: (seconds, 100, 8), 2)
+        wall = time.perf_counter() - w0
+        collector = {"events_per_s": round(sum(sent) / wall), "events": sum(sent),
+                     "server_cpu_s": round(_cpu_s(proc.pid) - cpu0, 1), "client_cpu_s": round(client_cpu, 1),
+                     "wall_s": round(wall, 1)}
+
+        # 2. freshness: an add-to-cart, then the decision that sees it
+        fresh = []
+        for i in range(20):
+            anon = f"anon-{i * 4999 % customers:07d}"
+            t = time.perf_counter()
+            _post("/v1/track", {"type": "track", "event": "Product Added", "anonymousId": anon,
+                                "messageId": f"fresh-{i}", "properties": {"sku": "S", "price": 10, "cart_id": f"fc-{i}"}}, W)
+            while True:
+                _, d = _post("/v1/decide", {"anonymousId": anon}, R)
+                if (d.get("cart_intent") or {}).get("cart_id") == f"fc-{i}":
+                    break
+            fresh.append((time.perf_counter() - t) * 1000)
+        fresh.sort()
+
+        # 3. /v1/decide at a fixed rate from 2 client processes
+        cpu0, w0 = _cpu_s(proc.pid), time.perf_counter()
+        lats, client_cpu = _run_workers(_decide_worker, lambda w: (rate / 2, seconds, customers), 2)
+        wall = time.perf_counter() - w0
+        lat = sorted(x for part in lats for x in part)
+        ok = [x for x in lat if x != float("inf")]
+        pct = lambda q: round(ok[min(len(ok) - 1, int(q * len(ok)))], 2) if ok else None  # noqa: E731
+        decide_res = {"target_rate": rate, "achieved_rate": round(len(lat) / seconds), "requests": len(lat),
+                      "errors": len(lat) - len(ok), "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+                      "max_ms": round(ok[-1], 2) if ok else None, "server_cpu_s": round(_cpu_s(proc.pid) - cpu0, 1),
+                      "client_cpu_s": round(client_cpu, 1), "wall_s": round(wall, 1)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    landed = sum(1 for p in (root / "landing" / "web").glob("events_serve-*.jsonl"))
+    lines = sum(sum(1 for _ in open(p, "rb")) for p in (root / "landing" / "web").glob("events_serve-*.jsonl"))
+    return {
+        "customers": customers, "snapshot_build_s": round(snapshot_s, 1), "server_startup_s": round(startup_s, 1),
+        "server_rss_mb_after_start": round(rss_mb), "cpu_cores": os.cpu_count(),
+        "load_avg_1m_at_end": os.getloadavg()[0],
+        "collector": collector, "landed_files": landed, "landed_events": lines,
+        "freshness_ms": {"p50": round(fresh[len(fresh) // 2], 1), "max": round(fresh[-1], 1)},
+        "decide": decide_res,
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--customers", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rate", type=float, default=500.0)
+    a = ap.parse_args()
+    print(json.dumps(main(a.customers, a.seconds, a.rate), indent=2))

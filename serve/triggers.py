@@ -1,0 +1,144 @@
+"""Cart abandonment: an add-to-cart with no checkout within the window -> a nudge, through
+activation's webhook destination (signed, retried, idempotent by event id).
+
+When the window of a cart ends, the person gets one if their cart intent is in one of the
+configured groups and they consent on the configured channel (live consent wins over the
+published one); a checkout or a purchase inside the window cancels it. Sends are recorded in
+an embedded SQLite store (``<spool>/triggers.sqlite``): one per cart ever, and at most
+``max_per_person_per_day`` per person, across restarts (the log replay at start re-arms
+pending carts; the store keeps what was already sent from going twice).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from activation.destinations.webhook import WebhookDestination
+from activation.plan import Change
+from core.settings.serve import CartAbandonment
+from serve.live import LiveState, Person
+
+log = logging.getLogger("tessera.serve")
+
+
+class SendStore:
+    """What was sent, durable (the frequency caps read it)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS sends (cart_id TEXT PRIMARY KEY, person_id TEXT NOT NULL, "
+                        "channel TEXT NOT NULL, sent_at REAL NOT NULL)")
+        self.lock = threading.Lock()
+
+    def sent_cart(self, cart_id: str) -> bool:
+        with self.lock:
+            return self.db.execute("SELECT 1 FROM sends WHERE cart_id = ?", [cart_id]).fetchone() is not None
+
+    def count_since(self, person_id: str, since: float, channel: str | None = None) -> int:
+        sql = "SELECT count(*) FROM sends WHERE person_id = ? AND sent_at >= ?"
+        params: list = [person_id, since]
+        if channel:
+            sql, params = sql + " AND channel = ?", params + [channel]
+        with self.lock:
+            return self.db.execute(sql, params).fetchone()[0]
+
+    def record(self, cart_id: str, person_id: str, channel: str, at: float) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, ?)", [cart_id, person_id, channel, at])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class CartAbandonmentTrigger:
+    def __init__(self, cfg: CartAbandonment, state: LiveState, store: SendStore,
+                 intent_of: Callable[[str, Person], dict | None]):
+        self.cfg = cfg
+        self.state = state
+        self.store = store
+        self.intent_of = intent_of
+        self.destination = WebhookDestination("cart_abandonment", cfg.destination, cfg.retry)
+        self._due: list[tuple[float, str, str]] = []  # (due, person key, cart_id)
+        self._cond = threading.Condition()
+        self._stop = False
+        self.fired: list[dict] = []
+        self.skipped: dict[str, int] = {}
+        state.listeners.append(self.on_event)
+        self._thread = threading.Thread(target=self._run, name="cart-abandonment", daemon=True)
+        self._thread.start()
+
+    def on_event(self, kind: str, person: Person, event: dict) -> None:
+        if kind == "cart_added" and person.cart_id and person.cart_added_at is not None:
+            # the window runs from the cart's first add, measured in server time from now
+            # for a live event (a replayed old one is due at once)
+            due = time.time() + max(0.0, self.cfg.window_seconds - max(0.0, time.time() - person.cart_added_at))
+            with self._cond:
+                heapq.heappush(self._due, (due, person.key, person.cart_id))
+                self._cond.notify()
+
+    def _skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+    def _check(self, person_key: str, cart_id: str) -> None:
+        with self.state.lock:
+            person = self.state.people.get(person_key)
+            if person is None:  # merged into a published person since
+                person = self.state.get(person_key.removeprefix("provisional:"))
+            if person is None or person.cart_id != cart_id or not person.cart:
+                return self._skip("bought_or_emptied")
+            if person.checkout_started:
+                return self._skip("checkout_started")
+            key = person.key
+            intent = self.intent_of(key, person)
+            consent, _src = self.state.consent_of(person, key, self.cfg.consent_channel)
+            fields = {"cart_id": cart_id, "cart_value": person.cart_value,
+                      "items": [{"sku": s, **i} for s, i in person.cart.items()],
+                      "intent_group": intent.get("intent_group") if intent else None,
+                      "purchase_probability": intent.get("purchase_probability") if intent else None}
+        if not intent or intent.get("intent_group") not in self.cfg.intent_groups:
+            return self._skip("intent_group")
+        if not consent:
+            return self._skip("no_consent")
+        if self.store.sent_cart(cart_id):
+            return self._skip("already_sent")
+        if self.store.count_since(key, time.time() - 86400) >= self.cfg.max_per_person_per_day:
+            return self._skip("frequency_capped")
+        change = Change(action="upsert", person_id=key, key=cart_id, fields={"trigger": "cart_abandonment", **fields},
+                        field_hash=cart_id, dest_id=None, reason="cart_abandoned")
+        try:
+            outcomes = [o for batch in self.destination.deliver("cart_abandoned", [change]) for o in batch]
+        except Exception as e:
+            log.error("cart abandonment webhook failed: %s", type(e).__name__)
+            return self._skip("delivery_failed")
+        if outcomes and outcomes[0].ok:
+            self.store.record(cart_id, key, self.cfg.consent_channel, time.time())
+            self.fired.append({"person_id": key, "cart_id": cart_id, "at": time.time()})
+            log.info("cart abandonment nudge sent for cart %s", cart_id)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and (not self._due or self._due[0][0] > time.time()):
+                    self._cond.wait(timeout=(self._due[0][0] - time.time()) if self._due else 1.0)
+                if self._stop:
+                    return
+                _, person_key, cart_id = heapq.heappop(self._due)
+            try:
+                self._check(person_key, cart_id)
+            except Exception as e:  # one bad cart must not stop the trigger
+                log.error("cart abandonment check failed: %s", type(e).__name__)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+        self.destination.close()
