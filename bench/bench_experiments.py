@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import beta
 
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -86,11 +87,19 @@ def coverage(n_experiments: int, people: int = 20_000, seed: int = 11) -> dict:
     }
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for k of n: how precisely n runs pin down a rate."""
+    a = 1 - level
+    return (float(beta.ppf(a / 2, k, n - k + 1)) if k > 0 else 0.0,
+            float(beta.ppf(1 - a / 2, k + 1, n - k)) if k < n else 1.0)
+
+
 def aa(n_experiments: int, people: int = 20_000, seed: int = 13, metric: str = "conversion") -> dict:
     """A/A with daily looks: persons exposed uniformly over the days before the last window."""
     ids, rate, sensitivity = population(people)
     rng = np.random.default_rng(seed)
-    flagged = naive_flagged = 0
+    flagged = naive_flagged = final_flagged = 0
+    final_z: list[float] = []
     enrol_days = PLANNED_DAYS - WINDOW_DAYS
     for k in range(n_experiments):
         exp = experiment(f"aa_{k}", metric)
@@ -115,10 +124,18 @@ def aa(n_experiments: int, people: int = 20_000, seed: int = 13, metric: str = "
         final = exposed_day + WINDOW_DAYS <= PLANNED_DAYS
         rows = analyse(exp, pd.DataFrame({"arm": arms[final], "y": y[final]}),
                        dict(zip(*np.unique(arms, return_counts=True))), looks)
-        flagged += bool(next(r for r in rows if r["arm"] == "treatment")["sequential_significant"])
+        row = next(r for r in rows if r["arm"] == "treatment")
+        flagged += bool(row["sequential_significant"])
         naive_flagged += naive
+        # The final look alone against 1.96: checks the test statistic apart from the sequential rule.
+        final_z.append(row["z"])
+        final_flagged += abs(row["z"]) >= z_of(exp.alpha)
+    low, high = clopper_pearson(flagged, n_experiments)
     return {"aa_flagged": flagged, "aa_flagged_of": f"{flagged}/{n_experiments}",
-            "aa_naive_daily_1_96_flagged": f"{naive_flagged}/{n_experiments}", "aa_looks": PLANNED_DAYS - WINDOW_DAYS}
+            "aa_rate_95ci": f"{flagged / n_experiments:.2%} [{low:.2%}, {high:.2%}] (Clopper-Pearson)",
+            "aa_final_look_only_1_96_flagged": f"{final_flagged}/{n_experiments}",
+            "aa_final_z_sd": round(float(np.std(final_z, ddof=1)), 3),
+            "aa_naive_daily_1_96_flagged": f"{naive_flagged}/{n_experiments}", "aa_looks": PLANNED_DAYS - WINDOW_DAYS + 1}
 
 
 def main(customers: int | None = None, n_experiments: int = 100) -> dict:
