@@ -14,8 +14,15 @@ the published experiment_results.
              the planned end, does the 95% interval of the absolute lift cover the true lift (the
              mean of the exposed persons' true effects)? Conversion and revenue per person.
   A/A        both arms untreated, persons exposed day by day, a look every day of the planned
-             duration with the alpha-spending boundary: how many ever flag a difference? The same
+             duration with the alpha-spending boundary: how many ever flag a difference (with
+             its exact binomial interval: 100 runs pin a 5% rate down only to about 2-11%)?
+             The final look alone against 1.96 checks the test statistic by itself; the same
              daily looks against a fixed 1.96 show what peeking without a correction would do.
+  boundary   the alpha-spending rule by itself: the A/A's looks on exact Gaussian null paths.
+
+A larger A/A in chunks (each its own experiments and seed):
+    .venv/bin/python -c "from bench.bench_experiments import aa; print(aa(250, seed=13 + C, first=250 * C))"
+for C = 0, 1, 2, ... (C = 0's first 100 are the default run's).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 from core.settings.experiments import Arm, Experiment  # noqa: E402
 from experiments.analysis import Look, analyse  # noqa: E402
 from experiments.assignment import assign  # noqa: E402
-from experiments.stats import welch, z_of  # noqa: E402
+from experiments.stats import sequential_boundaries, welch, z_of  # noqa: E402
 from ingestion.generator.identity_mess import MessRates  # noqa: E402
 from ingestion.generator.population import build_population  # noqa: E402
 from ingestion.generator.timeline import Timeline  # noqa: E402
@@ -94,15 +101,17 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
             float(beta.ppf(1 - a / 2, k + 1, n - k)) if k < n else 1.0)
 
 
-def aa(n_experiments: int, people: int = 20_000, seed: int = 13, metric: str = "conversion") -> dict:
-    """A/A with daily looks: persons exposed uniformly over the days before the last window."""
+def aa(n_experiments: int, people: int = 20_000, seed: int = 13, metric: str = "conversion", first: int = 0) -> dict:
+    """A/A with daily looks: persons exposed uniformly over the days before the last window.
+    `first`: the number of the first experiment (its name, hence its assignment): a run in
+    chunks gives each chunk its own experiments and seed."""
     ids, rate, sensitivity = population(people)
     rng = np.random.default_rng(seed)
     flagged = naive_flagged = final_flagged = 0
     final_z: list[float] = []
     enrol_days = PLANNED_DAYS - WINDOW_DAYS
     for k in range(n_experiments):
-        exp = experiment(f"aa_{k}", metric)
+        exp = experiment(f"aa_{first + k}", metric)
         arms = assign(ids, exp)
         sim = simulate_outcomes(rng, OFFER, rate, sensitivity, np.zeros(len(ids), dtype=bool), WINDOW_DAYS)
         y = sim["converted"] if metric == "conversion" else sim["revenue"]
@@ -138,11 +147,30 @@ def aa(n_experiments: int, people: int = 20_000, seed: int = 13, metric: str = "
             "aa_naive_daily_1_96_flagged": f"{naive_flagged}/{n_experiments}", "aa_looks": PLANNED_DAYS - WINDOW_DAYS + 1}
 
 
+def boundary_null_rate(paths: int = 400_000, seed: int = 1, alpha: float = 0.05) -> dict:
+    """The alpha-spending rule alone, without the data: the A/A's looks (their calendar
+    fractions and the information analysed at each) on exact Gaussian null paths. How often
+    does |Z| cross the boundaries? At most alpha if the rule is right."""
+    enrol_days = PLANNED_DAYS - WINDOW_DAYS
+    days = range(WINDOW_DAYS, PLANNED_DAYS + 1)
+    info = [min(d - WINDOW_DAYS + 1, enrol_days) / enrol_days for d in days]
+    bounds = sequential_boundaries([d / PLANNED_DAYS for d in days], alpha, information=info)
+    rng = np.random.default_rng(seed)
+    b, crossed, before = np.zeros(paths), np.zeros(paths, dtype=bool), 0.0
+    for t, c in zip(info, bounds):
+        if t > before:
+            b = b + rng.normal(0.0, np.sqrt(t - before), paths)
+            before = t
+        crossed |= np.abs(b / np.sqrt(t)) >= c
+    low, high = clopper_pearson(int(crossed.sum()), paths)
+    return {"boundary_null_rate": f"{crossed.mean():.3%} [{low:.3%}, {high:.3%}] of {paths:,} Gaussian null paths"}
+
+
 def main(customers: int | None = None, n_experiments: int = 100) -> dict:
     """`customers` (bench/run_all.py passes its size) is not used: the experiments run on a fixed
     20,000 generated people, so their figures compare across machines and runs."""
     started = time.perf_counter()
-    out = {**coverage(n_experiments), **aa(n_experiments)}
+    out = {**coverage(n_experiments), **aa(n_experiments), **boundary_null_rate()}
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["targets"] = f"coverage >= {round(0.93 * n_experiments)}/{n_experiments}, A/A <= {round(0.06 * n_experiments)}/{n_experiments}"
     return out
