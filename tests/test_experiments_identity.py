@@ -57,9 +57,9 @@ def identity_run(con, run_id: str, at: datetime, changes: list[tuple[str, str, s
 
 
 def test_merges_splits_and_erasures_remap_assignments(tmp_path):
-    control, treated = ids_in("control", "P", 4), ids_in("treatment", "P", 4)
+    control, treated = ids_in("control", "P", 4), ids_in("treatment", "P", 5)
     c_keep, x_split, e_erased, c_other = control
-    t_late, t_early, t_a, t_b = treated
+    t_late, t_early, t_a, t_b, t_tie = treated
     late_control = ids_in("control", "N", 1)[0]
     day1 = [p for p in control + treated if p != t_late]
     con = warehouse(tmp_path / "w.duckdb", day1)
@@ -76,6 +76,7 @@ def test_merges_splits_and_erasures_remap_assignments(tmp_path):
         (t_late, "merged_into", c_keep),          # a treated id (day 3) into a control person (day 1)
         (t_early, "merged_into", late_control),   # a treated id (day 1) into a control person (day 3)
         (t_a, "merged_into", t_b),                # same arm: no conflict
+        (t_tie, "merged_into", c_other),          # both exposed on day 1: the survivor's arm
         ("Y0001", "split_from", x_split),         # split off an exposed person
         (e_erased, "erased", None),
     ], orders_to={t_late: c_keep})
@@ -86,6 +87,7 @@ def test_merges_splits_and_erasures_remap_assignments(tmp_path):
     assert t_late not in after and after[c_keep] == ("control", DAY1, 2, True)
     assert t_early not in after and after[late_control] == ("treatment", DAY1, 2, True)
     assert t_a not in after and after[t_b] == ("treatment", DAY1, 2, False)
+    assert t_tie not in after and after[c_other] == ("control", DAY1, 2, True)
     # a person split off inherits the arm and exposure time; nobody is hashed again
     assert after["Y0001"] == (before[x_split][0], DAY1, 1, False)
     assert e_erased not in after
@@ -93,14 +95,14 @@ def test_merges_splits_and_erasures_remap_assignments(tmp_path):
     # the log of what the hash decided is untouched (the SRM check counts it)
     log = dict(con.execute("SELECT person_id, arm FROM experiments.exposures").fetchall())
     assert log == {p: before[p][0] for p in before} and "Y0001" not in log
-    assert dict(zip(results["arm"], results["exposed"])) == {"control": 5, "treatment": 4}
+    assert dict(zip(results["arm"], results["exposed"])) == {"control": 5, "treatment": 5}
 
     # each identity run is applied once: a re-run, and the next day, change nothing
     run_experiments(con, [EXP], DAY5)
     assert assignments(con) == after
     # conflicts are analysed in their arm and counted; the merged id's order counts for the survivor
     final = run_experiments(con, [EXP], DAY15).set_index("arm")
-    assert final.loc["control", "arm_conflicts"] == 1 and final.loc["treatment", "arm_conflicts"] == 1
+    assert final.loc["control", "arm_conflicts"] == 2 and final.loc["treatment", "arm_conflicts"] == 1
     assert final["n"].sum() == len(after)
     assert final.loc["control", "outcome_mean"] * final.loc["control", "n"] == pytest.approx(1.0)
     assert final.loc["treatment", "outcome_mean"] == 0
