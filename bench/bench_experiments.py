@@ -209,10 +209,12 @@ def boundary_null_rate(paths: int = 400_000, seed: int = 1, alpha: float = 0.05)
 def main(customers: int | None = None, n_experiments: int = 100) -> dict:
     """`customers` (bench/run_all.py passes its size) is not used: the experiments run on a fixed
     20,000 generated people, so their figures compare across machines and runs."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     out = {**coverage(n_experiments), **aa(n_experiments), **aa_vectorised(200 * n_experiments), **boundary_null_rate()}
     out["seconds"] = round(time.perf_counter() - started, 1)
-    out["targets"] = f"coverage >= {round(0.93 * n_experiments)}/{n_experiments}, A/A <= {round(0.06 * n_experiments)}/{n_experiments}"
+    out["cpu_seconds"] = round(time.process_time() - cpu, 1)
+    out["targets"] = (f"coverage >= {round(0.93 * n_experiments)}/{n_experiments}, A/A <= 6% (judged on aa_vectorised: "
+                      f"{n_experiments} runs pin a 5% rate down only to about +-{196 * (0.0475 / n_experiments) ** 0.5:.0f} points)")
     return out
 
 
