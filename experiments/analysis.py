@@ -36,10 +36,12 @@ def _round(v, digits: int = 6):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(float(v), digits)
 
 
-def analyse(experiment: Experiment, outcomes: pd.DataFrame, exposed: dict[str, int], looks: list[Look]) -> list[dict]:
+def analyse(experiment: Experiment, outcomes: pd.DataFrame, exposed: dict[str, int], looks: list[Look],
+            conflicts: dict[str, int] | None = None) -> list[dict]:
     """`outcomes`: columns arm, y (the metric's outcome; persons whose window is still open left
     out). `exposed`: persons assigned per arm (the SRM check). `looks`: every look so far, this one
-    last (alpha spending); once an arm's boundary is crossed at a look, the decision stands."""
+    last (alpha spending); once an arm's boundary is crossed at a look, the decision stands.
+    `conflicts`: persons per arm whose merged ids had different arms (experiments/remap.py)."""
     metric, alpha = experiment.metric, experiment.alpha
     lower_better = metric in LOWER_IS_BETTER
     control = experiment.control_arm
@@ -69,7 +71,7 @@ def analyse(experiment: Experiment, outcomes: pd.DataFrame, exposed: dict[str, i
             "srm_p_value": _round(srm_p, 8), "srm_flag": bool(srm_p < stats.SRM_ALPHA),
             "mde_absolute": None, "mde_relative": None,
             "spending_fraction": _round(look.spending_fraction, 4), "alpha_spent": _round(stats.obf_spent(look.spending_fraction, alpha), 6),
-            "looks": len(looks),
+            "looks": len(looks), "arm_conflicts": int((conflicts or {}).get(arm, 0)),
             "interval_method": "newcombe_hybrid_score" if metric in PROPORTIONS else "welch_t",
             "posterior_method": "beta_binomial" if metric in PROPORTIONS else "normal_approximation",
         }

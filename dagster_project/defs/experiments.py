@@ -19,15 +19,17 @@ ASSIGNMENTS_KEY = AssetKey(["experiments", "assignments"])
 RESULTS_KEY = AssetKey(["experiments", "results"])
 # The dbt core models the stage reads (keys as dagster_project/defs/dbt_marts.py names them).
 INPUTS = [AssetKey(["marts", "customers"]), AssetKey(["intermediate", "int_orders"]),
-          AssetKey(["intermediate", "int_segment_membership"])]
+          AssetKey(["intermediate", "int_segment_membership"]),
+          AssetKey(["marts", "identity_changes"])]  # merges and splits the assignments follow
 
 
 @multi_asset(
     name="experiments",
     specs=[
         AssetSpec(ASSIGNMENTS_KEY, group_name=EXPERIMENTS_GROUP, kinds={"duckdb", "python"}, deps=INPUTS,
-                  description="Arm per person and experiment (stable hash of person_id and the experiment name), "
-                              "appended at first exposure and never rewritten (experiments/assignment.py)."),
+                  description="Arm per current person and experiment (stable hash of person_id and the experiment name "
+                              "at first exposure, experiments/assignment.py), following identity's merges and "
+                              "splits (experiments/remap.py); the hash's log is experiments.exposures."),
         AssetSpec(RESULTS_KEY, group_name=EXPERIMENTS_GROUP, kinds={"duckdb", "python"}, deps=[ASSIGNMENTS_KEY],
                   description="Lift per experiment and arm with intervals, posterior, SRM, MDE and the "
                               "alpha-spending decision (experiments/analysis.py)."),

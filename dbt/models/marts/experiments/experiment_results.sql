@@ -4,7 +4,7 @@
 
 with results as (
     select * from {{ optional_source('experiments', 'results',
-        "select cast(null as varchar) as experiment, cast(null as varchar) as arm, cast(null as boolean) as is_control, cast(null as boolean) as holdout, cast(null as varchar) as metric, cast(null as integer) as window_days, cast(null as bigint) as exposed, cast(null as bigint) as n, cast(null as double) as outcome_mean, cast(null as double) as abs_lift, cast(null as double) as abs_lift_low, cast(null as double) as abs_lift_high, cast(null as double) as rel_lift, cast(null as double) as rel_lift_low, cast(null as double) as rel_lift_high, cast(null as double) as prob_beats_control, cast(null as double) as z, cast(null as double) as sequential_boundary, cast(null as boolean) as sequential_significant, cast(null as varchar) as decision, cast(null as double) as srm_p_value, cast(null as boolean) as srm_flag, cast(null as double) as mde_absolute, cast(null as double) as mde_relative, cast(null as double) as spending_fraction, cast(null as double) as alpha_spent, cast(null as integer) as looks, cast(null as varchar) as interval_method, cast(null as varchar) as posterior_method where false") }}
+        "select cast(null as varchar) as experiment, cast(null as varchar) as arm, cast(null as boolean) as is_control, cast(null as boolean) as holdout, cast(null as varchar) as metric, cast(null as integer) as window_days, cast(null as bigint) as exposed, cast(null as bigint) as n, cast(null as double) as outcome_mean, cast(null as double) as abs_lift, cast(null as double) as abs_lift_low, cast(null as double) as abs_lift_high, cast(null as double) as rel_lift, cast(null as double) as rel_lift_low, cast(null as double) as rel_lift_high, cast(null as double) as prob_beats_control, cast(null as double) as z, cast(null as double) as sequential_boundary, cast(null as boolean) as sequential_significant, cast(null as varchar) as decision, cast(null as double) as srm_p_value, cast(null as boolean) as srm_flag, cast(null as double) as mde_absolute, cast(null as double) as mde_relative, cast(null as double) as spending_fraction, cast(null as double) as alpha_spent, cast(null as integer) as looks, cast(null as bigint) as arm_conflicts, cast(null as varchar) as interval_method, cast(null as varchar) as posterior_method where false") }}
 ),
 
 final as (
@@ -12,7 +12,7 @@ final as (
         experiment, arm, is_control, holdout, metric, window_days, exposed, n, outcome_mean,
         abs_lift, abs_lift_low, abs_lift_high, rel_lift, rel_lift_low, rel_lift_high,
         prob_beats_control, z, sequential_boundary, sequential_significant, decision,
-        srm_p_value, srm_flag, mde_absolute, mde_relative, spending_fraction, alpha_spent, looks,
+        srm_p_value, srm_flag, mde_absolute, mde_relative, spending_fraction, alpha_spent, looks, arm_conflicts,
         interval_method, posterior_method,
         {{ as_of() }} as as_of
     from results
