@@ -68,6 +68,19 @@ def test_the_one_writer_pool_is_only_for_duckdb_projects(tmp_path):
     assert "pools" not in spark["concurrency"] and spark["concurrency"]["runs"] == {"max_concurrent_runs": 1}
 
 
+def test_a_stage_not_on_spark_stops_with_its_reason(tmp_path):
+    from dagster import Failure
+
+    from dagster_project.defs.resources import TesseraResource
+
+    (tmp_path / "cdp.yaml").write_text("engine: spark\n")
+    tessera = TesseraResource(config_path=str(tmp_path / "cdp.yaml"))
+    assert tessera.engine == "spark"
+    with pytest.raises(Failure, match="engine: spark; on Spark only ingestion runs in Dagster so far"):
+        with tessera.warehouse():
+            pass
+
+
 # ------------------------------------------------------------------ the session
 @pytest.fixture(scope="module")
 def spark_root(tmp_path_factory):
