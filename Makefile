@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test lint bench dev docs clean
+.PHONY: venv demo test test-spark lint bench dev docs clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ demo: $(STAMP)
 TEST_WORKERS ?= auto
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# engine: spark's tests alone (tests/test_spark.py, marked `spark`: one local[2] SparkSession,
+# Java 17). `make test` runs them too.
+test-spark: $(STAMP)
+	$(BIN)/python -m pytest -q -m spark tests/test_spark.py
 
 # The layers (core < stages < privacy < Dagster wiring < CLI, no cycles) and the lint rules,
 # both configured in pyproject.toml.

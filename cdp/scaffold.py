@@ -22,6 +22,16 @@ project: {project}
 # every stage then sees only data up to that day.
 as_of:
 
+# What holds and computes the warehouse: duckdb (one file on this machine; the default) or
+# spark (Parquet tables in a Spark catalog, for more data than one machine holds; README
+# "Running on Spark"). The spark section is read only with engine: spark.
+engine: duckdb
+spark:
+  master: local[2]            # or spark://host:7077, yarn, k8s://https://host:443
+  # connect: sc://host:15002  # a Spark Connect server instead of a master URL
+  warehouse: warehouse/spark  # or s3a://bucket/tessera, hdfs://...
+  catalog: spark_catalog
+
 paths:
   landing: landing            # where source systems drop files
   warehouse: warehouse/tessera.duckdb
@@ -147,6 +157,6 @@ def init_project(directory: Path, force: bool = False, project: str | None = Non
         config.segments_file.write_text(EXAMPLE_SEGMENTS.read_text(encoding="utf-8"), encoding="utf-8")
     for d in (config.landing_dir, config.warehouse_path.parent, config.published_dir, config.reports_dir):
         d.mkdir(parents=True, exist_ok=True)
-    ensure_dagster_home(config.dagster_home)
+    ensure_dagster_home(config.dagster_home, config.engine)
     write_salt_file(salt_path(config))
     return cfg_path

@@ -20,6 +20,7 @@ from core.contracts import SOURCE_KINDS, WEB_TRACK_EVENTS, entities_of
 from core.expressions import ExpressionError
 from core.expressions import parse as parse_expression
 from core.settings.activation import Syncs
+from core.settings.engine import Engine, SparkSettings
 from core.settings.experiments import Experiment, check_experiments
 from core.settings.identity import IdentitySettings
 from core.settings.privacy import PrivacySettings
@@ -185,6 +186,12 @@ class Config(_Strict):
 
     version: Literal[1] = 1
     project: str = "tessera"
+    engine: Engine = Field(
+        default="duckdb",
+        description="What holds and computes the warehouse: duckdb (one file, one machine) or spark "
+                    "(Parquet tables in a Spark catalog; settings in `spark:`).",
+    )
+    spark: SparkSettings = Field(default_factory=SparkSettings)
     as_of: date | None = Field(
         default=None, description="Reference date of a run; empty = now. Set for backtests."
     )
@@ -236,6 +243,12 @@ class Config(_Strict):
     @property
     def warehouse_path(self) -> Path:
         return self.resolve(self.paths.warehouse)
+
+    @property
+    def spark_warehouse(self) -> str:
+        """spark.sql.warehouse.dir: a URI as given, a path resolved against the config's folder."""
+        w = self.spark.warehouse
+        return w if self.spark.is_uri_warehouse else self.resolve(Path(w)).as_uri()
 
     @property
     def published_dir(self) -> Path:

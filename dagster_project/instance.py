@@ -21,15 +21,25 @@ python_logs:
 concurrency:
   runs:
     max_concurrent_runs: 1
+"""
+# The one-writer pool (every warehouse-writing step is in pool `tessera_warehouse`): DuckDB
+# allows a single writing process per file. A Spark warehouse has no such limit (each load
+# writes folders of its own), so an engine: spark project's instance leaves pools unlimited.
+ONE_WRITER_POOL = """\
   pools:
     default_limit: 1
 """
 
 
+def dagster_yaml(engine: str = "duckdb") -> str:
+    return DAGSTER_YAML + (ONE_WRITER_POOL if engine == "duckdb" else "")
 
-def ensure_dagster_home(dagster_home: Path) -> Path:
+
+def ensure_dagster_home(dagster_home: Path, engine: str = "duckdb") -> Path:
+    """The folder with its dagster.yaml (written once, for the project's engine: kept as
+    edited afterwards)."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     yaml_path = dagster_home / "dagster.yaml"
     if not yaml_path.exists():
-        yaml_path.write_text(DAGSTER_YAML)
+        yaml_path.write_text(dagster_yaml(engine))
     return dagster_home

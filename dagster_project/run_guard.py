@@ -160,7 +160,7 @@ def project_run(config: Config, trigger: str) -> Iterator[Claim]:
     run_lock.acquire(path, run_id=run_id, trigger=trigger)
     try:
         # The instance from the project's own Dagster home, whatever the environment says.
-        with DagsterInstance.from_config(str(ensure_dagster_home(config.dagster_home))) as instance:
+        with DagsterInstance.from_config(str(ensure_dagster_home(config.dagster_home, config.engine))) as instance:
             recover_stale_runs(instance)
         yield Claim(run_id, owner_tags())
     finally:

@@ -313,10 +313,14 @@ def _district_chars(db: duckdb.DuckDBPyConnection, settings: IdentitySettings, t
     return 3 if total and digits >= 0.9 * total else -3
 
 
-def apply_district(db: duckdb.DuckDBPyConnection, chars: int, table: str = "identity_input") -> None:
-    expr = (f"left(postcode, {chars})" if chars > 0 else
+def district_sql(chars: int) -> str:
+    """SQL for the postcode's district (the postcode_outward column) from ``postcode``."""
+    return (f"left(postcode, {chars})" if chars > 0 else
             f"CASE WHEN length(postcode) > {-chars} THEN left(postcode, length(postcode) - {-chars}) END")
-    db.execute(f"UPDATE {table} SET postcode_outward = {expr}")
+
+
+def apply_district(db: duckdb.DuckDBPyConnection, chars: int, table: str = "identity_input") -> None:
+    db.execute(f"UPDATE {table} SET postcode_outward = {district_sql(chars)}")
 
 
 def settings_dict(settings: IdentitySettings, recipe: dict) -> dict[str, Any]:
@@ -343,6 +347,18 @@ def _quiet_splink() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def spec_and_recipe(db, settings: IdentitySettings, model: dict | Path | None = None,
+                    table: str = "identity_input") -> tuple[dict[str, Any], dict]:
+    """Splink's settings and Tessera's recipe: chosen for the records in ``table`` (``db``:
+    anything with DuckDB's ``execute(sql).fetchall()``), or read back from a saved model.
+    Both engines' linkers are built from this (identity/spark_splink.py: Spark's)."""
+    if model is None:
+        recipe = choose_recipe(db, settings, table)
+        return settings_dict(settings, recipe), recipe
+    spec = dict(json.loads(Path(model).read_text()) if isinstance(model, (str, Path)) else model)
+    return spec, spec.pop(RECIPE_KEY, None) or {"postcode_district_chars": -3}
+
+
 def make_linker(arrow_table, settings: IdentitySettings, model: dict | Path | None = None, threads: int | None = None):
     from splink import DuckDBAPI, Linker
 
@@ -353,12 +369,7 @@ def make_linker(arrow_table, settings: IdentitySettings, model: dict | Path | No
     db.register("_records_arrow", arrow_table)
     db.execute("CREATE TABLE identity_input AS SELECT * FROM _records_arrow")
     db.unregister("_records_arrow")
-    if model is None:
-        recipe = choose_recipe(db, settings)
-        spec: Any = settings_dict(settings, recipe)
-    else:
-        spec = dict(json.loads(Path(model).read_text()) if isinstance(model, (str, Path)) else model)
-        recipe = spec.pop(RECIPE_KEY, None) or {"postcode_district_chars": -3}
+    spec, recipe = spec_and_recipe(db, settings, model)
     apply_district(db, recipe["postcode_district_chars"])
     api = DuckDBAPI(connection=db)
     sdf = api.register("identity_input")

@@ -845,14 +845,22 @@ def _validate(con, staged: _Staged, lines: int, file: str, max_bad_row_rate: flo
 
 def _batch_rejection(con, total: int, bad: int, max_bad_row_rate: float) -> str | None:
     """Why the whole file must be rejected, or None."""
+    return rejection_for(total, bad, max_bad_row_rate, lambda: con.execute(
+        "SELECT _reason, _field, count(*) n, min(_row) FROM _landed WHERE _reason IS NOT NULL "
+        "GROUP BY ALL ORDER BY n DESC LIMIT 3"
+    ).fetchall())
+
+
+def rejection_for(total: int, bad: int, max_bad_row_rate: float,
+                  top_reasons: Callable[[], list[tuple[str, str, int, int]]]) -> str | None:
+    """Why a file of ``total`` rows, ``bad`` of them quarantined, must be rejected whole, or None.
+    ``top_reasons``: the three commonest (reason, field, rows, first row), asked only when needed.
+    (Shared by both engines' loaders: one rule, one message.)"""
     if total == 0:
         return "the file has no rows"
     if bad / total <= max_bad_row_rate:
         return None
-    top = con.execute(
-        "SELECT _reason, _field, count(*) n, min(_row) FROM _landed WHERE _reason IS NOT NULL "
-        "GROUP BY ALL ORDER BY n DESC LIMIT 3"
-    ).fetchall()
+    top = top_reasons()
     detail = "; ".join(
         f"{r} in field '{f}' ({n} rows, first at row {row})" if f else f"{r} ({n} rows, first at row {row})"
         for r, f, n, row in top

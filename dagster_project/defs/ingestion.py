@@ -76,17 +76,20 @@ def _raw_asset(ent: Entity):
     )
     def _asset(context: AssetExecutionContext, tessera: TesseraResource):
         config = tessera.load()
-        with tessera.warehouse() as con:
-            report = ingest(config, con, tables=[ent.table], progress=log.info)
-            total_rows = con.execute(f"SELECT count(*) FROM raw.{ent.table}").fetchall()[0][0]
-            load_ids = [f.load_id for f in report.files if f.load_id]
-            by_reason = dict(
-                con.execute(
-                    "SELECT reason || coalesce(' (' || nullif(field, '') || ')', ''), count(*) "
-                    "FROM raw.quarantine WHERE _load_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1 ORDER BY 2 DESC",
-                    [load_ids],
-                ).fetchall()
-            )
+        if config.engine == "spark":
+            report, total_rows, by_reason = _ingest_on_spark(tessera, config, ent)
+        else:
+            with tessera.warehouse() as con:
+                report = ingest(config, con, tables=[ent.table], progress=log.info)
+                total_rows = con.execute(f"SELECT count(*) FROM raw.{ent.table}").fetchall()[0][0]
+                load_ids = [f.load_id for f in report.files if f.load_id]
+                by_reason = dict(
+                    con.execute(
+                        "SELECT reason || coalesce(' (' || nullif(field, '') || ')', ''), count(*) FROM raw.quarantine "
+                        "WHERE _load_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1 ORDER BY 2 DESC",
+                        [load_ids],
+                    ).fetchall()
+                )
         bad_files = [f for f in report.files if f.status in (REJECTED, CHANGED)]
         if bad_files and context.run.tags.get(KEEP_GOING_TAG, "").lower() != "true":
             raise Failure(
@@ -131,6 +134,22 @@ def _raw_asset(ent: Entity):
         )
 
     return _asset
+
+
+def _ingest_on_spark(tessera: TesseraResource, config, ent: Entity):
+    """engine: spark - the same load, report and metadata, through the project's SparkSession."""
+    from core.spark import qualified
+    from ingestion import spark_loader
+
+    with tessera.spark() as spark:
+        report = spark_loader.ingest(config, spark, tables=[ent.table], progress=log.info)
+        total_rows = spark.table(qualified(config, "raw", ent.table)).count()
+        load_ids = [f.load_id for f in report.files if f.load_id]
+        by_reason = {} if not load_ids else {r[0]: r[1] for r in spark.sql(
+            "SELECT concat(reason, coalesce(concat(' (', nullif(field, ''), ')'), '')) AS k, count(*) AS n "
+            f"FROM {qualified(config, 'raw', 'quarantine')} WHERE array_contains(:ids, _load_id) "
+            "GROUP BY 1 ORDER BY 2 DESC", args={"ids": load_ids}).collect()}
+    return report, total_rows, by_reason
 
 
 def raw_table_schema(ent: Entity) -> TableSchema:

@@ -1,0 +1,357 @@
+"""engine: spark - the settings, and each stage on a local[2] Spark against DuckDB on the same
+input. One SparkSession for the whole module (starting one costs ~10-20 s); run alone with
+`pytest -m spark`. Needs Java 17 (on every machine of this kind; README "Running on Spark")."""
+
+import json
+import random
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+
+from core.config import ConfigError, config_from_dict, load_config
+from core.settings.identity import IdentitySettings
+from core.warehouse import connect
+from ingestion import loader, spark_loader
+from tests.conftest import make_config, write
+
+pytestmark = pytest.mark.spark
+
+
+# ------------------------------------------------------------------ settings (no Spark needed)
+def test_engine_defaults_to_duckdb_and_the_template_says_so(project):
+    assert project.engine == "duckdb"
+    assert project.spark.master == "local[2]" and project.spark.catalog == "spark_catalog"
+    assert project.spark_warehouse.startswith("file:") and project.spark_warehouse.endswith("/warehouse/spark")
+    text = (project.root / "cdp.yaml").read_text()
+    assert "\nengine: duckdb\n" in text
+    spark_cfg = load_config_text(project.root, text.replace("\nengine: duckdb\n", "\nengine: spark\n"))
+    assert spark_cfg.engine == "spark"
+
+
+def load_config_text(root, text):
+    (root / "cdp.yaml").write_text(text)
+    return load_config(root / "cdp.yaml")
+
+
+@pytest.mark.parametrize("spark, says", [
+    ({"master": "local[two]"}, "spark.master: 'local[two]' is not a Spark master URL"),
+    ({"connect": "http://host:15002"}, "spark.connect: 'http://host:15002' is not a Spark Connect endpoint"),
+    ({"master": "yarn", "connect": "sc://host:15002"}, "give either `master` or `connect`, not both"),
+    ({"catalog": "my-catalog"}, "spark.catalog: use letters"),
+    ({"conf": {"executor.memory": "8g"}}, "is not a Spark setting"),
+    ({"conf": {"spark.master": "yarn"}}, "set it there"),
+    ({"warehouse_dir": "x"}, "spark.warehouse_dir: unknown key"),
+])
+def test_bad_spark_settings_say_what_to_fix(tmp_path, spark, says):
+    with pytest.raises(ConfigError, match=r"(?s)" + __import__("re").escape(says)):
+        config_from_dict({"engine": "spark", "spark": spark}, tmp_path)
+
+
+def test_engine_must_be_known_and_uris_pass_through(tmp_path):
+    with pytest.raises(ConfigError, match="engine: Input should be 'duckdb' or 'spark'"):
+        config_from_dict({"engine": "postgres"}, tmp_path)
+    cfg = config_from_dict({"engine": "spark", "spark": {"connect": "sc://spark.internal:15002",
+                                                         "warehouse": "s3a://bucket/tessera"}}, tmp_path)
+    assert cfg.spark.connect == "sc://spark.internal:15002" and cfg.spark_warehouse == "s3a://bucket/tessera"
+
+
+def test_the_one_writer_pool_is_only_for_duckdb_projects(tmp_path):
+    import yaml
+
+    from dagster_project.instance import ensure_dagster_home
+
+    duck = yaml.safe_load((ensure_dagster_home(tmp_path / "duck") / "dagster.yaml").read_text())
+    spark = yaml.safe_load((ensure_dagster_home(tmp_path / "spk", "spark") / "dagster.yaml").read_text())
+    assert duck["concurrency"]["pools"] == {"default_limit": 1}
+    assert "pools" not in spark["concurrency"] and spark["concurrency"]["runs"] == {"max_concurrent_runs": 1}
+
+
+def test_a_stage_not_on_spark_stops_with_its_reason(tmp_path):
+    from dagster import Failure
+
+    from dagster_project.defs.resources import TesseraResource
+
+    (tmp_path / "cdp.yaml").write_text("engine: spark\n")
+    tessera = TesseraResource(config_path=str(tmp_path / "cdp.yaml"))
+    assert tessera.engine == "spark"
+    with pytest.raises(Failure, match="engine: spark; on Spark only ingestion runs in Dagster so far"):
+        with tessera.warehouse():
+            pass
+
+
+# ------------------------------------------------------------------ the session
+@pytest.fixture(scope="module")
+def spark_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("spark_project")
+
+
+@pytest.fixture(scope="module")
+def spark(spark_root):
+    from core.spark import spark_session
+
+    cfg = config_from_dict({"engine": "spark"}, spark_root)
+    session = spark_session(cfg)
+    yield session
+    session.stop()
+
+
+# ------------------------------------------------------------------ ingestion: the same outcome on both engines
+SOURCES = [
+    {"name": "web", "kind": "web", "entities": {"events": {"path": "web/*.jsonl"}}},
+    {"name": "pos_outlet", "kind": "pos", "entities": {"loyalty_members": {
+        "path": "pos_outlet/members*.csv",
+        "columns": {"MemberNo": "loyalty_id", "FirstName": "first_name", "Surname": "last_name",
+                    "Street": "address_line1", "DOB": "date_of_birth", "JoinedOn": "enrolled_at"},
+        "formats": {"date_of_birth": "%d/%m/%Y", "enrolled_at": "%d/%m/%Y %H:%M"}}}},
+]
+
+
+def web_line(i: int, **overrides) -> str:
+    rec = {"messageId": f"m{i}", "type": "track", "event": "Product Viewed", "anonymousId": f"a{i % 7}",
+           "properties": {"product_id": f"S{i % 5}", "price": 9.5},
+           "context": {"page": {"url": f"https://shop.example/p/{i}"}},
+           "timestamp": f"2025-03-01T10:{i % 60:02d}:00.000Z"}
+    rec.update(overrides)
+    return json.dumps({k: v for k, v in rec.items() if v is not None})
+
+
+def land(config) -> None:
+    web = config.landing_dir / "web"
+    bad = [web_line(1), web_line(2, timestamp="2025-02-30T25:61:00Z"), web_line(3, messageId=None),
+           web_line(4, anonymousId=None), web_line(5)[:40], web_line(6, type="bogus"),
+           web_line(7, timestamp="1970-01-01T00:00:00Z"), "", web_line(9, anonymousId=None, userId="u9")]
+    write(web / "e1.jsonl", "\n".join(bad + [web_line(i) for i in range(10, 40)]) + "\n")
+    write(web / "e2.jsonl", "\n".join(web_line(i) for i in range(100, 160)) + "\n")
+    shutil.copy(web / "e2.jsonl", web / "e2_copy.jsonl")  # the same content again: a duplicate
+    # a line that is not UTF-8: read again line by line, and quarantined verbatim
+    (web / "e3.jsonl").write_bytes(("\n".join(web_line(i) for i in range(200, 230)) + "\n").encode()
+                                   + b'{"messageId": "m\xff", "type": "track"}\n')
+    members = ["MemberNo,FirstName,Surname,Street,DOB,JoinedOn,Extra"] + [
+        f"L{i},Bo,Ng,{i} High St,0{1 + i % 9}/02/1980,03/04/2021 10:15,x" for i in range(30)]
+    members += ['L50,Bo,Ng,"Flat 2\n7 Mill Lane",31/02/1980,03/04/2021 10:15,x']  # a field over 2 lines, a bad DOB
+    members += ["L51,Bo,Ng,1 Rd,01/01/1990,yesterday,x"]  # invalid_timestamp
+    write(config.landing_dir / "pos_outlet" / "members_1.csv", "\n".join(members) + "\n")
+
+
+def _text_cols(con, table: str, columns: list[str]) -> str:
+    return ", ".join(f'CAST("{c}" AS VARCHAR)' for c in columns)
+
+
+def duckdb_rows(con, table, columns, order):
+    return con.execute(f"SELECT {_text_cols(con, table, columns)} FROM raw.{table} ORDER BY {order}").fetchall()
+
+
+def spark_rows(config, table, columns, order):
+    """The Spark warehouse's Parquet files, read by DuckDB (as a BI tool would)."""
+    from core.spark import table_location
+
+    folder = spark_loader.local_path(table_location(config, "raw", table))
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    files = [str(p) for p in folder.rglob("*.parquet")]
+    if not files:
+        return []
+    return con.execute(f"SELECT {_text_cols(con, table, columns)} FROM read_parquet({files!r}, union_by_name=true) "
+                       f"ORDER BY {order}").fetchall()
+
+
+def same_rows(on_spark: list[tuple], on_duckdb: list[tuple]) -> None:
+    """Equal row lists; on a difference, the first differing pair in full."""
+    for a, b in zip(on_spark, on_duckdb):
+        assert a == b, f"Spark: {a}\nDuckDB: {b}"
+    assert len(on_spark) == len(on_duckdb) > 0
+
+
+def test_ingestion_on_spark_matches_duckdb(tmp_path, spark, monkeypatch):
+    from core.contracts import entity
+
+    duck_cfg = make_config(tmp_path / "duck", SOURCES, ingestion={"max_bad_row_rate": 0.5})
+    spark_cfg = make_config(tmp_path / "spk", SOURCES, ingestion={"max_bad_row_rate": 0.5}, engine="spark")
+    land(duck_cfg)
+    land(spark_cfg)
+    con = connect(duck_cfg.warehouse_path)
+    duck = loader.ingest(duck_cfg, con)
+    on_spark = spark_loader.ingest(spark_cfg, spark)
+
+    def outcome(report):
+        return sorted((f.file, f.status, f.rows_loaded, f.rows_quarantined, f.lines, f.lines_skipped, f.checksum)
+                      for f in report.files)
+
+    assert outcome(on_spark) == outcome(duck)
+    statuses = {f.file: f.status for f in on_spark.files}
+    assert statuses["web/e2_copy.jsonl"] == loader.DUPLICATE and statuses["web/e1.jsonl"] == loader.LOADED
+    for kind, name in (("web", "events"), ("pos", "loyalty_members")):
+        ent = entity(kind, name)
+        cols = list(ent.field_names) + ["_source", "_file", "_row"]
+        same_rows(spark_rows(spark_cfg, ent.table, cols, "_file, _row"), duckdb_rows(con, ent.table, cols, "_file, _row"))
+    qcols = ["_source", "_file", "_row", "table_name", "reason", "field", "raw_record"]
+    quarantined = spark_rows(spark_cfg, "quarantine", qcols, "_file, _row, reason")
+    same_rows(quarantined, duckdb_rows(con, "quarantine", qcols, "_file, _row, reason"))
+    reasons = {(r[1], r[4]) for r in quarantined}
+    assert {("web/e3.jsonl", "invalid_encoding"), ("web/e1.jsonl", "invalid_value"), ("web/e1.jsonl", "malformed_json"),
+            ("pos_outlet/members_1.csv", "field_nulled:invalid_value"),
+            ("pos_outlet/members_1.csv", "invalid_timestamp")} <= reasons
+    # the catalog sees the tables Spark wrote
+    assert spark.table("spark_catalog.raw.web_events").count() == con.execute(
+        "SELECT count(*) FROM raw.web_events").fetchall()[0][0]
+
+    # a crash between a file's rows and its manifest row: nothing of it stays, the rerun loads it once
+    write(spark_cfg.landing_dir / "web" / "e4.jsonl", "\n".join(web_line(i) for i in range(300, 310)) + "\n")
+    real_record = spark_loader._record
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(spark_loader, "_record", crash)
+    with pytest.raises(KeyboardInterrupt):
+        spark_loader.ingest(spark_cfg, spark, tables=["web_events"])
+    monkeypatch.setattr(spark_loader, "_record", real_record)
+    again = spark_loader.ingest(spark_cfg, spark, tables=["web_events"], progress=lambda m: None)
+    assert [(f.file, f.rows_loaded) for f in again.files if f.status == loader.LOADED] == [("web/e4.jsonl", 10)]
+    e4 = spark.sql("SELECT count(*) FROM spark_catalog.raw.web_events WHERE _file = 'web/e4.jsonl'").first()[0]
+    assert e4 == 10
+    con.close()
+
+
+# ------------------------------------------------------------------ identity: the same pairs and clusters
+def identity_records(n_people: int = 120, seed: int = 5) -> list[dict]:
+    """Splink input records: people with 1-3 records each, some with a typo, a nickname or a
+    missing field (enough for the recipe to choose blocks and train)."""
+    rng = random.Random(seed)
+    firsts = ["anna", "ben", "carla", "dev", "ella", "finn", "gita", "hugo", "iris", "jon", "kira", "liam"]
+    lasts = ["smith", "jones", "patel", "nguyen", "brown", "okafor", "silva", "kowalski", "li", "murphy"]
+    cities = ["leeds", "york", "bath", "derby", "hull"]
+    rows = []
+    for p in range(n_people):
+        first, last = rng.choice(firsts), rng.choice(lasts)
+        dob = f"19{rng.randint(50, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        postcode = f"LS{rng.randint(1, 29)}{rng.randint(1, 9)}{rng.choice('ABDEF')}{rng.choice('GHJLN')}"
+        email = f"{first}.{last}{p}@mail.example"
+        phone = f"+4477009{p:05d}"
+        address = f"{rng.randint(1, 200)} {rng.choice(['high', 'mill', 'park'])} st"
+        for k in range(rng.choice([1, 1, 2, 3])):
+            f, e, ph, d = first, email, phone, dob
+            if k and rng.random() < 0.3:
+                f = f[:-1] + "x"  # a typo
+            if k and rng.random() < 0.3:
+                e = None
+            if k and rng.random() < 0.3:
+                ph = None
+            rows.append({"first_name": f, "first_name_canon": f, "last_name": last,
+                         "full_name": f"{f} {last}", "email_canon": e, "email_local": e.split("@")[0] if e else None,
+                         "phone": ph, "address": address, "postcode": postcode, "postcode_outward": postcode[:-3],
+                         "dob": d, "city": rng.choice(cities)})
+    rng.shuffle(rows)
+    return [{"unique_id": i, **r} for i, r in enumerate(rows)]
+
+
+def test_identity_on_spark_gives_the_duckdb_pairs_and_clusters(spark):
+    import pyarrow as pa
+
+    from identity import spark_splink, splink_model
+    from identity.clustering import _components
+
+    settings = IdentitySettings()
+    records = identity_records()
+    table = pa.Table.from_pylist(records)
+    linker, db = splink_model.make_linker(table, settings, threads=1)
+    splink_model.train(linker, settings)
+    splink_model.smooth_untrained(linker)
+    model = splink_model.model_dict(linker)
+    assert splink_model.check_parameters(model) == []
+    duck_pairs = splink_model.predict(linker, settings.match_threshold).to_pylist()
+    db.close()
+    assert len(duck_pairs) > 20  # the test has pairs to compare
+
+    frame = spark.createDataFrame(table.to_pandas())
+    spark_linker = spark_splink.spark_linker(spark, frame, settings, model=model)
+    spark_pairs = spark_splink.predict(spark_linker, settings.match_threshold).collect()
+
+    def keyed(pairs):
+        return {(min(p["unique_id_l"], p["unique_id_r"]), max(p["unique_id_l"], p["unique_id_r"])):
+                p["match_probability"] for p in pairs}
+
+    duck_keyed, spark_keyed = keyed(duck_pairs), keyed([r.asDict() for r in spark_pairs])
+    assert spark_keyed.keys() == duck_keyed.keys()
+    assert all(abs(spark_keyed[k] - duck_keyed[k]) < 1e-6 for k in duck_keyed)
+
+    # clusters: scipy's components of the DuckDB pairs = Spark's components of Spark's pairs
+    left = np.array([k[0] for k in duck_keyed])
+    right = np.array([k[1] for k in duck_keyed])
+    labels = _components(len(records), left, right)
+    duck_clusters = {frozenset(np.flatnonzero(labels == c).tolist()) for c in np.unique(labels)}
+    edges = spark.createDataFrame([(a, b) for a, b in spark_keyed], "src long, dst long")
+    nodes = spark.createDataFrame([(r["unique_id"],) for r in records], "node long")
+    comp = spark_splink.connected_components(edges, nodes).collect()
+    by_comp: dict[int, set] = {}
+    for row in comp:
+        by_comp.setdefault(row["component"], set()).add(row["node"])
+    assert {frozenset(v) for v in by_comp.values()} == duck_clusters
+    assert all(min(v) == c for c, v in by_comp.items())  # the component id is its smallest record
+    assert any(len(c) > 2 for c in duck_clusters)  # (chains were joined, not only pairs)
+
+
+def test_connected_components_joins_a_long_chain_in_few_rounds(spark):
+    from identity import spark_splink
+
+    n = 64  # a chain 0-1-2-...-63, given in a shuffled order: plain propagation would need 63 rounds
+    pairs = [(i, i + 1) for i in range(n - 1)] + [(100, 101)]
+    random.Random(1).shuffle(pairs)
+    edges = spark.createDataFrame(pairs, "src long, dst long")
+    comp = {r["node"]: r["component"] for r in spark_splink.connected_components(edges, max_rounds=12).collect()}
+    assert {comp[i] for i in range(n)} == {0} and comp[100] == comp[101] == 100
+
+
+# ------------------------------------------------------------------ dbt: the dispatched macros on both adapters
+PROBE_MODEL = """
+with src as (
+    select '{"page": {"url": "https://shop.example/p/1"}, "price": "9.5", "tags": ["sale", "new"]}' as j,
+           '+44 (0)7700-900123' as phone
+)
+select {{ json_text('j', 'page.url') }} as url,
+       {{ json_number('j', 'price') }} as price,
+       {{ json_array_contains(json_array_text('j', 'tags'), 'new') }} as has_new,
+       {{ json_array_contains(json_array_text('j', 'tags'), 'old') }} as has_old,
+       {{ digits_only('phone') }} as digits
+from src
+"""
+EXPLODE_MODEL = """
+with src as (select '{"products": [{"id": "S1", "qty": 2}, {"id": "S2", "qty": 1}]}' as j),
+lines as (select {{ explode_json_array(json_array_text('j', 'products')) }} as product_json from src)
+select {{ json_text('product_json', 'id') }} as product_id, {{ json_number('product_json', 'qty') }} as qty from lines
+"""
+
+
+def test_dispatched_macros_give_the_same_rows_on_duckdb_and_spark(tmp_path, spark):
+    """The project's own macros folder, in a probe project: each dispatched macro run by dbt
+    on DuckDB (duckdb__) and on Spark (dbt-spark's session method: default__)."""
+    from dbt.cli.main import dbtRunner
+
+    from core.dbt_project import dbt_project_dir
+
+    probe = tmp_path / "probe"
+    shutil.copytree(dbt_project_dir() / "macros", probe / "macros")
+    write(probe / "models" / "macro_probe.sql", PROBE_MODEL)
+    write(probe / "models" / "macro_explode.sql", EXPLODE_MODEL)
+    write(probe / "dbt_project.yml", "name: probe\nversion: '1.0.0'\nconfig-version: 2\nprofile: probe\n"
+          "models: {probe: {+materialized: table}}\n")
+    write(probe / "profiles.yml", f"""probe:
+  target: duckdb
+  outputs:
+    duckdb: {{type: duckdb, path: "{tmp_path / 'probe.duckdb'}", schema: main, threads: 1}}
+    spark: {{type: spark, method: session, host: NA, schema: probe, threads: 1}}
+""")
+    for target in ("duckdb", "spark"):
+        res = dbtRunner().invoke(["run", "--project-dir", str(probe), "--profiles-dir", str(probe),
+                                  "--target", target, "--target-path", str(tmp_path / f"target_{target}")])
+        assert res.success, (target, res.exception)
+    con = duckdb.connect(str(tmp_path / "probe.duckdb"))
+    duck = con.execute("SELECT url, price, has_new, has_old, digits FROM main.macro_probe").fetchall()
+    duck_lines = sorted(con.execute("SELECT product_id, qty FROM main.macro_explode").fetchall())
+    con.close()
+    on_spark = [tuple(r) for r in spark.sql("SELECT url, price, has_new, has_old, digits FROM probe.macro_probe").collect()]
+    spark_lines = sorted(tuple(r) for r in spark.sql("SELECT product_id, qty FROM probe.macro_explode").collect())
+    assert duck == on_spark == [("https://shop.example/p/1", 9.5, True, False, "4407700900123")]
+    assert duck_lines == spark_lines == [("S1", 2.0), ("S2", 1.0)]
