@@ -10,25 +10,10 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from cdp.scaffold import init_project  # noqa: E402
-from core.config import (  # noqa: E402
-    Config,
-    config_from_dict,
-    load_config,  # noqa: E402
-)
+from core.config import Config, load_config  # noqa: E402
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Config:
     """A fresh `cdp init` folder with the default config."""
     return load_config(init_project(tmp_path / "proj"))
-
-
-def make_config(root: Path, sources: list[dict], **extra) -> Config:
-    (root / "landing").mkdir(parents=True, exist_ok=True)
-    return config_from_dict({"sources": sources, **extra}, root)
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path

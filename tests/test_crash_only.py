@@ -30,8 +30,7 @@ from dagster_project.defs.automation import daily_refresh, landing_files_sensor
 from dagster_project.defs.ingestion import RAW_ASSETS, WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
 from dagster_project.run_guard import TAG_PID
-from tests.conftest import write
-from tests.test_ingestion import web_line
+from tests.helpers import web_line, write
 
 CDP = str(Path(sys.executable).parent / "cdp")
 RUN_TIMEOUT = 300  # a 300-customer ingestion run takes well under a minute even on a busy machine
