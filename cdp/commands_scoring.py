@@ -33,6 +33,7 @@ def _evaluated(evaluate: Callable[[], dict], as_json: bool) -> dict | None:
 def evaluate_churn(config_path, as_json) -> None:
     """Churn: stored time-split validation metrics and metrics against the future ground truth;
     cart intent: measured 7-day purchase rate per intent group."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from scoring.evaluate import evaluate_config
 
     result = _evaluated(lambda: evaluate_config(load_config_or_exit(config_path)), as_json)
@@ -65,6 +66,7 @@ def evaluate_recommendations(config_path, as_json, k, cutoff, horizon_days) -> N
     item-item co-occurrence, implicit ALS) on the same customers."""
     import pandas as pd
 
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from scoring.recommend_evaluate import evaluate_config, table
 
     cutoff_ts = pd.Timestamp(cutoff) + pd.Timedelta(hours=23, minutes=59, seconds=59) if cutoff else None
