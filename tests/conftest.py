@@ -15,10 +15,11 @@ from core.config import Config, load_config  # noqa: E402
 # `make test` runs modules in parallel, each module whole on one worker (--dist loadfile), handed
 # out in collection order (--no-loadscope-reorder). Longest first, so that no long module starts
 # last and runs alone while the other worker idles (longest-processing-time-first); the rest
-# keep their order. Measured with --durations; update when a module's cost changes.
-LONGEST_FIRST = ("test_privacy.py", "test_identity_e2e.py", "test_quality_gate.py", "test_marketing.py",
-                 "test_install.py", "test_dbt_marts.py", "test_exports.py", "test_activation.py",
-                 "test_crash_only.py", "test_ingestion.py")
+# keep their order. From `pytest --durations=40` (setup + calls per module); update when a
+# module's cost changes.
+LONGEST_FIRST = ("test_privacy.py", "test_exports.py", "test_quality_gate.py", "test_marketing.py",
+                 "test_dbt_marts.py", "test_crash_only.py", "test_dagster_ingestion.py", "test_identity_e2e.py",
+                 "test_identity_subsets.py", "test_install.py", "test_experiments.py", "test_activation.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
