@@ -29,10 +29,11 @@ demo: $(STAMP)
 	$(BIN)/cdp run --config $(DEMO_DIR)/cdp.yaml
 
 # Test modules run in parallel, one module per worker at a time (--dist loadfile): each
-# module builds its own project, so they share nothing but the CPU.
+# module builds its own project, so they share nothing but the CPU. Modules are handed out in
+# the order tests/conftest.py collects them (longest first), not xdist's most-tests-first.
 TEST_WORKERS ?= auto
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # engine: spark's tests alone (tests/test_spark.py, marked `spark`: one local[2] SparkSession,
 # Java 17). `make test` runs them too.

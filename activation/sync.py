@@ -22,6 +22,10 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Callable
 
 from activation.destinations.base import Destination, ErasureTarget, MissingSecret, Outcome
+from activation.destinations.files import FilesDestination
+from activation.destinations.klaviyo import KlaviyoDestination
+from activation.destinations.mailchimp import MailchimpDestination
+from activation.destinations.webhook import WebhookDestination
 from activation.http import DeliveryFailed
 from activation.plan import ACTION_ORDER, Change, Plan, make_plan
 from activation.source import SourceError, fetch_fields, read_source
@@ -76,16 +80,12 @@ def get_sync(config, name: str) -> SyncConfig:
 def make_destination(config, sync: SyncConfig, run_id: str) -> Destination:
     d = sync.destination
     if d.type == "klaviyo":
-        from activation.destinations.klaviyo import KlaviyoDestination
         return KlaviyoDestination(sync.name, d, sync.retry, sync.identifier,
                                   sync.consent.channel if sync.consent else None)
     if d.type == "mailchimp":
-        from activation.destinations.mailchimp import MailchimpDestination
         return MailchimpDestination(sync.name, d, sync.retry, list(sync.fields))
     if d.type == "webhook":
-        from activation.destinations.webhook import WebhookDestination
         return WebhookDestination(sync.name, d, sync.retry)
-    from activation.destinations.files import FilesDestination
     return FilesDestination(sync.name, d, config.root, run_id, list(sync.fields))
 
 

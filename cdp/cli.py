@@ -24,6 +24,7 @@ from cdp.commands_quality import print_publish_status, print_run_summary, publis
 from cdp.commands_scoring import evaluate_churn, evaluate_recommendations
 from cdp.commands_segments import validate as validate_segments
 from cdp.commands_serve import serve as serve_command
+from cdp.reporting import status_dict
 from core.config import ConfigError, find_config_path
 from core.run_lock import RunInProgress
 from core.warehouse import WarehouseBusy
@@ -40,6 +41,7 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing cdp.yaml.")
 def init(directory: str, force: bool) -> None:
     """Scaffold a working folder: DIR/cdp.yaml with defaults, and its folders."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from cdp.scaffold import init_project
 
     try:
@@ -63,6 +65,7 @@ def init(directory: str, force: bool) -> None:
 @click.option("--clean", is_flag=True, help="Write no malformed rows.")
 def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
     """Write realistic sample landing files for every source, plus ground truth."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from ingestion.generator import generate as run_generator
 
     if out_dir is None:
@@ -89,6 +92,7 @@ def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
               help="Go on when ingestion rejects a file whole (by default the run stops before identity).")
 def run(config_path, only, as_json, accept_drift, keep_going) -> None:
     """Run the asset graph in this process (what the Dagster UI runs), then summarise."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from cdp.runner import run_pipeline
 
     load_config_or_exit(config_path)  # validate first, with a clear message
@@ -112,7 +116,6 @@ def run(config_path, only, as_json, accept_drift, keep_going) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path, as_json) -> None:
     """Show the paths in use, the latest run's outcome and what the warehouse holds."""
-    from cdp.reporting import status_dict
 
     config = load_config_or_exit(config_path)
     info = status_dict(config, find_config_path(config_path))
@@ -153,6 +156,7 @@ def identity() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def identity_plan(config_path, proposed_path, as_json) -> None:
     """Dry run: merges, splits and records moved if the proposed identity settings were applied."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from identity.plan import plan_from_files
 
     load_config_or_exit(config_path)
@@ -186,6 +190,7 @@ def evaluate() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_identity(config_path, as_json) -> None:
     """Pairwise precision/recall/F1, B-cubed, over- and under-merged clusters."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from identity.evaluate import evaluate_config
 
     try:

@@ -41,6 +41,7 @@ def _print_report(r) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def sync_command(config_path, name, all_syncs, dry_run, as_json) -> None:
     """Sync audiences and traits from the published snapshot to a destination (diffed, consent-safe)."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from activation.state import StateBusy
     from activation.sync import SyncError, run_all, run_sync
     from dagster_project.defs.activation import record_cli_syncs

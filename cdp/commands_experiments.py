@@ -33,6 +33,7 @@ def experiment_command() -> None:
 def plan_command(config_path, metric, population, effect, alpha, power, window_days, treatment_share, as_json) -> None:
     """Persons per arm and days needed to detect EFFECT on METRIC, from the population's own
     baseline and variance in the current published snapshot."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from experiments.plan import PlanError, baseline, plan
 
     config = load_config_or_exit(config_path)

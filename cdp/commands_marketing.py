@@ -17,6 +17,7 @@ from rich.table import Table
 # Not imported from cdp.cli, which registers these commands (`python -m cdp.cli` would
 # import it twice otherwise).
 from cdp.cli_common import UserError, config_option, json_option, load_config_or_exit, out  # noqa: E402
+from core.snapshots import PublishError, read_manifest
 from marketing import published as pub
 from marketing.published import MarketingError
 
@@ -70,8 +71,6 @@ def _user_errors(fn):
     import functools
 
     import duckdb
-
-    from core.snapshots import PublishError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -249,8 +248,8 @@ def query_command(sql, config_path, csv_path, limit, as_json) -> None:
 @_user_errors
 def report_command(config_path, regenerate, as_json) -> None:
     """Where the current snapshot's HTML report is (charts; opens without network)."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from activation.state import sync_overview
-    from core.snapshots import read_manifest
     from marketing.report import report_path, write_report
 
     published_dir = _published_dir(config_path)

@@ -11,6 +11,7 @@ import click
 # Not imported from cdp.cli: cli.py registers these commands, and `python -m cdp.cli` would
 # then import it twice (as __main__ and as cdp.cli), a circular import.
 from cdp.cli_common import UserError, config_option, err, load_config_or_exit, out  # noqa: E402
+from core.salt import SaltMissing
 from core.warehouse import WarehouseBusy
 
 
@@ -39,7 +40,7 @@ def forget(config_path, email, phone, person_id) -> None:
     snapshots and the sync destinations, keeping salted hashes so that files landed again
     later do not bring them back. A report lands in the privacy folder's reports/.
     """
-    from core.salt import SaltMissing
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from privacy.requests import record_request
 
     config = load_config_or_exit(config_path)
@@ -59,6 +60,7 @@ def forget(config_path, email, phone, person_id) -> None:
               help="Write the JSON here (default: standard output).")
 def export_subject_command(config_path, email, phone, person_id, out_path) -> None:
     """Write a JSON of everything held about a person (subject access request)."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from privacy.subject import export_subject
 
     config = load_config_or_exit(config_path)

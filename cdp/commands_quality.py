@@ -9,6 +9,8 @@ import click
 
 from cdp.cli_common import UserError, err, load_config_or_exit, out, show_stage_progress
 from cdp.reporting import print_downstream_overview, print_raw_overview
+from core.snapshots import PublishError
+from core.warehouse import WarehouseBusy
 
 
 def print_publish_status(out, info: dict) -> None:
@@ -63,8 +65,8 @@ def print_gate_outcome(out, summary) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def publish_command(config_path, accept_drift, as_json) -> None:
     """Audit the current build again and publish it if the gate passes (no rebuild)."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from cdp.runner import run_pipeline
-    from core.warehouse import WarehouseBusy
 
     config = load_config_or_exit(config_path)
     if not config.warehouse_path.exists():
@@ -90,7 +92,7 @@ def publish_command(config_path, accept_drift, as_json) -> None:
               help="The snapshot to make current (see `cdp status`); default: the one before the current.")
 def rollback_command(config_path, to_run) -> None:
     """Make an earlier published snapshot current again (atomically)."""
-    from core.snapshots import PublishError
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from publish.snapshot import rollback
 
     config = load_config_or_exit(config_path)

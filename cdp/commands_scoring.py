@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import click
 
 from cdp.cli_common import UserError, load_config_or_exit, out
 from core.warehouse import WarehouseBusy
+
+
+def _evaluated(evaluate: Callable[[], dict], as_json: bool) -> dict | None:
+    """Run an evaluation: a busy or missing warehouse, or the evaluation's own "error", is the
+    user's message; with --json the result is printed here and None returned (nothing left to print)."""
+    try:
+        result = evaluate()
+    except (WarehouseBusy, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    if "error" in result:
+        raise UserError(result["error"])
+    if as_json:
+        out.print_json(json.dumps(result, default=str))
+        return None
+    return result
 
 
 @click.command("churn")
@@ -17,16 +33,11 @@ from core.warehouse import WarehouseBusy
 def evaluate_churn(config_path, as_json) -> None:
     """Churn: stored time-split validation metrics and metrics against the future ground truth;
     cart intent: measured 7-day purchase rate per intent group."""
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from scoring.evaluate import evaluate_config
 
-    try:
-        result = evaluate_config(load_config_or_exit(config_path))
-    except (WarehouseBusy, FileNotFoundError) as e:
-        raise UserError(str(e)) from None
-    if "error" in result:
-        raise UserError(result["error"])
-    if as_json:
-        out.print_json(json.dumps(result, default=str))
+    result = _evaluated(lambda: evaluate_config(load_config_or_exit(config_path)), as_json)
+    if result is None:
         return
     churn, cart = result["churn"], result["cart_intent"]
     val, gt = churn["stored"].get("validation", {}), churn["ground_truth"]
@@ -55,17 +66,13 @@ def evaluate_recommendations(config_path, as_json, k, cutoff, horizon_days) -> N
     item-item co-occurrence, implicit ALS) on the same customers."""
     import pandas as pd
 
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from scoring.recommend_evaluate import evaluate_config, table
 
     cutoff_ts = pd.Timestamp(cutoff) + pd.Timedelta(hours=23, minutes=59, seconds=59) if cutoff else None
-    try:
-        result = evaluate_config(load_config_or_exit(config_path), k=k, cutoff=cutoff_ts, horizon_days=horizon_days)
-    except (WarehouseBusy, FileNotFoundError) as e:
-        raise UserError(str(e)) from None
-    if "error" in result:
-        raise UserError(result["error"])
-    if as_json:
-        out.print_json(json.dumps(result, default=str))
+    result = _evaluated(lambda: evaluate_config(load_config_or_exit(config_path), k=k, cutoff=cutoff_ts,
+                                                horizon_days=horizon_days), as_json)
+    if result is None:
         return
     out.print(f"cut-off {result['cutoff']}, truth: purchases in the next {horizon_days} days; "
               f"{result['customers_evaluated']:,} buyers evaluated ({result['known_customers']:,} known before the "

@@ -23,6 +23,7 @@ def validate(config_path, file_path, quiet) -> None:
     config's as_of (or now)."""
     from pathlib import Path
 
+    # lazy: loaded when the command runs, not at every `cdp` start-up
     from segments.compiler import compile_segment
     from segments.model import SegmentFileError, load_segments
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from core.config import Config, find_config_path, load_config
 from core.pii import mask_obj, mask_pii
+from dagster_project.run_guard import project_run
+from expectations.gate import latest_gate
 
 # `cdp run --only STAGE` → the Dagster asset groups it runs. Later stages add theirs.
 STAGES: dict[str, list[str]] = {
@@ -109,8 +111,6 @@ def run_pipeline(config_path: str | os.PathLike | None = None, only: list[str] |
 
 def _execute(config: Config, cfg_path: Path, only: list[str] | None, accept_drift: bool = False,
              keep_going: bool = False) -> RunSummary:
-    from dagster_project.run_guard import project_run
-
     # One run at a time, and nothing a killed run left behind blocks this one (run_guard.py);
     # taken before the definitions load, so a second `cdp run` is turned away at once.
     with project_run(config, trigger="cdp run") as claim:
@@ -119,9 +119,9 @@ def _execute(config: Config, cfg_path: Path, only: list[str] | None, accept_drif
 
 def _execute_claimed(config: Config, cfg_path: Path, only: list[str] | None, accept_drift: bool,
                      claim, keep_going: bool = False) -> RunSummary:
-
     from dagster import AssetSelection
 
+    # lazy: the definitions load (dbt manifest, every stage) only once the run lock is held
     from dagster_project.definitions import GATE_CHECKS, build_definitions
     from dagster_project.defs.ingestion import KEEP_GOING_TAG
     from dagster_project.defs.quality import ACCEPT_DRIFT_TAG
@@ -180,8 +180,6 @@ def _execute_claimed(config: Config, cfg_path: Path, only: list[str] | None, acc
         if event.is_step_failure:
             err = event.event_specific_data.error
             summary.failures.append(mask_pii(f"{event.step_key}: {err.message.strip() if err else 'failed'}"))
-    from expectations.gate import latest_gate
-
     gate = latest_gate(config.reports_dir)
     if gate and gate.get("dagster_run_id") == result.run_id:
         summary.gate = gate

@@ -9,7 +9,6 @@ folder that holds the config file.
 from __future__ import annotations
 
 import os
-import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from core.settings.activation import Syncs
 from core.settings.engine import Engine, SparkSettings
 from core.settings.experiments import Experiment, check_experiments
 from core.settings.identity import IdentitySettings
+from core.settings.names import snake_name
 from core.settings.privacy import PrivacySettings
 from core.settings.quality import QualitySettings
 from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
@@ -90,18 +90,14 @@ class EntityFiles(_Strict):
         return v
 
 
+SourceName = snake_name("pos_north")
+
+
 class Source(_Strict):
-    name: str = Field(description="Instance name, unique: 'web', 'pos_north', 'pos_outlet'.")
+    name: SourceName = Field(description="Instance name, unique: 'web', 'pos_north', 'pos_outlet'.")
     kind: str = Field(description=f"One of: {', '.join(SOURCE_KINDS)}.")
     entities: dict[str, EntityFiles]
     enabled: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_identifier(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
-            raise ValueError("use lower-case letters, digits and '_' (e.g. 'pos_north')")
-        return v
 
     @field_validator("kind")
     @classmethod

@@ -19,10 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.config import Config
+from core.contracts import ENTITIES
 from core.pii import KnownValues, mask_pii, mask_row
 from core.published import PublishedTable, published_tables
 from core.snapshots import current_path, open_snapshot, read_manifest
 from core.warehouse import fetch_all, table_exists, transaction
+from expectations.report import write_report
 from expectations.suites import (
     BAD_ROW_RATE,
     DRIFT_METRICS,
@@ -385,7 +387,7 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
     published tables (default ``core.published.manifest_path()``)."""
     import time
 
-    from expectations.gx_runner import runner_for
+    from expectations.gx_runner import runner_for  # lazy: GX takes seconds to import; the CLI loads this module
 
     t0 = time.perf_counter()
     now = datetime.now(timezone.utc)
@@ -423,7 +425,6 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
     except Exception as e:  # the docs are a convenience; the gate's verdict stands without them
         log.warning("quality: could not build GX Data Docs: %s", e)
     result.seconds = time.perf_counter() - t0
-    from expectations.report import write_report
 
     result.report = str(write_report(config, result))
     store(con, result, config.reports_dir)
@@ -475,8 +476,7 @@ def gate_for_run(con, dagster_run_id: str) -> dict | None:
 # --------------------------------------------------------------------------- sources
 def run_source_checks(config: Config, con, since: datetime | None, tables: list[str] | None = None) -> list[CheckResult]:
     """Validate the rows loaded since ``since`` (this run's loads) of each raw table."""
-    from core.contracts import ENTITIES
-    from expectations.gx_runner import runner_for
+    from expectations.gx_runner import runner_for  # lazy: GX takes seconds to import; the CLI loads this module
 
     gx = runner_for(config.reports_dir)
     results: list[CheckResult] = []

@@ -27,6 +27,10 @@ from pathlib import Path
 
 import duckdb
 
+from core.settings.identity import IdentitySettings
+from core.warehouse import open_warehouse
+from identity.db import table_exists
+
 
 def truth_path(config) -> Path:
     return config.landing_dir / "ground_truth" / "record_person.csv"
@@ -139,7 +143,6 @@ def linkable_recall(con: duckdb.DuckDBPyConnection, schema: str = "identity", on
 def unique_id_conflicts(con: duckdb.DuckDBPyConnection, schema: str = "identity", settings=None) -> int:
     """Persons holding two different values (of one source) of an identifier the config
     declares ``unique`` (by default loyalty ids and login user ids); none when none is."""
-    from core.settings.identity import IdentitySettings
 
     settings = settings or IdentitySettings()
     # (not a conflict: a person a user merged by hand, or login ids an alias call joined)
@@ -158,12 +161,10 @@ def unique_id_conflicts(con: duckdb.DuckDBPyConnection, schema: str = "identity"
 
 def evaluate_config(config, con: duckdb.DuckDBPyConnection | None = None) -> dict:
     """What ``cdp evaluate identity --json`` prints."""
-    from core.warehouse import open_warehouse
 
     path = truth_path(config)
     if not path.is_file():
         return {"error": f"no ground truth at {path} (only generated data has one)"}
-    from identity.db import table_exists
 
     def run(c):
         if not table_exists(c, "identity", "graph"):

@@ -21,6 +21,7 @@ import duckdb
 from core.settings.identity import IdentitySettings, settings_of
 from core.warehouse import transaction
 from identity import clustering, golden, overrides, records, rules, splink_model, stable_ids
+from identity.evaluate import unique_id_conflicts
 
 Progress = Callable[[str], None]
 MIN_SPLINK_RECORDS = 50  # below this there is nothing for EM to learn from
@@ -266,8 +267,6 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     golden.build_golden(con, settings, work)
     copies.append(_on_cursor(pool, con, _copy_table, work, schema, "golden"))
     t["golden"] = time.perf_counter() - t0
-
-    from identity.evaluate import unique_id_conflicts
 
     stats = con.sql(f"""
         WITH c AS (SELECT person_id, count(*) AS n, count(*) FILTER (WHERE entity <> 'transactions') AS np

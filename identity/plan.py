@@ -26,6 +26,7 @@ from core.settings.identity import IdentitySettings, settings_of
 from core.warehouse import open_warehouse
 from core.yamlfile import YamlFileError, load_yaml
 from identity.db import value
+from identity.pipeline import resolve
 
 PLAN_SCHEMA = "identity_plan"
 
@@ -38,7 +39,6 @@ def current_model(con: duckdb.DuckDBPyConnection) -> str | None:
 def plan(config, con: duckdb.DuckDBPyConnection, proposed: IdentitySettings | dict,
          examples: int = 10) -> dict:
     """Compare the current identity graph with what ``proposed`` settings would give."""
-    from identity.pipeline import resolve
 
     proposed = proposed if isinstance(proposed, IdentitySettings) else IdentitySettings.model_validate(proposed)
     if not value(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema='identity' AND table_name='graph'"):

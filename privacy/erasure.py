@@ -41,6 +41,7 @@ from typing import Callable
 
 import duckdb
 
+from activation import erase_persons
 from core import identifiers as keys
 from core.pii import KnownValues
 from core.salt import load_salt
@@ -160,7 +161,6 @@ def erase_from_sync_destinations(config, person_ids: list[str]) -> dict:
     Runs first, before anything is deleted here: when a destination cannot be reached this
     raises, the request stays pending, and the next run retries it (the destinations'
     deletions are idempotent)."""
-    from activation import erase_persons
 
     report = erase_persons(config, person_ids)
     if not report.get("complete", True):

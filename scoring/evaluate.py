@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from core.warehouse import open_warehouse
 from scoring.cart import GROUPS
 from scoring.churn import evaluate_predictions
 from scoring.models import binary_metrics, calibration_table, expected_calibration_error
@@ -124,7 +125,6 @@ def evaluate_cart_intent(con: duckdb.DuckDBPyConnection, ground_truth: Path) -> 
 
 def evaluate_config(config) -> dict:
     """What `cdp evaluate churn --json` prints."""
-    from core.warehouse import open_warehouse
 
     ground_truth = config.landing_dir / "ground_truth"
     needed = [ground_truth / n for n in ("future_purchases.csv", "open_carts.csv", "record_person.csv")]

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from core.settings.scoring import RecommendationsSettings
+from core.warehouse import open_warehouse
 from scoring.recommend import bought_between, build_state, load_interactions, recommend_as_of
 from scoring.recommend_metrics import (
     als_lists,
@@ -104,8 +105,6 @@ def evaluate_recommendations(con, settings: RecommendationsSettings, k: int = 10
 
 def evaluate_config(config, k: int = 10, cutoff=None, horizon_days: int = 90) -> dict:
     from threadpoolctl import threadpool_limits
-
-    from core.warehouse import open_warehouse
 
     with open_warehouse(config.warehouse_path, read_only=True) as con, threadpool_limits(limits=1):
         return evaluate_recommendations(con, config.recommendations, k=k, cutoff=cutoff, horizon_days=horizon_days)

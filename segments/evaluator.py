@@ -20,7 +20,7 @@ import duckdb
 
 from core.warehouse import fetch_all, fetch_value, table_exists, transaction
 from segments.compiler import CompiledSegment, compile_segment
-from segments.model import SegmentFile, SegmentFileError, load_segments
+from segments.model import AllOf, AnyOf, NotOf, SegmentFile, SegmentFileError, load_segments
 from segments.vocabulary import TRAIT_TABLES, TRAITS
 
 log = logging.getLogger("tessera.segments")
@@ -89,8 +89,6 @@ def compile_for_warehouse(con: duckdb.DuckDBPyConnection, segment_file: SegmentF
 
 
 def _walk(node):
-    from segments.model import AllOf, AnyOf, NotOf
-
     if isinstance(node, (AllOf, AnyOf)):
         for c in node.conditions:
             yield from _walk(c)

@@ -30,8 +30,7 @@ from dagster_project.defs.automation import daily_refresh, landing_files_sensor
 from dagster_project.defs.ingestion import RAW_ASSETS, WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
 from dagster_project.run_guard import TAG_PID
-from tests.conftest import write
-from tests.test_ingestion import web_line
+from tests.helpers import web_line, write
 
 CDP = str(Path(sys.executable).parent / "cdp")
 RUN_TIMEOUT = 300  # a 300-customer ingestion run takes well under a minute even on a busy machine
@@ -47,12 +46,20 @@ def _cdp(*args, timeout=RUN_TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run([CDP, *args], env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _small_project(root: Path) -> Path:
+@pytest.fixture(scope="module")
+def generated_landing(tmp_path_factory) -> Path:
+    """One `cdp generate` (300 customers) per module; each test copies its landing folder."""
+    root = tmp_path_factory.mktemp("generated")
     assert _cdp("init", str(root)).returncode == 0
-    cfg = root / "cdp.yaml"
-    done = _cdp("generate", "--config", str(cfg), "--customers", "300", "--seed", "3")
+    done = _cdp("generate", "--config", str(root / "cdp.yaml"), "--customers", "300", "--seed", "3")
     assert done.returncode == 0, done.stderr
-    return cfg
+    return root / "landing"
+
+
+def _small_project(root: Path, landing: Path) -> Path:
+    assert _cdp("init", str(root)).returncode == 0
+    shutil.copytree(landing, root / "landing", dirs_exist_ok=True)
+    return root / "cdp.yaml"
 
 
 @pytest.fixture
@@ -99,8 +106,9 @@ def _outcome(stdout: str) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_9_in_a_warehouse_step_then_the_next_run_recovers_without_a_manual_step(tmp_path, start_run):
-    cfg = _small_project(tmp_path / "p")
+def test_kill_9_in_a_warehouse_step_then_the_next_run_recovers_without_a_manual_step(tmp_path, start_run,
+                                                                                    generated_landing):
+    cfg = _small_project(tmp_path / "p", generated_landing)
     home = load_config(cfg).dagster_home
     first = start_run(cfg)
     killed_run = _wait_for_warehouse_slot(home, first)
@@ -122,8 +130,9 @@ def test_kill_9_in_a_warehouse_step_then_the_next_run_recovers_without_a_manual_
 
 
 @pytest.mark.slow
-def test_a_second_cdp_run_exits_2_naming_the_first_which_completes_as_if_alone(tmp_path, start_run):
-    cfg = _small_project(tmp_path / "p")
+def test_a_second_cdp_run_exits_2_naming_the_first_which_completes_as_if_alone(tmp_path, start_run,
+                                                                               generated_landing):
+    cfg = _small_project(tmp_path / "p", generated_landing)
     alone_cfg = tmp_path / "alone" / "cdp.yaml"
     assert _cdp("init", str(alone_cfg.parent)).returncode == 0
     shutil.copytree(cfg.parent / "landing", alone_cfg.parent / "landing", dirs_exist_ok=True)

@@ -10,8 +10,7 @@ from dagster import AssetKey, DagsterInstance, RunRequest, SkipReason, build_sen
 from cdp.cli import main as cdp
 from dagster_project.defs.automation import landing_files_sensor
 from dagster_project.defs.resources import TesseraResource
-from tests.conftest import write
-from tests.test_ingestion import web_line
+from tests.helpers import web_line, write
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from experiments.analysis import Look, analyse
 from experiments.assignment import assign
 from experiments.pipeline import run_experiments
 from experiments.plan import Baseline, plan
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 ARMS = [{"name": "holdout", "share": 0.1, "holdout": True}, {"name": "treatment", "share": 0.9}]
 

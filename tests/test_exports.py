@@ -16,7 +16,7 @@ from core.expressions import ExpressionError, compile_sql, parse
 from core.snapshots import current_path, open_snapshot
 from core.warehouse import connect, open_warehouse
 from ingestion.loader import LOADED, REJECTED, ingest
-from tests.conftest import make_config, write
+from tests.helpers import make_config, write
 
 # UCI Online Retail's shape: one row per invoice line, a float customer id, guests without one,
 # a cancellation as its own invoice ('C' + number) with negative quantities, a postage code.

@@ -8,7 +8,7 @@ import pytest
 from core.settings.identity import IdentitySettings
 from identity.pipeline import resolve
 from ingestion.loader import ensure_raw_schema
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 TS = "2025-01-01 10:00:00+00"
 

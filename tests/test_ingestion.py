@@ -14,24 +14,10 @@ import pytest
 
 from core.warehouse import connect, transaction
 from ingestion.loader import CHANGED, DUPLICATE, LOADED, REJECTED, UNCHANGED, ingest
-from tests.conftest import make_config, write
+from tests.helpers import make_config, web_line, write
 
 WEB = [{"name": "web", "kind": "web", "entities": {"events": {"path": "web/*.jsonl"}}}]
 LINE_ITEMS = [{"name": "pos", "kind": "pos", "entities": {"line_items": {"path": "pos/line_items*.csv"}}}]
-
-
-def web_line(i: int, **overrides) -> str:
-    rec = {
-        "messageId": f"m{i}",
-        "type": "track",
-        "event": "product_viewed",
-        "anonymousId": f"a{i % 7}",
-        "properties": {"product_id": f"S{i % 5}", "price": 9.5},
-        "context": {"page": {"url": f"https://shop.example/p/{i}"}},
-        "timestamp": f"2025-03-01T10:{i % 60:02d}:00.000Z",
-    }
-    rec.update(overrides)
-    return json.dumps({k: v for k, v in rec.items() if v is not None})
 
 
 def counts(con, table: str) -> tuple[int, int]:

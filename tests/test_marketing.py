@@ -1,7 +1,7 @@
 """Marketer commands (`cdp segments / segment / profile / query / report`) and the per-publish
 report, against real published snapshots of a real pipeline build.
 
-One module-scoped project: `cdp generate --customers 1500` + `cdp run` (ingestion, identity,
+One module-scoped project: `cdp generate --customers 300` + `cdp run` (ingestion, identity,
 dbt), then two publishes with ``publish.snapshot.publish``:
   r1 - the real marts, with segment membership altered so that r2 has entries and exits;
   r2 - the real marts (consent included) plus STAND-INS for the tables later stages publish
@@ -86,7 +86,7 @@ def built(tmp_path_factory):
     cfg_path = init_project(root / "proj")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cli = [sys.executable, "-m", "cdp.cli"]
-    subprocess.run([*cli, "generate", "--config", str(cfg_path), "--customers", "600", "--seed", "7"],
+    subprocess.run([*cli, "generate", "--config", str(cfg_path), "--customers", "300", "--seed", "7"],
                    check=True, env=env, capture_output=True)
     done = subprocess.run([*cli, "run", "--config", str(cfg_path)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

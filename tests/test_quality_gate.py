@@ -11,7 +11,6 @@ shapes of the shared interface, when the dbt run did not build them.
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from core.config import load_config
 from core.published import CONSENT_CHANNELS, MANIFEST_ENV, published_names, published_table, published_tables
 from core.snapshots import CURRENT, read_manifest
 from core.warehouse import fetch_all, fetch_value, open_warehouse, table_exists
+from tests.helpers import DBT_DIR, build_identity_from_ground_truth, dbt
 
 AS_OF = dt.date(2026, 6, 30)
 
@@ -99,7 +99,6 @@ def base(tmp_path_factory):
     """One small built and published project; tests work on copies of it."""
     from ingestion.generator import generate
     from ingestion.loader import ingest
-    from tests.test_dbt_marts import DBT, DBT_DIR, build_identity_from_ground_truth
 
     root = tmp_path_factory.mktemp("gate")
     cfg_path = init_project(root / "proj")
@@ -109,13 +108,8 @@ def base(tmp_path_factory):
     with open_warehouse(config.warehouse_path) as con:
         ingest(config, con)
         build_identity_from_ground_truth(con, config.landing_dir / "ground_truth")
-    done = subprocess.run(
-        [DBT, "run", "--exclude", "tag:after_scoring", "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
-         "--target-path", str(root / "target"), "--log-path", str(root / "target"),
-         "--vars", json.dumps({"as_of": AS_OF.isoformat()})],
-        env={**os.environ, "TESSERA_WAREHOUSE": str(config.warehouse_path)},
-        capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:]
+    dbt(["run", "--exclude", "tag:after_scoring", "--vars", json.dumps({"as_of": AS_OF.isoformat()})],
+        config.warehouse_path, root / "target")
     with open_warehouse(config.warehouse_path) as con:
         for name in OTHER_MARTS:  # in dependency order
             if not table_exists(con, "marts", name):
@@ -424,7 +418,6 @@ def test_a_new_published_mart_needs_one_dbt_model_and_yaml(base, tmp_path, monke
     from expectations.gate import run_gate
     from marketing.published import expected_tables, profile
     from publish.snapshot import publish_build
-    from tests.test_dbt_marts import DBT, DBT_DIR
 
     dbt_copy = tmp_path / "dbt"
     shutil.copytree(DBT_DIR, dbt_copy, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
@@ -433,11 +426,8 @@ def test_a_new_published_mart_needs_one_dbt_model_and_yaml(base, tmp_path, monke
     cfg_path = copy_project(base, tmp_path / "proj")
     config = load_config(cfg_path)
     target = tmp_path / "target"
-    done = subprocess.run(
-        [DBT, "run", "--select", "vip_customers", "--project-dir", str(dbt_copy), "--profiles-dir", str(dbt_copy),
-         "--target-path", str(target), "--log-path", str(target), "--vars", json.dumps({"as_of": AS_OF.isoformat()})],
-        env={**os.environ, "TESSERA_WAREHOUSE": str(config.warehouse_path)}, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:]
+    dbt(["run", "--select", "vip_customers", "--vars", json.dumps({"as_of": AS_OF.isoformat()})],
+        config.warehouse_path, target, project_dir=dbt_copy)
     manifest = target / "manifest.json"
     monkeypatch.setenv(MANIFEST_ENV, str(manifest))
 

@@ -11,7 +11,7 @@ from core.config import ConfigError
 from core.segment_spec import canonical_event_name, normalise_events
 from core.warehouse import connect, fetch_all
 from ingestion.loader import LOADED, ingest
-from tests.conftest import make_config, write
+from tests.helpers import make_config, write
 
 CORPUS = Path(__file__).parent / "fixtures" / "segment_spec"
 FILES = sorted(CORPUS.glob("*.jsonl"))

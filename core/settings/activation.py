@@ -13,8 +13,7 @@ from typing import Annotated, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.published import CONSENT_CHANNELS
-
-PUBLISHED_TABLE_RE = r"[a-z][a-z0-9_]*"
+from core.settings.names import NAME_RE, snake_name
 
 
 class _Strict(BaseModel):
@@ -35,7 +34,7 @@ class SyncSource(_Strict):
         given = [k for k in ("segment", "table", "query") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("give exactly one of segment, table or query")
-        if self.table and not re.fullmatch(PUBLISHED_TABLE_RE, self.table):
+        if self.table and not re.fullmatch(NAME_RE, self.table):
             raise ValueError(f"table {self.table!r} is not a published table name (lower-case letters, digits, _)")
         if self.query:
             head = self.query.lstrip().split(None, 1)[0].lower() if self.query.strip() else ""
@@ -132,8 +131,11 @@ def _cron(v: str) -> str:
     return v
 
 
+SyncName = snake_name("vip_to_klaviyo")
+
+
 class SyncConfig(_Strict):
-    name: str
+    name: SyncName
     source: SyncSource
     destination: Destination
     identifier: str = Field(default="email", description="Source column that keys the person at the destination.")
@@ -145,13 +147,6 @@ class SyncConfig(_Strict):
     consent: ConsentRule | None = None
     retry: Retry = Retry()
     enabled: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
-            raise ValueError("use lower-case letters, digits and '_' (e.g. 'vip_to_klaviyo')")
-        return v
 
     @field_validator("schedule")
     @classmethod

@@ -17,11 +17,12 @@ unknown keys are errors naming the key).
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.settings.names import snake_name
 
 METRICS = ("conversion", "revenue_per_person", "aov", "churn")
 # Metrics where a lower value is the better one (the posterior "beats control" and the lift's sign read that way).
@@ -34,21 +35,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ArmName = snake_name("holdout", "arm names use")
+ExperimentName = snake_name("winback_q3")
+
+
 class Arm(_Strict):
-    name: str
+    name: ArmName
     share: float = Field(gt=0, le=1, description="Share of the population assigned to this arm.")
     holdout: bool = Field(default=False, description="A holdout arm is never sent anything (offers, attached syncs).")
 
-    @field_validator("name")
-    @classmethod
-    def _identifier(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
-            raise ValueError("arm names use lower-case letters, digits and '_' (e.g. 'holdout')")
-        return v
-
 
 class Experiment(_Strict):
-    name: str
+    name: ExperimentName
     population: str = Field(default="all", description="'all' or a segment built before scoring (rfm_*, lifecycle_*).")
     arms: list[Arm] = Field(min_length=2)
     control: str | None = Field(default=None, description="The arm others are compared to; default: the first "
@@ -61,13 +59,6 @@ class Experiment(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     offers: bool = Field(default=False, description="next-best-offer takes its holdout from this experiment.")
     syncs: list[str] = Field(default_factory=list, description="Syncs that never send to this experiment's holdout arms.")
-
-    @field_validator("name")
-    @classmethod
-    def _identifier(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
-            raise ValueError("use lower-case letters, digits and '_' (e.g. 'winback_q3')")
-        return v
 
     @field_validator("population")
     @classmethod

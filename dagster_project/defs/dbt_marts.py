@@ -188,11 +188,14 @@ def _built_as_of(warehouse: Path) -> Optional[str]:
 def _row_counts(warehouse: Path, relations: dict[str, str]) -> dict[str, int]:
     """Row counts of built tables, read after dbt has exited (DuckDB allows one writer).
 
-    Not dagster-dbt's `fetch_row_counts()`: with dbt-duckdb it counts through an in-process dbt
-    adapter that keeps the warehouse file open read-only for the rest of the run's process, so
-    the next step that writes it (scoring, or ingestion when a dbt step runs first) fails with
-    "Can't open a connection to same database file with a different configuration"; and it
-    counts the manifest's `relation_name`, which names the database of the warehouse the
+    Not dagster-dbt's `fetch_row_counts()`, checked against dagster-dbt 0.29.27 / dbt-duckdb
+    1.11.1: it counts through an in-process dbt adapter opened READ_ONLY on the warehouse
+    (`DbtCliResource._initialize_dbt_core_adapter`), and dbt-duckdb keeps that DuckDB instance in
+    its class-level environment after the counts, so a read-write open of the same file later in
+    the process fails with "Can't open a connection to same database file with a different
+    configuration" (reproduced: one `dbt run` of two tables, `.stream().fetch_row_counts()`, then
+    `duckdb.connect(path)`) - the next step that writes (scoring) would fail. It also counts the
+    manifest's `relation_name`, which names the database (the file's stem) of the warehouse the
     definitions' manifest was parsed for (another project's, or the parse-only placeholder)."""
     if not relations:
         return {}

@@ -30,13 +30,17 @@ from dagster import (
     multi_asset_check,
 )
 
+from activation.state import sync_overview
 from core.contracts import ENTITIES
 from core.pii import mask_pii
 from core.published import PublishedTable, published_tables
 from core.warehouse import fetch_all
 from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
 from dagster_project.defs.resources import TesseraResource
+from expectations.gate import existing_tables, gate_for_run, run_gate, run_source_checks
 from expectations.suites import DRIFT_METRICS, IDENTITY_METRICS, published_metrics, source_metrics
+from marketing.report import write_report
+from publish.snapshot import publish_build
 
 log = logging.getLogger("tessera.quality")
 
@@ -128,8 +132,6 @@ def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manif
     @multi_asset_check(specs=specs, name="quality_gate", can_subset=True, pool=WAREHOUSE_POOL,
                        description="GX suites, identity sanity and drift on every published mart.")
     def quality_gate(context, tessera: TesseraResource):
-        from expectations.gate import existing_tables, run_gate
-
         config = tessera.load()
         accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
         selected = context.selected_asset_check_keys
@@ -166,11 +168,6 @@ def _publish_asset(deps: list[AssetKey], manifest):
                        "switched in atomically, only when every blocking quality check passed. The last N are kept "
                        "for `cdp rollback`.")
     def publish_snapshot(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
-        from activation.state import sync_overview
-        from expectations.gate import gate_for_run, run_gate
-        from marketing.report import write_report
-        from publish.snapshot import publish_build
-
         config = tessera.load()
         accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
         with tessera.warehouse() as con:
@@ -222,8 +219,6 @@ def build_source_checks():
     @multi_asset_check(specs=specs, name="source_suites", can_subset=True, pool=WAREHOUSE_POOL,
                        description="GX suites on the rows each raw table loaded in this run.")
     def source_suites(context, tessera: TesseraResource):
-        from expectations.gate import run_source_checks
-
         config = tessera.load()
         selected = context.selected_asset_check_keys
         tables = sorted({k.asset_key.path[-1] for k in selected})

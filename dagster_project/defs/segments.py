@@ -22,6 +22,7 @@ from dagster import (
 
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
+from dagster_project.defs.scoring import SCORING_ASSETS
 from segments.evaluator import load_configured_segments, run_as_of, write_segments
 from segments.model import SegmentFileError
 
@@ -42,15 +43,10 @@ CORE_INPUTS = [
 
 
 def _scoring_outputs() -> list[AssetKey]:
-    """The scoring stage's assets (`scoring/*`), when that stage is part of the project:
-    segments may use churn and intent scores, so they are evaluated after it. (A dependency on
-    an asset that is not defined would break whole-graph runs, hence the look-up.)"""
-    try:
-        from dagster_project.defs import scoring
-    except ImportError:
-        return []
+    """The scoring stage's assets (`scoring/*`): segments may use churn and intent scores, so they
+    are evaluated after it."""
     keys = set()
-    for definition in getattr(scoring, "SCORING_ASSETS", []):
+    for definition in SCORING_ASSETS:
         if isinstance(definition, AssetsDefinition):
             keys |= {k for k in definition.keys if k.path[0] == "scoring"}
     return sorted(keys, key=lambda k: k.to_user_string())

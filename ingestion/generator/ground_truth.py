@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import names
-from .behaviour import Activity, Latent, Table
+from .behaviour import IDENTIFY, PAGE, Activity, Latent, Table  # event kinds
 from .catalog import CATEGORY_NAMES
 from .population import Population
 from .textops import S, strings
@@ -61,7 +61,6 @@ def write_people(landing: Landing, pop: Population, latent: Latent) -> None:
 def write_record_person(landing: Landing, pop: Population, records: dict[str, Table], web: Table,
                         timeline: Timeline) -> None:
     """Every landed record that belongs to a person, and whether it carries an identifier."""
-    from .behaviour import IDENTIFY, PAGE  # event kinds
 
     written = web["ts"] < timeline.cutoff_us
     device = web["device"][written]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .behaviour import IDENTIFY, ORDERED
 from .timeline import Timeline
 
 Table = dict[str, np.ndarray]
@@ -194,7 +195,6 @@ def write_web(landing: Landing, web: Table, devices: Table, people_user_id: np.n
               category_names, web_baskets: Table, lines: Table, click_campaign_label: np.ndarray,
               search_terms, user_agents, after_write) -> int:
     """web: events sorted by time. web_baskets: basket ids (sorted) with value and discount."""
-    from .behaviour import IDENTIFY, ORDERED
 
     # Each web order's products, as JSON text, built once.
     landing.register("web_basket_ids", {"basket": web_baskets["basket"]})
