@@ -61,6 +61,7 @@ class RunSummary:
     as_of: str | None = None  # the run's one as_of, naive UTC "YYYY-MM-DD HH:MM:SS" (every step's)
     # Set when nothing changed since a previous run (cdp/unchanged.py): that run's id, as_of, finish.
     unchanged_since: dict | None = None
+    changed: list[str] | None = None  # what changed since the last complete run (a whole run)
 
     @property
     def failed_checks(self) -> list[CheckOutcome]:
@@ -82,6 +83,7 @@ class RunSummary:
             "gate": self.gate,
             "as_of": self.as_of,
             "unchanged_since": self.unchanged_since,
+            "changed": self.changed,
         }
         # `cdp run --json` and last_run.json: metadata and messages may quote data
         return mask_obj(out)
@@ -200,8 +202,8 @@ def _execute_claimed(config: Config, cfg_path: Path, only: list[str] | None, acc
         results = [execute(subset(landing), claim.run_id, "landing")]
         if results[0].success:
             fingerprint = unchanged.fingerprint(config, as_of, as_of_given)
-            previous = None if force else unchanged.unchanged_since(config, fingerprint)
-            if previous is not None:
+            previous, changed = unchanged.compare(config, fingerprint)
+            if previous is not None and not changed and not force:
                 summary = _summarise(results, config)
                 summary.as_of = previous.get("as_of")
                 summary.unchanged_since = previous
@@ -212,6 +214,7 @@ def _execute_claimed(config: Config, cfg_path: Path, only: list[str] | None, acc
             results.append(execute(subset(rest), make_new_run_id(), "build"))
             summary = _summarise(results, config)
             summary.as_of = as_of.strftime(AS_OF_FORMAT)
+            summary.changed = ["forced"] if force and not changed else changed
             if summary.ok:
                 unchanged.remember(config, fingerprint, summary.run_id, summary.as_of)
             _save_last_run(config, summary)

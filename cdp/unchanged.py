@@ -94,16 +94,16 @@ def fingerprint(config: Config, as_of: datetime, as_of_given: bool) -> dict[str,
     }
 
 
-def unchanged_since(config: Config, current: dict[str, str]) -> dict | None:
-    """The last complete run's record (run_id, as_of, finished_at) when nothing changed since, else None."""
-    path = config.dagster_home / FILE
+def compare(config: Config, current: dict[str, str]) -> tuple[dict | None, list[str]]:
+    """(the last complete run's record (run_id, as_of, finished_at), the parts that changed since);
+    (None, every part) when no complete run is remembered."""
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads((config.dagster_home / FILE).read_text())
     except (OSError, ValueError):
-        return None
-    if saved.get("fingerprint") != current:
-        return None
-    return {k: saved[k] for k in ("run_id", "as_of", "finished_at") if k in saved}
+        return None, sorted(current)
+    before = saved.get("fingerprint") or {}
+    return {k: saved[k] for k in ("run_id", "as_of", "finished_at") if k in saved}, \
+        sorted(k for k in current if before.get(k) != current[k])
 
 
 def remember(config: Config, current: dict[str, str], run_id: str, as_of: str) -> None:
