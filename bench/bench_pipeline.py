@@ -171,14 +171,11 @@ def project(customers: int) -> Path:
     return folder
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--customers", type=int, default=100_000)
-    parser.add_argument("--days", type=int, default=7, help="daily increments after the full run")
-    args = parser.parse_args()
-
+def main(customers: int, days: int = 7) -> dict:
+    """`make bench`'s entry (bench/run_all.py): the figures, also written to bench_out/."""
     from ingestion.generator.increment import write_day
 
+    args = argparse.Namespace(customers=customers, days=days)
     folder = project(args.customers)
     cfg = folder / "cdp.yaml"
     env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"}
@@ -226,7 +223,13 @@ def main() -> None:
     out = OUT / f"bench_pipeline_{args.customers}.json"
     out.write_text(json.dumps({"customers": args.customers, "days": args.days, "runs": results}, indent=2))
     print(f"written {out}")
+    return {f"{r['run']} {k}": r[k] for r in results for k in ("wall_s", "cpu_s")} | {
+        f"{r['run']} cpu / full": round((r["cpu_s"] or 0) / full, 3) for r in results[1:]}
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=7, help="daily increments after the full run")
+    cli = parser.parse_args()
+    main(cli.customers, cli.days)
