@@ -12,7 +12,7 @@ import time
 
 from bench.common import OUT
 
-BENCHES = ["generator", "ingestion", "identity", "marts", "gate", "activation", "experiments", "recommendations", "serve"]
+BENCHES = ["generator", "ingestion", "identity", "marts", "gate", "activation", "experiments", "recommendations", "serve", "pipeline"]
 
 
 def main() -> None:

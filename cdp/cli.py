@@ -90,7 +90,10 @@ def generate(config_path, customers, seed, out_dir, as_of, clean) -> None:
 @click.option("--accept-drift", is_flag=True, help="Publish even if drift checks fail (every other check must pass).")
 @click.option("--keep-going", is_flag=True,
               help="Go on when ingestion rejects a file whole (by default the run stops before identity).")
-def run(config_path, only, as_json, accept_drift, keep_going) -> None:
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="The run's reference day (UTC, its end) for every stage; default: cdp.yaml's as_of, else now.")
+@click.option("--force", is_flag=True, help="Build everything even if nothing changed since the last complete run.")
+def run(config_path, only, as_json, accept_drift, keep_going, as_of, force) -> None:
     """Run the asset graph in this process (what the Dagster UI runs), then summarise."""
     # lazy: loaded when the command runs, not at every `cdp` start-up
     from cdp.runner import run_pipeline
@@ -98,7 +101,8 @@ def run(config_path, only, as_json, accept_drift, keep_going) -> None:
     load_config_or_exit(config_path)  # validate first, with a clear message
     show_stage_progress()
     try:
-        summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift, keep_going=keep_going)
+        summary = run_pipeline(config_path, only=list(only) or None, accept_drift=accept_drift, keep_going=keep_going,
+                               as_of=as_of.date() if as_of else None, force=force)
     except ValueError as e:
         raise UserError(str(e)) from None
     except (WarehouseBusy, RunInProgress) as e:  # another run holds the project: exit 2, naming it

@@ -118,6 +118,10 @@ def print_run_summary(summary, config_path) -> None:
         if a.metadata.get("skipped"):
             out.print(f"[yellow]skipped:[/] {a.asset} — {a.metadata['skipped']}", markup=True)
     print_gate_outcome(out, summary)
+    since = getattr(summary, "unchanged_since", None)
+    if since:
+        out.print(f"nothing changed since run {since.get('run_id', '?')[:8]} (as_of {since.get('as_of')}, finished "
+                  f"{since.get('finished_at')}): nothing rebuilt, its snapshot stands (`cdp run --force` rebuilds)")
     passed = sum(c.passed for c in summary.checks)
     verdict = "[bold green]OK[/]" if summary.ok else "[bold red]FAILED[/]"
     out.print(

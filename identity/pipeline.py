@@ -293,7 +293,7 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     with transaction(con):  # the new tables, the id history and the run: all or nothing
         _swap_in(con, schema)
         if write_history:
-            stable_ids.write_history(con, run_id, seq, schema)
+            stable_ids.write_history(con, run_id, seq, schema, changed_at=as_of)
             con.execute(f"INSERT INTO {schema}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 run_id, seq, started, datetime.now(timezone.utc), as_of, n_records, persons, model_path,
                 json.dumps({k: v for k, v in result.to_dict().items() if k != "evaluation"}, default=str)])

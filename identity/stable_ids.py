@@ -121,11 +121,15 @@ def assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema
     return {k: int(v) for k, v in counts.items()}
 
 
-def write_history(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema: str = "identity") -> None:
+def write_history(con: duckdb.DuckDBPyConnection, run_id: str, run_seq: int, schema: str = "identity",
+                  changed_at=None) -> None:
     """Append the run's changes, and a history row for every record whose person_id is new or
-    different (reads the temp tables ``assign_ids`` left: id_cur, id_person, id_prev, id_run_changes)."""
+    different (reads the temp tables ``assign_ids`` left: id_cur, id_person, id_prev, id_run_changes).
+    ``changed_at``: the run's as_of (a backtest's changes are stamped with its as_of, not the wall
+    clock); now when not given."""
     con.execute(f"""INSERT INTO {schema}.changes
-                    SELECT '{run_id}', person_id, change, other_person_id, records, now() FROM id_run_changes""")
+                    SELECT '{run_id}', person_id, change, other_person_id, records, coalesce(?::TIMESTAMPTZ, now())
+                    FROM id_run_changes""", [changed_at])
     con.execute(f"""
         INSERT INTO {schema}.id_history
         SELECT '{run_id}', {run_seq}, c.record_key, p.person_id

@@ -21,15 +21,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from dagster import AssetExecutionContext, AssetKey, Output
+from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetSpec, Output
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
 from core.config import CONFIG_ENV, Config, ConfigError, load_config
 from core.dbt_project import DBT_EXECUTABLE, WAREHOUSE_VAR, cache_target_dir, dbt_project_dir, manifest_is_stale
 from core.settings.scoring import dbt_vars
-from core.warehouse import fetch_all, open_warehouse, table_exists
+from core.warehouse import fetch_all, open_warehouse
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
-from dagster_project.defs.resources import TesseraResource
+from dagster_project.defs.resources import AS_OF_FORMAT, TesseraResource, run_as_of
 
 log = logging.getLogger("tessera.dbt")
 
@@ -42,15 +42,18 @@ DBT_LAYERS = ("staging", "intermediate", "marts")
 PARTIAL_PARSE = "partial_parse.msgpack"
 
 
-def invocation_vars(config: Config) -> dict[str, Any]:
-    """The --vars of every dbt invocation for a project: its warehouse file (profiles.yml reads
-    it), its as_of when cdp.yaml sets one (else dbt's default, the invocation's start) and the
-    feature models' settings that differ from dbt_project.yml (core.settings.scoring.dbt_vars).
-    The same for every invocation of one project, so its partial-parse state stays valid: dbt
-    re-parses everything when the vars or the profile change."""
+def invocation_vars(config: Config, as_of: Optional[str] = None) -> dict[str, Any]:
+    """The --vars of a dbt invocation for a project: its warehouse file (profiles.yml reads it),
+    the run's as_of (one per run, dagster_project/defs/resources.py: run_as_of; else cdp.yaml's
+    when set, else dbt's default, the invocation's start) and the feature models' settings that
+    differ from dbt_project.yml (core.settings.scoring.dbt_vars). dbt re-parses the whole project
+    when the vars change, so a run whose as_of differs from the previous run's pays one full parse
+    (measured in docs/benchmarks.md); the invocations of one run share the vars and the state."""
+    if as_of is None and config.as_of is not None:
+        as_of = config.as_of.isoformat()
     return {
         WAREHOUSE_VAR: str(config.warehouse_path),
-        **({"as_of": config.as_of.isoformat()} if config.as_of is not None else {}),
+        **({"as_of": as_of} if as_of is not None else {}),
         **dbt_vars(config.churn, config.cart_intent),
     }
 
@@ -124,6 +127,16 @@ _LOAD_TARGET, _LOAD_VARS = _load_time_target()
 DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR, target_path=_LOAD_TARGET)
 
 
+# The models that read the Python scoring stage's tables (and everything built on them) carry
+# this tag. One @dbt_assets cannot both feed the scoring assets and wait on them, so the
+# project is split into two selections with scoring in between.
+AFTER_SCORING_TAG = "after_scoring"
+# What each selection's root models wait for, beside their sources (keys of dagster_project/defs/):
+# the core selection after identity (itself after ingestion and the erasure requests), the
+# after-scoring one after the declarative segments (after experiments and scoring).
+RUNS_AFTER = {False: AssetKey(["identity", "changes"]), True: AssetKey(["segments", "definitions"])}
+
+
 class TesseraDbtTranslator(DagsterDbtTranslator):
     """dbt sources -> the upstream assets' keys; models -> `<layer>/<model>` in group `<layer>`."""
 
@@ -142,6 +155,26 @@ class TesseraDbtTranslator(DagsterDbtTranslator):
         layer = self.layer(dbt_resource_props) or dbt_resource_props["config"].get("schema") or "dbt"
         return AssetKey([layer, dbt_resource_props["name"]])
 
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: Optional[DbtProject]) -> AssetSpec:
+        """A model with no parent in its own selection also runs after the last Python stage before its selection
+        (RUNS_AFTER), so each selection is one step, one dbt invocation: Dagster splits a multi-asset
+        into one step per distance from the graph's roots (asset_job._attempt_resolve_node_cycles),
+        which made the two selections five invocations of 6-10 CPU-s start-up each, and ran the
+        staging tables before the erasure requests were applied to raw.*."""
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = manifest["nodes"].get(unique_id) if unique_id in manifest.get("nodes", {}) else None
+        if props is None or props["resource_type"] not in ("model", "seed", "snapshot"):
+            return spec
+        after_scoring = AFTER_SCORING_TAG in (props.get("tags") or [])
+        for parent in props.get("depends_on", {}).get("nodes", []):
+            node = manifest["nodes"].get(parent)
+            if node and node["resource_type"] in ("model", "seed", "snapshot") \
+                    and (AFTER_SCORING_TAG in (node.get("tags") or [])) == after_scoring:
+                return spec  # ordered through a parent in its own selection
+        if any(dep.asset_key == RUNS_AFTER[after_scoring] for dep in spec.deps):
+            return spec
+        return spec.merge_attributes(deps=[AssetDep(RUNS_AFTER[after_scoring])])
+
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> Optional[str]:
         if dbt_resource_props["resource_type"] == "source":
             return None
@@ -157,8 +190,8 @@ class TesseraDbtTranslator(DagsterDbtTranslator):
         return description or f"dbt {kind} {dbt_resource_props['name']}"
 
 
-def _dbt_args(config: Config) -> list[str]:
-    return ["build", "--vars", json.dumps(invocation_vars(config))]
+def _dbt_args(config: Config, as_of: str) -> list[str]:
+    return ["build", "--vars", json.dumps(invocation_vars(config, as_of))]
 
 
 class _DbtProgress(io.TextIOBase):
@@ -173,16 +206,6 @@ class _DbtProgress(io.TextIOBase):
             if self.WORTH_SEEING.search(line):
                 log.info("dbt: %s", line.strip())
         return len(text)
-
-
-def _built_as_of(warehouse: Path) -> Optional[str]:
-    """The as_of the marts were built with (dbt resolves 'now' itself); None before
-    marts.customers is first built (a step of staging models only)."""
-    with open_warehouse(warehouse, read_only=True) as con:
-        if not table_exists(con, "marts", "customers"):
-            return None
-        rows = fetch_all(con, "SELECT max(as_of) FROM marts.customers")
-    return rows[0][0].isoformat(sep=" ") if rows and rows[0][0] is not None else None
 
 
 def _row_counts(warehouse: Path, relations: dict[str, str]) -> dict[str, int]:
@@ -210,12 +233,13 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     """`dbt build` of the selection the context asks for, in the project's target folder, with
     row counts and the as_of the marts were built with as metadata."""
     config = tessera.load()
+    as_of = run_as_of(context, config).strftime(AS_OF_FORMAT)
     state_dir = config.dbt_target_dir
     run_target = state_dir / "runs" / f"{context.op_execution_context.op.name}-{context.run.run_id[:8]}-{uuid.uuid4().hex[:7]}"
     _seed_partial_parse(state_dir, run_target)
     # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
     with tessera.project_held():
-        invocation = dbt.cli(_dbt_args(config), context=context, raise_on_error=False, target_path=run_target)
+        invocation = dbt.cli(_dbt_args(config, as_of), context=context, raise_on_error=False, target_path=run_target)
         with contextlib.redirect_stdout(_DbtProgress()):
             events = list(invocation.stream())
     _keep_partial_parse(run_target, state_dir)
@@ -229,14 +253,10 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
             if node.get("config", {}).get("materialized") in ("table", "incremental"):
                 built_tables[uid] = f'"{node["schema"]}"."{node["alias"]}"'
     counts: dict[str, int] = {}
-    as_of = None
     try:
         counts = _row_counts(config.warehouse_path, built_tables)
-        if built_tables:
-            as_of = _built_as_of(config.warehouse_path)
     except Exception as e:  # metadata only: never fail a good build over it
-        log.warning("dbt: could not read row counts / as_of: %s", e)
-    as_of = as_of or (config.as_of.isoformat() if config.as_of else "now")
+        log.warning("dbt: could not read row counts: %s", e)
     for event in events:
         if isinstance(event, Output):
             uid = str(getattr(event.metadata.get("unique_id"), "value", event.metadata.get("unique_id")))
@@ -249,12 +269,6 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     error = invocation.get_error()
     if error is not None:
         raise error
-
-
-# The models that read the Python scoring stage's tables (and everything built on them) carry
-# this tag. One @dbt_assets cannot both feed the scoring assets and wait on them, so the
-# project is split into two selections with scoring in between.
-AFTER_SCORING_TAG = "after_scoring"
 
 
 @dbt_assets(

@@ -9,7 +9,7 @@ import logging
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, multi_asset
 
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
-from dagster_project.defs.resources import TesseraResource
+from dagster_project.defs.resources import TesseraResource, run_as_of
 from experiments.pipeline import run_experiments
 
 EXPERIMENTS_GROUP = "experiments"
@@ -40,7 +40,7 @@ def experiments(context: AssetExecutionContext, tessera: TesseraResource):
     config = tessera.load()
     with tessera.warehouse() as con:
         try:
-            results = run_experiments(con, config.experiments, config.as_of_datetime(), progress=log.info)
+            results = run_experiments(con, config.experiments, run_as_of(context, config), progress=log.info)
         except ValueError as e:
             raise RuntimeError(str(e)) from e
         exposed = con.execute("SELECT count(*) FROM experiments.assignments").fetchall()[0][0]

@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
-from dagster_project.defs.resources import TesseraResource
+from dagster_project.defs.resources import TesseraResource, run_as_of
 from identity.evaluate import evaluate, truth_path
 from identity.pipeline import resolve
 from identity.splink_model import ModelSanityError
@@ -69,7 +69,7 @@ def identity_resolution(context: AssetExecutionContext, tessera: TesseraResource
     with tessera.warehouse() as con:
         try:
             result = resolve(config, con, run_id=context.run.run_id.replace("-", "")[:24] or None,
-                             as_of=config.as_of_datetime(), progress=log.info)
+                             as_of=run_as_of(context, config), progress=log.info)
         except ModelSanityError as e:
             raise RuntimeError(f"identity: {e}") from e
         evaluation = None

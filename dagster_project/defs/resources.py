@@ -5,6 +5,7 @@ $CDP_CONFIG; `cdp run` passes its own, per call."""
 
 
 from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator
 
 import duckdb
@@ -85,3 +86,23 @@ def tessera_from_env() -> TesseraResource:
 def project_instance(config: Config) -> DagsterInstance:
     """The project's Dagster instance (its paths.dagster_home), without touching $DAGSTER_HOME."""
     return DagsterInstance.from_config(str(ensure_dagster_home(config.dagster_home, config.engine)))
+
+
+# The run's one as_of (naive UTC, "YYYY-MM-DD HH:MM:SS"), fixed when the run starts (cdp/runner.py)
+# and read by every step: dbt's --vars, identity, experiments, scoring, segments.
+AS_OF_TAG = "tessera/as_of"
+AS_OF_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def run_as_of(context, config: Config) -> datetime:
+    """The run's as_of (UTC, aware): its tag when `cdp run` set one; else cdp.yaml's `as_of` (end
+    of that day); else the time the run was created, which every step of one run reads alike
+    (a run launched from the UI, a sensor or a schedule)."""
+    tag = context.run.tags.get(AS_OF_TAG)
+    if tag:
+        return datetime.strptime(tag, AS_OF_FORMAT).replace(tzinfo=timezone.utc)
+    if config.as_of is not None:
+        return config.as_of_datetime()
+    record = context.instance.get_run_record_by_id(context.run.run_id)
+    created = record.create_timestamp if record is not None else datetime.now(timezone.utc)
+    return created.astimezone(timezone.utc).replace(microsecond=0)

@@ -8,7 +8,7 @@ import logging
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, asset, multi_asset
 
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
-from dagster_project.defs.resources import TesseraResource
+from dagster_project.defs.resources import TesseraResource, run_as_of
 from scoring.pipeline import run_recommendation_stage, run_scoring
 
 SCORING_GROUP = "scoring"
@@ -91,7 +91,7 @@ RECOMMENDATION_INPUTS = [AssetKey(["intermediate", m]) for m in ("int_order_line
 def scoring_recommendations(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
     config = tessera.load()
     with tessera.warehouse() as con:
-        result = run_recommendation_stage(con, config.as_of_datetime(), config.recommendations, progress=log.info)
+        result = run_recommendation_stage(con, run_as_of(context, config), config.recommendations, progress=log.info)
     s = result.summary()
     # The blend measured on held-out buyers of its own time split, next to two baselines: the
     # number to watch, computed with the fit (no extra pass). `cdp evaluate recommendations` has all.

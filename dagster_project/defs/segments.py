@@ -20,6 +20,7 @@ from dagster import (
     multi_asset,
 )
 
+from dagster_project.defs import resources
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
 from dagster_project.defs.resources import TesseraResource
 from dagster_project.defs.scoring import SCORING_ASSETS
@@ -77,7 +78,7 @@ def declarative_segments(context: AssetExecutionContext, tessera: TesseraResourc
     except SegmentFileError as e:
         raise RuntimeError(str(e)) from None  # the message names the segment, the condition and the fix
     with tessera.warehouse() as con:
-        as_of = run_as_of(con, default=config.as_of_datetime().replace(tzinfo=None, microsecond=0))
+        as_of = run_as_of(con, default=resources.run_as_of(context, config).replace(tzinfo=None))
         try:
             results = write_segments(con, segment_file, as_of)
         except SegmentFileError as e:
