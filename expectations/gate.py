@@ -19,10 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.config import Config
+from core.contracts import ENTITIES
 from core.pii import KnownValues, mask_pii, mask_row
 from core.published import PublishedTable, published_tables
 from core.snapshots import current_path, open_snapshot, read_manifest
 from core.warehouse import fetch_all, table_exists, transaction
+from expectations.source_drift import SETTING as SOURCE_SETTING
+from expectations.source_drift import findings, load_profiles, new_load_ids, worst
 from expectations.suites import (
     BAD_ROW_RATE,
     DRIFT_METRICS,
@@ -31,13 +34,20 @@ from expectations.suites import (
     published_metrics,
     published_metrics_sql,
     published_suite,
+    source_drift_metrics,
     source_metrics,
     source_metrics_sql,
 )
 
 log = logging.getLogger("tessera.quality")
 
-DRIFT_CHECKS = {m.check for _, m in DRIFT_METRICS}
+# Source drift (expectations/source_drift.py): the setting bounding each check.
+SOURCE_DRIFT_SETTINGS = {
+    "drift_source_rows": "max_row_count_drop",
+    "drift_source_fill_rate": "max_fill_rate_drop",
+    "drift_source_top_value": "max_top_value_share_rise",
+}
+DRIFT_CHECKS = {m.check for _, m in DRIFT_METRICS} | set(SOURCE_DRIFT_SETTINGS)
 DRIFT_SETTINGS = {
     "drift_person_count": "quality.drift.max_person_count_change",
     "drift_segment_sizes": "quality.drift.block_emptied_segment / max_segment_size_change",
@@ -373,6 +383,56 @@ def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], acc
     return results
 
 
+def last_published_at(config: Config) -> str | None:
+    """When the last snapshot was published (loads since then are new to the gate)."""
+    stamps = [e["published_at"] for e in read_manifest(config.published_dir).get("history", []) if e.get("published_at")]
+    return max(stamps) if stamps else None
+
+
+def check_source_drift(con, gx, config: Config, accept: bool) -> list[CheckResult]:
+    """Each load since the last publish against the earlier loads of its source (one check per
+    raw table with new loads and per kind: rows, fill rate, top-value share)."""
+    bounds = config.quality.sources
+    new = new_load_ids(con, last_published_at(config))
+    if not new:
+        return []
+    profiles = load_profiles(con)
+    found = findings(profiles, new, bounds)
+    top = worst(found)
+    metrics = [m for ent in ENTITIES for m in source_drift_metrics(ent)]
+    values = {m.name: None for m in metrics}
+    for ent in ENTITIES:
+        for m in source_drift_metrics(ent):
+            f = top.get((ent.table, m.check))
+            values[m.name] = None if f is None else round(f.value, 6)
+    params = {name: getattr(bounds, name) for name in SOURCE_DRIFT_SETTINGS.values()}
+    outcomes = gx.validate("gate_source_drift", _frame(values), params)
+    checked = {p.table: 0 for p in profiles if p.load_id in new}
+    for p in profiles:
+        if p.load_id in new:
+            checked[p.table] += 1
+    results: list[CheckResult] = []
+    for table in sorted(checked):
+        own = [o for o in outcomes if o.table == f"raw.{table}"]
+        results += _group(own, metrics, values, f"raw.{table}", f"raw/{table}", "drift", con, 0, params=params)
+    for r in results:
+        table = r.table.removeprefix("raw.")
+        r.observed["loads_checked"] = checked.get(table, 0)
+        if r.passed:
+            continue
+        setting = f"{SOURCE_SETTING}.{SOURCE_DRIFT_SETTINGS[r.check]}"
+        bound = params[SOURCE_DRIFT_SETTINGS[r.check]]
+        over = sorted((f for f in found if f.table == table and f.check == r.check and f.value > bound),
+                      key=lambda f: -f.value)
+        more = f" (and {len(over) - 3} more)" if len(over) > 3 else ""
+        r.detail = ("; ".join(f.text(bound, setting) for f in over[:3]) + more
+                    + f"; to accept it, set {setting} or publish with --accept-drift")
+        r.observed["out_of_bounds"] = [{"file": f.file, "field": f.field, "now": round(f.now, 4),
+                                        "usual": round(f.usual, 4)} for f in over[:20]]
+        r.accepted = accept
+    return results
+
+
 # --------------------------------------------------------------------------- the gate
 def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool = False,
              gate_id: str | None = None, interim_tables: set[str] | None = None, manifest=None) -> GateResult:
@@ -410,6 +470,8 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
     if "identity_graph" in sound:
         checks += check_identity(con, gx, config)
     checks += check_drift(con, gx, config, sound, accept_drift)
+    if interim_tables is None:  # (sources are no published table: judged once, by the whole gate)
+        checks += check_source_drift(con, gx, config, accept_drift)
     result = GateResult(gate_id, dagster_run_id, now.isoformat(timespec="seconds"), accept_drift, checks,
                         sorted(present), skipped)
     if interim_tables is not None:
@@ -475,7 +537,6 @@ def gate_for_run(con, dagster_run_id: str) -> dict | None:
 # --------------------------------------------------------------------------- sources
 def run_source_checks(config: Config, con, since: datetime | None, tables: list[str] | None = None) -> list[CheckResult]:
     """Validate the rows loaded since ``since`` (this run's loads) of each raw table."""
-    from core.contracts import ENTITIES
     from expectations.gx_runner import runner_for
 
     gx = runner_for(config.reports_dir)

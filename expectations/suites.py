@@ -234,6 +234,31 @@ IDENTITY_METRICS = (
 )
 
 
+# Each new load of a source against the earlier loads of the same source (expectations/source_drift.py):
+# the worst drop of rows (for the time the load spans), of a field's fill rate, and the worst rise of a field's
+# top-value share, over the loads since the last publish. Blocking like drift: accepted with --accept-drift.
+SOURCE_DRIFT_METRICS = (
+    Metric("rows_drop", "drift_source_rows", "", min_value=None, max_value="max_row_count_drop"),
+    Metric("fill_rate_drop", "drift_source_fill_rate", "", min_value=None, max_value="max_fill_rate_drop"),
+    Metric("top_value_share_rise", "drift_source_top_value", "", min_value=None,
+           max_value="max_top_value_share_rise"),
+)
+
+
+def source_drift_metrics(ent: Entity) -> list[Metric]:
+    """The source-drift metrics of one raw table (column names prefixed with the table, as all
+    raw tables are validated in one frame)."""
+    return [Metric(f"{ent.table}__{m.name}", m.check, "", min_value=None, max_value=m.max_value)
+            for m in SOURCE_DRIFT_METRICS]
+
+
+def source_drift_suite() -> dict:
+    return _suite("gate_source_drift",
+                  [m.expectation(f"raw.{ent.table}") for ent in ENTITIES for m in source_drift_metrics(ent)],
+                  "Each load since the last publish against the earlier loads of its source: rows for the "
+                  "time spanned, fill rate and top-value share per field; bounds from expectations.sources.")
+
+
 def drift_suite() -> dict:
     return _suite("gate_drift", [m.expectation(table) for table, m in DRIFT_METRICS],
                   "Change against the last published snapshot; bounds from quality.drift.")
@@ -252,7 +277,7 @@ def _suite(name: str, expectations: list[dict], notes: str) -> dict:
 
 def all_suites() -> list[dict]:
     """The suites kept in version control (the published tables' are built from the manifest)."""
-    return [*(source_suite(ent) for ent in ENTITIES), drift_suite(), identity_suite()]
+    return [*(source_suite(ent) for ent in ENTITIES), drift_suite(), identity_suite(), source_drift_suite()]
 
 
 def suite_json(suite: dict) -> str:

@@ -349,11 +349,12 @@ def test_drift_defaults_block_a_halved_person_count_and_a_shifted_churn_distribu
         values, _ = drift_values(now, before, drift.min_segment_size)
         return {o.check for o in gx.validate("gate_drift", _frame(values), params) if not o.success}
 
-    steady = {"persons": 1100, "segments": {"a": 90, "b": 12}, "merged_share": 0.52,
+    steady = {"persons": 1050, "segments": {"a": 90, "b": 12}, "merged_share": 0.52,
               "churn_hist": [0.1] * 10, "churn_mean": 0.51}
     assert failing(steady) == set()
     assert failing({**steady, "persons": 500}) == {"drift_person_count"}  # dropped by half
     assert failing({**steady, "persons": 1500}) == {"drift_person_count"}  # rose by half
+    assert failing({**steady, "persons": 1150}) == {"drift_person_count"}  # profiles split: +15% (issue #25)
     assert failing({**steady, "segments": {"a": 90}}) == {"drift_segment_sizes"}  # b emptied
     # b still defined but empty blocks; b deleted from the segment definitions does not.
     assert failing({**steady, "segments": {"a": 90}, "defined_segments": {"a", "b"}}) == {"drift_segment_sizes"}

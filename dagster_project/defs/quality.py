@@ -33,7 +33,7 @@ from dagster import (
 from core.contracts import ENTITIES
 from core.pii import mask_pii
 from core.published import PublishedTable, published_tables
-from core.warehouse import fetch_all
+from core.warehouse import fetch_all, table_exists
 from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
 from dagster_project.defs.resources import TesseraResource
 from expectations.suites import DRIFT_METRICS, IDENTITY_METRICS, published_metrics, source_metrics
@@ -179,7 +179,13 @@ def _publish_asset(deps: list[AssetKey], manifest):
                 gate = run_gate(config, con, dagster_run_id=context.run_id, accept_drift=accept,
                                 manifest=manifest).summary()
             if not gate["passed"]:
-                raise Failure(f"publish blocked by the quality gate: {', '.join(gate['blocking_failures'])}",
+                # the details name the file and field (never a value); a source's checks have no
+                # Dagster check of their own to show them
+                details = [f"{c} on {t}: {d}" for c, t, d in fetch_all(con, """
+                    SELECT check_name, table_name, detail FROM quality.check_results
+                    WHERE gate_id = ? AND NOT passed AND blocking AND NOT accepted ORDER BY table_name, check_name""",
+                    [gate["gate_id"]])] if table_exists(con, "quality", "check_results") else []
+                raise Failure("publish blocked by the quality gate: " + ("; ".join(details) or ", ".join(gate["blocking_failures"])),
                               metadata={"report": gate.get("report", "")})
             snap = publish_build(config, con, gate, manifest)
             checks = [{"check": c, "table": t, "severity": "blocking" if b else "warn", "passed": p}
