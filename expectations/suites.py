@@ -6,7 +6,7 @@ one SQL query returns one row of *metrics* (rows with a null key, duplicated key
 probabilities out of range, persons not in ``customers``...), and GX validates a one-row
 DataFrame holding the table's own columns (empty, for the schema expectation) and those
 metrics against the table's suite. Drift and identity sanity are measured the same way and validated against
-suites whose bounds are ``$PARAMETER``s filled from the ``quality:`` config.
+suites whose bounds are ``$PARAMETER``s filled from the ``expectations:`` config.
 
 Every metric knows its check name (the Dagster asset check and the name in messages) and how
 to fetch sample failing rows for the report.
@@ -261,12 +261,12 @@ def source_drift_suite() -> dict:
 
 def drift_suite() -> dict:
     return _suite("gate_drift", [m.expectation(table) for table, m in DRIFT_METRICS],
-                  "Change against the last published snapshot; bounds from quality.drift.")
+                  "Change against the last published snapshot; bounds from expectations.drift.")
 
 
 def identity_suite() -> dict:
     return _suite("gate_identity", [m.expectation("identity_graph") for m in IDENTITY_METRICS],
-                  "Sanity of the resolved identities; bounds from quality.identity.")
+                  "Sanity of the resolved identities; bounds from expectations.identity.")
 
 
 # --------------------------------------------------------------------------- files

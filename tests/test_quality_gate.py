@@ -339,7 +339,7 @@ def test_drift_defaults_block_a_halved_person_count_and_a_shifted_churn_distribu
 
     before = {"persons": 1000, "segments": {"a": 100, "b": 10}, "merged_share": 0.5,
               "churn_hist": [0.1] * 10, "churn_mean": 0.5}
-    drift = config_from_dict({}, tmp_path).quality.drift
+    drift = config_from_dict({}, tmp_path).expectations.drift
     params = {"max_person_count_change": drift.max_person_count_change, "max_emptied_segments": 0,
               "max_segment_size_change": 1e18, "max_merge_rate_change": drift.max_merge_rate_change,
               "max_churn_mean_change": drift.max_churn_mean_change, "max_churn_psi": drift.max_churn_psi}

@@ -1,7 +1,7 @@
 """The quality gate and write-audit-publish, as Dagster asset checks and the publish asset.
 
-- ``source_suites``: checks on every raw table (GX suites on this run's loads).
-- ``quality_gate``: checks on every published mart (GX suites, identity sanity, drift against
+- ``expectations_sources``: checks on every raw table (GX suites on this run's loads).
+- ``expectations_gate``: checks on every published mart (GX suites, identity sanity, drift against
   the last published snapshot). Blocking checks fail with ERROR severity: Dagster then skips
   everything downstream of the checked asset, which is ``publish/snapshot``.
 - ``publish/snapshot``: downstream of every published mart; writes the new snapshot aside and
@@ -38,7 +38,7 @@ from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
 from dagster_project.defs.resources import TesseraResource
 from expectations.suites import DRIFT_METRICS, IDENTITY_METRICS, published_metrics, source_metrics
 
-log = logging.getLogger("tessera.quality")
+log = logging.getLogger("tessera.expectations")
 
 PUBLISH_GROUP = "publish"
 PUBLISH_KEY = AssetKey(["publish", "snapshot"])
@@ -58,16 +58,16 @@ CHECK_DESCRIPTIONS = {
     "email_audience_has_consent": "Every next_best_offer row with channel 'email' is a person with a granted "
                                   "email_marketing consent.",
     "one_offer_per_contactable_person": "Every person with a granted marketing consent has an offer row.",
-    "identity_largest_cluster": "No person holds more source records than quality.identity.max_cluster_records.",
-    "identity_emails_per_person": "Persons with more than quality.identity.max_emails_per_person emails stay within bound.",
-    "identity_merged_share": "The share of source records merged with another is within quality.identity bounds.",
-    "drift_person_count": "The person count changed less than quality.drift.max_person_count_change vs the published snapshot.",
-    "drift_segment_sizes": "No segment emptied (and none changed beyond quality.drift.max_segment_size_change).",
-    "drift_merge_rate": "The merged share changed less than quality.drift.max_merge_rate_change.",
-    "drift_churn_distribution": "Mean churn probability and its PSI moved less than the quality.drift bounds.",
+    "identity_largest_cluster": "No person holds more source records than expectations.identity.max_cluster_records.",
+    "identity_emails_per_person": "Persons with more than expectations.identity.max_emails_per_person emails stay within bound.",
+    "identity_merged_share": "The share of source records merged with another is within expectations.identity bounds.",
+    "drift_person_count": "The person count changed less than expectations.drift.max_person_count_change vs the published snapshot.",
+    "drift_segment_sizes": "No segment emptied (and none changed beyond expectations.drift.max_segment_size_change).",
+    "drift_merge_rate": "The merged share changed less than expectations.drift.max_merge_rate_change.",
+    "drift_churn_distribution": "Mean churn probability and its PSI moved less than the expectations.drift bounds.",
     "required_fields_present": "This run's loads have every required contract field.",
     "values_in_range": "Prices and totals are not negative; margins are in [0, 1].",
-    "formats": "Malformed emails stay under quality.sources.max_invalid_format_rate (warning).",
+    "formats": "Malformed emails stay under expectations.sources.max_invalid_format_rate (warning).",
     "bad_row_rate": "Quarantined rows of this run's loads stay under ingestion.max_bad_row_rate.",
     "table_present": "The registered published table was built.",
 }
@@ -125,9 +125,9 @@ def build_quality_defs(defined_keys: set[AssetKey], manifest) -> tuple[list, lis
 
 
 def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manifest):
-    @multi_asset_check(specs=specs, name="quality_gate", can_subset=True, pool=WAREHOUSE_POOL,
+    @multi_asset_check(specs=specs, name="expectations_gate", can_subset=True, pool=WAREHOUSE_POOL,
                        description="GX suites, identity sanity and drift on every published mart.")
-    def quality_gate(context, tessera: TesseraResource):
+    def expectations_gate(context, tessera: TesseraResource):
         from expectations.gate import existing_tables, run_gate
 
         config = tessera.load()
@@ -157,7 +157,7 @@ def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manif
             passed = ck.name != "table_present" or table not in gate.skipped_tables
             yield _result(ck.asset_key, ck.name, passed, False, {"detail": reason})
 
-    return quality_gate
+    return expectations_gate
 
 
 def _publish_asset(deps: list[AssetKey], manifest):
@@ -225,9 +225,9 @@ def build_source_checks():
     key_of = {ent.table: raw_asset_key(ent) for ent in ENTITIES}
     specs = [_spec(n, key_of[t]) for t, ns in names.items() for n in ns]
 
-    @multi_asset_check(specs=specs, name="source_suites", can_subset=True, pool=WAREHOUSE_POOL,
+    @multi_asset_check(specs=specs, name="expectations_sources", can_subset=True, pool=WAREHOUSE_POOL,
                        description="GX suites on the rows each raw table loaded in this run.")
-    def source_suites(context, tessera: TesseraResource):
+    def expectations_sources(context, tessera: TesseraResource):
         from expectations.gate import run_source_checks
 
         config = tessera.load()
@@ -244,4 +244,4 @@ def build_source_checks():
         for ck in selected - emitted:
             yield _result(ck.asset_key, ck.name, True, False, {"detail": "no table loaded yet"})
 
-    return source_suites
+    return expectations_sources

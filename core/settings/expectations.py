@@ -1,6 +1,7 @@
-"""The ``quality:`` section of ``cdp.yaml``: drift bounds, identity sanity bounds, snapshots kept.
+"""The ``expectations:`` section of ``cdp.yaml`` (formerly ``quality:``): drift bounds, identity sanity
+bounds, source drift bounds, snapshots kept.
 
-Every field has a default, so ``quality: {}`` is a complete configuration; unknown keys are
+Every field has a default, so ``expectations: {}`` is a complete configuration; unknown keys are
 errors. The defaults block what is almost always a broken build rather than real change: the
 person count halving or doubling, a segment that empties, one "person" swallowing hundreds
 of records.
@@ -104,7 +105,7 @@ class SourceBounds(_Strict):
     )
 
 
-class QualitySettings(_Strict):
+class ExpectationsSettings(_Strict):
     keep_snapshots: int = Field(default=5, ge=1, description="Published snapshots kept for rollback.")
     sample_rows: int = Field(
         default=5, ge=0, le=100, description="Failing rows shown per failed check in the report (PII masked).",
