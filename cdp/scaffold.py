@@ -117,7 +117,7 @@ syncs: []
 #           max_churn_mean_change: 0.2, max_churn_psi: 0.25}}
 #   identity: {{max_cluster_growth: 2.0, max_emails_per_person: 10, max_persons_over_email_limit: 0}}
 #   sources: {{max_row_count_drop: 0.4, max_fill_rate_drop: 0.25, max_top_value_share_rise: 0.2,
-#             baseline_loads: 5, min_rows: 100}}
+#             baseline_loads: 7, min_rows: 200}}
 expectations: {{}}
 
 # Erasure (`cdp forget`) keeps salted hashes of an erased person's identifiers so that files

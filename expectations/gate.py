@@ -35,6 +35,7 @@ from expectations.suites import (
     published_metrics_sql,
     published_suite,
     source_drift_metrics,
+    source_drift_suite,
     source_metrics,
     source_metrics_sql,
 )
@@ -398,21 +399,22 @@ def check_source_drift(con, gx, config: Config, accept: bool) -> list[CheckResul
         return []
     profiles = load_profiles(con)
     found = findings(profiles, new, bounds)
+    compared = {f.table for f in found}  # (a source's first loads have nothing to be compared with)
+    if not compared:
+        return []
     top = worst(found)
-    metrics = [m for ent in ENTITIES for m in source_drift_metrics(ent)]
+    metrics = [m for ent in ENTITIES if ent.table in compared for m in source_drift_metrics(ent)]
     values = {m.name: None for m in metrics}
     for ent in ENTITIES:
         for m in source_drift_metrics(ent):
             f = top.get((ent.table, m.check))
-            values[m.name] = None if f is None else round(f.value, 6)
+            if m.name in values and f is not None:
+                values[m.name] = round(f.value, 6)
     params = {name: getattr(bounds, name) for name in SOURCE_DRIFT_SETTINGS.values()}
-    outcomes = gx.validate("gate_source_drift", _frame(values), params)
-    checked = {p.table: 0 for p in profiles if p.load_id in new}
-    for p in profiles:
-        if p.load_id in new:
-            checked[p.table] += 1
+    outcomes = gx.validate("gate_source_drift", _frame(values), params, suite=source_drift_suite(compared))
+    checked = {t: len({f.file for f in found if f.table == t}) for t in compared}
     results: list[CheckResult] = []
-    for table in sorted(checked):
+    for table in sorted(compared):
         own = [o for o in outcomes if o.table == f"raw.{table}"]
         results += _group(own, metrics, values, f"raw.{table}", f"raw/{table}", "drift", con, 0, params=params)
     for r in results:

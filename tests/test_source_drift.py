@@ -29,6 +29,9 @@ def loaded(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("srcdrift") / "proj"
     cfg_path = init_project(root)
+    # a small shop: its loyalty export (~140 members) and monthly event files are compared, with the
+    # floor lowered from its default (200 rows) to 100: more comparisons for history to pass
+    cfg_path.write_text(cfg_path.read_text().replace("\nexpectations: {}\n", "\nexpectations: {sources: {min_rows: 100}}\n"))
     config = load_config(cfg_path)
     generate(customers=250, seed=11, out=config.landing_dir, as_of=AS_OF)
     # At this size a month of receipts or tickets is under expectations.sources.min_rows (nothing

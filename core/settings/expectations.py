@@ -97,9 +97,12 @@ class SourceBounds(_Strict):
         description="How far (absolute) the share of a field's values taken by its most common value may rise "
                     "above the highest of the source's earlier loads (0.2: one email on a fifth more rows blocks).",
     )
-    baseline_loads: int = Field(default=5, ge=1, description="Earlier loads of the source a load is compared with.")
+    baseline_loads: int = Field(
+        default=7, ge=1,
+        description="Earlier loads of the source a load is compared with (7: daily files include the same weekday).",
+    )
     min_rows: int = Field(
-        default=100, ge=1,
+        default=200, ge=1,
         description="Loads (and earlier loads) with fewer rows, or fields with fewer values, are not compared: "
                     "too few to tell a broken export from chance.",
     )
