@@ -1,4 +1,5 @@
-"""The quality gate and write-audit-publish, as Dagster asset checks and the publish asset.
+"""The expectations stage (the gate before publishing) and write-audit-publish, as Dagster asset
+checks and the publish asset (the module keeps its name: the runner and the definitions import it).
 
 - ``expectations_sources``: checks on every raw table (GX suites on this run's loads).
 - ``expectations_gate``: checks on every published mart (GX suites, identity sanity, drift against
@@ -126,7 +127,8 @@ def build_quality_defs(defined_keys: set[AssetKey], manifest) -> tuple[list, lis
 
 def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manifest):
     @multi_asset_check(specs=specs, name="expectations_gate", can_subset=True, pool=WAREHOUSE_POOL,
-                       description="GX suites, identity sanity and drift on every published mart.")
+                       description="GX suites, identity sanity and drift on every published mart; each source's loads "
+                                   "since the last publish against its earlier loads (in the verdict that publish reads).")
     def expectations_gate(context, tessera: TesseraResource):
         from expectations.gate import existing_tables, run_gate
 
