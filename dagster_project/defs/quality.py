@@ -176,9 +176,9 @@ def _publish_asset(deps: list[AssetKey], manifest):
         config = tessera.load()
         accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
         with tessera.warehouse() as con:
-            gate = gate_for_run(con, context.run_id)
+            gate = gate_for_run(con, context.run.run_id)
             if gate is None:  # materialized on its own: audit now, never publish unchecked
-                gate = run_gate(config, con, dagster_run_id=context.run_id, accept_drift=accept,
+                gate = run_gate(config, con, dagster_run_id=context.run.run_id, accept_drift=accept,
                                 manifest=manifest).summary()
             if not gate["passed"]:
                 # the details name the file and field (never a value); a source's checks have no
