@@ -4,7 +4,7 @@
 
 Runs `cdp run` (ingestion, identity, dbt, quality checks, publish) in this process on generated
 data (shared with the other benches via bench/common.py), then reads each step's start and end
-from the Dagster event log. Gate time = the `source_suites` and `quality_gate` check steps
+from the Dagster event log. Gate time = the `expectations_sources` and `expectations_gate` check steps
 (GX import, SQL measurements, GX validations, Data Docs and the report included). Writing the
 snapshot (`publish/snapshot`) is reported separately: it copies the marts, it checks nothing.
 """
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-GATE_STEPS = ("source_suites", "quality_gate")
+GATE_STEPS = ("expectations_sources", "expectations_gate")
 
 
 def step_seconds(dagster_home: Path, run_id: str) -> dict[str, float]:
@@ -66,7 +66,7 @@ def main(customers: int, workdir: Path | None = None) -> dict:
     summary = run_pipeline(cfg_path)
     total = time.perf_counter() - t0
     steps = step_seconds(config.dagster_home, summary.run_id)
-    # (Dagster runs a check in several steps when its assets are built in several: quality_gate_2, ...)
+    # (Dagster runs a check in several steps when its assets are built in several: expectations_gate_2, ...)
     gate_steps = {k: v for k, v in steps.items() if any(k == s or k.startswith(f"{s}_") for s in GATE_STEPS)}
     gate = sum(gate_steps.values())
     publish = steps.get("publish__snapshot", steps.get("publish_snapshot", 0.0))

@@ -104,10 +104,10 @@ def _cpu_at(samples, t: float) -> float:
 
 
 def stage_of(step_key: str) -> str:
-    for prefix, stage in (("raw_", "ingestion"), ("source_suites", "ingestion"), ("privacy", "privacy"),
+    for prefix, stage in (("raw_", "ingestion"), ("expectations_sources", "ingestion"), ("privacy", "privacy"),
                           ("identity", "identity"), ("dbt_core", "dbt_core"), ("dbt_after", "dbt_after_scoring"),
                           ("experiments", "experiments"), ("scoring", "scoring"), ("declarative_segments", "segments"),
-                          ("quality_gate", "gate"), ("publish", "publish")):
+                          ("expectations_gate", "gate"), ("publish", "publish")):
         if step_key.startswith(prefix):
             return stage
     return step_key

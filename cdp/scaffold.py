@@ -121,12 +121,15 @@ recommendations: {{}}
 #     mode: mirror
 #     consent: {{channel: email_marketing}}
 syncs: []
-# Quality gate (README: "Quality gate and publishing"). Defaults, all optional:
+# Expectations: the gate before publishing (README: "Expectations: the gate and publishing";
+# this section was called `quality:` before 0.1). Defaults, all optional:
 #   keep_snapshots: 5
-#   drift: {{max_person_count_change: 0.5, block_emptied_segment: true, max_merge_rate_change: 0.15,
+#   drift: {{max_person_count_change: 0.1, block_emptied_segment: true, max_merge_rate_change: 0.15,
 #           max_churn_mean_change: 0.2, max_churn_psi: 0.25}}
 #   identity: {{max_cluster_growth: 2.0, max_emails_per_person: 10, max_persons_over_email_limit: 0}}
-quality: {{}}
+#   sources: {{max_row_count_drop: 0.4, max_fill_rate_drop: 0.25, max_top_value_share_rise: 0.2,
+#             baseline_loads: 7, min_rows: 200}}
+expectations: {{}}
 
 # Real time (`cdp serve`, README "Real time"): a Segment-compatible collector, live profiles and
 # decisions. Keys live in environment variables named here (write keys for SDKs, read keys for

@@ -9,6 +9,7 @@ folder that holds the config file.
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -20,11 +21,11 @@ from core.expressions import ExpressionError
 from core.expressions import parse as parse_expression
 from core.settings.activation import Syncs
 from core.settings.engine import Engine, SparkSettings
+from core.settings.expectations import ExpectationsSettings
 from core.settings.experiments import Experiment, check_experiments
 from core.settings.identity import IdentitySettings
 from core.settings.names import snake_name
 from core.settings.privacy import PrivacySettings
-from core.settings.quality import QualitySettings
 from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
 from core.settings.segments import SegmentsSettings
 from core.settings.serve import ServeSettings
@@ -177,6 +178,10 @@ class Ingestion(_Strict):
     )
 
 
+# Sections renamed: old key -> new key (the old one is read, with a warning, for one release).
+RENAMED_SECTIONS = {"quality": "expectations"}
+
+
 class Config(_Strict):
     """A validated ``cdp.yaml``. ``root`` is the folder relative paths resolve against."""
 
@@ -203,12 +208,30 @@ class Config(_Strict):
     offers: OffersSettings = Field(default_factory=OffersSettings)
     recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
     syncs: Syncs = Field(default_factory=list)
-    quality: QualitySettings = Field(default_factory=QualitySettings)
+    expectations: ExpectationsSettings = Field(default_factory=ExpectationsSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     experiments: list[Experiment] = Field(default_factory=list)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
     root: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_sections(cls, data: Any) -> Any:
+        """Sections renamed in a release: the old key still loads, with a warning, for one
+        release (the gate's section is ``expectations`` since 0.1: README "Expectations: the gate and publishing")."""
+        if isinstance(data, dict):
+            for old, new in RENAMED_SECTIONS.items():
+                if old not in data:
+                    continue
+                if new in data:
+                    raise ValueError(f"both '{old}' (the old name) and '{new}' are set; move the settings of "
+                                     f"'{old}' into '{new}' and remove '{old}'")
+                warnings.warn(f"cdp.yaml: the '{old}:' section is now called '{new}:' (one name for the stage, "
+                              f"like its package expectations/); '{old}:' is still read in this release only: "
+                              f"rename it", FutureWarning, stacklevel=2)
+                data = {**{k: v for k, v in data.items() if k != old}, new: data[old]}
+        return data
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "Config":

@@ -25,6 +25,8 @@ from core.published import PublishedTable, published_tables
 from core.snapshots import current_path, open_snapshot, read_manifest
 from core.warehouse import fetch_all, table_exists, transaction
 from expectations.report import write_report
+from expectations.source_drift import SETTING as SOURCE_SETTING
+from expectations.source_drift import findings, load_profiles, new_load_ids, worst
 from expectations.suites import (
     BAD_ROW_RATE,
     DRIFT_METRICS,
@@ -33,18 +35,26 @@ from expectations.suites import (
     published_metrics,
     published_metrics_sql,
     published_suite,
+    source_drift_metrics,
+    source_drift_suite,
     source_metrics,
     source_metrics_sql,
 )
 
-log = logging.getLogger("tessera.quality")
+log = logging.getLogger("tessera.expectations")
 
-DRIFT_CHECKS = {m.check for _, m in DRIFT_METRICS}
+# Source drift (expectations/source_drift.py): the setting bounding each check.
+SOURCE_DRIFT_SETTINGS = {
+    "drift_source_rows": "max_row_count_drop",
+    "drift_source_fill_rate": "max_fill_rate_drop",
+    "drift_source_top_value": "max_top_value_share_rise",
+}
+DRIFT_CHECKS = {m.check for _, m in DRIFT_METRICS} | set(SOURCE_DRIFT_SETTINGS)
 DRIFT_SETTINGS = {
-    "drift_person_count": "quality.drift.max_person_count_change",
-    "drift_segment_sizes": "quality.drift.block_emptied_segment / max_segment_size_change",
-    "drift_merge_rate": "quality.drift.max_merge_rate_change",
-    "drift_churn_distribution": "quality.drift.max_churn_mean_change / max_churn_psi",
+    "drift_person_count": "expectations.drift.max_person_count_change",
+    "drift_segment_sizes": "expectations.drift.block_emptied_segment / max_segment_size_change",
+    "drift_merge_rate": "expectations.drift.max_merge_rate_change",
+    "drift_churn_distribution": "expectations.drift.max_churn_mean_change / max_churn_psi",
 }
 CHURN_BINS = 10
 
@@ -228,9 +238,9 @@ def identity_metrics(con, graph: str = "marts.identity_graph", max_emails: int =
 
 # The setting that would accept each identity check's failure (named in its message).
 IDENTITY_SETTINGS = {
-    "identity_largest_cluster": "quality.identity.max_cluster_records (or max_cluster_growth)",
-    "identity_emails_per_person": "quality.identity.max_persons_over_email_limit (or max_emails_per_person)",
-    "identity_merged_share": "quality.identity.min_merged_share / max_merged_share",
+    "identity_largest_cluster": "expectations.identity.max_cluster_records (or max_cluster_growth)",
+    "identity_emails_per_person": "expectations.identity.max_persons_over_email_limit (or max_emails_per_person)",
+    "identity_merged_share": "expectations.identity.min_merged_share / max_merged_share",
 }
 
 
@@ -248,7 +258,7 @@ def identity_params(bounds, previous: dict | None) -> dict:
 
 
 def check_identity(con, gx, config: Config) -> list[CheckResult]:
-    bounds = config.quality.identity
+    bounds = config.expectations.identity
     values = identity_metrics(con, max_emails=bounds.max_emails_per_person)
     params = identity_params(bounds, previous_profile(config)[0])
     outcomes = gx.validate("gate_identity", _frame(values), params)
@@ -256,12 +266,12 @@ def check_identity(con, gx, config: Config) -> list[CheckResult]:
                      "identity", con, 0, params=params)
     for r in results:
         if not r.passed:
-            r.detail += f"; to accept it, set {IDENTITY_SETTINGS.get(r.check, 'quality.identity')}"
+            r.detail += f"; to accept it, set {IDENTITY_SETTINGS.get(r.check, 'expectations.identity')}"
     for r in results:
         if not r.passed and r.check == "identity_largest_cluster":
             r.sample = [{"person_id": p, "records": n} for p, n in fetch_all(
                 con, "SELECT person_id, count(*) AS n FROM marts.identity_graph GROUP BY 1 ORDER BY 2 DESC LIMIT ?",
-                [config.quality.sample_rows])]
+                [config.expectations.sample_rows])]
     return results
 
 
@@ -339,7 +349,7 @@ def drift_values(now: dict, before: dict, min_segment_size: int) -> tuple[dict, 
 
 def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], accept: bool) -> list[CheckResult]:
     before, prev_run = previous_profile(config)
-    bounds = config.quality.drift
+    bounds = config.expectations.drift
     now = profile(con, {n: t.relation for n, t in present.items()})
     if before is None:
         values, details = {m.name: None for _, m in DRIFT_METRICS}, {}
@@ -368,10 +378,61 @@ def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], acc
             if r.check == "drift_segment_sizes" and details.get(r.check, {}).get("emptied"):
                 r.detail = f"segments emptied since the last publish: {', '.join(details[r.check]['emptied'])}; " + r.detail
                 r.sample = [{"segment": s, "published_members": before["segments"][s], "members_now": 0}
-                            for s in details[r.check]["emptied"][: max(config.quality.sample_rows, 1)]]
-            r.detail += (f" vs published snapshot {prev_run}; to accept it, set {DRIFT_SETTINGS.get(r.check, 'quality.drift')}"
+                            for s in details[r.check]["emptied"][: max(config.expectations.sample_rows, 1)]]
+            r.detail += (f" vs published snapshot {prev_run}; to accept it, set {DRIFT_SETTINGS.get(r.check, 'expectations.drift')}"
                          " or publish with --accept-drift")
             r.accepted = accept
+    return results
+
+
+def last_published_at(config: Config) -> str | None:
+    """When the last snapshot was published (loads since then are new to the gate)."""
+    stamps = [e["published_at"] for e in read_manifest(config.published_dir).get("history", []) if e.get("published_at")]
+    return max(stamps) if stamps else None
+
+
+def check_source_drift(con, gx, config: Config, accept: bool) -> list[CheckResult]:
+    """Each load since the last publish against the earlier loads of its source (one check per
+    raw table with new loads and per kind: rows, fill rate, top-value share)."""
+    bounds = config.expectations.sources
+    new = new_load_ids(con, last_published_at(config))
+    if not new:
+        return []
+    profiles = load_profiles(con)
+    found = findings(profiles, new, bounds)
+    compared = {f.table for f in found}  # (a source's first loads have nothing to be compared with)
+    if not compared:
+        return []
+    top = worst(found)
+    metrics = [m for ent in ENTITIES if ent.table in compared for m in source_drift_metrics(ent)]
+    values = {m.name: None for m in metrics}
+    for ent in ENTITIES:
+        for m in source_drift_metrics(ent):
+            f = top.get((ent.table, m.check))
+            if m.name in values and f is not None:
+                values[m.name] = round(f.value, 6)
+    params = {name: getattr(bounds, name) for name in SOURCE_DRIFT_SETTINGS.values()}
+    outcomes = gx.validate("gate_source_drift", _frame(values), params, suite=source_drift_suite(compared))
+    checked = {t: len({f.file for f in found if f.table == t}) for t in compared}
+    results: list[CheckResult] = []
+    for table in sorted(compared):
+        own = [o for o in outcomes if o.table == f"raw.{table}"]
+        results += _group(own, metrics, values, f"raw.{table}", f"raw/{table}", "drift", con, 0, params=params)
+    for r in results:
+        table = r.table.removeprefix("raw.")
+        r.observed["loads_checked"] = checked.get(table, 0)
+        if r.passed:
+            continue
+        setting = f"{SOURCE_SETTING}.{SOURCE_DRIFT_SETTINGS[r.check]}"
+        bound = params[SOURCE_DRIFT_SETTINGS[r.check]]
+        over = sorted((f for f in found if f.table == table and f.check == r.check and f.value > bound),
+                      key=lambda f: -f.value)
+        more = f" (and {len(over) - 3} more)" if len(over) > 3 else ""
+        r.detail = ("; ".join(f.text(bound, setting) for f in over[:3]) + more
+                    + f"; to accept it, set {setting} or publish with --accept-drift")
+        r.observed["out_of_bounds"] = [{"file": f.file, "field": f.field, "now": round(f.now, 4),
+                                        "usual": round(f.usual, 4)} for f in over[:20]]
+        r.accepted = accept
     return results
 
 
@@ -405,30 +466,32 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
         checks.append(CheckResult(name, "/".join(t.asset_path), "table_present", "suite", False, True,
                                   detail=f"{t.relation} was not built"))
     for t in present.values():
-        checks += check_published_table(con, gx, t, relations, config.quality.sample_rows)
+        checks += check_published_table(con, gx, t, relations, config.expectations.sample_rows)
     # Identity sanity and drift read columns the schema checks vouch for.
     sound = {n: t for n, t in present.items()
              if not any(c.table == n and c.check == "schema" and not c.passed for c in checks)}
     if "identity_graph" in sound:
         checks += check_identity(con, gx, config)
     checks += check_drift(con, gx, config, sound, accept_drift)
+    if interim_tables is None:  # (sources are no published table: judged once, by the whole gate)
+        checks += check_source_drift(con, gx, config, accept_drift)
     result = GateResult(gate_id, dagster_run_id, now.isoformat(timespec="seconds"), accept_drift, checks,
                         sorted(present), skipped)
     if interim_tables is not None:
         result.seconds = time.perf_counter() - t0
-        log.info("quality: %s checked as soon as built (%d checks, %d failing; %.1fs); the gate's verdict "
+        log.info("expectations: %s checked as soon as built (%d checks, %d failing; %.1fs); the gate's verdict "
                  "comes once every published table is built", ", ".join(sorted(interim_tables)), len(checks),
                  sum(not c.passed for c in checks), result.seconds)
         return result
     try:
         result.data_docs = str(gx.build_docs())
     except Exception as e:  # the docs are a convenience; the gate's verdict stands without them
-        log.warning("quality: could not build GX Data Docs: %s", e)
+        log.warning("expectations: could not build GX Data Docs: %s", e)
     result.seconds = time.perf_counter() - t0
 
     result.report = str(write_report(config, result))
     store(con, result, config.reports_dir)
-    log.info("quality: %s (%.1fs)", result.message(), result.seconds)
+    log.info("expectations: %s (%.1fs)", result.message(), result.seconds)
     return result
 
 
@@ -490,7 +553,7 @@ def run_source_checks(config: Config, con, since: datetime | None, tables: list[
         columns = _columns(con, "raw", ent.table)
         missing = [c for c in ent.field_names if c not in columns]
         params = {"max_bad_row_rate": config.ingestion.max_bad_row_rate,
-                  "max_invalid_format_rate": config.quality.sources.max_invalid_format_rate}
+                  "max_invalid_format_rate": config.expectations.sources.max_invalid_format_rate}
         if missing:
             empty = {m.name: None for m in [*source_metrics(ent, "true"), BAD_ROW_RATE]}
             outcomes = gx.validate(f"source_{ent.table}", _table_frame(columns, empty), params)  # for Data Docs
@@ -508,7 +571,7 @@ def run_source_checks(config: Config, con, since: datetime | None, tables: list[
         outcomes = gx.validate(f"source_{ent.table}",
                                _table_frame(columns, {k: v for k, v in values.items() if k != "rows_in_batch"}), params)
         group = _group(outcomes, [*metrics, BAD_ROW_RATE], values, name, asset, "source", con,
-                       config.quality.sample_rows, params=params)
+                       config.expectations.sample_rows, params=params)
         for r in group:
             r.observed["rows_in_batch"] = values["rows_in_batch"]
         results += group

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from expectations.suites import GX_DIR
 
-log = logging.getLogger("tessera.quality")
+log = logging.getLogger("tessera.expectations")
 
 _RUNNERS: dict[Path, "GxRunner"] = {}
 _LOCK = threading.Lock()

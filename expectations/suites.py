@@ -6,7 +6,7 @@ one SQL query returns one row of *metrics* (rows with a null key, duplicated key
 probabilities out of range, persons not in ``customers``...), and GX validates a one-row
 DataFrame holding the table's own columns (empty, for the schema expectation) and those
 metrics against the table's suite. Drift and identity sanity are measured the same way and validated against
-suites whose bounds are ``$PARAMETER``s filled from the ``quality:`` config.
+suites whose bounds are ``$PARAMETER``s filled from the ``expectations:`` config.
 
 Every metric knows its check name (the Dagster asset check and the name in messages) and how
 to fetch sample failing rows for the report.
@@ -234,14 +234,42 @@ IDENTITY_METRICS = (
 )
 
 
+# Each new load of a source against the earlier loads of the same source (expectations/source_drift.py):
+# the worst drop of rows (for the time the load spans), of a field's fill rate, and the worst rise of a field's
+# top-value share, over the loads since the last publish. Blocking like drift: accepted with --accept-drift.
+SOURCE_DRIFT_METRICS = (
+    Metric("rows_drop", "drift_source_rows", "", min_value=None, max_value="max_row_count_drop"),
+    Metric("fill_rate_drop", "drift_source_fill_rate", "", min_value=None, max_value="max_fill_rate_drop"),
+    Metric("top_value_share_rise", "drift_source_top_value", "", min_value=None,
+           max_value="max_top_value_share_rise"),
+)
+
+
+def source_drift_metrics(ent: Entity) -> list[Metric]:
+    """The source-drift metrics of one raw table (column names prefixed with the table, as all
+    raw tables are validated in one frame)."""
+    return [Metric(f"{ent.table}__{m.name}", m.check, "", min_value=None, max_value=m.max_value)
+            for m in SOURCE_DRIFT_METRICS]
+
+
+def source_drift_suite(tables: set[str] | None = None) -> dict:
+    """``tables``: only these raw tables' expectations (those with loads to compare: a GX
+    validation costs per expectation); default all, as kept in version control."""
+    return _suite("gate_source_drift",
+                  [m.expectation(f"raw.{ent.table}") for ent in ENTITIES for m in source_drift_metrics(ent)
+                   if tables is None or ent.table in tables],
+                  "Each load since the last publish against the earlier loads of its source: rows for the "
+                  "time spanned, fill rate and top-value share per field; bounds from expectations.sources.")
+
+
 def drift_suite() -> dict:
     return _suite("gate_drift", [m.expectation(table) for table, m in DRIFT_METRICS],
-                  "Change against the last published snapshot; bounds from quality.drift.")
+                  "Change against the last published snapshot; bounds from expectations.drift.")
 
 
 def identity_suite() -> dict:
     return _suite("gate_identity", [m.expectation("identity_graph") for m in IDENTITY_METRICS],
-                  "Sanity of the resolved identities; bounds from quality.identity.")
+                  "Sanity of the resolved identities; bounds from expectations.identity.")
 
 
 # --------------------------------------------------------------------------- files
@@ -252,7 +280,7 @@ def _suite(name: str, expectations: list[dict], notes: str) -> dict:
 
 def all_suites() -> list[dict]:
     """The suites kept in version control (the published tables' are built from the manifest)."""
-    return [*(source_suite(ent) for ent in ENTITIES), drift_suite(), identity_suite()]
+    return [*(source_suite(ent) for ent in ENTITIES), drift_suite(), identity_suite(), source_drift_suite()]
 
 
 def suite_json(suite: dict) -> str:

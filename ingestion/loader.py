@@ -109,6 +109,7 @@ class FileResult:
     # The count that must add up: lines = rows_loaded + rows_quarantined + rows_erased + lines_skipped
     lines: int = 0  # lines in the file ("\n"-terminated, plus a last one without)
     lines_skipped: int = 0  # lines that are no row: a CSV's header, blank lines, continuation lines of quoted fields
+    days_covered: float | None = None  # days the rows' timestamps span (at least 1; the load profile)
     message: str = ""
     load_id: str | None = None
     checksum: str | None = None
@@ -163,6 +164,17 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection, entities: Iterable[Entity]
     con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS rows_erased BIGINT DEFAULT 0")
     con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS lines BIGINT")
     con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS lines_skipped BIGINT")
+    # the load profile (see _profile): what the gate compares a load of a source with its earlier loads
+    con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS days_covered DOUBLE")
+    con.execute(
+        """
+        CREATE TABLE IF NOT EXISTS raw.load_profiles (
+            load_id VARCHAR NOT NULL,
+            field VARCHAR NOT NULL,
+            filled BIGINT NOT NULL,
+            top_value_rows BIGINT
+        )"""
+    )
     con.execute(
         """
         CREATE TABLE IF NOT EXISTS raw.quarantine (
@@ -934,6 +946,7 @@ def _commit(con, res: FileResult, staged: _Staged, ent: Entity, lineage: str, st
                             + staged.notes)
     if staged.in_transaction:  # the fast path: rows already inserted
         try:
+            _profile(con, ent, res)
             _record(con, res, stat, started)
             con.execute("COMMIT")
         except BaseException:
@@ -960,20 +973,66 @@ def _commit(con, res: FileResult, staged: _Staged, ent: Entity, lineage: str, st
             f"_row, {_lit(ent.table)}, 'field_nulled:invalid_value', _nulled, _nulled_value, now() FROM _landed "
             f"WHERE _reason IS NULL AND NOT _erased AND _nulled IS NOT NULL ORDER BY _row"
         )
+        _profile(con, ent, res)
         _record(con, res, stat, started)
 
 
 def _record(con, res: FileResult, stat, started: datetime) -> None:
     con.execute(
         "INSERT INTO raw.loads (load_id, source, table_name, file, checksum, size_bytes, mtime_ns, status, "
-        "rows_loaded, rows_quarantined, message, started_at, finished_at, rows_erased, lines, lines_skipped) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
+        "rows_loaded, rows_quarantined, message, started_at, finished_at, rows_erased, lines, lines_skipped, "
+        "days_covered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?)",
         [
             res.load_id, res.source, res.table, res.file, res.checksum, stat.st_size, stat.st_mtime_ns,
             res.status, res.rows_loaded, res.rows_quarantined, res.message, started, res.rows_erased,
-            res.lines, res.lines_skipped,
+            res.lines, res.lines_skipped, res.days_covered,
         ],
     )
+
+
+def profile_time_field(ent: Entity) -> str | None:
+    """The timestamp whose span measures how many days a load covers: the first required
+    one, else the first one; None for an entity without (the catalog)."""
+    stamps = [f for f in ent.fields if f.type == TIMESTAMP]
+    return next((f.name for f in stamps if f.required), stamps[0].name if stamps else None)
+
+
+def _profile(con, ent: Entity, res: FileResult) -> None:
+    """Record the committed rows' shape (same transaction): per field how many rows have a
+    value and how many hold its most common value (the value itself is never kept: it may be
+    personal), and the days the rows' timestamps span. The gate compares each load with the
+    earlier loads of its source: a column suddenly empty, one value in every row, half the rows
+    missing. Measured here because the rows were just written; grouping sets count every
+    field's values in one pass."""
+    # Top values are counted for what identifies a person and for enumerations, where one value
+    # in every row is a broken export; not for keys, timestamps, amounts or JSON documents,
+    # which differ per row and cost the most to count
+    grouped = [f.name for f in ent.fields if f.type != JSON and (f.pii or f.values)]
+    counted = [f.name for f in ent.fields if f.name not in grouped]
+    ts = profile_time_field(ent)
+    n = len(grouped)
+
+    def single(i: int) -> int:  # GROUPING() of the set holding only grouped[i]: every other bit set
+        return 2 ** n - 1 - 2 ** (n - 1 - i)
+
+    columns = ", ".join(_q(c) for c in grouped)
+    sets = ", ".join(f"({_q(c)})" for c in grouped)
+    inner = (f"SELECT GROUPING({columns}) AS _g, {columns}, count(*) AS _n FROM raw.{ent.table} "
+             f"WHERE _load_id = ? GROUP BY GROUPING SETS ({sets})")
+    # in the rows of one grouping set every other column is NULL: a non-NULL column is its value
+    filled = " OR ".join(f"{_q(c)} IS NOT NULL" for c in grouped)
+    counts = dict((g, (total, top)) for g, total, top in con.execute(
+        f"SELECT _g, sum(_n), max(_n) FROM ({inner}) WHERE {filled} GROUP BY _g", [res.load_id]).fetchall()
+    ) if grouped else {}
+    span = f"greatest(1, date_diff('second', min({_q(ts)}), max({_q(ts)})) / 86400.0)" if ts else "NULL::DOUBLE"
+    whole = con.execute(f"SELECT {span}{''.join(f', count({_q(c)})' for c in counted)} FROM raw.{ent.table} "
+                        "WHERE _load_id = ?", [res.load_id]).fetchall()[0]
+    res.days_covered = whole[0]
+    profile = [[res.load_id, c, int(counts.get(single(i), (0, None))[0]), counts.get(single(i), (0, None))[1]]
+               for i, c in enumerate(grouped)]
+    profile += [[res.load_id, c, int(whole[1 + j]), None] for j, c in enumerate(counted)]
+    con.execute("INSERT INTO raw.load_profiles SELECT ?, unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::BIGINT[])",
+                [res.load_id, *([r[i] for r in profile] for i in (1, 2, 3))])  # (one statement: executemany costs per row)
 
 
 # --------------------------------------------------------------------------- loading

@@ -163,4 +163,4 @@ def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict, manifest=N
                            f"published: {', '.join(unknown)}; run the gate again")
     tables = {name: relations[name] for name in gate["tables"]}
     return publish(con, tables, config.published_dir, run_id=gate["gate_id"], gate=gate,
-                   keep=config.quality.keep_snapshots)
+                   keep=config.expectations.keep_snapshots)

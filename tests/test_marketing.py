@@ -472,7 +472,9 @@ def test_a_pipeline_run_stores_one_gate_verdict_and_reports_every_check_once(bui
     assert len(keys) == len(set(keys)), "a gate check was reported twice"
     assert set(keys) == gate_keys
     assert all(e.passed for e in gate), [k for k, e in zip(keys, gate) if not e.passed]
-    assert stored and stored <= gate_keys  # the verdict's checks are the ones Dagster showed
+    # the verdict's checks are the ones Dagster showed, except the comparison of each source's
+    # loads with its earlier loads (drift_source_* on raw/<table>): no Dagster check of its own yet
+    assert stored and {k for k in stored if not k[1].startswith("drift_source_")} <= gate_keys
 
 
 def _gate_check_keys() -> set[tuple[str, str]]:

@@ -334,7 +334,7 @@ def test_drift_defaults_block_a_halved_person_count_and_a_shifted_churn_distribu
 
     before = {"persons": 1000, "segments": {"a": 100, "b": 10}, "merged_share": 0.5,
               "churn_hist": [0.1] * 10, "churn_mean": 0.5}
-    drift = config_from_dict({}, tmp_path).quality.drift
+    drift = config_from_dict({}, tmp_path).expectations.drift
     params = {"max_person_count_change": drift.max_person_count_change, "max_emptied_segments": 0,
               "max_segment_size_change": 1e18, "max_merge_rate_change": drift.max_merge_rate_change,
               "max_churn_mean_change": drift.max_churn_mean_change, "max_churn_psi": drift.max_churn_psi}
@@ -344,11 +344,12 @@ def test_drift_defaults_block_a_halved_person_count_and_a_shifted_churn_distribu
         values, _ = drift_values(now, before, drift.min_segment_size)
         return {o.check for o in gx.validate("gate_drift", _frame(values), params) if not o.success}
 
-    steady = {"persons": 1100, "segments": {"a": 90, "b": 12}, "merged_share": 0.52,
+    steady = {"persons": 1050, "segments": {"a": 90, "b": 12}, "merged_share": 0.52,
               "churn_hist": [0.1] * 10, "churn_mean": 0.51}
     assert failing(steady) == set()
     assert failing({**steady, "persons": 500}) == {"drift_person_count"}  # dropped by half
     assert failing({**steady, "persons": 1500}) == {"drift_person_count"}  # rose by half
+    assert failing({**steady, "persons": 1150}) == {"drift_person_count"}  # profiles split: +15% (issue #25)
     assert failing({**steady, "segments": {"a": 90}}) == {"drift_segment_sizes"}  # b emptied
     # b still defined but empty blocks; b deleted from the segment definitions does not.
     assert failing({**steady, "segments": {"a": 90}, "defined_segments": {"a", "b"}}) == {"drift_segment_sizes"}

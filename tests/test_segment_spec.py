@@ -140,7 +140,7 @@ def test_identify_alias_and_a_title_case_order_from_two_devices_make_one_person_
     root = tmp_path / "shop"
     config = {"as_of": "2026-05-31", "sources": [_source("web", "web/*.jsonl")],
               # three records, all of one person: everything merged is right here
-              "quality": {"identity": {"max_merged_share": 1.0}}}
+              "expectations": {"identity": {"max_merged_share": 1.0}}}
     write(root / "cdp.yaml", yaml.safe_dump(config))
     (root / "warehouse").mkdir()  # (a dbt model reading no raw table may start before ingestion makes it)
     landing = root / "landing" / "web"

@@ -1,7 +1,8 @@
-"""The quality gate and write-audit-publish, as Dagster asset checks and the publish asset.
+"""The expectations stage (the gate before publishing) and write-audit-publish, as Dagster asset
+checks and the publish asset (the module keeps its name: the runner and the definitions import it).
 
-- ``source_suites``: checks on every raw table (GX suites on this run's loads).
-- ``quality_gate``: checks on every published mart (GX suites, identity sanity, drift against
+- ``expectations_sources``: checks on every raw table (GX suites on this run's loads).
+- ``expectations_gate``: checks on every published mart (GX suites, identity sanity, drift against
   the last published snapshot). Blocking checks fail with ERROR severity: Dagster then skips
   everything downstream of the checked asset, which is ``publish/snapshot``.
 - ``publish/snapshot``: downstream of every published mart; writes the new snapshot aside and
@@ -34,7 +35,7 @@ from activation.state import sync_overview
 from core.contracts import ENTITIES
 from core.pii import mask_pii
 from core.published import PublishedTable, published_tables
-from core.warehouse import fetch_all
+from core.warehouse import fetch_all, table_exists
 from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
 from dagster_project.defs.resources import TesseraResource
 from expectations.gate import existing_tables, gate_for_run, run_gate, run_source_checks
@@ -42,7 +43,7 @@ from expectations.suites import DRIFT_METRICS, IDENTITY_METRICS, published_metri
 from marketing.report import write_report
 from publish.snapshot import publish_build
 
-log = logging.getLogger("tessera.quality")
+log = logging.getLogger("tessera.expectations")
 
 PUBLISH_GROUP = "publish"
 PUBLISH_KEY = AssetKey(["publish", "snapshot"])
@@ -62,16 +63,16 @@ CHECK_DESCRIPTIONS = {
     "email_audience_has_consent": "Every next_best_offer row with channel 'email' is a person with a granted "
                                   "email_marketing consent.",
     "one_offer_per_contactable_person": "Every person with a granted marketing consent has an offer row.",
-    "identity_largest_cluster": "No person holds more source records than quality.identity.max_cluster_records.",
-    "identity_emails_per_person": "Persons with more than quality.identity.max_emails_per_person emails stay within bound.",
-    "identity_merged_share": "The share of source records merged with another is within quality.identity bounds.",
-    "drift_person_count": "The person count changed less than quality.drift.max_person_count_change vs the published snapshot.",
-    "drift_segment_sizes": "No segment emptied (and none changed beyond quality.drift.max_segment_size_change).",
-    "drift_merge_rate": "The merged share changed less than quality.drift.max_merge_rate_change.",
-    "drift_churn_distribution": "Mean churn probability and its PSI moved less than the quality.drift bounds.",
+    "identity_largest_cluster": "No person holds more source records than expectations.identity.max_cluster_records.",
+    "identity_emails_per_person": "Persons with more than expectations.identity.max_emails_per_person emails stay within bound.",
+    "identity_merged_share": "The share of source records merged with another is within expectations.identity bounds.",
+    "drift_person_count": "The person count changed less than expectations.drift.max_person_count_change vs the published snapshot.",
+    "drift_segment_sizes": "No segment emptied (and none changed beyond expectations.drift.max_segment_size_change).",
+    "drift_merge_rate": "The merged share changed less than expectations.drift.max_merge_rate_change.",
+    "drift_churn_distribution": "Mean churn probability and its PSI moved less than the expectations.drift bounds.",
     "required_fields_present": "This run's loads have every required contract field.",
     "values_in_range": "Prices and totals are not negative; margins are in [0, 1].",
-    "formats": "Malformed emails stay under quality.sources.max_invalid_format_rate (warning).",
+    "formats": "Malformed emails stay under expectations.sources.max_invalid_format_rate (warning).",
     "bad_row_rate": "Quarantined rows of this run's loads stay under ingestion.max_bad_row_rate.",
     "table_present": "The registered published table was built.",
 }
@@ -129,9 +130,10 @@ def build_quality_defs(defined_keys: set[AssetKey], manifest) -> tuple[list, lis
 
 
 def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manifest):
-    @multi_asset_check(specs=specs, name="quality_gate", can_subset=True, pool=WAREHOUSE_POOL,
-                       description="GX suites, identity sanity and drift on every published mart.")
-    def quality_gate(context, tessera: TesseraResource):
+    @multi_asset_check(specs=specs, name="expectations_gate", can_subset=True, pool=WAREHOUSE_POOL,
+                       description="GX suites, identity sanity and drift on every published mart; each source's loads "
+                                   "since the last publish against its earlier loads (in the verdict that publish reads).")
+    def expectations_gate(context, tessera: TesseraResource):
         config = tessera.load()
         accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
         selected = context.selected_asset_check_keys
@@ -159,7 +161,7 @@ def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manif
             passed = ck.name != "table_present" or table not in gate.skipped_tables
             yield _result(ck.asset_key, ck.name, passed, False, {"detail": reason})
 
-    return quality_gate
+    return expectations_gate
 
 
 def _publish_asset(deps: list[AssetKey], manifest):
@@ -171,12 +173,18 @@ def _publish_asset(deps: list[AssetKey], manifest):
         config = tessera.load()
         accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
         with tessera.warehouse() as con:
-            gate = gate_for_run(con, context.run_id)
+            gate = gate_for_run(con, context.run.run_id)
             if gate is None:  # materialized on its own: audit now, never publish unchecked
-                gate = run_gate(config, con, dagster_run_id=context.run_id, accept_drift=accept,
+                gate = run_gate(config, con, dagster_run_id=context.run.run_id, accept_drift=accept,
                                 manifest=manifest).summary()
             if not gate["passed"]:
-                raise Failure(f"publish blocked by the quality gate: {', '.join(gate['blocking_failures'])}",
+                # the details name the file and field (never a value); a source's checks have no
+                # Dagster check of their own to show them
+                details = [f"{c} on {t}: {d}" for c, t, d in fetch_all(con, """
+                    SELECT check_name, table_name, detail FROM quality.check_results
+                    WHERE gate_id = ? AND NOT passed AND blocking AND NOT accepted ORDER BY table_name, check_name""",
+                    [gate["gate_id"]])] if table_exists(con, "quality", "check_results") else []
+                raise Failure("publish blocked by the quality gate: " + ("; ".join(details) or ", ".join(gate["blocking_failures"])),
                               metadata={"report": gate.get("report", "")})
             snap = publish_build(config, con, gate, manifest)
             checks = [{"check": c, "table": t, "severity": "blocking" if b else "warn", "passed": p}
@@ -216,9 +224,9 @@ def build_source_checks():
     key_of = {ent.table: raw_asset_key(ent) for ent in ENTITIES}
     specs = [_spec(n, key_of[t]) for t, ns in names.items() for n in ns]
 
-    @multi_asset_check(specs=specs, name="source_suites", can_subset=True, pool=WAREHOUSE_POOL,
+    @multi_asset_check(specs=specs, name="expectations_sources", can_subset=True, pool=WAREHOUSE_POOL,
                        description="GX suites on the rows each raw table loaded in this run.")
-    def source_suites(context, tessera: TesseraResource):
+    def expectations_sources(context, tessera: TesseraResource):
         config = tessera.load()
         selected = context.selected_asset_check_keys
         tables = sorted({k.asset_key.path[-1] for k in selected})
@@ -233,4 +241,4 @@ def build_source_checks():
         for ck in selected - emitted:
             yield _result(ck.asset_key, ck.name, True, False, {"detail": "no table loaded yet"})
 
-    return source_suites
+    return expectations_sources

@@ -1,6 +1,7 @@
-"""The ``quality:`` section of ``cdp.yaml``: drift bounds, identity sanity bounds, snapshots kept.
+"""The ``expectations:`` section of ``cdp.yaml`` (formerly ``quality:``): drift bounds, identity sanity
+bounds, source drift bounds, snapshots kept.
 
-Every field has a default, so ``quality: {}`` is a complete configuration; unknown keys are
+Every field has a default, so ``expectations: {}`` is a complete configuration; unknown keys are
 errors. The defaults block what is almost always a broken build rather than real change: the
 person count halving or doubling, a segment that empties, one "person" swallowing hundreds
 of records.
@@ -20,8 +21,9 @@ class DriftBounds(_Strict):
     ``cdp publish --accept-drift``). Nothing to compare on the first publish."""
 
     max_person_count_change: float = Field(
-        default=0.5, gt=0,
-        description="Relative change of the person count that blocks (0.5: dropping to half or rising by half).",
+        default=0.1, gt=0,
+        description="Relative change of the person count that blocks (0.1: 10% fewer or more persons than the "
+                    "last publish; an identity split by a broken source shows here).",
     )
     block_emptied_segment: bool = Field(
         default=True, description="A segment that had members in the last publish and has none now blocks.",
@@ -72,14 +74,41 @@ class IdentityBounds(_Strict):
 
 
 class SourceBounds(_Strict):
-    """Suites on each load of a source."""
+    """Suites on each load of a source, and each load since the last publish against the earlier
+    loads of the same source (a broken export: a column suddenly empty, one value in every row,
+    half the rows missing). Loads of fewer than ``min_rows`` rows are too small to compare."""
 
     max_invalid_format_rate: float = Field(
         default=0.05, ge=0, le=1, description="Share of malformed emails in a loaded table above which the check fails.",
     )
+    max_row_count_drop: float = Field(
+        default=0.4, gt=0, le=1,
+        description="Share by which a load's rows may fall below the smallest of the source's earlier loads "
+                    "(0.4: under 60% of them blocks); a load whose timestamps span less time than usual "
+                    "is expected to hold proportionally fewer.",
+    )
+    max_fill_rate_drop: float = Field(
+        default=0.25, gt=0, le=1,
+        description="How far (absolute) a field's share of rows with a value may fall below the lowest of the "
+                    "source's earlier loads (0.25: from 95% filled to under 70% blocks).",
+    )
+    max_top_value_share_rise: float = Field(
+        default=0.2, gt=0, le=1,
+        description="How far (absolute) the share of a field's values taken by its most common value may rise "
+                    "above the highest of the source's earlier loads (0.2: one email on a fifth more rows blocks).",
+    )
+    baseline_loads: int = Field(
+        default=7, ge=1,
+        description="Earlier loads of the source a load is compared with (7: daily files include the same weekday).",
+    )
+    min_rows: int = Field(
+        default=200, ge=1,
+        description="Loads (and earlier loads) with fewer rows, or fields with fewer values, are not compared: "
+                    "too few to tell a broken export from chance.",
+    )
 
 
-class QualitySettings(_Strict):
+class ExpectationsSettings(_Strict):
     keep_snapshots: int = Field(default=5, ge=1, description="Published snapshots kept for rollback.")
     sample_rows: int = Field(
         default=5, ge=0, le=100, description="Failing rows shown per failed check in the report (PII masked).",
