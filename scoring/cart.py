@@ -31,6 +31,7 @@ from scoring.models import (
     binary_metrics,
     calibration_table,
     calibrator,
+    capped,
     cross_calibrated,
     expected_calibration_error,
     halves,
@@ -105,6 +106,7 @@ def fit(train: pd.DataFrame, validate: pd.DataFrame, settings: CartIntentSetting
     the latest labelled cutoff and deployed; its validation metrics are the deployed model's,
     cross-fitted on two halves of that week's carts."""
     models: dict = {}
+    train = capped(train, settings.max_training_rows, settings.seed)
     best, candidates, _ = select_and_fit(train, validate, FEATURES, LABEL, ["gradient_boosting", "logistic_regression"],
                                          settings.seed, models)
     algorithm = best
@@ -155,7 +157,8 @@ def _train_and_score(features: pd.DataFrame, past_gaps_hours: np.ndarray, settin
     train, validate = history[history["cutoff_at"] < latest], history[history["cutoff_at"] == latest]
     as_of = pd.Timestamp(score["cutoff_at"].iloc[0]) if not score.empty else None
     stamp = as_of if as_of is not None else pd.Timestamp(latest)
-    shaping = fitting_settings(settings, "window_days", "lookback_days", "history_weeks", "calibration", "seed")
+    shaping = fitting_settings(settings, "window_days", "lookback_days", "history_weeks", "calibration", "max_training_rows",
+                               "seed")
     why = refit_reason(saved, FEATURES, stamp, settings.refit_every_days, settings.refit_if_auc_drops_by,
                        validate, LABEL, shaping)
     if why is None:

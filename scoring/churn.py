@@ -30,6 +30,7 @@ from scoring.models import (
     binary_metrics,
     calibration_table,
     calibrator,
+    capped,
     cross_calibrated,
     expected_calibration_error,
     halves,
@@ -144,6 +145,7 @@ def fit(train: pd.DataFrame, validate: pd.DataFrame, settings: ChurnSettings, as
     `validate` and measure the deployed model there (cross-fitted)."""
     notes = notes if notes is not None else []
     models: dict = {}
+    train = capped(train, settings.max_training_rows, settings.seed)
     best, candidates, _ = select_and_fit(train, validate, FEATURES, LABEL, list(settings.algorithms), settings.seed,
                                          models)
     algorithm = best
@@ -205,7 +207,7 @@ def _train_and_score(features: pd.DataFrame, settings: ChurnSettings, previous_a
                 f"must cover horizon_days + 365 days of orders")
         return ChurnResult(_empty_predictions(), "skipped", "churn-skipped", {}, {}, [], 0, as_of,
                            {"high": 0, "medium": 0, "low": 0}, [note])
-    shaping = fitting_settings(settings, "horizon_days", "algorithms", "calibration", "seed")
+    shaping = fitting_settings(settings, "horizon_days", "algorithms", "calibration", "max_training_rows", "seed")
     why = refit_reason(saved, FEATURES, as_of, settings.refit_every_days, settings.refit_if_auc_drops_by,
                        validate, LABEL, shaping)
     if why is None:

@@ -121,3 +121,10 @@ def test_one_session_probability_without_a_warehouse():
     assert 0.0 <= cart.cart_intent_probability(result.model, session) <= 1.0
     with pytest.raises(ValueError, match="cart_value"):
         cart.cart_intent_probability(result.model, {k: v for k, v in session.items() if k != "cart_value"})
+
+
+def test_training_rows_are_capped_by_a_seeded_sample():
+    settings = ChurnSettings(algorithms=["logistic_regression"], max_training_rows=1000)
+    one, two = (churn.train_and_score(churn_features(), settings) for _ in range(2))
+    assert one.training_rows == 1000 and one.model_version == two.model_version
+    assert len(one.predictions) == 1500

@@ -40,6 +40,10 @@ class ChurnSettings(_Strict):
     switch_margin: float = Field(
         default=0.01, ge=0, le=0.5,
         description="The previous run's algorithm stays unless a challenger's validation ROC AUC beats it by this.")
+    max_training_rows: int = Field(
+        default=100_000, ge=1_000,
+        description="Fit on a seeded sample of at most this many rows: boosting keeps more rounds on more rows, "
+                    "and every scored row pays for each round, so without a cap scoring grew faster than the data.")
     refit_every_days: int = Field(
         default=7, ge=0, le=365,
         description="Refit the model when the saved one is this many days old (0 = every run); in between, the "
@@ -71,6 +75,10 @@ class CartIntentSettings(_Strict):
     switch_margin: float = Field(
         default=0.01, ge=0, le=0.5,
         description="The saved model's algorithm stays unless a challenger's validation ROC AUC beats it by this.")
+    max_training_rows: int = Field(
+        default=100_000, ge=1_000,
+        description="Fit on a seeded sample of at most this many rows: boosting keeps more rounds on more rows, "
+                    "and every scored row pays for each round, so without a cap scoring grew faster than the data.")
     refit_every_days: int = Field(
         default=7, ge=0, le=365,
         description="Refit the model when the saved one is this many days old (0 = every run); in between, the "
