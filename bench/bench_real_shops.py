@@ -238,7 +238,7 @@ def prepare(data: DataSet) -> tuple[Path, dict]:
     with open(truth / "future_purchases.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["person_id", "occurred_at"])
-        w.writerows([str(int(float(x["CustomerID"]))), x["InvoiceDate"].isoformat()] for x in lines
+        w.writerows([str(int(float(x["CustomerID"]))), x["InvoiceDate"].strftime("%Y-%m-%d %H:%M:%S")] for x in lines
                     if x["CustomerID"] and x["InvoiceDate"] > end_of_as_of and float(x["Quantity"]) > 0)
     (truth / "open_carts.csv").write_text("cart_id,purchased_within_7d\n")
     (proj / ".built").write_text("ok")
