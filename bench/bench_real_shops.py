@@ -249,11 +249,11 @@ def recency_baseline(cfg: Path) -> dict:
     """ROC AUC of days since the last order alone - the simple baseline a data scientist tries
     first - on the validation rows and against the same future truth as the model."""
     import pandas as pd
+    from sklearn.metrics import roc_auc_score
 
     from core.config import load_config
     from core.warehouse import open_warehouse
     from scoring.evaluate import _person_truth_map
-    from scoring.models import binary_metrics
 
     config = load_config(cfg)
     truth_dir = config.landing_dir / "ground_truth"
@@ -266,13 +266,13 @@ def recency_baseline(cfg: Path) -> dict:
     validate = rows[rows["snapshot"] == "validate"]
     if validate["churned"].nunique() == 2:
         out["validation_roc_auc_recency_alone"] = round(
-            binary_metrics(validate["churned"], validate["days_since_last_order"])["roc_auc"], 4)
+            roc_auc_score(validate["churned"], validate["days_since_last_order"]), 4)
     future = pd.read_csv(truth_dir / "future_purchases.csv", dtype=str)
     score = rows[rows["snapshot"] == "score"].merge(mapping, on="person_id")
     churned = (~score["true_id"].isin(set(future["person_id"]))).astype(int)
     if churned.nunique() == 2:
         out["future_90d_roc_auc_recency_alone"] = round(
-            binary_metrics(churned, score["days_since_last_order"])["roc_auc"], 4)
+            roc_auc_score(churned, score["days_since_last_order"]), 4)
     return out
 
 
