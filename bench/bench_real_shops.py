@@ -234,11 +234,13 @@ def prepare(data: DataSet) -> tuple[Path, dict]:
     with open(truth / "record_person.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["source", "entity", "record_id", "person_id"])
-        w.writerows(["shop", "loyalty_members", c, c] for c in customers)
+        # person ids with a letter: `cdp evaluate churn` reads them back with pandas, which would
+        # make numbers of digits-only ids and match none of them
+        w.writerows(["shop", "loyalty_members", c, f"c{c}"] for c in customers)
     with open(truth / "future_purchases.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["person_id", "occurred_at"])
-        w.writerows([str(int(float(x["CustomerID"]))), x["InvoiceDate"].strftime("%Y-%m-%d %H:%M:%S")] for x in lines
+        w.writerows([f"c{int(float(x['CustomerID']))}", x["InvoiceDate"].strftime("%Y-%m-%d %H:%M:%S")] for x in lines
                     if x["CustomerID"] and x["InvoiceDate"] > end_of_as_of and float(x["Quantity"]) > 0)
     (truth / "open_carts.csv").write_text("cart_id,purchased_within_7d\n")
     (proj / ".built").write_text("ok")
