@@ -48,7 +48,8 @@ def main(customers: int = QUALITY_CUSTOMERS) -> dict:
     t0 = time.perf_counter()
     recs = json.loads(_cdp("evaluate", "recommendations", "--config", str(cfg), "--json"))
     timings["evaluate_recommendations_s"] = round(time.perf_counter() - t0, 1)
-    churn = json.loads(_cdp("evaluate", "churn", "--config", str(cfg), "--json"))["churn"]
+    evaluated = json.loads(_cdp("evaluate", "churn", "--config", str(cfg), "--json"))
+    churn, cart = evaluated["churn"], evaluated["cart_intent"]
     methods = recs["methods"]
     return {
         "customers": n, **timings,
@@ -61,6 +62,12 @@ def main(customers: int = QUALITY_CUSTOMERS) -> dict:
         "churn_positive_rate": churn["ground_truth"].get("positive_rate"),
         "churn_validation": {k: churn["stored"].get("validation", {}).get(k)
                              for k in ("roc_auc", "ece", "mean_predicted", "positive_rate")},
+        "cart_ground_truth_roc_auc": cart["ground_truth"].get("roc_auc"),
+        "cart_ground_truth_mean_predicted": cart["ground_truth"].get("mean_predicted"),
+        "cart_ground_truth_positive_rate": cart["ground_truth"].get("positive_rate"),
+        "cart_validation": {k: cart["stored"].get("validation", {}).get(k)
+                            for k in ("roc_auc", "ece", "mean_predicted", "positive_rate", "baseline_roc_auc",
+                                      "baseline_ece")},
     }
 
 

@@ -12,7 +12,8 @@ import time
 
 from bench.common import OUT
 
-BENCHES = ["generator", "ingestion", "identity", "marts", "gate", "activation", "experiments", "recommendations", "serve", "pipeline"]
+BENCHES = ["generator", "ingestion", "identity", "marts", "gate", "activation", "experiments", "recommendations",
+           "real_shops", "scoring", "serve", "pipeline"]
 
 
 def main() -> None:

@@ -105,6 +105,8 @@ segments:
   file: segments.yaml
 # Models (see README "Churn, cart intent, next-best-offer"): churn.horizon_days (90), risk
 # cut points churn.high_risk_at / medium_risk_at; cart_intent.likely_at / unlikely_below;
+# refit schedule (both models): refit_every_days (7; 0 = every run), refit_if_auc_drops_by (0.03),
+# switch_margin (0.01: the saved algorithm stays unless a challenger beats it by this);
 # offers: experiment, holdout_share (0.1), max_emails_per_7_days (3) and the offer catalog.
 churn: {{}}
 cart_intent: {{}}

@@ -22,13 +22,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from core.settings.scoring import ChurnSettings
+from scoring.model_store import SavedModel, fitting_settings, refit_reason
 from scoring.models import (
     binary_metrics,
     calibration_table,
     calibrator,
+    capped,
+    cross_calibrated,
     expected_calibration_error,
+    halves,
     model_version,
     reasons,
     select_and_fit,
@@ -106,6 +111,8 @@ class ChurnResult:
     as_of: pd.Timestamp
     risk_tier_counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    model: SavedModel | None = None  # what scored (None: skipped)
+    refitted: bool = False  # fitted this run (the caller saves it) rather than the saved one reused
 
 
 def risk_tier(p: np.ndarray, settings: ChurnSettings) -> np.ndarray:
@@ -118,48 +125,27 @@ def risk_tier(p: np.ndarray, settings: ChurnSettings) -> np.ndarray:
 
 
 def _halves(frame: pd.DataFrame) -> np.ndarray:
-    """A deterministic split of people into two halves (by a hash of person_id)."""
-    return (pd.util.hash_pandas_object(frame["person_id"].astype(str), index=False).to_numpy() % 2).astype(bool)
+    return halves(frame["person_id"])
 
 
 def _cross_calibrated(model, frame: pd.DataFrame, method: str) -> np.ndarray:
     """Calibrated validation probabilities, each half calibrated on the other half."""
-    x, y = frame[FEATURES].to_numpy(float), frame[LABEL].to_numpy(int)
-    half = _halves(frame)
-    out = model.predict_proba(x)[:, 1]
-    for part in (half, ~half):
-        if part.any() and (~part).any() and len(np.unique(y[~part])) == 2:
-            out[part] = calibrator(model, x[~part], y[~part], method).predict_proba(x[part])[:, 1]
-    return out
+    return cross_calibrated(model, frame[FEATURES].to_numpy(float), frame[LABEL].to_numpy(int), _halves(frame), method)
 
 
-def train_and_score(features: pd.DataFrame, settings: ChurnSettings, previous_algorithm: str | None = None) -> ChurnResult:
-    # Rows in a fixed order: dbt returns them in any order, and boosting's early-stopping
-    # split is by position, so the same data must reach the model the same way every run.
-    frame = features.sort_values(["snapshot", "person_id"], kind="stable").reset_index(drop=True)
-    frame[FEATURES] = frame[FEATURES].astype(float).fillna(0.0)
-    train = frame[frame["snapshot"] == "train"]
-    validate = frame[frame["snapshot"] == "validate"]
-    score = frame[frame["snapshot"] == "score"]
-    notes: list[str] = []
-    as_of = pd.Timestamp(score["cutoff_at"].iloc[0]) if not score.empty else (
-        pd.Timestamp(validate["cutoff_at"].iloc[0]) if not validate.empty else pd.NaT)
-    if validate.empty or validate[LABEL].nunique() < 2 and train.empty:
-        note = (f"churn skipped: no labelled buyers at as_of - horizon ({settings.horizon_days} days); the history "
-                f"must cover horizon_days + 365 days of orders")
-        empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
-            ("person_id", object), ("churn_probability", float), ("risk_tier", object), ("model_version", object),
-            ("top_reasons", object), ("as_of", "datetime64[ns]"))})
-        return ChurnResult(empty, "skipped", "churn-skipped", {}, {}, [], 0, as_of, {"high": 0, "medium": 0, "low": 0},
-                           [note])
-    if train.empty or train[LABEL].nunique() < 2:
-        # The horizon is longer than the history allows: learn from half of the validate
-        # snapshot, measure on the other half (in time, not out of time).
-        half = _halves(validate)
-        train, validate = validate[half], validate[~half]
-        notes.append(f"churn: no labelled buyers at as_of - 2 x {settings.horizon_days} days; fitted and measured on "
-                     "two halves of the as_of - horizon snapshot (in-time validation)")
+def _empty_predictions() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
+        ("person_id", object), ("churn_probability", float), ("risk_tier", object), ("model_version", object),
+        ("top_reasons", object), ("as_of", "datetime64[ns]"))})
+
+
+def fit(train: pd.DataFrame, validate: pd.DataFrame, settings: ChurnSettings, as_of: pd.Timestamp,
+        previous_algorithm: str | None = None, notes: list[str] | None = None) -> SavedModel:
+    """Fit the candidates on `train`, keep the best (sticky: see switch_margin), calibrate it on
+    `validate` and measure the deployed model there (cross-fitted)."""
+    notes = notes if notes is not None else []
     models: dict = {}
+    train = capped(train, settings.max_training_rows, settings.seed)
     best, candidates, _ = select_and_fit(train, validate, FEATURES, LABEL, list(settings.algorithms), settings.seed,
                                          models)
     algorithm = best
@@ -173,26 +159,79 @@ def train_and_score(features: pd.DataFrame, settings: ChurnSettings, previous_al
     validation = {**binary_metrics(y_val, validation_p), "ece": expected_calibration_error(y_val, validation_p),
                   "ece_uncalibrated": expected_calibration_error(y_val, raw.predict_proba(x_val)[:, 1]),
                   "roc_auc_uncalibrated": candidates[algorithm]["roc_auc"]}
-    calibration = calibration_table(y_val, validation_p)
-    deployed = calibrator(raw, x_val, y_val, settings.calibration)
+    return SavedModel("churn", algorithm, model_version("churn", algorithm, as_of, train, FEATURES), list(FEATURES),
+                      pd.Timestamp(as_of), calibrator(raw, x_val, y_val, settings.calibration), raw, validation,
+                      candidates, calibration_table(y_val, validation_p), training_rows=len(train))
 
-    version = model_version("churn", algorithm, as_of, train, FEATURES)
-    p = deployed.predict_proba(score[FEATURES].to_numpy(float))[:, 1] if not score.empty else np.zeros(0)
-    predictions = pd.DataFrame({
-        "person_id": score["person_id"].to_numpy(),
+
+def score(saved: SavedModel, rows: pd.DataFrame, settings: ChurnSettings, as_of: pd.Timestamp) -> pd.DataFrame:
+    if rows.empty:
+        return _empty_predictions()
+    p = saved.predict(rows)
+    return pd.DataFrame({
+        "person_id": rows["person_id"].to_numpy(),
         "churn_probability": np.round(p, 6),
         "risk_tier": risk_tier(p, settings),
-        "model_version": version,
+        "model_version": saved.model_version,
         # Explained on the uncalibrated model: calibration is monotone, and isotonic steps would
         # hide small one-feature changes.
-        "top_reasons": reasons(raw, score, FEATURES, describe, settings.top_reasons, groups=REASON_GROUPS)
-        if not score.empty else [],
+        "top_reasons": reasons(saved.raw, rows, FEATURES, describe, settings.top_reasons, groups=REASON_GROUPS),
         "as_of": as_of,
     })
+
+
+def train_and_score(features: pd.DataFrame, settings: ChurnSettings, previous_algorithm: str | None = None,
+                    saved: SavedModel | None = None) -> ChurnResult:
+    """One thread (scoring.pipeline.MODEL_THREADS' reason: boosting's OpenMP pool spins on every
+    core of a shared machine); see _train_and_score."""
+    with threadpool_limits(limits=1):
+        return _train_and_score(features, settings, previous_algorithm, saved)
+
+
+def _train_and_score(features: pd.DataFrame, settings: ChurnSettings, previous_algorithm: str | None = None,
+                    saved: SavedModel | None = None) -> ChurnResult:
+    """Score the `score` snapshot with `saved` when it is still good (model_store.refit_reason),
+    else with a model fitted now (ChurnResult.refitted; the caller saves it)."""
+    # Rows in a fixed order: dbt returns them in any order, and boosting's early-stopping
+    # split is by position, so the same data must reach the model the same way every run.
+    frame = features.sort_values(["snapshot", "person_id"], kind="stable").reset_index(drop=True)
+    frame[FEATURES] = frame[FEATURES].astype(float).fillna(0.0)
+    train = frame[frame["snapshot"] == "train"]
+    validate = frame[frame["snapshot"] == "validate"]
+    rows = frame[frame["snapshot"] == "score"]
+    notes: list[str] = []
+    as_of = pd.Timestamp(rows["cutoff_at"].iloc[0]) if not rows.empty else (
+        pd.Timestamp(validate["cutoff_at"].iloc[0]) if not validate.empty else pd.NaT)
+    if validate.empty or validate[LABEL].nunique() < 2 and train.empty:
+        note = (f"churn skipped: no labelled buyers at as_of - horizon ({settings.horizon_days} days); the history "
+                f"must cover horizon_days + 365 days of orders")
+        return ChurnResult(_empty_predictions(), "skipped", "churn-skipped", {}, {}, [], 0, as_of,
+                           {"high": 0, "medium": 0, "low": 0}, [note])
+    shaping = fitting_settings(settings, "horizon_days", "algorithms", "calibration", "max_training_rows", "seed")
+    why = refit_reason(saved, FEATURES, as_of, settings.refit_every_days, settings.refit_if_auc_drops_by,
+                       validate, LABEL, shaping)
+    if why is None:
+        model = saved
+        notes.append(f"churn: scored with the saved {model.algorithm} fitted as of {model.fitted_as_of:%Y-%m-%d} "
+                     f"(refit every {settings.refit_every_days} days or on drift)")
+    else:
+        if train.empty or train[LABEL].nunique() < 2:
+            # The horizon is longer than the history allows: learn from half of the validate
+            # snapshot, measure on the other half (in time, not out of time).
+            half = _halves(validate)
+            train, validate = validate[half], validate[~half]
+            notes.append(f"churn: no labelled buyers at as_of - 2 x {settings.horizon_days} days; fitted and measured "
+                         "on two halves of the as_of - horizon snapshot (in-time validation)")
+        previous = previous_algorithm or (saved.algorithm if saved is not None else None)
+        model = fit(train, validate, settings, as_of, previous, notes)
+        model.extra["settings"] = shaping
+        notes.append(f"churn: refitted ({why})")
+    predictions = score(model, rows, settings, as_of)
     counts = predictions["risk_tier"].value_counts().to_dict()
-    return ChurnResult(predictions, algorithm, version, validation, candidates, calibration,
-                       training_rows=len(train), as_of=as_of,
-                       risk_tier_counts={t: int(counts.get(t, 0)) for t in ("high", "medium", "low")}, notes=notes)
+    return ChurnResult(predictions, model.algorithm, model.model_version, model.validation, model.candidates,
+                       model.calibration, training_rows=model.training_rows, as_of=as_of,
+                       risk_tier_counts={t: int(counts.get(t, 0)) for t in ("high", "medium", "low")}, notes=notes,
+                       model=model, refitted=why is not None)
 
 
 def evaluate_predictions(predictions: pd.DataFrame, truth: pd.Series) -> dict:

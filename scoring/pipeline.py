@@ -20,7 +20,7 @@ from core.published import ManifestError, published_table
 from core.settings.experiments import Experiment
 from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
 from core.warehouse import table_exists
-from scoring import cart, churn, recommend
+from scoring import cart, churn, model_store, recommend
 from scoring.offers import decide_offers
 
 log = logging.getLogger("tessera.scoring")
@@ -50,8 +50,9 @@ class ScoringResult:
                for m in ("roc_auc", "pr_auc", "brier", "positive_rate", "mean_predicted", "ece") if m in c.validation},
             "churn_scored": int(len(c.predictions)), "churn_risk_tiers": c.risk_tier_counts,
             "cart_algorithm": k.algorithm, "cart_model_version": k.model_version,
-            **{f"cart_validation_{m}": round(k.validation[m], 4) for m in ("roc_auc", "pr_auc", "brier", "positive_rate")
-               if m in k.validation},
+            **{f"cart_validation_{m}": round(k.validation[m], 4)
+               for m in ("roc_auc", "pr_auc", "brier", "positive_rate", "mean_predicted", "ece", "baseline_roc_auc",
+                         "baseline_ece") if m in k.validation},
             "cart_scored": int(len(k.predictions)), "cart_intent_groups": k.group_counts,
             "offers": {str(o): int(n) for o, n in offers["offer"].value_counts().sort_index().items()},
             "offer_rows": int(len(offers)), "holdout": int(offers["holdout"].sum()),
@@ -203,9 +204,12 @@ def _declared_types(table: str) -> dict[str, str]:
 
 def run_scoring(con: duckdb.DuckDBPyConnection, churn_settings: ChurnSettings, cart_settings: CartIntentSettings,
                 offer_settings: OffersSettings, progress=log.info,
-                offers_experiment: Experiment | None = None) -> ScoringResult:
+                offers_experiment: Experiment | None = None, as_of=None) -> ScoringResult:
+    """`as_of`: the run's reference time (default: the one the marts were built for). Models are
+    refitted on their schedule or on drift (refit_every_days, refit_if_auc_drops_by); in between,
+    the saved models (scoring.saved_models) score."""
     with threadpool_limits(limits=MODEL_THREADS):
-        return _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, offers_experiment)
+        return _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, offers_experiment, as_of)
 
 
 def experiment_arms(con: duckdb.DuckDBPyConnection, experiment: Experiment) -> pd.DataFrame:
@@ -215,12 +219,13 @@ def experiment_arms(con: duckdb.DuckDBPyConnection, experiment: Experiment) -> p
                   [experiment.name])
 
 
-def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, offers_experiment=None) -> ScoringResult:
+def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, offers_experiment=None,
+                 as_of=None) -> ScoringResult:
     started = time.perf_counter()
     for table, why in (("int_churn_features", "churn features"), ("int_cart_features", "cart features"),
                        ("int_carts", "abandon-and-return gaps")):
         _require(con, "intermediate", table, why)
-    as_of = run_as_of(con)
+    as_of = pd.Timestamp(as_of) if as_of is not None else run_as_of(con)
     skipped: dict[str, str] = {}
     churn_features = _frame(con, "SELECT * FROM intermediate.int_churn_features")
     shortfall = churn_history_shortfall(con, churn_features, churn_settings.horizon_days, as_of)
@@ -229,7 +234,10 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, o
         churn_result = _skipped_churn(as_of)
         progress(f"scoring: churn skipped — {shortfall}")
     else:
-        churn_result = churn.train_and_score(churn_features, churn_settings, previous_algorithm(con, "churn"))
+        churn_result = churn.train_and_score(churn_features, churn_settings, previous_algorithm(con, "churn"),
+                                             saved=model_store.load(con, "churn"))
+        if churn_result.refitted:
+            model_store.save(con, churn_result.model)
         as_of = churn_result.as_of
         for note in churn_result.notes:
             progress(f"scoring: {note}")
@@ -249,9 +257,15 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, o
         cart_result = _skipped_cart(as_of)
         progress(f"scoring: cart intent skipped — {shortfall}")
     else:
-        cart_result = cart.train_and_score(cart_features, gaps, cart_settings)
-        progress(f"scoring: cart intent {cart_result.algorithm}, validation ROC AUC "
-                 f"{cart_result.validation['roc_auc']:.3f}, {len(cart_result.predictions):,} open carts scored "
+        cart_result = cart.train_and_score(cart_features, gaps, cart_settings, saved=model_store.load(con, "cart_intent"))
+        if cart_result.refitted:
+            model_store.save(con, cart_result.model)
+        v = cart_result.validation
+        how = f"refitted ({cart_result.refit_reason})" if cart_result.refitted else (
+            f"saved model of {cart_result.model.fitted_as_of:%Y-%m-%d}")
+        progress(f"scoring: cart intent {cart_result.algorithm}, {how}, deployed model's validation ROC AUC "
+                 f"{v.get('roc_auc', float('nan')):.3f} (baseline {v.get('baseline_roc_auc', float('nan')):.3f}), "
+                 f"ECE {v.get('ece', float('nan')):.3f}, {len(cart_result.predictions):,} open carts scored "
                  f"({time.perf_counter() - started:.1f}s)")
 
     arms = experiment_arms(con, offers_experiment) if offers_experiment else None

@@ -395,6 +395,9 @@ def fit_blend(data: Interactions, as_of: pd.Timestamp, settings: Recommendations
     # keeps the fit's cost bounded by training_customers, not by the catalog.
     keep = y | (_rank_in_group(u, rng.random(len(u))) < NEGATIVES_PER_PERSON)
     x = features(state, u[keep], i[keep])
+    # A column with no value at all (no product views in a shop without web data) breaks
+    # scikit-learn's binning; constant, it is simply never split on, so scoring is unchanged.
+    x = x.fillna({c: 0.0 for c in x.columns if x[c].isna().all()})
     model = HistGradientBoostingClassifier(
         learning_rate=0.1, max_iter=200, max_leaf_nodes=31, min_samples_leaf=50, l2_regularization=1.0,
         early_stopping=True, validation_fraction=0.1, n_iter_no_change=15, random_state=settings.seed)

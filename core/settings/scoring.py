@@ -40,6 +40,18 @@ class ChurnSettings(_Strict):
     switch_margin: float = Field(
         default=0.01, ge=0, le=0.5,
         description="The previous run's algorithm stays unless a challenger's validation ROC AUC beats it by this.")
+    max_training_rows: int = Field(
+        default=100_000, ge=1_000,
+        description="Fit on a seeded sample of at most this many rows: boosting keeps more rounds on more rows, "
+                    "and every scored row pays for each round, so without a cap scoring grew faster than the data.")
+    refit_every_days: int = Field(
+        default=7, ge=0, le=365,
+        description="Refit the model when the saved one is this many days old (0 = every run); in between, the "
+                    "saved model scores.")
+    refit_if_auc_drops_by: float = Field(
+        default=0.03, ge=0, le=1,
+        description="Drift: refit early when the saved model's ROC AUC on the newest labelled rows falls this far "
+                    "below its ROC AUC at fitting.")
     seed: int = 7
 
     @model_validator(mode="after")
@@ -58,6 +70,23 @@ class CartIntentSettings(_Strict):
     history_weeks: int = Field(default=12, ge=2, le=52, description="Weekly past cutoffs the model learns from.")
     likely_at: float = Field(default=0.3, gt=0, lt=1, description="purchase_probability >= this -> 'likely'.")
     unlikely_below: float = Field(default=0.05, gt=0, lt=1, description="purchase_probability < this -> 'unlikely'.")
+    calibration: Literal["auto", "isotonic", "sigmoid"] = Field(
+        default="auto", description="Calibrated on the validation week; auto = isotonic from 1,000 carts, else sigmoid.")
+    switch_margin: float = Field(
+        default=0.01, ge=0, le=0.5,
+        description="The saved model's algorithm stays unless a challenger's validation ROC AUC beats it by this.")
+    max_training_rows: int = Field(
+        default=100_000, ge=1_000,
+        description="Fit on a seeded sample of at most this many rows: boosting keeps more rounds on more rows, "
+                    "and every scored row pays for each round, so without a cap scoring grew faster than the data.")
+    refit_every_days: int = Field(
+        default=7, ge=0, le=365,
+        description="Refit the model when the saved one is this many days old (0 = every run); in between, the "
+                    "saved model scores.")
+    refit_if_auc_drops_by: float = Field(
+        default=0.03, ge=0, le=1,
+        description="Drift: refit early when the saved model's ROC AUC on the newest labelled rows falls this far "
+                    "below its ROC AUC at fitting.")
     seed: int = 7
 
     @model_validator(mode="after")
