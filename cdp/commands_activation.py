@@ -44,7 +44,7 @@ def sync_command(config_path, name, all_syncs, dry_run, as_json) -> None:
     # lazy: loaded when the command runs, not at every `cdp` start-up
     from activation.state import StateBusy
     from activation.sync import SyncError, run_all, run_sync
-    from dagster_project.defs.activation import record_cli_syncs
+    from dagster_project.defs.activation import record_cli_syncs  # lazy: Dagster takes seconds to import
 
     config = load_config_or_exit(config_path)
     if bool(name) == bool(all_syncs):

@@ -12,10 +12,10 @@ import click
 
 from cdp.cli_common import UserError, config_option, json_option, load_config_or_exit, out
 from core.settings.identity import settings_of
+from identity.overrides import OverridesError, add, effective, path_of, read, remove
 
 
 def _path(config_path):
-    from identity.overrides import path_of
 
     config = load_config_or_exit(config_path)
     return path_of(config, settings_of(config))
@@ -28,7 +28,6 @@ def _pair_command(action: str, help_text: str):
     @click.argument("record_b")
     @click.option("--note", default="", help="Why (kept in the file: no personal data, please).")
     def command(config_path, record_a, record_b, note) -> None:
-        from identity.overrides import OverridesError, add
 
         path = _path(config_path)
         try:
@@ -53,7 +52,6 @@ split_command = _pair_command("split", "Force two records (record keys) apart: n
 @click.argument("record_b")
 def unpair_command(config_path, record_a, record_b) -> None:
     """Forget a manual merge or split of two records."""
-    from identity.overrides import OverridesError, remove
 
     path = _path(config_path)
     try:
@@ -70,7 +68,6 @@ def unpair_command(config_path, record_a, record_b) -> None:
 @json_option
 def overrides_command(config_path, as_json) -> None:
     """List the manual merges and splits the next identity run applies."""
-    from identity.overrides import OverridesError, effective, read
 
     path = _path(config_path)
     try:

@@ -19,7 +19,7 @@ def serve(config_path, host, port) -> None:
     web source's landing folder that the next `cdp run` loads exactly once. Stop with Ctrl-C or
     SIGTERM: requests in flight finish and the open log segment is landed.
     """
-    from serve.server import run
+    from serve.server import run  # lazy: uvicorn and the app load only for `cdp serve`
 
     config = load_config_or_exit(config_path)
     try:

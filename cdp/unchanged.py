@@ -30,6 +30,7 @@ from pathlib import Path
 from core.config import Config
 from core.dbt_project import dbt_project_dir
 from core.warehouse import fetch_all, open_warehouse, table_exists
+from privacy.requests import privacy_dir
 
 FILE = "unchanged_fingerprint.json"
 # Top-level folders of the installation that are not pipeline code.
@@ -74,8 +75,6 @@ def _loads_digest(config: Config) -> str:
 
 
 def _privacy_digest(config: Config) -> str:
-    from privacy.requests import privacy_dir
-
     folder = privacy_dir(config)
     names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
     return _digest(names)

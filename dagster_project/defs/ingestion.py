@@ -21,7 +21,9 @@ from dagster import (
 
 from core.contracts import DUCKDB_TYPES, ENTITIES, Entity
 from core.pii import mask_pii
+from core.spark import qualified
 from dagster_project.defs.resources import TesseraResource
+from ingestion import spark_loader
 from ingestion.loader import CHANGED, LINEAGE_COLUMNS, REJECTED, ingest
 
 INGESTION_GROUP = "ingestion"
@@ -138,9 +140,6 @@ def _raw_asset(ent: Entity):
 
 def _ingest_on_spark(tessera: TesseraResource, config, ent: Entity):
     """engine: spark - the same load, report and metadata, through the project's SparkSession."""
-    from core.spark import qualified
-    from ingestion import spark_loader
-
     with tessera.spark() as spark:
         report = spark_loader.ingest(config, spark, tables=[ent.table], progress=log.info)
         total_rows = spark.table(qualified(config, "raw", ent.table)).count()

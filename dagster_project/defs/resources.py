@@ -13,6 +13,7 @@ from dagster import ConfigurableResource, DagsterInstance, EnvVar, Failure, OpEx
 
 from core import run_lock
 from core.config import CONFIG_ENV, Config, load_config
+from core.spark import spark_session
 from core.warehouse import open_warehouse
 from dagster_project.instance import ensure_dagster_home
 
@@ -60,8 +61,6 @@ class TesseraResource(ConfigurableResource):
         """engine: spark - the project's SparkSession (one per process, kept between steps: a
         session costs seconds to start), held with the project's run lock: one run writes the
         warehouse's manifest at a time, whatever the engine."""
-        from core.spark import spark_session
-
         with self.project_held():
             yield spark_session(self.load())
 
