@@ -12,7 +12,7 @@ from cdp.cli import main
 from identity import overrides
 from identity.pipeline import resolve
 from ingestion.loader import ensure_raw_schema
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 TS = "2025-01-01 10:00:00+00"
 

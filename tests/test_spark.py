@@ -14,7 +14,7 @@ from core.config import ConfigError, config_from_dict, load_config
 from core.settings.identity import IdentitySettings
 from core.warehouse import connect
 from ingestion import loader, spark_loader
-from tests.conftest import make_config, write
+from tests.helpers import make_config, write
 
 pytestmark = pytest.mark.spark
 
