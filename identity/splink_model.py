@@ -422,6 +422,14 @@ def train(linker, settings: IdentitySettings, progress: Callable[[str], None] | 
             log.warning("EM session blocked on %s skipped: %s", rule, e)
         t[f"em_{i + 1}"] = time.perf_counter() - t0
         say(f"splink: EM session blocked on `{rule}` ({t[f'em_{i + 1}']:.1f}s)")
+    # Splink 5 hands back an EM session's lambda with its m values. On a small project (a few
+    # hundred records, an EM block on dob) it comes back > 0.5, which no real population has:
+    # then the lambda estimated above from the deterministic rules stands. (Where it comes back
+    # sane it is kept: every published accuracy figure was measured that way.)
+    trained = sobj._probability_two_random_records_match
+    if not (0 < trained < 0.5):
+        log.info("EM's lambda %.3g is outside (0, 0.5); keeping the rules' estimate %.3g", trained, lam)
+        sobj._probability_two_random_records_match = lam
     return t
 
 
