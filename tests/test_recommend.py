@@ -143,6 +143,8 @@ def test_settings_are_validated(tmp_path):
         config_from_dict({"recommendations": {"list_lenght": 12}}, tmp_path)
     with pytest.raises(ConfigError, match="list_length"):
         config_from_dict({"recommendations": {"list_length": 0}}, tmp_path)
+    with pytest.raises(ConfigError, match="blend_must_beat_by"):
+        config_from_dict({"recommendations": {"blend_must_beat_by": -0.1}}, tmp_path)
 
 
 def test_a_shop_without_web_views_fits_its_ranker():
