@@ -447,7 +447,8 @@ def simple_lists(s: State, method: str, rows: np.ndarray, settings: Recommendati
     score = 1/rank (a simple method has no probability)."""
     cats = s.data.products["cat"].to_numpy()
     # Deep enough that the exclusion window and the category cap still leave k per person.
-    depth = min(s.data.n_items, k * (1 + k // max(settings.max_per_category, 1)) + OWN_CANDIDATES)
+    cap = category_cap(s, settings, k)
+    depth = min(s.data.n_items, k * (1 + k // cap) + OWN_CANDIDATES)
     out = []
     for start in range(0, len(rows), CHUNK):
         part = rows[start:start + CHUNK]
@@ -459,7 +460,7 @@ def simple_lists(s: State, method: str, rows: np.ndarray, settings: Recommendati
             keep &= ~((own_d > 0) & (own_d - 1.0 <= settings.exclude_bought_within_days))
         u, i, own_n, own_d = u[keep], i[keep], own_n[keep], own_d[keep]
         order_in_list = np.arange(len(u), dtype=float)  # frame is in list order per person
-        keep = _rank_in_group(u * (cats.max() + 1) + cats[i], -order_in_list) < settings.max_per_category
+        keep = _rank_in_group(u * (cats.max() + 1) + cats[i], -order_in_list) < cap
         u, i, own_n, own_d, order_in_list = u[keep], i[keep], own_n[keep], own_d[keep], order_in_list[keep]
         rank = _rank_in_group(u, -order_in_list)
         top = rank < k
@@ -491,6 +492,14 @@ def _rank_in_group(group: np.ndarray, value: np.ndarray) -> np.ndarray:
     return out
 
 
+def category_cap(s: State, settings: RecommendationsSettings, k: int) -> int:
+    """Products of one category allowed in a list: max_per_category, raised so that the catalog's
+    categories can still fill k slots (a till export has one category, which would cut every
+    list to max_per_category products)."""
+    n_categories = max(int(s.data.products["cat"].nunique()), 1)
+    return max(settings.max_per_category, -(-k // n_categories))
+
+
 def recommend_lists(s: State, blend: Blend, rows: np.ndarray, settings: RecommendationsSettings, k: int,
                     with_reasons: bool = True) -> pd.DataFrame:
     """Top-k lists (u, rank, i, score[, reason]) for people `rows`, in chunks of people."""
@@ -511,7 +520,7 @@ def recommend_lists(s: State, blend: Blend, rows: np.ndarray, settings: Recommen
         order = np.lexsort((i, -score, u))
         u, i, score, x = u[order], i[order], score[order], x.iloc[order]
         per_cat = _rank_in_group(u * (cats.max() + 1) + cats[i], -np.arange(len(u), dtype=float))
-        keep = per_cat < settings.max_per_category
+        keep = per_cat < category_cap(s, settings, k)
         u, i, score, x = u[keep], i[keep], score[keep], x[keep]
         rank = _rank_in_group(u, -np.arange(len(u), dtype=float))
         top = rank < k

@@ -152,9 +152,13 @@ def test_a_shop_without_web_views_fits_its_ranker():
     # (scikit-learn's binning failed on an all-missing column, found on UCI Online Retail).
     con = make_shop(persons=200, seed=4)
     con.execute("DELETE FROM intermediate.int_web_product_events")
+    # ... and no categories (one for the whole catalog): the diversity cap must not cut every list
+    # to max_per_category products (it did on UCI Online Retail).
+    con.execute("UPDATE staging.stg_catalog__products SET category = 'all' WHERE NOT non_product")
     result = run_recommendations(con, pd.Timestamp(END), RecommendationsSettings())
     assert result.blend.kind == "ranker"
     assert result.recommendations["person_id"].nunique() == 202
+    assert (result.recommendations.groupby("person_id").size() == 10).all()
 
 
 def test_the_blend_is_published_only_when_it_beats_the_simple_methods_on_held_out_buyers():
