@@ -16,8 +16,12 @@ recommendations` runs the same code as of a past cut-off.
    features as of as_of - horizon, label = bought in the next horizon days. Weights are never
    hand-set for one data set; a shop too small to learn from gets a fixed fallback blend.
 4. Lists: non-products (catalog non_product = true) and purchases of the last
-   `exclude_bought_within_days` never appear; at most `max_per_category` per category; the
-   reason is the personal signal whose removal lowers the score most, else `trending`.
+   `exclude_bought_within_days` never appear; at most `max_per_category` per category (raised
+   when the catalog has too few categories to fill a list); the reason is the personal signal
+   whose removal lowers the score most, else `trending`.
+5. Published: the blend only if it beats the better of buy-again and popularity on held-out
+   buyers of its time split by `blend_must_beat_by`; otherwise that method's lists
+   (choose_published, simple_lists).
 
 Everything is in sparse matrices and processed in chunks of people, so the cost grows
 linearly with customers.
