@@ -77,6 +77,11 @@ def evaluate_recommendations(config_path, as_json, k, cutoff, horizon_days) -> N
     out.print(f"cut-off {result['cutoff']}, truth: purchases in the next {horizon_days} days; "
               f"{result['customers_evaluated']:,} buyers evaluated ({result['known_customers']:,} known before the "
               f"cut-off), {result['products']:,} products; blend: {result['blend']['kind']}", markup=False)
+    blend = result["blend"]
+    if blend.get("validation"):
+        held_out = ", ".join(f"{m} {r.get('hit_rate')}" for m, r in blend["validation"].items() if isinstance(r, dict))
+        out.print(f"published: {blend['published']} (held-out HitRate@{blend['validation']['k']} on "
+                  f"{blend['validation']['buyers']:,} buyers before the cut-off: {held_out})", markup=False)
     for population in ("all", "known"):
         out.print(f"\n{population} buyers", markup=False)
         out.print(table(result, population), markup=False)

@@ -296,10 +296,11 @@ def run_recommendation_stage(con: duckdb.DuckDBPyConnection, as_of, settings: Re
         result = recommend.run_recommendations(con, as_of, settings)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     _write(con, "recommendations", result.recommendations)
-    validation = result.blend.validation.get("tessera", {})
+    held_out = ", ".join(f"{m} {r['hit_rate']:.3f}" for m, r in result.blend.validation.items()
+                         if isinstance(r, dict) and "hit_rate" in r) or "not measured"
     progress(f"scoring: recommendations for {result.recommendations['person_id'].nunique():,} people "
-             f"({result.blend.kind}; held-out HitRate@{settings.list_length} {validation.get('hit_rate', float('nan')):.3f}) "
-             f"({time.perf_counter() - started:.1f}s)")
+             f"({result.blend.kind}; published: {result.blend.published}; held-out HitRate@{settings.list_length} "
+             f"{held_out}) ({time.perf_counter() - started:.1f}s)")
     return result
 
 

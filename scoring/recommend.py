@@ -16,8 +16,12 @@ recommendations` runs the same code as of a past cut-off.
    features as of as_of - horizon, label = bought in the next horizon days. Weights are never
    hand-set for one data set; a shop too small to learn from gets a fixed fallback blend.
 4. Lists: non-products (catalog non_product = true) and purchases of the last
-   `exclude_bought_within_days` never appear; at most `max_per_category` per category; the
-   reason is the personal signal whose removal lowers the score most, else `trending`.
+   `exclude_bought_within_days` never appear; at most `max_per_category` per category (raised
+   when the catalog has too few categories to fill a list); the reason is the personal signal
+   whose removal lowers the score most, else `trending`.
+5. Published: the blend only if it beats the better of buy-again and popularity on held-out
+   buyers of its time split by `blend_must_beat_by`; otherwise that method's lists
+   (choose_published, simple_lists).
 
 Everything is in sparse matrices and processed in chunks of people, so the cost grows
 linearly with customers.
@@ -58,6 +62,8 @@ _REASON_MIN_SHARE = 0.10
 # Per candidate source, per person: bounds that keep the candidate set (and the cost) linear.
 TOP_PER_CATEGORY, TOP_CATEGORIES, TRENDING_CANDIDATES, ALS_CANDIDATES, OWN_CANDIDATES = 10, 3, 20, 20, 50
 NEGATIVES_PER_PERSON = 60
+# What the stage may publish instead of the blend when the blend does not beat them (choose_published).
+SIMPLE_METHODS = ("buy_again", "popularity")
 CHUNK = 20_000
 
 
@@ -364,6 +370,9 @@ class Blend:
     training_buyers: int = 0
     validation: dict = field(default_factory=dict)  # held-out buyers at the training split
     label_window: tuple[str, str] | None = None
+    # What the stage publishes: "tessera" (this blend) or a simple method (SIMPLE_METHODS) that
+    # the blend did not beat by blend_must_beat_by on the held-out buyers.
+    published: str = "tessera"
 
 
 def bought_between(data: Interactions, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -407,13 +416,67 @@ def fit_blend(data: Interactions, as_of: pd.Timestamp, settings: Recommendations
     # Held-out buyers: the blend against the two simplest baselines on the same people.
     lists = recommend_lists(state, blend, val_users, settings, k, with_reasons=False)
     truth_val = truth[truth["u"].isin(val_users)]
+    # The simple methods' lists are measured as they would be published (same exclusion and
+    # diversity rules), so the comparison is between the lists a customer could actually get.
     blend.validation = {
         "buyers": int(len(val_users)), "k": k,
         "tessera": ranking_metrics(lists, truth_val, k),
-        "buy_again": ranking_metrics(buy_again_lists(state, val_users, k), truth_val, k),
-        "popularity": ranking_metrics(popularity_lists(state, val_users, k), truth_val, k),
+        **{m: ranking_metrics(simple_lists(state, m, val_users, settings, k, with_reasons=False), truth_val, k)
+           for m in SIMPLE_METHODS},
     }
+    blend.published = choose_published(blend.validation, settings.blend_must_beat_by)
     return blend
+
+
+def choose_published(validation: dict, margin: float) -> str:
+    """"tessera" when the blend beats the best simple method (by HitRate@k, then Recall@k) on the
+    held-out buyers by `margin` in HitRate or Recall and trails it by no more than `margin` in the
+    other; otherwise that method. Only data before the as_of is in `validation`."""
+    metrics = ("hit_rate", "recall")
+
+    def value(m):
+        return tuple(validation[m].get(x, 0.0) for x in metrics)
+
+    best = max(SIMPLE_METHODS, key=value)
+    ahead = [t - b for t, b in zip(value("tessera"), value(best))]
+    wins = any(d >= margin for d in ahead) and all(d >= -margin for d in ahead)
+    return "tessera" if wins else best
+
+
+def simple_lists(s: State, method: str, rows: np.ndarray, settings: RecommendationsSettings, k: int,
+                 with_reasons: bool = True) -> pd.DataFrame:
+    """A simple method's top-k lists (u, rank, i, score[, reason]) under the published lists' rules:
+    the exclusion window and the per-category cap. buy_again = own most-bought products (ties: most
+    recent), then the 90-day best sellers fill the list; popularity = the best sellers alone.
+    score = 1/rank (a simple method has no probability)."""
+    cats = s.data.products["cat"].to_numpy()
+    # Deep enough that the exclusion window and the category cap still leave k per person.
+    cap = category_cap(s, settings, k)
+    depth = min(s.data.n_items, k * (1 + k // cap) + OWN_CANDIDATES)
+    out = []
+    for start in range(0, len(rows), CHUNK):
+        part = rows[start:start + CHUNK]
+        frame = (buy_again_lists if method == "buy_again" else popularity_lists)(s, part, depth)
+        u, i = frame["u"].to_numpy(np.int64), frame["i"].to_numpy(np.int64)
+        own_n, own_d = _gather(s.own_count, u, i), _gather(s.own_days, u, i)
+        keep = np.ones(len(u), dtype=bool)
+        if settings.exclude_bought_within_days > 0:
+            keep &= ~((own_d > 0) & (own_d - 1.0 <= settings.exclude_bought_within_days))
+        u, i, own_n, own_d = u[keep], i[keep], own_n[keep], own_d[keep]
+        order_in_list = np.arange(len(u), dtype=float)  # frame is in list order per person
+        keep = _rank_in_group(u * (cats.max() + 1) + cats[i], -order_in_list) < cap
+        u, i, own_n, own_d, order_in_list = u[keep], i[keep], own_n[keep], own_d[keep], order_in_list[keep]
+        rank = _rank_in_group(u, -order_in_list)
+        top = rank < k
+        lists = pd.DataFrame({"u": u[top], "rank": rank[top] + 1, "i": i[top], "score": 1.0 / (rank[top] + 1)})
+        if with_reasons:
+            due = (own_n[top] >= 2) & ((own_d[top] - 1.0) / np.maximum(s.item_interval[i[top]], 1.0) >= 0.8)
+            lists["reason"] = np.where(own_n[top] > 0, np.where(due, "replenishment", "buy_again"),
+                                       "trending").astype(object)
+        out.append(lists)
+    if not out:
+        return pd.DataFrame(columns=["u", "rank", "i", "score", "reason"])
+    return pd.concat(out, ignore_index=True)
 
 
 def _labels(truth: pd.DataFrame, u: np.ndarray, i: np.ndarray, n_items: int) -> np.ndarray:
@@ -431,6 +494,14 @@ def _rank_in_group(group: np.ndarray, value: np.ndarray) -> np.ndarray:
     out = np.empty(len(g), dtype=np.int64)
     out[order] = rank_sorted
     return out
+
+
+def category_cap(s: State, settings: RecommendationsSettings, k: int) -> int:
+    """Products of one category allowed in a list: max_per_category, raised so that the catalog's
+    categories can still fill k slots (a till export has one category, which would cut every
+    list to max_per_category products)."""
+    n_categories = max(int(s.data.products["cat"].nunique()), 1)
+    return max(settings.max_per_category, -(-k // n_categories))
 
 
 def recommend_lists(s: State, blend: Blend, rows: np.ndarray, settings: RecommendationsSettings, k: int,
@@ -453,7 +524,7 @@ def recommend_lists(s: State, blend: Blend, rows: np.ndarray, settings: Recommen
         order = np.lexsort((i, -score, u))
         u, i, score, x = u[order], i[order], score[order], x.iloc[order]
         per_cat = _rank_in_group(u * (cats.max() + 1) + cats[i], -np.arange(len(u), dtype=float))
-        keep = per_cat < settings.max_per_category
+        keep = per_cat < category_cap(s, settings, k)
         u, i, score, x = u[keep], i[keep], score[keep], x[keep]
         rank = _rank_in_group(u, -np.arange(len(u), dtype=float))
         top = rank < k
@@ -493,7 +564,8 @@ class RecommendationsResult:
     def summary(self) -> dict:
         recs = self.recommendations
         return {"rows": int(len(recs)), "persons": int(recs["person_id"].nunique()) if len(recs) else 0,
-                "blend": self.blend.kind, "training_buyers": self.blend.training_buyers,
+                "blend": self.blend.kind, "published": self.blend.published,
+                "training_buyers": self.blend.training_buyers,
                 "reasons": {str(k): int(v) for k, v in recs["reason"].value_counts().sort_index().items()},
                 "validation": self.blend.validation, "notes": self.notes}
 
@@ -506,7 +578,10 @@ def recommend_as_of(data: Interactions, as_of: pd.Timestamp, settings: Recommend
     blend = fit_blend(data, as_of, settings, k)
     state = build_state(data, as_of, settings)
     rows = np.arange(data.n_users) if rows is None else rows
-    lists = recommend_lists(state, blend, rows, settings, k)
+    if blend.published == "tessera":
+        lists = recommend_lists(state, blend, rows, settings, k)
+    else:
+        lists = simple_lists(state, blend.published, rows, settings, k)
     recs = pd.DataFrame({
         "person_id": data.persons[lists["u"].to_numpy(int)],
         "rank": lists["rank"].to_numpy(np.int64),

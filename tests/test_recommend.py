@@ -16,14 +16,16 @@ import pytest
 
 from core.config import ConfigError, config_from_dict
 from core.settings.scoring import RecommendationsSettings
-from scoring.recommend import REASONS, run_recommendations
+from scoring.recommend import REASONS, choose_published, run_recommendations
 from scoring.recommend_evaluate import evaluate_recommendations
 from scoring.recommend_metrics import ranking_metrics
 
 END = dt.datetime(2026, 6, 30, 12)
 
 
-def make_shop(persons: int = 400, seed: int = 3) -> duckdb.DuckDBPyConnection:
+def make_shop(persons: int = 400, seed: int = 3, rebuys: bool = True) -> duckdb.DuckDBPyConnection:
+    """`rebuys=False`: nobody buys a product twice (each order is a product new to the person,
+    own category first, then the next one), so buy-again cannot hit and a blend can."""
     rng = np.random.default_rng(seed)
     cats = ["a", "b", "c", "d"]
     skus = [f"{c}{n:02d}" for c in cats for n in range(12)]
@@ -34,11 +36,16 @@ def make_shop(persons: int = 400, seed: int = 3) -> duckdb.DuckDBPyConnection:
         cat = cats[p % 4]
         own = [s for s in skus if s[0] == cat]
         staples = list(rng.choice(own, 2, replace=False))
+        nxt = [s for s in skus if s[0] == cats[(p + 1) % 4]]
+        new_items = list(rng.permutation(own)) + list(rng.permutation(nxt))
         t = END - dt.timedelta(days=int(rng.integers(300, 500)))
         order = 0
         interval = rng.uniform(20, 40)
         while t < END:
-            basket = [staples[order % 2]] + ([str(rng.choice(own))] if rng.random() < 0.5 else [])
+            if rebuys:
+                basket = [staples[order % 2]] + ([str(rng.choice(own))] if rng.random() < 0.5 else [])
+            else:
+                basket = [new_items[order % len(new_items)]]
             basket += ["SHIP"] if rng.random() < 0.9 else []
             for sku in dict.fromkeys(basket):
                 lines.append((f"p{p}", f"o{p}_{order}", sku, t))
@@ -136,6 +143,8 @@ def test_settings_are_validated(tmp_path):
         config_from_dict({"recommendations": {"list_lenght": 12}}, tmp_path)
     with pytest.raises(ConfigError, match="list_length"):
         config_from_dict({"recommendations": {"list_length": 0}}, tmp_path)
+    with pytest.raises(ConfigError, match="blend_must_beat_by"):
+        config_from_dict({"recommendations": {"blend_must_beat_by": -0.1}}, tmp_path)
 
 
 def test_a_shop_without_web_views_fits_its_ranker():
@@ -143,6 +152,55 @@ def test_a_shop_without_web_views_fits_its_ranker():
     # (scikit-learn's binning failed on an all-missing column, found on UCI Online Retail).
     con = make_shop(persons=200, seed=4)
     con.execute("DELETE FROM intermediate.int_web_product_events")
+    # ... and no categories (one for the whole catalog): the diversity cap must not cut every list
+    # to max_per_category products (it did on UCI Online Retail).
+    con.execute("UPDATE staging.stg_catalog__products SET category = 'all' WHERE NOT non_product")
     result = run_recommendations(con, pd.Timestamp(END), RecommendationsSettings())
     assert result.blend.kind == "ranker"
+    assert result.recommendations["person_id"].nunique() == 202
+    assert (result.recommendations.groupby("person_id").size() == 10).all()
+
+
+def test_the_blend_is_published_only_when_it_beats_the_simple_methods_on_held_out_buyers():
+    by_hand = {"buyers": 100, "k": 10, "tessera": {"hit_rate": 0.09, "recall": 0.03},
+               "buy_again": {"hit_rate": 0.19, "recall": 0.06}, "popularity": {"hit_rate": 0.16, "recall": 0.05}}
+    assert choose_published(by_hand, 0.01) == "buy_again"
+    by_hand["tessera"] = {"hit_rate": 0.195, "recall": 0.065}  # ahead, but not by the margin
+    assert choose_published(by_hand, 0.01) == "buy_again"
+    assert choose_published(by_hand, 0.0) == "tessera"
+    by_hand["tessera"] = {"hit_rate": 0.3, "recall": 0.04}  # far ahead in HitRate, behind in Recall
+    assert choose_published(by_hand, 0.01) == "buy_again"
+    by_hand["tessera"] = {"hit_rate": 1.0, "recall": 0.2}  # HitRate saturated: Recall decides
+    by_hand["buy_again"] = {"hit_rate": 1.0, "recall": 0.1}
+    assert choose_published(by_hand, 0.01) == "tessera"
+
+
+def test_a_shop_where_buy_again_wins_publishes_buy_again(shop):
+    # Staples rebought every month: buy-again is near perfect and the blend cannot beat it by 0.05.
+    settings = RecommendationsSettings(list_length=5, blend_must_beat_by=0.05, exclude_bought_within_days=10,
+                                       collaborative=False)
+    result = run_recommendations(shop, pd.Timestamp(END), settings)
+    val = result.blend.validation
+    assert result.blend.published == "buy_again", val
+    assert val["buy_again"]["hit_rate"] > val["popularity"]["hit_rate"] + 0.3
+    assert result.summary()["published"] == "buy_again"
+    recs = result.recommendations
+    # Buy-again's lists, under the same rules: own products first, nothing bought in the last
+    # 10 days, best sellers only to fill; cold starts get the best sellers.
+    bought = shop.execute("""SELECT person_id, sku, max(ordered_at) AS last FROM intermediate.int_order_lines
+                             GROUP BY ALL""").df()
+    merged = recs.merge(bought, on=["person_id", "sku"], how="left")
+    assert (merged["last"].isna() | (merged["last"] < pd.Timestamp(END) - pd.Timedelta(days=10))).all()
+    assert set(merged.loc[merged["last"].notna(), "reason"]) <= {"buy_again", "replenishment"}
+    assert set(merged.loc[merged["last"].isna(), "reason"]) == {"trending"}
+    assert recs.groupby("person_id").size().max() == 5 and "SHIP" not in set(recs["sku"])
+    assert set(recs[recs["person_id"] == "cold1"]["reason"]) == {"trending"}
+
+
+def test_a_shop_where_the_blend_wins_keeps_the_blend():
+    con = make_shop(persons=200, seed=5, rebuys=False)
+    result = run_recommendations(con, pd.Timestamp(END), RecommendationsSettings(collaborative=False))
+    val = result.blend.validation
+    assert result.blend.published == "tessera", val
+    assert val["tessera"]["hit_rate"] > max(val["buy_again"]["hit_rate"], val["popularity"]["hit_rate"]) + 0.01
     assert result.recommendations["person_id"].nunique() == 202

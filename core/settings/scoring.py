@@ -156,6 +156,11 @@ class RecommendationsSettings(_Strict):
     seed_items: int = Field(default=10, ge=1, le=100,
                             description="A person's most recent products that seed their co-purchase candidates.")
     collaborative: bool = Field(default=True, description="Add implicit-feedback ALS candidates when the data allows.")
+    blend_must_beat_by: float = Field(
+        default=0.01, ge=0.0, le=1.0,
+        description="The learnt blend is published only if its HitRate@list_length on held-out buyers of the "
+                    "time split before the run's as_of beats the best simple method (buy-again, popularity) by "
+                    "this much; otherwise that method's lists are published.")
     training_customers: int = Field(default=20_000, ge=100,
                                     description="Buyers sampled to fit the blend (bounds its cost at any scale).")
     seed: int = 7

@@ -94,13 +94,14 @@ def scoring_recommendations(context: AssetExecutionContext, tessera: TesseraReso
         result = run_recommendation_stage(con, run_as_of(context, config), config.recommendations, progress=log.info)
     s = result.summary()
     # The blend measured on held-out buyers of its own time split, next to two baselines: the
-    # number to watch, computed with the fit (no extra pass). `cdp evaluate recommendations` has all.
+    # number to watch, computed with the fit (no extra pass); it picks what is published
+    # (`published`: the blend, or the simple method it did not beat). `cdp evaluate recommendations` has all.
     validation = s["validation"]
     table = ["| method | HitRate@K | Recall@K | NDCG@K |", "|---|---|---|---|"] + [
         f"| {m} | {r.get('hit_rate', 0):.3f} | {r.get('recall', 0):.3f} | {r.get('ndcg', 0):.3f} |"
         for m, r in validation.items() if isinstance(r, dict)]
     return MaterializeResult(metadata={
-        "dagster/row_count": s["rows"], "persons": s["persons"], "blend": s["blend"],
+        "dagster/row_count": s["rows"], "persons": s["persons"], "blend": s["blend"], "published": s["published"],
         "training_buyers": s["training_buyers"], "reasons": s["reasons"], "notes": "; ".join(s["notes"]) or "none",
         "validation_buyers": validation.get("buyers", 0),
         "validation": MetadataValue.md("\n".join(table)) if validation else "not fitted (fallback blend)",
