@@ -264,7 +264,7 @@ def test_dagster_dbt_assets_have_the_upstream_keys_groups_and_pool():
     for table in ("graph", "golden", "changes"):
         assert AssetKey(["identity", table]) in deps[AssetKey(["staging", f"stg_identity__{table}"])]
     upstream = set().union(*deps.values()) - set(specs)
-    assert upstream <= set(RAW_ASSET_KEYS) | {AssetKey(["identity", t]) for t in ("graph", "golden", "changes")} | {
+    assert upstream <= set(RAW_ASSET_KEYS) | {AssetKey(["identity", t]) for t in ("records", "graph", "golden", "changes")} | {
         k for k in upstream if k.path[0] in ("scoring", "segments", "experiments")}
     assert upstream >= set(RAW_ASSET_KEYS)
     groups = {spec.group_name for spec in specs.values()}
