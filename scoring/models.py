@@ -78,6 +78,9 @@ def expected_calibration_error(y_true, p, bins: int = 10) -> float:
     return float(total / len(y))
 
 
+CALIBRATION_FOLDS = 5  # CalibratedClassifierCV's default cv
+
+
 def calibrator(model, X, y, method: str):
     """The fitted `model` with its probabilities calibrated on (X, y), the model itself left as
     fitted (scikit-learn's FrozenEstimator, or cv='prefit' before 1.6). 'auto' = isotonic from
@@ -85,6 +88,11 @@ def calibrator(model, X, y, method: str):
     from sklearn.calibration import CalibratedClassifierCV
 
     if isinstance(model, BaseRate) or len(np.unique(y)) < 2:
+        return model
+    if np.bincount(np.asarray(y, dtype=int)).min() < CALIBRATION_FOLDS:
+        # scikit-learn calibrates through 5 stratified folds: with fewer rows of either class
+        # (a small project's validation week) there is nothing to calibrate on, so the fitted
+        # model's own probabilities stand
         return model
     if method == "auto":
         method = "isotonic" if len(y) >= 1000 else "sigmoid"
