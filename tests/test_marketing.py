@@ -434,11 +434,14 @@ def test_every_dagster_asset_has_a_stage_group_and_description_and_every_materia
         assert defs.resolve_schedule_def(name).description
     assert defs.resolve_sensor_def("landing_files_sensor").description
 
-    # The fixture's `cdp run`: every materialization carried metadata, tables their row counts.
+    # The fixture's `cdp run` (two Dagster runs: landing, then the build): every materialization
+    # carried metadata, tables their row counts.
     _, config = built
     with DagsterInstance.from_config(str(config.dagster_home)) as instance:
-        (record,) = instance.get_run_records(limit=1)
-        events = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        records = instance.get_run_records(limit=2)
+        assert {r.dagster_run.tags.get("tessera/phase") for r in records} == {"landing", "build"}
+        events = [e for r in records
+                  for e in instance.all_logs(r.dagster_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)]
     materialized = {e.dagster_event.asset_key.to_user_string(): e.dagster_event.event_specific_data.materialization
                     for e in events}
     assert set(materialized) <= {s.key.to_user_string() for s in specs}
