@@ -27,6 +27,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
+@pytest.fixture(autouse=True)
+def no_dagster_state_storage_left_over():
+    """Each test starts with no current Dagster defs-state storage. Dagster keeps it in a
+    process-wide context variable that `with DagsterInstance...` sets and resets; an xdist worker
+    runs many modules in one process, and one left holding a disposed instance's storage made a
+    later module's definitions fail to load ("Attempted to resolve undefined DagsterInstance
+    weakref"). A `cdp` command is one process and leaves it unset (checked after a whole in-process
+    `cdp run`), so this isolates tests from each other without hiding a product behaviour."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+    yield
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Config:
     """A fresh `cdp init` folder with the default config."""
