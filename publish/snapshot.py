@@ -29,6 +29,7 @@ class Snapshot:
     published_at: str
     tables: dict[str, int]
     gate: dict
+    as_of: str | None = None  # the one as_of every table of the snapshot was built at (None: all empty)
 
 
 def _safe_run_id(run_id: str) -> str:
@@ -90,6 +91,32 @@ def write_snapshot(
     return final, counts
 
 
+def one_as_of(con: duckdb.DuckDBPyConnection, tables: dict[str, str]) -> str | None:
+    """The one `as_of` that every table in ``{published_name: "schema.table"}`` with an `as_of`
+    column carries, as "YYYY-MM-DD HH:MM:SS" (None when those tables are all empty). A snapshot is
+    one moment: a table left from an earlier build (a model that was not rebuilt, a partial run)
+    would pair customers of one day with scores of another, so more than one value is refused,
+    naming the tables and their as_of values."""
+    values: dict[str, list[str]] = {}
+    for name, source in tables.items():
+        columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        if "as_of" not in columns:
+            continue
+        found = [r[0] for r in con.execute(
+            f"SELECT DISTINCT strftime(CAST(as_of AS TIMESTAMP), '%Y-%m-%d %H:%M:%S') FROM {source} "
+            "WHERE as_of IS NOT NULL ORDER BY 1").fetchall()]
+        if found:
+            values[name] = found
+    distinct = sorted({v for vs in values.values() for v in vs})
+    if len(distinct) > 1:
+        by_value = {v: sorted(n for n, vs in values.items() if v in vs) for v in distinct}
+        raise PublishError(
+            "the tables to publish were built at different as_of times, so they are not one snapshot: "
+            + "; ".join(f"{v}: {', '.join(names)}" for v, names in by_value.items())
+            + ". Rebuild them in one run (`cdp run`, or `cdp run --only marts,publish`); nothing was published")
+    return distinct[0] if distinct else None
+
+
 def publish(
     con: duckdb.DuckDBPyConnection,
     tables: dict[str, str],
@@ -99,13 +126,14 @@ def publish(
     keep: int = 5,
 ) -> Snapshot:
     """Write a new snapshot and make it current atomically; keep the last ``keep``."""
+    as_of = one_as_of(con, tables)  # before anything is written: a mixed build publishes nothing
     published_dir.mkdir(parents=True, exist_ok=True)
     path, counts = write_snapshot(con, tables, published_dir, run_id)
-    snap = Snapshot(run_id, path, datetime.now(timezone.utc).isoformat(timespec="seconds"), counts, gate)
+    snap = Snapshot(run_id, path, datetime.now(timezone.utc).isoformat(timespec="seconds"), counts, gate, as_of)
     manifest = read_manifest(published_dir)
     previous = manifest["current"]
     manifest["history"] = [
-        {"run_id": snap.run_id, "published_at": snap.published_at, "tables": counts, "gate": gate},
+        {"run_id": snap.run_id, "published_at": snap.published_at, "as_of": as_of, "tables": counts, "gate": gate},
         *manifest["history"],
     ]
     manifest["history"], dropped = manifest["history"][:keep], manifest["history"][keep:]
