@@ -188,7 +188,9 @@ ENTITIES: tuple[Entity, ...] = (
             Field("order_ref", STRING),
             Field("subtotal", DECIMAL),
             Field("discount", DECIMAL),
-            Field("total", DECIMAL, required=True),
+            Field("total", DECIMAL, description=(
+                "Amount paid; empty = the sum of the receipt's line items (an order export whose amounts are "
+                "only on its lines).")),
             Field("payment_method", STRING),
             Field("card_token", STRING, pii=True),
             Field("is_return", BOOLEAN, description=(

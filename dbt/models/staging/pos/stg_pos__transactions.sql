@@ -2,6 +2,14 @@ with source as (
     select * from {{ source('raw', 'pos_transactions') }}
 ),
 
+-- A receipt landed without a total (an order export whose amounts are only on its lines) is
+-- worth the sum of its lines.
+line_totals as (
+    select source, transaction_id, sum(line_total) as lines_total
+    from {{ ref('stg_pos__line_items') }}
+    group by source, transaction_id
+),
+
 renamed as (
     select
         transaction_id,
@@ -17,8 +25,7 @@ renamed as (
         coalesce(discount, 0) as discount,
         total,
         payment_method,
-        -- a return or cancellation: flagged, or (unflagged) a receipt that pays money back
-        coalesce(is_return, total < 0) as is_return,
+        is_return,
         cast(_loaded_at as {{ dbt.type_timestamp() }}) as loaded_at,
         _load_id as load_id,
         _file as landed_file,
@@ -30,11 +37,20 @@ latest as (
     {{ latest_per_key('renamed', 'source, transaction_id') }}
 ),
 
+totalled as (
+    select latest.* replace (coalesce(latest.total, line_totals.lines_total) as total)
+    from latest
+    left join line_totals using (source, transaction_id)
+),
+
 final as (
     select
         transaction_id, source, store_id, occurred_at, loyalty_id, email, phone, channel, order_ref,
-        subtotal, discount, total, payment_method, is_return, loaded_at, load_id, landed_file, landed_row
-    from latest
+        subtotal, discount, total, payment_method,
+        -- a return or cancellation: flagged, or (unflagged) a receipt that pays money back
+        coalesce(is_return, total < 0) as is_return,
+        loaded_at, load_id, landed_file, landed_row
+    from totalled
     where occurred_at <= {{ as_of() }}
 )
 
