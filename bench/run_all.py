@@ -13,7 +13,7 @@ import time
 from bench.common import OUT
 
 BENCHES = ["generator", "ingestion", "identity", "marts", "gate", "activation", "experiments", "recommendations",
-           "real_shops", "scoring", "serve", "pipeline"]
+           "real_shops", "olist", "scoring", "serve", "pipeline"]
 
 
 def main() -> None:
