@@ -85,8 +85,10 @@ NOT_MAPPED = {
                           "file, so persons are keyed by customer_id (one per order). In this excerpt the two are "
                           "1:1; on the full data ~3% of customers order again under a new customer_id and would "
                           "stay separate persons",
-    "order_status (canceled, unavailable)": "is_return is a boolean and the expression language has no comparison; "
-                                            "2 canceled orders of 1,000 count as sales",
+    "order_status (canceled, unavailable)": "expressions have no comparison to set is_return from it, and a "
+                                            "flagged return is read as money paid back (revenue is net of it), "
+                                            "which an Olist cancellation, never paid, is not; a way to leave such "
+                                            "rows out is missing. 2 canceled orders of 1,000 count as sales",
     "freight_value, payments": "the receipt total is the sum of item prices; freight is not a product line and "
                                "payment_value (items + freight, per instalment) needs a join to the order",
     "products (catalog)": "not in the excerpt; Olist's products also have no name or price, which the catalog "
