@@ -141,6 +141,7 @@ expectations: {{}}
 #   read_keys_env: [TESSERA_READ_KEY]
 #   cart_abandonment: {{window_seconds: 1800, intent_groups: [on_the_fence], consent_channel: email_marketing,
 #                       destination: {{type: webhook, url: "https://example.com/hook", secret_env: HOOK_SECRET}}}}
+#     (or destination: {{type: klaviyo, api_key_env: KLAVIYO_KEY, metric: Cart Abandoned, identifier: person_id}})
 serve: {{}}
 
 # Erasure (`cdp forget`) keeps salted hashes of an erased person's identifiers so that files

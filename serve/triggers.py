@@ -1,5 +1,7 @@
 """Cart abandonment: an add-to-cart with no checkout within the window -> a nudge, through
-activation's webhook destination (signed, retried, idempotent by event id).
+activation's webhook destination (signed, retried, idempotent by event id) or as a Klaviyo
+event (activation/destinations/klaviyo_events.py: Create Event, idempotent by the cart id) for
+a Klaviyo flow to send.
 
 When the window of a cart ends, the person gets one if their cart intent is in one of the
 configured groups and they consent on the configured channel (live consent wins over the
@@ -19,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from activation.destinations.klaviyo_events import KlaviyoEvents
 from activation.destinations.webhook import WebhookDestination
 from activation.plan import Change
-from core.settings.serve import CartAbandonment
+from core.settings.serve import CartAbandonment, KlaviyoEvent
 from serve.live import LiveState, Person
 
 log = logging.getLogger("tessera.serve")
@@ -65,7 +68,9 @@ class CartAbandonmentTrigger:
         self.state = state
         self.store = store
         self.intent_of = intent_of
-        self.destination = WebhookDestination("cart_abandonment", cfg.destination, cfg.retry)
+        d = cfg.destination
+        self.destination = (KlaviyoEvents("serve.cart_abandonment", d.base_url, d.api_key_env, d.revision, cfg.retry)
+                            if isinstance(d, KlaviyoEvent) else WebhookDestination("cart_abandonment", d, cfg.retry))
         self._due: list[tuple[float, str, str]] = []  # (due, person key, cart_id)
         self._cond = threading.Condition()
         self._stop = False
@@ -111,17 +116,39 @@ class CartAbandonmentTrigger:
             return self._skip("already_sent")
         if self.store.count_since(key, time.time() - 86400) >= self.cfg.max_per_person_per_day:
             return self._skip("frequency_capped")
-        change = Change(action="upsert", person_id=key, key=cart_id, fields={"trigger": "cart_abandonment", **fields},
-                        field_hash=cart_id, dest_id=None, reason="cart_abandoned")
         try:
-            outcomes = [o for batch in self.destination.deliver("cart_abandoned", [change]) for o in batch]
+            if isinstance(self.destination, KlaviyoEvents):
+                profile = self._klaviyo_profile(key)
+                if profile is None:
+                    return self._skip("no_klaviyo_identifier")
+                self.destination.send(self.cfg.destination.metric, profile, cart_id, fields, fields["cart_value"],
+                                      time.time())
+                ok = True
+            else:
+                change = Change(action="upsert", person_id=key, key=cart_id,
+                                fields={"trigger": "cart_abandonment", **fields}, field_hash=cart_id, dest_id=None,
+                                reason="cart_abandoned")
+                outcomes = [o for batch in self.destination.deliver("cart_abandoned", [change]) for o in batch]
+                ok = bool(outcomes) and outcomes[0].ok
         except Exception as e:
-            log.error("cart abandonment webhook failed: %s", type(e).__name__)
+            log.error("cart abandonment %s failed: %s", self.destination.name, type(e).__name__)
             return self._skip("delivery_failed")
-        if outcomes and outcomes[0].ok:
+        if ok:
             self.store.record(cart_id, key, self.cfg.consent_channel, time.time())
             self.fired.append({"person_id": key, "cart_id": cart_id, "at": time.time()})
             log.info("cart abandonment nudge sent for cart %s", cart_id)
+
+    def _klaviyo_profile(self, person_id: str) -> dict | None:
+        """The Klaviyo profile's identifier: external_id = person_id, or the published email.
+        A provisional person has neither (no Klaviyo profile can be theirs yet)."""
+        if person_id.startswith("provisional:"):
+            return None
+        if self.cfg.destination.identifier == "person_id":
+            return {"external_id": person_id}
+        pub = self.state.published
+        rows = pub.query("SELECT email FROM customers WHERE person_id = ?", [person_id]) if pub else []
+        email = rows[0].get("email") if rows else None
+        return {"email": email} if email else None
 
     def _run(self) -> None:
         while True:
