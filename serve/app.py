@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from activation.nudges import nudges_path
 from core.config import Config, ConfigError
 from core.pii import install_log_masking
 from serve import cart_model
@@ -112,7 +113,7 @@ class Server:
         self._remember_recent(self.log.recovered)
         self.state.set_published(Published(self.config.published_dir, self.source.name))
         self._load_cart_model()
-        self.sends = SendStore(self.spool / "triggers.sqlite")
+        self.sends = SendStore(nudges_path(self.config.root))
         if self.settings.cart_abandonment is not None:
             self.trigger = CartAbandonmentTrigger(self.settings.cart_abandonment, self.state, self.sends,
                                                   self._intent_of)
@@ -204,7 +205,8 @@ class Server:
         return live_cart_intent(self.state, person_id, person, None, self.config.cart_intent)
 
     def emails_sent_7d(self, person_id: str) -> int:
-        return self.sends.count_since(person_id, time.time() - 7 * 86400) if self.sends else 0
+        # live nudges and batch syncs' alike (the shared nudge log)
+        return self.sends.count_since(person_id, time.time() - 7 * 86400, "email_marketing") if self.sends else 0
 
     # ------------------------------------------------------------------ requests
     def key_of(self, request: Request, keys: list[str], body_key: str | None = None) -> str | None:

@@ -6,8 +6,8 @@ a Klaviyo flow to send.
 When the window of a cart ends, the person gets one if their cart intent is in one of the
 configured groups and they consent on the configured channel (live consent wins over the
 published one); a checkout or a purchase inside the window cancels it. Sends are recorded in
-an embedded SQLite store (``<spool>/triggers.sqlite``): one per cart ever, and at most
-``max_per_person_per_day`` per person, across restarts (the log replay at start re-arms
+the nudge log batch syncs share (activation/nudges.py): one per cart ever, and at most
+``max_per_person_per_day`` per person on the channel counting a batch sync's nudges, across restarts (the log replay at start re-arms
 pending carts; the store keeps what was already sent from going twice).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Callable
 
 from activation.destinations.klaviyo_events import KlaviyoEvents
 from activation.destinations.webhook import WebhookDestination
+from activation.nudges import NudgeLog
 from activation.plan import Change
 from core.settings.serve import CartAbandonment, KlaviyoEvent
 from serve.live import LiveState, Person
@@ -31,34 +31,25 @@ log = logging.getLogger("tessera.serve")
 
 
 class SendStore:
-    """What was sent, durable (the frequency caps read it)."""
+    """What was sent, in the nudge log a batch sync shares (activation/nudges.py): the frequency
+    caps count both."""
+
+    ORIGIN = "cart_abandonment"
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS sends (cart_id TEXT PRIMARY KEY, person_id TEXT NOT NULL, "
-                        "channel TEXT NOT NULL, sent_at REAL NOT NULL)")
-        self.lock = threading.Lock()
+        self.log = NudgeLog(path)
 
     def sent_cart(self, cart_id: str) -> bool:
-        with self.lock:
-            return self.db.execute("SELECT 1 FROM sends WHERE cart_id = ?", [cart_id]).fetchone() is not None
+        return self.log.sent(self.ORIGIN, cart_id)
 
     def count_since(self, person_id: str, since: float, channel: str | None = None) -> int:
-        sql = "SELECT count(*) FROM sends WHERE person_id = ? AND sent_at >= ?"
-        params: list = [person_id, since]
-        if channel:
-            sql, params = sql + " AND channel = ?", params + [channel]
-        with self.lock:
-            return self.db.execute(sql, params).fetchone()[0]
+        return self.log.count_since(person_id, since, channel)
 
     def record(self, cart_id: str, person_id: str, channel: str, at: float) -> None:
-        with self.lock:
-            self.db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, ?)", [cart_id, person_id, channel, at])
+        self.log.record([(self.ORIGIN, cart_id, person_id, channel, at)])
 
     def close(self) -> None:
-        self.db.close()
+        self.log.close()
 
 
 class CartAbandonmentTrigger:
@@ -114,7 +105,7 @@ class CartAbandonmentTrigger:
             return self._skip("no_consent")
         if self.store.sent_cart(cart_id):
             return self._skip("already_sent")
-        if self.store.count_since(key, time.time() - 86400) >= self.cfg.max_per_person_per_day:
+        if self.store.count_since(key, time.time() - 86400, self.cfg.consent_channel) >= self.cfg.max_per_person_per_day:
             return self._skip("frequency_capped")
         try:
             if isinstance(self.destination, KlaviyoEvents):
