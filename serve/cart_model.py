@@ -128,6 +128,8 @@ def load(warehouse: Path, published_version: str | None) -> CartModel | None:
     to disagree with). Raises core.warehouse.WarehouseBusy while a run holds the warehouse."""
     if not Path(warehouse).exists():
         return None
+    # DuckDB lets no process write while this read-only connection is open (a `cdp run` starting
+    # now would find the warehouse busy): fetch columnar, close, then build the lookups
     con = connect(warehouse, read_only=True)
     try:
         saved = load_saved(con, "cart_intent")
@@ -138,19 +140,24 @@ def load(warehouse: Path, published_version: str | None) -> CartModel | None:
         history_cols = [f for f in FEATURES if f in NO_HISTORY]
         try:
             rows = con.execute(
-                f"SELECT person_id, cutoff_at, {', '.join(CART_COLUMNS)}, {', '.join(history_cols)} "
+                f"SELECT person_id, epoch(cutoff_at) AS cutoff_at, cart_id, epoch(last_added_at) AS last_added_at, "
+                f"{', '.join(CART_COLUMNS[2:])}, {', '.join(history_cols)} "
                 "FROM intermediate.int_cart_features WHERE snapshot = 'score' "
-                "ORDER BY person_id, last_added_at, cart_id").fetchall()
-            gaps = [r[0] for r in con.execute("SELECT return_gap_hours FROM intermediate.int_carts "
-                                              "WHERE return_gap_hours IS NOT NULL").fetchall()]
+                "ORDER BY person_id, last_added_at, cart_id").fetchnumpy()
+            gaps = con.execute("SELECT return_gap_hours FROM intermediate.int_carts "
+                               "WHERE return_gap_hours IS NOT NULL").fetchnumpy()["return_gap_hours"]
         except Exception:  # the tables of an older project: history unknown
-            rows, gaps = [], []
+            rows, gaps = None, np.zeros(0)
     finally:
         con.close()
     batch: dict[str, BatchCart] = {}
     cutoff = _epoch(saved.fitted_as_of.to_pydatetime())
-    for r in rows:  # ordered: a person's latest cart last (the cart the batch scores)
-        cutoff = _epoch(r[1])
-        hist = {c: 0.0 if v is None else float(v) for c, v in zip(history_cols, r[7:])}
-        batch[r[0]] = BatchCart(str(r[2]), _epoch(r[3]), float(r[4] or 0), float(r[5] or 0), float(r[6] or 0), hist)
-    return CartModel(saved, cutoff, batch, np.array(gaps, dtype=float))
+    if rows is not None and len(rows["person_id"]):
+        cutoff = float(rows["cutoff_at"][-1])
+        num = {c: np.nan_to_num(np.asarray(rows[c], dtype=float)).tolist()
+               for c in (*CART_COLUMNS[1:], *history_cols)}
+        for i, (pid, cart) in enumerate(zip(rows["person_id"].tolist(), rows["cart_id"].tolist())):
+            # ordered: a person's latest cart comes last and stays (the cart the batch scores)
+            batch[pid] = BatchCart(str(cart), num["last_added_at"][i], num["cart_value"][i], num["items_added"][i],
+                                   num["checkout_started"][i], {c: num[c][i] for c in history_cols})
+    return CartModel(saved, cutoff, batch, np.asarray(gaps, dtype=float))
