@@ -5,6 +5,7 @@ the live and batch scores agree; `cdp serve` loads the published model and decid
 from __future__ import annotations
 
 import base64
+import copy
 import shutil
 import time
 from datetime import datetime, timezone
@@ -13,8 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from jsonschema import Draft202012Validator
 from threadpoolctl import threadpool_limits
 
+from activation.contract import _openapi_to_jsonschema
 from core.config import load_config
 from core.settings.scoring import CartIntentSettings
 from core.warehouse import connect
@@ -24,6 +27,7 @@ from scoring.model_store import save
 from scoring.models import calibrator, make_model
 from serve import cart_model
 from serve.live import Person
+from serve.openapi import OPENAPI
 from tests.serve_world import READ_KEY, WRITE_KEY, ServerThread, publish_world, write_project
 
 CUTOFF = pd.Timestamp("2026-11-22 06:00:00")
@@ -179,4 +183,9 @@ def test_serve_decides_with_the_published_model_on_the_live_session(tmp_path, ba
         base = score.set_index("person_id").loc[pid]
         assert intent["features"] == "batch_cart_live"
         assert intent["cart_value"] == round(base["cart_value"] + 30.0, 2)
+        # as /openapi.json declares it
+        schema = _openapi_to_jsonschema(copy.deepcopy(OPENAPI["paths"]["/v1/decide"]["post"]["responses"]["200"]
+                                                      ["content"]["application/json"]["schema"]))
+        Draft202012Validator(schema).validate(
+            requests.post(srv.url + "/v1/decide", json={"anonymousId": "anon-a"}, headers=read).json())
         assert intent["intent_group"] in ("likely", "on_the_fence", "unlikely")
