@@ -123,6 +123,7 @@ recommendations: {{}}
 #     fields: {{first_name: first_name, last_name: last_name}}
 #     mode: mirror
 #     consent: {{channel: email_marketing}}
+#     frequency_cap: {{max: 1, days: 1}}   # optional; counts cdp serve's live nudges too
 syncs: []
 # Expectations: the gate before publishing (README: "Expectations: the gate and publishing";
 # this section was called `quality:` before 0.1). Defaults, all optional:
