@@ -283,6 +283,7 @@ class LocalKlaviyo(LocalAPI):
         self.list_removals: Counter = Counter()
         self.merges: list[tuple[str, str]] = []  # (email merged away, email kept)
         self.unsubscribed: Counter = Counter()   # email/phone -> unsubscribe jobs applied
+        self.events: dict[tuple, dict] = {}      # (metric, profile key, unique_id) -> event: Create Event
 
     def check_auth(self, headers):
         if headers.get("Authorization") != f"Klaviyo-API-Key {self.api_key}":
@@ -362,6 +363,17 @@ class LocalKlaviyo(LocalAPI):
                         members.add(into)
                 self.merges.append((gone.get("email"), keep.get("email")))
             return 200, {}, {"data": {"type": "profile", "id": into, "attributes": {}}}
+        if seg == ["api", "events"] and method == "POST":
+            # Klaviyo records the first event of a unique_id per profile and metric, and answers
+            # 202 to a repeat as well
+            attrs = payload["data"]["attributes"]
+            who = attrs["profile"]["data"].get("attributes") or {}
+            key = next((who.get(k) for k in ("external_id", "email", "phone_number") if who.get(k)), None)
+            if key is None:
+                return self._err(400, "Invalid input", "the profile needs an email, phone_number or external_id")
+            self.events.setdefault((attrs["metric"]["data"]["attributes"]["name"], key,
+                                    attrs.get("unique_id") or attrs.get("time")), attrs)
+            return 202, {}, None
         if seg[:2] == ["api", "data-privacy-deletion-jobs"] and method == "POST":
             attrs = payload["data"]["attributes"]["profile"]["data"].get("attributes") or {}
             pid = payload["data"]["attributes"]["profile"]["data"].get("id") or self._find(attrs)

@@ -27,6 +27,7 @@ from activation.destinations.klaviyo import KlaviyoDestination
 from activation.destinations.mailchimp import MailchimpDestination
 from activation.destinations.webhook import WebhookDestination
 from activation.http import DeliveryFailed
+from activation.nudges import NudgeLog, nudges_path
 from activation.plan import ACTION_ORDER, Change, Plan, make_plan
 from activation.source import SourceError, fetch_fields, read_source
 from activation.state import SyncState, state_path
@@ -93,7 +94,10 @@ def _new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def plan_sync(config, sync: SyncConfig, state: SyncState) -> Plan:
+NUDGES = ("upsert", "add_membership")  # the actions that reach a person (a frequency cap counts them)
+
+
+def plan_sync(config, sync: SyncConfig, state: SyncState, nudges: NudgeLog | None = None) -> Plan:
     published = config.published_dir
     try:
         con = open_current(published)
@@ -116,6 +120,13 @@ def plan_sync(config, sync: SyncConfig, state: SyncState) -> Plan:
             for dropped in src.shared.get(c.person_id, ()):
                 c.fields.pop(dropped, None)  # shared with another person: it would merge them
     plan.snapshot = src.snapshot
+    if sync.frequency_cap is not None and nudges is not None:
+        cap = sync.frequency_cap
+        adding = [c.person_id for c in plan.changes if c.action in NUDGES]
+        capped = nudges.at_cap(adding, time.time() - cap.days * 86400, sync.consent.channel, cap.max)
+        if capped:  # not delivered now, so still pending for a later run
+            plan.changes = [c for c in plan.changes if not (c.action in NUDGES and c.person_id in capped)]
+            plan.skipped["frequency_capped"] += len(capped)
     return plan
 
 
@@ -184,8 +195,28 @@ def run_sync(config, name: str, dry_run: bool = False,
     say = progress or (lambda m: log.info(m))
     run_id = _new_run_id()
     t0 = time.perf_counter()
+    capped = sync.frequency_cap is not None and (not dry_run or nudges_path(config.root).exists())
+    nudges = NudgeLog(nudges_path(config.root)) if capped else None
+    try:
+        return _run_sync(config, sync, dry_run, say, run_id, t0, nudges)
+    finally:
+        if nudges is not None:
+            nudges.close()
+
+
+def _record_nudges(nudges: NudgeLog | None, sync: SyncConfig, run_id: str, action: str, outcomes) -> None:
+    """Deliveries that reached a person, into the nudge log the frequency caps count."""
+    if nudges is None or action not in NUDGES:
+        return
+    at = time.time()
+    nudges.record([(f"sync:{sync.name}", f"{run_id}:{o.change.person_id}", o.change.person_id, sync.consent.channel, at)
+                   for o in outcomes if o.ok])
+
+
+def _run_sync(config, sync: SyncConfig, dry_run: bool, say, run_id: str, t0: float,
+              nudges: NudgeLog | None) -> SyncReport:
     with SyncState(state_path(config.root), read_only=dry_run) as state:
-        plan = plan_sync(config, sync, state)
+        plan = plan_sync(config, sync, state, nudges)
         report = SyncReport(sync.name, run_id, sync.destination.type, plan.snapshot, dry_run, plan.counts(),
                             dict(plan.skipped), sample=_sample(plan, sync.identifier != "person_id"))
         warning = revision_warning(sync)
@@ -227,12 +258,14 @@ def run_sync(config, name: str, dry_run: bool = False,
                     held = dest.held(action, maybe) if maybe else []
                     if held:
                         s, r = _commit(state, sync.name, run_id, action, held, attempts)
+                        _record_nudges(nudges, sync, run_id, action, held)
                         report.sent += s
                         report.reconciled += len(held)
                         done.update(o.change.person_id for o in held)
                         todo = [c for c in todo if c.person_id not in done]
                     for outcomes in (dest.deliver(action, todo) if todo else ()):
                         s, r = _commit(state, sync.name, run_id, action, outcomes, attempts)
+                        _record_nudges(nudges, sync, run_id, action, outcomes)
                         report.sent += s
                         report.rejected += r
                         done.update(o.change.person_id for o in outcomes)

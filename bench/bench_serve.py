@@ -7,6 +7,10 @@ The server is `cdp serve` in its own process; the load comes from this process's
 processes on 127.0.0.1 (plain keep-alive HTTP clients, pre-serialised bodies). Reported with
 the CPU seconds the server and the clients used, since both share this machine's cores.
 Targets (issue 22): >= 5,000 events/s; /v1/decide p99 <= 20 ms at >= 500 requests/s.
+Cart intent is scored live: one customer in ten has a batch cart scored by a cart-intent model
+fitted here (scoring.cart.train_and_score on synthetic carts) and saved in the project's
+warehouse, which the server loads at start (serve/cart_model.py); `decide_reasons` samples what
+the decisions were computed from.
 """
 
 from __future__ import annotations
@@ -25,10 +29,18 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pandas as pd
 import yaml
 
+from bench.bench_serve_cart_model import _carts
 from bench.common import OUT
+from core.config import load_config
+from core.settings.scoring import CartIntentSettings
+from core.warehouse import connect
 from publish.snapshot import publish
+from scoring.cart import train_and_score
+from scoring.model_store import save
 
 WRITE_KEY, READ_KEY = "bench_write_key", "bench_read_key"
 PORT = 18787
@@ -36,7 +48,37 @@ W = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).deco
 R = {"Authorization": f"Bearer {READ_KEY}", "Content-Type": "application/json"}
 
 
-def _snapshot(published: Path, n: int) -> None:
+def _cart_model(con, warehouse: Path, n_carts: int) -> dict:
+    """The cart-intent model the server scores live with: fitted by scoring.cart.train_and_score
+    on synthetic int_cart_features rows, saved in the warehouse with the score rows of the
+    snapshot's carts; the snapshot's cart_intent table is its predictions (same model_version)."""
+    rng = np.random.default_rng(5)
+    cutoff = pd.Timestamp("2026-11-22")
+    frames = [_carts(rng, 3_000, cutoff - pd.Timedelta(days=7 * w), "history", w * 10_000_000) for w in range(1, 13)]
+    persons = [r[0] for r in con.execute("SELECT person_id FROM cart_intent ORDER BY person_id").fetchall()]
+    score = _carts(rng, len(persons), cutoff, "score", 0)
+    score["person_id"], score["cart_id"] = persons, ["c-" + p for p in persons]
+    features = pd.concat([*frames, score], ignore_index=True)
+    gaps = rng.uniform(1, 150, 500)
+    t0 = time.process_time()
+    result = train_and_score(features, gaps, CartIntentSettings())
+    fit_cpu = time.process_time() - t0
+    wh = connect(warehouse)
+    wh.execute("CREATE SCHEMA IF NOT EXISTS intermediate")
+    wh.register("f", features)
+    wh.execute("CREATE TABLE intermediate.int_cart_features AS SELECT * FROM f")
+    wh.register("g", pd.DataFrame({"return_gap_hours": gaps}))
+    wh.execute("CREATE TABLE intermediate.int_carts AS SELECT return_gap_hours FROM g")
+    save(wh, result.model)
+    wh.close()
+    con.register("pred", result.predictions)
+    con.execute("""CREATE OR REPLACE TABLE cart_intent AS SELECT person_id, cart_id, cart_value, purchase_probability,
+        intent_group, expected_return_hours, model_version, TIMESTAMP '2026-11-22' AS as_of FROM pred""")
+    return {"algorithm": result.model.algorithm, "training_rows": result.model.training_rows,
+            "fit_cpu_s": round(fit_cpu, 1), "scored_carts": len(persons)}
+
+
+def _snapshot(published: Path, n: int, warehouse: Path | None = None) -> dict:
     con = duckdb.connect()
     con.execute(f"""CREATE TABLE customers AS SELECT 'P' || lpad(i::VARCHAR, 7, '0') AS person_id,
         'First' || i AS first_name, TIMESTAMP '2026-11-22' AS as_of FROM range({n}) t(i)""")
@@ -54,9 +96,11 @@ def _snapshot(published: Path, n: int) -> None:
         CASE WHEN hash(person_id) % 10 = 0 THEN 'none' ELSE 'email' END AS channel, 1.0 AS expected_value,
         'cross_sell_favourite_category' AS reason_codes, hash(person_id) % 10 = 0 AS holdout, 'nbo' AS experiment,
         'treatment' AS arm, as_of FROM customers""")
+    model = _cart_model(con, warehouse, n // 10) if warehouse is not None else {}
     names = ["customers", "identity_graph", "consent", "cart_intent", "next_best_offer"]
     publish(con, {t: f"main.{t}" for t in names}, published, "bench0001", gate={"passed": True})
     con.close()
+    return model
 
 
 def _cpu_s(pid: int) -> float:
@@ -139,14 +183,14 @@ def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0) -
     root = OUT / "serve"
     shutil.rmtree(root, ignore_errors=True)
     (root / "landing").mkdir(parents=True)
-    t0 = time.perf_counter()
-    _snapshot(root / "published", customers)
-    snapshot_s = time.perf_counter() - t0
     cfg = {"version": 1, "project": "bench",
            "sources": [{"name": "web", "kind": "web", "entities": {"events": {"path": "web/events_*.jsonl"}}}],
            "serve": {"write_keys_env": ["BENCH_WRITE_KEY"], "read_keys_env": ["BENCH_READ_KEY"], "port": PORT,
                      "rate_limit_per_second": 1e6, "rate_limit_burst": 1_000_000}}
     (root / "cdp.yaml").write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    cart_model = _snapshot(root / "published", customers, load_config(root / "cdp.yaml").warehouse_path)
+    snapshot_s = time.perf_counter() - t0
     env = {**os.environ, "BENCH_WRITE_KEY": WRITE_KEY, "BENCH_READ_KEY": READ_KEY}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "serve", "--config", str(root / "cdp.yaml")],
@@ -185,6 +229,13 @@ def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0) -
             fresh.append((time.perf_counter() - t) * 1000)
         fresh.sort()
 
+        # what the decisions were computed from (the live model, once loaded)
+        reasons: dict[str, int] = {}
+        for i in range(0, customers, max(1, customers // 200)):
+            intent = _post("/v1/decide", {"anonymousId": f"anon-{i:07d}"}, R)[1].get("cart_intent") or {}
+            key = f"{intent.get('reason')}/{intent.get('features')}" if intent else "no_cart"
+            reasons[key] = reasons.get(key, 0) + 1
+
         # 3. /v1/decide at a fixed rate from 2 client processes
         cpu0, w0 = _cpu_s(proc.pid), time.perf_counter()
         lats, client_cpu = _run_workers(_decide_worker, lambda w: (rate / 2, seconds, customers), 2)
@@ -202,7 +253,8 @@ def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0) -
     landed = sum(1 for p in (root / "landing" / "web").glob("events_serve-*.jsonl"))
     lines = sum(sum(1 for _ in open(p, "rb")) for p in (root / "landing" / "web").glob("events_serve-*.jsonl"))
     return {
-        "customers": customers, "snapshot_build_s": round(snapshot_s, 1), "server_startup_s": round(startup_s, 1),
+        "customers": customers, "cart_model": cart_model, "decide_reasons": reasons,
+        "snapshot_build_s": round(snapshot_s, 1), "server_startup_s": round(startup_s, 1),
         "server_rss_mb_after_start": round(rss_mb), "cpu_cores": os.cpu_count(),
         "load_avg_1m_at_end": os.getloadavg()[0],
         "collector": collector, "landed_files": landed, "landed_events": lines,

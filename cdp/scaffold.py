@@ -123,6 +123,7 @@ recommendations: {{}}
 #     fields: {{first_name: first_name, last_name: last_name}}
 #     mode: mirror
 #     consent: {{channel: email_marketing}}
+#     frequency_cap: {{max: 1, days: 1}}   # optional; counts cdp serve's live nudges too
 syncs: []
 # Expectations: the gate before publishing (README: "Expectations: the gate and publishing";
 # this section was called `quality:` before 0.1). Defaults, all optional:
@@ -141,6 +142,7 @@ expectations: {{}}
 #   read_keys_env: [TESSERA_READ_KEY]
 #   cart_abandonment: {{window_seconds: 1800, intent_groups: [on_the_fence], consent_channel: email_marketing,
 #                       destination: {{type: webhook, url: "https://example.com/hook", secret_env: HOOK_SECRET}}}}
+#     (or destination: {{type: klaviyo, api_key_env: KLAVIYO_KEY, metric: Cart Abandoned, identifier: person_id}})
 serve: {{}}
 
 # Erasure (`cdp forget`) keeps salted hashes of an erased person's identifiers so that files

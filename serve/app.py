@@ -28,8 +28,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from activation.nudges import nudges_path
 from core.config import Config, ConfigError
 from core.pii import install_log_masking
+from serve import cart_model
 from serve.collector import Rejected, basic_auth_key, decode_body, events_of, landed_record, log_line
 from serve.decide import cart_intent as live_cart_intent
 from serve.decide import decide
@@ -98,6 +100,7 @@ class Server:
         self._live_queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._model_pending = False
         self.stats = {"events_accepted": 0, "events_duplicate": 0, "requests_rejected": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,7 +112,8 @@ class Server:
                             self.settings.rotate_seconds)
         self._remember_recent(self.log.recovered)
         self.state.set_published(Published(self.config.published_dir, self.source.name))
-        self.sends = SendStore(self.spool / "triggers.sqlite")
+        self._load_cart_model()
+        self.sends = SendStore(nudges_path(self.config.root))
         if self.settings.cart_abandonment is not None:
             self.trigger = CartAbandonmentTrigger(self.settings.cart_abandonment, self.state, self.sends,
                                                   self._intent_of)
@@ -171,14 +175,38 @@ class Server:
                 if current and current != (self.state.published.run_id if self.state.published else None):
                     self.state.set_published(Published(self.config.published_dir, self.source.name))
                     log.info("serve: switched to published snapshot %s", current)
+                    self._model_pending = True
+                if self._model_pending:
+                    self._load_cart_model()
             except Exception as e:
                 log.error("snapshot swap failed: %s", type(e).__name__)
+
+    def _load_cart_model(self) -> None:
+        """The published snapshot's cart-intent model from the warehouse (serve/cart_model.py);
+        while a run holds the warehouse, the previous one stays and the snapshot loop retries."""
+        pub = self.state.published
+        version = next((row[5] for row in pub.cart_intent.values()), None) if pub else None
+        try:
+            model = cart_model.load(self.config.warehouse_path, version)
+        except Exception as e:  # WarehouseBusy (a run is writing) or a model that cannot be read
+            log.info("serve: cart-intent model not loaded yet (%s); retrying", type(e).__name__)
+            self._model_pending = True
+            with self.state.lock:  # a model that did not score this snapshot gives way to its scores
+                if self.state.cart_model is not None and version not in (None, self.state.cart_model.model_version):
+                    self.state.cart_model = None
+            return
+        self._model_pending = False
+        with self.state.lock:
+            self.state.cart_model = model
+        log.info("serve: cart intent %s", f"live from model {model.model_version}" if model else
+                 "from published scores (no saved model matching the snapshot)")
 
     def _intent_of(self, person_id: str, person) -> dict | None:
         return live_cart_intent(self.state, person_id, person, None, self.config.cart_intent)
 
     def emails_sent_7d(self, person_id: str) -> int:
-        return self.sends.count_since(person_id, time.time() - 7 * 86400) if self.sends else 0
+        # live nudges and batch syncs' alike (the shared nudge log)
+        return self.sends.count_since(person_id, time.time() - 7 * 86400, "email_marketing") if self.sends else 0
 
     # ------------------------------------------------------------------ requests
     def key_of(self, request: Request, keys: list[str], body_key: str | None = None) -> str | None:

@@ -1,11 +1,13 @@
 """Decisions at request time: cart intent for the live cart, and the next-best-offer with
 consent, holdout and frequency caps applied now rather than at the last batch run.
 
-Cart intent, live: the batch model is not published as coefficients, so the live probability
-is the published score of the person's cart when the batch scored one, and otherwise the
-published model's mean probability over the scored carts nearest in value (one place:
-:func:`cart_intent`; its reason code says which). Groups use the same cut points as the batch
-(``cart_intent.likely_at`` / ``unlikely_below``).
+Cart intent, live: the published cart-intent model run on the live session's features
+(serve/cart_model.py; reason ``cart_intent_live_model``). Until that model is loaded (no saved
+model, a warehouse busy with a run, a model that is not the published one) the published
+score of the person's cart stands in, else the mean published probability of the scored carts
+nearest in value (reasons ``cart_intent_batch_score`` / ``cart_intent_value_cohort``). One
+place: :func:`cart_intent`. Groups use the batch's cut points (``cart_intent.likely_at`` /
+``unlikely_below``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ def group_of(p: float, settings: CartIntentSettings) -> str:
 def cart_intent(state: LiveState, person_id: str, person: Person | None, cart_value: float | None,
                 settings: CartIntentSettings) -> dict | None:
     """Cart intent of the person's open cart (live or given), or None without a cart."""
+    model = state.cart_model
+    got = model.features(person_id, person, time.time()) if model is not None else None
+    if got is not None:
+        feats, source = got
+        if cart_value is not None:  # the caller's cart (context.cart.value) over the session's
+            feats["cart_value"], source = cart_value, source + "_given_value"
+        p = model.probability(feats)
+        return {"cart_id": person.cart_id if person is not None and person.cart_id else model.batch[person_id].cart_id,
+                "cart_value": feats["cart_value"], "purchase_probability": round(p, 6),
+                "intent_group": group_of(p, settings),
+                "expected_return_hours": model.expected_return_hours(feats["hours_since_added"]),
+                "model_version": model.model_version, "features": source, "reason": "cart_intent_live_model"}
+    if model is not None and cart_value is None:
+        return None  # the model knows the person has no open cart
     live_value = person.cart_value if person is not None and person.cart else None
     value = cart_value if cart_value is not None else live_value
     pub = state.published

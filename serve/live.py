@@ -118,6 +118,12 @@ class Person:
     checkout_started: bool = False
     consent: dict = field(default_factory=dict)  # channel -> (granted, event time)
     last_order_at: float | None = None
+    # what the live cart-intent features need (serve/cart_model.py)
+    cart_adds: list = field(default_factory=list)  # (time, line value) of each add to the current cart
+    cart_checkout_at: float | None = None  # checkout started on the current cart (not reset by a later add)
+    cart_emptied_at: float | None = None  # the last cart closed (ordered)
+    session_starts: deque = field(default_factory=lambda: deque(maxlen=64))
+    order_times: deque = field(default_factory=lambda: deque(maxlen=64))
 
     @property
     def cart_value(self) -> float:
@@ -147,6 +153,7 @@ class LiveState:
         self.session_s = session_minutes * 60
         self.event_names = event_names or {}
         self.published: Published | None = None
+        self.cart_model = None                # serve.cart_model.CartModel of the published snapshot, or None
         self.link: dict[str, str] = {}        # web id -> the id it was linked to (identify / alias)
         self.members: dict[str, set] = {}     # root id -> every web id linked to it
         self.people: dict[str, Person] = {}
@@ -191,6 +198,11 @@ class LiveState:
         into.cart_id = into.cart_id or other.cart_id
         into.cart_added_at = into.cart_added_at or other.cart_added_at
         into.items_added += other.items_added
+        if into.cart_id == other.cart_id:
+            into.cart_adds = sorted(into.cart_adds + other.cart_adds)
+        into.cart_checkout_at = into.cart_checkout_at or other.cart_checkout_at
+        into.session_starts = deque(sorted([*into.session_starts, *other.session_starts]), maxlen=64)
+        into.order_times = deque(sorted([*into.order_times, *other.order_times]), maxlen=64)
         into.consent = {**other.consent, **into.consent}
         into.last_seen = max(into.last_seen, other.last_seen)
 
@@ -247,6 +259,7 @@ class LiveState:
         if at - person.last_seen > self.session_s:
             person.sessions += 1
             person.session_started = at
+            person.session_starts.append(at)
         person.last_seen = max(person.last_seen, at)
         person.events += 1
         props = e.get("properties") or {}
@@ -261,16 +274,22 @@ class LiveState:
             person.items_added += 1
             if person.cart_added_at is None or props.get("cart_id") not in (None, person.cart_id):
                 person.cart_added_at = at
+                person.cart_adds, person.cart_checkout_at = [], None
+            person.cart_adds.append((at, _num(props.get("price")) * (_num(props.get("quantity"), 1) or 1)))
             person.cart_id = str(props.get("cart_id") or person.cart_id or f"live-{person.key}-{int(at)}")
             person.checkout_started = False
             kind = "cart_added"
         elif e["type"] == "track" and name == "checkout_started":
             person.checkout_started = True
+            if person.cart_id and person.cart_checkout_at is None:
+                person.cart_checkout_at = at
             kind = "checkout_started"
         elif e["type"] == "track" and name == "order_completed":
             person.cart, person.cart_id, person.cart_added_at = {}, None, None
             person.items_added, person.checkout_started = 0, False
+            person.cart_adds, person.cart_checkout_at, person.cart_emptied_at = [], None, at
             person.last_order_at = at
+            person.order_times.append(at)
             kind = "order_completed"
         elif e["type"] == "track" and name == "consent_updated":
             channel = props.get("channel")

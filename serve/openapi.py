@@ -34,6 +34,23 @@ _COLLECT_RESPONSES = {
             "content": {"application/json": {"schema": _RESULT}}},
     "400": _ERROR, "401": _ERROR, "429": _ERROR, "503": _ERROR,
 }
+_NUMBER = {"type": "number", "nullable": True}
+_TEXT = {"type": "string", "nullable": True}
+# serve/decide.py::cart_intent; null when the person has no open cart
+_CART_INTENT = {
+    "type": "object", "nullable": True, "required": ["reason"],
+    "description": "Cart intent of the open cart. reason: cart_intent_live_model (the published model run on the "
+                   "live session's features), cart_intent_batch_score / cart_intent_value_cohort (until the model is "
+                   "loaded), no_published_model.",
+    "properties": {
+        "reason": {"type": "string", "enum": ["cart_intent_live_model", "cart_intent_batch_score",
+                                              "cart_intent_value_cohort", "no_published_model"]},
+        "cart_id": _TEXT, "cart_value": _NUMBER, "purchase_probability": _NUMBER,
+        "intent_group": {"type": "string", "nullable": True, "enum": ["likely", "on_the_fence", "unlikely", None]},
+        "expected_return_hours": _NUMBER, "model_version": _TEXT,
+        "features": {"type": "string", "description": "Where the live model's features came from: batch_cart, "
+                     "batch_cart_live, live_cart or live_cart_no_batch_history (+ _given_value when the request "
+                     "gave the cart's value)."}}}
 _WRITE = [{"writeKey": []}]
 _READ = [{"readKeyBasic": []}, {"readKeyBearer": []}]
 
@@ -97,7 +114,7 @@ OPENAPI = {
                     "type": "object", "required": ["provisional", "next_best_offer"],
                     "properties": {"person_id": {"type": "string", "nullable": True},
                                    "provisional": {"type": "boolean"},
-                                   "cart_intent": {"type": "object", "nullable": True},
+                                   "cart_intent": _CART_INTENT,
                                    "next_best_offer": {"type": "object", "required": ["offer", "channel"]},
                                    "snapshot": {"type": "string", "nullable": True},
                                    "took_ms": {"type": "number"}}}}}},

@@ -1,11 +1,13 @@
 """Cart abandonment: an add-to-cart with no checkout within the window -> a nudge, through
-activation's webhook destination (signed, retried, idempotent by event id).
+activation's webhook destination (signed, retried, idempotent by event id) or as a Klaviyo
+event (activation/destinations/klaviyo_events.py: Create Event, idempotent by the cart id) for
+a Klaviyo flow to send.
 
 When the window of a cart ends, the person gets one if their cart intent is in one of the
 configured groups and they consent on the configured channel (live consent wins over the
 published one); a checkout or a purchase inside the window cancels it. Sends are recorded in
-an embedded SQLite store (``<spool>/triggers.sqlite``): one per cart ever, and at most
-``max_per_person_per_day`` per person, across restarts (the log replay at start re-arms
+the nudge log batch syncs share (activation/nudges.py): one per cart ever, and at most
+``max_per_person_per_day`` per person on the channel counting a batch sync's nudges, across restarts (the log replay at start re-arms
 pending carts; the store keeps what was already sent from going twice).
 """
 
@@ -13,49 +15,41 @@ from __future__ import annotations
 
 import heapq
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
+from activation.destinations.klaviyo_events import KlaviyoEvents
 from activation.destinations.webhook import WebhookDestination
+from activation.nudges import NudgeLog
 from activation.plan import Change
-from core.settings.serve import CartAbandonment
+from core.settings.serve import CartAbandonment, KlaviyoEvent
 from serve.live import LiveState, Person
 
 log = logging.getLogger("tessera.serve")
 
 
 class SendStore:
-    """What was sent, durable (the frequency caps read it)."""
+    """What was sent, in the nudge log a batch sync shares (activation/nudges.py): the frequency
+    caps count both."""
+
+    ORIGIN = "cart_abandonment"
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS sends (cart_id TEXT PRIMARY KEY, person_id TEXT NOT NULL, "
-                        "channel TEXT NOT NULL, sent_at REAL NOT NULL)")
-        self.lock = threading.Lock()
+        self.log = NudgeLog(path)
 
     def sent_cart(self, cart_id: str) -> bool:
-        with self.lock:
-            return self.db.execute("SELECT 1 FROM sends WHERE cart_id = ?", [cart_id]).fetchone() is not None
+        return self.log.sent(self.ORIGIN, cart_id)
 
     def count_since(self, person_id: str, since: float, channel: str | None = None) -> int:
-        sql = "SELECT count(*) FROM sends WHERE person_id = ? AND sent_at >= ?"
-        params: list = [person_id, since]
-        if channel:
-            sql, params = sql + " AND channel = ?", params + [channel]
-        with self.lock:
-            return self.db.execute(sql, params).fetchone()[0]
+        return self.log.count_since(person_id, since, channel)
 
     def record(self, cart_id: str, person_id: str, channel: str, at: float) -> None:
-        with self.lock:
-            self.db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, ?)", [cart_id, person_id, channel, at])
+        self.log.record([(self.ORIGIN, cart_id, person_id, channel, at)])
 
     def close(self) -> None:
-        self.db.close()
+        self.log.close()
 
 
 class CartAbandonmentTrigger:
@@ -65,7 +59,9 @@ class CartAbandonmentTrigger:
         self.state = state
         self.store = store
         self.intent_of = intent_of
-        self.destination = WebhookDestination("cart_abandonment", cfg.destination, cfg.retry)
+        d = cfg.destination
+        self.destination = (KlaviyoEvents("serve.cart_abandonment", d.base_url, d.api_key_env, d.revision, cfg.retry)
+                            if isinstance(d, KlaviyoEvent) else WebhookDestination("cart_abandonment", d, cfg.retry))
         self._due: list[tuple[float, str, str]] = []  # (due, person key, cart_id)
         self._cond = threading.Condition()
         self._stop = False
@@ -109,19 +105,41 @@ class CartAbandonmentTrigger:
             return self._skip("no_consent")
         if self.store.sent_cart(cart_id):
             return self._skip("already_sent")
-        if self.store.count_since(key, time.time() - 86400) >= self.cfg.max_per_person_per_day:
+        if self.store.count_since(key, time.time() - 86400, self.cfg.consent_channel) >= self.cfg.max_per_person_per_day:
             return self._skip("frequency_capped")
-        change = Change(action="upsert", person_id=key, key=cart_id, fields={"trigger": "cart_abandonment", **fields},
-                        field_hash=cart_id, dest_id=None, reason="cart_abandoned")
         try:
-            outcomes = [o for batch in self.destination.deliver("cart_abandoned", [change]) for o in batch]
+            if isinstance(self.destination, KlaviyoEvents):
+                profile = self._klaviyo_profile(key)
+                if profile is None:
+                    return self._skip("no_klaviyo_identifier")
+                self.destination.send(self.cfg.destination.metric, profile, cart_id, fields, fields["cart_value"],
+                                      time.time())
+                ok = True
+            else:
+                change = Change(action="upsert", person_id=key, key=cart_id,
+                                fields={"trigger": "cart_abandonment", **fields}, field_hash=cart_id, dest_id=None,
+                                reason="cart_abandoned")
+                outcomes = [o for batch in self.destination.deliver("cart_abandoned", [change]) for o in batch]
+                ok = bool(outcomes) and outcomes[0].ok
         except Exception as e:
-            log.error("cart abandonment webhook failed: %s", type(e).__name__)
+            log.error("cart abandonment %s failed: %s", self.destination.name, type(e).__name__)
             return self._skip("delivery_failed")
-        if outcomes and outcomes[0].ok:
+        if ok:
             self.store.record(cart_id, key, self.cfg.consent_channel, time.time())
             self.fired.append({"person_id": key, "cart_id": cart_id, "at": time.time()})
             log.info("cart abandonment nudge sent for cart %s", cart_id)
+
+    def _klaviyo_profile(self, person_id: str) -> dict | None:
+        """The Klaviyo profile's identifier: external_id = person_id, or the published email.
+        A provisional person has neither (no Klaviyo profile can be theirs yet)."""
+        if person_id.startswith("provisional:"):
+            return None
+        if self.cfg.destination.identifier == "person_id":
+            return {"external_id": person_id}
+        pub = self.state.published
+        rows = pub.query("SELECT email FROM customers WHERE person_id = ?", [person_id]) if pub else []
+        email = rows[0].get("email") if rows else None
+        return {"email": email} if email else None
 
     def _run(self) -> None:
         while True:

@@ -118,7 +118,8 @@ def ingest_web(config: Config) -> list[tuple]:
         con.close()
 
 
-def publish_world(published_dir: Path, *, persons: dict[str, dict], run_id: str = "run0001") -> str:
+def publish_world(published_dir: Path, *, persons: dict[str, dict], run_id: str = "run0001",
+                  model_version: str = "cart_intent-test") -> str:
     """A snapshot with the tables `cdp serve` reads. persons: person_id -> {anon, user, consent
     (channel -> status), cart: (cart_id, value, probability, group) | None, offer: (offer, channel,
     holdout) | None}."""
@@ -146,7 +147,7 @@ def publish_world(published_dir: Path, *, persons: dict[str, dict], run_id: str 
                           "purchase_probability": pa.array([float(c[3]) for c in carts], pa.float64()),
                           "intent_group": s([c[4] for c in carts]),
                           "expected_return_hours": pa.array([24.0] * len(carts), pa.float64()),
-                          "model_version": s(["cart_intent-test"] * len(carts))})
+                          "model_version": s([model_version] * len(carts))})
     offers = [(p, *persons[p]["offer"]) for p in pids if persons[p].get("offer")]
     table("next_best_offer", {"person_id": s([o[0] for o in offers]), "offer": s([o[1] for o in offers]),
                               "channel": s([o[2] for o in offers]),

@@ -124,6 +124,14 @@ class ConsentRule(_Strict):
     channel: Literal[CONSENT_CHANNELS]  # type: ignore[valid-type]
 
 
+class FrequencyCap(_Strict):
+    """At most ``max`` nudges a person on the consent channel within ``days``, counting this
+    sync's, other capped syncs' and ``cdp serve``'s live nudges (activation/nudges.py)."""
+
+    max: int = Field(default=1, ge=1)
+    days: float = Field(default=1.0, gt=0)
+
+
 def _cron(v: str) -> str:
     fields = v.split()
     if len(fields) != 5 or not all(re.fullmatch(r"[0-9*/,\-A-Za-z?]+", f) for f in fields):
@@ -145,6 +153,9 @@ class SyncConfig(_Strict):
     mode: Literal["upsert", "mirror", "add_only"] = "upsert"
     schedule: str | None = Field(default=None, description="Cron (UTC) for the Dagster schedule; empty = none.")
     consent: ConsentRule | None = None
+    frequency_cap: FrequencyCap | None = Field(
+        default=None, description="Leave out of a run whoever reached the cap on the consent channel (live nudges "
+                                  "count); they are sent by a later run once under it. Needs a consent rule.")
     retry: Retry = Retry()
     enabled: bool = True
 
@@ -156,6 +167,9 @@ class SyncConfig(_Strict):
     @model_validator(mode="after")
     def _rules(self) -> "SyncConfig":
         d = self.destination
+        if self.frequency_cap is not None and self.consent is None:
+            raise ValueError("frequency_cap counts nudges on the consent channel: add a consent rule "
+                             "(consent: {channel: email_marketing})")
         if d.marketing and self.consent is None:
             raise ValueError(
                 f"destination {d.type!r} is a marketing destination: add a consent rule "

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.published import CONSENT_CHANNELS
-from core.settings.activation import Retry, Webhook
+from core.published import CONSENT_CHANNELS, CONTACT_CHANNELS
+from core.settings.activation import KLAVIYO_REVISION, REVISION_RE, Retry, Webhook
 
 
 class _Strict(BaseModel):
@@ -27,6 +28,20 @@ def _env_names(v: list[str]) -> list[str]:
     return v
 
 
+class KlaviyoEvent(_Strict):
+    """A trigger delivered as a Klaviyo event (Create Event), for a Klaviyo flow to send."""
+
+    type: Literal["klaviyo"]
+    base_url: str = "https://a.klaviyo.com"
+    api_key_env: str = Field(description="Environment variable holding the private API key.")
+    revision: str = Field(default=KLAVIYO_REVISION, pattern=REVISION_RE, description="Klaviyo API revision header.")
+    metric: str = Field(default="Cart Abandoned", min_length=1, max_length=127,
+                        description="The event's metric name (what the Klaviyo flow is triggered by).")
+    identifier: Literal["person_id", "email"] = Field(
+        default="person_id", description="How the profile is named: person_id as external_id (as a person_id-keyed "
+                                         "sync writes it) or the person's email from the published customers.")
+
+
 class CartAbandonment(_Strict):
     """An add-to-cart with no checkout within ``window_seconds`` -> one webhook call per cart,
     for a person in one of ``intent_groups`` who consents on ``consent_channel``; a purchase (or
@@ -37,7 +52,7 @@ class CartAbandonment(_Strict):
                                      description="Cart-intent groups that get a nudge (likely / on_the_fence / unlikely).")
     consent_channel: str = Field(default="email_marketing", description=f"One of {', '.join(CONSENT_CHANNELS)}.")
     max_per_person_per_day: int = Field(default=1, ge=1, description="Frequency cap on nudges per person.")
-    destination: Webhook
+    destination: Webhook | KlaviyoEvent = Field(discriminator="type")
     retry: Retry = Retry(max_attempts=3, base_delay_s=0.2, max_delay_s=2.0, timeout_s=5.0)
 
     @field_validator("intent_groups")
@@ -54,6 +69,14 @@ class CartAbandonment(_Strict):
         if v not in CONSENT_CHANNELS:
             raise ValueError(f"unknown consent channel {v!r}; use one of {', '.join(CONSENT_CHANNELS)}")
         return v
+
+    @model_validator(mode="after")
+    def _klaviyo_channel(self) -> "CartAbandonment":
+        # Klaviyo's marketing consent is per channel, email or SMS: a flow message goes out on one
+        if isinstance(self.destination, KlaviyoEvent) and self.consent_channel not in CONTACT_CHANNELS:
+            raise ValueError(f"a Klaviyo destination needs consent_channel {' or '.join(CONTACT_CHANNELS)} "
+                             f"(Klaviyo's marketing consent is per email / SMS channel), not {self.consent_channel!r}")
+        return self
 
 
 class ServeSettings(_Strict):

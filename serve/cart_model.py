@@ -1,0 +1,163 @@
+"""Cart intent scored live: the batch's saved model (scoring.model_store) run on the live
+session's features (scoring.cart.FEATURES), compiled once per snapshot (scoring.compiled) so a
+score costs microseconds.
+
+What is read, and when: when a snapshot is swapped in, :func:`load` opens the warehouse
+read-only and takes the saved ``cart_intent`` model, the batch's features of each person's
+open cart at the scoring cutoff (``intermediate.int_cart_features``, snapshot ``score``) and
+the past return gaps (``intermediate.int_carts``). The model is used only when it is the one
+that scored the published ``cart_intent`` table (same ``model_version``), so live and batch
+scores come from the same model; a warehouse held by a running ``cdp run`` is retried on the
+next tick.
+
+Live features (:meth:`CartModel.features`), at time ``now``: the cart's own features from the
+live session (its adds, value, last add, checkout), added to the batch's when it is the same
+cart; the person's history features from the batch at the cutoff, moved on by what happened
+live since (orders, sessions) and by the time elapsed (days since the last order, the cart's
+age). With the same cart state at the cutoff they are the batch's features exactly (a test).
+A person the batch had no open cart for has no history features here: the batch's defaults
+for "no history" are used and the reason code says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from core.warehouse import connect
+from scoring.cart import FEATURES, expected_return_hours
+from scoring.compiled import CompiledModel, compile_model
+from scoring.model_store import SavedModel
+from scoring.model_store import load as load_saved
+
+# int_cart_features' values for a person with no history (its coalesce defaults)
+NO_HISTORY = {"orders_total": 0.0, "orders_365d": 0.0, "discounted_order_share": 0.0, "days_since_last_order": 730.0,
+              "web_sessions_30d": 0.0, "days_since_previous_visit": 90.0, "email_opens_90d": 0.0,
+              "past_abandoned_carts": 0.0, "past_carts_returned": 0.0}
+CART_COLUMNS = ("cart_id", "last_added_at", "cart_value", "items_added", "checkout_started")
+PREVIOUS_VISIT_GAP_S = 30 * 60  # int_cart_features: a visit 30 minutes before the cart's first add
+
+
+def _epoch(ts) -> float:
+    if isinstance(ts, datetime):
+        return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
+    return float(ts)
+
+
+@dataclass
+class BatchCart:
+    """One person's row of int_cart_features at the scoring cutoff."""
+    cart_id: str
+    last_added_at: float
+    cart_value: float
+    items_added: float
+    checkout_started: float
+    history: dict[str, float]
+
+
+class CartModel:
+    def __init__(self, saved: SavedModel, cutoff: float, batch: dict[str, BatchCart], past_gaps_hours: np.ndarray):
+        self.saved = saved
+        self.model_version = saved.model_version
+        self.compiled: CompiledModel = compile_model(saved.deployed)
+        self.cutoff = cutoff
+        self.batch = batch
+        self.gaps = np.sort(np.asarray(past_gaps_hours, dtype=float))
+
+    def features(self, person_id: str, person, now: float) -> tuple[dict[str, float], str] | None:
+        """(features, source) of the person's open cart now, or None when they have none.
+        source: 'batch_cart' (the batch's cart, no live change), 'batch_cart_live' (the batch's
+        cart with live adds), 'live_cart' (a cart the batch did not see), 'live_cart_no_batch_history'
+        (and a person the batch had no open cart for: history features at their defaults)."""
+        b = self.batch.get(person_id)
+        adds = person.cart_adds if person is not None and person.cart_id else []
+        live_orders = [t for t in (person.order_times if person is not None else ()) if t >= self.cutoff]
+        if adds:
+            after = [(at, v) for at, v in adds if at >= self.cutoff] if b and b.cart_id == person.cart_id else adds
+            if b is not None and b.cart_id == person.cart_id:
+                source = "batch_cart_live" if after else "batch_cart"
+                items, value = b.items_added + len(after), b.cart_value + sum(v for _, v in after)
+                last = max([b.last_added_at, *(at for at, _ in after)])
+                checkout = max(b.checkout_started, 1.0 if person.cart_checkout_at is not None else 0.0)
+                previous_visit = b.history["days_since_previous_visit"]
+            else:
+                source = "live_cart" if b is not None else "live_cart_no_batch_history"
+                items, value = float(len(adds)), sum(v for _, v in adds)
+                last = max(at for at, _ in adds)
+                checkout = 1.0 if person.cart_checkout_at is not None else 0.0
+                first = min(at for at, _ in adds)
+                visits = [s for s in person.session_starts if s < first - PREVIOUS_VISIT_GAP_S]
+                previous_visit = ((first - max(visits)) / 86400 if visits
+                                  else (b.history["days_since_previous_visit"] if b else NO_HISTORY["days_since_previous_visit"]))
+        elif b is not None and not live_orders and not (person is not None and person.cart_emptied_at
+                                                        and person.cart_emptied_at >= self.cutoff):
+            source = "batch_cart"
+            items, value, last, checkout = b.items_added, b.cart_value, b.last_added_at, b.checkout_started
+            previous_visit = b.history["days_since_previous_visit"]
+        else:
+            return None
+        h = dict(b.history) if b is not None else dict(NO_HISTORY)
+        if live_orders:
+            total = h["orders_total"] + len(live_orders)
+            h["discounted_order_share"] = h["discounted_order_share"] * h["orders_total"] / total
+            h["orders_total"], h["orders_365d"] = total, h["orders_365d"] + len(live_orders)
+            h["days_since_last_order"] = (now - max(live_orders)) / 86400
+        elif h["days_since_last_order"] < NO_HISTORY["days_since_last_order"]:
+            h["days_since_last_order"] += (now - self.cutoff) / 86400
+        if person is not None:
+            h["web_sessions_30d"] += sum(1 for s in person.session_starts if s >= self.cutoff)
+        h["days_since_previous_visit"] = previous_visit
+        feats = {"cart_value": round(value, 2), "items_added": items, "hours_since_added": (now - last) / 3600,
+                 "checkout_started": checkout, **h}
+        return feats, source
+
+    def probability(self, feats: dict[str, float]) -> float:
+        return self.compiled.probability([feats[f] for f in self.saved.features])
+
+    def expected_return_hours(self, hours_since_added: float) -> float | None:
+        r = float(expected_return_hours(np.array([hours_since_added]), self.gaps)[0])
+        return None if np.isnan(r) else round(r, 1)
+
+
+def load(warehouse: Path, published_version: str | None) -> CartModel | None:
+    """The live cart model from the warehouse, or None when there is no saved model or the
+    saved one is not the published scores' (``published_version``; None: nothing published
+    to disagree with). Raises core.warehouse.WarehouseBusy while a run holds the warehouse."""
+    if not Path(warehouse).exists():
+        return None
+    # DuckDB lets no process write while this read-only connection is open (a `cdp run` starting
+    # now would find the warehouse busy): fetch columnar, close, then build the lookups
+    con = connect(warehouse, read_only=True)
+    try:
+        saved = load_saved(con, "cart_intent")
+        if saved is None or list(saved.features) != list(FEATURES):
+            return None
+        if published_version is not None and saved.model_version != published_version:
+            return None
+        history_cols = [f for f in FEATURES if f in NO_HISTORY]
+        try:
+            rows = con.execute(
+                f"SELECT person_id, epoch(cutoff_at) AS cutoff_at, cart_id, epoch(last_added_at) AS last_added_at, "
+                f"{', '.join(CART_COLUMNS[2:])}, {', '.join(history_cols)} "
+                "FROM intermediate.int_cart_features WHERE snapshot = 'score' "
+                "ORDER BY person_id, last_added_at, cart_id").fetchnumpy()
+            gaps = con.execute("SELECT return_gap_hours FROM intermediate.int_carts "
+                               "WHERE return_gap_hours IS NOT NULL").fetchnumpy()["return_gap_hours"]
+        except Exception:  # the tables of an older project: history unknown
+            rows, gaps = None, np.zeros(0)
+    finally:
+        con.close()
+    batch: dict[str, BatchCart] = {}
+    cutoff = _epoch(saved.fitted_as_of.to_pydatetime())
+    if rows is not None and len(rows["person_id"]):
+        cutoff = float(rows["cutoff_at"][-1])
+        num = {c: np.nan_to_num(np.asarray(rows[c], dtype=float)).tolist()
+               for c in (*CART_COLUMNS[1:], *history_cols)}
+        for i, (pid, cart) in enumerate(zip(rows["person_id"].tolist(), rows["cart_id"].tolist())):
+            # ordered: a person's latest cart comes last and stays (the cart the batch scores)
+            batch[pid] = BatchCart(str(cart), num["last_added_at"][i], num["cart_value"][i], num["items_added"][i],
+                                   num["checkout_started"][i], {c: num[c][i] for c in history_cols})
+    return CartModel(saved, cutoff, batch, np.asarray(gaps, dtype=float))
