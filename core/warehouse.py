@@ -7,6 +7,7 @@ Readers of published snapshots open them read-only.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -18,21 +19,33 @@ class WarehouseBusy(RuntimeError):
     """Another process holds the warehouse's write lock."""
 
 
+# A writer waits this long for the lock before giving up: short readers (`cdp serve` reading the
+# cart model after a publish, `cdp status`) hold the file for under a second, and a run's step
+# must not fail on them. A run holding it is refused sooner by the run lock (core/run_lock.py).
+WRITER_WAIT_SECONDS = 10.0
+
+
 def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.exists():
         raise FileNotFoundError(f"{path}: no warehouse file here yet; run `cdp run` first")
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as e:
-        if "lock" in str(e).lower():
+    deadline = time.monotonic() + (0.0 if read_only else WRITER_WAIT_SECONDS)
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise
+            if time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
             raise WarehouseBusy(
-                f"{path} is open for writing by another process (a Dagster run, `cdp run` or a "
+                f"{path} is open by another process (a Dagster run, `cdp run`, `cdp serve` or a "
                 f"notebook). Wait for it to finish or close it, then retry. DuckDB said: {e}"
             ) from None
-        raise
     # Every timestamp is stored and shown in UTC, whatever the machine's zone.
     con.execute("SET TimeZone = 'UTC'")
     return con

@@ -219,3 +219,30 @@ def test_sensor_tick_marks_a_dead_processes_run_failed_and_frees_its_slot(projec
         assert isinstance(res, RunRequest)
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
         assert not storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots
+
+
+def test_a_writer_waits_out_a_short_reader_and_names_a_long_one(tmp_path, monkeypatch):
+    """`cdp serve` reads the warehouse for under a second after each publish; a run's step that
+    opens it then must wait, not fail. A holder that stays is reported as busy."""
+    from core import warehouse
+
+    path = tmp_path / "w.duckdb"
+    warehouse.connect(path).close()
+    holder = [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+              "print('open', flush=True); time.sleep(float(sys.argv[2]))", str(path)]
+    reader = subprocess.Popen([*holder, "1.0"], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "open"
+    started = time.monotonic()
+    warehouse.connect(path).close()  # waited for the reader, then wrote
+    assert time.monotonic() - started > 0.3
+    reader.wait()
+
+    monkeypatch.setattr(warehouse, "WRITER_WAIT_SECONDS", 0.5)
+    stayer = subprocess.Popen([*holder, "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert stayer.stdout.readline().strip() == "open"
+        with pytest.raises(warehouse.WarehouseBusy, match="open by another process"):
+            warehouse.connect(path)
+    finally:
+        stayer.kill()
+        stayer.wait()
