@@ -146,14 +146,23 @@ class RecommendationsSettings(_Strict):
     seed_items: int = Field(default=10, ge=1, le=100,
                             description="A person's most recent products that seed their co-purchase candidates.")
     collaborative: bool = Field(default=True, description="Add implicit-feedback ALS candidates when the data allows.")
-    blend_must_beat_by: float = Field(
-        default=0.01, ge=0.0, le=1.0,
-        description="The learnt blend is published only if its HitRate@list_length on held-out buyers of the "
-                    "time split before the run's as_of beats the best simple method (buy-again, popularity) by "
-                    "this much; otherwise that method's lists are published.")
+    blend_confidence: float = Field(
+        default=0.95, ge=0.5, lt=1.0,
+        description="The learnt blend is published only if a paired bootstrap over held-out buyers of the time "
+                    "split before the run's as_of (both methods' HitRate@list_length and Recall@list_length on "
+                    "the same people) shows it ahead of the best simple method (buy-again, popularity) in one at "
+                    "this one-sided confidence and not behind in the other; otherwise that method's lists.")
     training_customers: int = Field(default=20_000, ge=100,
                                     description="Buyers sampled to fit the blend (bounds its cost at any scale).")
     seed: int = 7
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data):
+        if isinstance(data, dict) and "blend_must_beat_by" in data:
+            raise ValueError("blend_must_beat_by was replaced by blend_confidence (a paired test over the held-out "
+                             "buyers, e.g. 0.95): remove blend_must_beat_by")
+        return data
 
 
 def dbt_vars(churn: ChurnSettings, cart: CartIntentSettings) -> dict[str, int]:
