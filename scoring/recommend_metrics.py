@@ -72,24 +72,23 @@ def _lists_from_scores(rows: np.ndarray, scores: sp.csr_matrix, fill: np.ndarray
     r, cols = r[order], cols[order]
     rank = np.arange(len(r)) - np.searchsorted(r, r)  # position within the person's run
     r, cols, rank = r[rank < k], cols[rank < k], rank[rank < k]
-    # Padding: the first 2k fill products (at most k can be taken already), after the scored.
-    pad = np.asarray(fill[: 2 * k], dtype=np.int64)
-    pad_r = np.repeat(np.arange(n, dtype=np.int64), len(pad))
-    pad_i = np.tile(pad, n)
-    pad_j = np.tile(np.arange(len(pad), dtype=np.int64), n)  # position in fill
-    width = int(max(cols.max(initial=-1), pad.max(initial=-1))) + 1
-    fresh = ~np.isin(pad_r * width + pad_i, r * width + cols)
-    pad_r, pad_i, pad_j = pad_r[fresh], pad_i[fresh], pad_j[fresh]
+    scored = np.bincount(r, minlength=n)
+    # Padding, after the scored: a person with n scored needs k - n more, and the first k fill
+    # products hold at least that many they do not have yet. taken[person, j]: fill[j] scored.
+    pad = np.asarray(fill[:k], dtype=np.int64)
+    position = np.full(int(max(cols.max(initial=-1), pad.max(initial=-1))) + 1, -1)
+    position[pad] = np.arange(len(pad))
+    taken = np.zeros((n, len(pad)), dtype=bool)
+    in_fill = position[cols] >= 0
+    taken[r[in_fill], position[cols[in_fill]]] = True
+    fresh_rank = scored[:, None] + np.cumsum(~taken, axis=1) - 1  # 0-based rank each fresh one would take
+    use = ~taken & (fresh_rank < k)
+    pad_r, pad_j = np.nonzero(use)
     all_r = np.concatenate([r, pad_r])
-    all_i = np.concatenate([cols, pad_i])
-    # Scored first (their rank), then padding in fill order; a stable sort keeps that order.
-    priority = np.concatenate([rank, k + pad_j])
-    order = np.lexsort((priority, all_r))
-    all_r, all_i = all_r[order], all_i[order]
-    rank = np.arange(len(all_r)) - np.searchsorted(all_r, all_r)
-    top = rank < k
-    return pd.DataFrame({"u": np.asarray(rows, dtype=np.int64)[all_r[top]], "i": all_i[top],
-                         "rank": rank[top] + 1})
+    all_rank = np.concatenate([rank, fresh_rank[pad_r, pad_j]])
+    order = np.argsort(all_r * (k + 1) + all_rank, kind="stable")
+    return pd.DataFrame({"u": np.asarray(rows, dtype=np.int64)[all_r[order]],
+                         "i": np.concatenate([cols, pad[pad_j]])[order], "rank": all_rank[order] + 1})
 
 
 def popular_items(state) -> np.ndarray:
