@@ -82,6 +82,12 @@ def evaluate_recommendations(config_path, as_json, k, cutoff, horizon_days) -> N
         held_out = ", ".join(f"{m} {r.get('hit_rate')}" for m, r in blend["validation"].items() if isinstance(r, dict))
         out.print(f"published: {blend['published']} (held-out HitRate@{blend['validation']['k']} on "
                   f"{blend['validation']['buyers']:,} buyers before the cut-off: {held_out})", markup=False)
+        test = blend.get("published_test") or {}
+        if test.get("hit_rate"):
+            out.print(f"paired test against {test['against']} at confidence {test['confidence']}: HitRate "
+                      f"{test['hit_rate']['difference']:+} [{test['hit_rate']['low']}, {test['hit_rate']['high']}], "
+                      f"Recall {test['recall']['difference']:+} [{test['recall']['low']}, {test['recall']['high']}]",
+                      markup=False)
     for population in ("all", "known"):
         out.print(f"\n{population} buyers", markup=False)
         out.print(table(result, population), markup=False)

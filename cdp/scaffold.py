@@ -114,7 +114,8 @@ offers: {{}}
 # Recommendations (scoring/recommend.py; `cdp evaluate recommendations` measures them):
 # list_length (10), exclude_bought_within_days (0 = rebuys allowed), max_per_category (4),
 # horizon_days (90: the blend learns what predicts purchases in this many days),
-# blend_must_beat_by (0.01: else the best simple method, buy-again or popularity, is published).
+# blend_confidence (0.95: the blend is published only if a paired test on held-out buyers says
+# it beats the best simple method, buy-again or popularity; else that method is published).
 recommendations: {{}}
 # Reverse-ETL syncs (README "Activation"), e.g.
 #   - name: vip_to_klaviyo

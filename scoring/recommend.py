@@ -19,9 +19,10 @@ recommendations` runs the same code as of a past cut-off.
    `exclude_bought_within_days` never appear; at most `max_per_category` per category (raised
    when the catalog has too few categories to fill a list); the reason is the personal signal
    whose removal lowers the score most, else `trending`.
-5. Published: the blend only if it beats the better of buy-again and popularity on held-out
-   buyers of its time split by `blend_must_beat_by`; otherwise that method's lists
-   (choose_published, simple_lists).
+5. Published: the blend only if a paired bootstrap over the held-out buyers of its time split
+   shows it ahead of the better of buy-again and popularity (HitRate or Recall, at
+   `blend_confidence`) and not behind in the other; otherwise that method's lists
+   (choose_published, simple_lists). A fixed margin on a few hundred buyers was noise-sized.
 
 Everything is in sparse matrices and processed in chunks of people, so the cost grows
 linearly with customers.
@@ -38,7 +39,7 @@ import scipy.sparse as sp
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from core.settings.scoring import RecommendationsSettings
-from scoring.recommend_metrics import als_top, buy_again_lists, popularity_lists, ranking_metrics
+from scoring.recommend_metrics import als_top, buy_again_lists, person_outcomes, popularity_lists, ranking_metrics
 
 log = logging.getLogger("tessera.scoring")
 
@@ -371,8 +372,9 @@ class Blend:
     validation: dict = field(default_factory=dict)  # held-out buyers at the training split
     label_window: tuple[str, str] | None = None
     # What the stage publishes: "tessera" (this blend) or a simple method (SIMPLE_METHODS) that
-    # the blend did not beat by blend_must_beat_by on the held-out buyers.
+    # the blend did not beat on the held-out buyers; published_test = choose_published's test.
     published: str = "tessera"
+    published_test: dict = field(default_factory=dict)
 
 
 def bought_between(data: Interactions, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -418,29 +420,60 @@ def fit_blend(data: Interactions, as_of: pd.Timestamp, settings: Recommendations
     truth_val = truth[truth["u"].isin(val_users)]
     # The simple methods' lists are measured as they would be published (same exclusion and
     # diversity rules), so the comparison is between the lists a customer could actually get.
-    blend.validation = {
-        "buyers": int(len(val_users)), "k": k,
-        "tessera": ranking_metrics(lists, truth_val, k),
-        **{m: ranking_metrics(simple_lists(state, m, val_users, settings, k, with_reasons=False), truth_val, k)
-           for m in SIMPLE_METHODS},
-    }
-    blend.published = choose_published(blend.validation, settings.blend_must_beat_by)
+    method_lists = {"tessera": lists, **{m: simple_lists(state, m, val_users, settings, k, with_reasons=False)
+                                         for m in SIMPLE_METHODS}}
+    blend.validation = {"buyers": int(len(val_users)), "k": k,
+                        **{m: ranking_metrics(x, truth_val, k) for m, x in method_lists.items()}}
+    outcomes = {m: person_outcomes(x, truth_val, k) for m, x in method_lists.items()}
+    blend.published, blend.published_test = choose_published(blend.validation, outcomes, settings.blend_confidence,
+                                                              settings.seed)
     return blend
 
 
-def choose_published(validation: dict, margin: float) -> str:
-    """"tessera" when the blend beats the best simple method (by HitRate@k, then Recall@k) on the
-    held-out buyers by `margin` in HitRate or Recall and trails it by no more than `margin` in the
-    other; otherwise that method. Only data before the as_of is in `validation`."""
+BOOTSTRAP_DRAWS = 2000
+
+
+def paired_bootstrap(difference: np.ndarray, confidence: float, seed: int,
+                     draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float, float]:
+    """Mean of per-person differences and its two one-sided bounds at `confidence` (the
+    (1 - confidence) and confidence quantiles of the mean over people resampled with
+    replacement): both methods scored on the same people, so who the people are cancels out."""
+    d = np.asarray(difference, dtype=float)
+    if len(d) == 0:
+        return 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = np.empty(draws)
+    step = max(1, 2_000_000 // len(d))  # bounded memory at any number of buyers
+    for start in range(0, draws, step):
+        n = min(step, draws - start)
+        means[start:start + n] = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    low, high = np.quantile(means, [1.0 - confidence, confidence])
+    return float(d.mean()), float(low), float(high)
+
+
+def choose_published(validation: dict, outcomes: dict[str, pd.DataFrame], confidence: float,
+                     seed: int = 7) -> tuple[str, dict]:
+    """"tessera" when, on the held-out buyers, the blend is ahead of the best simple method (by
+    HitRate@k, then Recall@k) in HitRate or Recall with the paired bootstrap's lower bound above
+    0 at `confidence`, and not behind in the other (its upper bound not below 0); otherwise that
+    method. `outcomes` = person_outcomes per method on the same people. Returns the choice and
+    the test (differences and bounds) for the record. Only data before the as_of is used."""
     metrics = ("hit_rate", "recall")
 
     def value(m):
         return tuple(validation[m].get(x, 0.0) for x in metrics)
 
     best = max(SIMPLE_METHODS, key=value)
-    ahead = [t - b for t, b in zip(value("tessera"), value(best))]
-    wins = any(d >= margin for d in ahead) and all(d >= -margin for d in ahead)
-    return "tessera" if wins else best
+    test: dict = {"against": best, "confidence": confidence, "draws": BOOTSTRAP_DRAWS,
+                  "buyers": int(len(outcomes["tessera"]))}
+    ahead, behind = False, False
+    for metric, column in (("hit_rate", "hit"), ("recall", "recall")):
+        diff = outcomes["tessera"][column] - outcomes[best][column].reindex(outcomes["tessera"].index)
+        mean, low, high = paired_bootstrap(diff.to_numpy(), confidence, seed)
+        test[metric] = {"difference": mean, "low": low, "high": high}
+        ahead |= low > 0
+        behind |= high < 0
+    return ("tessera" if ahead and not behind else best), test
 
 
 def simple_lists(s: State, method: str, rows: np.ndarray, settings: RecommendationsSettings, k: int,
@@ -565,6 +598,7 @@ class RecommendationsResult:
         recs = self.recommendations
         return {"rows": int(len(recs)), "persons": int(recs["person_id"].nunique()) if len(recs) else 0,
                 "blend": self.blend.kind, "published": self.blend.published,
+                "published_test": self.blend.published_test,
                 "training_buyers": self.blend.training_buyers,
                 "reasons": {str(k): int(v) for k, v in recs["reason"].value_counts().sort_index().items()},
                 "validation": self.blend.validation, "notes": self.notes}

@@ -94,6 +94,7 @@ def evaluate_recommendations(con, settings: RecommendationsSettings, k: int = 10
                      "exclude_bought_within_days": settings.exclude_bought_within_days,
                      "max_per_category": settings.max_per_category},
         "blend": {"kind": tessera.blend.kind, "published": tessera.blend.published,
+                  "published_test": tessera.blend.published_test,
                   "training_buyers": tessera.blend.training_buyers,
                   "label_window": tessera.blend.label_window, "validation": tessera.blend.validation},
         "notes": state.notes,

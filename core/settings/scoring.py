@@ -20,58 +20,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChurnSettings(_Strict):
-    horizon_days: int = Field(default=90, ge=14, le=365,
-                              description="Churned = no purchase in this many days (among buyers of the prior 365).")
-    high_risk_at: float = Field(default=0.7, gt=0, lt=1, description="churn_probability >= this -> risk tier high.")
-    medium_risk_at: float = Field(default=0.4, gt=0, lt=1, description="churn_probability >= this -> medium; else low.")
-    risk_tiers: Literal["probability", "quantile"] = Field(
-        default="probability",
-        description="probability: tiers at high_risk_at / medium_risk_at of the calibrated probability; quantile: "
-                    "the top high_risk_share of scored people are high, the next medium_risk_share medium.")
-    high_risk_share: float = Field(default=0.2, gt=0, lt=1)
-    medium_risk_share: float = Field(default=0.3, gt=0, lt=1)
+class _SavedModelSettings(_Strict):
+    """What churn and cart intent share: how a saved model (scoring/model_store.py) is fitted,
+    calibrated, kept and refitted. One definition, so the two models cannot drift apart."""
+
     calibration: Literal["auto", "isotonic", "sigmoid"] = Field(
-        default="auto", description="Calibrated on the validation split; auto = isotonic from 1,000 rows, else sigmoid.")
-    top_reasons: int = Field(default=3, ge=1, le=10)
-    algorithms: list[Literal["gradient_boosting", "logistic_regression"]] = Field(
-        default_factory=lambda: list(ALGORITHMS), min_length=1,
-        description="Candidates; the one with the best time-split validation ROC AUC is used.")
-    switch_margin: float = Field(
-        default=0.01, ge=0, le=0.5,
-        description="The previous run's algorithm stays unless a challenger's validation ROC AUC beats it by this.")
-    max_training_rows: int = Field(
-        default=100_000, ge=1_000,
-        description="Fit on a seeded sample of at most this many rows: boosting keeps more rounds on more rows, "
-                    "and every scored row pays for each round, so without a cap scoring grew faster than the data.")
-    refit_every_days: int = Field(
-        default=7, ge=0, le=365,
-        description="Refit the model when the saved one is this many days old (0 = every run); in between, the "
-                    "saved model scores.")
-    refit_if_auc_drops_by: float = Field(
-        default=0.03, ge=0, le=1,
-        description="Drift: refit early when the saved model's ROC AUC on the newest labelled rows falls this far "
-                    "below its ROC AUC at fitting.")
-    seed: int = 7
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "ChurnSettings":
-        if self.medium_risk_at >= self.high_risk_at:
-            raise ValueError("medium_risk_at must be below high_risk_at")
-        if self.high_risk_share + self.medium_risk_share > 1:
-            raise ValueError("high_risk_share + medium_risk_share must be at most 1")
-        return self
-
-
-class CartIntentSettings(_Strict):
-    window_days: int = Field(default=7, ge=1, le=30, description="Intent = the open cart is ordered within this many days.")
-    lookback_days: int = Field(default=30, ge=1, le=90,
-                               description="A cart last touched this many days before the cutoff, unordered, is open.")
-    history_weeks: int = Field(default=12, ge=2, le=52, description="Weekly past cutoffs the model learns from.")
-    likely_at: float = Field(default=0.3, gt=0, lt=1, description="purchase_probability >= this -> 'likely'.")
-    unlikely_below: float = Field(default=0.05, gt=0, lt=1, description="purchase_probability < this -> 'unlikely'.")
-    calibration: Literal["auto", "isotonic", "sigmoid"] = Field(
-        default="auto", description="Calibrated on the validation week; auto = isotonic from 1,000 carts, else sigmoid.")
+        default="auto",
+        description="Calibrated on the validation split (churn: the as_of - horizon snapshot; cart intent: the "
+                    "latest labelled week); auto = isotonic from 1,000 rows, else sigmoid (Platt).")
     switch_margin: float = Field(
         default=0.01, ge=0, le=0.5,
         description="The saved model's algorithm stays unless a challenger's validation ROC AUC beats it by this.")
@@ -88,6 +44,40 @@ class CartIntentSettings(_Strict):
         description="Drift: refit early when the saved model's ROC AUC on the newest labelled rows falls this far "
                     "below its ROC AUC at fitting.")
     seed: int = 7
+
+
+class ChurnSettings(_SavedModelSettings):
+    horizon_days: int = Field(default=90, ge=14, le=365,
+                              description="Churned = no purchase in this many days (among buyers of the prior 365).")
+    high_risk_at: float = Field(default=0.7, gt=0, lt=1, description="churn_probability >= this -> risk tier high.")
+    medium_risk_at: float = Field(default=0.4, gt=0, lt=1, description="churn_probability >= this -> medium; else low.")
+    risk_tiers: Literal["probability", "quantile"] = Field(
+        default="probability",
+        description="probability: tiers at high_risk_at / medium_risk_at of the calibrated probability; quantile: "
+                    "the top high_risk_share of scored people are high, the next medium_risk_share medium.")
+    high_risk_share: float = Field(default=0.2, gt=0, lt=1)
+    medium_risk_share: float = Field(default=0.3, gt=0, lt=1)
+    top_reasons: int = Field(default=3, ge=1, le=10)
+    algorithms: list[Literal["gradient_boosting", "logistic_regression"]] = Field(
+        default_factory=lambda: list(ALGORITHMS), min_length=1,
+        description="Candidates; the one with the best time-split validation ROC AUC is used.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ChurnSettings":
+        if self.medium_risk_at >= self.high_risk_at:
+            raise ValueError("medium_risk_at must be below high_risk_at")
+        if self.high_risk_share + self.medium_risk_share > 1:
+            raise ValueError("high_risk_share + medium_risk_share must be at most 1")
+        return self
+
+
+class CartIntentSettings(_SavedModelSettings):
+    window_days: int = Field(default=7, ge=1, le=30, description="Intent = the open cart is ordered within this many days.")
+    lookback_days: int = Field(default=30, ge=1, le=90,
+                               description="A cart last touched this many days before the cutoff, unordered, is open.")
+    history_weeks: int = Field(default=12, ge=2, le=52, description="Weekly past cutoffs the model learns from.")
+    likely_at: float = Field(default=0.3, gt=0, lt=1, description="purchase_probability >= this -> 'likely'.")
+    unlikely_below: float = Field(default=0.05, gt=0, lt=1, description="purchase_probability < this -> 'unlikely'.")
 
     @model_validator(mode="after")
     def _ordered(self) -> "CartIntentSettings":
@@ -156,14 +146,23 @@ class RecommendationsSettings(_Strict):
     seed_items: int = Field(default=10, ge=1, le=100,
                             description="A person's most recent products that seed their co-purchase candidates.")
     collaborative: bool = Field(default=True, description="Add implicit-feedback ALS candidates when the data allows.")
-    blend_must_beat_by: float = Field(
-        default=0.01, ge=0.0, le=1.0,
-        description="The learnt blend is published only if its HitRate@list_length on held-out buyers of the "
-                    "time split before the run's as_of beats the best simple method (buy-again, popularity) by "
-                    "this much; otherwise that method's lists are published.")
+    blend_confidence: float = Field(
+        default=0.95, ge=0.5, lt=1.0,
+        description="The learnt blend is published only if a paired bootstrap over held-out buyers of the time "
+                    "split before the run's as_of (both methods' HitRate@list_length and Recall@list_length on "
+                    "the same people) shows it ahead of the best simple method (buy-again, popularity) in one at "
+                    "this one-sided confidence and not behind in the other; otherwise that method's lists.")
     training_customers: int = Field(default=20_000, ge=100,
                                     description="Buyers sampled to fit the blend (bounds its cost at any scale).")
     seed: int = 7
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data):
+        if isinstance(data, dict) and "blend_must_beat_by" in data:
+            raise ValueError("blend_must_beat_by was replaced by blend_confidence (a paired test over the held-out "
+                             "buyers, e.g. 0.95): remove blend_must_beat_by")
+        return data
 
 
 def dbt_vars(churn: ChurnSettings, cart: CartIntentSettings) -> dict[str, int]:
