@@ -179,9 +179,10 @@ def _copy_table(cur: duckdb.DuckDBPyConnection, work: str, schema: str, table: s
     cur.execute(f"INSERT INTO {schema}.{table}{NEXT} SELECT * FROM {work}.{table}")
 
 
-def _deterministic(cur: duckdb.DuckDBPyConnection, settings: IdentitySettings, work: str) -> tuple[int, float]:
+def _deterministic(cur: duckdb.DuckDBPyConnection, settings: IdentitySettings, work: str,
+                   raw: str) -> tuple[int, float]:
     t0 = time.perf_counter()
-    n = rules.build_deterministic_edges(cur, settings, work)
+    n = rules.build_deterministic_edges(cur, settings, work, raw)
     return n, time.perf_counter() - t0
 
 
@@ -196,7 +197,9 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
              started: datetime, as_of, say: Progress, t: dict[str, float], *, schema: str, model, write_history: bool,
              model_dir: Path | None, splink_threads: int | None) -> IdentityResult:
     t0 = time.perf_counter()
-    n_records = records.build_records(con, settings, work)
+    # a backtest (as_of in the past) sees no record dated after it
+    raw = records.source_schema(con, as_of, WORK_CATALOG)
+    n_records = records.build_records(con, settings, work, raw=raw)
     t["records"] = time.perf_counter() - t0
     say(f"identity: {n_records:,} identity records ({t['records']:.1f}s)")
     # a user's force-merge and force-split pairs, as rids of this run (before the rules read them)
@@ -207,7 +210,7 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     if settings.splink.enabled:
         con.execute("SET threads = 1")
     copies = [_on_cursor(pool, con, _copy_table, work, schema, "records")]
-    deterministic = _on_cursor(pool, con, _deterministic, settings, work)
+    deterministic = _on_cursor(pool, con, _deterministic, settings, work, raw)
 
     pairs = None
     model_path: str | None = None
