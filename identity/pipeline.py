@@ -20,7 +20,7 @@ import duckdb
 
 from core.settings.identity import IdentitySettings, settings_of
 from core.warehouse import transaction
-from identity import clustering, golden, overrides, records, rules, splink_model, stable_ids
+from identity import clustering, golden, model_store, overrides, records, rules, splink_model, stable_ids
 from identity.evaluate import unique_id_conflicts
 
 Progress = Callable[[str], None]
@@ -50,6 +50,7 @@ class IdentityResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     evaluation: dict | None = None
+    model_decision: str = ""  # trained (and why) or reused (model_store.retrain_reason)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +102,7 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     t: dict[str, float] = {}
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     stable_ids.ensure_tables(con, schema)
+    model_store.ensure_table(con, schema)
     work = _attach_work(con)
     threads, ordered = con.sql(
         "SELECT current_setting('threads'), current_setting('preserve_insertion_order')").fetchall()[0]
@@ -216,33 +218,58 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     model_path: str | None = None
     problems: list[str] = []
     notes: list[str] = []
+    decision = ""
+    trained: tuple | None = None  # (fingerprint, records, match rate, reason, model) of a model this run trained
     if settings.splink.enabled:
         t0 = time.perf_counter()
         tbl = con.sql(splink_model.input_sql(work)).to_arrow_table()
         if tbl.num_rows >= MIN_SPLINK_RECORDS:
-            linker, sdb = splink_model.make_linker(tbl, settings, model=model, threads=splink_threads)
+            saved = reason = fp = None
+            when = as_of or started
+            if model is None:  # (a model given by the caller, e.g. the plan's, is used as it is)
+                fp = model_store.fingerprint(con, settings, f"{work}.records")
+                saved = model_store.latest(con, schema)
+                reason = model_store.retrain_reason(saved, settings, fp, n_records, when)
+            while True:
+                use = model if model is not None else (None if reason else saved.model)
+                linker, sdb = splink_model.make_linker(tbl, settings, model=use, threads=splink_threads)
+                try:
+                    if use is None:
+                        t.update({f"splink_{k}": v for k, v in splink_model.train(linker, settings, say).items()})
+                        notes = splink_model.smooth_untrained(linker)
+                    md = splink_model.model_dict(linker)
+                    problems = splink_model.check_parameters(md)
+                    if use is None and (write_history or model_dir is not None):
+                        path = (model_dir or models_dir(config)) / f"{run_id}.json"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_text(json.dumps(md, indent=2, default=str))
+                        model_path = str(path)
+                    if problems:
+                        raise splink_model.ModelSanityError(
+                            "the trained Splink model fails its sanity checks (model kept at "
+                            f"{model_path}): " + "; ".join(problems))
+                    t1 = time.perf_counter()
+                    pairs = splink_model.predict(linker, settings.match_threshold)
+                    t["splink_predict"] = t["splink_predict"] + time.perf_counter() - t1 if "splink_predict" in t \
+                        else time.perf_counter() - t1
+                finally:
+                    sdb.close()
+                rate = _match_rate(pairs, n_records)
+                if model is not None:
+                    decision = "the model given to this run"
+                    break
+                if reason:
+                    decision = f"trained: {reason}"
+                    trained = (fp, n_records, rate, reason, md)
+                    break
+                moved = model_store.match_rate_moved(saved, rate, settings)
+                if not moved:
+                    decision = f"reused model {saved.model_id} trained {saved.trained_as_of:%Y-%m-%d %H:%M}"
+                    model_path = f"{schema}.{model_store.TABLE}:{saved.model_id}"
+                    break
+                reason = moved  # drifted: train on this run's records and score again
             del tbl
-            try:
-                if model is None:
-                    t.update({f"splink_{k}": v for k, v in splink_model.train(linker, settings, say).items()})
-                    notes = splink_model.smooth_untrained(linker)
-                md = splink_model.model_dict(linker)
-                problems = splink_model.check_parameters(md)
-                if write_history or model_dir is not None:
-                    path = (model_dir or models_dir(config)) / f"{run_id}.json"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps(md, indent=2, default=str))
-                    model_path = str(path)
-                if problems:
-                    raise splink_model.ModelSanityError(
-                        "the trained Splink model fails its sanity checks (model kept at "
-                        f"{model_path}): " + "; ".join(problems))
-                t1 = time.perf_counter()
-                pairs = splink_model.predict(linker, settings.match_threshold)
-                t["splink_predict"] = time.perf_counter() - t1
-            finally:
-                sdb.close()
-            say(f"identity: Splink proposed {pairs.num_rows:,} pairs at >= {settings.match_threshold}")
+            say(f"identity: Splink model {decision}; proposed {pairs.num_rows:,} pairs at >= {settings.match_threshold}")
         t["splink"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -291,11 +318,13 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
         edges_accepted=cstats.accepted, edges_refused=cstats.refused, refused_by_reason=cstats.refused_by_reason,
         unique_id_conflicts=conflicts, changes=changes, model_path=model_path,
         model_problems=problems, model_notes=notes, timings={k: round(v, 3) for k, v in t.items()},
-        warnings=warnings,
+        warnings=warnings, model_decision=decision,
     )
     with transaction(con):  # the new tables, the id history and the run: all or nothing
         _swap_in(con, schema)
         if write_history:
+            if trained is not None:
+                model_store.save(con, schema, run_id, as_of or started, *trained)
             stable_ids.write_history(con, run_id, seq, schema, changed_at=as_of)
             con.execute(f"INSERT INTO {schema}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 run_id, seq, started, datetime.now(timezone.utc), as_of, n_records, persons, model_path,
@@ -304,6 +333,17 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     for temp in ("id_edge_order", "id_splink_pairs", "id_cur", "id_prev", "id_person", "id_run_changes"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
     return result
+
+
+def _match_rate(pairs, n_records: int) -> float:
+    """Share of records in at least one proposed Splink pair (the model's drift signal)."""
+    if pairs is None or not n_records:
+        return 0.0
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = pa.chunked_array(pairs.column("unique_id_l").chunks + pairs.column("unique_id_r").chunks)
+    return pc.count_distinct(ids).as_py() / n_records
 
 
 def _build_graph(con: duckdb.DuckDBPyConnection, schema: str) -> None:
