@@ -86,6 +86,7 @@ def identity_resolution(context: AssetExecutionContext, tessera: TesseraResource
         "splink_pairs": result.splink_pairs, "edges_refused": result.edges_refused,
         "refused_by_reason": result.refused_by_reason, "match_threshold": ident.match_threshold,
         "model_path": MetadataValue.path(result.model_path) if result.model_path else "none",
+        "model_decision": result.model_decision or "none",  # trained (and why) or the saved model reused
         "timings_s": result.timings,
     }
     if evaluation:
