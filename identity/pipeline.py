@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 import duckdb
+import pyarrow as pa
 
 from core.settings.identity import IdentitySettings, settings_of
 from core.warehouse import transaction
 from identity import clustering, golden, model_store, overrides, records, rules, splink_model, stable_ids
+from identity.db import has_table
 from identity.evaluate import unique_id_conflicts
 
 Progress = Callable[[str], None]
@@ -51,6 +53,7 @@ class IdentityResult:
     warnings: list[str] = field(default_factory=list)
     evaluation: dict | None = None
     model_decision: str = ""  # trained (and why) or reused (model_store.retrain_reason)
+    splink_scored_new: int | None = None  # new or changed records scored against the rest; None = every pair scored
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,6 +222,8 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     problems: list[str] = []
     notes: list[str] = []
     decision = ""
+    predicted_new: int | None = None  # records scored against the rest (None: every pair scored)
+    pairs_model: str | None = None  # the saved model (its id) that scored this run's pairs
     trained: tuple | None = None  # (fingerprint, records, match rate, reason, model) of a model this run trained
     if settings.splink.enabled:
         t0 = time.perf_counter()
@@ -249,26 +254,43 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
                             "the trained Splink model fails its sanity checks (model kept at "
                             f"{model_path}): " + "; ".join(problems))
                     t1 = time.perf_counter()
-                    pairs = splink_model.predict(linker, settings.match_threshold)
+                    cached = _cached_pairs(con, work, schema, saved.model_id, settings.match_threshold) \
+                        if use is not None and model is None else None
+                    if cached is None:
+                        pairs = splink_model.predict(linker, settings.match_threshold)
+                    else:  # the saved model's pairs among unchanged records, and the changed ones scored now
+                        kept, new_rids = cached
+                        pairs = kept
+                        if new_rids.num_rows:
+                            fresh = splink_model.predict_new(linker, settings.match_threshold, new_rids)
+                            pairs = pa.concat_tables([kept, fresh.select(kept.column_names).cast(kept.schema)])
+                        predicted_new = new_rids.num_rows
                     t["splink_predict"] = t["splink_predict"] + time.perf_counter() - t1 if "splink_predict" in t \
                         else time.perf_counter() - t1
                 finally:
                     sdb.close()
                 rate = _match_rate(pairs, n_records)
+                if predicted_new is not None:
+                    say(f"identity: Splink scored {predicted_new:,} new or changed records against the rest")
                 if model is not None:
                     decision = "the model given to this run"
                     break
                 if reason:
                     decision = f"trained: {reason}"
                     trained = (fp, n_records, rate, reason, md)
+                    pairs_model = run_id
                     break
                 moved = model_store.match_rate_moved(saved, rate, settings)
                 if not moved:
                     decision = f"reused model {saved.model_id} trained {saved.trained_as_of:%Y-%m-%d %H:%M}"
                     model_path = f"{schema}.{model_store.TABLE}:{saved.model_id}"
+                    pairs_model = saved.model_id
                     break
                 reason = moved  # drifted: train on this run's records and score again
+                predicted_new = None
             del tbl
+            if pairs_model and write_history:
+                _splink_input(con, work)  # (kept for the next run: written inside the final transaction)
             say(f"identity: Splink model {decision}; proposed {pairs.num_rows:,} pairs at >= {settings.match_threshold}")
         t["splink"] = time.perf_counter() - t0
 
@@ -318,13 +340,15 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
         edges_accepted=cstats.accepted, edges_refused=cstats.refused, refused_by_reason=cstats.refused_by_reason,
         unique_id_conflicts=conflicts, changes=changes, model_path=model_path,
         model_problems=problems, model_notes=notes, timings={k: round(v, 3) for k, v in t.items()},
-        warnings=warnings, model_decision=decision,
+        warnings=warnings, model_decision=decision, splink_scored_new=predicted_new,
     )
     with transaction(con):  # the new tables, the id history and the run: all or nothing
         _swap_in(con, schema)
         if write_history:
             if trained is not None:
                 model_store.save(con, schema, run_id, as_of or started, *trained)
+            if pairs is not None and pairs_model and has_table(con, work, "splink_input"):
+                _save_pairs(con, work, schema, pairs_model, settings.match_threshold, pairs)
             stable_ids.write_history(con, run_id, seq, schema, changed_at=as_of)
             con.execute(f"INSERT INTO {schema}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 run_id, seq, started, datetime.now(timezone.utc), as_of, n_records, persons, model_path,
@@ -333,6 +357,64 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     for temp in ("id_edge_order", "id_splink_pairs", "id_cur", "id_prev", "id_person", "id_run_changes"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
     return result
+
+
+SPLINK_INPUT_COLUMNS = ("first_name", "first_name_canon", "last_name", "full_name", "email_canon", "email_local",
+                        "phone", "address", "postcode", "postcode_outward", "dob", "city")
+MAX_NEW_SHARE = 0.5  # past this share of new or changed records, scoring every pair costs about the same
+
+
+def _splink_input(con: duckdb.DuckDBPyConnection, work: str) -> None:
+    """``<work>.splink_input``: each Splink input record's key, rid and a hash of what Splink reads."""
+    if not has_table(con, work, "splink_input"):
+        con.execute(f"""CREATE TABLE {work}.splink_input AS
+            SELECT r.record_key, i.unique_id AS rid, hash({', '.join(f'i.{c}' for c in SPLINK_INPUT_COLUMNS)}) AS h
+            FROM ({splink_model.input_sql(work)}) i JOIN {work}.records r ON r.rid = i.unique_id""")
+
+
+def _cached_pairs(con: duckdb.DuckDBPyConnection, work: str, schema: str, model_id: str, threshold: float):
+    """The last run's Splink pairs that still hold (both records unchanged, scored by this model
+    at this threshold) and the rids of the records to score now (new or changed), or None to
+    score every pair.
+
+    A kept pair keeps the score it had: term frequencies over the grown data may have moved it a
+    little (bench/bench_identity_incremental.py counts what that changes)."""
+    _splink_input(con, work)
+    if not (has_table(con, schema, "splink_pairs") and has_table(con, schema, "splink_input")):
+        return None
+    same = con.sql(f"SELECT count(*) FROM (SELECT DISTINCT model_id, threshold FROM {schema}.splink_pairs) "
+                   "WHERE model_id = ? AND threshold = ?", params=[model_id, threshold]).fetchall()[0][0]
+    if not same:
+        return None
+    con.execute(f"""CREATE OR REPLACE TABLE {work}.splink_new AS
+        SELECT rid AS unique_id FROM {work}.splink_input s
+        WHERE NOT EXISTS (SELECT 1 FROM {schema}.splink_input p WHERE p.record_key = s.record_key AND p.h = s.h)""")
+    n_new, n_all = con.sql(f"SELECT (SELECT count(*) FROM {work}.splink_new), "
+                           f"(SELECT count(*) FROM {work}.splink_input)").fetchall()[0]
+    if n_new > MAX_NEW_SHARE * n_all:
+        return None
+    kept = con.sql(f"""
+        SELECT least(l.rid, r.rid) AS unique_id_l, greatest(l.rid, r.rid) AS unique_id_r,
+               p.match_probability, p.match_weight
+        FROM {schema}.splink_pairs p
+        JOIN {work}.splink_input l ON l.record_key = p.key_l JOIN {work}.splink_input r ON r.record_key = p.key_r
+        WHERE l.rid NOT IN (SELECT unique_id FROM {work}.splink_new)
+          AND r.rid NOT IN (SELECT unique_id FROM {work}.splink_new)""").to_arrow_table()
+    return kept, con.sql(f"SELECT unique_id FROM {work}.splink_new").to_arrow_table()
+
+
+def _save_pairs(con: duckdb.DuckDBPyConnection, work: str, schema: str, model_id: str, threshold: float,
+                pairs) -> None:
+    """This run's Splink pairs by record key, and what each scored record held (read by the next
+    run's _cached_pairs)."""
+    con.register("_pairs_now", pairs)
+    con.execute(f"CREATE OR REPLACE TABLE {schema}.splink_input AS SELECT record_key, h FROM {work}.splink_input")
+    con.execute(f"""CREATE OR REPLACE TABLE {schema}.splink_pairs AS
+        SELECT l.record_key AS key_l, r.record_key AS key_r, p.match_probability, p.match_weight,
+               ?::VARCHAR AS model_id, ?::DOUBLE AS threshold
+        FROM _pairs_now p JOIN {work}.splink_input l ON l.rid = p.unique_id_l
+        JOIN {work}.splink_input r ON r.rid = p.unique_id_r""", [model_id, threshold])
+    con.unregister("_pairs_now")
 
 
 def _match_rate(pairs, n_records: int) -> float:

@@ -108,18 +108,29 @@ def generated_days(tmp_path_factory):
             write_day(config.landing_dir, FIRST_DAY, FIRST_DAY + dt.timedelta(days=n))
         with open_warehouse(config.warehouse_path) as con:
             assert ingest(config, con).ok
+            if n == 2:  # (the increment replays a day's events: its people are not new)
+                con.execute(NEW_MEMBERS)
         snapshots.append(shutil.copy(config.warehouse_path, root / f"raw_day{n}.duckdb"))
     return config, root, snapshots
 
 
 FIRST_DAY = dt.date(2025, 6, 30)
+# three members of the main store join the outlet's scheme on day 2, giving no email or phone:
+# only Splink can find them (name, date of birth, address)
+NEW_MEMBERS = """
+    INSERT INTO raw.pos_loyalty_members BY NAME
+    SELECT * REPLACE ('pos_outlet' AS _source, 'NEW-' || loyalty_id AS loyalty_id, NULL AS email, NULL AS phone,
+                      TIMESTAMPTZ '2025-07-02 09:00:00+00' AS enrolled_at)
+    FROM raw.pos_loyalty_members
+    WHERE _source = 'pos' AND first_name IS NOT NULL AND date_of_birth IS NOT NULL AND address_line1 IS NOT NULL
+    ORDER BY loyalty_id LIMIT 3"""
 
 
 def test_daily_runs_reuse_the_saved_model_and_agree_with_a_full_retrain(generated_days):
     config, root, snapshots = generated_days
     daily = root / "daily.duckdb"
     shutil.copy(snapshots[0], daily)
-    decisions = []
+    decisions, scored = [], []
     for n in range(3):
         with duckdb.connect(str(daily)) as con:
             if n:  # the day's landed rows, as ingestion would have added them
@@ -130,10 +141,13 @@ def test_daily_runs_reuse_the_saved_model_and_agree_with_a_full_retrain(generate
                 con.execute("DETACH day")
             res = resolve(config, con, run_id=f"daily{n}", as_of=day_end(FIRST_DAY + dt.timedelta(days=n)))
             decisions.append(res.model_decision)
+            scored.append(res.splink_scored_new)
             if n == 0:
                 first_ids = dict(con.sql("SELECT record_key, person_id FROM identity.graph").fetchall())
     assert decisions[0] == "trained: no saved model", decisions
     assert decisions[1].startswith("reused model daily0") and decisions[2].startswith("reused model daily0"), decisions
+    # day 0 scored every pair; each day after, only its new or changed records against the rest
+    assert scored[0] is None and scored[1] == 0 and 3 <= scored[2] < 50, scored
     with duckdb.connect(str(daily)) as con:
         assert con.sql("SELECT count(*) FROM identity.splink_models").fetchall() == [(1,)]
         daily_pairs = co_clustered(con)
@@ -154,6 +168,11 @@ def test_daily_runs_reuse_the_saved_model_and_agree_with_a_full_retrain(generate
         # a full rebuild (retrained) from the same data gives the same ids
         assert again.model_decision.startswith("trained: scheduled")
         assert dict(con.sql("SELECT record_key, person_id FROM identity.graph").fetchall()) == full_ids
+    new_keys = {k for pair in daily_pairs | full_pairs for k in pair if "|NEW-" in k}
+    found = {k for k in new_keys if tuple(sorted((k, "pos|loyalty_members|" + k.split("|NEW-")[1]))) in daily_pairs}
+    print(f"new members merged with their store record: {len(found)} of 3")
+    assert len(found) >= 2 and all(tuple(sorted((k, "pos|loyalty_members|" + k.split("|NEW-")[1]))) in full_pairs
+                                   for k in found)
     differ = len(daily_pairs ^ full_pairs)
     print(f"co-clustered pairs: daily {len(daily_pairs)}, full {len(full_pairs)}, in one only {differ}")
     assert differ <= 0.01 * max(len(full_pairs), 1), (len(daily_pairs), len(full_pairs), differ)
