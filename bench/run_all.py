@@ -13,7 +13,7 @@ import time
 from bench.common import OUT
 
 BENCHES = ["generator", "ingestion", "identity", "marts", "gate", "activation", "experiments", "recommendations",
-           "real_shops", "olist", "scoring", "serve", "pipeline"]
+           "real_shops", "olist", "scoring", "serve", "pipeline", "identity_incremental"]
 
 
 def main() -> None:
@@ -32,6 +32,8 @@ def main() -> None:
         n = args.customers
         if name == "identity":  # sized to ~1.27M identity records at the default 1M customers
             n = max(1_000, round(n * module.SHARE_OF_RUN_ALL_CUSTOMERS))
+        if name == "identity_incremental":  # the daily identity bench is sized at 100k, 30 days
+            n = min(n, 100_000)
         print(f"== {name} ({n:,} customers)", flush=True)
         t0 = time.perf_counter()
         results[name] = module.main(n)

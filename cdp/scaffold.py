@@ -99,6 +99,9 @@ sources:
 
 # Identity resolution (README "Identity resolution"): rules per identifier, Splink, survivorship;
 # manual merges and splits go to overrides_file (identity_overrides.csv), written by `cdp identity merge|split`.
+# The Splink model is saved and reused until splink.retrain_every_days (7; 0 = retrain every run),
+# or records grow by splink.retrain_if_records_grow_by (0.25), or its match rate moves by
+# splink.retrain_if_match_rate_moves_by (0.25), or the Splink settings change.
 identity: {{}}
 # Rule-based segments marketers define (README "Segments"): one YAML file (`cdp segments validate` checks it).
 segments:

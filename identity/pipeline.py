@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 import duckdb
+import pyarrow as pa
 
 from core.settings.identity import IdentitySettings, settings_of
 from core.warehouse import transaction
-from identity import clustering, golden, overrides, records, rules, splink_model, stable_ids
+from identity import clustering, golden, model_store, overrides, records, rules, splink_model, stable_ids
+from identity.db import has_table
 from identity.evaluate import unique_id_conflicts
 
 Progress = Callable[[str], None]
@@ -50,6 +52,8 @@ class IdentityResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     evaluation: dict | None = None
+    model_decision: str = ""  # trained (and why) or reused (model_store.retrain_reason)
+    splink_scored_new: int | None = None  # new or changed records scored against the rest; None = every pair scored
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +105,7 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     t: dict[str, float] = {}
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     stable_ids.ensure_tables(con, schema)
+    model_store.ensure_table(con, schema)
     work = _attach_work(con)
     threads, ordered = con.sql(
         "SELECT current_setting('threads'), current_setting('preserve_insertion_order')").fetchall()[0]
@@ -179,9 +184,10 @@ def _copy_table(cur: duckdb.DuckDBPyConnection, work: str, schema: str, table: s
     cur.execute(f"INSERT INTO {schema}.{table}{NEXT} SELECT * FROM {work}.{table}")
 
 
-def _deterministic(cur: duckdb.DuckDBPyConnection, settings: IdentitySettings, work: str) -> tuple[int, float]:
+def _deterministic(cur: duckdb.DuckDBPyConnection, settings: IdentitySettings, work: str,
+                   raw: str) -> tuple[int, float]:
     t0 = time.perf_counter()
-    n = rules.build_deterministic_edges(cur, settings, work)
+    n = rules.build_deterministic_edges(cur, settings, work, raw)
     return n, time.perf_counter() - t0
 
 
@@ -196,7 +202,9 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
              started: datetime, as_of, say: Progress, t: dict[str, float], *, schema: str, model, write_history: bool,
              model_dir: Path | None, splink_threads: int | None) -> IdentityResult:
     t0 = time.perf_counter()
-    n_records = records.build_records(con, settings, work)
+    # a backtest (as_of in the past) sees no record dated after it
+    raw = records.source_schema(con, as_of, WORK_CATALOG)
+    n_records = records.build_records(con, settings, work, raw=raw)
     t["records"] = time.perf_counter() - t0
     say(f"identity: {n_records:,} identity records ({t['records']:.1f}s)")
     # a user's force-merge and force-split pairs, as rids of this run (before the rules read them)
@@ -207,39 +215,83 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     if settings.splink.enabled:
         con.execute("SET threads = 1")
     copies = [_on_cursor(pool, con, _copy_table, work, schema, "records")]
-    deterministic = _on_cursor(pool, con, _deterministic, settings, work)
+    deterministic = _on_cursor(pool, con, _deterministic, settings, work, raw)
 
     pairs = None
     model_path: str | None = None
     problems: list[str] = []
     notes: list[str] = []
+    decision = ""
+    predicted_new: int | None = None  # records scored against the rest (None: every pair scored)
+    pairs_model: str | None = None  # the saved model (its id) that scored this run's pairs
+    trained: tuple | None = None  # (fingerprint, records, match rate, reason, model) of a model this run trained
     if settings.splink.enabled:
         t0 = time.perf_counter()
         tbl = con.sql(splink_model.input_sql(work)).to_arrow_table()
         if tbl.num_rows >= MIN_SPLINK_RECORDS:
-            linker, sdb = splink_model.make_linker(tbl, settings, model=model, threads=splink_threads)
+            saved = reason = fp = None
+            when = as_of or started
+            if model is None:  # (a model given by the caller, e.g. the plan's, is used as it is)
+                fp = model_store.fingerprint(con, settings, f"{work}.records")
+                saved = model_store.latest(con, schema)
+                reason = model_store.retrain_reason(saved, settings, fp, n_records, when)
+            while True:
+                use = model if model is not None else (None if reason else saved.model)
+                linker, sdb = splink_model.make_linker(tbl, settings, model=use, threads=splink_threads)
+                try:
+                    if use is None:
+                        t.update({f"splink_{k}": v for k, v in splink_model.train(linker, settings, say).items()})
+                        notes = splink_model.smooth_untrained(linker)
+                    md = splink_model.model_dict(linker)
+                    problems = splink_model.check_parameters(md)
+                    if use is None and (write_history or model_dir is not None):
+                        path = (model_dir or models_dir(config)) / f"{run_id}.json"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_text(json.dumps(md, indent=2, default=str))
+                        model_path = str(path)
+                    if problems:
+                        raise splink_model.ModelSanityError(
+                            "the trained Splink model fails its sanity checks (model kept at "
+                            f"{model_path}): " + "; ".join(problems))
+                    t1 = time.perf_counter()
+                    cached = _cached_pairs(con, work, schema, saved.model_id, settings.match_threshold) \
+                        if use is not None and model is None else None
+                    if cached is None:
+                        pairs = splink_model.predict(linker, settings.match_threshold)
+                    else:  # the saved model's pairs among unchanged records, and the changed ones scored now
+                        kept, new_rids = cached
+                        pairs = kept
+                        if new_rids.num_rows:
+                            fresh = splink_model.predict_new(linker, settings.match_threshold, new_rids)
+                            pairs = pa.concat_tables([kept, fresh.select(kept.column_names).cast(kept.schema)])
+                        predicted_new = new_rids.num_rows
+                    t["splink_predict"] = t["splink_predict"] + time.perf_counter() - t1 if "splink_predict" in t \
+                        else time.perf_counter() - t1
+                finally:
+                    sdb.close()
+                rate = _match_rate(pairs, n_records)
+                if predicted_new is not None:
+                    say(f"identity: Splink scored {predicted_new:,} new or changed records against the rest")
+                if model is not None:
+                    decision = "the model given to this run"
+                    break
+                if reason:
+                    decision = f"trained: {reason}"
+                    trained = (fp, n_records, rate, reason, md)
+                    pairs_model = run_id
+                    break
+                moved = model_store.match_rate_moved(saved, rate, settings)
+                if not moved:
+                    decision = f"reused model {saved.model_id} trained {saved.trained_as_of:%Y-%m-%d %H:%M}"
+                    model_path = f"{schema}.{model_store.TABLE}:{saved.model_id}"
+                    pairs_model = saved.model_id
+                    break
+                reason = moved  # drifted: train on this run's records and score again
+                predicted_new = None
             del tbl
-            try:
-                if model is None:
-                    t.update({f"splink_{k}": v for k, v in splink_model.train(linker, settings, say).items()})
-                    notes = splink_model.smooth_untrained(linker)
-                md = splink_model.model_dict(linker)
-                problems = splink_model.check_parameters(md)
-                if write_history or model_dir is not None:
-                    path = (model_dir or models_dir(config)) / f"{run_id}.json"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps(md, indent=2, default=str))
-                    model_path = str(path)
-                if problems:
-                    raise splink_model.ModelSanityError(
-                        "the trained Splink model fails its sanity checks (model kept at "
-                        f"{model_path}): " + "; ".join(problems))
-                t1 = time.perf_counter()
-                pairs = splink_model.predict(linker, settings.match_threshold)
-                t["splink_predict"] = time.perf_counter() - t1
-            finally:
-                sdb.close()
-            say(f"identity: Splink proposed {pairs.num_rows:,} pairs at >= {settings.match_threshold}")
+            if pairs_model and write_history:
+                _splink_input(con, work)  # (kept for the next run: written inside the final transaction)
+            say(f"identity: Splink model {decision}; proposed {pairs.num_rows:,} pairs at >= {settings.match_threshold}")
         t["splink"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -288,11 +340,15 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
         edges_accepted=cstats.accepted, edges_refused=cstats.refused, refused_by_reason=cstats.refused_by_reason,
         unique_id_conflicts=conflicts, changes=changes, model_path=model_path,
         model_problems=problems, model_notes=notes, timings={k: round(v, 3) for k, v in t.items()},
-        warnings=warnings,
+        warnings=warnings, model_decision=decision, splink_scored_new=predicted_new,
     )
     with transaction(con):  # the new tables, the id history and the run: all or nothing
         _swap_in(con, schema)
         if write_history:
+            if trained is not None:
+                model_store.save(con, schema, run_id, as_of or started, *trained)
+            if pairs is not None and pairs_model and has_table(con, work, "splink_input"):
+                _save_pairs(con, work, schema, pairs_model, settings.match_threshold, pairs)
             stable_ids.write_history(con, run_id, seq, schema, changed_at=as_of)
             con.execute(f"INSERT INTO {schema}.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 run_id, seq, started, datetime.now(timezone.utc), as_of, n_records, persons, model_path,
@@ -301,6 +357,75 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     for temp in ("id_edge_order", "id_splink_pairs", "id_cur", "id_prev", "id_person", "id_run_changes"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
     return result
+
+
+SPLINK_INPUT_COLUMNS = ("first_name", "first_name_canon", "last_name", "full_name", "email_canon", "email_local",
+                        "phone", "address", "postcode", "postcode_outward", "dob", "city")
+MAX_NEW_SHARE = 0.5  # past this share of new or changed records, scoring every pair costs about the same
+
+
+def _splink_input(con: duckdb.DuckDBPyConnection, work: str) -> None:
+    """``<work>.splink_input``: each Splink input record's key, rid and a hash of what Splink reads."""
+    if not has_table(con, work, "splink_input"):
+        con.execute(f"""CREATE TABLE {work}.splink_input AS
+            SELECT r.record_key, i.unique_id AS rid, hash({', '.join(f'i.{c}' for c in SPLINK_INPUT_COLUMNS)}) AS h
+            FROM ({splink_model.input_sql(work)}) i JOIN {work}.records r ON r.rid = i.unique_id""")
+
+
+def _cached_pairs(con: duckdb.DuckDBPyConnection, work: str, schema: str, model_id: str, threshold: float):
+    """The last run's Splink pairs that still hold (both records unchanged, scored by this model
+    at this threshold) and the rids of the records to score now (new or changed), or None to
+    score every pair.
+
+    A kept pair keeps the score it had: term frequencies over the grown data may have moved it a
+    little (bench/bench_identity_incremental.py counts what that changes)."""
+    _splink_input(con, work)
+    if not (has_table(con, schema, "splink_pairs") and has_table(con, schema, "splink_input")):
+        return None
+    same = con.sql(f"SELECT count(*) FROM (SELECT DISTINCT model_id, threshold FROM {schema}.splink_pairs) "
+                   "WHERE model_id = ? AND threshold = ?", params=[model_id, threshold]).fetchall()[0][0]
+    if not same:
+        return None
+    con.execute(f"""CREATE OR REPLACE TABLE {work}.splink_new AS
+        SELECT rid AS unique_id FROM {work}.splink_input s
+        WHERE NOT EXISTS (SELECT 1 FROM {schema}.splink_input p WHERE p.record_key = s.record_key AND p.h = s.h)""")
+    n_new, n_all = con.sql(f"SELECT (SELECT count(*) FROM {work}.splink_new), "
+                           f"(SELECT count(*) FROM {work}.splink_input)").fetchall()[0]
+    if n_new > MAX_NEW_SHARE * n_all:
+        return None
+    kept = con.sql(f"""
+        SELECT least(l.rid, r.rid) AS unique_id_l, greatest(l.rid, r.rid) AS unique_id_r,
+               p.match_probability, p.match_weight
+        FROM {schema}.splink_pairs p
+        JOIN {work}.splink_input l ON l.record_key = p.key_l JOIN {work}.splink_input r ON r.record_key = p.key_r
+        WHERE l.rid NOT IN (SELECT unique_id FROM {work}.splink_new)
+          AND r.rid NOT IN (SELECT unique_id FROM {work}.splink_new)""").to_arrow_table()
+    return kept, con.sql(f"SELECT unique_id FROM {work}.splink_new").to_arrow_table()
+
+
+def _save_pairs(con: duckdb.DuckDBPyConnection, work: str, schema: str, model_id: str, threshold: float,
+                pairs) -> None:
+    """This run's Splink pairs by record key, and what each scored record held (read by the next
+    run's _cached_pairs)."""
+    con.register("_pairs_now", pairs)
+    con.execute(f"CREATE OR REPLACE TABLE {schema}.splink_input AS SELECT record_key, h FROM {work}.splink_input")
+    con.execute(f"""CREATE OR REPLACE TABLE {schema}.splink_pairs AS
+        SELECT l.record_key AS key_l, r.record_key AS key_r, p.match_probability, p.match_weight,
+               ?::VARCHAR AS model_id, ?::DOUBLE AS threshold
+        FROM _pairs_now p JOIN {work}.splink_input l ON l.rid = p.unique_id_l
+        JOIN {work}.splink_input r ON r.rid = p.unique_id_r""", [model_id, threshold])
+    con.unregister("_pairs_now")
+
+
+def _match_rate(pairs, n_records: int) -> float:
+    """Share of records in at least one proposed Splink pair (the model's drift signal)."""
+    if pairs is None or not n_records:
+        return 0.0
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = pa.chunked_array(pairs.column("unique_id_l").chunks + pairs.column("unique_id_r").chunks)
+    return pc.count_distinct(ids).as_py() / n_records
 
 
 def _build_graph(con: duckdb.DuckDBPyConnection, schema: str) -> None:

@@ -19,6 +19,8 @@ nulled here, so junk never links anything.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import duckdb
 
 from core.normalise import blocked_sql, install_macros, phone_fallback_table
@@ -41,6 +43,39 @@ _RAW_ENTITIES = {
 }
 
 
+# Each raw table's data time: in a backtest (an as_of) the rows after it are invisible to identity.
+# A loyalty member with no enrolment date stays visible (unknown is not "later").
+AS_OF_COLUMNS = {
+    "web_events": "timestamp",
+    "email_events": "occurred_at",
+    "email_subscribers": "created_at",
+    "pos_transactions": "occurred_at",
+    "pos_loyalty_members": "enrolled_at",
+    "support_tickets": "created_at",
+}
+AS_OF_SCHEMA = "raw_as_of"
+
+
+def source_schema(con: duckdb.DuckDBPyConnection, as_of: datetime | None, catalog: str) -> str:
+    """The schema identity reads its raw tables from: ``raw``, or with an ``as_of`` views over
+    raw.* in ``catalog`` holding only the rows up to it (DuckDB cannot shadow ``raw`` with an
+    attached catalog, so every query names its source schema)."""
+    if as_of is None:
+        return "raw"
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=timezone.utc)
+    db = con.sql("SELECT current_database()").fetchall()[0][0].replace('"', '""')
+    schema = f"{catalog}.{AS_OF_SCHEMA}"
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    cutoff = as_of.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    for table in raw_tables(con):
+        column = AS_OF_COLUMNS.get(table)
+        keep = "TRUE" if column is None else f'("{column}" <= TIMESTAMPTZ \'{cutoff}\'' + (
+            f' OR "{column}" IS NULL)' if table == "pos_loyalty_members" else ")")
+        con.execute(f'CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM "{db}".raw.{table} WHERE {keep}')
+    return schema
+
+
 def raw_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     rows = con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'"
@@ -54,7 +89,7 @@ def _source_filter(sources: list[str] | None) -> str:
     return "_source IN (" + ", ".join("'" + s.replace("'", "''") + "'" for s in sources) + ")"
 
 
-def staged_sql(present: set[str], sources: list[str] | None) -> str:
+def staged_sql(present: set[str], sources: list[str] | None, raw: str = "raw") -> str:
     """The UNION of every entity's records, identifiers as written (before normalisation)."""
     f = _source_filter(sources)
     parts = []
@@ -65,13 +100,13 @@ def staged_sql(present: set[str], sources: list[str] | None) -> str:
                CAST(date_of_birth AS VARCHAR) AS dob, loyalty_id, NULL AS user_id, NULL AS anonymous_id,
                NULL AS subscriber_id, enrolled_at AS first_seen_at, enrolled_at AS last_seen_at,
                NULL AS order_ref, NULL AS card_token
-        FROM raw.pos_loyalty_members WHERE {f} AND loyalty_id IS NOT NULL
+        FROM {raw}.pos_loyalty_members WHERE {f} AND loyalty_id IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY _source, loyalty_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
     if "email_subscribers" in present:
         parts.append(f"""
         SELECT _source, 'subscribers', subscriber_id, first_name, last_name, email, NULL, NULL, NULL, NULL,
                NULL, NULL, NULL, NULL, subscriber_id, created_at, coalesce(updated_at, created_at), NULL, NULL
-        FROM raw.email_subscribers WHERE {f} AND subscriber_id IS NOT NULL
+        FROM {raw}.email_subscribers WHERE {f} AND subscriber_id IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY _source, subscriber_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
     if "support_tickets" in present:
         parts.append(f"""
@@ -80,14 +115,14 @@ def staged_sql(present: set[str], sources: list[str] | None) -> str:
                CASE WHEN regexp_matches(trim(requester_name), '\\s') THEN regexp_extract(trim(requester_name), '(\\S+)$', 1) END,
                requester_email, requester_phone, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                created_at, coalesce(resolved_at, created_at), NULL, NULL
-        FROM raw.support_tickets WHERE {f} AND ticket_id IS NOT NULL
+        FROM {raw}.support_tickets WHERE {f} AND ticket_id IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY _source, ticket_id ORDER BY _loaded_at DESC, _file DESC, _row DESC) = 1""")
     if "pos_transactions" in present:
         parts.append(f"""
         SELECT _source, 'transactions', transaction_id, NULL, NULL, email, phone, NULL, NULL, NULL, NULL,
                nullif(trim(loyalty_id), ''), NULL, NULL, NULL, occurred_at, occurred_at, nullif(trim(order_ref), ''),
                nullif(trim(card_token), '')
-        FROM raw.pos_transactions
+        FROM {raw}.pos_transactions
         WHERE {f} AND transaction_id IS NOT NULL
           AND coalesce(nullif(trim(loyalty_id), ''), nullif(trim(email), ''), nullif(trim(phone), ''),
                        nullif(trim(card_token), '')) IS NOT NULL
@@ -116,20 +151,20 @@ def staged_sql(present: set[str], sources: list[str] | None) -> str:
     return " UNION ALL ".join(parts)
 
 
-def _phones_sql(present: set[str], sources: list[str] | None) -> str:
+def _phones_sql(present: set[str], sources: list[str] | None, raw: str = "raw") -> str:
     """Every phone as written, from each source table (rows a later load replaced included: the
     map only needs to cover the staged values, and the staging's dedup would cost a second pass)."""
     f = _source_filter(sources)
     cols = {"pos_loyalty_members": "phone", "support_tickets": "requester_phone", "pos_transactions": "phone"}
-    parts = [f"SELECT {c} AS phone FROM raw.{t} WHERE {f}" for t, c in cols.items() if t in present]
+    parts = [f"SELECT {c} AS phone FROM {raw}.{t} WHERE {f}" for t, c in cols.items() if t in present]
     if "web_events" in present:
         parts.append("SELECT t_phone FROM web_identify")
     return "(SELECT phone, id_digits(phone) AS phone_digits FROM (" + " UNION ".join(parts or ["SELECT NULL AS phone"]) + "))"
 
 
 def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, schema: str = "identity",
-                  sources: list[str] | None = None) -> int:
-    """(Re)build ``<schema>.records``; returns its row count."""
+                  sources: list[str] | None = None, raw: str = "raw") -> int:
+    """(Re)build ``<schema>.records`` from the raw tables in ``raw`` (see source_schema); returns its row count."""
     install_macros(con)
     present = raw_tables(con) & set(_RAW_ENTITIES.values())
     sources = sources if sources is not None else settings.sources
@@ -142,7 +177,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE web_seen AS
             SELECT _source, anonymousId, userId, min(timestamp) AS first_at, max(timestamp) AS last_at
-            FROM raw.web_events WHERE {_source_filter(sources)} GROUP BY ALL""")
+            FROM {raw}.web_events WHERE {_source_filter(sources)} GROUP BY ALL""")
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE web_identify AS
             SELECT _source, anonymousId, userId, timestamp, nullif(trim(t[1]), '') AS t_first,
@@ -151,8 +186,8 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
                    nullif(trim(t[7]), '') AS t_postcode
             FROM (SELECT *, json_extract_string(traits, ['$.first_name', '$.last_name', '$.email', '$.phone',
                                                          '$.address_line1', '$.city', '$.postcode']) AS t
-                  FROM raw.web_events WHERE traits IS NOT NULL AND {_source_filter(sources)})""")
-    union = staged_sql(present, sources)
+                  FROM {raw}.web_events WHERE traits IS NOT NULL AND {_source_filter(sources)})""")
+    union = staged_sql(present, sources, raw)
     if not union:
         con.execute(f"CREATE OR REPLACE TABLE {schema}.records AS SELECT * FROM ({empty_records_sql()})")
         return 0
@@ -163,7 +198,7 @@ def build_records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, sc
 
     region = settings.default_phone_region
     fast = region == "GB"
-    phone_fallback_table(con, _phones_sql(present, sources), "phone", region, fast)
+    phone_fallback_table(con, _phones_sql(present, sources, raw), "phone", region, fast)
     phone_expr = "coalesce(id_phone_gb_digits(s.phone_digits), pm.e164)" if fast else "pm.e164"
     unblocked = f"""
         SELECT s.source, s.entity, s.source_record_id,

@@ -49,8 +49,9 @@ MANUAL_PRIORITY = -1  # (configured priorities are >= 0)
 
 
 def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: IdentitySettings,
-                              schema: str = "identity") -> int:
-    """Create ``<schema>.det_edges(rid_l, rid_r, rule, priority, phase)``; returns its size."""
+                              schema: str = "identity", raw: str = "raw") -> int:
+    """Create ``<schema>.det_edges(rid_l, rid_r, rule, priority, phase)`` from ``<schema>.records`` and
+    the raw tables in ``raw`` (records.source_schema); returns its size."""
     parts: list[str] = []
     ctes: list[str] = []
     rec = f"{schema}.records"
@@ -63,7 +64,7 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
     if settings.rule("anonymous_id").link and "web_events" in tables:
         parts.append(f"""
             SELECT a.rid AS x, u.rid AS y, 'anonymous_id' AS rule, {prio('anonymous_id')} AS priority, 'link' AS phase
-            FROM (SELECT DISTINCT _source, anonymousId, userId FROM raw.web_events
+            FROM (SELECT DISTINCT _source, anonymousId, userId FROM {raw}.web_events
                   WHERE anonymousId IS NOT NULL AND userId IS NOT NULL) e
             JOIN {rec} a ON a.entity = 'anonymous_id' AND a.source = e._source AND a.source_record_id = e.anonymousId
             JOIN {rec} u ON u.entity = 'user_id' AND u.source = e._source AND u.source_record_id = e.userId""")
@@ -72,8 +73,8 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
         # id aliased to many: a shared kiosk login, a buggy SDK) links nothing: an id named in
         # alias calls with more than max_per_profile - 1 other ids is dropped from every call.
         cap = (settings.rule("alias").max_per_profile or 1_000_000) - 1
-        ctes.append("""alias_calls AS MATERIALIZED (
-            SELECT DISTINCT _source, trim(previousId) AS previousId, userId FROM raw.web_events
+        ctes.append(f"""alias_calls AS MATERIALIZED (
+            SELECT DISTINCT _source, trim(previousId) AS previousId, userId FROM {raw}.web_events
             WHERE type = 'alias' AND nullif(trim(previousId), '') IS NOT NULL AND userId IS NOT NULL
               AND trim(previousId) <> userId)""")
         ctes.append(f"""alias_storm AS MATERIALIZED (
@@ -91,11 +92,11 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
     if settings.rule("link_tracking_id").link and {"web_events", "email_events"} <= tables:
         parts.append(f"""
             SELECT s.rid, a.rid, 'link_tracking_id', {prio('link_tracking_id')}, 'link'
-            FROM (SELECT DISTINCT _source, subscriber_id, link_tracking_id FROM raw.email_events
+            FROM (SELECT DISTINCT _source, subscriber_id, link_tracking_id FROM {raw}.email_events
                   WHERE event_type = 'click' AND link_tracking_id IS NOT NULL) c
             JOIN (SELECT DISTINCT _source, anonymousId,
                          regexp_extract(context->>'$.page.url', '[?&]tid=([^&#]+)', 1) AS tid
-                  FROM raw.web_events
+                  FROM {raw}.web_events
                   -- (a plain text search first: extracting the url parses every event's JSON)
                   WHERE type = 'page' AND anonymousId IS NOT NULL AND contains(CAST(context AS VARCHAR), 'tid=')
                     AND contains(context->>'$.page.url', 'tid=')) w
@@ -106,9 +107,9 @@ def build_deterministic_edges(con: duckdb.DuckDBPyConnection, settings: Identity
         # a web order fulfilled through the store system: the receipt's order_ref is the web order_id
         # (the orders read once; two equi-joins, not one join with OR: an OR condition makes DuckDB
         # compare every pair)
-        ctes.append("""web_orders AS MATERIALIZED (
+        ctes.append(f"""web_orders AS MATERIALIZED (
             SELECT DISTINCT _source, anonymousId, userId, properties->>'$.order_id' AS order_id
-            FROM raw.web_events WHERE event = 'order_completed' AND properties->>'$.order_id' IS NOT NULL)""")
+            FROM {raw}.web_events WHERE event = 'order_completed' AND properties->>'$.order_id' IS NOT NULL)""")
         for entity, column in (("anonymous_id", "anonymousId"), ("user_id", "userId")):
             parts.append(f"""
             SELECT t.rid, w.rid, 'order_ref', {prio('order_ref')}, 'link'

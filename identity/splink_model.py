@@ -441,6 +441,32 @@ def predict(linker, threshold: float):
         f"SELECT unique_id_l, unique_id_r, match_probability, match_weight FROM {df.physical_name}").to_arrow_table()
 
 
+def predict_new(linker, threshold: float, new_rids):
+    """Scored pairs that hold at least one of ``new_rids`` (an Arrow table, column unique_id): the new
+    records against the others (Splink's predict_between) and among themselves (predict_within),
+    blocked by the model's rules and scored with term frequencies over all records, as predict()
+    would score them. Same columns as predict(), unique_id_l < unique_id_r."""
+    db = linker._db_api.duckdb_con
+    api = linker._db_api
+    for tf_col in linker._settings_obj._term_frequency_columns:
+        linker.table_management.compute_tf_table(tf_col.unquote().name)
+    db.register("_new_rids", new_rids)
+    db.execute("CREATE OR REPLACE TABLE id_new AS SELECT * FROM identity_input "
+               "WHERE unique_id IN (SELECT unique_id FROM _new_rids)")
+    db.execute("CREATE OR REPLACE TABLE id_old AS SELECT * FROM identity_input "
+               "WHERE unique_id NOT IN (SELECT unique_id FROM _new_rids)")
+    db.unregister("_new_rids")
+    new, old = api.register("id_new"), api.register("id_old")
+    parts = [linker.inference.predict_within(new, threshold_match_probability=threshold, warning_mode="never")]
+    if db.sql("SELECT count(*) FROM id_old").fetchall()[0][0]:
+        parts.append(linker.inference.predict_between(new, old, threshold_match_probability=threshold,
+                                                      warning_mode="never"))
+    union = " UNION ALL ".join(
+        f"SELECT least(unique_id_l, unique_id_r) AS unique_id_l, greatest(unique_id_l, unique_id_r) AS unique_id_r, "
+        f"match_probability, match_weight FROM {p.physical_name}" for p in parts)
+    return db.sql(f"SELECT * FROM ({union}) ORDER BY unique_id_l, unique_id_r").to_arrow_table()
+
+
 M_FLOOR = 1e-4  # smallest m kept: one unseen disagreement must not be an absolute veto
 M_UNOBSERVED = 0.01  # m of a level EM never saw among matches (then m is renormalised)
 

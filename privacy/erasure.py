@@ -287,6 +287,8 @@ def erase_from_warehouse(con, request_id: str) -> dict[str, int]:
             conds.append('"record_key" IN (SELECT record_key FROM pv_records)')
         if schema == "identity":
             conds += [f'"{c}" IN (SELECT rid FROM pv_records)' for c in ("rid_l", "rid_r") if c in cols]
+            # (identity.splink_pairs: the saved Splink pairs, by record key)
+            conds += [f'"{c}" IN (SELECT record_key FROM pv_records)' for c in ("key_l", "key_r") if c in cols]
         by_identifier = keys.derived_erased_sql(cols)  # dbt staging tables and the like, without person_id
         if by_identifier:
             conds.append(by_identifier)

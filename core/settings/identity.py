@@ -133,6 +133,15 @@ class SplinkTraining(_Strict):
         default=None, ge=-6, le=8,
         description="Postcode characters of the district level: N > 0 keeps the first N (ZIP3: 3), -N drops the "
                     "last N (UK outward code: -3); empty = from the data (all-digit postcodes 3, else -3).")
+    # when the saved model is retrained (identity/model_store.py); between, runs score with it
+    retrain_every_days: int = Field(
+        default=7, ge=0, description="Retrain the Splink model when it is this many days old by the run's as_of; "
+                                     "0 = every run.")
+    retrain_if_records_grow_by: float = Field(
+        default=0.25, gt=0, description="Retrain when the records grew by more than this share since training.")
+    retrain_if_match_rate_moves_by: float = Field(
+        default=0.25, gt=0, description="Retrain (and score again) when the share of records in a proposed pair "
+                                        "moves by more than this share of its value at training.")
 
 
 class IdentitySettings(_Strict):

@@ -86,6 +86,8 @@ def identity_resolution(context: AssetExecutionContext, tessera: TesseraResource
         "splink_pairs": result.splink_pairs, "edges_refused": result.edges_refused,
         "refused_by_reason": result.refused_by_reason, "match_threshold": ident.match_threshold,
         "model_path": MetadataValue.path(result.model_path) if result.model_path else "none",
+        "model_decision": result.model_decision or "none",  # trained (and why) or the saved model reused
+        "splink_scored_new": "all pairs" if result.splink_scored_new is None else result.splink_scored_new,
         "timings_s": result.timings,
     }
     if evaluation:
