@@ -124,3 +124,15 @@ def test_a_build_reads_only_new_rows_and_drops_rows_after_a_moved_back_as_of(day
         # the old row's edit did not reach the table: the build did not re-read it
         assert kept[model] == [(edited[model][1],)], (model, kept[model])
         assert after_back[model] <= dt.datetime.combine(AS_OF - dt.timedelta(days=3), dt.time(23, 59, 59)), model
+
+
+def test_a_changed_dbt_project_rebuilds_the_incremental_tables_whole(tmp_path):
+    from core.dbt_project import built_with_file as _built_with
+    from core.dbt_project import needs_full_refresh as _needs_full_refresh
+    from core.dbt_project import project_digest
+
+    assert _needs_full_refresh(tmp_path, "dbt_core")  # no good build recorded
+    _built_with(tmp_path, "dbt_core").write_text("a digest of other code\n")
+    assert _needs_full_refresh(tmp_path, "dbt_core")
+    _built_with(tmp_path, "dbt_core").write_text(project_digest())
+    assert not _needs_full_refresh(tmp_path, "dbt_core") and _needs_full_refresh(tmp_path, "dbt_after_scoring")
