@@ -81,6 +81,34 @@ def manifest_is_stale(manifest: Path) -> bool:
     return any(p.stat().st_mtime > built for p in sources if p.exists())
 
 
+def project_digest() -> str:
+    """A digest of the dbt project's model, macro and project files: an incremental table built by
+    other code than this must be rebuilt (dagster_project/defs/dbt_marts.py passes --full-refresh)."""
+    project = dbt_project_dir()
+    h = hashlib.sha256()
+    files = [project / "dbt_project.yml"]
+    for folder in ("models", "macros"):
+        files.extend(sorted(p for p in (project / folder).rglob("*") if p.is_file()))
+    for path in files:
+        if path.exists():
+            h.update(str(path.relative_to(project)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def built_with_file(state_dir: Path, op_name: str) -> Path:
+    """Where a selection's last good build records the dbt project digest it was built with."""
+    return Path(state_dir) / f"built_with-{op_name}.txt"
+
+
+def needs_full_refresh(state_dir: Path, op_name: str) -> bool:
+    """Incremental models (event staging) keep rows staged by earlier code: when the dbt project
+    changed since this selection's last good build, or no build is recorded, rebuild them whole.
+    (`segment_membership_history` is `full_refresh: false`: history is never wiped.)"""
+    built = built_with_file(state_dir, op_name)
+    return not built.exists() or built.read_text().strip() != project_digest()
+
+
 def installed_manifest() -> Path:
     """The installed dbt project's manifest in the cache folder, parsed first when it is missing
     or stale (`dbt parse` never opens the placeholder warehouse it is given)."""

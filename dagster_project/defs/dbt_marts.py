@@ -25,7 +25,16 @@ from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetSpec, Output
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
 from core.config import CONFIG_ENV, Config, ConfigError, load_config
-from core.dbt_project import DBT_EXECUTABLE, WAREHOUSE_VAR, cache_target_dir, dbt_project_dir, manifest_is_stale
+from core.dbt_project import (
+    DBT_EXECUTABLE,
+    WAREHOUSE_VAR,
+    built_with_file,
+    cache_target_dir,
+    dbt_project_dir,
+    manifest_is_stale,
+    needs_full_refresh,
+    project_digest,
+)
 from core.settings.scoring import dbt_vars
 from core.warehouse import fetch_all, open_warehouse
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
@@ -190,8 +199,8 @@ class TesseraDbtTranslator(DagsterDbtTranslator):
         return description or f"dbt {kind} {dbt_resource_props['name']}"
 
 
-def _dbt_args(config: Config, as_of: str) -> list[str]:
-    return ["build", "--vars", json.dumps(invocation_vars(config, as_of))]
+def _dbt_args(config: Config, as_of: str, full_refresh: bool = False) -> list[str]:
+    return ["build", "--vars", json.dumps(invocation_vars(config, as_of)), *(["--full-refresh"] if full_refresh else [])]
 
 
 class _DbtProgress(io.TextIOBase):
@@ -237,9 +246,14 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     state_dir = config.dbt_target_dir
     run_target = state_dir / "runs" / f"{context.op_execution_context.op.name}-{context.run.run_id[:8]}-{uuid.uuid4().hex[:7]}"
     _seed_partial_parse(state_dir, run_target)
+    op_name = context.op_execution_context.op.name
+    full_refresh = needs_full_refresh(state_dir, op_name)
+    if full_refresh:
+        log.info("dbt: --full-refresh (the dbt project changed since this selection's last build, or none is recorded)")
     # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
     with tessera.project_held():
-        invocation = dbt.cli(_dbt_args(config, as_of), context=context, raise_on_error=False, target_path=run_target)
+        invocation = dbt.cli(_dbt_args(config, as_of, full_refresh), context=context, raise_on_error=False,
+                             target_path=run_target)
         with contextlib.redirect_stdout(_DbtProgress()):
             events = list(invocation.stream())
     _keep_partial_parse(run_target, state_dir)
@@ -269,6 +283,7 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     error = invocation.get_error()
     if error is not None:
         raise error
+    built_with_file(state_dir, op_name).write_text(project_digest())
 
 
 @dbt_assets(

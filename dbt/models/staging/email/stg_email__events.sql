@@ -1,9 +1,15 @@
 {#- A table, not a view: a large source; de-duplicating it once per run is cheaper than once
-    per reader and per test. -#}
-{{ config(materialized='table') }}
+    per reader and per test. Incremental (macros/incremental_events.sql): a run types only the raw
+    rows of events it has not staged. -#}
+{{ config(
+    materialized=event_staging_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ forget_restaged_rows('email_events', ['_source', 'event_id'], ['source', 'event_id'], '_loaded_at', 'occurred_at') }}"
+) }}
 
 with source as (
-    select * from {{ source('raw', 'email_events') }}
+    {{ raw_rows_to_stage('email_events', ['_source', 'event_id'], '_loaded_at', 'occurred_at') }}
 ),
 
 renamed as (

@@ -1,9 +1,15 @@
 {#- A table, not a view: the largest source, read by several intermediate models; parsing its
-    JSON and de-duplicating it once per run is much cheaper than once per reader. -#}
-{{ config(materialized='table') }}
+    JSON and de-duplicating it once per run is much cheaper than once per reader. Incremental
+    (macros/incremental_events.sql): a run parses only the raw rows of messages it has not staged. -#}
+{{ config(
+    materialized=event_staging_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ forget_restaged_rows('web_events', ['_source', 'messageId'], ['source', 'message_id'], '_loaded_at', adapter.quote('timestamp')) }}"
+) }}
 
 with source as (
-    select * from {{ source('raw', 'web_events') }}
+    {{ raw_rows_to_stage('web_events', ['_source', 'messageId'], '_loaded_at', adapter.quote('timestamp')) }}
 ),
 
 renamed as (
