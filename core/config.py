@@ -198,6 +198,8 @@ class Source(_Strict):
                     raise ValueError(f"{where}: entity {lookup.entity!r} is not an entity of this source; "
                                      f"use one of: {', '.join(e for e in self.entities if e != entity_name)}")
                 other = self.entities[lookup.entity]
+                if lookup.entity not in known:
+                    continue  # (reported as no entity of this kind when its turn comes)
                 if (other.format or known[lookup.entity].format) != "csv" or (files.format or known[entity_name].format) != "csv":
                     raise ValueError(f"{where}: lookups join CSV files; {entity_name} and {lookup.entity} must "
                                      "both land as CSV (set `format: csv`)")
