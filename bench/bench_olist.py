@@ -3,7 +3,8 @@
 The Olist Brazilian e-commerce data set (Kaggle `olistbr/brazilian-ecommerce`, CC BY-NC-SA 4.0)
 is an order system's export: orders, order items, payments, customers, reviews, products. This
 bench copies its files unchanged into a scratch project's landing folder, maps them onto the POS
-contract with `columns:` and `expressions:` only (printed below, `OLIST_SOURCE`), runs `cdp run`
+contract with `columns:`, `expressions:`, `lookups:` and `skip_when:` only (printed below,
+`OLIST_SOURCE`), runs `cdp run`
 the way a user would, and prints what landed, what was quarantined and why, the persons, the
 published tables, the run's wall and CPU seconds, and `cdp evaluate recommendations --json`.
 
@@ -18,11 +19,13 @@ so it says whether the export lands and publishes, not how good recommendations 
 Third-party data stays out of the repository: the files are read from
 ~/.cache/tessera-bench/olist/ (TESSERA_BENCH_CACHE), downloaded once from the pinned commit.
 
-Mapped (config only): orders -> pos.transactions (order_id, order_purchase_timestamp,
-customer_id as the member id; no total in the file: the receipt is worth its lines), order
-items -> pos.line_items (order_item_id is the line number, product_id the sku, price the unit
-price, quantity 1 by expression), customers -> pos.loyalty_members (customer_id; city, zip
-prefix). Not mapped, and why: see NOT_MAPPED.
+Mapped (config only): orders -> pos.transactions (order_id, order_purchase_timestamp, the
+person key customer_unique_id looked up in the customers file by customer_id; no total in the
+file: the receipt is worth its lines; canceled/unavailable orders skipped), order items ->
+pos.line_items (order_item_id is the line number, product_id the sku, price the unit price,
+quantity 1 by expression; lines of canceled/unavailable orders skipped, their status looked up
+in the orders file), customers -> pos.loyalty_members (customer_unique_id; city, zip prefix).
+Not mapped, and why: see NOT_MAPPED.
 """
 
 from __future__ import annotations
@@ -50,20 +53,30 @@ FILES = {  # landed name -> sha256 of data/raw/<name> at COMMIT
 }
 AS_OF = "2018-08-27"  # the excerpt's last purchase day: all of its history is before as_of
 
+# Orders that never became sales (Olist's order_status) are left out, and counted, by skip_when;
+# their item lines too, by looking the order's status up in the orders file.
+NOT_SOLD = "order_status = 'canceled' or order_status = 'unavailable'"
 OLIST_SOURCE = {
     "name": "olist", "kind": "pos", "entities": {
         "transactions": {
             "path": "olist/olist_orders_dataset*.csv",
             "columns": {"order_id": "transaction_id", "order_purchase_timestamp": "occurred_at",
-                        "customer_id": "loyalty_id"}},
+                        "customer_unique_id": "loyalty_id"},
+            # the person key is only in the customers file; each order names its per-order customer_id
+            "lookups": {"customer_unique_id": {"entity": "loyalty_members", "key": "customer_id",
+                                               "column": "customer_unique_id"}},
+            "skip_when": NOT_SOLD},
         "line_items": {
             "path": "olist/olist_order_items_dataset*.csv",
             "columns": {"order_id": "transaction_id", "order_item_id": "line_no", "product_id": "sku",
                         "price": "unit_price"},
-            "expressions": {"quantity": "1"}},
+            "expressions": {"quantity": "1"},
+            "lookups": {"order_status": {"entity": "transactions", "key": "order_id", "column": "order_status"}},
+            "skip_when": NOT_SOLD},
         "loyalty_members": {
             "path": "olist/olist_customers_dataset*.csv",
-            "columns": {"customer_id": "loyalty_id", "customer_city": "city", "customer_zip_code_prefix": "postcode"}},
+            "columns": {"customer_unique_id": "loyalty_id", "customer_city": "city",
+                        "customer_zip_code_prefix": "postcode"}},
     },
 }
 
@@ -80,17 +93,9 @@ OLIST_CATALOG = {
 }
 
 NOT_MAPPED = {
-    "customer_unique_id": "the person key lives only in the customers file, while each order names the per-order "
-                          "customer_id; cdp.yaml maps one file's columns and cannot look a value up in another "
-                          "file, so persons are keyed by customer_id (one per order). In this excerpt the two are "
-                          "1:1; on the full data ~3% of customers order again under a new customer_id and would "
-                          "stay separate persons",
-    "order_status (canceled, unavailable)": "expressions have no comparison to set is_return from it, and a "
-                                            "flagged return is read as money paid back (revenue is net of it), "
-                                            "which an Olist cancellation, never paid, is not; a way to leave such "
-                                            "rows out is missing. 2 canceled orders of 1,000 count as sales",
-    "freight_value, payments": "the receipt total is the sum of item prices; freight is not a product line and "
-                               "payment_value (items + freight, per instalment) needs a join to the order",
+    "freight_value, payments": "the receipt total is the sum of item prices; freight is not a product line, and "
+                               "payment_value (items + freight) has a row per instalment: the order's amount is a "
+                               "sum over rows, which a lookup (one value per key) does not take",
     "products (catalog)": "not in the excerpt; Olist's products also have no name or price, which the catalog "
                           "contract requires (the price is on the order line): the catalog is mapped from the "
                           "order lines, with one category for all",
@@ -150,9 +155,10 @@ def figures(cfg: Path) -> dict:
     config = load_config(cfg)
     out: dict = {}
     with open_warehouse(config.warehouse_path, read_only=True) as con:
-        out["files"] = {f"{t} ({Path(f).name})": {"status": s, "rows_loaded": n, "rows_quarantined": q}
-                        for t, f, s, n, q in con.execute("""
-                            SELECT table_name, file, status, rows_loaded, rows_quarantined FROM raw.loads
+        out["files"] = {f"{t} ({Path(f).name})": {"status": s, "rows_loaded": n, "rows_quarantined": q,
+                                                   "rows_skipped": k}
+                        for t, f, s, n, q, k in con.execute("""
+                            SELECT table_name, file, status, rows_loaded, rows_quarantined, rows_skipped FROM raw.loads
                             ORDER BY table_name""").fetchall()}
         out["quarantined_by_reason"] = {f"{t}.{f or '-'}: {r}": n for t, r, f, n in con.execute("""
             SELECT table_name, reason, field, count(*) FROM raw.quarantine GROUP BY ALL ORDER BY 4 DESC""").fetchall()}

@@ -86,6 +86,10 @@ sources:
         formats:
           date_of_birth: "%d/%m/%Y"
           enrolled_at: "%d/%m/%Y %H:%M"
+        # A column from another entity's file of this source, matched on a key (lookups), and rows
+        # left out, counted in raw.loads.rows_skipped (skip_when); see README "Source contracts":
+        # lookups: {{person_key: {{entity: <another entity of this source>, key: MemberNo, column: PersonKey}}}}
+        # skip_when: "Status = 'closed'"
 
   - name: support
     kind: support

@@ -17,7 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.contracts import SOURCE_KINDS, WEB_TRACK_EVENTS, entities_of
-from core.expressions import ExpressionError
+from core.expressions import ExpressionError, compile_sql, is_condition
+from core.expressions import columns as expression_columns
 from core.expressions import parse as parse_expression
 from core.settings.activation import Syncs
 from core.settings.engine import Engine, SparkSettings
@@ -41,6 +42,21 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lookup(_Strict):
+    """A column taken from another entity's landed file(s) of the same source, matched on a key:
+    Olist's orders carry customer_id, the person key customer_unique_id is in the customers file."""
+
+    entity: str = Field(description="Another entity of this source; its files (its `path` glob) are read.")
+    key: str = Field(description="The column of this file whose value is looked up.")
+    match: str | None = Field(default=None, description="The column of the other file that holds the key "
+                                                         "(defaults to `key`).")
+    column: str = Field(description="The column of the other file whose value is taken.")
+    missing: Literal["quarantine", "null"] = Field(
+        default="quarantine",
+        description="A key the other file lacks: 'quarantine' the row (reason lookup_no_match), or 'null' "
+                    "(the looked-up column is empty).")
 
 
 class EntityFiles(_Strict):
@@ -69,6 +85,16 @@ class EntityFiles(_Strict):
         description="Contract field -> expression over landed columns (core/expressions.py), e.g. "
                     "'cast_integer(CustomerID)' or 'Quantity * UnitPrice'.",
     )
+    lookups: dict[str, Lookup] = Field(
+        default_factory=dict,
+        description="Name -> a column looked up in another entity's file (see Lookup); the name is then read "
+                    "like a landed column by `columns`, `expressions` and `skip_when`.",
+    )
+    skip_when: str | None = Field(
+        default=None,
+        description="A condition over landed columns (expression language, e.g. \"order_status = 'canceled'\"): "
+                    "rows where it holds are left out and counted in the load's rows_skipped.",
+    )
     rows: Literal["records", "lines"] = Field(
         default="records",
         description="'lines': the file has one row per receipt line (an invoice-lines export); rows with "
@@ -85,10 +111,29 @@ class EntityFiles(_Strict):
     def _expressions_parse(cls, v: dict[str, str]) -> dict[str, str]:
         for target, text in v.items():
             try:
-                parse_expression(text)
+                compile_sql(parse_expression(text), lambda c: "NULL")  # (types checked too)
             except ExpressionError as e:
                 raise ValueError(f"expressions.{target}: {e}") from None
         return v
+
+    @field_validator("skip_when")
+    @classmethod
+    def _skip_when_is_condition(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            node = parse_expression(v)
+            if not is_condition(node):
+                raise ExpressionError("it is no condition; compare a column with a value, e.g. "
+                                      "order_status = 'canceled' or order_status = 'unavailable'")
+        except ExpressionError as e:
+            raise ValueError(f"skip_when: {e}") from None
+        return v
+
+    def read_columns(self) -> set[str]:
+        """The landed (or looked-up) columns that expressions and skip_when read."""
+        texts = list(self.expressions.values()) + ([self.skip_when] if self.skip_when else [])
+        return {c for text in texts for c in expression_columns(parse_expression(text))}
 
 
 SourceName = snake_name("pos_north")
@@ -145,6 +190,24 @@ class Source(_Strict):
                         f"entities.{entity_name}.expressions: {target!r} is also the target of a column in "
                         "`columns`; map it one way only"
                     )
+            for name, lookup in files.lookups.items():
+                where = f"entities.{entity_name}.lookups.{name}"
+                if lookup.entity == entity_name:
+                    raise ValueError(f"{where}: entity is this entity itself; name another entity of this source")
+                if lookup.entity not in self.entities:
+                    raise ValueError(f"{where}: entity {lookup.entity!r} is not an entity of this source; "
+                                     f"use one of: {', '.join(e for e in self.entities if e != entity_name)}")
+                other = self.entities[lookup.entity]
+                if lookup.entity not in known:
+                    continue  # (reported as no entity of this kind when its turn comes)
+                if (other.format or known[lookup.entity].format) != "csv" or (files.format or known[entity_name].format) != "csv":
+                    raise ValueError(f"{where}: lookups join CSV files; {entity_name} and {lookup.entity} must "
+                                     "both land as CSV (set `format: csv`)")
+                for column in (lookup.key, lookup.match or lookup.key, lookup.column):
+                    if not column.strip():
+                        raise ValueError(f"{where}: key, match and column must name columns")
+            if files.skip_when and files.rows == "lines":
+                raise ValueError(f"entities.{entity_name}.skip_when: not supported with rows: 'lines' yet")
             if files.number_lines and (self.kind, entity_name) != ("pos", "line_items"):
                 raise ValueError(f"entities.{entity_name}.number_lines: only pos line_items have line numbers")
             if files.rows == "lines" and len(known[entity_name].key) != 1:

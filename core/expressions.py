@@ -12,6 +12,10 @@ over the landed columns:
 
 Grammar (nothing else parses, so no SQL reaches DuckDB that this module did not write)::
 
+    cond   := conj ('or' conj)*
+    conj   := neg ('and' neg)*
+    neg    := 'not' neg | cmp
+    cmp    := expr (('=' | '!=' | '<' | '<=' | '>' | '>=') expr)?
     expr   := term (('+' | '-') term)*
     term   := factor (('*' | '/') factor)*
     factor := '-' factor | number | 'string' | column | "quoted column" | name '(' args ')' | '(' expr ')'
@@ -19,7 +23,12 @@ Grammar (nothing else parses, so no SQL reaches DuckDB that this module did not 
 A column is a landed column's name (letters, digits, ``_``), or any name in double quotes
 (``"Unit Price"``). String literals are single-quoted (``''`` for a quote) and are written back
 escaped; numbers must look like numbers. Functions: cast_integer, cast_decimal, trim, lower,
-upper, coalesce, concat, parse_date(text, 'format'). A value that cannot be computed (text in
+upper, coalesce, concat, parse_date(text, 'format'). Comparisons (``order_status = 'canceled'``,
+``Quantity < 0``) and ``and``/``or``/``not`` make a condition: true or false as a field's value
+(an ``is_return``), or a source entity's ``skip_when`` (rows left out of the load, counted). A
+comparison of text with text compares the text; with a number on either side both are numbers.
+``and``, ``or`` and ``not`` are words of the language: a column so named is written in double
+quotes. A value that cannot be computed (text in
 arithmetic, ``12.5`` to cast_integer, a date not in its format) is NULL, which the loader
 reports as ``invalid_expression`` when the inputs were there.
 """
@@ -55,15 +64,17 @@ _TOKEN = re.compile(
     r"|(?P<string>'(?:[^']|'')*')"
     r"|(?P<quoted>\"(?:[^\"]|\"\")+\")"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<op>[-+*/(),]))"
+    r"|(?P<op><=|>=|!=|<>|[-+*/(),=<>]))"
 )
 
-TEXT, NUMBER, TIMESTAMP = "text", "number", "timestamp"
+TEXT, NUMBER, TIMESTAMP, BOOLEAN = "text", "number", "timestamp", "boolean"
+COMPARISONS = ("=", "!=", "<>", "<", "<=", ">", ">=")
+_WORDS = ("and", "or", "not")  # reserved: a column so named is written in double quotes
 
 
 @dataclass(frozen=True)
 class Node:
-    kind: str  # number | string | column | neg | binop | call
+    kind: str  # number | string | column | neg | binop | call | compare | and | or | not
     value: str = ""
     args: tuple["Node", ...] = ()
 
@@ -103,6 +114,33 @@ def parse(text: str) -> Node:
         i += 1
         return tok
 
+    def word(w: str) -> bool:
+        return peek() is not None and peek()[0] == "name" and peek()[1].lower() == w  # type: ignore[index]
+
+    def cond() -> Node:
+        node = conj()
+        while word("or"):
+            take()
+            node = Node("or", args=(node, conj()))
+        return node
+
+    def conj() -> Node:
+        node = negation()
+        while word("and"):
+            take()
+            node = Node("and", args=(node, negation()))
+        return node
+
+    def negation() -> Node:
+        if word("not"):
+            take()
+            return Node("not", args=(negation(),))
+        node = expr()
+        if peek() is not None and peek()[0] == "op" and peek()[1] in COMPARISONS:  # type: ignore[index]
+            op = take()[1]
+            node = Node("compare", "!=" if op == "<>" else op, (node, expr()))
+        return node
+
     def expr() -> Node:
         node = term()
         while peek() in (("op", "+"), ("op", "-")):
@@ -120,7 +158,7 @@ def parse(text: str) -> Node:
         if (kind, value) == ("op", "-"):
             return Node("neg", args=(factor(),))
         if (kind, value) == ("op", "("):
-            node = expr()
+            node = cond()
             take(")")
             return node
         if kind == "number":
@@ -130,6 +168,9 @@ def parse(text: str) -> Node:
         if kind == "quoted":
             return Node("column", value[1:-1].replace('""', '"'))
         if kind == "name":
+            if value.lower() in _WORDS:
+                raise ExpressionError(f"unexpected '{value}' at token {i}; a column of that name is written in "
+                                      f'double quotes ("{value}")')
             if peek() == ("op", "("):
                 return call(value)
             return Node("column", value)
@@ -141,10 +182,10 @@ def parse(text: str) -> Node:
         take("(")
         args: list[Node] = []
         if peek() != ("op", ")"):
-            args.append(expr())
+            args.append(cond())
             while peek() == ("op", ","):
                 take(",")
-                args.append(expr())
+                args.append(cond())
         take(")")
         lo, hi = FUNCTIONS[name.lower()]
         if len(args) < lo or (hi is not None and len(args) > hi):
@@ -154,7 +195,7 @@ def parse(text: str) -> Node:
             raise ExpressionError("parse_date's second argument must be a quoted format, e.g. '%d/%m/%Y %H:%M'")
         return Node("call", name.lower(), tuple(args))
 
-    node = expr()
+    node = cond()
     if peek() is not None:
         raise ExpressionError(f"unexpected '{peek()[1]}' at token {i + 1}")  # type: ignore[index]
     return node
@@ -186,9 +227,25 @@ def compile_sql(node: Node, column_sql: Callable[[str], str]) -> str:
     return sql if typ == TEXT else f"CAST({sql} AS VARCHAR)"
 
 
+def is_condition(node: Node) -> bool:
+    """True when the expression is a condition (a comparison, or and/or/not of them)."""
+    return _compile(node, lambda c: "NULL")[1] == BOOLEAN
+
+
+def compile_condition(node: Node, column_sql: Callable[[str], str]) -> str:
+    """DuckDB SQL for a condition, true only where it holds: a comparison with no value on
+    one side (an empty cell, text that is no number) is not true."""
+    sql, typ = _compile(node, column_sql)
+    if typ != BOOLEAN:
+        raise ExpressionError("the expression is no condition; compare a value, e.g. order_status = 'canceled'")
+    return f"coalesce({sql}, false)"
+
+
 def _as(sql: str, typ: str, want: str) -> str:
     if typ == want:
         return sql
+    if typ == BOOLEAN:
+        raise ExpressionError("a condition is no value for arithmetic or a function; compare values instead")
     if want == NUMBER:
         return f"try_cast({sql} AS DOUBLE)"
     return f"CAST({sql} AS VARCHAR)"
@@ -202,6 +259,24 @@ def _compile(node: Node, column_sql: Callable[[str], str]) -> tuple[str, str]:
         return _lit(node.value), TEXT
     if node.kind == "column":
         return column_sql(node.value), TEXT
+    if node.kind == "compare":
+        (a, ta), (b, tb) = (_compile(x, column_sql) for x in node.args)
+        if BOOLEAN in (ta, tb):
+            raise ExpressionError("a condition cannot be compared; join conditions with 'and' / 'or'")
+        want = ta if ta == tb else NUMBER if NUMBER in (ta, tb) else TEXT
+        if want == TEXT:  # an empty cell is no value: it equals nothing
+            a, b = f"nullif({_as(a, ta, TEXT)}, '')", f"nullif({_as(b, tb, TEXT)}, '')"
+        else:
+            a, b = _as(a, ta, want), _as(b, tb, want)
+        return f"({a} {node.value} {b})", BOOLEAN
+    if node.kind in ("and", "or", "not"):
+        parts = [_compile(x, column_sql) for x in node.args]
+        if any(t != BOOLEAN for _, t in parts):
+            raise ExpressionError(f"'{node.kind}' joins conditions (comparisons), e.g. "
+                                  "order_status = 'canceled' or order_status = 'unavailable'")
+        if node.kind == "not":
+            return f"(NOT {parts[0][0]})", BOOLEAN
+        return f"({parts[0][0]} {node.kind.upper()} {parts[1][0]})", BOOLEAN
     if node.kind == "neg":
         sql, typ = _compile(node.args[0], column_sql)
         return f"(-{_as(sql, typ, NUMBER)})", NUMBER

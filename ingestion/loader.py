@@ -67,6 +67,7 @@ from core.contracts import (
     entity as contract_entity,
 )
 from core.expressions import columns as expression_columns
+from core.expressions import compile_condition
 from core.expressions import compile_sql as compile_expression
 from core.expressions import parse as parse_expression
 from core.identifiers import erased_count, load_erased, row_erased_sql, text_erased_sql
@@ -106,9 +107,10 @@ class FileResult:
     rows_loaded: int = 0
     rows_quarantined: int = 0
     rows_erased: int = 0  # rows of erased persons, dropped (see privacy/)
-    # The count that must add up: lines = rows_loaded + rows_quarantined + rows_erased + lines_skipped
+    # The count that must add up: lines = rows_loaded + rows_quarantined + rows_erased + rows_skipped + lines_skipped
     lines: int = 0  # lines in the file ("\n"-terminated, plus a last one without)
     lines_skipped: int = 0  # lines that are no row: a CSV's header, blank lines, continuation lines of quoted fields
+    rows_skipped: int = 0  # rows left out by the entity's skip_when (wanted out, not bad)
     days_covered: float | None = None  # days the rows' timestamps span (at least 1; the load profile)
     message: str = ""
     load_id: str | None = None
@@ -166,6 +168,7 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection, entities: Iterable[Entity]
     con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS lines_skipped BIGINT")
     # the load profile (see _profile): what the gate compares a load of a source with its earlier loads
     con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS days_covered DOUBLE")
+    con.execute("ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS rows_skipped BIGINT DEFAULT 0")
     con.execute(
         """
         CREATE TABLE IF NOT EXISTS raw.load_profiles (
@@ -467,7 +470,7 @@ def _jsonl_checked_sql(ent: Entity, files: EntityFiles, path: Path | None) -> tu
     landed = {f.name: landed_key.get(f.name, f.name) for f in ent.fields}
     struct = {landed[f.name]: ("JSON" if f.type == JSON else "VARCHAR") for f in ent.fields}
     # the keys expressions read, each as its own text column _x<i>
-    keys = list(dict.fromkeys(c for text in files.expressions.values() for c in expression_columns(parse_expression(text))))
+    keys = sorted(files.read_columns())
     extra = {k: f"_x{i}" for i, k in enumerate(keys)}
     for k in keys:
         struct.setdefault(k, "VARCHAR")
@@ -505,13 +508,22 @@ def _jsonl_checked_sql(ent: Entity, files: EntityFiles, path: Path | None) -> tu
         # (all at once: each expression reads the values as landed)
         parsed = f"SELECT * REPLACE ({', '.join(f'{e} AS _l_{n}' for n, e in rewrites.items())}) FROM ({parsed})"
     computed_cols = "".join(f", {sql} AS _v_{name}" for name, sql in values.items())
+    computed_cols += f", {_skip_sql(files, lambda k: extra[k])} AS _skip"
     sql = f"""
         WITH parsed AS (SELECT r.*{computed_cols} FROM ({parsed}) r),
         typed AS (SELECT *, {typed_cols} FROM parsed)
         SELECT _row, _raw_record, {', '.join(f'_t_{f.name}' for f in ent.fields)}, {case_index} AS _case,
-               {_nulled_sql(ent, raw_name, typed_name)} FROM typed
+               {_nulled_sql(ent, raw_name, typed_name)}, _skip FROM typed
     """
     return sql, decode
+
+
+def _skip_sql(files: EntityFiles, column_sql: Callable[[str], str]) -> str:
+    """SQL true for a row the entity's ``skip_when`` leaves out (false without one). A reader's
+    bad line has no columns: the condition does not hold and the line is quarantined."""
+    if not files.skip_when:
+        return "false"
+    return compile_condition(parse_expression(files.skip_when), column_sql)
 
 
 def _spec_rewrites(ent: Entity, files: EntityFiles) -> dict[str, str]:
@@ -542,10 +554,21 @@ def _derived(ent: Entity, files: EntityFiles, column_sql: Callable[[str], str], 
     return values, present
 
 
-def _csv_checked_sql(ent: Entity, files: EntityFiles, header: list[str], source_sql: str) -> tuple[str, str]:
+def _csv_checked_sql(ent: Entity, files: EntityFiles, header: list[str], source_sql: str,
+                     lookups: list["_Lookup"] | None = None) -> tuple[str, str]:
     """SQL for CSV records (columns _row, _raw_record, _pre, c0..cN in header order) as rows
-    (_row, _raw_record, _t_<field>..., _case, _newlines), and the SQL that decodes _case.
-    ``_newlines``: the line breaks inside the row's quoted fields (lines it takes beyond one)."""
+    (_row, _raw_record, _t_<field>..., _case, _newlines, _skip), and the SQL that decodes _case.
+    ``_newlines``: the line breaks inside the row's quoted fields (lines it takes beyond one).
+    ``lookups``: columns joined from other entities' files, read as columns after the header's."""
+    lookups = lookups or []
+    landed_width = len(header)
+    if lookups:
+        joined = "".join(
+            f", l{i}.v AS c{landed_width + i}, (l{i}.k IS NULL AND nullif(r.c{lk.key_position}, '') IS NOT NULL) "
+            f"AS _lk_miss_{i}, coalesce(l{i}.n, 0) > 1 AS _lk_amb_{i}" for i, lk in enumerate(lookups))
+        joins = " ".join(f"LEFT JOIN {lk.table} l{i} ON l{i}.k = r.c{lk.key_position}" for i, lk in enumerate(lookups))
+        source_sql = f"SELECT r.*{joined} FROM ({source_sql}) r {joins}"
+        header = header + [lk.name for lk in lookups]
     to_contract = {landed: files.columns.get(landed, landed) for landed in header}
     column_of = {target: f"r.c{i}" for i, target in enumerate(to_contract[h] for h in header)}
     position = {h: i for i, h in enumerate(header)}
@@ -565,22 +588,26 @@ def _csv_checked_sql(ent: Entity, files: EntityFiles, header: list[str], source_
         return column_of.get(n, "CAST(NULL AS VARCHAR)")
 
     typed_name = lambda n: f"_t_{n}"  # noqa: E731
-    cases = _reader_cases() + _validation_cases(ent, raw_name, typed_name, computed)
+    lookup_cases = [(f"r._lk_amb_{i}", "lookup_ambiguous", lk.name) for i, lk in enumerate(lookups)]
+    lookup_cases += [(f"r._lk_miss_{i}", "lookup_no_match", lk.name)
+                     for i, lk in enumerate(lookups) if lk.missing == "quarantine"]
+    cases = _reader_cases() + lookup_cases + _validation_cases(ent, raw_name, typed_name, computed)
     typed_cols = ", ".join(
         f"{_cast_expr(f.type, raw_name(f.name), files.formats.get(f.name))} AS _t_{f.name}" for f in ent.fields
     )
     newlines = " + ".join(f"coalesce(length(r.c{i}) - length(replace(r.c{i}, chr(10), '')), 0)"
-                          for i in range(len(header)))
+                          for i in range(landed_width))
     case_index, decode = _reason_sql(cases)
     # computed fields first, in a step of their own: the checks and casts read them like columns
     computed_cols = "".join(f", {sql} AS _v_{name}" for name, sql in values.items())
+    computed_cols += f", {_skip_sql(files, landed_column)} AS _skip"
     sql = f"""
         WITH base AS (SELECT r.*{computed_cols} FROM ({source_sql}) r),
         typed AS (SELECT r.*, {typed_cols} FROM base r),
         checked AS (SELECT r.*, {case_index} AS _case FROM typed r)
         SELECT _row, CASE WHEN _case IS NOT NULL THEN _raw_record END AS _raw_record,
                {', '.join(f'_t_{f.name}' for f in ent.fields)}, _case, {newlines} AS _newlines,
-               {_nulled_sql(ent, raw_name, typed_name)}
+               {_nulled_sql(ent, raw_name, typed_name)}, _skip
         FROM checked r
     """
     return sql, decode
@@ -603,7 +630,7 @@ def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineag
     return con.execute(
         f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
         # (a row with a nulled field is left out: the line-by-line path records the field issue)
-        f"SELECT {typed}, {lineage} FROM ({sql}) WHERE _case IS NULL AND _nulled IS NULL"
+        f"SELECT {typed}, {lineage} FROM ({sql}) WHERE _case IS NULL AND _nulled IS NULL AND NOT _skip"
     ).fetchall()[0][0]
 
 
@@ -642,7 +669,7 @@ def _csv_header(path: Path, files: EntityFiles) -> list[str]:
 def _check_header(header: list[str], ent: Entity, files: EntityFiles) -> list[str]:
     """Rejects a header without the contract's required columns; returns notes for the load's
     message (columns outside the contract, which are ignored)."""
-    present = {files.columns.get(h, h) for h in header} | set(files.expressions)
+    present = {files.columns.get(h, h) for h in [*header, *files.lookups]} | set(files.expressions)
     if files.number_lines:
         present.add("line_no")
     missing = [f.name for f in ent.fields if f.required and f.name not in present]
@@ -655,9 +682,57 @@ def _check_header(header: list[str], ent: Entity, files: EntityFiles) -> list[st
                 f"the first line does not look like a header: column {looks_like[0]} is {looks_like[1]}; {message}"
             )
         raise FileRejected(f"{message} (the header has {len(header)} column(s))")
-    read = {c for text in files.expressions.values() for c in expression_columns(parse_expression(text))}
+    read = files.read_columns() | {lk.key for lk in files.lookups.values()}
     extra = [h for h in header if files.columns.get(h, h) not in set(ent.field_names) and h not in read]
     return [f"ignored column(s) not in the contract: {', '.join(extra)}"] if extra else []
+
+
+# --------------------------------------------------------------------------- lookups
+@dataclass
+class _Lookup:
+    """A lookup made ready for one file: temp table ``table`` (k, v, n: the key, its value, how
+    many distinct values the key has) and the position of the key in the file's header."""
+
+    name: str
+    table: str
+    key_position: int
+    missing: str
+
+
+def _prepare_lookups(con, source: Source, files: EntityFiles, landing: Path, header: list[str]) -> list[_Lookup]:
+    """Read each lookup's other file(s) as landed - every file its entity's glob matches, not
+    the raw table - so the two files may land and load in any order, in the same run or not.
+    The value is taken when this file loads: a later change to the other file does not remap
+    rows already loaded. Lines of the other file its reader cannot take are not in the lookup
+    (their own load quarantines them)."""
+    out: list[_Lookup] = []
+    for i, (name, lk) in enumerate(files.lookups.items()):
+        where = f"lookup '{name}'"
+        if name in header:
+            raise FileRejected(f"{where}: the header already has a column '{name}'; name the lookup otherwise")
+        if lk.key not in header:
+            raise FileRejected(f"{where} reads column '{lk.key}', which the header lacks "
+                               f"(the header has {len(header)} column(s))")
+        other = source.entities[lk.entity]
+        paths = sorted(str(p) for p in landing.glob(other.path) if p.is_file())
+        if not paths:
+            raise FileRejected(f"{where}: no file of {lk.entity} (path '{other.path}') has landed to look up in")
+        match = lk.match or lk.key
+        reader = (f"read_csv([{', '.join(_lit(p) for p in paths)}], header=true, all_varchar=true, "
+                  f"delim={_lit(other.delimiter)}, quote='\"', escape='\"', union_by_name=true, ignore_errors=true)")
+        try:
+            have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
+            lacking = [c for c in (match, lk.column) if c not in have]
+            if lacking:
+                raise FileRejected(f"{where}: the {lk.entity} file(s) lack column(s) {', '.join(lacking)}")
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _lookup_{i} AS SELECT {_q(match)} AS k, min({_q(lk.column)}) AS v, "
+                f"count(DISTINCT {_q(lk.column)}) AS n FROM {reader} "
+                f"WHERE nullif({_q(match)}, '') IS NOT NULL GROUP BY 1")
+        except duckdb.Error as e:
+            raise FileRejected(f"{where}: cannot read the {lk.entity} file(s) as CSV: {_without_values(e)}") from None
+        out.append(_Lookup(name, f"_lookup_{i}", header.index(lk.key), lk.missing))
+    return out
 
 
 # --------------------------------------------------------------------------- staging
@@ -671,6 +746,7 @@ class _Staged:
     bad: int = 0
     erased: int = 0
     skipped: int = 0  # lines that are no row (see _Skipped)
+    rows_skipped: int = 0  # rows the entity's skip_when left out
     notes: list[str] = field(default_factory=list)
     rejection: str | None = None
 
@@ -681,7 +757,8 @@ def _without_values(e: Exception) -> str:
 
 
 def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, hashing: Future, load_id: str,
-           lineage: str, source_name: str, erased_filter: bool) -> _Staged:
+           lineage: str, source_name: str, erased_filter: bool, lookups: Callable[[list[str]], list["_Lookup"]]
+           ) -> _Staged:
     """Parse and check a file: the fast path where it serves, else line by line."""
     fmt = files.format or ent.format
     staged = _Staged()
@@ -693,13 +770,18 @@ def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, hashing:
                 return staged
             _stage_jsonl_by_line(con, path, ent, files, staged)
         else:
-            _stage_csv(con, path, ent, files, hashing, staged)
+            _stage_csv(con, path, ent, files, hashing, staged, lookups)
     except FileRejected as e:
         staged.rejection = str(e)
         return staged
     except duckdb.Error as e:
         staged.rejection = f"cannot read as {fmt}: {_without_values(e)}"
         return staged
+    if files.skip_when:
+        staged.rows_skipped = con.execute("SELECT count(*) FROM _landed WHERE _skip").fetchall()[0][0]
+        con.execute("DELETE FROM _landed WHERE _skip")
+        if staged.rows_skipped:
+            staged.notes.append(f"{staged.rows_skipped:,} row(s) skipped by skip_when")
     if files.rows == "lines":
         _fold_lines(con, ent, staged)
     _mark_erased(con, ent, source_name, erased_filter)
@@ -749,17 +831,19 @@ def _stage_jsonl_by_line(con, path: Path, ent: Entity, files: EntityFiles, stage
     staged.skipped = skipped.lines
 
 
-def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future, staged: _Staged) -> None:
+def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future, staged: _Staged,
+               lookups: Callable[[list[str]], list["_Lookup"]]) -> None:
     """A CSV into temp table _landed: DuckDB's reader when the file is clean (every row good,
     every line accounted for), else line by line, so that each bad line is kept verbatim."""
     header = _csv_header(path, files)
     staged.notes = _check_header(header, ent, files)
+    joined = lookups(header)
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
     fast = f"""
         SELECT row_number() OVER () AS _row, NULL::VARCHAR AS _raw_record, NULL::VARCHAR AS _pre, *
         FROM read_csv({_lit(str(path))}, header=true, delim={_lit(files.delimiter)}, quote='"', escape='"',
                       auto_detect=false, columns={columns}, strict_mode=true)"""
-    sql, decode = _csv_checked_sql(ent, files, header, fast)
+    sql, decode = _csv_checked_sql(ent, files, header, fast, joined)
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _landed AS {sql}")
         rows, bad, newlines = con.execute("SELECT count(*), count(_case), sum(_newlines) FROM _landed").fetchall()[0]
@@ -775,7 +859,8 @@ def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future
         _read_into(con, "_records", _arrow_batches(_csv_records(path, files.delimiter, len(header), skipped), names))
         # (an empty field is NULL, as DuckDB's reader has it)
         nulled = ", ".join(f"nullif(c{i}, '') AS c{i}" for i in range(len(header)))
-        sql, decode = _csv_checked_sql(ent, files, header, f"SELECT _row, _raw_record, _pre, {nulled} FROM _records")
+        sql, decode = _csv_checked_sql(ent, files, header, f"SELECT _row, _raw_record, _pre, {nulled} FROM _records",
+                                       joined)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _landed AS {sql}")
         con.execute("DROP TABLE _records")
         staged.skipped = skipped.lines
@@ -845,13 +930,15 @@ def _validate(con, staged: _Staged, lines: int, file: str, max_bad_row_rate: flo
     fault, never let pass), it has no rows, or too many bad ones."""
     if staged.rejection is not None:
         return
-    if staged.rows + staged.erased + staged.skipped != lines:
+    if staged.rows + staged.erased + staged.rows_skipped + staged.skipped != lines:
         staged.rejection = (
             f"the counts do not add up for {file}: {lines} line(s) in the file, but {staged.rows} row(s) read + "
-            f"{staged.erased} of erased persons + {staged.skipped} header, blank or continuation line(s); "
+            f"{staged.erased} of erased persons + {staged.rows_skipped} skipped by skip_when + "
+            f"{staged.skipped} header, blank or continuation line(s); "
             "nothing of it is loaded. This is a fault of the loader: please report it."
         )
-    elif not (staged.rows == 0 and staged.erased):  # (only rows of erased persons: loaded, with nothing in it)
+    elif not (staged.rows == 0 and (staged.erased or staged.rows_skipped)):  # (only rows of erased persons or
+        # skipped ones: loaded, with nothing in it)
         staged.rejection = _batch_rejection(con, staged.rows, staged.bad, max_bad_row_rate)
 
 
@@ -940,7 +1027,7 @@ def _commit(con, res: FileResult, staged: _Staged, ent: Entity, lineage: str, st
     """Apply a claimed file: its rows, its bad rows to the quarantine and its manifest row, in
     one transaction."""
     res.rows_loaded, res.rows_quarantined, res.rows_erased = staged.rows - staged.bad, staged.bad, staged.erased
-    res.lines_skipped = staged.skipped
+    res.lines_skipped, res.rows_skipped = staged.skipped, staged.rows_skipped
     res.message = "; ".join(([f"{staged.bad} row(s) quarantined"] if staged.bad else [])
                             + ([f"{staged.erased} row(s) of erased persons dropped"] if staged.erased else [])
                             + staged.notes)
@@ -981,11 +1068,11 @@ def _record(con, res: FileResult, stat, started: datetime) -> None:
     con.execute(
         "INSERT INTO raw.loads (load_id, source, table_name, file, checksum, size_bytes, mtime_ns, status, "
         "rows_loaded, rows_quarantined, message, started_at, finished_at, rows_erased, lines, lines_skipped, "
-        "days_covered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?)",
+        "days_covered, rows_skipped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?)",
         [
             res.load_id, res.source, res.table, res.file, res.checksum, stat.st_size, stat.st_mtime_ns,
             res.status, res.rows_loaded, res.rows_quarantined, res.message, started, res.rows_erased,
-            res.lines, res.lines_skipped, res.days_covered,
+            res.lines, res.lines_skipped, res.days_covered, res.rows_skipped,
         ],
     )
 
@@ -1078,8 +1165,9 @@ def load_file(
         # only to decide, before anything is committed, whether this content is new.
         with ThreadPoolExecutor(max_workers=1) as pool:
             hashing = pool.submit(checksum_and_lines, path)
+            landing = path.parents[len(Path(rel_name).parts) - 1]
             staged = _stage(con, path, ent, files, stat.st_size, hashing, res.load_id, lineage,
-                            source.name, erased_filter)
+                            source.name, erased_filter, lambda header: _prepare_lookups(con, source, files, landing, header))
             res.checksum, res.lines = hashing.result()
         _validate(con, staged, res.lines, rel_name, max_bad_row_rate)
         res.status, res.message = _claim(prior, res.checksum, applied, staged.rejection, claim_lock)
@@ -1097,6 +1185,8 @@ def load_file(
         if staged is not None and staged.in_transaction:
             con.execute("ROLLBACK")
         con.execute("DROP TABLE IF EXISTS _landed")
+        for i in range(len(files.lookups)):
+            con.execute(f"DROP TABLE IF EXISTS _lookup_{i}")
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -1105,6 +1195,7 @@ def _describe(res: FileResult) -> str:
     if res.status == LOADED:
         extra = f", {res.rows_quarantined:,} quarantined" if res.rows_quarantined else ""
         extra += f", {res.rows_erased:,} of erased persons dropped" if res.rows_erased else ""
+        extra += f", {res.rows_skipped:,} skipped by skip_when" if res.rows_skipped else ""
         notes = "".join(f" — {m}" for m in res.message.split("; ") if m.startswith("ignored"))
         return f"[{res.source}] {res.file}: loaded {res.rows_loaded:,} rows{extra} ({res.seconds:.1f}s){notes}"
     return f"[{res.source}] {res.file}: {res.status.upper()} — {res.message}"

@@ -282,6 +282,9 @@ def _stage(spark: "SparkSession", path: Path, ent: Entity, files: EntityFiles, s
             raise FileRejected("the file is empty")
         if files.rows == "lines":
             raise FileRejected("rows: lines is not supported with engine: spark yet; load this source on DuckDB")
+        if files.lookups or files.skip_when:
+            raise FileRejected("lookups and skip_when are not supported with engine: spark yet; "
+                               "load this source on DuckDB")
         header = None
         if fmt == "csv":
             header = _csv_header(path, files)
