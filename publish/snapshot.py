@@ -18,8 +18,15 @@ from pathlib import Path
 
 import duckdb
 
-from core.published import published_tables
+from core.published import (
+    CART_FEATURE_COLUMNS,
+    SERVE_CART_FEATURES,
+    SERVE_CART_MODEL,
+    SERVE_CART_RETURN_GAPS,
+    published_tables,
+)
 from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, PublishError, read_manifest
+from core.warehouse import table_exists
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,22 @@ def rollback(published_dir: Path, to_run: str | None = None) -> str:
     return to_run
 
 
+def serve_tables(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """``{published_name: source}`` of the serve_* tables, for those whose warehouse tables exist
+    (a project that has not scored carts yet publishes none, and the server uses the published scores)."""
+    tables = {}
+    if table_exists(con, "scoring", "saved_models"):
+        tables[SERVE_CART_MODEL] = ("(SELECT model, model_version, fitted_as_of, payload FROM scoring.saved_models "
+                                    "WHERE model = 'cart_intent')")
+    if table_exists(con, "intermediate", "int_cart_features"):
+        tables[SERVE_CART_FEATURES] = (f"(SELECT {', '.join(CART_FEATURE_COLUMNS)} FROM intermediate.int_cart_features "
+                                       "WHERE snapshot = 'score')")
+    if table_exists(con, "intermediate", "int_carts"):
+        tables[SERVE_CART_RETURN_GAPS] = ("(SELECT return_gap_hours FROM intermediate.int_carts "
+                                          "WHERE return_gap_hours IS NOT NULL)")
+    return tables
+
+
 def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict, manifest=None) -> Snapshot:
     """Publish the audited build: the tables the gate checked, named as the gate recorded
     them, as snapshot ``gate['gate_id']``. Refuses a build whose gate did not pass.
@@ -189,6 +212,6 @@ def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict, manifest=N
     if unknown:
         raise PublishError(f"the gate of {gate.get('gate_id')} checked tables the dbt project no longer declares "
                            f"published: {', '.join(unknown)}; run the gate again")
-    tables = {name: relations[name] for name in gate["tables"]}
+    tables = {name: relations[name] for name in gate["tables"]} | serve_tables(con)
     return publish(con, tables, config.published_dir, run_id=gate["gate_id"], gate=gate,
                    keep=config.expectations.keep_snapshots)
