@@ -95,7 +95,8 @@ def _snapshot(published: Path, n: int, cart_model: bool = True) -> dict:
         'treatment' AS arm, as_of FROM customers""")
     model = _cart_model(con, n // 10) if cart_model else {}
     names = ["customers", "identity_graph", "consent", "cart_intent", "next_best_offer"]
-    publish(con, {t: f"main.{t}" for t in names} | serve_tables(con), published, "bench0001", gate={"passed": True})
+    publish(con, {t: f"main.{t}" for t in names}, published, "bench0001", gate={"passed": True},
+            serve=serve_tables(con))
     con.close()
     return model
 

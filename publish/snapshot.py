@@ -131,18 +131,23 @@ def publish(
     run_id: str,
     gate: dict,
     keep: int = 5,
+    serve: dict[str, str] | None = None,
 ) -> Snapshot:
-    """Write a new snapshot and make it current atomically; keep the last ``keep``."""
+    """Write a new snapshot and make it current atomically; keep the last ``keep``. ``serve``:
+    the publish step's own tables for `cdp serve` (:func:`serve_tables`), written into the same
+    file and listed apart in the manifest (``serve_tables``): ``tables`` stays the published
+    tables the gate checked."""
     as_of = one_as_of(con, tables)  # before anything is written: a mixed build publishes nothing
     published_dir.mkdir(parents=True, exist_ok=True)
-    path, counts = write_snapshot(con, tables, published_dir, run_id)
+    path, written = write_snapshot(con, tables | (serve or {}), published_dir, run_id)
+    counts = {name: n for name, n in written.items() if name in tables}
     snap = Snapshot(run_id, path, datetime.now(timezone.utc).isoformat(timespec="seconds"), counts, gate, as_of)
     manifest = read_manifest(published_dir)
     previous = manifest["current"]
-    manifest["history"] = [
-        {"run_id": snap.run_id, "published_at": snap.published_at, "as_of": as_of, "tables": counts, "gate": gate},
-        *manifest["history"],
-    ]
+    entry = {"run_id": snap.run_id, "published_at": snap.published_at, "as_of": as_of, "tables": counts, "gate": gate}
+    if serve:
+        entry["serve_tables"] = {name: n for name, n in written.items() if name not in tables}
+    manifest["history"] = [entry, *manifest["history"]]
     manifest["history"], dropped = manifest["history"][:keep], manifest["history"][keep:]
     # The manifest first (still naming the old current), then the switch: a crash between the
     # two leaves the new snapshot listed but not current, which read_manifest reports truly
@@ -212,6 +217,6 @@ def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict, manifest=N
     if unknown:
         raise PublishError(f"the gate of {gate.get('gate_id')} checked tables the dbt project no longer declares "
                            f"published: {', '.join(unknown)}; run the gate again")
-    tables = {name: relations[name] for name in gate["tables"]} | serve_tables(con)
+    tables = {name: relations[name] for name in gate["tables"]}
     return publish(con, tables, config.published_dir, run_id=gate["gate_id"], gate=gate,
-                   keep=config.expectations.keep_snapshots)
+                   keep=config.expectations.keep_snapshots, serve=serve_tables(con))

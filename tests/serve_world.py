@@ -187,7 +187,7 @@ def publish_world(published_dir: Path, *, persons: dict[str, dict], run_id: str 
             con.execute(f"CREATE TABLE {schema}.{table} AS SELECT * FROM wh.{schema}.{table}")
         con.execute("DETACH wh")
         extra = serve_tables(con)
-    publish(con, {n: f"main.{n}" for n in names} | extra, published_dir, run_id, gate={"passed": True})
+    publish(con, {n: f"main.{n}" for n in names}, published_dir, run_id, gate={"passed": True}, serve=extra)
     con.close()
     return run_id
 

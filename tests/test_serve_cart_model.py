@@ -21,7 +21,7 @@ from activation.contract import _openapi_to_jsonschema
 from core.config import load_config
 from core.published import CART_FEATURE_COLUMNS, SERVE_CART_FEATURES, SERVE_CART_MODEL, SERVE_CART_RETURN_GAPS
 from core.settings.scoring import CartIntentSettings
-from core.snapshots import open_snapshot
+from core.snapshots import open_snapshot, read_manifest
 from core.warehouse import connect
 from publish.snapshot import publish, serve_tables
 from scoring.cart import FEATURES, LABEL, train_and_score
@@ -117,9 +117,12 @@ def _published_model(warehouse, published_dir, version):
     loads from that snapshot."""
     con = connect(warehouse)  # publishing writes through the warehouse's connection (ATTACH)
     tables = serve_tables(con)
-    snap = publish(con, tables, published_dir, "run1", gate={"passed": True})
+    snap = publish(con, {}, published_dir, "run1", gate={"passed": True}, serve=tables)
     con.close()
     assert set(tables) == {SERVE_CART_MODEL, SERVE_CART_FEATURES, SERVE_CART_RETURN_GAPS}
+    # listed apart from the gate-checked tables in the manifest
+    (entry,) = read_manifest(published_dir)["history"]
+    assert entry["tables"] == {} and entry["serve_tables"][SERVE_CART_FEATURES] == 120
     ro = open_snapshot(snap.path)
     try:
         columns = {r[0] for r in ro.execute(f"DESCRIBE main.{SERVE_CART_FEATURES}").fetchall()}
