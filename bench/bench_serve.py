@@ -8,9 +8,9 @@ processes on 127.0.0.1 (plain keep-alive HTTP clients, pre-serialised bodies). R
 the CPU seconds the server and the clients used, since both share this machine's cores.
 Targets (issue 22): >= 5,000 events/s; /v1/decide p99 <= 20 ms at >= 500 requests/s.
 Cart intent is scored live: one customer in ten has a batch cart scored by a cart-intent model
-fitted here (scoring.cart.train_and_score on synthetic carts) and saved in the project's
-warehouse, which the server loads at start (serve/cart_model.py); `decide_reasons` samples what
-the decisions were computed from.
+fitted here (scoring.cart.train_and_score on synthetic carts) and published in the snapshot
+by the publish step's serve_* tables, which the server loads at start (serve/cart_model.py;
+it never opens the warehouse); `decide_reasons` samples what the decisions were computed from.
 """
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ import yaml
 
 from bench.bench_serve_cart_model import _carts
 from bench.common import OUT
-from core.config import load_config
 from core.settings.scoring import CartIntentSettings
-from core.warehouse import connect
-from publish.snapshot import publish
+from publish.snapshot import publish, serve_tables
 from scoring.cart import train_and_score
 from scoring.model_store import save
 
@@ -48,10 +46,11 @@ W = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).deco
 R = {"Authorization": f"Bearer {READ_KEY}", "Content-Type": "application/json"}
 
 
-def _cart_model(con, warehouse: Path, n_carts: int) -> dict:
+def _cart_model(con, n_carts: int) -> dict:
     """The cart-intent model the server scores live with: fitted by scoring.cart.train_and_score
-    on synthetic int_cart_features rows, saved in the warehouse with the score rows of the
-    snapshot's carts; the snapshot's cart_intent table is its predictions (same model_version)."""
+    on synthetic int_cart_features rows, saved with the score rows of the snapshot's carts in
+    `con` where the publish step finds them (publish.snapshot.serve_tables); the snapshot's
+    cart_intent table is its predictions (same model_version)."""
     rng = np.random.default_rng(5)
     cutoff = pd.Timestamp("2026-11-22")
     frames = [_carts(rng, 3_000, cutoff - pd.Timedelta(days=7 * w), "history", w * 10_000_000) for w in range(1, 13)]
@@ -63,14 +62,12 @@ def _cart_model(con, warehouse: Path, n_carts: int) -> dict:
     t0 = time.process_time()
     result = train_and_score(features, gaps, CartIntentSettings())
     fit_cpu = time.process_time() - t0
-    wh = connect(warehouse)
-    wh.execute("CREATE SCHEMA IF NOT EXISTS intermediate")
-    wh.register("f", features)
-    wh.execute("CREATE TABLE intermediate.int_cart_features AS SELECT * FROM f")
-    wh.register("g", pd.DataFrame({"return_gap_hours": gaps}))
-    wh.execute("CREATE TABLE intermediate.int_carts AS SELECT return_gap_hours FROM g")
-    save(wh, result.model)
-    wh.close()
+    con.execute("CREATE SCHEMA IF NOT EXISTS intermediate")
+    con.register("f", features)
+    con.execute("CREATE TABLE intermediate.int_cart_features AS SELECT * FROM f")
+    con.register("g", pd.DataFrame({"return_gap_hours": gaps}))
+    con.execute("CREATE TABLE intermediate.int_carts AS SELECT return_gap_hours FROM g")
+    save(con, result.model)
     con.register("pred", result.predictions)
     con.execute("""CREATE OR REPLACE TABLE cart_intent AS SELECT person_id, cart_id, cart_value, purchase_probability,
         intent_group, expected_return_hours, model_version, TIMESTAMP '2026-11-22' AS as_of FROM pred""")
@@ -78,7 +75,7 @@ def _cart_model(con, warehouse: Path, n_carts: int) -> dict:
             "fit_cpu_s": round(fit_cpu, 1), "scored_carts": len(persons)}
 
 
-def _snapshot(published: Path, n: int, warehouse: Path | None = None) -> dict:
+def _snapshot(published: Path, n: int, cart_model: bool = True) -> dict:
     con = duckdb.connect()
     con.execute(f"""CREATE TABLE customers AS SELECT 'P' || lpad(i::VARCHAR, 7, '0') AS person_id,
         'First' || i AS first_name, TIMESTAMP '2026-11-22' AS as_of FROM range({n}) t(i)""")
@@ -96,9 +93,10 @@ def _snapshot(published: Path, n: int, warehouse: Path | None = None) -> dict:
         CASE WHEN hash(person_id) % 10 = 0 THEN 'none' ELSE 'email' END AS channel, 1.0 AS expected_value,
         'cross_sell_favourite_category' AS reason_codes, hash(person_id) % 10 = 0 AS holdout, 'nbo' AS experiment,
         'treatment' AS arm, as_of FROM customers""")
-    model = _cart_model(con, warehouse, n // 10) if warehouse is not None else {}
+    model = _cart_model(con, n // 10) if cart_model else {}
     names = ["customers", "identity_graph", "consent", "cart_intent", "next_best_offer"]
-    publish(con, {t: f"main.{t}" for t in names}, published, "bench0001", gate={"passed": True})
+    publish(con, {t: f"main.{t}" for t in names}, published, "bench0001", gate={"passed": True},
+            serve=serve_tables(con))
     con.close()
     return model
 
@@ -189,7 +187,7 @@ def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0) -
                      "rate_limit_per_second": 1e6, "rate_limit_burst": 1_000_000}}
     (root / "cdp.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
-    cart_model = _snapshot(root / "published", customers, load_config(root / "cdp.yaml").warehouse_path)
+    cart_model = _snapshot(root / "published", customers)
     snapshot_s = time.perf_counter() - t0
     env = {**os.environ, "BENCH_WRITE_KEY": WRITE_KEY, "BENCH_READ_KEY": READ_KEY}
     t0 = time.perf_counter()

@@ -51,6 +51,21 @@ KEY_TEST = "unique_key"
 # Points the published-table registry at another dbt manifest (tests; a relocated dbt target).
 MANIFEST_ENV = "TESSERA_DBT_MANIFEST"
 
+# What `cdp serve` scores live cart intent with (serve/cart_model.py), published with the
+# snapshot so the server never opens the warehouse (a run's writer would wait on it). They are
+# not dbt models (a saved model record; the score rows of an intermediate model), so they are
+# the publish step's own tables (publish/snapshot.py serve_tables). No PII: ids, the model, numbers.
+SERVE_CART_MODEL = "serve_cart_model"              # the saved cart_intent model record (one row)
+SERVE_CART_FEATURES = "serve_cart_features"        # each person's open carts' features at the score cutoff
+SERVE_CART_RETURN_GAPS = "serve_cart_return_gaps"  # hours from abandonment to return, for expected_return_hours
+# int_cart_features columns the live features start from (scoring.cart.FEATURES but
+# hours_since_added, which is computed live from last_added_at)
+CART_FEATURE_COLUMNS = ("person_id", "cart_id", "cutoff_at", "last_added_at", "cart_value", "items_added",
+                        "checkout_started", "orders_total", "orders_365d", "discounted_order_share",
+                        "days_since_last_order", "web_sessions_30d", "days_since_previous_visit", "email_opens_90d",
+                        "past_abandoned_carts", "past_carts_returned")
+SERVE_TABLES = (SERVE_CART_MODEL, SERVE_CART_FEATURES, SERVE_CART_RETURN_GAPS)
+
 
 class ManifestError(RuntimeError):
     """The dbt manifest is missing or declares no published table."""

@@ -19,8 +19,8 @@ class WarehouseBusy(RuntimeError):
     """Another process holds the warehouse's write lock."""
 
 
-# A writer waits this long for the lock before giving up: short readers (`cdp serve` reading the
-# cart model after a publish, `cdp status`) hold the file for under a second, and a run's step
+# A writer waits this long for the lock before giving up: short readers (`cdp status`, a
+# reporting command) hold the file for under a second, and a run's step
 # must not fail on them. A run holding it is refused sooner by the run lock (core/run_lock.py).
 WRITER_WAIT_SECONDS = 10.0
 

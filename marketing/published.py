@@ -17,7 +17,7 @@ from typing import Iterator
 
 import duckdb
 
-from core.published import CONSENT_CHANNELS, published_tables
+from core.published import CONSENT_CHANNELS, SERVE_TABLES, published_tables
 from core.snapshots import current_path, open_snapshot, read_manifest, snapshot_file
 
 # Consent channels (interfaces: consent.channel) and the campaign channel each one allows.
@@ -278,7 +278,7 @@ def write_members(members: Members, path: Path) -> Path:
 
 # --------------------------------------------------------------------------- profile
 def _person_tables(have: dict[str, list[str]]) -> list[str]:
-    keyed = [t for t, cols in have.items() if "person_id" in cols]
+    keyed = [t for t, cols in have.items() if "person_id" in cols and t not in SERVE_TABLES]  # the server's inputs
     order = profile_order()
     return [t for t in order if t in keyed] + sorted(t for t in keyed if t not in order)
 

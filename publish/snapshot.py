@@ -18,8 +18,15 @@ from pathlib import Path
 
 import duckdb
 
-from core.published import published_tables
+from core.published import (
+    CART_FEATURE_COLUMNS,
+    SERVE_CART_FEATURES,
+    SERVE_CART_MODEL,
+    SERVE_CART_RETURN_GAPS,
+    published_tables,
+)
 from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, PublishError, read_manifest
+from core.warehouse import table_exists
 
 
 @dataclass(frozen=True)
@@ -124,18 +131,23 @@ def publish(
     run_id: str,
     gate: dict,
     keep: int = 5,
+    serve: dict[str, str] | None = None,
 ) -> Snapshot:
-    """Write a new snapshot and make it current atomically; keep the last ``keep``."""
+    """Write a new snapshot and make it current atomically; keep the last ``keep``. ``serve``:
+    the publish step's own tables for `cdp serve` (:func:`serve_tables`), written into the same
+    file and listed apart in the manifest (``serve_tables``): ``tables`` stays the published
+    tables the gate checked."""
     as_of = one_as_of(con, tables)  # before anything is written: a mixed build publishes nothing
     published_dir.mkdir(parents=True, exist_ok=True)
-    path, counts = write_snapshot(con, tables, published_dir, run_id)
+    path, written = write_snapshot(con, tables | (serve or {}), published_dir, run_id)
+    counts = {name: n for name, n in written.items() if name in tables}
     snap = Snapshot(run_id, path, datetime.now(timezone.utc).isoformat(timespec="seconds"), counts, gate, as_of)
     manifest = read_manifest(published_dir)
     previous = manifest["current"]
-    manifest["history"] = [
-        {"run_id": snap.run_id, "published_at": snap.published_at, "as_of": as_of, "tables": counts, "gate": gate},
-        *manifest["history"],
-    ]
+    entry = {"run_id": snap.run_id, "published_at": snap.published_at, "as_of": as_of, "tables": counts, "gate": gate}
+    if serve:
+        entry["serve_tables"] = {name: n for name, n in written.items() if name not in tables}
+    manifest["history"] = [entry, *manifest["history"]]
     manifest["history"], dropped = manifest["history"][:keep], manifest["history"][keep:]
     # The manifest first (still naming the old current), then the switch: a crash between the
     # two leaves the new snapshot listed but not current, which read_manifest reports truly
@@ -176,6 +188,22 @@ def rollback(published_dir: Path, to_run: str | None = None) -> str:
     return to_run
 
 
+def serve_tables(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """``{published_name: source}`` of the serve_* tables, for those whose warehouse tables exist
+    (a project that has not scored carts yet publishes none, and the server uses the published scores)."""
+    tables = {}
+    if table_exists(con, "scoring", "saved_models"):
+        tables[SERVE_CART_MODEL] = ("(SELECT model, model_version, fitted_as_of, payload FROM scoring.saved_models "
+                                    "WHERE model = 'cart_intent')")
+    if table_exists(con, "intermediate", "int_cart_features"):
+        tables[SERVE_CART_FEATURES] = (f"(SELECT {', '.join(CART_FEATURE_COLUMNS)} FROM intermediate.int_cart_features "
+                                       "WHERE snapshot = 'score')")
+    if table_exists(con, "intermediate", "int_carts"):
+        tables[SERVE_CART_RETURN_GAPS] = ("(SELECT return_gap_hours FROM intermediate.int_carts "
+                                          "WHERE return_gap_hours IS NOT NULL)")
+    return tables
+
+
 def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict, manifest=None) -> Snapshot:
     """Publish the audited build: the tables the gate checked, named as the gate recorded
     them, as snapshot ``gate['gate_id']``. Refuses a build whose gate did not pass.
@@ -191,4 +219,4 @@ def publish_build(config, con: duckdb.DuckDBPyConnection, gate: dict, manifest=N
                            f"published: {', '.join(unknown)}; run the gate again")
     tables = {name: relations[name] for name in gate["tables"]}
     return publish(con, tables, config.published_dir, run_id=gate["gate_id"], gate=gate,
-                   keep=config.expectations.keep_snapshots)
+                   keep=config.expectations.keep_snapshots, serve=serve_tables(con))

@@ -100,7 +100,6 @@ class Server:
         self._live_queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._model_pending = False
         self.stats = {"events_accepted": 0, "events_duplicate": 0, "requests_rejected": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,8 +110,7 @@ class Server:
         self.log = EventLog(self.spool, self.config.landing_dir, glob, self.settings.rotate_bytes,
                             self.settings.rotate_seconds)
         self._remember_recent(self.log.recovered)
-        self.state.set_published(Published(self.config.published_dir, self.source.name))
-        self._load_cart_model()
+        self._swap_in(Published(self.config.published_dir, self.source.name))
         self.sends = SendStore(nudges_path(self.config.root))
         if self.settings.cart_abandonment is not None:
             self.trigger = CartAbandonmentTrigger(self.settings.cart_abandonment, self.state, self.sends,
@@ -173,33 +171,32 @@ class Server:
             try:
                 current = Published.current_run(self.config.published_dir)
                 if current and current != (self.state.published.run_id if self.state.published else None):
-                    self.state.set_published(Published(self.config.published_dir, self.source.name))
+                    self._swap_in(Published(self.config.published_dir, self.source.name))
                     log.info("serve: switched to published snapshot %s", current)
-                    self._model_pending = True
-                if self._model_pending:
-                    self._load_cart_model()
             except Exception as e:
                 log.error("snapshot swap failed: %s", type(e).__name__)
 
-    def _load_cart_model(self) -> None:
-        """The published snapshot's cart-intent model from the warehouse (serve/cart_model.py);
-        while a run holds the warehouse, the previous one stays and the snapshot loop retries."""
-        pub = self.state.published
-        version = next((row[5] for row in pub.cart_intent.values()), None) if pub else None
-        try:
-            model = cart_model.load(self.config.warehouse_path, version)
-        except Exception as e:  # WarehouseBusy (a run is writing) or a model that cannot be read
-            log.info("serve: cart-intent model not loaded yet (%s); retrying", type(e).__name__)
-            self._model_pending = True
-            with self.state.lock:  # a model that did not score this snapshot gives way to its scores
-                if self.state.cart_model is not None and version not in (None, self.state.cart_model.model_version):
-                    self.state.cart_model = None
-            return
-        self._model_pending = False
+    def _swap_in(self, pub: Published) -> None:
+        """The snapshot and its cart-intent model switch together: a decision never pairs one
+        snapshot's scores with another's model."""
+        model = self._cart_model_of(pub)
         with self.state.lock:
+            self.state.set_published(pub)
             self.state.cart_model = model
         log.info("serve: cart intent %s", f"live from model {model.model_version}" if model else
                  "from published scores (no saved model matching the snapshot)")
+
+    def _cart_model_of(self, pub: Published):
+        """The snapshot's cart-intent model, read from the snapshot itself (serve/cart_model.py):
+        the server never opens the warehouse a run writes."""
+        if pub.con is None:
+            return None
+        version = next((row[5] for row in pub.cart_intent.values()), None)
+        try:
+            return cart_model.load(pub.con.cursor(), version)
+        except Exception as e:  # a snapshot whose model cannot be read: its published scores answer
+            log.error("serve: cart-intent model not loaded (%s); using the published scores", type(e).__name__)
+            return None
 
     def _intent_of(self, person_id: str, person) -> dict | None:
         return live_cart_intent(self.state, person_id, person, None, self.config.cart_intent)

@@ -2,13 +2,14 @@
 session's features (scoring.cart.FEATURES), compiled once per snapshot (scoring.compiled) so a
 score costs microseconds.
 
-What is read, and when: when a snapshot is swapped in, :func:`load` opens the warehouse
-read-only and takes the saved ``cart_intent`` model, the batch's features of each person's
-open cart at the scoring cutoff (``intermediate.int_cart_features``, snapshot ``score``) and
-the past return gaps (``intermediate.int_carts``). The model is used only when it is the one
-that scored the published ``cart_intent`` table (same ``model_version``), so live and batch
-scores come from the same model; a warehouse held by a running ``cdp run`` is retried on the
-next tick.
+What is read, and when: when a snapshot is swapped in, :func:`load` reads from that published
+snapshot (never the warehouse, which a running ``cdp run`` writes) the tables the publish step
+copies for it (publish/snapshot.py ``serve_tables``): the saved ``cart_intent`` model record
+(``serve_cart_model``), the batch's features of each person's open cart at the scoring cutoff
+(``serve_cart_features``, from int_cart_features' ``score`` rows) and the past return gaps
+(``serve_cart_return_gaps``, from int_carts). The model is used only when it is the one that
+scored the snapshot's ``cart_intent`` table (same ``model_version``), so live and batch scores
+come from the same model.
 
 Live features (:meth:`CartModel.features`), at time ``now``: the cart's own features from the
 live session (its adds, value, last add, checkout), added to the batch's when it is the same
@@ -21,17 +22,17 @@ for "no history" are used and the reason code says so.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
+import duckdb
 import numpy as np
 
-from core.warehouse import connect
+from core.published import SERVE_CART_FEATURES, SERVE_CART_MODEL, SERVE_CART_RETURN_GAPS
 from scoring.cart import FEATURES, expected_return_hours
 from scoring.compiled import CompiledModel, compile_model
 from scoring.model_store import SavedModel
-from scoring.model_store import load as load_saved
 
 # int_cart_features' values for a person with no history (its coalesce defaults)
 NO_HISTORY = {"orders_total": 0.0, "orders_365d": 0.0, "discounted_order_share": 0.0, "days_since_last_order": 730.0,
@@ -122,34 +123,31 @@ class CartModel:
         return None if np.isnan(r) else round(r, 1)
 
 
-def load(warehouse: Path, published_version: str | None) -> CartModel | None:
-    """The live cart model from the warehouse, or None when there is no saved model or the
-    saved one is not the published scores' (``published_version``; None: nothing published
-    to disagree with). Raises core.warehouse.WarehouseBusy while a run holds the warehouse."""
-    if not Path(warehouse).exists():
+def load(snapshot: duckdb.DuckDBPyConnection, published_version: str | None) -> CartModel | None:
+    """The live cart model from the published snapshot (``snapshot``: a read-only connection to
+    it), or None when the snapshot has no saved model (published before models were, or by a
+    project that has not scored carts) or it is not the published scores' (``published_version``;
+    None: nothing published to disagree with). Never opens the warehouse."""
+    names = {r[0] for r in snapshot.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    if SERVE_CART_MODEL not in names:
         return None
-    # DuckDB lets no process write while this read-only connection is open (a `cdp run` starting
-    # now would find the warehouse busy): fetch columnar, close, then build the lookups
-    con = connect(warehouse, read_only=True)
-    try:
-        saved = load_saved(con, "cart_intent")
-        if saved is None or list(saved.features) != list(FEATURES):
-            return None
-        if published_version is not None and saved.model_version != published_version:
-            return None
-        history_cols = [f for f in FEATURES if f in NO_HISTORY]
-        try:
-            rows = con.execute(
-                f"SELECT person_id, epoch(cutoff_at) AS cutoff_at, cart_id, epoch(last_added_at) AS last_added_at, "
-                f"{', '.join(CART_COLUMNS[2:])}, {', '.join(history_cols)} "
-                "FROM intermediate.int_cart_features WHERE snapshot = 'score' "
-                "ORDER BY person_id, last_added_at, cart_id").fetchnumpy()
-            gaps = con.execute("SELECT return_gap_hours FROM intermediate.int_carts "
-                               "WHERE return_gap_hours IS NOT NULL").fetchnumpy()["return_gap_hours"]
-        except Exception:  # the tables of an older project: history unknown
-            rows, gaps = None, np.zeros(0)
-    finally:
-        con.close()
+    row = snapshot.execute(f"SELECT payload FROM main.{SERVE_CART_MODEL} WHERE model = 'cart_intent'").fetchone()
+    saved = _unpickle(row[0]) if row else None
+    if saved is None or list(saved.features) != list(FEATURES):
+        return None
+    if published_version is not None and saved.model_version != published_version:
+        return None
+    history_cols = [f for f in FEATURES if f in NO_HISTORY]
+    rows, gaps = None, np.zeros(0)
+    if SERVE_CART_FEATURES in names:
+        rows = snapshot.execute(
+            f"SELECT person_id, epoch(cutoff_at) AS cutoff_at, cart_id, epoch(last_added_at) AS last_added_at, "
+            f"{', '.join(CART_COLUMNS[2:])}, {', '.join(history_cols)} "
+            f"FROM main.{SERVE_CART_FEATURES} ORDER BY person_id, last_added_at, cart_id").fetchnumpy()
+    if SERVE_CART_RETURN_GAPS in names:
+        gaps = snapshot.execute(f"SELECT return_gap_hours FROM main.{SERVE_CART_RETURN_GAPS}").fetchnumpy()[
+            "return_gap_hours"]
     batch: dict[str, BatchCart] = {}
     cutoff = _epoch(saved.fitted_as_of.to_pydatetime())
     if rows is not None and len(rows["person_id"]):
@@ -161,3 +159,13 @@ def load(warehouse: Path, published_version: str | None) -> CartModel | None:
             batch[pid] = BatchCart(str(cart), num["last_added_at"][i], num["cart_value"][i], num["items_added"][i],
                                    num["checkout_started"][i], {c: num[c][i] for c in history_cols})
     return CartModel(saved, cutoff, batch, np.asarray(gaps, dtype=float))
+
+
+def _unpickle(payload: bytes) -> SavedModel | None:
+    """The saved model record as the scoring stage pickled it into its warehouse and the publish
+    step copied it; None for one this version cannot read (the published scores then answer)."""
+    try:
+        model = pickle.loads(payload)
+    except Exception:
+        return None
+    return model if isinstance(model, SavedModel) else None

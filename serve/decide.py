@@ -3,7 +3,7 @@ consent, holdout and frequency caps applied now rather than at the last batch ru
 
 Cart intent, live: the published cart-intent model run on the live session's features
 (serve/cart_model.py; reason ``cart_intent_live_model``). Until that model is loaded (no saved
-model, a warehouse busy with a run, a model that is not the published one) the published
+model in the snapshot, a model that is not the published one) the published
 score of the person's cart stands in, else the mean published probability of the scored carts
 nearest in value (reasons ``cart_intent_batch_score`` / ``cart_intent_value_cohort``). One
 place: :func:`cart_intent`. Groups use the batch's cut points (``cart_intent.likely_at`` /

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from activation.destinations.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, 
 from core.config import Config, load_config
 from core.warehouse import connect
 from ingestion.loader import ingest
-from publish.snapshot import publish
+from publish.snapshot import publish, serve_tables
 from serve.app import build_app
 
 WRITE_KEY, READ_KEY, HOOK_SECRET = "wk_test_123", "rk_test_456", "hook-secret"
@@ -118,11 +119,28 @@ def ingest_web(config: Config) -> list[tuple]:
         con.close()
 
 
+@contextmanager
+def hold_warehouse(path: Path):
+    """A writer in another process holding the warehouse open (as a running `cdp run` does):
+    DuckDB lets no other process open the file, even read-only, until it exits."""
+    code = ("import sys, duckdb; con = duckdb.connect(sys.argv[1]); con.execute('SELECT 1'); "
+            "print('holding', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        yield proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
 def publish_world(published_dir: Path, *, persons: dict[str, dict], run_id: str = "run0001",
-                  model_version: str = "cart_intent-test") -> str:
+                  model_version: str = "cart_intent-test", serve_from: Path | None = None) -> str:
     """A snapshot with the tables `cdp serve` reads. persons: person_id -> {anon, user, consent
     (channel -> status), cart: (cart_id, value, probability, group) | None, offer: (offer, channel,
-    holdout) | None}."""
+    holdout) | None}. serve_from: a warehouse whose saved cart model and cart features the
+    publish step's serve_* tables are taken from (publish.snapshot.serve_tables)."""
     con = duckdb.connect()
 
     def table(name, cols: dict[str, pa.Array]):
@@ -160,7 +178,16 @@ def publish_world(published_dir: Path, *, persons: dict[str, dict], run_id: str 
                               "reason": s(["als"] * len(pids))})
     names = ["identity_graph", "customers", "customer_traits", "segment_membership", "consent", "cart_intent",
              "next_best_offer", "recommendations"]
-    publish(con, {n: f"main.{n}" for n in names}, published_dir, run_id, gate={"passed": True})
+    extra = {}
+    if serve_from is not None:  # the warehouse's tables, copied here as the publish step finds them
+        con.execute(f"ATTACH '{serve_from}' AS wh (READ_ONLY)")
+        for schema, table in (("scoring", "saved_models"), ("intermediate", "int_cart_features"),
+                              ("intermediate", "int_carts")):
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            con.execute(f"CREATE TABLE {schema}.{table} AS SELECT * FROM wh.{schema}.{table}")
+        con.execute("DETACH wh")
+        extra = serve_tables(con)
+    publish(con, {n: f"main.{n}" for n in names}, published_dir, run_id, gate={"passed": True}, serve=extra)
     con.close()
     return run_id
 

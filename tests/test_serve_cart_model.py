@@ -19,8 +19,11 @@ from threadpoolctl import threadpool_limits
 
 from activation.contract import _openapi_to_jsonschema
 from core.config import load_config
+from core.published import CART_FEATURE_COLUMNS, SERVE_CART_FEATURES, SERVE_CART_MODEL, SERVE_CART_RETURN_GAPS
 from core.settings.scoring import CartIntentSettings
+from core.snapshots import open_snapshot, read_manifest
 from core.warehouse import connect
+from publish.snapshot import publish, serve_tables
 from scoring.cart import FEATURES, LABEL, train_and_score
 from scoring.compiled import compile_model
 from scoring.model_store import save
@@ -28,7 +31,7 @@ from scoring.models import calibrator, make_model
 from serve import cart_model
 from serve.live import Person
 from serve.openapi import OPENAPI
-from tests.serve_world import READ_KEY, WRITE_KEY, ServerThread, publish_world, write_project
+from tests.serve_world import READ_KEY, WRITE_KEY, ServerThread, hold_warehouse, publish_world, write_project
 
 CUTOFF = pd.Timestamp("2026-11-22 06:00:00")
 # published purchase_probability is rounded to 6 decimals; hours_since_added is whole seconds in
@@ -109,11 +112,33 @@ def batch_world(tmp_path_factory):
     return path, result, score
 
 
-def test_live_and_batch_cart_intent_agree_on_the_same_cart_state(batch_world):
+def _published_model(warehouse, published_dir, version):
+    """Publish the warehouse's serve_* tables as the publish step does; the model `cdp serve`
+    loads from that snapshot."""
+    con = connect(warehouse)  # publishing writes through the warehouse's connection (ATTACH)
+    tables = serve_tables(con)
+    snap = publish(con, {}, published_dir, "run1", gate={"passed": True}, serve=tables)
+    con.close()
+    assert set(tables) == {SERVE_CART_MODEL, SERVE_CART_FEATURES, SERVE_CART_RETURN_GAPS}
+    # listed apart from the gate-checked tables in the manifest
+    (entry,) = read_manifest(published_dir)["history"]
+    assert entry["tables"] == {} and entry["serve_tables"][SERVE_CART_FEATURES] == 120
+    ro = open_snapshot(snap.path)
+    try:
+        columns = {r[0] for r in ro.execute(f"DESCRIBE main.{SERVE_CART_FEATURES}").fetchall()}
+        return cart_model.load(ro, version), cart_model.load(ro, "another-version"), columns
+    finally:
+        ro.close()
+
+
+def test_live_and_batch_cart_intent_agree_on_the_same_cart_state(batch_world, tmp_path):
     warehouse, result, score = batch_world
-    model = cart_model.load(warehouse, result.model_version)
+    model, other, columns = _published_model(warehouse, tmp_path / "published", result.model_version)
     assert model is not None and model.compiled.compiled
-    assert cart_model.load(warehouse, "another-version") is None  # not the published model
+    assert other is None  # not the published model
+    # only what the live features need is published: no label, no snapshot tag, nothing else
+    assert columns == set(CART_FEATURE_COLUMNS)
+    assert set(FEATURES) - {"hours_since_added"} <= columns
     batch = result.predictions.set_index("person_id")
     now = _epoch(CUTOFF)
     for pid, row in batch.iterrows():
@@ -155,13 +180,12 @@ def test_live_and_batch_cart_intent_agree_on_the_same_cart_state(batch_world):
 def test_serve_decides_with_the_published_model_on_the_live_session(tmp_path, batch_world):
     warehouse, result, score = batch_world
     config = load_config(write_project(tmp_path / "p"))
-    config.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(warehouse, config.warehouse_path)
     pid = result.predictions["person_id"].iloc[0]
     cart_id = result.predictions["cart_id"].iloc[0]
-    publish_world(config.published_dir, model_version=result.model_version,
+    publish_world(config.published_dir, model_version=result.model_version, serve_from=warehouse,
                   persons={pid: {"anon": "anon-a", "consent": {"email_marketing": "granted"},
                                  "cart": (cart_id, 10.0, 0.2, "on_the_fence")}})
+    assert not config.warehouse_path.exists()  # the model comes from the snapshot alone
     read = {"Authorization": f"Bearer {READ_KEY}"}
     write = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
     with ServerThread(config) as srv:
@@ -189,3 +213,28 @@ def test_serve_decides_with_the_published_model_on_the_live_session(tmp_path, ba
         Draft202012Validator(schema).validate(
             requests.post(srv.url + "/v1/decide", json={"anonymousId": "anon-a"}, headers=read).json())
         assert intent["intent_group"] in ("likely", "on_the_fence", "unlikely")
+
+
+def test_serve_loads_the_model_from_the_snapshot_while_a_run_writes_the_warehouse(tmp_path, batch_world):
+    """A writer (another process, as `cdp run` is) holds the warehouse the whole time: the server
+    still starts with the live model and switches to the next snapshot's, both read from the snapshots."""
+    warehouse, result, _ = batch_world
+    config = load_config(write_project(tmp_path / "p"))
+    config.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(warehouse, config.warehouse_path)
+    pid = result.predictions["person_id"].iloc[0]
+    person = {pid: {"anon": "anon-a", "consent": {"email_marketing": "granted"},
+                    "cart": (result.predictions["cart_id"].iloc[0], 10.0, 0.2, "on_the_fence")}}
+    publish_world(config.published_dir, model_version=result.model_version, serve_from=warehouse, persons=person)
+    read = {"Authorization": f"Bearer {READ_KEY}"}
+    with hold_warehouse(config.warehouse_path), ServerThread(config) as srv:
+        intent = requests.post(srv.url + "/v1/decide", json={"anonymousId": "anon-a"}, headers=read).json()["cart_intent"]
+        assert intent["reason"] == "cart_intent_live_model" and intent["model_version"] == result.model_version
+        publish_world(config.published_dir, model_version=result.model_version, serve_from=warehouse,
+                      persons=person, run_id="run0002")
+        deadline = time.time() + 10
+        while requests.get(srv.url + "/health").json()["snapshot"] != "run0002" and time.time() < deadline:
+            time.sleep(0.1)
+        assert requests.get(srv.url + "/health").json()["snapshot"] == "run0002"
+        intent = requests.post(srv.url + "/v1/decide", json={"anonymousId": "anon-a"}, headers=read).json()["cart_intent"]
+        assert intent["reason"] == "cart_intent_live_model" and intent["features"] == "batch_cart"
