@@ -43,6 +43,7 @@ import duckdb
 
 from activation import erase_persons
 from core import identifiers as keys
+from core.published import SERVE_TABLES
 from core.pii import KnownValues
 from core.salt import load_salt
 from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, open_snapshot, read_manifest
@@ -197,8 +198,11 @@ def erase_from_snapshots(config, person_ids: list[str]) -> dict[str, dict[str, i
     if new_counts and (published / MANIFEST).exists():
         manifest = read_manifest(published)
         for entry in manifest.get("history", []):
-            if entry.get("run_id") in new_counts:
-                entry["tables"] = new_counts[entry["run_id"]]
+            if entry.get("run_id") in new_counts:  # `tables` holds the gated tables; serve's apart
+                counts = new_counts[entry["run_id"]]
+                entry["tables"] = {t: n for t, n in counts.items() if t not in SERVE_TABLES}
+                if any(t in SERVE_TABLES for t in counts):
+                    entry["serve_tables"] = {t: n for t, n in counts.items() if t in SERVE_TABLES}
         manifest.setdefault("erasures", []).append(
             {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "snapshots_rewritten": sorted(changed)})
         write_json_atomically(published / MANIFEST, manifest)
