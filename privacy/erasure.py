@@ -43,8 +43,8 @@ import duckdb
 
 from activation import erase_persons
 from core import identifiers as keys
-from core.published import SERVE_TABLES
 from core.pii import KnownValues
+from core.published import SERVE_TABLES
 from core.salt import load_salt
 from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, open_snapshot, read_manifest
 from core.warehouse import transaction
