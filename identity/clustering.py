@@ -14,7 +14,9 @@ A merge of clusters A and B is refused, with the reason recorded on the edge, wh
   records; both are flagged ``held_for_review`` (never silently merged);
 - ``conflict:first_name``: for rules that ``require`` it (email and phone by default: a
   shared or mistyped address is not proof), no first name of A is compatible with one of B
-  (same, nickname, Jaro-Winkler >= 0.88, or the two names swapped);
+  (same, nickname, Jaro-Winkler >= 0.88, or the two names swapped); ``conflict:date_of_birth``
+  for those rules when no date of birth of A is within one edit of one of B (namesakes
+  sharing a mistyped email);
 - ``conflict:first_name`` / ``conflict:date_of_birth`` for Splink edges are *weighed*, not
   vetoes: the edge's own two records' disagreement is already in its score, so a conflict
   between the clusters only refuses an edge below ``conflict_match_probability`` (a
@@ -642,8 +644,11 @@ class _ClusterState:
                 if self._dobs_conflict(a, b) and not self._only_the_edges_own(a, b, x, y, True):
                     return False, "conflict:date_of_birth"
             return _MERGEABLE
-        if self.requires.get(rule) and self._first_names_conflict(a, b):
-            return False, "conflict:first_name"
+        if self.requires.get(rule):  # an equal email or phone is not proof: it needs the person to agree
+            if self._first_names_conflict(a, b):
+                return False, "conflict:first_name"
+            if self._dobs_conflict(a, b):
+                return False, "conflict:date_of_birth"
         return _MERGEABLE
 
     def merge(self, a: int, b: int) -> None:
