@@ -141,11 +141,11 @@ def _child_tessera(proj: Path) -> dict:
         ingest_cpu = _cpu_s() - c0
         t0, c0 = time.perf_counter(), _cpu_s()
         res = resolve(cfg, con, run_id="bench")
-        wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+        wall, cpu, peak = time.perf_counter() - t0, _cpu_s() - c0, _peak_mb()  # before scoring's own dicts
         pred = dict(con.sql("SELECT record_key, person_id FROM identity.graph").fetchall())
         quarantined = con.sql("SELECT count(*) FROM raw.quarantine").fetchall()[0][0]
         field_issues = con.sql("SELECT count(*) FROM raw.quarantine WHERE reason LIKE 'field_nulled%'").fetchall()[0][0]
-    return {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "peak_rss_mb": _peak_mb(), "ingest_cpu_s": round(ingest_cpu, 2),
+    return {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "peak_rss_mb": peak, "ingest_cpu_s": round(ingest_cpu, 2),
             "rows_loaded": loaded.rows_loaded(), "quarantine_rows": quarantined, "field_level_issues": field_issues,
             "persons": res.persons, "splink_pairs": res.splink_pairs, "refused_by_reason": res.refused_by_reason,
             "warnings": res.warnings, "model_notes": res.model_notes[:5], **_pairwise(pred, _truth(proj))}
@@ -208,19 +208,27 @@ def _child_bare(proj: Path, link_type: str) -> dict:
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("postcode"))
     pred = linker.inference.predict(threshold_match_probability=THRESHOLD)
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(pred, THRESHOLD)
+    wall, cpu, peak = time.perf_counter() - t0, _cpu_s() - c0, _peak_mb()  # before scoring's own dicts
     got = dict(con.sql(f"SELECT unique_id, CAST(cluster_id AS VARCHAR) FROM {clusters.physical_name}").fetchall())
-    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
-    return {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "peak_rss_mb": _peak_mb(), **_pairwise(got, _truth(proj))}
+    return {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "peak_rss_mb": peak, **_pairwise(got, _truth(proj))}
+
+
+def _start_child(kind: str, proj: Path, link_type: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, __file__, "--child", kind, "--project", str(proj), "--link-type", link_type],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _child_result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        return {"error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}",
+                "stderr_tail": err[-3000:]}
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _run_child(kind: str, proj: Path, link_type: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--project", str(proj), "--link-type", link_type],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
-                "stderr_tail": proc.stderr[-3000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _child_result(_start_child(kind, proj, link_type))
 
 
 def main(datasets: list[str], workdir: Path) -> dict:
@@ -258,6 +266,8 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.child:
         res = _child_tessera(Path(a.project)) if a.child == "tessera" else _child_bare(Path(a.project), a.link_type)
+        # the whole child process: imports, landing read, every thread (RUSAGE_SELF covers them all)
+        res["process_cpu_s"], res["process_peak_rss_mb"] = round(_cpu_s(), 1), _peak_mb()
         print(json.dumps(res, default=str))
     else:
         wd = Path(a.workdir)

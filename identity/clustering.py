@@ -14,12 +14,16 @@ A merge of clusters A and B is refused, with the reason recorded on the edge, wh
   records; both are flagged ``held_for_review`` (never silently merged);
 - ``conflict:first_name``: for rules that ``require`` it (email and phone by default: a
   shared or mistyped address is not proof), no first name of A is compatible with one of B
-  (same, nickname, Jaro-Winkler >= 0.88, or the two names swapped);
+  (same, nickname, Jaro-Winkler >= 0.88, or the two names swapped); ``conflict:date_of_birth``
+  for those rules when no date of birth of A is within one edit of one of B (namesakes
+  sharing a mistyped email);
 - ``conflict:first_name`` / ``conflict:date_of_birth`` for Splink edges are *weighed*, not
   vetoes: the edge's own two records' disagreement is already in its score, so a conflict
   between the clusters only refuses an edge below ``conflict_match_probability`` (a
   replaced first name with everything else equal scores ~1.0 and merges; a weak link
-  cannot chain two people whose names or dates of birth disagree);
+  cannot chain two people whose names or dates of birth disagree); but an edge whose own two
+  records give different first names is refused unless their dates of birth agree: a
+  household shares surname, address and landline, which score ~1.0 without the first name;
 - ``ambiguous:<rule>``: an attach edge whose candidates are in several clusters;
 - ``manual_split``: the merge would put together two records a user forced apart
   (``cdp identity split``). A user's force-merge edge (``cdp identity merge``, rule
@@ -454,7 +458,7 @@ class _ClusterState:
     roots and their state. Sets are owned by one root each, so merging may grow them in place."""
 
     __slots__ = ("parent", "size", "uniq", "multi", "firsts", "lasts", "dobs", "splits", "value_sets", "held",
-                 "limited", "requires", "cap", "conflict_p", "alias_cap", "rec_first", "rec_dob")
+                 "limited", "requires", "cap", "conflict_p", "alias_cap", "rec_first", "rec_last", "rec_dob")
 
     def __init__(self, settings: IdentitySettings, n_max: int, cols: dict[str, list]):
         self.parent = list(range(n_max))
@@ -467,6 +471,7 @@ class _ClusterState:
         self.dobs: dict[int, set] = {}
         # each record's own first names and date of birth (the sets above grow as clusters merge)
         self.rec_first: dict[int, frozenset] = {}
+        self.rec_last: dict[int, frozenset] = {}
         self.rec_dob: dict[int, str] = {}
         # manual splits: the k-th force-split pair tags its two records 2k and 2k + 1; a cluster
         # holding tag t never merges with one holding t ^ 1
@@ -519,7 +524,7 @@ class _ClusterState:
 
     def _load_names_and_dobs(self, rids: list[int], cols: dict[str, list]) -> None:
         firsts, lasts, dobs = self.firsts, self.lasts, self.dobs
-        rec_first, rec_dob = self.rec_first, self.rec_dob
+        rec_first, rec_last, rec_dob = self.rec_first, self.rec_last, self.rec_dob
         for rid, f, fc, last, dob in zip(rids, cols["first_name"], cols["first_name_canon"], cols["last_name"],
                                          cols["dob"]):
             if f is not None:
@@ -527,6 +532,7 @@ class _ClusterState:
                 rec_first[rid] = frozenset((f, fc))
             if last is not None:
                 lasts[rid] = {last}
+                rec_last[rid] = frozenset((last,))
             if dob is not None:
                 dobs[rid] = {dob}
                 rec_dob[rid] = dob
@@ -599,6 +605,19 @@ class _ClusterState:
         return (fx is not None and fy is not None and all(names_compatible({n}, None, fx, None) for n in self.firsts[a])
                 and all(names_compatible({n}, None, fy, None) for n in self.firsts[b]))
 
+    def _another_first_name_no_birth_date(self, x: int | None, y: int | None) -> bool:
+        """The edge's own two records give incompatible first names and no agreeing date of
+        birth. Sharing surname, address and landline is what two members of one household do,
+        and it scores ~1.0 whatever the first names; a replaced first name of one person still
+        merges when the dates of birth agree (within one edit)."""
+        if x is None or y is None:
+            return False
+        fx, fy = self.rec_first.get(x), self.rec_first.get(y)
+        if not fx or not fy or names_compatible(fx, self.rec_last.get(x), fy, self.rec_last.get(y)):
+            return False
+        dx, dy = self.rec_dob.get(x), self.rec_dob.get(y)
+        return dx is None or dy is None or not dobs_compatible({dx}, {dy})
+
     def can_merge(self, a: int, b: int, rule: str, p: float = 1.0, x: int | None = None,
                   y: int | None = None) -> tuple[bool, str | None]:
         """(True, None), or (False, why) for the first rule that refuses merging roots a and b
@@ -616,6 +635,8 @@ class _ClusterState:
         if self._over_size_cap(a, b):
             return False, "cluster_size_cap"
         if rule == "splink":
+            if self._another_first_name_no_birth_date(x, y):
+                return False, "conflict:first_name"
             # two single records: their disagreement is exactly what the score already weighed
             if p < self.conflict_p and (self.size[a] > 1 or self.size[b] > 1):
                 if self._first_names_conflict(a, b) and not self._only_the_edges_own(a, b, x, y, False):
@@ -623,8 +644,11 @@ class _ClusterState:
                 if self._dobs_conflict(a, b) and not self._only_the_edges_own(a, b, x, y, True):
                     return False, "conflict:date_of_birth"
             return _MERGEABLE
-        if self.requires.get(rule) and self._first_names_conflict(a, b):
-            return False, "conflict:first_name"
+        if self.requires.get(rule):  # an equal email or phone is not proof: it needs the person to agree
+            if self._first_names_conflict(a, b):
+                return False, "conflict:first_name"
+            if self._dobs_conflict(a, b):
+                return False, "conflict:date_of_birth"
         return _MERGEABLE
 
     def merge(self, a: int, b: int) -> None:

@@ -103,6 +103,8 @@ SUBSETS = {
     "names_phone": ("first_name", "last_name", "phone"),
     "email_only": ("email",),
     "names_dob": ("first_name", "last_name", "date_of_birth"),
+    # no date of birth: a different first name at the same address is then another person
+    "names_address": ("first_name", "last_name", "address_line1", "city", "postcode"),
     "everything": FIELDS,
 }
 
