@@ -18,7 +18,8 @@ ranked as (
 final as (
     -- consent_* are only set on consent_updated events; the identify traits are PII; group_id is
     -- the account of group calls, never an order's.
-    select * exclude (order_event_rank, consent_channel, consent_granted, email, first_name, last_name, phone, group_id)
+    select {{ star_except(ref('stg_web__events'), 'ranked', ['order_event_rank', 'consent_channel', 'consent_granted',
+                                                            'email', 'first_name', 'last_name', 'phone', 'group_id']) }}
     from ranked
     where order_event_rank = 1
 )

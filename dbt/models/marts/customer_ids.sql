@@ -9,7 +9,7 @@ with graph as (
 records as (
     select record_key, source, email, phone, loyalty_id
     from {{ optional_source('identity', 'records',
-        "select cast(null as varchar) as record_key, cast(null as varchar) as source, cast(null as varchar) as email, cast(null as varchar) as phone, cast(null as varchar) as loyalty_id where false") }}
+        "select cast(null as string) as record_key, cast(null as string) as source, cast(null as string) as email, cast(null as string) as phone, cast(null as string) as loyalty_id where false") }}
 ),
 
 -- A record's own id in its source: the loyalty member, the email tool's subscriber, the web
