@@ -62,21 +62,13 @@
     regexp_replace({{ expr }}, '[^0-9]', '', 'g')
 {%- endmacro %}
 
-{#- Select-list: every column of `relation` but those in `except` (names), read from `cte`.
-    DuckDB's `* exclude`; Spark SQL has no such form, so the columns are listed from the
-    relation (a name in `except` that the relation lacks, e.g. one the cte adds, is left out too). -#}
-{% macro star_except(relation, cte, except) -%}
-    {{ return(adapter.dispatch('star_except')(relation, cte, except)) }}
+{#- The SHA-256 hex digest (lower case) of a string. -#}
+{% macro sha256_hex(expr) -%}
+    {{ return(adapter.dispatch('sha256_hex')(expr)) }}
 {%- endmacro %}
-{% macro default__star_except(relation, cte, except) -%}
-    {%- if not execute -%}{{ return(cte ~ '.*') }}{%- endif -%}
-    {%- set dropped = except | map('lower') | list -%}
-    {%- set kept = [] -%}
-    {%- for column in adapter.get_columns_in_relation(relation) -%}
-        {%- if column.name | lower not in dropped -%}{%- do kept.append(cte ~ '.' ~ adapter.quote(column.name)) -%}{%- endif -%}
-    {%- endfor -%}
-    {{ kept | join(', ') }}
+{% macro default__sha256_hex(expr) -%}
+    sha2({{ expr }}, 256)
 {%- endmacro %}
-{% macro duckdb__star_except(relation, cte, except) -%}
-    {{ cte }}.* exclude ({{ except | join(', ') }})
+{% macro duckdb__sha256_hex(expr) -%}
+    sha256({{ expr }})
 {%- endmacro %}

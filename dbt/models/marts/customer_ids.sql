@@ -42,9 +42,9 @@ identifiers as (
     union all
     select person_id, source, 'loyalty_id', upper(loyalty_id), record_key from carried where loyalty_id is not null
     union all
-    select person_id, source, 'email_sha256', sha256(email), record_key from carried where email is not null
+    select person_id, source, 'email_sha256', {{ sha256_hex('email') }}, record_key from carried where email is not null
     union all
-    select person_id, source, 'phone_sha256', sha256(phone), record_key from carried where phone is not null
+    select person_id, source, 'phone_sha256', {{ sha256_hex('phone') }}, record_key from carried where phone is not null
 ),
 
 final as (
