@@ -435,9 +435,9 @@ def test_every_dbt_model_and_test_builds_on_spark_with_the_duckdb_rows(tmp_path,
         con.execute("SET TimeZone = 'UTC'")
         for schema in ("raw", "identity", "scoring", "segments", "experiments"):
             copy_to_spark(con, config, spark, schema)
-        duck = {t: sorted(map(tuple, con.execute(sql).fetchall())) for t, sql in MART_ROWS.items()}
+        duck = {t: sorted(map(tuple, con.execute(sql).fetchall()), key=repr) for t, sql in MART_ROWS.items()}
     build("spark", [])
-    on_spark = {t: sorted(tuple(r) for r in spark.sql(sql).collect()) for t, sql in MART_ROWS.items()}
+    on_spark = {t: sorted((tuple(r) for r in spark.sql(sql).collect()), key=repr) for t, sql in MART_ROWS.items()}
     for table in MART_ROWS:
         assert on_spark[table] == duck[table], table
     assert len(duck["customers"]) > 20 and duck["segment_membership"]
