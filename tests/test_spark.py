@@ -410,7 +410,7 @@ def test_every_dbt_model_and_test_builds_on_spark_with_the_duckdb_rows(tmp_path,
     cfg_path.write_text(cfg_path.read_text().replace("\nas_of:\n", f"\nas_of: {DBT_AS_OF}\n")
                         .replace("engine: duckdb", "engine: spark"))
     config = load_config(cfg_path)
-    generate(customers=60, seed=3, out=config.landing_dir, as_of=config.as_of, clean=True)
+    generate(customers=300, seed=7, out=config.landing_dir, as_of=config.as_of, clean=True)
     variables = invocation_vars(config)
     project = str(dbt_project_dir())
 
