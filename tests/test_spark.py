@@ -431,7 +431,7 @@ def test_every_dbt_model_and_test_builds_on_spark_with_the_duckdb_rows(tmp_path,
         write_segments(con, load_segments(config.segments_file))
     build("duckdb", ["--select", "tag:after_scoring"])
 
-    with duckdb.connect(str(config.warehouse_path), read_only=True) as con:
+    with open_warehouse(config.warehouse_path) as con:  # (dbt-duckdb, in this process, holds it open)
         con.execute("SET TimeZone = 'UTC'")
         for schema in ("raw", "identity", "scoring", "segments", "experiments"):
             copy_to_spark(con, config, spark, schema)
