@@ -24,9 +24,10 @@
     cast('{{ as_of_value() }}' as {{ dbt.type_timestamp() }})
 {%- endmacro %}
 
-{#- Whole days from `start_expr` to the run's as_of (calendar days, as dbt.datediff counts them). -#}
+{#- Whole days from `start_expr` to the run's as_of (calendar days, as dbt.datediff counts them).
+    A bigint on every engine (DuckDB's datediff is one; Spark's is an int). -#}
 {% macro days_before_as_of(start_expr) -%}
-    {{ dbt.datediff(start_expr, as_of(), 'day') }}
+    cast({{ dbt.datediff(start_expr, as_of(), 'day') }} as {{ dbt.type_bigint() }})
 {%- endmacro %}
 
 {#- True for an event time within the `days` days that end at as_of: (as_of - days, as_of]. -#}

@@ -61,3 +61,14 @@
 {% macro duckdb__digits_only(expr) -%}
     regexp_replace({{ expr }}, '[^0-9]', '', 'g')
 {%- endmacro %}
+
+{#- The SHA-256 hex digest (lower case) of a string. -#}
+{% macro sha256_hex(expr) -%}
+    {{ return(adapter.dispatch('sha256_hex')(expr)) }}
+{%- endmacro %}
+{% macro default__sha256_hex(expr) -%}
+    sha2({{ expr }}, 256)
+{%- endmacro %}
+{% macro duckdb__sha256_hex(expr) -%}
+    sha256({{ expr }})
+{%- endmacro %}

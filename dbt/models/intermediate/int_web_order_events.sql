@@ -16,9 +16,15 @@ ranked as (
 ),
 
 final as (
-    -- consent_* are only set on consent_updated events; the identify traits are PII; group_id is
-    -- the account of group calls, never an order's.
-    select * exclude (order_event_rank, consent_channel, consent_granted, email, first_name, last_name, phone, group_id)
+    -- consent_* are only set on consent_updated events; the identify traits (email, names, phone)
+    -- are PII; group_id is the account of group calls, never an order's. Listed, not `* exclude`:
+    -- Spark SQL has no such form.
+    select
+        message_id, source, event_type, event_name, anonymous_id, user_id,
+        page_url, page_path, utm_source, utm_medium, utm_campaign, link_tracking_id,
+        product_id, product_category, product_price, product_quantity, cart_id,
+        order_id, order_revenue, order_discount, order_products, search_query,
+        occurred_at, loaded_at, load_id, landed_file, landed_row
     from ranked
     where order_event_rank = 1
 )

@@ -9,7 +9,7 @@ with graph as (
 records as (
     select record_key, source, email, phone, loyalty_id
     from {{ optional_source('identity', 'records',
-        "select cast(null as varchar) as record_key, cast(null as varchar) as source, cast(null as varchar) as email, cast(null as varchar) as phone, cast(null as varchar) as loyalty_id where false") }}
+        "select cast(null as string) as record_key, cast(null as string) as source, cast(null as string) as email, cast(null as string) as phone, cast(null as string) as loyalty_id where false") }}
 ),
 
 -- A record's own id in its source: the loyalty member, the email tool's subscriber, the web
@@ -42,9 +42,9 @@ identifiers as (
     union all
     select person_id, source, 'loyalty_id', upper(loyalty_id), record_key from carried where loyalty_id is not null
     union all
-    select person_id, source, 'email_sha256', sha256(email), record_key from carried where email is not null
+    select person_id, source, 'email_sha256', {{ sha256_hex('email') }}, record_key from carried where email is not null
     union all
-    select person_id, source, 'phone_sha256', sha256(phone), record_key from carried where phone is not null
+    select person_id, source, 'phone_sha256', {{ sha256_hex('phone') }}, record_key from carried where phone is not null
 ),
 
 final as (

@@ -7,14 +7,25 @@
     Time only moves forward: a run whose as_of is not later than the latest recorded run changes
     nothing (a backtest does not rewrite history). Never dropped by --full-refresh. -#}
 
+{#- Spark: closing a spell updates a row, which needs MERGE, which dbt-spark has only on a table
+    format with a log (delta, iceberg, hudi: the dbt var spark_file_format, for a cluster that has
+    one). On plain Parquet (pyspark's own, local) the first build writes the table and a later
+    one stops with that reason rather than duplicate spells. -#}
+{%- set spark_format = var('spark_file_format', 'parquet') if target.type == 'spark' else none -%}
+{%- set spark_parquet = spark_format not in (none, 'delta', 'iceberg', 'hudi') -%}
 {{ config(
     materialized='incremental',
     tags=['after_scoring'],
     unique_key='spell_key',
-    incremental_strategy=('merge' if target.type in ('spark', 'databricks') else 'delete+insert'),
+    incremental_strategy=('append' if spark_parquet else ('merge' if target.type in ('spark', 'databricks') else 'delete+insert')),
     full_refresh=false,
     on_schema_change='fail',
 ) }}
+{%- if spark_parquet and is_incremental() -%}
+    {{ exceptions.raise_compiler_error("segment_membership_history: updating spells needs MERGE, which Spark has only on "
+        ~ "delta/iceberg/hudi tables; set the dbt var spark_file_format (README 'Running on Spark'), or drop the "
+        ~ "table to start its history again on Parquet") }}
+{%- endif %}
 
 -- Built-in and declarative segments alike.
 with members as (

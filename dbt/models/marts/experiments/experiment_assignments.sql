@@ -5,7 +5,7 @@
 
 with assignments as (
     select * from {{ optional_source('experiments', 'assignments',
-        "select cast(null as varchar) as experiment, cast(null as varchar) as person_id, cast(null as varchar) as arm, cast(null as boolean) as holdout, cast(null as timestamp) as exposed_at, cast(null as boolean) as arm_conflict where false") }}
+        "select cast(null as string) as experiment, cast(null as string) as person_id, cast(null as string) as arm, cast(null as boolean) as holdout, cast(null as timestamp) as exposed_at, cast(null as boolean) as arm_conflict where false") }}
 ),
 
 customers as (

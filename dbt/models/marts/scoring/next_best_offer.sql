@@ -19,7 +19,7 @@ final as (
         decisions.reason_codes,
         decisions.holdout,
         decisions.experiment,
-        cast(decisions.arm as varchar) as arm,
+        cast(decisions.arm as string) as arm,
         decisions.assigned_offer,
         cast(decisions.assigned_expected_value as double) as assigned_expected_value,
         decisions.cart_id,
