@@ -32,11 +32,13 @@ demo: $(STAMP)
 # module builds its own project, so they share nothing but the CPU. Modules are handed out in
 # the order tests/conftest.py collects them (longest first), not xdist's most-tests-first.
 TEST_WORKERS ?= auto
+# Everything but engine: spark (a JVM and a whole dbt build on local Spark take minutes of their
+# own): `make test-spark` runs those, and CI (.ci/run) runs both.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not spark"
 
 # engine: spark's tests alone (tests/test_spark.py, marked `spark`: one local[2] SparkSession,
-# Java 17). `make test` runs them too.
+# Java 17).
 test-spark: $(STAMP)
 	$(BIN)/python -m pytest -q -m spark tests/test_spark.py
 
