@@ -38,7 +38,7 @@ latest as (
 ),
 
 totalled as (
-    select latest.* replace (coalesce(latest.total, line_totals.lines_total) as total)
+    select latest.*, coalesce(latest.total, line_totals.lines_total) as receipt_total
     from latest
     left join line_totals using (source, transaction_id)
 ),
@@ -46,9 +46,9 @@ totalled as (
 final as (
     select
         transaction_id, source, store_id, occurred_at, loyalty_id, email, phone, channel, order_ref,
-        subtotal, discount, total, payment_method,
+        subtotal, discount, receipt_total as total, payment_method,
         -- a return or cancellation: flagged, or (unflagged) a receipt that pays money back
-        coalesce(is_return, total < 0) as is_return,
+        coalesce(is_return, receipt_total < 0) as is_return,
         loaded_at, load_id, landed_file, landed_row
     from totalled
     where occurred_at <= {{ as_of() }}
