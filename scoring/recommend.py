@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
 
 from core.settings.scoring import RecommendationsSettings
 from scoring.recommend_metrics import als_top, buy_again_lists, person_outcomes, popularity_lists, ranking_metrics
@@ -280,9 +281,10 @@ def _fit_als(s: State) -> None:
     conf = s.own_count.copy().astype(np.float32)
     conf.data = 1.0 + 10.0 * np.log1p(conf.data)  # confidence grows slowly with repeats
     factors = int(min(64, max(8, s.data.n_items // 4)))
-    model = AlternatingLeastSquares(factors=factors, regularization=0.05, iterations=15,
-                                    random_state=s.settings.seed, num_threads=1)
-    model.fit(conf.tocsr(), show_progress=False)
+    with threadpool_limits(limits=1, user_api="blas"):  # implicit's own advice: its threads, not BLAS's
+        model = AlternatingLeastSquares(factors=factors, regularization=0.05, iterations=15,
+                                        random_state=s.settings.seed, num_threads=1)
+        model.fit(conf.tocsr(), show_progress=False)
     s.als_users, s.als_items = np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
