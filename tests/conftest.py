@@ -9,8 +9,12 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+import duckdb  # noqa: E402
+
 from cdp.scaffold import init_project  # noqa: E402
 from core.config import Config, load_config  # noqa: E402
+from ingestion.loader import ensure_raw_schema  # noqa: E402
+from tests.helpers import make_config  # noqa: E402
 
 # `make test` runs modules in parallel, each module whole on one worker (--dist loadfile), handed
 # out in collection order (--no-loadscope-reorder). Longest first, so that no long module starts
@@ -39,6 +43,17 @@ def no_dagster_state_storage_left_over():
 
     _current_storage.set(None)
     yield
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    """(config, connection) over an empty warehouse with the raw schema: identity tested on rows
+    inserted by hand, rules only (Splink off)."""
+    cfg = make_config(tmp_path, [], identity={"splink": {"enabled": False}})
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_raw_schema(con)
+    yield cfg, con
+    con.close()
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ import pytest
 
 from core.settings.identity import IdentitySettings
 from identity.pipeline import resolve
-from ingestion.loader import ensure_raw_schema
-from tests.helpers import make_config
 
 TS = "2025-01-01 10:00:00+00"
 
@@ -43,15 +41,6 @@ def web(con, mid, anon, user=None, email=None, first=None, phone=None):
     traits = json.dumps({k: v for k, v in {"email": email, "first_name": first, "phone": phone}.items() if v})
     insert(con, "web_events", "web", messageId=mid, type="identify", anonymousId=anon, userId=user, traits=traits,
            timestamp=TS)
-
-
-@pytest.fixture
-def env(tmp_path):
-    cfg = make_config(tmp_path, [], identity={"splink": {"enabled": False}})
-    con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    ensure_raw_schema(con)
-    yield cfg, con
-    con.close()
 
 
 def pid(con, key):

@@ -17,8 +17,7 @@ from core.warehouse import open_warehouse
 from identity.pipeline import resolve
 from ingestion import generator
 from ingestion.generator.increment import write_day
-from ingestion.loader import ensure_raw_schema, ingest
-from tests.helpers import make_config
+from ingestion.loader import ingest
 
 BEFORE = "2025-01-01 10:00:00+00"
 AFTER = "2025-03-01 10:00:00+00"
@@ -29,15 +28,6 @@ def insert(con, table, source, **cols):
     cols = {**cols, "_source": source, "_file": "test", "_row": 1, "_load_id": "L", "_loaded_at": BEFORE}
     names = ", ".join(f'"{k}"' for k in cols)
     con.execute(f"INSERT INTO raw.{table} ({names}) VALUES ({', '.join('?' for _ in cols)})", list(cols.values()))
-
-
-@pytest.fixture
-def env(tmp_path):
-    cfg = make_config(tmp_path, [], identity={"splink": {"enabled": False}})
-    con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    ensure_raw_schema(con)
-    yield cfg, con
-    con.close()
 
 
 def persons(con):

@@ -3,16 +3,12 @@
 
 import json
 
-import duckdb
-import pytest
 import yaml
 from click.testing import CliRunner
 
 from cdp.cli import main
 from identity import overrides
 from identity.pipeline import resolve
-from ingestion.loader import ensure_raw_schema
-from tests.helpers import make_config
 
 TS = "2025-01-01 10:00:00+00"
 
@@ -40,15 +36,6 @@ def identify(con, mid, anon, user, email):
 
 def alias(con, mid, previous, user):
     insert(con, "web_events", "web", messageId=mid, type="alias", previousId=previous, userId=user, timestamp=TS)
-
-
-@pytest.fixture
-def env(tmp_path):
-    cfg = make_config(tmp_path, [], identity={"splink": {"enabled": False}})
-    con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    ensure_raw_schema(con)
-    yield cfg, con
-    con.close()
 
 
 def pid(con, key):
