@@ -7,8 +7,10 @@ recommendations` runs the same code as of a past cut-off.
 1. Candidates per person, every source bounded: the products they bought before (buy-again /
    replenishment, with each product's own repurchase interval), co-purchase neighbours of their
    most recent purchases and co-view neighbours of their recent views (cosine similarity, top
-   `neighbours` per product), the top products of their top categories, trending products, and
-   implicit-feedback ALS neighbours when the `implicit` package and the data allow.
+   `neighbours` per product), the top products of their top categories, trending products and
+   the 90-day best sellers (a cold start's list; on a thin log the 30-day trend is a handful of
+   single sales), and implicit-feedback ALS neighbours for people who bought before, when the
+   `implicit` package and the data allow.
 2. Features per (person, product) - how often and how long ago they bought it against its
    usual interval, the similarities, category share, trend, the ALS score, the person's order
    count (so new, occasional and loyal customers get their own blend).
@@ -23,6 +25,9 @@ recommendations` runs the same code as of a past cut-off.
    shows it ahead of the better of buy-again and popularity (HitRate or Recall, at
    `blend_confidence`) and not behind in the other; otherwise that method's lists
    (choose_published, simple_lists). A fixed margin on a few hundred buyers was noise-sized.
+   The fixed fallback blend is tested the same way (on every buyer of the split); only a shop
+   with no history before the split or under 50 buyers in it, where nothing can be measured,
+   gets it untested.
 
 Everything is in sparse matrices and processed in chunks of people, so the cost grows
 linearly with customers.
@@ -40,15 +45,22 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
 from core.settings.scoring import RecommendationsSettings
-from scoring.recommend_metrics import als_top, buy_again_lists, person_outcomes, popularity_lists, ranking_metrics
+from scoring.recommend_metrics import (
+    als_top,
+    buy_again_lists,
+    person_outcomes,
+    popular_items,
+    popularity_lists,
+    ranking_metrics,
+)
 
 log = logging.getLogger("tessera.scoring")
 
 REASONS = ("buy_again", "replenishment", "bought_together", "viewed_together", "recently_viewed",
            "category_affinity", "similar_customers", "trending")
 FEATURES = ["own_orders", "own_days", "own_due", "item_interval", "item_repeat_rate", "co_purchase", "co_view",
-            "viewed", "viewed_days", "affinity", "cat_share", "trending", "popularity", "als", "user_orders",
-            "user_days"]
+            "viewed", "viewed_days", "affinity", "cat_share", "trending", "popularity_90d", "popularity", "als",
+            "user_orders", "user_days"]
 # Which features carry each personal reason: a reason's weight in a score is how much the score
 # drops when these are set to "no such signal".
 _FAMILIES = {
@@ -63,6 +75,9 @@ _FAMILIES = {
 _REASON_MIN_SHARE = 0.10
 # Per candidate source, per person: bounds that keep the candidate set (and the cost) linear.
 TOP_PER_CATEGORY, TOP_CATEGORIES, TRENDING_CANDIDATES, ALS_CANDIDATES, OWN_CANDIDATES = 10, 3, 20, 20, 50
+# The best sellers of the last 90 days (ties: of all time), the popularity baseline's own order: on a
+# thin log the 30-day trend is a handful of single sales, and a cold start needs these too.
+POPULAR_CANDIDATES = 20
 NEGATIVES_PER_PERSON = 60
 # What the stage may publish instead of the blend when the blend does not beat them (choose_published).
 SIMPLE_METHODS = ("buy_again", "popularity")
@@ -298,13 +313,18 @@ def candidates(s: State, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     union = (own != 0).astype(np.int8) + (co_bought != 0) + (co_viewed != 0) + (viewed != 0) + (affinity != 0)
     parts = [union.tocoo()]
     trend = np.argsort(-(s.trending + 1e-6 * s.popularity), kind="stable")[:TRENDING_CANDIDATES]
+    popular = popular_items(s)[:POPULAR_CANDIDATES]
+    general = np.union1d(trend, popular)  # the same for everyone
     local = np.arange(len(rows))
-    parts.append(sp.coo_matrix((np.ones(len(local) * len(trend)), (np.repeat(local, len(trend)), np.tile(trend, len(local)))),
-                               shape=union.shape))
-    if s.als_users is not None:
+    parts.append(sp.coo_matrix((np.ones(len(local) * len(general)),
+                                (np.repeat(local, len(general)), np.tile(general, len(local)))), shape=union.shape))
+    # ALS knows nothing of a person with no purchase (their factors are zero): their ALS "top" would
+    # be an arbitrary slice of the catalog.
+    warm = local[s.user_orders[rows] > 0]
+    if s.als_users is not None and len(warm):
         k = min(ALS_CANDIDATES, s.data.n_items)
-        top = als_top(s, rows, k)
-        parts.append(sp.coo_matrix((np.ones(top.size), (np.repeat(local, k), top.ravel())), shape=union.shape))
+        top = als_top(s, rows[warm], k)
+        parts.append(sp.coo_matrix((np.ones(top.size), (np.repeat(warm, k), top.ravel())), shape=union.shape))
     merged = sp.csr_matrix(sum(p.tocsr() for p in parts))
     merged.sum_duplicates()
     coo = merged.tocoo()
@@ -332,6 +352,7 @@ def features(s: State, u: np.ndarray, i: np.ndarray) -> pd.DataFrame:
         "affinity": share * s.item_cat_pop[i],
         "cat_share": share,
         "trending": s.trending[i],
+        "popularity_90d": np.log1p(s.popularity_90d[i]),
         "popularity": s.popularity[i],
         "als": (np.einsum("ij,ij->i", s.als_users[u], s.als_items[i]) if s.als_users is not None
                 else np.zeros(len(u))),
@@ -353,7 +374,7 @@ def _row_dot(seeds: sp.csr_matrix, sim: sp.csr_matrix, u: np.ndarray, i: np.ndar
 
 # --------------------------------------------------------------------------- the blend
 FALLBACK_WEIGHTS = {"own_orders": 1.0, "co_purchase": 2.0, "co_view": 1.0, "viewed": 0.3, "affinity": 1.0,
-                    "trending": 0.2, "als": 0.5}
+                    "trending": 0.2, "popularity_90d": 0.5, "als": 0.5}
 
 
 class FallbackBlend:
@@ -403,20 +424,14 @@ def fit_blend(data: Interactions, as_of: pd.Timestamp, settings: Recommendations
     u, i = candidates(state, fit_users)
     y = _labels(truth, u, i, data.n_items)
     if y.sum() < 20 or y.all():
-        return Blend(FallbackBlend(), "fallback")
-    # Negatives sampled per person: ranking by P(buy) survives uniform negative sampling, and it
-    # keeps the fit's cost bounded by training_customers, not by the catalog.
-    keep = y | (_rank_in_group(u, rng.random(len(u))) < NEGATIVES_PER_PERSON)
-    x = features(state, u[keep], i[keep])
-    # A column with no value at all (no product views in a shop without web data) breaks
-    # scikit-learn's binning; constant, it is simply never split on, so scoring is unchanged.
-    x = x.fillna({c: 0.0 for c in x.columns if x[c].isna().all()})
-    model = HistGradientBoostingClassifier(
-        learning_rate=0.1, max_iter=200, max_leaf_nodes=31, min_samples_leaf=50, l2_regularization=1.0,
-        early_stopping=True, validation_fraction=0.1, n_iter_no_change=15, random_state=settings.seed)
-    model.fit(x, y[keep])
-    blend = Blend(model, "ranker", training_rows=int(keep.sum()), training_buyers=len(fit_users),
-                  label_window=(str(split), str(as_of)))
+        # Too few purchases among the candidates to learn from (a log of one-off buyers): the
+        # fixed blend, measured like a ranker - on every buyer of the split, none was used to fit
+        # it - so that it too is published only if it beats the simple methods.
+        blend = Blend(FallbackBlend(), "fallback", label_window=(str(split), str(as_of)))
+        val_users = np.sort(buyers)
+    else:
+        blend = _fit_ranker(state, fit_users, u, i, y, rng, settings)
+        blend.label_window = (str(split), str(as_of))
     # Held-out buyers: the blend against the two simplest baselines on the same people.
     lists = recommend_lists(state, blend, val_users, settings, k, with_reasons=False)
     truth_val = truth[truth["u"].isin(val_users)]
@@ -430,6 +445,22 @@ def fit_blend(data: Interactions, as_of: pd.Timestamp, settings: Recommendations
     blend.published, blend.published_test = choose_published(blend.validation, outcomes, settings.blend_confidence,
                                                               settings.seed)
     return blend
+
+
+def _fit_ranker(state: State, fit_users: np.ndarray, u: np.ndarray, i: np.ndarray,
+                y: np.ndarray, rng, settings: RecommendationsSettings) -> Blend:
+    # Negatives sampled per person: ranking by P(buy) survives uniform negative sampling, and it
+    # keeps the fit's cost bounded by training_customers, not by the catalog.
+    keep = y | (_rank_in_group(u, rng.random(len(u))) < NEGATIVES_PER_PERSON)
+    x = features(state, u[keep], i[keep])
+    # A column with no value at all (no product views in a shop without web data) breaks
+    # scikit-learn's binning; constant, it is simply never split on, so scoring is unchanged.
+    x = x.fillna({c: 0.0 for c in x.columns if x[c].isna().all()})
+    model = HistGradientBoostingClassifier(
+        learning_rate=0.1, max_iter=200, max_leaf_nodes=31, min_samples_leaf=50, l2_regularization=1.0,
+        early_stopping=True, validation_fraction=0.1, n_iter_no_change=15, random_state=settings.seed)
+    model.fit(x, y[keep])
+    return Blend(model, "ranker", training_rows=int(keep.sum()), training_buyers=len(fit_users))
 
 
 BOOTSTRAP_DRAWS = 2000
