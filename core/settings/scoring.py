@@ -150,8 +150,9 @@ class RecommendationsSettings(_Strict):
         default=0.95, ge=0.5, lt=1.0,
         description="The learnt blend is published only if a paired bootstrap over held-out buyers of the time "
                     "split before the run's as_of (both methods' HitRate@list_length and Recall@list_length on "
-                    "the same people) shows it ahead of the best simple method (buy-again, popularity) in one at "
-                    "this one-sided confidence and not behind in the other; otherwise that method's lists.")
+                    "the same people) shows it ahead of the best simple method (buy-again, popularity) in one and "
+                    "not behind in the other, at this one-sided confidence over both metrics (each lower bound at "
+                    "1 - (1 - confidence) / 2); otherwise that method's lists.")
     training_customers: int = Field(default=20_000, ge=100,
                                     description="Buyers sampled to fit the blend (bounds its cost at any scale).")
     seed: int = 7
