@@ -192,6 +192,8 @@ def main(customers: int | None = None) -> dict:
     out["recommendations"] = recs if "error" in recs else {
         "cutoff": recs["cutoff"], "buyers_evaluated": recs["customers_evaluated"],
         "known_buyers": recs["known_customers"], "products": recs["products"],
+        "blend": recs["blend"]["kind"], "published": recs["blend"]["published"],
+        "published_test": recs["blend"]["published_test"],
         **{m: {"hr@10": r["all"]["hit_rate"], "recall@10": r["all"]["recall"]} for m, r in recs["methods"].items()},
         "tessera_at_least_best_baseline": recs["tessera_at_least_best_baseline"]}
     out["not_mapped"] = NOT_MAPPED

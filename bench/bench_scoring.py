@@ -135,6 +135,8 @@ def measure_recommendations(customers: int) -> dict:
                                           settings.list_length)
         out["buy_again_lists_cpu_s"] = round(_cpu() - c0, 1)
         out["buy_again_lists_rows"] = int(len(fallback))
+    # The process's peak so far: one size per process (`--recommendations N`) for a figure of that size.
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
 
 
