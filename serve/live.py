@@ -28,6 +28,7 @@ from core.snapshots import open_snapshot, read_manifest, snapshot_file
 log = logging.getLogger("tessera.serve")
 
 WEB_ID_ENTITIES = ("anonymous_id", "user_id")
+APPLY_SLICE = 200
 
 
 def _rows(con, sql: str, params=()) -> list[tuple]:
@@ -240,11 +241,13 @@ class LiveState:
             return
         events = normalise_events(records, self.event_names)
         now = time.time()
-        with self.lock:
-            for e in events:
-                self._apply_one(e, now)
-            self.applied += len(events)
-            self.last_applied_at = time.time()
+        # the lock in slices: a decision waits for at most APPLY_SLICE events, not a whole batch
+        for i in range(0, len(events), APPLY_SLICE):
+            with self.lock:
+                for e in events[i:i + APPLY_SLICE]:
+                    self._apply_one(e, now)
+                self.applied += len(events[i:i + APPLY_SLICE])
+                self.last_applied_at = time.time()
 
     def _apply_one(self, e: dict, now: float) -> None:
         anon, user = e.get("anonymousId"), e.get("userId")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import shutil
 import time
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from core.snapshots import open_snapshot, read_manifest
 from core.warehouse import connect
 from publish.snapshot import publish, serve_tables
 from scoring.cart import FEATURES, LABEL, train_and_score
-from scoring.compiled import compile_model
+from scoring.compiled import CompiledModel, compile_model
 from scoring.model_store import save
 from scoring.models import calibrator, make_model
 from serve import cart_model
@@ -51,11 +52,14 @@ def test_compiled_model_matches_scikit_learn_in_microseconds(algorithm):
     for deployed in deployed_models:
         compiled = compile_model(deployed)
         assert compiled.compiled
+        # what a snapshot carries: the parameters as JSON, scored without the fitted model
+        stored = CompiledModel(spec=json.loads(json.dumps(compiled.spec)))
         rows = x[1600:]
         with threadpool_limits(limits=1):
             expected = deployed.predict_proba(rows)[:, 1]
-        got = np.array([compiled.probability(r) for r in rows])
-        assert np.abs(got - expected).max() < 1e-9
+        for scorer in (compiled, stored):
+            got = np.array([scorer.probability(r) for r in rows])
+            assert np.abs(got - expected).max() < 1e-9
         started = time.process_time()  # CPU time: the shared machine's load does not count
         for r in rows:
             compiled.probability(r)
@@ -126,6 +130,9 @@ def _published_model(warehouse, published_dir, version):
     ro = open_snapshot(snap.path)
     try:
         columns = {r[0] for r in ro.execute(f"DESCRIBE main.{SERVE_CART_FEATURES}").fetchall()}
+        # the model as JSON numbers: no pickled payload in a published file
+        model_columns = {r[0]: r[1] for r in ro.execute(f"DESCRIBE main.{SERVE_CART_MODEL}").fetchall()}
+        assert "payload" not in model_columns and model_columns["compiled"] == "VARCHAR"
         return cart_model.load(ro, version), cart_model.load(ro, "another-version"), columns
     finally:
         ro.close()
