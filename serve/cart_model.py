@@ -17,7 +17,10 @@ cart; the person's history features from the batch at the cutoff, moved on by wh
 live since (orders, sessions) and by the time elapsed (days since the last order, the cart's
 age). With the same cart state at the cutoff they are the batch's features exactly (a test).
 A person the batch had no open cart for has no history features here: the batch's defaults
-for "no history" are used and the reason code says so.
+for "no history" are used and the reason code says so. Windowed counts (``web_sessions_30d``,
+``orders_365d``) count live sessions and orders inside the window ending now; the batch's part
+is its count at the cutoff, not aged (the snapshot has no dates to age it by; a run a day keeps
+that within a day of the window).
 """
 
 from __future__ import annotations
@@ -104,12 +107,15 @@ class CartModel:
         if live_orders:
             total = h["orders_total"] + len(live_orders)
             h["discounted_order_share"] = h["discounted_order_share"] * h["orders_total"] / total
-            h["orders_total"], h["orders_365d"] = total, h["orders_365d"] + len(live_orders)
+            h["orders_total"] = total
+            h["orders_365d"] += sum(1 for t in live_orders if t >= now - 365 * 86400)
             h["days_since_last_order"] = (now - max(live_orders)) / 86400
         elif h["days_since_last_order"] < NO_HISTORY["days_since_last_order"]:
             h["days_since_last_order"] += (now - self.cutoff) / 86400
         if person is not None:
-            h["web_sessions_30d"] += sum(1 for s in person.session_starts if s >= self.cutoff)
+            # live sessions in the window ending now (the batch's own count is as of its cutoff:
+            # the snapshot holds counts, not the dates that would age them)
+            h["web_sessions_30d"] += sum(1 for s in person.session_starts if s >= max(self.cutoff, now - 30 * 86400))
         h["days_since_previous_visit"] = previous_visit
         feats = {"cart_value": round(value, 2), "items_added": items, "hours_since_added": (now - last) / 3600,
                  "checkout_started": checkout, **h}

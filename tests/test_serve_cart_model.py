@@ -245,3 +245,28 @@ def test_serve_loads_the_model_from_the_snapshot_while_a_run_writes_the_warehous
         assert requests.get(srv.url + "/health").json()["snapshot"] == "run0002"
         intent = requests.post(srv.url + "/v1/decide", json={"anonymousId": "anon-a"}, headers=read).json()["cart_intent"]
         assert intent["reason"] == "cart_intent_live_model" and intent["features"] == "batch_cart"
+
+
+def test_live_windowed_counts_age_out():
+    """Live sessions and orders count in web_sessions_30d / orders_365d only inside the window
+    ending now; the batch's count at the cutoff is kept as published."""
+    cutoff = 1_700_000_000.0
+    day = 86400.0
+    history = dict(cart_model.NO_HISTORY, web_sessions_30d=3.0, orders_365d=2.0, orders_total=2.0,
+                   days_since_last_order=10.0)
+    batch = {"P1": cart_model.BatchCart("c1", cutoff - 3600, 50.0, 2.0, 0.0, history)}
+    model = cart_model.CartModel("v", list(FEATURES), CompiledModel(spec={"spec_version": 1, "kind": "constant",
+                                                                          "probability": 0.5}),
+                                 cutoff, batch, np.array([24.0]))
+    person = Person("P1")
+    person.session_starts.extend([cutoff + 1 * day, cutoff + 35 * day])  # the first is 39 days old by now
+    now = cutoff + 40 * day
+    feats, source = model.features("P1", person, now)
+    assert source == "batch_cart"
+    assert feats["web_sessions_30d"] == 3.0 + 1  # the batch's 3, and one live session in the last 30 days
+    assert feats["days_since_last_order"] == 10.0 + 40
+    person.order_times.append(cutoff + 2 * day)  # the batch's cart bought; a new one, much later
+    person.cart_id, person.cart_adds = "c2", [(cutoff + 390 * day, 20.0)]
+    feats, source = model.features("P1", person, cutoff + 400 * day)  # that order is now over a year old
+    assert source == "live_cart"
+    assert feats["orders_total"] == 3.0 and feats["orders_365d"] == 2.0
