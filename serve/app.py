@@ -158,6 +158,8 @@ class Server:
                                                   self._intent_of)
         replayed = self.state.replay(self.landed_files(), since=time.time() - 86400)
         log.info("serve: replayed %d recent events into live state", replayed)
+        gc.collect()  # the replayed profiles too are long-lived: out of the GC's scans (see _swap_in)
+        gc.freeze()
         for target, name in ((self._live_loop, "live-state"), (self._snapshot_loop, "snapshot-watch")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()

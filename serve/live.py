@@ -239,7 +239,8 @@ class LiveState:
         """Apply landed records (the collector's dicts) in order, normalised by core.segment_spec."""
         if not records:
             return
-        events = normalise_events(records, self.event_names)
+        # traits are not part of live state (profiles read them from the snapshot)
+        events = normalise_events(records, self.event_names, fields=("timestamp", "event"))
         now = time.time()
         # the lock in slices: a decision waits for at most APPLY_SLICE events, not a whole batch
         for i in range(0, len(events), APPLY_SLICE):
