@@ -66,6 +66,14 @@ def save(con: duckdb.DuckDBPyConnection, model: SavedModel) -> None:
                  pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), compiled_json(model)])
 
 
+def backfill_compiled(con: duckdb.DuckDBPyConnection, model: SavedModel) -> None:
+    """Give a model saved before ``compiled`` existed its JSON (a reused model is not saved
+    again, and the publish step copies only the JSON)."""
+    con.execute(f"ALTER TABLE {SCHEMA}.{TABLE} ADD COLUMN IF NOT EXISTS compiled VARCHAR")
+    con.execute(f"UPDATE {SCHEMA}.{TABLE} SET compiled = ? WHERE model = ? AND model_version = ? AND compiled IS NULL",
+                [compiled_json(model), model.name, model.model_version])
+
+
 def compiled_json(model: SavedModel) -> str | None:
     """The deployed model's parameters as JSON (scoring.compiled: numbers only, no code), with
     its features in order; None for a kind not compiled. This, not the pickle, is what a
