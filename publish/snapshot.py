@@ -192,9 +192,13 @@ def serve_tables(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """``{published_name: source}`` of the serve_* tables, for those whose warehouse tables exist
     (a project that has not scored carts yet publishes none, and the server uses the published scores)."""
     tables = {}
-    if table_exists(con, "scoring", "saved_models"):
-        tables[SERVE_CART_MODEL] = ("(SELECT model, model_version, fitted_as_of, payload FROM scoring.saved_models "
-                                    "WHERE model = 'cart_intent')")
+    # the cart model's compiled parameters (JSON numbers), never the pickled payload: a snapshot
+    # is opened by readers that must not run code from it
+    if table_exists(con, "scoring", "saved_models") and con.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'scoring' "
+            "AND table_name = 'saved_models' AND column_name = 'compiled'").fetchone()[0]:
+        tables[SERVE_CART_MODEL] = ("(SELECT model, model_version, fitted_as_of, compiled FROM scoring.saved_models "
+                                    "WHERE model = 'cart_intent' AND compiled IS NOT NULL)")
     if table_exists(con, "intermediate", "int_cart_features"):
         tables[SERVE_CART_FEATURES] = (f"(SELECT {', '.join(CART_FEATURE_COLUMNS)} FROM intermediate.int_cart_features "
                                        "WHERE snapshot = 'score')")

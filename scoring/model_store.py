@@ -9,11 +9,14 @@ newest labelled rows fell by more than `refit_if_auc_drops_by` below the one it 
 Otherwise the saved model scores, its version stays the same and its algorithm does not flip.
 
 The payload is a pickle written by this stage into the project's own warehouse; it is only
-ever read back from there (never from a file someone sent).
+ever read back from there (never from a file someone sent). Beside it, ``compiled`` holds the
+deployed model's parameters as JSON (scoring.compiled): what the publish step copies into a
+snapshot for ``cdp serve``, so a published file never carries an executable pickle.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass, field
 
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from core.warehouse import table_exists
+from scoring.compiled import to_spec
 from scoring.models import binary_metrics
 
 SCHEMA = "scoring"
@@ -53,11 +57,29 @@ def save(con: duckdb.DuckDBPyConnection, model: SavedModel) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     con.execute(f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
                         model VARCHAR PRIMARY KEY, algorithm VARCHAR, model_version VARCHAR,
-                        fitted_as_of TIMESTAMP, payload BLOB)""")
+                        fitted_as_of TIMESTAMP, payload BLOB, compiled VARCHAR)""")
+    con.execute(f"ALTER TABLE {SCHEMA}.{TABLE} ADD COLUMN IF NOT EXISTS compiled VARCHAR")
     con.execute(f"DELETE FROM {SCHEMA}.{TABLE} WHERE model = ?", [model.name])
-    con.execute(f"INSERT INTO {SCHEMA}.{TABLE} VALUES (?, ?, ?, ?, ?)",
+    con.execute(f"INSERT INTO {SCHEMA}.{TABLE} (model, algorithm, model_version, fitted_as_of, payload, compiled) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [model.name, model.algorithm, model.model_version, model.fitted_as_of.to_pydatetime(),
-                 pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)])
+                 pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), compiled_json(model)])
+
+
+def backfill_compiled(con: duckdb.DuckDBPyConnection, model: SavedModel) -> None:
+    """Give a model saved before ``compiled`` existed its JSON (a reused model is not saved
+    again, and the publish step copies only the JSON)."""
+    con.execute(f"ALTER TABLE {SCHEMA}.{TABLE} ADD COLUMN IF NOT EXISTS compiled VARCHAR")
+    con.execute(f"UPDATE {SCHEMA}.{TABLE} SET compiled = ? WHERE model = ? AND model_version = ? AND compiled IS NULL",
+                [compiled_json(model), model.name, model.model_version])
+
+
+def compiled_json(model: SavedModel) -> str | None:
+    """The deployed model's parameters as JSON (scoring.compiled: numbers only, no code), with
+    its features in order; None for a kind not compiled. This, not the pickle, is what a
+    published snapshot carries for ``cdp serve``."""
+    spec = to_spec(model.deployed)
+    return None if spec is None else json.dumps({"features": list(model.features), "model": spec})
 
 
 def load(con: duckdb.DuckDBPyConnection, name: str) -> SavedModel | None:

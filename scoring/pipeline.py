@@ -260,6 +260,8 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, o
         cart_result = cart.train_and_score(cart_features, gaps, cart_settings, saved=model_store.load(con, "cart_intent"))
         if cart_result.refitted:
             model_store.save(con, cart_result.model)
+        else:
+            model_store.backfill_compiled(con, cart_result.model)
         v = cart_result.validation
         how = f"refitted ({cart_result.refit_reason})" if cart_result.refitted else (
             f"saved model of {cart_result.model.fitted_as_of:%Y-%m-%d}")

@@ -4,8 +4,8 @@ score costs microseconds.
 
 What is read, and when: when a snapshot is swapped in, :func:`load` reads from that published
 snapshot (never the warehouse, which a running ``cdp run`` writes) the tables the publish step
-copies for it (publish/snapshot.py ``serve_tables``): the saved ``cart_intent`` model record
-(``serve_cart_model``), the batch's features of each person's open cart at the scoring cutoff
+copies for it (publish/snapshot.py ``serve_tables``): the saved ``cart_intent`` model's compiled
+parameters, JSON numbers and no pickle (``serve_cart_model``, scoring.compiled's spec), the batch's features of each person's open cart at the scoring cutoff
 (``serve_cart_features``, from int_cart_features' ``score`` rows) and the past return gaps
 (``serve_cart_return_gaps``, from int_carts). The model is used only when it is the one that
 scored the snapshot's ``cart_intent`` table (same ``model_version``), so live and batch scores
@@ -17,12 +17,15 @@ cart; the person's history features from the batch at the cutoff, moved on by wh
 live since (orders, sessions) and by the time elapsed (days since the last order, the cart's
 age). With the same cart state at the cutoff they are the batch's features exactly (a test).
 A person the batch had no open cart for has no history features here: the batch's defaults
-for "no history" are used and the reason code says so.
+for "no history" are used and the reason code says so. Windowed counts (``web_sessions_30d``,
+``orders_365d``) count live sessions and orders inside the window ending now; the batch's part
+is its count at the cutoff, not aged (the snapshot has no dates to age it by; a run a day keeps
+that within a day of the window).
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -31,8 +34,7 @@ import numpy as np
 
 from core.published import SERVE_CART_FEATURES, SERVE_CART_MODEL, SERVE_CART_RETURN_GAPS
 from scoring.cart import FEATURES, expected_return_hours
-from scoring.compiled import CompiledModel, compile_model
-from scoring.model_store import SavedModel
+from scoring.compiled import CompiledModel
 
 # int_cart_features' values for a person with no history (its coalesce defaults)
 NO_HISTORY = {"orders_total": 0.0, "orders_365d": 0.0, "discounted_order_share": 0.0, "days_since_last_order": 730.0,
@@ -60,10 +62,11 @@ class BatchCart:
 
 
 class CartModel:
-    def __init__(self, saved: SavedModel, cutoff: float, batch: dict[str, BatchCart], past_gaps_hours: np.ndarray):
-        self.saved = saved
-        self.model_version = saved.model_version
-        self.compiled: CompiledModel = compile_model(saved.deployed)
+    def __init__(self, model_version: str, features: list[str], compiled: CompiledModel, cutoff: float,
+                 batch: dict[str, BatchCart], past_gaps_hours: np.ndarray):
+        self.model_version = model_version
+        self.feature_names = list(features)
+        self.compiled = compiled
         self.cutoff = cutoff
         self.batch = batch
         self.gaps = np.sort(np.asarray(past_gaps_hours, dtype=float))
@@ -104,19 +107,22 @@ class CartModel:
         if live_orders:
             total = h["orders_total"] + len(live_orders)
             h["discounted_order_share"] = h["discounted_order_share"] * h["orders_total"] / total
-            h["orders_total"], h["orders_365d"] = total, h["orders_365d"] + len(live_orders)
+            h["orders_total"] = total
+            h["orders_365d"] += sum(1 for t in live_orders if t >= now - 365 * 86400)
             h["days_since_last_order"] = (now - max(live_orders)) / 86400
         elif h["days_since_last_order"] < NO_HISTORY["days_since_last_order"]:
             h["days_since_last_order"] += (now - self.cutoff) / 86400
         if person is not None:
-            h["web_sessions_30d"] += sum(1 for s in person.session_starts if s >= self.cutoff)
+            # live sessions in the window ending now (the batch's own count is as of its cutoff:
+            # the snapshot holds counts, not the dates that would age them)
+            h["web_sessions_30d"] += sum(1 for s in person.session_starts if s >= max(self.cutoff, now - 30 * 86400))
         h["days_since_previous_visit"] = previous_visit
         feats = {"cart_value": round(value, 2), "items_added": items, "hours_since_added": (now - last) / 3600,
                  "checkout_started": checkout, **h}
         return feats, source
 
     def probability(self, feats: dict[str, float]) -> float:
-        return self.compiled.probability([feats[f] for f in self.saved.features])
+        return self.compiled.probability([feats[f] for f in self.feature_names])
 
     def expected_return_hours(self, hours_since_added: float) -> float | None:
         r = float(expected_return_hours(np.array([hours_since_added]), self.gaps)[0])
@@ -132,11 +138,23 @@ def load(snapshot: duckdb.DuckDBPyConnection, published_version: str | None) -> 
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
     if SERVE_CART_MODEL not in names:
         return None
-    row = snapshot.execute(f"SELECT payload FROM main.{SERVE_CART_MODEL} WHERE model = 'cart_intent'").fetchone()
-    saved = _unpickle(row[0]) if row else None
-    if saved is None or list(saved.features) != list(FEATURES):
+    columns = {r[0] for r in snapshot.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
+        [SERVE_CART_MODEL]).fetchall()}
+    if "compiled" not in columns:  # an older snapshot that carried a pickle: never unpickled here
         return None
-    if published_version is not None and saved.model_version != published_version:
+    row = snapshot.execute(f"SELECT model_version, fitted_as_of, compiled FROM main.{SERVE_CART_MODEL} "
+                           "WHERE model = 'cart_intent'").fetchone()
+    if row is None or row[2] is None:
+        return None
+    model_version, fitted_as_of, doc = row[0], row[1], json.loads(row[2])
+    if list(doc.get("features") or []) != list(FEATURES):
+        return None
+    if published_version is not None and model_version != published_version:
+        return None
+    try:
+        compiled = CompiledModel(spec=doc["model"])
+    except (KeyError, TypeError, ValueError):  # a spec this version cannot read: the published scores answer
         return None
     history_cols = [f for f in FEATURES if f in NO_HISTORY]
     rows, gaps = None, np.zeros(0)
@@ -149,7 +167,7 @@ def load(snapshot: duckdb.DuckDBPyConnection, published_version: str | None) -> 
         gaps = snapshot.execute(f"SELECT return_gap_hours FROM main.{SERVE_CART_RETURN_GAPS}").fetchnumpy()[
             "return_gap_hours"]
     batch: dict[str, BatchCart] = {}
-    cutoff = _epoch(saved.fitted_as_of.to_pydatetime())
+    cutoff = _epoch(fitted_as_of)
     if rows is not None and len(rows["person_id"]):
         cutoff = float(rows["cutoff_at"][-1])
         num = {c: np.nan_to_num(np.asarray(rows[c], dtype=float)).tolist()
@@ -158,14 +176,4 @@ def load(snapshot: duckdb.DuckDBPyConnection, published_version: str | None) -> 
             # ordered: a person's latest cart comes last and stays (the cart the batch scores)
             batch[pid] = BatchCart(str(cart), num["last_added_at"][i], num["cart_value"][i], num["items_added"][i],
                                    num["checkout_started"][i], {c: num[c][i] for c in history_cols})
-    return CartModel(saved, cutoff, batch, np.asarray(gaps, dtype=float))
-
-
-def _unpickle(payload: bytes) -> SavedModel | None:
-    """The saved model record as the scoring stage pickled it into its warehouse and the publish
-    step copied it; None for one this version cannot read (the published scores then answer)."""
-    try:
-        model = pickle.loads(payload)
-    except Exception:
-        return None
-    return model if isinstance(model, SavedModel) else None
+    return CartModel(model_version, doc["features"], compiled, cutoff, batch, np.asarray(gaps, dtype=float))

@@ -28,6 +28,7 @@ from core.snapshots import open_snapshot, read_manifest, snapshot_file
 log = logging.getLogger("tessera.serve")
 
 WEB_ID_ENTITIES = ("anonymous_id", "user_id")
+APPLY_SLICE = 200
 
 
 def _rows(con, sql: str, params=()) -> list[tuple]:
@@ -238,13 +239,16 @@ class LiveState:
         """Apply landed records (the collector's dicts) in order, normalised by core.segment_spec."""
         if not records:
             return
-        events = normalise_events(records, self.event_names)
+        # traits are not part of live state (profiles read them from the snapshot)
+        events = normalise_events(records, self.event_names, fields=("timestamp", "event"))
         now = time.time()
-        with self.lock:
-            for e in events:
-                self._apply_one(e, now)
-            self.applied += len(events)
-            self.last_applied_at = time.time()
+        # the lock in slices: a decision waits for at most APPLY_SLICE events, not a whole batch
+        for i in range(0, len(events), APPLY_SLICE):
+            with self.lock:
+                for e in events[i:i + APPLY_SLICE]:
+                    self._apply_one(e, now)
+                self.applied += len(events[i:i + APPLY_SLICE])
+                self.last_applied_at = time.time()
 
     def _apply_one(self, e: dict, now: float) -> None:
         anon, user = e.get("anonymousId"), e.get("userId")

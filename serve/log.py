@@ -62,6 +62,8 @@ class EventLog:
         self._opened_at = 0.0
         self.rotated: list[Path] = []
         self.committed_lines = 0
+        self.commits = 0            # group commits (one write + one fdatasync each)
+        self.commit_seconds = 0.0   # wall time inside them
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="event-log", daemon=True)
         self._thread.start()
@@ -166,8 +168,11 @@ class EventLog:
                     if self._file is None:
                         self._open()
                     data = b"".join(w[0] for w in writes)
+                    t0 = time.perf_counter()
                     self._file.write(data)
                     os.fdatasync(self._file.fileno())
+                    self.commit_seconds += time.perf_counter() - t0
+                    self.commits += 1
                     self._size += len(data)
                     self.committed_lines += sum(w[1] for w in writes)
                     for w in writes:

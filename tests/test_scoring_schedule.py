@@ -2,6 +2,8 @@
 come with age or drift, the saved model survives the warehouse; cart intent calibrated on its
 validation week beside a simple baseline, and one session's probability without a warehouse."""
 
+import json
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -99,6 +101,20 @@ def test_the_saved_model_round_trips_through_the_warehouse():
     frame = churn_features(n=50, seed=1).fillna(0.0)
     assert np.allclose(back.predict(frame), result.model.predict(frame))
     assert back.model_version == result.model_version and back.fitted_as_of == AS_OF
+
+
+def test_a_model_saved_before_compiled_json_gets_it_when_reused():
+    """A warehouse whose saved_models predates the compiled column: the run that reuses the
+    model (no refit, no save) backfills its JSON, which is what a snapshot publishes."""
+    con = duckdb.connect()
+    result = churn.train_and_score(churn_features(n=600), ChurnSettings(algorithms=["logistic_regression"]))
+    model_store.save(con, result.model)
+    con.execute("ALTER TABLE scoring.saved_models DROP COLUMN compiled")  # the old layout
+    model_store.backfill_compiled(con, result.model)
+    model_store.backfill_compiled(con, result.model)  # once is enough; again changes nothing
+    (doc,) = con.execute("SELECT compiled FROM scoring.saved_models WHERE model = 'churn'").fetchone()
+    assert json.loads(doc)["features"] == list(result.model.features)
+    assert model_store.load(con, "churn").model_version == result.model_version
 
 
 def test_cart_intent_is_calibrated_on_its_validation_week_beside_a_baseline():

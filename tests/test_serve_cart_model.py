@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import shutil
 import time
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from core.snapshots import open_snapshot, read_manifest
 from core.warehouse import connect
 from publish.snapshot import publish, serve_tables
 from scoring.cart import FEATURES, LABEL, train_and_score
-from scoring.compiled import compile_model
+from scoring.compiled import CompiledModel, compile_model
 from scoring.model_store import save
 from scoring.models import calibrator, make_model
 from serve import cart_model
@@ -51,11 +52,14 @@ def test_compiled_model_matches_scikit_learn_in_microseconds(algorithm):
     for deployed in deployed_models:
         compiled = compile_model(deployed)
         assert compiled.compiled
+        # what a snapshot carries: the parameters as JSON, scored without the fitted model
+        stored = CompiledModel(spec=json.loads(json.dumps(compiled.spec)))
         rows = x[1600:]
         with threadpool_limits(limits=1):
             expected = deployed.predict_proba(rows)[:, 1]
-        got = np.array([compiled.probability(r) for r in rows])
-        assert np.abs(got - expected).max() < 1e-9
+        for scorer in (compiled, stored):
+            got = np.array([scorer.probability(r) for r in rows])
+            assert np.abs(got - expected).max() < 1e-9
         started = time.process_time()  # CPU time: the shared machine's load does not count
         for r in rows:
             compiled.probability(r)
@@ -126,6 +130,9 @@ def _published_model(warehouse, published_dir, version):
     ro = open_snapshot(snap.path)
     try:
         columns = {r[0] for r in ro.execute(f"DESCRIBE main.{SERVE_CART_FEATURES}").fetchall()}
+        # the model as JSON numbers: no pickled payload in a published file
+        model_columns = {r[0]: r[1] for r in ro.execute(f"DESCRIBE main.{SERVE_CART_MODEL}").fetchall()}
+        assert "payload" not in model_columns and model_columns["compiled"] == "VARCHAR"
         return cart_model.load(ro, version), cart_model.load(ro, "another-version"), columns
     finally:
         ro.close()
@@ -238,3 +245,28 @@ def test_serve_loads_the_model_from_the_snapshot_while_a_run_writes_the_warehous
         assert requests.get(srv.url + "/health").json()["snapshot"] == "run0002"
         intent = requests.post(srv.url + "/v1/decide", json={"anonymousId": "anon-a"}, headers=read).json()["cart_intent"]
         assert intent["reason"] == "cart_intent_live_model" and intent["features"] == "batch_cart"
+
+
+def test_live_windowed_counts_age_out():
+    """Live sessions and orders count in web_sessions_30d / orders_365d only inside the window
+    ending now; the batch's count at the cutoff is kept as published."""
+    cutoff = 1_700_000_000.0
+    day = 86400.0
+    history = dict(cart_model.NO_HISTORY, web_sessions_30d=3.0, orders_365d=2.0, orders_total=2.0,
+                   days_since_last_order=10.0)
+    batch = {"P1": cart_model.BatchCart("c1", cutoff - 3600, 50.0, 2.0, 0.0, history)}
+    model = cart_model.CartModel("v", list(FEATURES), CompiledModel(spec={"spec_version": 1, "kind": "constant",
+                                                                          "probability": 0.5}),
+                                 cutoff, batch, np.array([24.0]))
+    person = Person("P1")
+    person.session_starts.extend([cutoff + 1 * day, cutoff + 35 * day])  # the first is 39 days old by now
+    now = cutoff + 40 * day
+    feats, source = model.features("P1", person, now)
+    assert source == "batch_cart"
+    assert feats["web_sessions_30d"] == 3.0 + 1  # the batch's 3, and one live session in the last 30 days
+    assert feats["days_since_last_order"] == 10.0 + 40
+    person.order_times.append(cutoff + 2 * day)  # the batch's cart bought; a new one, much later
+    person.cart_id, person.cart_adds = "c2", [(cutoff + 390 * day, 20.0)]
+    feats, source = model.features("P1", person, cutoff + 400 * day)  # that order is now over a year old
+    assert source == "live_cart"
+    assert feats["orders_total"] == 3.0 and feats["orders_365d"] == 2.0
