@@ -131,8 +131,65 @@ def test_dagster_run_builds_every_model_passes_every_check_and_counts_rows(built
     # dbt wrote into the project's folder (parse state kept for the next run), not the code's.
     target = built["config"].dbt_target_dir
     assert (target / "partial_parse.msgpack").exists() and any((target / "runs").iterdir())
-    assert len(built["checks"]) > 100
     assert [c.check_name for c in built["checks"] if not c.passed] == []
+    # A model's dbt data tests are its one `dbt_tests` check (not one check each: Dagster's event
+    # handling per check was most of a run's fixed cost), every test counted in its metadata.
+    assert {c.check_name for c in built["checks"]} == {"dbt_tests"}
+    assert len(built["checks"]) == len({c.asset_key for c in built["checks"]}) > 30
+    ran = [r for run in (target / "runs").iterdir() if (run / "run_results.json").exists()
+           for r in json.loads((run / "run_results.json").read_text())["results"]]
+    assert sum(c.metadata["tests"].value for c in built["checks"]) == sum(r["unique_id"].startswith("test.") for r in ran) > 150
+    # The build runs no unit tests (test_dbt_unit_tests_pass does).
+    assert not [r for r in ran if r["unique_id"].startswith("unit_test.")]
+
+
+def test_dbt_unit_tests_pass(built):
+    """A `cdp run` leaves dbt's unit tests out (they test the models' SQL, not the day's data):
+    they run here, on the built warehouse (a unit test reads its inputs' column types from it)."""
+    target = built["root"] / "target_past"  # the backtest's folder: its parse state is reused
+    dbt(["test", "--select", "resource_type:unit_test", "--vars", json.dumps({"as_of": PAST.isoformat()})],
+        built["config"].warehouse_path, target)
+    results = json.loads((target / "run_results.json").read_text())["results"]
+    declared = json.loads((target / "manifest.json").read_text())["unit_tests"]
+    assert len(declared) >= 10
+    assert sorted(r["unique_id"] for r in results) == sorted(declared)
+    assert {r["status"] for r in results} == {"pass"}
+
+
+def test_a_failing_dbt_test_fails_its_models_check_and_names_itself():
+    """dbt's run_results -> one `dbt_tests` result per model, and the reason a build failed."""
+    from dagster import AssetCheckSeverity, AssetKey
+
+    from dagster_project.defs.dbt_marts import DBT_PROJECT, TesseraDbtTranslator, dbt_failure_reason, dbt_test_checks
+
+    manifest = json.loads(DBT_PROJECT.manifest_path.read_text())
+    tests = {uid: n for uid, n in manifest["nodes"].items()
+             if n["resource_type"] == "test" and n.get("attached_node") == "model.tessera.customers"}
+    failing = next(uid for uid, n in tests.items() if n["name"].startswith("unique"))
+    results = {"results": [
+        {"unique_id": uid, "status": "fail" if uid == failing else "pass", "failures": 3 if uid == failing else 0,
+         "message": "Got 3 results, configured to fail if != 0" if uid == failing else None} for uid in tests]}
+    checks = dbt_test_checks(results, manifest, TesseraDbtTranslator())
+    (key, result), = checks.items()
+    assert (key.asset_key, key.name) == (AssetKey(["marts", "customers"]), "dbt_tests")
+    assert not result.passed and result.severity == AssetCheckSeverity.ERROR
+    assert result.metadata["tests"].value == len(tests) and result.metadata["passed_tests"].value == len(tests) - 1
+    assert tests[failing]["name"] in result.metadata["detail"].value and "(3 rows)" in result.metadata["detail"].value
+    reason = dbt_failure_reason(results, manifest)
+    assert reason == f"test {tests[failing]['name']} on customers: Got 3 results, configured to fail if != 0"
+    # Every test passing: the check passes.
+    passing = {"results": [{**r, "status": "pass", "failures": 0} for r in results["results"]]}
+    assert all(r.passed for r in dbt_test_checks(passing, manifest, TesseraDbtTranslator()).values())
+    assert dbt_failure_reason(passing, manifest) == ""
+
+
+def test_each_tested_model_has_one_dbt_tests_check():
+    from dagster_project.defs.dbt_marts import DBT_ASSETS
+
+    specs = [s for a in DBT_ASSETS for s in a.check_specs]
+    assert {s.name for s in specs} == {"dbt_tests"}
+    assert len(specs) == len({s.asset_key for s in specs}) > 30
+    assert all(s.blocking for s in specs)
 
 
 def test_web_orders_fulfilled_in_store_are_counted_once(con):
@@ -589,3 +646,29 @@ def test_declarative_segments_asset_sits_between_the_two_dbt_selections():
     # Recommendations are the scoring stage's (scoring/recommend.py), published after it.
     assert AssetKey(["marts", "recommendations"]) in {s.key for s in after_scoring.specs}
     assert AssetKey(["scoring", "recommendations"]) in after[AssetKey(["marts", "recommendations"])]
+
+
+def test_a_run_with_another_as_of_keeps_dbts_partial_parse(built, tmp_path):
+    """The as_of reaches dbt as TESSERA_AS_OF, read when a node runs, not as a --vars value: an
+    invocation with another as_of reuses the project's parse state (dbt re-parsed the whole
+    project whenever a var changed) and still builds as of its own as_of."""
+    import os
+    import shutil
+    import subprocess
+
+    from dagster_project.defs.dbt_marts import AS_OF_ENV, PARTIAL_PARSE, invocation_vars
+    from tests.helpers import DBT, DBT_DIR
+
+    config = built["config"]
+    target = tmp_path / "target"
+    target.mkdir()
+    shutil.copy(config.dbt_target_dir / PARTIAL_PARSE, target / PARTIAL_PARSE)  # as _build seeds a run
+    env = {**os.environ, AS_OF_ENV: "2026-05-31", "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    done = subprocess.run([DBT, "compile", "--select", "customer_traits", "--vars", json.dumps(invocation_vars(config)),
+                           "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
+                           "--target-path", str(target), "--log-path", str(target)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    log = (target / "dbt.log").read_text()
+    assert "Unable to do partial parsing" not in log and "Partial parsing enabled" in log
+    compiled = next(target.rglob("compiled/**/customer_traits.sql")).read_text()
+    assert "2026-05-31 23:59:59" in compiled and "2026-06-30" not in compiled

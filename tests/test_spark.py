@@ -411,7 +411,7 @@ def test_every_dbt_model_and_test_builds_on_spark_with_the_duckdb_rows(tmp_path,
                         .replace("engine: duckdb", "engine: spark"))
     config = load_config(cfg_path)
     generate(customers=300, seed=7, out=config.landing_dir, as_of=config.as_of, clean=True)
-    variables = invocation_vars(config)
+    variables = invocation_vars(config, config.as_of.isoformat())  # by hand: the as_of as a var
     project = str(dbt_project_dir())
 
     def build(target: str, select: list[str]) -> None:

@@ -4,9 +4,11 @@ The dbt project is installed code (core/dbt_project.py); what dbt writes (manife
 state, one target folder per invocation) lives in the project's ``Config.dbt_target_dir``. dbt
 sources map onto the assets that write them (``raw.X`` -> ``raw/X`` from ingestion,
 ``identity.Y`` -> ``identity/Y`` from identity resolution); models are grouped by layer and keyed
-``<layer>/<model>``; dbt data tests become asset checks. The warehouse path and ``as_of`` come from
-cdp.yaml through the TesseraResource, as dbt --vars of each invocation: nothing is set in the
-process environment, so one process can build several projects.
+``<layer>/<model>``; dbt data tests become asset checks. The warehouse path comes from cdp.yaml
+through the TesseraResource as a dbt --var of each invocation, the run's ``as_of`` as the
+environment variable TESSERA_AS_OF of the dbt process only (so a new as_of keeps dbt's
+partial-parse state): nothing stays set in this process's environment, so one process can build
+several projects.
 """
 
 
@@ -17,12 +19,27 @@ import logging
 import os
 import re
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetSpec, Output
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    AssetKey,
+    AssetObservation,
+    AssetSpec,
+    Failure,
+    MetadataValue,
+    Output,
+)
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt.asset_utils import get_asset_check_key_for_test, get_manifest_and_translator_from_dbt_assets
 
 from core.config import CONFIG_ENV, Config, ConfigError, load_config
 from core.dbt_project import (
@@ -35,6 +52,7 @@ from core.dbt_project import (
     needs_full_refresh,
     project_digest,
 )
+from core.pii import mask_pii
 from core.settings.scoring import dbt_vars
 from core.warehouse import fetch_all, open_warehouse
 from dagster_project.defs.ingestion import WAREHOUSE_POOL
@@ -52,19 +70,49 @@ PARTIAL_PARSE = "partial_parse.msgpack"
 
 
 def invocation_vars(config: Config, as_of: Optional[str] = None) -> dict[str, Any]:
-    """The --vars of a dbt invocation for a project: its warehouse file (profiles.yml reads it),
-    the run's as_of (one per run, dagster_project/defs/resources.py: run_as_of; else cdp.yaml's
-    when set, else dbt's default, the invocation's start) and the feature models' settings that
-    differ from dbt_project.yml (core.settings.scoring.dbt_vars). dbt re-parses the whole project
-    when the vars change, so a run whose as_of differs from the previous run's pays one full parse
-    (measured in docs/benchmarks.md); the invocations of one run share the vars and the state."""
-    if as_of is None and config.as_of is not None:
-        as_of = config.as_of.isoformat()
+    """The --vars of a dbt invocation for a project: its warehouse file (profiles.yml reads it)
+    and the feature models' settings that differ from dbt_project.yml
+    (core.settings.scoring.dbt_vars); `as_of` only when given (dbt by hand, a test).
+
+    dbt re-parses the whole project when any --vars value changes, so the run's as_of is not one
+    of them: `cdp run` hands it to dbt as the environment variable TESSERA_AS_OF
+    (``invocation_env``), which the `as_of()` macro reads only when a node runs. These vars stay
+    the same from run to run, so a run with a new as_of keeps dbt's partial-parse state."""
     return {
         WAREHOUSE_VAR: str(config.warehouse_path),
         **({"as_of": as_of} if as_of is not None else {}),
         **dbt_vars(config.churn, config.cart_intent),
     }
+
+
+# The environment variable the `as_of()` macro reads the run's as_of from (dbt/macros/as_of.sql).
+AS_OF_ENV = "TESSERA_AS_OF"
+
+
+def invocation_env(as_of: str) -> dict[str, str]:
+    """What a dbt invocation of a run adds to its environment: the run's as_of."""
+    return {AS_OF_ENV: as_of}
+
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _dbt_process_environment(values: Mapping[str, str]):
+    """`DbtCliResource.cli` starts the dbt process with a copy of os.environ and takes no
+    environment of its own: set ``values`` for that moment only, under a lock, and restore them,
+    so the process keeps no project's value and two projects built in one process do not mix."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def _load_time_target() -> tuple[Path, dict[str, Any]]:
@@ -146,11 +194,38 @@ AFTER_SCORING_TAG = "after_scoring"
 RUNS_AFTER = {False: AssetKey(["identity", "changes"]), True: AssetKey(["segments", "definitions"])}
 
 
+# The one asset check per dbt model that stands for all its dbt data tests.
+DBT_TESTS_CHECK = "dbt_tests"
+
+
 class TesseraDbtTranslator(DagsterDbtTranslator):
-    """dbt sources -> the upstream assets' keys; models -> `<layer>/<model>` in group `<layer>`."""
+    """dbt sources -> the upstream assets' keys; models -> `<layer>/<model>` in group `<layer>`;
+    a model's dbt data tests -> one asset check of the model, `dbt_tests` (DBT_TESTS_CHECK).
+
+    Not one asset check per dbt test (dagster-dbt's `enable_asset_checks`): every check costs
+    Dagster a planned event, an output and an evaluation written to the run's event log, and the
+    ~200 tests of a build were most of a run's ~1,500 events and ~20 CPU-s of its event handling
+    (docs/benchmarks.md). Each test's result is in the check's metadata instead (``_build``)."""
 
     def __init__(self) -> None:
-        super().__init__(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+        # enable_asset_checks off: dagster-dbt reports each test as an observation, which _build
+        # drops; get_asset_check_spec below still declares the aggregated checks.
+        super().__init__(settings=DagsterDbtTranslatorSettings(enable_asset_checks=False))
+
+    def get_asset_check_spec(self, asset_spec: AssetSpec, manifest: Mapping[str, Any], unique_id: str,
+                             project: Optional[DbtProject]) -> Optional[AssetCheckSpec]:
+        """The model's `dbt_tests` check, for each test attached to it (dagster-dbt keeps one spec
+        per check key, so a model's tests make one check)."""
+        key = get_asset_check_key_for_test(manifest, self, unique_id, project)
+        if key is None or key.asset_key != asset_spec.key:
+            return None
+        return AssetCheckSpec(
+            DBT_TESTS_CHECK, asset=asset_spec.key, blocking=True,
+            description="The model's dbt data tests (its YAML's and dbt/tests/'s): passes when every one passes; "
+                        "a failing test's name, failing row count and message are in the metadata.",
+            # dagster-dbt selects a test by this when only the check is run; _build adds the others
+            metadata={"dagster_dbt/unique_id": unique_id},
+        )
 
     @staticmethod
     def layer(dbt_resource_props: Mapping[str, Any]) -> Optional[str]:
@@ -199,8 +274,11 @@ class TesseraDbtTranslator(DagsterDbtTranslator):
         return description or f"dbt {kind} {dbt_resource_props['name']}"
 
 
-def _dbt_args(config: Config, as_of: str, full_refresh: bool = False) -> list[str]:
-    return ["build", "--vars", json.dumps(invocation_vars(config, as_of)), *(["--full-refresh"] if full_refresh else [])]
+def _dbt_args(config: Config, full_refresh: bool = False) -> list[str]:
+    # Unit tests check the models' SQL, which a production build does not change: the test suite
+    # runs them (tests/test_dbt_marts.py), a run does not pay for them.
+    return ["build", "--exclude-resource-type", "unit_test", "--vars", json.dumps(invocation_vars(config)),
+            *(["--full-refresh"] if full_refresh else [])]
 
 
 class _DbtProgress(io.TextIOBase):
@@ -238,9 +316,77 @@ def _row_counts(warehouse: Path, relations: dict[str, str]) -> dict[str, int]:
         return {uid: n for uid, n in fetch_all(con, union)}
 
 
+def _test_check_keys(manifest: Mapping[str, Any], test_ids, translator: DagsterDbtTranslator,
+                     project: Optional[DbtProject]) -> dict[str, AssetCheckKey]:
+    """dbt test unique_id -> the `dbt_tests` check of the model it tests (tests attached to no
+    model of the project are left out)."""
+    out = {}
+    for uid in test_ids:
+        key = get_asset_check_key_for_test(manifest, translator, uid, project) if uid.startswith("test.") else None
+        if key is not None:
+            out[uid] = AssetCheckKey(key.asset_key, DBT_TESTS_CHECK)
+    return out
+
+
+def dbt_test_checks(run_results: Mapping[str, Any], manifest: Mapping[str, Any], translator: DagsterDbtTranslator,
+                    project: Optional[DbtProject] = None) -> dict[AssetCheckKey, AssetCheckResult]:
+    """One `dbt_tests` result per model from dbt's run_results.json: passed when every test of
+    the model that ran passed; ERROR severity when one failed or errored (WARN when only tests of
+    `severity: warn` did); the tests that did not pass named in the metadata (name, status,
+    failing rows, dbt's message; masked: a database error can quote a value)."""
+    results = {r["unique_id"]: r for r in run_results.get("results", []) if r["unique_id"].startswith("test.")}
+    by_check: dict[AssetCheckKey, list[Mapping[str, Any]]] = {}
+    for uid, key in _test_check_keys(manifest, results, translator, project).items():
+        by_check.setdefault(key, []).append(results[uid])
+    checks = {}
+    for key, tests in by_check.items():
+        bad = [t for t in tests if t["status"] != "pass"]
+        severity = (AssetCheckSeverity.ERROR if any(t["status"] != "warn" for t in bad) or not bad
+                    else AssetCheckSeverity.WARN)
+        failed = [{"test": manifest["nodes"].get(t["unique_id"], {}).get("name", t["unique_id"]), "status": t["status"],
+                   "failing_rows": t.get("failures"), "message": mask_pii(str(t.get("message") or ""))} for t in bad]
+        metadata: dict[str, Any] = {"tests": len(tests), "passed_tests": len(tests) - len(bad)}
+        if failed:
+            metadata["failed_tests"] = MetadataValue.json(failed)
+            metadata["detail"] = "; ".join(f"{f['test']}: {f['status']}" + (f" ({f['failing_rows']} rows)" if f["failing_rows"] else "")
+                                           for f in failed)
+        checks[key] = AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=not bad,
+                                       severity=severity, metadata=metadata)
+    return checks
+
+
+def dbt_failure_reason(run_results: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
+    """What failed in a dbt invocation, node by node (a failing test with its model), masked."""
+    parts = []
+    for r in run_results.get("results", []):
+        if r["status"] not in ("error", "fail"):
+            continue
+        node = manifest["nodes"].get(r["unique_id"], {})
+        kind, name = r["unique_id"].split(".")[0], node.get("name", r["unique_id"])
+        model = node.get("attached_node", "").split(".")[-1] if kind == "test" else ""
+        parts.append(f"{kind} {name}" + (f" on {model}" if model else "") + f": {mask_pii(str(r.get('message') or r['status']))}")
+    return "; ".join(parts)
+
+
+def _checks_only_selects(context: AssetExecutionContext, manifest: Mapping[str, Any],
+                         translator: DagsterDbtTranslator) -> list[str]:
+    """--select for a run of a model's `dbt_tests` check without the model: every test of it
+    (dagster-dbt would select the one test named in the check's metadata)."""
+    wanted = {k for k in context.selected_asset_check_keys
+              if k.name == DBT_TESTS_CHECK and k.asset_key not in context.selected_asset_keys}
+    if not wanted:
+        return []
+    tests = [uid for uid in manifest["nodes"] if uid.startswith("test.")]
+    keys = _test_check_keys(manifest, tests, translator, None)
+    fqns = sorted(".".join(manifest["nodes"][uid]["fqn"]) for uid, key in keys.items() if key in wanted)
+    return ["--select", " ".join(fqns)] if fqns else []
+
+
 def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: TesseraResource):
-    """`dbt build` of the selection the context asks for, in the project's target folder, with
-    row counts and the as_of the marts were built with as metadata."""
+    """`dbt build` of the selection the context asks for (data tests, not unit tests: those run in
+    the test suite, tests/test_dbt_marts.py), in the project's target folder, with row counts and
+    the as_of the marts were built with as metadata, and each model's tests as its one `dbt_tests`
+    check. A failing test fails the step (nothing downstream, publish included, runs), named."""
     config = tessera.load()
     as_of = run_as_of(context, config).strftime(AS_OF_FORMAT)
     state_dir = config.dbt_target_dir
@@ -250,12 +396,16 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     full_refresh = needs_full_refresh(state_dir, op_name)
     if full_refresh:
         log.info("dbt: --full-refresh (the dbt project changed since this selection's last build, or none is recorded)")
+    manifest, translator, _ = get_manifest_and_translator_from_dbt_assets([context.assets_def])
     # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
     with tessera.project_held():
-        invocation = dbt.cli(_dbt_args(config, as_of, full_refresh), context=context, raise_on_error=False,
-                             target_path=run_target)
+        with _dbt_process_environment(invocation_env(as_of)):
+            invocation = dbt.cli([*_dbt_args(config, full_refresh), *_checks_only_selects(context, manifest, translator)],
+                                 context=context, raise_on_error=False, target_path=run_target)
         with contextlib.redirect_stdout(_DbtProgress()):
-            events = list(invocation.stream())
+            # a test's result comes as an AssetObservation of its model (checks are off in the
+            # translator's settings): dropped, summarised per model from run_results.json below
+            events = [e for e in invocation.stream() if not isinstance(e, AssetObservation)]
     _keep_partial_parse(run_target, state_dir)
 
     nodes = invocation.manifest["nodes"]
@@ -280,8 +430,18 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
             event = event.with_metadata({**event.metadata, **extra})
         yield event
 
+    run_results_path = Path(run_target) / "run_results.json"
+    run_results = json.loads(run_results_path.read_text()) if run_results_path.exists() else {}
+    selected = context.selected_asset_check_keys
+    for key, result in dbt_test_checks(run_results, invocation.manifest, translator).items():
+        if key in selected:
+            yield result
+
     error = invocation.get_error()
     if error is not None:
+        reason = dbt_failure_reason(run_results, invocation.manifest)
+        if reason:
+            raise Failure(f"dbt build failed: {reason}") from error
         raise error
     built_with_file(state_dir, op_name).write_text(project_digest())
 
@@ -315,4 +475,15 @@ def dbt_after_scoring(context: AssetExecutionContext, dbt: DbtCliResource, tesse
 DBT_ASSETS = [dbt_core, dbt_after_scoring]
 # The resource the dbt assets need; add to Definitions(resources=...). It carries no project:
 # the warehouse and the target folder come from the TesseraResource with each invocation.
-DBT_RESOURCES = {"dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=DBT_EXECUTABLE)}
+class TesseraDbtCli(DbtCliResource):
+    """dagster-dbt's dbt CLI resource without the dbt adapter it opens in this process for each
+    invocation (``_initialize_dbt_core_adapter``: the profile and project loaded, an adapter
+    registered; 1.4 CPU-s for the first invocation of a process, 0.5 for each next, measured with
+    dagster-dbt 0.29.27). It serves only `fetch_row_counts()` / `fetch_column_metadata()`, which the
+    builds do not use (row counts: ``_row_counts``)."""
+
+    def _initialize_dbt_core_adapter(self, args):  # noqa: ARG002 - dagster-dbt's signature
+        return None
+
+
+DBT_RESOURCES = {"dbt": TesseraDbtCli(project_dir=DBT_PROJECT, dbt_executable=DBT_EXECUTABLE)}
