@@ -250,6 +250,11 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     full_refresh = needs_full_refresh(state_dir, op_name)
     if full_refresh:
         log.info("dbt: --full-refresh (the dbt project changed since this selection's last build, or none is recorded)")
+    if config.engine == "spark":  # dbt-spark in this process's session (dagster_project/defs/dbt_spark.py)
+        yield from _build_on_spark(context, tessera, config, as_of, full_refresh, run_target)
+        _keep_partial_parse(run_target, state_dir)
+        built_with_file(state_dir, op_name).write_text(project_digest())
+        return
     # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
     with tessera.project_held():
         invocation = dbt.cli(_dbt_args(config, as_of, full_refresh), context=context, raise_on_error=False,
@@ -284,6 +289,20 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     if error is not None:
         raise error
     built_with_file(state_dir, op_name).write_text(project_digest())
+
+
+def _build_on_spark(context: AssetExecutionContext, tessera: TesseraResource, config: Config, as_of: str,
+                    full_refresh: bool, run_target: Path):
+    from core import spark_bridge
+    from dagster_project.defs.dbt_spark import build_on_spark
+    from ingestion.spark_loader import ensure_raw_tables
+
+    manifest = json.loads(ensure_manifest(DBT_PROJECT, _LOAD_VARS).read_text())
+    with tessera.spark() as spark:
+        ensure_raw_tables(spark, config)
+        spark_bridge.declare_exported(spark, config)
+        yield from build_on_spark(context, spark, _dbt_args(config, as_of, full_refresh), run_target, manifest,
+                                  TesseraDbtTranslator(), as_of)
 
 
 @dbt_assets(
