@@ -496,7 +496,7 @@ def close_scores(on_spark: list[tuple], duck: list[tuple]) -> None:
     assert sum(g <= 1e-6 for g in gaps) >= SCORES_EQUAL_SHARE * len(gaps), sorted(gaps)[-10:]
 
 
-@pytest.mark.timeout(1800)  # two whole runs: ~10 min wall on the shared 2 cores at load 12-16 (docs/benchmarks.md)
+@pytest.mark.timeout(1800)  # two whole runs: 12-19 min wall on the shared 2 cores at load 7-16 (docs/benchmarks.md)
 def test_cdp_run_on_spark_matches_duckdb(tmp_path, spark):
     """`cdp run` end to end on engine: spark (local[2], this module's session) and on DuckDB, on
     the same generated project: ingestion -> identity -> dbt -> scoring -> segments -> gate ->
