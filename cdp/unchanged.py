@@ -65,12 +65,36 @@ def code_digest() -> str:
 
 
 def _loads_digest(config: Config) -> str:
+    if config.engine == "spark":
+        return _spark_loads_digest(config)
     if not config.warehouse_path.exists():
         return "no warehouse"
     with open_warehouse(config.warehouse_path, read_only=True) as con:
         if not table_exists(con, "raw", "loads"):
             return "no loads"
         rows = fetch_all(con, "SELECT * FROM raw.loads ORDER BY ALL")
+    return _digest(rows)
+
+
+def _spark_loads_digest(config: Config) -> str:
+    """engine: spark - the manifest's Parquet files (raw/loads), read by an in-memory DuckDB:
+    the DuckDB file is only the driver's working copy there (core/spark_bridge.py)."""
+    import duckdb
+
+    from core.spark import local_path, table_location
+
+    location = table_location(config, "raw", "loads")
+    if "://" in location and not location.startswith("file:"):
+        return f"not compared: {datetime.now(timezone.utc).isoformat()}"  # a cluster's store: always a change
+    files = sorted(str(p) for p in local_path(location).rglob("*.parquet")) if local_path(location).is_dir() else []
+    if not files:
+        return "no loads"
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rows = con.execute(f"SELECT * FROM read_parquet({files!r}, union_by_name = true) ORDER BY ALL").fetchall()
+    finally:
+        con.close()
     return _digest(rows)
 
 

@@ -90,8 +90,13 @@ def new_run_id() -> str:
 def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, as_of: datetime | None = None,
             progress: Progress | None = None, *, settings: IdentitySettings | None = None,
             schema: str = "identity", model: Path | dict | None = None, write_history: bool = True,
-            model_dir: Path | None = None, splink_threads: int | None = None) -> IdentityResult:
+            model_dir: Path | None = None, splink_threads: int | None = None,
+            score_pairs: Callable | None = None) -> IdentityResult:
     """Resolve identities from raw.* into ``<schema>.*``.
+
+    ``score_pairs(records, model, threshold)``: where every pair is scored with the model (an
+    Arrow table with predict()'s columns); by default the DuckDB linker's predict. With
+    engine: spark, Splink's Spark backend (identity/spark_splink.py: pair_scorer).
 
     ``model``: a trained Splink model (path or dict) to reuse instead of training (the plan
     uses the current run's model so that only the config change differs).
@@ -118,7 +123,7 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
         try:
             return _resolve(config, con, pool, work, threads, settings, run_id, started, as_of, say, t, schema=schema,
                             model=model, write_history=write_history, model_dir=model_dir,
-                            splink_threads=splink_threads)
+                            splink_threads=splink_threads, score_pairs=score_pairs)
         finally:
             pool.shutdown(wait=True)  # (before the work catalog goes)
             con.execute(f"DETACH DATABASE IF EXISTS {WORK_CATALOG}")
@@ -200,7 +205,8 @@ def _swap_in(con: duckdb.DuckDBPyConnection, schema: str) -> None:
 
 def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, settings: IdentitySettings, run_id: str,
              started: datetime, as_of, say: Progress, t: dict[str, float], *, schema: str, model, write_history: bool,
-             model_dir: Path | None, splink_threads: int | None) -> IdentityResult:
+             model_dir: Path | None, splink_threads: int | None,
+             score_pairs: Callable | None = None) -> IdentityResult:
     t0 = time.perf_counter()
     # a backtest (as_of in the past) sees no record dated after it
     raw = records.source_schema(con, as_of, WORK_CATALOG)
@@ -256,7 +262,9 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
                     t1 = time.perf_counter()
                     cached = _cached_pairs(con, work, schema, saved.model_id, settings.match_threshold) \
                         if use is not None and model is None else None
-                    if cached is None:
+                    if cached is None and score_pairs is not None:
+                        pairs = score_pairs(tbl, md, settings.match_threshold)
+                    elif cached is None:
                         pairs = splink_model.predict(linker, settings.match_threshold)
                     else:  # the saved model's pairs among unchanged records, and the changed ones scored now
                         kept, new_rids = cached

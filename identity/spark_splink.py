@@ -166,3 +166,26 @@ def connected_components(edges: "DataFrame", nodes: "DataFrame | None" = None, m
         if changed == 0:
             return labels.select("node", F.col("label").alias("component"))
     raise RuntimeError(f"connected components did not settle in {max_rounds} rounds")
+
+
+def pair_scorer(spark: "SparkSession", settings: IdentitySettings):
+    """For :func:`identity.pipeline.resolve` (``score_pairs``) on engine: spark: every pair scored
+    by Splink's Spark backend with the model the stage trained or reused, returned as the DuckDB
+    predict()'s Arrow table (same columns and types), so the constrained merge, stable ids and
+    golden records that follow are the DuckDB path's own, exact, code."""
+
+    def score(records, model: dict, threshold: float):
+        import pyarrow as pa
+
+        frame = spark.createDataFrame(records)
+        linker = spark_linker(spark, frame, settings, model=model)
+        try:
+            out = predict(linker, threshold).toArrow()
+        finally:
+            frame.unpersist()
+        id_type = records.schema.field("unique_id").type
+        schema = pa.schema([("unique_id_l", id_type), ("unique_id_r", id_type),
+                            ("match_probability", pa.float64()), ("match_weight", pa.float64())])
+        return out.select(schema.names).cast(schema)
+
+    return score

@@ -77,7 +77,8 @@ def test_a_stage_not_on_spark_stops_with_its_reason(tmp_path):
     (tmp_path / "cdp.yaml").write_text("engine: spark\n")
     tessera = TesseraResource(config_path=str(tmp_path / "cdp.yaml"))
     assert tessera.engine == "spark"
-    with pytest.raises(Failure, match="engine: spark; on Spark only ingestion runs in Dagster so far"):
+    # a step that names no schemas it writes on Spark (erasure) is not on Spark
+    with pytest.raises(Failure, match="engine: spark; on Spark this stage does not run yet"):
         with tessera.warehouse():
             pass
 
@@ -452,3 +453,85 @@ MART_ROWS = {
     "segment_membership": "SELECT segment, person_id, cast(since AS string) FROM marts.segment_membership",
     "consent": "SELECT person_id, channel, status, cast(since AS string), source FROM marts.consent",
 }
+
+
+# ------------------------------------------------------------------ the whole pipeline: cdp run on both engines
+def merge_monthly_files(landing) -> None:
+    """One landed file per entity instead of 24 monthly ones (the same rows, in the same order):
+    the Spark loader pays ~2 s of job overhead per file on local[2], which is the test's cost,
+    not what it checks."""
+    groups: dict = {}
+    for path in sorted(landing.rglob("*_20[0-9][0-9]-[0-9][0-9].*")):
+        stem = path.name.rsplit("_", 1)[0]
+        groups.setdefault((path.parent, stem, path.suffix), []).append(path)
+    for (folder, stem, suffix), paths in groups.items():
+        lines: list[str] = []
+        for i, p in enumerate(paths):
+            text = p.read_text().splitlines()
+            lines += text if (i == 0 or suffix != ".csv") else text[1:]
+            p.unlink()
+        (folder / f"{stem}_all{suffix}").write_text("\n".join(lines) + "\n")
+
+
+def published_rows(path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return sorted(map(tuple, con.execute(sql).fetchall()), key=repr)
+    finally:
+        con.close()
+
+
+# Scores: the churn and cart features are not bit-equal across engines: Spark's day differences
+# are DECIMAL(28,7) (DuckDB's DOUBLE), a share is DOUBLE on Spark and FLOAT on DuckDB, and one
+# average order value rounded one cent apart at 300 customers. Gradient boosting turns those into
+# the same score for almost everyone and a different one for a few: measured, 157 of 158 churn
+# scores equal, one 0.029 apart. So: nearly every score equal, each within SCORE_TOLERANCE.
+SCORE_TOLERANCE = 0.05
+SCORES_EQUAL_SHARE = 0.95  # of persons, to 1e-6
+
+
+def close_scores(on_spark: list[tuple], duck: list[tuple]) -> None:
+    gaps = [abs(a[-1] - b[-1]) for a, b in zip(on_spark, duck)]
+    assert gaps and max(gaps) <= SCORE_TOLERANCE, max(gaps)
+    assert sum(g <= 1e-6 for g in gaps) >= SCORES_EQUAL_SHARE * len(gaps), sorted(gaps)[-10:]
+
+
+@pytest.mark.timeout(1800)  # two whole runs: 12-19 min wall on the shared 2 cores at load 7-16 (docs/benchmarks.md)
+def test_cdp_run_on_spark_matches_duckdb(tmp_path, spark):
+    """`cdp run` end to end on engine: spark (local[2], this module's session) and on DuckDB, on
+    the same generated project: ingestion -> identity -> dbt -> scoring -> segments -> gate ->
+    publish. The same persons (ids and their records), the same segment members, the same
+    scores equal for nearly everyone and within SCORE_TOLERANCE, both runs published."""
+    from cdp.runner import run_pipeline
+    from cdp.scaffold import init_project
+    from core.snapshots import current_path
+    from ingestion.generator import generate
+
+    paths = {}
+    for engine in ("duckdb", "spark"):
+        cfg_path = init_project(tmp_path / engine)
+        cfg_path.write_text(cfg_path.read_text().replace("\nas_of:\n", f"\nas_of: {DBT_AS_OF}\n")
+                            .replace("engine: duckdb", f"engine: {engine}"))
+        config = load_config(cfg_path)
+        generate(customers=300, seed=7, out=config.landing_dir, as_of=config.as_of, clean=True)
+        merge_monthly_files(config.landing_dir)
+        summary = run_pipeline(cfg_path)
+        assert summary.ok, (engine, summary.failures, [c.__dict__ for c in summary.failed_checks])
+        paths[engine] = current_path(config.published_dir)
+        assert paths[engine].exists(), engine
+
+    def both(sql):
+        return published_rows(paths["duckdb"], sql), published_rows(paths["spark"], sql)
+
+    duck, on_spark = both("SELECT person_id FROM customers")
+    assert on_spark == duck and len(duck) > 200
+    duck, on_spark = both("SELECT person_id, source, source_record_id FROM identity_graph")
+    assert on_spark == duck
+    duck, on_spark = both("SELECT segment, person_id FROM segment_membership")
+    assert on_spark == duck and duck
+    duck, on_spark = both("SELECT person_id, churn_probability FROM churn_scores")
+    assert [r[0] for r in on_spark] == [r[0] for r in duck] and duck
+    close_scores(on_spark, duck)
+    duck, on_spark = both("SELECT person_id, cart_id, purchase_probability FROM cart_intent")
+    assert [r[:2] for r in on_spark] == [r[:2] for r in duck]
+    close_scores(on_spark, duck)

@@ -396,6 +396,11 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     full_refresh = needs_full_refresh(state_dir, op_name)
     if full_refresh:
         log.info("dbt: --full-refresh (the dbt project changed since this selection's last build, or none is recorded)")
+    if config.engine == "spark":  # dbt-spark in this process's session (dagster_project/defs/dbt_spark.py)
+        yield from _build_on_spark(context, tessera, config, as_of, full_refresh, run_target)
+        _keep_partial_parse(run_target, state_dir)
+        built_with_file(state_dir, op_name).write_text(project_digest())
+        return
     manifest, translator, _ = get_manifest_and_translator_from_dbt_assets([context.assets_def])
     # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
     with tessera.project_held():
@@ -444,6 +449,24 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
             raise Failure(f"dbt build failed: {reason}") from error
         raise error
     built_with_file(state_dir, op_name).write_text(project_digest())
+
+
+def _build_on_spark(context: AssetExecutionContext, tessera: TesseraResource, config: Config, as_of: str,
+                    full_refresh: bool, run_target: Path):
+    from core import spark_bridge
+    from dagster_project.defs.dbt_spark import build_on_spark
+    from ingestion.spark_loader import ensure_raw_tables
+
+    manifest = json.loads(ensure_manifest(DBT_PROJECT, _LOAD_VARS).read_text())
+    with tessera.spark() as spark:
+        ensure_raw_tables(spark, config)
+        spark_bridge.declare_exported(spark, config)
+        translator = TesseraDbtTranslator()
+        # dbt runs in this process: the as_of is in os.environ for the build only, as for the subprocess
+        with _dbt_process_environment(invocation_env(as_of)):
+            yield from build_on_spark(context, spark, _dbt_args(config, full_refresh), run_target, manifest,
+                                      translator, as_of,
+                                      lambda run_results: dbt_test_checks(run_results, manifest, translator))
 
 
 @dbt_assets(

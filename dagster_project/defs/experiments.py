@@ -38,7 +38,7 @@ INPUTS = [AssetKey(["marts", "customers"]), AssetKey(["intermediate", "int_order
 )
 def experiments(context: AssetExecutionContext, tessera: TesseraResource):
     config = tessera.load()
-    with tessera.warehouse() as con:
+    with tessera.warehouse(spark_writes=("experiments",)) as con:
         try:
             results = run_experiments(con, config.experiments, run_as_of(context, config), progress=log.info)
         except ValueError as e:

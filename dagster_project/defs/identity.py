@@ -33,6 +33,17 @@ GOLDEN_KEY = AssetKey(["identity", "golden"])
 CHANGES_KEY = AssetKey(["identity", "changes"])
 
 
+def _spark_scorer(tessera: TesseraResource, config):
+    """engine: spark - Splink's pairs scored on Spark; None (DuckDB's) otherwise."""
+    if config.engine != "spark":
+        return None
+    from core.settings.identity import settings_of
+    from identity.spark_splink import pair_scorer
+
+    with tessera.spark() as spark:  # (the session outlives the block: one per process)
+        return pair_scorer(spark, settings_of(config))
+
+
 @multi_asset(
     name="identity_resolution",
     specs=[
@@ -66,10 +77,11 @@ CHANGES_KEY = AssetKey(["identity", "changes"])
 )
 def identity_resolution(context: AssetExecutionContext, tessera: TesseraResource):
     config = tessera.load()
-    with tessera.warehouse() as con:
+    with tessera.warehouse(spark_writes=("identity",)) as con:
         try:
             result = resolve(config, con, run_id=context.run.run_id.replace("-", "")[:24] or None,
-                             as_of=run_as_of(context, config), progress=log.info)
+                             as_of=run_as_of(context, config), progress=log.info,
+                             score_pairs=_spark_scorer(tessera, config))
         except ModelSanityError as e:
             raise RuntimeError(f"identity: {e}") from e
         evaluation = None

@@ -138,7 +138,7 @@ def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manif
         accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
         selected = context.selected_asset_check_keys
         selected_tables = {n for n, k in key_of.items() if any(ck.asset_key == k for ck in selected)}
-        with tessera.warehouse() as con:
+        with tessera.warehouse(spark_writes=()) as con:
             # Dagster runs this check once per dbt step it follows. While published tables whose
             # checks come later in this run are still missing, look only at this step's tables;
             # the full gate (stored, reported, read by publish) runs when they are all built.
@@ -172,7 +172,7 @@ def _publish_asset(deps: list[AssetKey], manifest):
     def publish_snapshot(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
         config = tessera.load()
         accept = context.run.tags.get(ACCEPT_DRIFT_TAG, "").lower() == "true"
-        with tessera.warehouse() as con:
+        with tessera.warehouse(spark_writes=()) as con:
             gate = gate_for_run(con, context.run.run_id)
             if gate is None:  # materialized on its own: audit now, never publish unchecked
                 gate = run_gate(config, con, dagster_run_id=context.run.run_id, accept_drift=accept,
@@ -230,7 +230,7 @@ def build_source_checks():
         config = tessera.load()
         selected = context.selected_asset_check_keys
         tables = sorted({k.asset_key.path[-1] for k in selected})
-        with tessera.warehouse() as con:
+        with tessera.warehouse(spark_writes=()) as con:
             results = run_source_checks(config, con, since=_run_started_at(context), tables=tables)
         emitted = set()
         for c in results:

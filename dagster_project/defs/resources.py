@@ -4,6 +4,7 @@ settings). The code location reads the path from
 $CDP_CONFIG; `cdp run` passes its own, per call."""
 
 
+import logging
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator
@@ -19,6 +20,8 @@ from dagster_project.instance import ensure_dagster_home
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+_bridge_log = logging.getLogger("tessera.spark")
 
 
 class TesseraResource(ConfigurableResource):
@@ -65,17 +68,35 @@ class TesseraResource(ConfigurableResource):
             yield spark_session(self.load())
 
     @contextmanager
-    def warehouse(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def warehouse(self, read_only: bool = False,
+                  spark_writes: tuple[str, ...] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The DuckDB warehouse. With engine: spark, a step that names the schemas it writes
+        (``spark_writes``, () for none) gets the driver's DuckDB working copy instead, with
+        Spark's tables copied in before and those schemas written back to Spark after
+        (core/spark_bridge.py); a step that names none is not on Spark and stops with that reason."""
         config = self.load()
-        if config.engine == "spark":  # a stage not ported yet: stop here with the reason, not downstream
-            raise Failure(
-                "this step reads and writes the DuckDB warehouse, and cdp.yaml says engine: spark; on Spark "
-                "only ingestion runs in Dagster so far (README \"Running on Spark\" lists what runs where). "
-                "Run the other stages with engine: duckdb.", allow_retries=False)
+        if config.engine == "spark":
+            if spark_writes is None:  # a stage not on Spark: stop here with the reason, not downstream
+                raise Failure(
+                    "this step reads and writes the DuckDB warehouse, and cdp.yaml says engine: spark; on Spark "
+                    "this stage does not run yet (README \"Running on Spark\" lists what runs where). "
+                    "Run it with engine: duckdb.", allow_retries=False)
+            with self._spark_working_copy(config, spark_writes) as con:
+                yield con
+            return
         with ExitStack() as stack:
             if not read_only:
                 stack.enter_context(self.project_held())
             yield stack.enter_context(open_warehouse(config.warehouse_path, read_only=read_only))
+
+    @contextmanager
+    def _spark_working_copy(self, config: Config, writes: tuple[str, ...]) -> Iterator[duckdb.DuckDBPyConnection]:
+        from core import spark_bridge
+
+        with self.spark() as spark, open_warehouse(config.warehouse_path) as con:
+            spark_bridge.import_from_spark(spark, con, config, progress=_bridge_log.info)
+            yield con
+            spark_bridge.export_to_spark(spark, con, config, writes, progress=_bridge_log.info)
 
 
 def tessera_from_env() -> TesseraResource:

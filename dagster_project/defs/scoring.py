@@ -46,7 +46,7 @@ OFFER_INPUTS = [AssetKey(["intermediate", m]) for m in ("int_order_lines", "int_
 )
 def scoring_models(context: AssetExecutionContext, tessera: TesseraResource):
     config = tessera.load()
-    with tessera.warehouse() as con:
+    with tessera.warehouse(spark_writes=("scoring",)) as con:
         try:
             result = run_scoring(con, config.churn, config.cart_intent, config.offers, progress=log.info,
                                  offers_experiment=config.offers_experiment)
@@ -90,7 +90,7 @@ RECOMMENDATION_INPUTS = [AssetKey(["intermediate", m]) for m in ("int_order_line
                    "(scoring/recommend.py).")
 def scoring_recommendations(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
     config = tessera.load()
-    with tessera.warehouse() as con:
+    with tessera.warehouse(spark_writes=("scoring",)) as con:
         result = run_recommendation_stage(con, run_as_of(context, config), config.recommendations, progress=log.info)
     s = result.summary()
     # The blend measured on held-out buyers of its own time split, next to two baselines: the

@@ -77,7 +77,7 @@ def declarative_segments(context: AssetExecutionContext, tessera: TesseraResourc
         segment_file = load_configured_segments(config.segments_file)
     except SegmentFileError as e:
         raise RuntimeError(str(e)) from None  # the message names the segment, the condition and the fix
-    with tessera.warehouse() as con:
+    with tessera.warehouse(spark_writes=("segments",)) as con:
         as_of = run_as_of(con, default=resources.run_as_of(context, config).replace(tzinfo=None))
         try:
             results = write_segments(con, segment_file, as_of)
