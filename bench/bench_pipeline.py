@@ -64,9 +64,11 @@ def _sample(pids: list[int]) -> tuple[float, float]:
     return cpu, rss
 
 
-def measured_run(cmd: list[str], env: dict) -> dict:
-    """Run cmd; samples of (time, tree CPU, tree RSS), the exact total CPU, wall, stdout."""
+def measured_run(cmd: list[str], env: dict, max_rss_mb: float | None = None) -> dict:
+    """Run cmd; samples of (time, tree CPU, tree RSS), the exact total CPU, wall, stdout. Past
+    max_rss_mb (the whole tree's RSS) the tree is killed and "killed_at" says when and at what RSS."""
     samples: list[tuple[float, float, float]] = []
+    killed: dict = {}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -78,6 +80,13 @@ def measured_run(cmd: list[str], env: dict) -> dict:
             cpu, rss = _sample(_tree(proc.pid))
             if cpu or rss:  # (nothing left once the process has exited)
                 samples.append((now, cpu, rss))
+            if max_rss_mb and rss > max_rss_mb and not killed:
+                killed.update(time=now, rss_mb=round(rss))
+                for pid in _tree(proc.pid):  # this bench's own run: its process and its children
+                    try:
+                        os.kill(pid, 9)
+                    except OSError:
+                        pass
             done.wait(0.25)
 
     thread = threading.Thread(target=sampler, daemon=True)
@@ -90,7 +99,7 @@ def measured_run(cmd: list[str], env: dict) -> dict:
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)  # exact, the whole tree
     samples.append((t0 + wall, cpu, samples[-1][2] if samples else 0.0))
     return {"pid": proc.pid, "t0": t0, "wall": wall, "cpu": cpu, "samples": samples, "returncode": proc.returncode,
-            "stdout": stdout, "stderr": stderr[-3000:]}
+            "stdout": stdout, "stderr": stderr[-3000:], "killed_at": killed or None}
 
 
 def _cpu_at(samples, t: float) -> float:
@@ -115,7 +124,8 @@ def stage_of(step_key: str) -> str:
 
 def dagster_intervals(dagster_home: Path, pid: int) -> tuple[list[tuple[str, float, float]], list[dict]]:
     """The steps of the runs this process made ((stage, start, end)), and per run: the events Dagster
-    planned and the time from the run's first event to its first step."""
+    planned, the time from the run's first event to its first step, the steps that failed (with
+    Dagster's error message) and those started but never finished (a killed or crashed run)."""
     from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
     steps: list[tuple[str, float, float]] = []
@@ -123,6 +133,7 @@ def dagster_intervals(dagster_home: Path, pid: int) -> tuple[list[tuple[str, flo
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         for run in instance.get_runs(RunsFilter(tags={"tessera/pid": str(pid)})):
             started: dict[str, float] = {}
+            failed: list[dict] = []
             planned = 0
             first = first_step = None
             for entry in instance.all_logs(run.run_id):
@@ -138,8 +149,14 @@ def dagster_intervals(dagster_home: Path, pid: int) -> tuple[list[tuple[str, flo
                     first_step = entry.timestamp if first_step is None else first_step
                 elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE) and event.step_key in started:
                     steps.append((stage_of(event.step_key), started.pop(event.step_key), entry.timestamp))
+                if kind == DagsterEventType.STEP_FAILURE:
+                    error = getattr(event.event_specific_data, "error", None)
+                    failed.append({"step": event.step_key, "stage": stage_of(event.step_key or ""),
+                                   "error": (error.message.strip() if error else event.message or "")[-1500:]})
             runs.append({"run_id": run.run_id, "phase": run.tags.get("tessera/phase"), "planned_events": planned,
-                         "first_event": first, "first_step": first_step})
+                         "first_event": first, "first_step": first_step, "status": str(run.status.value),
+                         "failed_steps": failed,
+                         "unfinished_steps": [{"step": k, "stage": stage_of(k), "started": t} for k, t in started.items()]})
     return steps, runs
 
 
@@ -162,17 +179,48 @@ def per_stage(run: dict, steps: list[tuple[str, float, float]]) -> dict[str, dic
     return stages
 
 
+def _link_or_copy(src, dst):
+    """A hard link (the loader never writes into landing files; increments are new files), so a 1M
+    project does not need another 17.5 GB; a copy across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
 def project(customers: int) -> Path:
-    """A fresh project whose landing folder is a copy of the generated data (increments add to it)."""
+    """A fresh project whose landing folder holds the generated data (increments add to it)."""
     folder = OUT / f"pipeline_{customers}"
     shutil.rmtree(folder, ignore_errors=True)
     subprocess.run([str(ROOT / ".venv/bin/cdp"), "init", str(folder)], check=True, capture_output=True)
     shutil.rmtree(folder / "landing", ignore_errors=True)
-    shutil.copytree(data_dir(customers), folder / "landing", ignore=shutil.ignore_patterns("ground_truth", ".complete"))
+    shutil.copytree(data_dir(customers), folder / "landing", ignore=shutil.ignore_patterns("ground_truth", ".complete"),
+                    copy_function=_link_or_copy)
     return folder
 
 
-def main(customers: int, days: int = 7) -> dict:
+def failure_report(run: dict, summary: dict, runs: list[dict]) -> list[str]:
+    """Why a run did not end ok, by stage: failed steps with Dagster's error, steps a kill or crash
+    left unfinished, the run's own failures and failed ERROR checks, else the end of stderr."""
+    lines = []
+    if run.get("killed_at"):
+        lines.append(f"killed by the bench at {run['killed_at']['rss_mb']:,} MB RSS")
+    for r in runs:
+        for f in r["failed_steps"]:
+            lines.append(f"stage {f['stage']} (step {f['step']}) failed: {f['error']}")
+        for u in r["unfinished_steps"]:
+            lines.append(f"stage {u['stage']} (step {u['step']}) started {u['started'] - run['t0']:.0f} s into the run"
+                         " and never finished")
+    lines += [f"run failure: {f}" for f in summary.get("failures") or []]
+    lines += [f"failed check {c.get('asset')}:{c.get('check')} ({c.get('severity')}): {c.get('detail', '')}"
+              for c in summary.get("checks") or [] if not c.get("passed") and c.get("severity") == "ERROR"]
+    if not lines or not summary:
+        lines.append(f"exit code {run['returncode']}; stderr ends: {run['stderr'][-1500:].strip()}")
+    return lines
+
+
+def main(customers: int, days: int = 7, rerun: bool = True, max_rss_gb: float | None = None) -> dict:
     """`make bench`'s entry (bench/run_all.py): the figures, also written to bench_out/."""
     from ingestion.generator.increment import write_day
 
@@ -182,7 +230,8 @@ def main(customers: int, days: int = 7) -> dict:
     env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"}
     as_of = dt.date.fromisoformat(BENCH_AS_OF)
     plan = [("full", as_of, None)] + [(f"day {k}", as_of + dt.timedelta(days=k), k) for k in range(1, args.days + 1)]
-    plan.append(("no change", plan[-1][1], None))
+    if rerun:
+        plan.append(("no change", plan[-1][1], None))
     results = []
     for name, day, k in plan:
         if k is not None:
@@ -194,7 +243,7 @@ def main(customers: int, days: int = 7) -> dict:
         # measures the work, and a blocked run would also make the next rerun rebuild.
         cmd = [str(ROOT / ".venv/bin/cdp"), "run", "--config", str(cfg), "--as-of", day.isoformat(), "--json",
                "--accept-drift"]
-        run = measured_run(cmd, env)
+        run = measured_run(cmd, env, max_rss_mb=max_rss_gb * 1024 if max_rss_gb else None)
         try:
             summary = json.loads(run["stdout"][run["stdout"].index("{"):])
         except ValueError:
@@ -213,12 +262,16 @@ def main(customers: int, days: int = 7) -> dict:
                   "start_to_first_step": {"wall_s": round(first_step - run["t0"], 1),
                                           "cpu_s": round(_cpu_at(run["samples"], first_step), 1)},
                   "dagster_runs": before_first, "stages": stages}
-        if run["returncode"] not in (0, 1):
-            record["stderr"] = run["stderr"]
+        if run["returncode"] != 0 or not summary.get("ok"):
+            record["failure"] = failure_report(run, summary, runs)
         results.append(record)
-        print(json.dumps({k: v for k, v in record.items() if k != "stages"}), flush=True)
+        print(json.dumps({k: v for k, v in record.items() if k not in ("stages", "failure")}), flush=True)
         for stage, m in stages.items():
             print(f"    {stage:<18} wall {m['wall_s']:>7.1f} s  cpu {m['cpu_s']:>7.1f} s  peak rss {m['peak_rss_mb']:>7.0f} MB")
+        for line in record.get("failure", []):
+            print(f"  NOT OK: {line}", flush=True)
+        if run.get("killed_at"):
+            break  # the project is left mid-run: later runs would measure a recovery
 
     full = results[0]["cpu_s"] or 1.0
     print(f"\n{args.customers:,} customers: run, wall s, CPU s, CPU / full run's")
@@ -236,5 +289,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=7, help="daily increments after the full run")
+    parser.add_argument("--no-rerun", action="store_true", help="skip the last rerun with nothing new")
+    parser.add_argument("--max-rss-gb", type=float, default=None,
+                        help="kill a run whose process tree passes this RSS, and report the stage it was in")
     cli = parser.parse_args()
-    main(cli.customers, cli.days)
+    main(cli.customers, cli.days, rerun=not cli.no_rerun, max_rss_gb=cli.max_rss_gb)
