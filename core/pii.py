@@ -41,8 +41,9 @@ from core.contracts import ENTITIES
 from core.published import ManifestError, manifest_path, published_tables
 
 # Email-shaped, dotless domains included: an invalid address a destination quotes back
-# ("ann@nodomain looks fake") is still personal data.
-EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*")
+# ("ann@nodomain looks fake") is still personal data. The domain must hold a letter, so a
+# metric's name such as "HitRate@10" in a log line is left alone.
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@(?=[A-Za-z0-9.\-]*[A-Za-z])[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*")
 # Phone-shaped: digits with spaces, dashes or brackets, optionally +; vetted by _is_phone.
 PHONE_CANDIDATE_RE = re.compile(r"(?<![\w.@/:+-])\+?\(?\d[\d ()\-]{7,20}\d(?![\w@])")
 DATE_LIKE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")

@@ -728,6 +728,8 @@ def test_log_records_are_masked_when_created(capsys):
     assert seen == ["row for <email> / <phone> at 2026-06-30 12:00:00, 1,234 rows, run 20260630T120000"]
     for phone in ("+447700900123", "07700 900123", "447700900123", "07700-900-123", "+44 7700 900123"):
         assert mask_pii(f"x {phone} y") == "x <phone> y", phone
+    # a malformed email is still masked; a metric's name with an @ is not an email
+    assert mask_pii("from jane@example, HitRate@10 0.62") == "from <email>, HitRate@10 0.62"
 
 
 CARD_TOKEN = "ct_00c0ffee1234abcd"  # the generator's shape: ct_ + 16 hex digits
