@@ -507,6 +507,15 @@ def test_cdp_run_on_spark_matches_duckdb(tmp_path, spark):
     from core.snapshots import current_path
     from ingestion.generator import generate
 
+    # A `cdp run` on a local master starts with an empty catalog (a new process, no metastore);
+    # this module's shared session still lists the tables earlier tests built (a
+    # segment_membership_history found there would be updated in place, which needs MERGE).
+    for db in spark.catalog.listDatabases():
+        if db.name != "default":
+            spark.sql(f"DROP DATABASE IF EXISTS `{db.name}` CASCADE")
+    for table in spark.catalog.listTables("default"):
+        spark.sql(f"DROP {'VIEW' if table.isTemporary else 'TABLE'} IF EXISTS `{table.name}`")
+
     paths = {}
     for engine in ("duckdb", "spark"):
         cfg_path = init_project(tmp_path / engine)
