@@ -435,13 +435,7 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
             event = event.with_metadata({**event.metadata, **extra})
         yield event
 
-    run_results_path = Path(run_target) / "run_results.json"
-    run_results = json.loads(run_results_path.read_text()) if run_results_path.exists() else {}
-    selected = context.selected_asset_check_keys
-    for key, result in dbt_test_checks(run_results, invocation.manifest, translator).items():
-        if key in selected:
-            yield result
-
+    run_results = yield from _test_checks(context, run_target, invocation.manifest, translator)
     error = invocation.get_error()
     if error is not None:
         reason = dbt_failure_reason(run_results, invocation.manifest)
@@ -449,6 +443,17 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
             raise Failure(f"dbt build failed: {reason}") from error
         raise error
     built_with_file(state_dir, op_name).write_text(project_digest())
+
+
+def _test_checks(context: AssetExecutionContext, run_target: Path, manifest: Mapping[str, Any],
+                 translator: DagsterDbtTranslator):
+    """Yield the selected `dbt_tests` checks of a finished invocation; return its run_results."""
+    run_results_path = Path(run_target) / "run_results.json"
+    run_results = json.loads(run_results_path.read_text()) if run_results_path.exists() else {}
+    for key, result in dbt_test_checks(run_results, manifest, translator).items():
+        if key in context.selected_asset_check_keys:
+            yield result
+    return run_results
 
 
 def _build_on_spark(context: AssetExecutionContext, tessera: TesseraResource, config: Config, as_of: str,
@@ -464,9 +469,12 @@ def _build_on_spark(context: AssetExecutionContext, tessera: TesseraResource, co
         translator = TesseraDbtTranslator()
         # dbt runs in this process: the as_of is in os.environ for the build only, as for the subprocess
         with _dbt_process_environment(invocation_env(as_of)):
-            yield from build_on_spark(context, spark, _dbt_args(config, full_refresh), run_target, manifest,
-                                      translator, as_of,
-                                      lambda run_results: dbt_test_checks(run_results, manifest, translator))
+            ok, exception = yield from build_on_spark(context, spark, _dbt_args(config, full_refresh), run_target,
+                                                      manifest, translator, as_of)
+    run_results = yield from _test_checks(context, run_target, manifest, translator)
+    if not ok:
+        reason = dbt_failure_reason(run_results, manifest) or str(exception or "no reason given")
+        raise Failure(f"dbt build on Spark failed: {reason}", allow_retries=False)
 
 
 @dbt_assets(

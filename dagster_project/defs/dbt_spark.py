@@ -10,12 +10,11 @@ tests their one `dbt_tests` check, from dbt's run_results.json as for the subpro
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Generator, Mapping
 
-from dagster import AssetCheckResult, Failure, MaterializeResult
+from dagster import MaterializeResult
 
 from core.dbt_project import dbt_project_dir
 
@@ -24,9 +23,10 @@ SPARK_TARGET = "spark"
 
 
 def build_on_spark(context, spark, args: list[str], run_target: Path, manifest: Mapping[str, Any], translator,
-                   as_of: str, test_checks: Callable[[Mapping[str, Any]], Mapping[Any, AssetCheckResult]]) -> Iterator:
-    """``dbt build`` (``args``: the DuckDB build's) of the context's selected models on Spark;
-    ``test_checks`` turns run_results.json into the models' `dbt_tests` checks."""
+                   as_of: str) -> Generator[MaterializeResult, None, tuple[bool, BaseException | None]]:
+    """``dbt build`` (``args``: the DuckDB build's) of the context's selected models on Spark:
+    yields each model built; returns (success, dbt's exception). The caller reads the tests'
+    results and any failure's reason from run_results.json, as for the DuckDB build."""
     from dbt.cli.main import dbtRunner
 
     selected = context.selected_asset_keys
@@ -34,35 +34,17 @@ def build_on_spark(context, spark, args: list[str], run_target: Path, manifest: 
               if node["resource_type"] in ("model", "seed", "snapshot")}
     key_of = {uid: key for uid, key in key_of.items() if key in selected}
     if not key_of:
-        return
+        return True, None
     names = sorted(manifest["nodes"][uid]["name"] for uid in key_of)
     project = str(dbt_project_dir())
     _drop_orphaned_folders(spark, [manifest["nodes"][uid] for uid in key_of])
     res = dbtRunner().invoke([*args, "--select", *names, "--project-dir", project, "--profiles-dir", project,
                               "--target", SPARK_TARGET, "--target-path", str(run_target)])
-    results = list(getattr(res.result, "results", None) or [])
-    failed = []
-    for r in results:
-        node = r.node
-        status = str(r.status).split(".")[-1].lower()
-        uid = node.unique_id
-        if uid in key_of:
-            if status == "success":
-                log.info("dbt: OK created %s on Spark", node.name)
-                yield MaterializeResult(asset_key=key_of[uid], metadata={"as_of": as_of, "engine": "spark"})
-            else:
-                failed.append(f"{node.name}: {status} {r.message or ''}".strip())
-        elif node.resource_type == "test" and status in ("error", "fail"):
-            failed.append(f"{node.name}: {status} {r.message or ''}".strip())
-    run_results_path = Path(run_target) / "run_results.json"
-    run_results = json.loads(run_results_path.read_text()) if run_results_path.exists() else {}
-    for key, result in test_checks(run_results).items():
-        if key in context.selected_asset_check_keys:
-            yield result
-    if not res.success and not failed:
-        failed.append(str(res.exception or "dbt build failed"))
-    if failed:
-        raise Failure("dbt build on Spark: " + "; ".join(failed[:10]), allow_retries=False)
+    for r in getattr(res.result, "results", None) or []:
+        if r.node.unique_id in key_of and str(r.status).split(".")[-1].lower() == "success":
+            log.info("dbt: OK created %s on Spark", r.node.name)
+            yield MaterializeResult(asset_key=key_of[r.node.unique_id], metadata={"as_of": as_of, "engine": "spark"})
+    return res.success, res.exception
 
 
 def _drop_orphaned_folders(spark, nodes: list[Mapping[str, Any]]) -> None:
