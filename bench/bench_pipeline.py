@@ -4,6 +4,7 @@ ratio increment / full. Dagster's own cost is shown too: the events it plans bef
 step, and the wall and CPU from the process start to that step.
 
     python -m bench.bench_pipeline --customers 100000 --days 7
+    python -m bench.bench_pipeline --customers 100000 --days 30 --no-rerun --compare-full
 
 Data: the generator's (bench/common.py, as of BENCH_AS_OF, seed 11), copied into a fresh project;
 each increment is one more day written by ingestion/generator/increment.py (the as_of day's rows
@@ -12,6 +13,11 @@ own process, with `--accept-drift` (a drift block stops a publish, not the work)
 process tree's user + system time (dbt's subprocesses included), sampled
 from /proc every 0.25 s and attributed to the Dagster step running at the time; "orchestration"
 is what falls outside every step (start-up, definitions, planning, summary).
+
+With ``--compare-full``, a second project gets the same landed files (the increments included)
+and one full run at the last day's as_of; its snapshot is compared with the incremental
+project's (``publish.compare``): same person ids, segment members, scores, offers and lists, and
+what the full run would have cost that day.
 """
 
 from __future__ import annotations
@@ -189,14 +195,15 @@ def _link_or_copy(src, dst):
     return dst
 
 
-def project(customers: int) -> Path:
-    """A fresh project whose landing folder holds the generated data (increments add to it)."""
-    folder = OUT / f"pipeline_{customers}"
+def project(customers: int, landing: Path | None = None, suffix: str = "") -> Path:
+    """A fresh project whose landing folder holds the generated data (increments add to it), or
+    the files of another project's ``landing``."""
+    folder = OUT / f"pipeline_{customers}{suffix}"
     shutil.rmtree(folder, ignore_errors=True)
     subprocess.run([str(ROOT / ".venv/bin/cdp"), "init", str(folder)], check=True, capture_output=True)
     shutil.rmtree(folder / "landing", ignore_errors=True)
-    shutil.copytree(data_dir(customers), folder / "landing", ignore=shutil.ignore_patterns("ground_truth", ".complete"),
-                    copy_function=_link_or_copy)
+    shutil.copytree(landing or data_dir(customers), folder / "landing",
+                    ignore=shutil.ignore_patterns("ground_truth", ".complete"), copy_function=_link_or_copy)
     return folder
 
 
@@ -220,16 +227,51 @@ def failure_report(run: dict, summary: dict, runs: list[dict]) -> list[str]:
     return lines
 
 
-def main(customers: int, days: int = 7, rerun: bool = True, max_rss_gb: float | None = None) -> dict:
+def measure(name: str, folder: Path, day: dt.date, env: dict, max_rss_gb: float | None) -> dict:
+    """One `cdp run` of the project in ``folder`` at ``day``, measured per stage and printed."""
+    # --accept-drift: a refit on a small or repeated day can move the churn distribution past the
+    # drift bound, which blocks the publish (measured at 2,000 customers: PSI 0.57); the bench
+    # measures the work, and a blocked run would also make the next rerun rebuild.
+    cmd = [str(ROOT / ".venv/bin/cdp"), "run", "--config", str(folder / "cdp.yaml"), "--as-of", day.isoformat(),
+           "--json", "--accept-drift"]
+    run = measured_run(cmd, env, max_rss_mb=max_rss_gb * 1024 if max_rss_gb else None)
+    try:
+        summary = json.loads(run["stdout"][run["stdout"].index("{"):])
+    except ValueError:
+        summary = {}
+    steps, runs = dagster_intervals(folder / ".dagster", run["pid"])
+    stages = per_stage(run, steps)
+    before_first = [{"phase": r["phase"], "planned_events": r["planned_events"],
+                     "wall_s_to_first_step": round(r["first_step"] - r["first_event"], 1)
+                     if r["first_step"] and r["first_event"] else None} for r in runs]
+    # the process's start (imports, definitions) to its first step
+    first_step = min((s for _, s, _ in steps), default=run["t0"] + run["wall"])
+    record = {"run": name, "as_of": day.isoformat(), "ok": summary.get("ok"), "returncode": run["returncode"],
+              "unchanged_since": summary.get("unchanged_since"), "changed": summary.get("changed"),
+              "wall_s": round(run["wall"], 1), "cpu_s": round(run["cpu"], 1),
+              "peak_rss_mb": round(max((r for _, _, r in run["samples"]), default=0), 1),
+              "start_to_first_step": {"wall_s": round(first_step - run["t0"], 1),
+                                      "cpu_s": round(_cpu_at(run["samples"], first_step), 1)},
+              "dagster_runs": before_first, "stages": stages, "killed": bool(run.get("killed_at"))}
+    if run["returncode"] != 0 or not summary.get("ok"):
+        record["failure"] = failure_report(run, summary, runs)
+    print(json.dumps({k: v for k, v in record.items() if k not in ("stages", "failure")}), flush=True)
+    for stage, m in stages.items():
+        print(f"    {stage:<18} wall {m['wall_s']:>7.1f} s  cpu {m['cpu_s']:>7.1f} s  peak rss {m['peak_rss_mb']:>7.0f} MB")
+    for line in record.get("failure", []):
+        print(f"  NOT OK: {line}", flush=True)
+    return record
+
+
+def main(customers: int, days: int = 7, rerun: bool = True, max_rss_gb: float | None = None,
+         compare_full: bool = False) -> dict:
     """`make bench`'s entry (bench/run_all.py): the figures, also written to bench_out/."""
     from ingestion.generator.increment import write_day
 
-    args = argparse.Namespace(customers=customers, days=days)
-    folder = project(args.customers)
-    cfg = folder / "cdp.yaml"
+    folder = project(customers)
     env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"}
     as_of = dt.date.fromisoformat(BENCH_AS_OF)
-    plan = [("full", as_of, None)] + [(f"day {k}", as_of + dt.timedelta(days=k), k) for k in range(1, args.days + 1)]
+    plan = [("full", as_of, None)] + [(f"day {k}", as_of + dt.timedelta(days=k), k) for k in range(1, days + 1)]
     if rerun:
         plan.append(("no change", plan[-1][1], None))
     results = []
@@ -238,51 +280,46 @@ def main(customers: int, days: int = 7, rerun: bool = True, max_rss_gb: float | 
             rows = write_day(folder / "landing", as_of, day)
             print(f"{name}: landed {sum(rows.values()):,} rows ({', '.join(f'{f} {n:,}' for f, n in rows.items())})",
                   flush=True)
-        # --accept-drift: a refit on a small or repeated day can move the churn distribution past the
-        # drift bound, which blocks the publish (measured at 2,000 customers: PSI 0.57); the bench
-        # measures the work, and a blocked run would also make the next rerun rebuild.
-        cmd = [str(ROOT / ".venv/bin/cdp"), "run", "--config", str(cfg), "--as-of", day.isoformat(), "--json",
-               "--accept-drift"]
-        run = measured_run(cmd, env, max_rss_mb=max_rss_gb * 1024 if max_rss_gb else None)
-        try:
-            summary = json.loads(run["stdout"][run["stdout"].index("{"):])
-        except ValueError:
-            summary = {}
-        steps, runs = dagster_intervals(folder / ".dagster", run["pid"])
-        stages = per_stage(run, steps)
-        before_first = [{"phase": r["phase"], "planned_events": r["planned_events"],
-                         "wall_s_to_first_step": round(r["first_step"] - r["first_event"], 1)
-                         if r["first_step"] and r["first_event"] else None} for r in runs]
-        # the process's start (imports, definitions) to its first step
-        first_step = min((s for _, s, _ in steps), default=run["t0"] + run["wall"])
-        record = {"run": name, "as_of": day.isoformat(), "ok": summary.get("ok"), "returncode": run["returncode"],
-                  "unchanged_since": summary.get("unchanged_since"), "changed": summary.get("changed"),
-                  "wall_s": round(run["wall"], 1), "cpu_s": round(run["cpu"], 1),
-                  "peak_rss_mb": round(max((r for _, _, r in run["samples"]), default=0), 1),
-                  "start_to_first_step": {"wall_s": round(first_step - run["t0"], 1),
-                                          "cpu_s": round(_cpu_at(run["samples"], first_step), 1)},
-                  "dagster_runs": before_first, "stages": stages}
-        if run["returncode"] != 0 or not summary.get("ok"):
-            record["failure"] = failure_report(run, summary, runs)
-        results.append(record)
-        print(json.dumps({k: v for k, v in record.items() if k not in ("stages", "failure")}), flush=True)
-        for stage, m in stages.items():
-            print(f"    {stage:<18} wall {m['wall_s']:>7.1f} s  cpu {m['cpu_s']:>7.1f} s  peak rss {m['peak_rss_mb']:>7.0f} MB")
-        for line in record.get("failure", []):
-            print(f"  NOT OK: {line}", flush=True)
-        if run.get("killed_at"):
+        results.append(measure(name, folder, day, env, max_rss_gb))
+        if results[-1]["killed"]:
             break  # the project is left mid-run: later runs would measure a recovery
 
+    agreement = None
+    if compare_full and days and not results[-1]["killed"]:
+        last_day = plan[-1][1]
+        rebuilt = project(customers, landing=folder / "landing", suffix="_full")
+        print(f"full rebuild of the same {len(list((folder / 'landing').rglob('*.*'))):,} landed files at {last_day}",
+              flush=True)
+        results.append(measure("full again", rebuilt, last_day, env, max_rss_gb))
+        agreement = compare_published(folder, rebuilt)
+
     full = results[0]["cpu_s"] or 1.0
-    print(f"\n{args.customers:,} customers: run, wall s, CPU s, CPU / full run's")
+    print(f"\n{customers:,} customers: run, wall s, CPU s, CPU / full run's")
     for r in results:
         print(f"  {r['run']:<10} {r['wall_s']:>8.1f} {r['cpu_s'] or 0:>8.1f} {(r['cpu_s'] or 0) / full:>7.3f}"
               + ("  (nothing changed: skipped)" if r["unchanged_since"] else ""))
-    out = OUT / f"bench_pipeline_{args.customers}.json"
-    out.write_text(json.dumps({"customers": args.customers, "days": args.days, "runs": results}, indent=2))
+    if agreement:
+        print(f"\nday {days} incremental against a full rebuild of the same data:")
+        for line in agreement.summary():
+            print(f"  {line}")
+    out = OUT / f"bench_pipeline_{customers}.json"
+    out.write_text(json.dumps({"customers": customers, "days": days, "runs": results,
+                               "agreement": agreement.as_dict() if agreement else None}, indent=2))
     print(f"written {out}")
     return {f"{r['run']} {k}": r[k] for r in results for k in ("wall_s", "cpu_s")} | {
         f"{r['run']} cpu / full": round((r["cpu_s"] or 0) / full, 3) for r in results[1:]}
+
+
+def compare_published(incremental: Path, rebuilt: Path):
+    from core.config import load_config
+    from core.snapshots import current_path
+    from publish.compare import compare_snapshots
+
+    paths = [current_path(load_config(f / "cdp.yaml").published_dir) for f in (incremental, rebuilt)]
+    if not all(p.exists() for p in paths):
+        print("  not compared: a side published nothing", flush=True)
+        return None
+    return compare_snapshots(*paths)
 
 
 if __name__ == "__main__":
@@ -292,5 +329,8 @@ if __name__ == "__main__":
     parser.add_argument("--no-rerun", action="store_true", help="skip the last rerun with nothing new")
     parser.add_argument("--max-rss-gb", type=float, default=None,
                         help="kill a run whose process tree passes this RSS, and report the stage it was in")
+    parser.add_argument("--compare-full", action="store_true",
+                        help="then rebuild the same landed data in a new project in one full run and compare the "
+                             "two snapshots (persons, segments, scores, offers, lists)")
     cli = parser.parse_args()
-    main(cli.customers, cli.days, rerun=not cli.no_rerun, max_rss_gb=cli.max_rss_gb)
+    main(cli.customers, cli.days, rerun=not cli.no_rerun, max_rss_gb=cli.max_rss_gb, compare_full=cli.compare_full)

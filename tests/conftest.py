@@ -21,7 +21,7 @@ from tests.helpers import make_config  # noqa: E402
 # last and runs alone while the other worker idles (longest-processing-time-first); the rest
 # keep their order. From `pytest --durations=40` (setup + calls per module); update when a
 # module's cost changes.
-LONGEST_FIRST = ("test_privacy.py", "test_exports.py", "test_quality_gate.py", "test_spark.py", "test_marketing.py",
+LONGEST_FIRST = ("test_privacy.py", "test_incremental_agreement.py", "test_exports.py", "test_quality_gate.py", "test_spark.py", "test_marketing.py",
                  "test_dbt_marts.py", "test_crash_only.py", "test_dagster_ingestion.py", "test_identity_e2e.py",
                  "test_identity_subsets.py", "test_install.py", "test_experiments.py", "test_activation.py")
 
