@@ -280,7 +280,7 @@ def _post(path: str, body: dict, headers: dict) -> tuple[int, dict]:
 
 
 def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0, nice: int | None = None,
-         decide_repeats: int = 1, workers: int = 1, worker_socket: str = "shared", server: str = "uvicorn",
+         decide_repeats: int = 1, workers: int = 1, worker_socket: str = "reuseport", server: str = "uvicorn",
          published_from: Path | None = None) -> dict:
     if nice is not None:  # the server and the client processes inherit it
         _raise_priority(nice)
@@ -415,7 +415,7 @@ if __name__ == "__main__":
                     help="niceness for the server and the load generator (negative needs root), e.g. -15")
     ap.add_argument("--decide-repeats", type=int, default=1, help="run the /v1/decide phase this many times")
     ap.add_argument("--workers", type=int, default=1, help="cdp serve worker processes (serve.workers)")
-    ap.add_argument("--worker-socket", choices=("shared", "reuseport"), default="shared")
+    ap.add_argument("--worker-socket", choices=("reuseport", "shared"), default="reuseport")
     ap.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
                     help="HTTP server for the app (granian: bench/serve_granian.py, one worker)")
     ap.add_argument("--published-from", type=Path, default=None,

@@ -59,7 +59,7 @@ def test_workers_setting_is_validated(tmp_path):
 
 def test_two_workers_land_every_event_once_share_live_state_and_nudge_once(tmp_path):
     with WebhookReceiver() as hook:
-        cfg_path = write_project(tmp_path / "p", rotate_seconds=0.5, worker_socket="reuseport", cart_abandonment={
+        cfg_path = write_project(tmp_path / "p", rotate_seconds=0.5, cart_abandonment={  # reuseport (default)
             "window_seconds": 1.0, "destination": {"type": "webhook", "url": hook.url,
                                                    "secret_env": "TESSERA_HOOK_SECRET"}})
         config = load_config(cfg_path)
@@ -139,7 +139,7 @@ def _batch(ids: list[str]) -> dict:
 
 
 def test_kill_9_of_one_worker_under_load_loses_no_acknowledged_event(tmp_path):
-    cfg_path = write_project(tmp_path / "proj", rotate_seconds=0.3)  # the shared socket (default)
+    cfg_path = write_project(tmp_path / "proj", rotate_seconds=0.3, worker_socket="shared")
     config = load_config(cfg_path)
     url = f"http://127.0.0.1:{config.serve.port}"
     counter = itertools.count()

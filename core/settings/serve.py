@@ -100,10 +100,11 @@ class ServeSettings(_Strict):
     cart_abandonment: CartAbandonment | None = None
     workers: int = Field(default=1, ge=1, le=32, description="Worker processes on one port (each with its own "
                          "fsync'd log, following every worker's log into its live state).")
-    worker_socket: Literal["shared", "reuseport"] = Field(
-        default="shared", description="How workers share the port: one listening socket the parent opens and "
-                                      "every worker accepts from (shared), or a socket per worker with "
-                                      "SO_REUSEPORT, the kernel spreading connections (reuseport).")
+    worker_socket: Literal["reuseport", "shared"] = Field(
+        default="reuseport", description="How workers share the port: a socket per worker with SO_REUSEPORT, the "
+                                         "kernel spreading connections (reuseport; the lower decision p99 of the "
+                                         "two in bench_serve), or one listening socket the supervisor opens and "
+                                         "every worker accepts from (shared).")
 
     _check_write = field_validator("write_keys_env")(classmethod(lambda cls, v: _env_names(v)))
     _check_read = field_validator("read_keys_env")(classmethod(lambda cls, v: _env_names(v)))
