@@ -230,8 +230,13 @@ class Server:
     def _followed(self, lines: list[bytes]) -> None:
         records = [orjson.loads(line) for line in lines]
         self._followed_ids.extend(r.get("messageId") for r in records)
+        # a messageId this worker already logged (re-delivered to two workers within FOLLOW_S,
+        # both wrote it) or already followed is not applied twice to the live state
+        seen = self.seen
+        records = [r for r in records if r.get("messageId") not in seen]
         self.stats["events_followed"] += len(records)
-        self._live_queue.put(records)
+        if records:
+            self._live_queue.put(records)
 
     def _follow_loop(self) -> None:
         """Every worker's events into this worker's live state (and its messageId memory), within
