@@ -18,6 +18,7 @@ import requests
 from segment.analytics.client import Client as SegmentClient
 
 from core.config import ConfigError, load_config
+from serve.app import Server
 from tests.serve_world import (
     READ_KEY,
     WRITE_KEY,
@@ -50,11 +51,15 @@ def _until(cond, timeout: float) -> float | None:
     return None
 
 
-def test_workers_setting_is_validated(tmp_path):
+def test_workers_setting_is_validated_and_a_keys_rate_limit_is_divided(tmp_path):
     with pytest.raises(ConfigError, match="workers"):
         load_config(write_project(tmp_path / "a", workers=0))
     with pytest.raises(ConfigError, match="worker_socket"):
         load_config(write_project(tmp_path / "b", workers=2, worker_socket="fork"))
+    config = load_config(write_project(tmp_path / "c", workers=2, rate_limit_per_second=100, rate_limit_burst=9))
+    assert (config.serve.workers, config.serve.worker_socket) == (2, "reuseport")
+    limiter = Server(config, worker=1, workers=2).limiter  # each of 2 workers allows half
+    assert (limiter.rate, limiter.burst) == (50, 4)
 
 
 def test_two_workers_land_every_event_once_share_live_state_and_nudge_once(tmp_path):
