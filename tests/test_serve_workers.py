@@ -125,6 +125,13 @@ def test_two_workers_land_every_event_once_share_live_state_and_nudge_once(tmp_p
             assert [(h["nudges_sent"], h["nudges_skipped"]) for h in health] == [
                 (3, {"already_sent": 1, "no_consent": 1}), (0, {})]  # c-2 checked twice, sent once
             assert all(h["workers"] == 2 for h in health)
+
+            # a new publish is swapped in by every worker
+            publish_world(config.published_dir, persons={**PERSONS, "P6": p6, "P7": {"anon": "anon-7"}},
+                          run_id="run0002")
+            swapped = lambda: all(h.get(url + "/health").json()["snapshot"] == "run0002"  # noqa: E731
+                                  for h in worker_sessions(url, 2).values())
+            assert _until(swapped, timeout=8) is not None
         finally:
             stop_process(proc)  # SIGTERM: every worker lands its open segment
     landed = sorted(p.name for p in (config.landing_dir / "web").iterdir())
