@@ -15,6 +15,8 @@ its log holds; SIGTERM / SIGINT to the supervisor stops every worker gracefully.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing as mp
 import os
@@ -24,7 +26,7 @@ import time
 
 import uvicorn
 
-from core.config import Config
+from core.config import Config, ConfigError
 from serve.app import Server, build_app
 
 log = logging.getLogger("tessera.serve.workers")
@@ -55,11 +57,24 @@ def _listen(host: str, port: int, reuseport: bool) -> socket.socket:
     return sock
 
 
+def _stop_with_parent(supervisor: int) -> None:
+    """A worker gets SIGTERM (a graceful stop) when the supervisor dies, kill -9 included, so no
+    orphaned worker keeps the port and its log folder (Linux: prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(config: Config, worker: int, workers: int, host: str, port: int, sock: socket.socket | None,
-                 log_level: str) -> None:
+                 log_level: str, supervisor: int) -> None:
     # the supervisor's handlers are not ours: uvicorn installs its own for a graceful stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _stop_with_parent(supervisor)
     if sock is None:
         sock = _listen(host, port, reuseport=True)
     app = build_app(config, worker=worker, workers=workers)
@@ -76,10 +91,12 @@ class Supervisor:
         self.started: dict[int, float] = {}
         self.quick_exits = 0
         self.stopping = False
+        self.failed: str | None = None
 
     def _start(self, worker: int) -> None:
         p = self.ctx.Process(target=_worker_main, name=f"cdp-serve-worker-{worker}",
-                             args=(self.config, worker, self.workers, self.host, self.port, self.sock, self.log_level))
+                             args=(self.config, worker, self.workers, self.host, self.port, self.sock, self.log_level,
+                                   os.getpid()))
         p.start()
         self.procs[worker] = p
         self.started[worker] = time.monotonic()
@@ -111,7 +128,7 @@ class Supervisor:
                         quick = time.monotonic() - self.started[w] < 10
                         self.quick_exits = self.quick_exits + 1 if quick else 0
                         if self.quick_exits >= 3:
-                            log.error("worker %d exited at start three times in a row; stopping", w)
+                            self.failed = f"worker {w} exited at start three times in a row (its error is above)"
                             self.stopping = True
                             break
                         log.warning("worker %d exited (%s); starting it again", w, p.exitcode)
@@ -131,3 +148,5 @@ class Supervisor:
                     p.kill()
             if self.sock is not None:
                 self.sock.close()
+        if self.failed:
+            raise ConfigError(f"cdp serve: {self.failed}; stopped")
