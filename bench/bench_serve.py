@@ -2,6 +2,7 @@
 rate, and event-to-decision freshness, against a published snapshot of N customers.
 
     python -m bench.bench_serve [--customers N] [--seconds S] [--rate R] [--nice -15] [--decide-repeats K]
+                                [--workers N] [--worker-socket shared|reuseport] [--server uvicorn|granian]
 
 ``--nice -15`` (root only) runs the server and the load generator at raised priority: on this
 shared machine, a stand-in for a dedicated one (the other sessions' work waits instead of ours).
@@ -111,9 +112,53 @@ def _cpu_s(pid: int) -> float:
     return sum(_user_sys_s(pid))
 
 
+def _tree(pid: int) -> list[int]:
+    """The process and its descendants (the supervisor and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for t in Path(f"/proc/{p}/task").iterdir()
+                     for c in (t / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def _user_sys_s(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU seconds of the process and its descendants (a dead worker's are lost
+    unless it was waited for; none dies in a bench run)."""
+    user = sys_ = 0.0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
+        sys_ += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return user, sys_
+
+
+def _rss_mb(pid: int) -> int:
+    return round(int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024)
+
+
+def _each_worker(workers: int) -> list[dict]:
+    """/health of every worker: new connections until each has answered one."""
+    found: dict[int, dict] = {}
+    held = []
+    for _ in range(500):
+        conn = http.client.HTTPConnection("127.0.0.1", PORT)
+        conn.request("GET", "/health")
+        h = json.loads(conn.getresponse().read())
+        found.setdefault(h.get("worker", 0), h)
+        held.append(conn)  # open, so the next connection may land elsewhere
+        if len(found) >= workers:
+            break
+    for c in held:
+        c.close()
+    return [found[w] for w in sorted(found)]
 
 
 def _raise_priority(nice: int) -> None:
@@ -166,7 +211,8 @@ def _collector_worker(seconds: float, batch: int, connections: int, wid: int, ou
 
     counts = [0] * connections
     t_end = time.time() + seconds
-    one = ('{"type":"track","event":"Product Viewed","anonymousId":"anon-%07d","messageId":"w%d-%d-%d-%d",'
+    one = ('{"type":"track","event":"Product Viewed","anonymousId":"anon-%07d","messageId":"w%d-%d-%d-%d-'
+           + str(batch) + '",'
            '"properties":{"sku":"SKU-%d","price":9.5},"context":{"page":{"path":"/p"}},'
            '"timestamp":"2026-11-25T10:00:00Z"}')
     path, per_request = ("/v1/batch", batch) if batch else ("/v1/track", 1)
@@ -234,7 +280,8 @@ def _post(path: str, body: dict, headers: dict) -> tuple[int, dict]:
 
 
 def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0, nice: int | None = None,
-         decide_repeats: int = 1) -> dict:
+         decide_repeats: int = 1, workers: int = 1, worker_socket: str = "reuseport", server: str = "uvicorn",
+         published_from: Path | None = None) -> dict:
     if nice is not None:  # the server and the client processes inherit it
         _raise_priority(nice)
     root = OUT / "serve"
@@ -243,15 +290,22 @@ def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0, n
     cfg = {"version": 1, "project": "bench",
            "sources": [{"name": "web", "kind": "web", "entities": {"events": {"path": "web/events_*.jsonl"}}}],
            "serve": {"write_keys_env": ["BENCH_WRITE_KEY"], "read_keys_env": ["BENCH_READ_KEY"], "port": PORT,
-                     "rate_limit_per_second": 1e6, "rate_limit_burst": 1_000_000}}
+                     "rate_limit_per_second": 1e6, "rate_limit_burst": 1_000_000, "workers": workers,
+                     "worker_socket": worker_socket}}
     (root / "cdp.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
-    cart_model = _snapshot(root / "published", customers)
+    if published_from:  # a snapshot an earlier run built (bench data: copied, never modified)
+        shutil.copytree(published_from, root / "published")
+        cart_model = {"copied_from_earlier_run": True}
+    else:
+        cart_model = _snapshot(root / "published", customers)
     snapshot_s = time.perf_counter() - t0
     env = {**os.environ, "BENCH_WRITE_KEY": WRITE_KEY, "BENCH_READ_KEY": READ_KEY}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "serve", "--config", str(root / "cdp.yaml")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "cdp.cli", "serve", "--config", str(root / "cdp.yaml")]
+    if server != "uvicorn":
+        cmd = [sys.executable, "-m", "bench.serve_granian", str(root / "cdp.yaml")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while True:
             try:
@@ -261,27 +315,30 @@ def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0, n
                 if proc.poll() is not None:
                     raise RuntimeError(proc.stderr.read().decode()[-3000:]) from None
                 time.sleep(0.1)
+        _each_worker(workers)  # every worker up (each loads the snapshot)
         startup_s = time.perf_counter() - t0
         startup_cpu_s = _cpu_s(proc.pid)
-        rss_mb = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+        rss_mb = {str(p): _rss_mb(p) for p in _tree(proc.pid)}
 
         # 1. collector, durability on: batches of 100 (the SDKs' default flush size), then one
         # event per /v1/track call; 2 client processes x 8 keep-alive connections each
         collector = {}
         for name, batch in (("batch_100", 100), ("track_single", 0)):
-            h0 = _post("/health", None, {})[1]
+            h0 = {k: sum(x[k] for x in _each_worker(workers)) for k in ("log_commits", "log_commit_seconds")}
             phase = Phase(proc.pid)
             sent, client_cpu = _run_workers(_collector_worker, lambda w, b=batch: (seconds, b, 8), 2)
             load_wall = time.perf_counter() - phase.wall0
-            # the phase ends when the live state has applied every acknowledged event: its CPU
-            # is part of an event's cost
+            # the phase ends when the live state has applied every acknowledged event (in every
+            # worker: each applies every worker's events): its CPU is part of an event's cost
+            events = sum(sent)
             while True:
-                h = _post("/health", None, {})[1]
-                if h["events_applied_live"] >= h["events_accepted"] or time.perf_counter() - phase.wall0 > 120:
+                hs = _each_worker(workers)
+                written = sum(h["events_accepted"] for h in hs)  # (a re-delivered messageId is not)
+                if min(h["events_applied_live"] for h in hs) >= written or time.perf_counter() - phase.wall0 > 120:
                     break
                 time.sleep(0.05)
+            h = {k: sum(x[k] for x in hs) for k in ("log_commits", "log_commit_seconds")}
             res = phase.done(client_cpu)
-            events = sum(sent)
             collector[name] = {"events_per_s": round(events / load_wall), "events": events,
                                "live_state_caught_up_after_s": round(res["wall_s"] - load_wall, 2),
                                "log_group_commits": h["log_commits"] - h0["log_commits"],
@@ -339,7 +396,8 @@ def main(customers: int = 100_000, seconds: float = 10.0, rate: float = 500.0, n
         "customers": customers, "cart_model": cart_model, "decide_reasons": reasons,
         "snapshot_build_s": round(snapshot_s, 1), "server_startup_s": round(startup_s, 1),
         "server_startup_cpu_s": round(startup_cpu_s, 1),
-        "server_rss_mb_after_start": round(rss_mb), "cpu_cores": os.cpu_count(),
+        "server": server, "workers": workers, "worker_socket": worker_socket if workers > 1 else None,
+        "server_rss_mb_after_start_per_process": rss_mb, "cpu_cores": os.cpu_count(),
         "niceness": os.getpriority(os.PRIO_PROCESS, 0),
         "autogroup": Path("/proc/self/autogroup").read_text().strip() if Path("/proc/self/autogroup").exists() else None, "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
         "collector": collector, "landed_files": landed, "landed_events": lines,
@@ -356,5 +414,12 @@ if __name__ == "__main__":
     ap.add_argument("--nice", type=int, default=None,
                     help="niceness for the server and the load generator (negative needs root), e.g. -15")
     ap.add_argument("--decide-repeats", type=int, default=1, help="run the /v1/decide phase this many times")
+    ap.add_argument("--workers", type=int, default=1, help="cdp serve worker processes (serve.workers)")
+    ap.add_argument("--worker-socket", choices=("reuseport", "shared"), default="reuseport")
+    ap.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
+                    help="HTTP server for the app (granian: bench/serve_granian.py, one worker)")
+    ap.add_argument("--published-from", type=Path, default=None,
+                    help="copy this published/ folder of an earlier run (same --customers) instead of building one")
     a = ap.parse_args()
-    print(json.dumps(main(a.customers, a.seconds, a.rate, a.nice, a.decide_repeats), indent=2))
+    print(json.dumps(main(a.customers, a.seconds, a.rate, a.nice, a.decide_repeats, a.workers, a.worker_socket,
+                          a.server, a.published_from), indent=2))

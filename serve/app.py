@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,13 +38,14 @@ from serve.collector import Rejected, basic_auth_key, decode_body, events_of, la
 from serve.decide import cart_intent as live_cart_intent
 from serve.decide import decide
 from serve.live import LiveState, Published
-from serve.log import LANDED_TAG, EventLog
+from serve.log import LANDED_TAG, EventLog, LogBusy, LogFollower, log_dir_name, worker_of_log_dir
 from serve.openapi import OPENAPI
 from serve.triggers import CartAbandonmentTrigger, SendStore
 
 log = logging.getLogger("tessera.serve")
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
 LIVE_BATCH_S = 0.1
+FOLLOW_S = 0.05  # how often a worker reads the other workers' logs (part of cross-worker freshness)
 Reply = tuple  # (status, JSON body bytes, extra headers)
 
 
@@ -117,10 +118,11 @@ class RateLimiter:
 class Server:
     """Everything the routes share; started and stopped by the app's lifespan."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, worker: int = 0, workers: int = 1):
         self.config = config
         s = config.serve
         self.settings = s
+        self.worker, self.workers = worker, workers
         source = next((x for x in config.sources if x.name == s.source and x.kind == "web"), None)
         if source is None or "events" not in source.entities:
             raise ConfigError(f"serve.source: {s.source!r} is not a web source with an events entity in sources; "
@@ -130,9 +132,13 @@ class Server:
         self.source = source
         self.write_keys = _keys(config, s.write_keys_env, "write")
         self.read_keys = _keys(config, s.read_keys_env, "read")
-        self.limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst)
+        # a key's limit is the server's: each of N workers allows its Nth
+        self.limiter = RateLimiter(s.rate_limit_per_second / workers, max(1, s.rate_limit_burst // workers))
         # messageId -> None once durable, or the write's future while it is in flight
         self.seen: OrderedDict[str, object] = OrderedDict()
+        # messageIds other workers logged (their follower's thread -> this loop's `seen`)
+        self._followed_ids: deque = deque(maxlen=s.dedup_ids)
+        self.follower: LogFollower | None = None
         self.spool = config.serve_spool
         self.log: EventLog | None = None
         self.state = LiveState(s.session_minutes, source.entities["events"].event_names)
@@ -141,26 +147,36 @@ class Server:
         self._live_queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.stats = {"events_accepted": 0, "events_duplicate": 0, "requests_rejected": 0}
+        self.stats = {"events_accepted": 0, "events_duplicate": 0, "requests_rejected": 0, "events_followed": 0}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         install_log_masking()
         self.spool.mkdir(parents=True, exist_ok=True)
         glob = self.source.entities["events"].path
-        self.log = EventLog(self.spool, self.config.landing_dir, glob, self.settings.rotate_bytes,
-                            self.settings.rotate_seconds)
+        try:
+            self.log = EventLog(self.spool, self.config.landing_dir, glob, self.settings.rotate_bytes,
+                                self.settings.rotate_seconds, worker=self.worker)
+        except LogBusy as e:
+            raise ConfigError(f"serve.spool: {e}; stop it first, or give this server its own spool") from None
+        if self.worker == 0:
+            self._land_retired_workers(glob)
         self._remember_recent(self.log.recovered)
         self._swap_in(Published(self.config.published_dir, self.source.name))
         self.sends = SendStore(nudges_path(self.config.root))
-        if self.settings.cart_abandonment is not None:
+        if self.settings.cart_abandonment is not None and self.worker == 0:  # one worker fires: once per cart
             self.trigger = CartAbandonmentTrigger(self.settings.cart_abandonment, self.state, self.sends,
                                                   self._intent_of)
         replayed = self.state.replay(self.landed_files(), since=time.time() - 86400)
         log.info("serve: replayed %d recent events into live state", replayed)
         gc.collect()  # the replayed profiles too are long-lived: out of the GC's scans (see _swap_in)
         gc.freeze()
-        for target, name in ((self._live_loop, "live-state"), (self._snapshot_loop, "snapshot-watch")):
+        loops = [(self._live_loop, "live-state"), (self._snapshot_loop, "snapshot-watch")]
+        if self.workers > 1:
+            # following starts after the replay: a segment still in a log folder was not in it
+            self.follower = LogFollower(self.spool, self.worker, self._followed)
+            loops.append((self._follow_loop, "log-follower"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -172,6 +188,8 @@ class Server:
             self.log.close()
         for t in self._threads:
             t.join(timeout=5)
+        if self.follower is not None:
+            self.follower.close()
         if self.trigger is not None:
             self.trigger.close()
         if self.sends is not None:
@@ -192,6 +210,42 @@ class Server:
         ids.extend(json.loads(line).get("messageId") for line in recovered if line.strip())
         for i in ids[-self.settings.dedup_ids:]:
             self.seen[i] = None
+
+    def _land_retired_workers(self, glob: str) -> None:
+        """Log folders of workers beyond ``workers`` (the server ran with more before): worker 0
+        lands what they hold, so no acknowledged event waits for a worker that never starts."""
+        for d in sorted(self.spool.glob("log-*")):
+            w = worker_of_log_dir(d.name)
+            if w is None or w < self.workers or d.name != log_dir_name(w) or not any(d.glob("*.jsonl")):
+                continue
+            try:
+                old = EventLog(self.spool, self.config.landing_dir, glob, self.settings.rotate_bytes,
+                               self.settings.rotate_seconds, worker=w)
+            except LogBusy:
+                continue
+            self._remember_recent(old.recovered)
+            old.close()
+            log.info("serve: landed the log of retired worker %d", w)
+
+    def _followed(self, lines: list[bytes]) -> None:
+        records = [orjson.loads(line) for line in lines]
+        self._followed_ids.extend(r.get("messageId") for r in records)
+        # a messageId this worker already logged (re-delivered to two workers within FOLLOW_S,
+        # both wrote it) or already followed is not applied twice to the live state
+        seen = self.seen
+        records = [r for r in records if r.get("messageId") not in seen]
+        self.stats["events_followed"] += len(records)
+        if records:
+            self._live_queue.put(records)
+
+    def _follow_loop(self) -> None:
+        """Every worker's events into this worker's live state (and its messageId memory), within
+        FOLLOW_S + LIVE_BATCH_S of their write."""
+        while not self._stop.wait(FOLLOW_S):
+            try:
+                self.follower.poll()
+            except Exception as e:  # live state is a view; the logs hold the events
+                log.error("following the other workers' logs failed: %s", type(e).__name__)
 
     def _live_loop(self) -> None:
         """Applies acknowledged events to the live state, in batches gathered for up to
@@ -299,6 +353,9 @@ class Server:
             return self._reject(400, str(e))
         received = received_at_text(datetime.now(timezone.utc))
         seen = self.seen
+        followed = self._followed_ids
+        while followed:  # what other workers logged: a re-delivery to this one is not written twice
+            seen.setdefault(followed.popleft(), None)
         records, fresh, waits = [], {}, set()
         for e in events:
             rec = landed_record(e, received)
@@ -407,8 +464,8 @@ def route_of(path: str) -> str | None:
     return None
 
 
-def build_app(config: Config) -> "AccessLog":
-    server = Server(config)
+def build_app(config: Config, worker: int = 0, workers: int = 1) -> "AccessLog":
+    server = Server(config, worker, workers)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -430,11 +487,14 @@ def build_app(config: Config) -> "AccessLog":
     async def health(request: Request) -> Response:
         pub = server.state.published
         return JSONResponse({"status": "ok", "snapshot": pub.run_id if pub else None,
+                             "worker": server.worker, "workers": server.workers,
                              "events_accepted": server.stats["events_accepted"],
+                             "events_followed": server.stats["events_followed"],
                              "events_applied_live": server.state.applied,
                              "log_commits": server.log.commits if server.log else 0,
                              "log_commit_seconds": round(server.log.commit_seconds, 3) if server.log else 0.0,
-                             "nudges_sent": len(server.trigger.fired) if server.trigger else 0})
+                             "nudges_sent": len(server.trigger.fired) if server.trigger else 0,
+                             "nudges_skipped": dict(server.trigger.skipped) if server.trigger else {}})
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)

@@ -13,6 +13,7 @@ last line (written, never fsync'd, so never acknowledged) cut off.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
@@ -25,6 +26,22 @@ from pathlib import Path
 log = logging.getLogger("tessera.serve")
 
 LANDED_TAG = "serve-"
+
+
+def log_dir_name(worker: int) -> str:
+    """Worker 0's log folder is the one a single-process server always used."""
+    return "log" if worker == 0 else f"log-{worker}"
+
+
+def worker_of_log_dir(name: str) -> int | None:
+    if name == "log":
+        return 0
+    rest = name.removeprefix("log-")
+    return int(rest) if rest != name and rest.isdigit() else None
+
+
+class LogBusy(RuntimeError):
+    """Another process holds this log folder (a worker of a running `cdp serve`)."""
 
 
 def landing_name(glob: str, stamp: str) -> str:
@@ -46,9 +63,21 @@ def _fsync_dir(path: Path) -> None:
 class EventLog:
     """Append JSON lines durably; rotate them into ``landing_dir / landing_name(glob, ...)``."""
 
-    def __init__(self, spool: Path, landing_dir: Path, glob: str, rotate_bytes: int, rotate_seconds: float):
-        self.dir = spool / "log"
+    def __init__(self, spool: Path, landing_dir: Path, glob: str, rotate_bytes: int, rotate_seconds: float,
+                 worker: int = 0):
+        self.dir = spool / log_dir_name(worker)
         self.dir.mkdir(parents=True, exist_ok=True)
+        # one writer per folder, for as long as this process lives (the kernel drops the lock
+        # with the process, kill -9 included)
+        self._lock = open(self.dir / ".lock", "a+b")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise LogBusy(f"{self.dir} is in use by another cdp serve process (worker {worker})") from None
+        # landing names carry the worker (worker 0: none, as a single process names them), so
+        # two workers never write one landing file
+        self.tag = "" if worker == 0 else f"w{worker}-"
         self.landing_dir = landing_dir
         self.glob = glob
         landing_name(glob, "check")  # fail at start, not at the first rotation
@@ -89,7 +118,7 @@ class EventLog:
         if seg.stat().st_size == 0:
             seg.unlink()
             return None
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f") + f"-{int(seg.stem):06d}"
+        stamp = self.tag + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f") + f"-{int(seg.stem):06d}"
         target = self.landing_dir / landing_name(self.glob, stamp)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -130,6 +159,7 @@ class EventLog:
         self._queue.put(("close", 0, done))
         done.result(timeout=60)
         self._thread.join(timeout=60)
+        self._lock.close()
 
     def _open(self) -> None:
         self._seq += 1
@@ -194,3 +224,56 @@ class EventLog:
                     c[2].set_result(landed)
                 if any(c[0] == "close" for c in commands):
                     return
+
+
+class LogFollower:
+    """Reads the other workers' log segments as they grow: the complete lines past what was
+    read, handed to ``on_lines``. A segment is followed through its rotation by its open file:
+    the writer closes a segment before renaming it into the landing folder, so once its name is
+    gone from the log folder what the open file holds is final; it is read to its end and
+    closed. Lines are read as soon as written (before their fsync has returned): a worker
+    killed with -9 leaves them in the file (the page cache outlives the process), and its next
+    start lands them."""
+
+    def __init__(self, spool: Path, own_worker: int, on_lines):
+        self.spool = spool
+        self.own = own_worker
+        self.on_lines = on_lines
+        self._open: dict[Path, list] = {}  # segment -> [file, partial last line]
+
+    def poll(self) -> int:
+        for d in self.spool.glob("log*"):
+            w = worker_of_log_dir(d.name)
+            if w is None or w == self.own or not d.is_dir():
+                continue
+            for seg in d.glob("*.jsonl"):
+                if seg not in self._open:
+                    try:
+                        self._open[seg] = [open(seg, "rb"), b""]
+                    except FileNotFoundError:  # landed between the listing and the open: the
+                        continue               # replay of landed files at a start covers it
+        n = 0
+        for seg, st in sorted(self._open.items(), key=lambda kv: (kv[0].parent.name, _seq(kv[0]))):
+            gone = not seg.exists()
+            data = st[0].read()
+            if data:
+                buf = st[1] + data
+                cut = buf.rfind(b"\n") + 1
+                st[1] = buf[cut:]
+                if cut:
+                    lines = buf[:cut].splitlines()
+                    n += len(lines)
+                    self.on_lines(lines)
+            if gone:
+                st[0].close()
+                del self._open[seg]
+        return n
+
+    def close(self) -> None:
+        for st in self._open.values():
+            st[0].close()
+        self._open.clear()
+
+
+def _seq(p: Path) -> int:
+    return int(p.stem) if p.stem.isdigit() else -1

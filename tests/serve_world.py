@@ -95,12 +95,47 @@ def wait_ready(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"{url} did not come up")
 
 
-def start_process(config_path: Path) -> subprocess.Popen:
-    """`cdp serve` as its own process (killable with SIGKILL)."""
-    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "serve", "--config", str(config_path)],
+def start_process(config_path: Path, workers: int | None = None) -> subprocess.Popen:
+    """`cdp serve` as its own process (killable with SIGKILL); with ``workers``, the supervisor
+    (ready once every worker answers)."""
+    extra = ["--workers", str(workers)] if workers else []
+    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "serve", "--config", str(config_path), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
-    wait_ready(f"http://127.0.0.1:{load_config(config_path).serve.port}", proc=proc)
+    url = f"http://127.0.0.1:{load_config(config_path).serve.port}"
+    wait_ready(url, proc=proc)
+    if workers:
+        for s in worker_sessions(url, workers).values():
+            s.close()
     return proc
+
+
+def worker_sessions(url: str, workers: int, timeout: float = 60.0) -> dict[int, requests.Session]:
+    """A keep-alive session to each worker (its connection stays with the worker that accepted
+    it): new connections until every worker has answered one."""
+    found: dict[int, requests.Session] = {}
+    spare: list[requests.Session] = []
+    deadline = time.time() + timeout
+    while len(found) < workers:
+        if time.time() > deadline:
+            raise TimeoutError(f"only workers {sorted(found)} answered")
+        s = requests.Session()
+        try:
+            w = s.get(url + "/health", timeout=2).json()["worker"]
+        except requests.RequestException:
+            time.sleep(0.1)
+            continue
+        if w in found:
+            spare.append(s)  # held open, so the next connection is not this one again
+        else:
+            found[w] = s
+    for s in spare:
+        s.close()
+    return dict(sorted(found.items()))
+
+
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The supervisor's worker processes."""
+    return [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
 
 
 def stop_process(proc: subprocess.Popen, hard: bool = False) -> None:

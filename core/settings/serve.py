@@ -98,6 +98,13 @@ class ServeSettings(_Strict):
     rate_limit_burst: int = Field(default=4000, ge=1, description="Requests a key may send at once.")
     session_minutes: int = Field(default=30, ge=1, description="Inactivity that ends a live session.")
     cart_abandonment: CartAbandonment | None = None
+    workers: int = Field(default=1, ge=1, le=32, description="Worker processes on one port (each with its own "
+                         "fsync'd log, following every worker's log into its live state).")
+    worker_socket: Literal["reuseport", "shared"] = Field(
+        default="reuseport", description="How workers share the port: a socket per worker with SO_REUSEPORT, the "
+                                         "kernel spreading connections (reuseport; the lower decision p99 of the "
+                                         "two in bench_serve), or one listening socket the supervisor opens and "
+                                         "every worker accepts from (shared).")
 
     _check_write = field_validator("write_keys_env")(classmethod(lambda cls, v: _env_names(v)))
     _check_read = field_validator("read_keys_env")(classmethod(lambda cls, v: _env_names(v)))
