@@ -1,14 +1,45 @@
 {#- Web sessions: a visitor's events split where the gap between two events exceeds
     var('session_timeout_minutes') (30). A visitor is the person (identity graph, by userId then
     anonymousId), so one person's devices form one timeline; events nobody can be attached to
-    are sessionised per anonymousId. -#}
+    are sessionised per anonymousId.
 
-with events as (
-    select * from {{ ref('stg_web__events') }}
+    Rebuilt per visitor on a daily run (macros/incremental_persons.sql): the visitors with a new
+    event, the persons identity moved a record from or to, and the anonymous visitors of the events
+    of those records get all their sessions again from all their events; other rows stay. -#}
+{%- set marks = last_build_marks() -%}
+{{ config(
+    materialized=rebuilt_per_key_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ forget_web_sessions() }}",
+    post_hook="{{ record_build_marks(ref('stg_web__events')) }}"
+) }}
+-- depends_on: {{ source('identity', 'id_history') }}, {{ source('identity', 'runs') }}, {{ source('identity', 'changes') }}
+
+with graph as (
+    select * from {{ ref('stg_identity__graph') }}
 ),
 
-graph as (
-    select * from {{ ref('stg_identity__graph') }}
+{% if marks is not none -%}
+affected as (
+    {{ web_visitors_to_rebuild(marks) }}
+),
+
+affected_records as (
+    -- the records of affected persons: their events are read again
+    select graph.source, graph.entity, graph.source_record_id
+    from graph
+    where graph.person_id in (select visitor_key from affected)
+),
+
+{% endif -%}
+events as (
+    select events.* from {{ ref('stg_web__events') }} as events
+    {%- if marks is not none %}
+    where (events.source, 'user_id', events.user_id) in (select * from affected_records)
+       or (events.source, 'anonymous_id', events.anonymous_id) in (select * from affected_records)
+       or 'anonymous:' || coalesce(events.anonymous_id, events.message_id) in (select visitor_key from affected)
+    {%- endif %}
 ),
 
 attributed as (
@@ -32,6 +63,9 @@ visitors as (
         attributed.*,
         coalesce(person_id, 'anonymous:' || coalesce(anonymous_id, message_id)) as visitor_key
     from attributed
+    {%- if marks is not none %}
+    where coalesce(person_id, 'anonymous:' || coalesce(anonymous_id, message_id)) in (select visitor_key from affected)
+    {%- endif %}
 ),
 
 gaps as (
