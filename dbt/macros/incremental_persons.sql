@@ -140,15 +140,17 @@
     union
     select moved.previous_person_id from ({{ moved_records(marks) }}) as moved
     where moved.previous_person_id is not null
+    {#- (joins, not one IN with an OR: DuckDB plans that OR row by row, minutes at 100k) #}
+    {%- for entity, column in [('user_id', 'user_id'), ('anonymous_id', 'anonymous_id')] %}
     union
     select 'anonymous:' || coalesce(events.anonymous_id, events.message_id)
     from {{ events }} as events
-    where (events.source, 'user_id', events.user_id) in (
-              select source, entity, source_record_id from {{ graph }}
-              where record_key in (select record_key from ({{ moved_records(marks) }}) as moved))
-       or (events.source, 'anonymous_id', events.anonymous_id) in (
-              select source, entity, source_record_id from {{ graph }}
-              where record_key in (select record_key from ({{ moved_records(marks) }}) as moved))
+    inner join {{ graph }} as moved_record
+        on moved_record.entity = '{{ entity }}'
+        and moved_record.source = events.source
+        and moved_record.source_record_id = events.{{ column }}
+    where moved_record.record_key in (select record_key from ({{ moved_records(marks) }}) as moved)
+    {%- endfor %}
 {%- endmacro %}
 
 {#- Pre-hook of int_web_sessions: delete the sessions of the visitors about to be rebuilt; on a

@@ -25,11 +25,21 @@ moved_subscribers as (
 ),
 
 {% endif -%}
+{% if marks is not none -%}
+affected_events as (
+    -- (a union, not an IN with an OR: DuckDB plans that OR row by row)
+    select events.source, events.event_id from {{ ref('stg_email__events') }} as events
+    where {{ staged_since(marks) }}
+    union
+    select events.source, events.event_id from {{ ref('stg_email__events') }} as events
+    where (events.source, events.subscriber_id) in (select source, subscriber_id from moved_subscribers)
+),
+
+{% endif -%}
 events as (
     select events.* from {{ ref('stg_email__events') }} as events
     {%- if marks is not none %}
-    where {{ staged_since(marks) }}
-       or (events.source, events.subscriber_id) in (select source, subscriber_id from moved_subscribers)
+    where (events.source, events.event_id) in (select source, event_id from affected_events)
     {%- endif %}
 ),
 

@@ -21,24 +21,33 @@ with graph as (
 ),
 
 {% if marks is not none -%}
-affected as (
+affected as materialized (
     {{ web_visitors_to_rebuild(marks) }}
 ),
 
-affected_records as (
-    -- the records of affected persons: their events are read again
-    select graph.source, graph.entity, graph.source_record_id
-    from graph
-    where graph.person_id in (select visitor_key from affected)
+affected_events as (
+    -- every event of an affected visitor: through the records of the affected persons, or the
+    -- anonymous visitor key (joins and a union, not an IN with an OR: see the macro)
+    {%- for column in ['user_id', 'anonymous_id'] %}
+    select events.source, events.message_id
+    from {{ ref('stg_web__events') }} as events
+    inner join graph as affected_record
+        on affected_record.entity = '{{ column }}'
+        and affected_record.source = events.source
+        and affected_record.source_record_id = events.{{ column }}
+    where affected_record.person_id in (select visitor_key from affected)
+    union
+    {%- endfor %}
+    select events.source, events.message_id
+    from {{ ref('stg_web__events') }} as events
+    where 'anonymous:' || coalesce(events.anonymous_id, events.message_id) in (select visitor_key from affected)
 ),
 
 {% endif -%}
 events as (
     select events.* from {{ ref('stg_web__events') }} as events
     {%- if marks is not none %}
-    where (events.source, 'user_id', events.user_id) in (select * from affected_records)
-       or (events.source, 'anonymous_id', events.anonymous_id) in (select * from affected_records)
-       or 'anonymous:' || coalesce(events.anonymous_id, events.message_id) in (select visitor_key from affected)
+    where (events.source, events.message_id) in (select source, message_id from affected_events)
     {%- endif %}
 ),
 
