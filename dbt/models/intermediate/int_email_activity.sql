@@ -9,7 +9,6 @@
     pre_hook="{{ forget_email_activity() }}",
     post_hook="{{ record_build_marks(ref('stg_email__events')) }}"
 ) }}
--- depends_on: {{ source('identity', 'id_history') }}, {{ source('identity', 'runs') }}, {{ source('identity', 'changes') }}
 
 with graph as (
     select * from {{ ref('stg_identity__graph') }}

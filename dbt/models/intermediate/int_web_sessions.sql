@@ -14,7 +14,6 @@
     pre_hook="{{ forget_web_sessions() }}",
     post_hook="{{ record_build_marks(ref('stg_web__events')) }}"
 ) }}
--- depends_on: {{ source('identity', 'id_history') }}, {{ source('identity', 'runs') }}, {{ source('identity', 'changes') }}
 
 with graph as (
     select * from {{ ref('stg_identity__graph') }}
