@@ -1,9 +1,45 @@
-with events as (
-    select * from {{ ref('stg_email__events') }}
+{#- Email events attached to persons through their subscriber record. Rebuilt per subscriber on a
+    daily run (macros/incremental_persons.sql): the new events, and every event of a subscriber
+    whose record identity moved to another person; other rows stay. -#}
+{%- set marks = last_build_marks() -%}
+{{ config(
+    materialized=rebuilt_per_key_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ forget_email_activity() }}",
+    post_hook="{{ record_build_marks(ref('stg_email__events')) }}"
+) }}
+
+with graph as (
+    select * from {{ ref('stg_identity__graph') }}
 ),
 
-graph as (
-    select * from {{ ref('stg_identity__graph') }}
+{% if marks is not none -%}
+moved_subscribers as (
+    -- subscribers whose record identity moved since the last build: all their events again
+    select graph.source, graph.source_record_id as subscriber_id
+    from graph
+    where graph.entity = 'subscribers'
+      and graph.record_key in (select record_key from ({{ moved_records(marks) }}) as moved)
+),
+
+{% endif -%}
+{% if marks is not none -%}
+affected_events as (
+    -- (a union, not an IN with an OR: DuckDB plans that OR row by row)
+    select events.source, events.event_id from {{ ref('stg_email__events') }} as events
+    where {{ staged_since(marks) }}
+    union
+    select events.source, events.event_id from {{ ref('stg_email__events') }} as events
+    where (events.source, events.subscriber_id) in (select source, subscriber_id from moved_subscribers)
+),
+
+{% endif -%}
+events as (
+    select events.* from {{ ref('stg_email__events') }} as events
+    {%- if marks is not none %}
+    where (events.source, events.event_id) in (select source, event_id from affected_events)
+    {%- endif %}
 ),
 
 final as (

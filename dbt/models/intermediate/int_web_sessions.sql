@@ -1,14 +1,53 @@
 {#- Web sessions: a visitor's events split where the gap between two events exceeds
     var('session_timeout_minutes') (30). A visitor is the person (identity graph, by userId then
     anonymousId), so one person's devices form one timeline; events nobody can be attached to
-    are sessionised per anonymousId. -#}
+    are sessionised per anonymousId.
 
-with events as (
-    select * from {{ ref('stg_web__events') }}
+    Rebuilt per visitor on a daily run (macros/incremental_persons.sql): the visitors with a new
+    event, the persons identity moved a record from or to, and the anonymous visitors of the events
+    of those records get all their sessions again from all their events; other rows stay. -#}
+{%- set marks = last_build_marks() -%}
+{{ config(
+    materialized=rebuilt_per_key_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ forget_web_sessions() }}",
+    post_hook="{{ record_build_marks(ref('stg_web__events')) }}"
+) }}
+
+with graph as (
+    select * from {{ ref('stg_identity__graph') }}
 ),
 
-graph as (
-    select * from {{ ref('stg_identity__graph') }}
+{% if marks is not none -%}
+affected as materialized (
+    {{ web_visitors_to_rebuild(marks) }}
+),
+
+affected_events as (
+    -- every event of an affected visitor: through the records of the affected persons, or the
+    -- anonymous visitor key (joins and a union, not an IN with an OR: see the macro)
+    {%- for column in ['user_id', 'anonymous_id'] %}
+    select events.source, events.message_id
+    from {{ ref('stg_web__events') }} as events
+    inner join graph as affected_record
+        on affected_record.entity = '{{ column }}'
+        and affected_record.source = events.source
+        and affected_record.source_record_id = events.{{ column }}
+    where affected_record.person_id in (select visitor_key from affected)
+    union
+    {%- endfor %}
+    select events.source, events.message_id
+    from {{ ref('stg_web__events') }} as events
+    where 'anonymous:' || coalesce(events.anonymous_id, events.message_id) in (select visitor_key from affected)
+),
+
+{% endif -%}
+events as (
+    select events.* from {{ ref('stg_web__events') }} as events
+    {%- if marks is not none %}
+    where (events.source, events.message_id) in (select source, message_id from affected_events)
+    {%- endif %}
 ),
 
 attributed as (
@@ -32,6 +71,9 @@ visitors as (
         attributed.*,
         coalesce(person_id, 'anonymous:' || coalesce(anonymous_id, message_id)) as visitor_key
     from attributed
+    {%- if marks is not none %}
+    where coalesce(person_id, 'anonymous:' || coalesce(anonymous_id, message_id)) in (select visitor_key from affected)
+    {%- endif %}
 ),
 
 gaps as (
