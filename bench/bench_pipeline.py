@@ -121,7 +121,8 @@ def _cpu_at(samples, t: float) -> float:
 def stage_of(step_key: str) -> str:
     for prefix, stage in (("raw_", "ingestion"), ("expectations_sources", "ingestion"), ("privacy", "privacy"),
                           ("identity", "identity"), ("dbt_core", "dbt_core"), ("dbt_after", "dbt_after_scoring"),
-                          ("experiments", "experiments"), ("scoring", "scoring"), ("declarative_segments", "segments"),
+                          ("experiments", "experiments"), ("scoring_recommendations", "recommendations"),
+                          ("scoring", "scoring"), ("declarative_segments", "segments"),
                           ("expectations_gate", "gate"), ("publish", "publish")):
         if step_key.startswith(prefix):
             return stage

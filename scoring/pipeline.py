@@ -20,7 +20,7 @@ from core.published import ManifestError, published_table
 from core.settings.experiments import Experiment
 from core.settings.scoring import CartIntentSettings, ChurnSettings, OffersSettings, RecommendationsSettings
 from core.warehouse import table_exists
-from scoring import cart, churn, model_store, recommend
+from scoring import cart, churn, model_store, recommend_store
 from scoring.offers import decide_offers
 
 log = logging.getLogger("tessera.scoring")
@@ -287,17 +287,23 @@ def _run_scoring(con, churn_settings, cart_settings, offer_settings, progress, o
 
 
 def run_recommendation_stage(con: duckdb.DuckDBPyConnection, as_of, settings: RecommendationsSettings,
-                             progress=log.info) -> recommend.RecommendationsResult:
-    """scoring.recommendations as of `as_of` (scoring/recommend.py); read by dbt's recommendations mart."""
+                             progress=log.info) -> recommend_store.IncrementalResult:
+    """scoring.recommendations as of `as_of` (scoring/recommend.py; refitted on a schedule, incremental in
+    between: scoring/recommend_store.py); read by dbt's recommendations mart."""
     for schema, table, why in (("intermediate", "int_order_lines", "purchases"),
                                ("intermediate", "int_web_product_events", "product views"),
                                ("staging", "stg_catalog__products", "the catalog"), ("marts", "customers", "people")):
         _require(con, schema, table, why)
     started = time.perf_counter()
     with threadpool_limits(limits=MODEL_THREADS):
-        result = recommend.run_recommendations(con, as_of, settings)
+        # Refitted on its schedule; in between, new lists only for persons whose inputs changed.
+        result = recommend_store.run_incremental(con, as_of, settings)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    # The lists first, then the fingerprints they were computed from: a run stopped in between
+    # leaves old fingerprints, whose persons are recomputed next time.
     _write(con, "recommendations", result.recommendations)
+    _write(con, recommend_store.INPUTS_TABLE, result.inputs)
+    progress(f"scoring: recommendations: {result.decision}")
     held_out = ", ".join(f"{m} {r['hit_rate']:.3f}" for m, r in result.blend.validation.items()
                          if isinstance(r, dict) and "hit_rate" in r) or "not measured"
     progress(f"scoring: recommendations for {result.recommendations['person_id'].nunique():,} people "

@@ -103,13 +103,23 @@ class Interactions:
         return len(self.products)
 
 
-def load_interactions(con, until: pd.Timestamp, view_from: pd.Timestamp) -> Interactions:
-    """Order lines up to `until` and product views in (view_from, until] from the warehouse."""
-    until, view_from = pd.Timestamp(until).to_pydatetime(), pd.Timestamp(view_from).to_pydatetime()
+def load_products(con) -> pd.DataFrame:
+    """The catalog's products (non-products excluded) in index order: sku, category, cat."""
     products = con.execute("""SELECT sku, coalesce(category, '') AS category FROM staging.stg_catalog__products
                               WHERE NOT coalesce(non_product, false) ORDER BY sku""").df()
-    persons = con.execute("SELECT person_id FROM marts.customers ORDER BY person_id").df()["person_id"].to_numpy()
     products["cat"] = pd.factorize(products["category"])[0]
+    return products
+
+
+def load_interactions(con, until: pd.Timestamp, view_from: pd.Timestamp,
+                      persons: np.ndarray | None = None) -> Interactions:
+    """Order lines up to `until` and product views in (view_from, until] from the warehouse.
+    `persons` (sorted person ids): only theirs (and no anonymous views); default every customer."""
+    until, view_from = pd.Timestamp(until).to_pydatetime(), pd.Timestamp(view_from).to_pydatetime()
+    products = load_products(con)
+    view_join = "LEFT JOIN" if persons is None else "JOIN"
+    if persons is None:
+        persons = con.execute("SELECT person_id FROM marts.customers ORDER BY person_id").df()["person_id"].to_numpy()
     con.register("rec_products", products[["sku"]].assign(i=np.arange(len(products))))
     con.register("rec_persons", pd.DataFrame({"person_id": persons, "u": np.arange(len(persons))}))
     try:
@@ -118,10 +128,10 @@ def load_interactions(con, until: pd.Timestamp, view_from: pd.Timestamp) -> Inte
             FROM intermediate.int_order_lines l
             JOIN rec_persons p ON p.person_id = l.person_id JOIN rec_products i ON i.sku = l.sku
             WHERE l.ordered_at <= ? GROUP BY ALL""", [until]).df()
-        views = con.execute("""
+        views = con.execute(f"""
             SELECT coalesce(p.u, -1) AS u, i.i, v.session_id, max(v.occurred_at) AS t
             FROM intermediate.int_web_product_events v
-            JOIN rec_products i ON i.sku = v.sku LEFT JOIN rec_persons p ON p.person_id = v.person_id
+            JOIN rec_products i ON i.sku = v.sku {view_join} rec_persons p ON p.person_id = v.person_id
             WHERE v.event_name = 'product_viewed' AND v.occurred_at <= ? AND v.occurred_at > ?
             GROUP BY ALL""", [until, view_from]).df()
     finally:
@@ -210,34 +220,41 @@ class State:
     notes: list[str] = field(default_factory=list)
 
 
+# The State's shop-wide signals (_item_signals, with ALS's item factors apart): what a saved
+# recommendation model keeps (scoring/recommend_store.py); the rest of a State is each person's own.
+ITEM_FIELDS = ("item_interval", "item_repeat_rate", "item_cat_pop", "trending", "popularity", "popularity_90d",
+               "s_bought", "s_viewed", "category_top_items")
+
+
 def build_state(data: Interactions, as_of: pd.Timestamp, settings: RecommendationsSettings) -> State:
     as_of = pd.Timestamp(as_of)
     s = State(as_of, data, settings)
-    nu, ni = data.n_users, data.n_items
     lines = data.lines[data.lines["t"] <= as_of]
+    views = data.views[(data.views["t"] <= as_of) & (data.views["t"] > as_of - pd.Timedelta(days=settings.view_days))]
+    pi = _person_signals(s, lines, views, as_of)
+    _item_signals(s, lines, views, pi, as_of)
+    if settings.collaborative:
+        _fit_als(s)
+    return s
+
+
+def _person_signals(s: State, lines: pd.DataFrame, views: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """What is a person's own: their purchases and views (ages in days before `as_of`, never
+    below 0), seeds, category shares, orders. Each person's rows depend on their own history
+    only. Returns the (person, product) purchase table the item signals count from."""
+    data, settings = s.data, s.settings
+    nu, ni = data.n_users, data.n_items
     # Buy-again: distinct orders per (person, product) and days since the last one.
     pi = lines.groupby(["u", "i"], sort=True).agg(n=("order_key", "nunique"), first=("t", "min"), last=("t", "max"))
     pi = pi.reset_index()
     pi["days"] = _days(pi["last"], as_of)
     s.own_count = _csr(pi["u"], pi["i"], pi["n"], (nu, ni))
     s.own_days = _csr(pi["u"], pi["i"], pi["days"] + 1.0, (nu, ni))
-    # Each product's own repurchase interval: the median over repeat buyers of their mean gap.
-    repeat = pi[pi["n"] >= 2]
-    gap = (repeat["last"] - repeat["first"]).dt.total_seconds() / 86400.0 / (repeat["n"] - 1)
-    per_item = pd.DataFrame({"i": repeat["i"], "gap": gap}).groupby("i")["gap"].median()
-    overall = float(gap.median()) if len(gap) else float(settings.horizon_days)
-    s.item_interval = np.full(ni, overall)
-    s.item_interval[per_item.index.to_numpy()] = per_item.to_numpy()
-    buyers = np.bincount(pi["i"], minlength=ni).astype(float)
-    s.item_repeat_rate = np.bincount(repeat["i"], minlength=ni) / np.maximum(buyers, 1.0)
     # Seeds: a person's most recently bought products.
     recent_first = pi.sort_values(["u", "days", "i"])
     seed = recent_first[recent_first.groupby("u").cumcount() < settings.seed_items]
     s.seeds = _csr(seed["u"], seed["i"], np.ones(len(seed)), (nu, ni))
-    s.s_bought = item_similarity(lines["order_key"].to_numpy(), lines["i"].to_numpy(), ni, settings.neighbours)
-    # Views in the view window: co-views (anonymous sessions count too) and the person's own.
-    views = data.views[(data.views["t"] <= as_of) & (data.views["t"] > as_of - pd.Timedelta(days=settings.view_days))]
-    s.s_viewed = item_similarity(views["session_id"].to_numpy(), views["i"].to_numpy(), ni, settings.neighbours)
+    # Views in the view window: the person's own (co-views are an item signal).
     known = views[views["u"] >= 0]
     pv = known.groupby(["u", "i"], sort=True).agg(n=("session_id", "nunique"), last=("t", "max")).reset_index()
     pv["days"] = _days(pv["last"], as_of)
@@ -255,6 +272,35 @@ def build_state(data: Interactions, as_of: pd.Timestamp, settings: Recommendatio
     s.cat_share = sp.diags(1.0 / np.maximum(totals, 1.0)) @ cat_touch
     s.cat_share = s.cat_share.tocsr()
     s.top_categories = _top_per_row(s.cat_share, TOP_CATEGORIES)
+    # Person-level: orders and days since the last one (new / occasional / loyal).
+    pu = lines.groupby("u").agg(n=("order_key", "nunique"), last=("t", "max"))
+    s.user_orders = np.zeros(nu)
+    s.user_orders[pu.index.to_numpy()] = pu["n"].to_numpy()
+    s.user_days = np.full(nu, np.nan)
+    s.user_days[pu.index.to_numpy()] = _days(pu["last"], as_of)
+    return pi
+
+
+def _item_signals(s: State, lines: pd.DataFrame, views: pd.DataFrame, pi: pd.DataFrame, as_of: pd.Timestamp) -> None:
+    """What is the shop's, the same for everyone: repurchase intervals, co-purchase and co-view
+    neighbours, popularity, trending, the categories' top products (ITEM_FIELDS)."""
+    data, settings = s.data, s.settings
+    ni = data.n_items
+    # Each product's own repurchase interval: the median over repeat buyers of their mean gap.
+    repeat = pi[pi["n"] >= 2]
+    gap = (repeat["last"] - repeat["first"]).dt.total_seconds() / 86400.0 / (repeat["n"] - 1)
+    per_item = pd.DataFrame({"i": repeat["i"], "gap": gap}).groupby("i")["gap"].median()
+    overall = float(gap.median()) if len(gap) else float(settings.horizon_days)
+    s.item_interval = np.full(ni, overall)
+    s.item_interval[per_item.index.to_numpy()] = per_item.to_numpy()
+    buyers = np.bincount(pi["i"], minlength=ni).astype(float)
+    s.item_repeat_rate = np.bincount(repeat["i"], minlength=ni) / np.maximum(buyers, 1.0)
+    s.s_bought = item_similarity(lines["order_key"].to_numpy(), lines["i"].to_numpy(), ni, settings.neighbours)
+    # Co-views: anonymous sessions count too.
+    s.s_viewed = item_similarity(views["session_id"].to_numpy(), views["i"].to_numpy(), ni, settings.neighbours)
+    cats = data.products["cat"].to_numpy()
+    n_cats = int(cats.max()) + 1 if ni else 1
+
     # Popularity: buyers in the trending window, in 90 days, and all time (log-scaled).
     def buyers_within(days):
         part = lines[lines["t"] > as_of - pd.Timedelta(days=days)] if days else lines
@@ -271,15 +317,6 @@ def build_state(data: Interactions, as_of: pd.Timestamp, settings: Recommendatio
     top_in_cat = top_in_cat[top_in_cat.groupby("c").cumcount() < TOP_PER_CATEGORY]
     s.category_top_items = _csr(top_in_cat["c"], top_in_cat["i"], s.item_cat_pop[top_in_cat["i"].to_numpy()] + 1e-6,
                                 (n_cats, ni))
-    # Person-level: orders and days since the last one (new / occasional / loyal).
-    pu = lines.groupby("u").agg(n=("order_key", "nunique"), last=("t", "max"))
-    s.user_orders = np.zeros(nu)
-    s.user_orders[pu.index.to_numpy()] = pu["n"].to_numpy()
-    s.user_days = np.full(nu, np.nan)
-    s.user_days[pu.index.to_numpy()] = _days(pu["last"], as_of)
-    if settings.collaborative:
-        _fit_als(s)
-    return s
 
 
 def _fit_als(s: State) -> None:
@@ -293,14 +330,34 @@ def _fit_als(s: State) -> None:
     except ImportError:  # optional at run time: the blend works without it
         s.notes.append("ALS skipped: the `implicit` package is not installed")
         return
-    conf = s.own_count.copy().astype(np.float32)
-    conf.data = 1.0 + 10.0 * np.log1p(conf.data)  # confidence grows slowly with repeats
     factors = int(min(64, max(8, s.data.n_items // 4)))
     with threadpool_limits(limits=1, user_api="blas"):  # implicit's own advice: its threads, not BLAS's
-        model = AlternatingLeastSquares(factors=factors, regularization=0.05, iterations=15,
+        model = AlternatingLeastSquares(factors=factors, regularization=ALS_REGULARIZATION, iterations=15,
                                         random_state=s.settings.seed, num_threads=1)
-        model.fit(conf.tocsr(), show_progress=False)
+        model.fit(als_confidence(s.own_count), show_progress=False)
     s.als_users, s.als_items = np.asarray(model.user_factors), np.asarray(model.item_factors)
+
+
+ALS_REGULARIZATION = 0.05
+
+
+def als_confidence(own_count: sp.csr_matrix) -> sp.csr_matrix:
+    conf = own_count.copy().astype(np.float32)
+    conf.data = 1.0 + 10.0 * np.log1p(conf.data)  # confidence grows slowly with repeats
+    return conf.tocsr()
+
+
+def als_user_factors(own_count: sp.csr_matrix, item_factors: np.ndarray) -> np.ndarray:
+    """Each person's ALS factors solved against fixed item factors (implicit's exact per-person
+    least squares): a person's factors depend on their own purchases and the items only, so a
+    saved model scores anyone, in any batch, the same."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=item_factors.shape[1], regularization=ALS_REGULARIZATION, num_threads=1)
+    model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    with threadpool_limits(limits=1, user_api="blas"):
+        users = model.recalculate_user(np.arange(own_count.shape[0]), als_confidence(own_count))
+    return np.asarray(users)
 
 
 def candidates(s: State, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

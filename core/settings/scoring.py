@@ -155,6 +155,12 @@ class RecommendationsSettings(_Strict):
                     "1 - (1 - confidence) / 2); otherwise that method's lists.")
     training_customers: int = Field(default=20_000, ge=100,
                                     description="Buyers sampled to fit the blend (bounds its cost at any scale).")
+    refit_every_days: int = Field(
+        default=7, ge=0, le=365,
+        description="Refit the recommendation model (the blend and the shop-wide signals: best sellers, trending, "
+                    "co-purchase and co-view neighbours, ALS item factors) when the saved one is this many days "
+                    "old (0 = every run); in between, only persons whose own purchases or views changed get new "
+                    "lists, with the saved model.")
     seed: int = 7
 
     @model_validator(mode="before")

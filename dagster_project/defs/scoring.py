@@ -87,7 +87,8 @@ RECOMMENDATION_INPUTS = [AssetKey(["intermediate", m]) for m in ("int_order_line
        deps=RECOMMENDATION_INPUTS, pool=WAREHOUSE_POOL,
        description="Top recommendations.list_length products per person with their reason: buy-again, co-purchase, "
                    "co-view, category, trending and ALS candidates ranked by a model fitted on a time split "
-                   "(scoring/recommend.py).")
+                   "(scoring/recommend.py); refitted on a schedule, in between only changed persons' lists "
+                   "(scoring/recommend_store.py).")
 def scoring_recommendations(context: AssetExecutionContext, tessera: TesseraResource) -> MaterializeResult:
     config = tessera.load()
     with tessera.warehouse(spark_writes=("scoring",)) as con:
@@ -102,6 +103,9 @@ def scoring_recommendations(context: AssetExecutionContext, tessera: TesseraReso
         for m, r in validation.items() if isinstance(r, dict)]
     return MaterializeResult(metadata={
         "dagster/row_count": s["rows"], "persons": s["persons"], "blend": s["blend"], "published": s["published"],
+        # Refitted on its schedule, or the saved model with new lists only for changed persons.
+        "model_decision": s["model_decision"], "model_version": s["model_version"],
+        "recomputed_persons": s["recomputed_persons"], "kept_persons": s["kept_persons"],
         "training_buyers": s["training_buyers"], "reasons": s["reasons"], "notes": "; ".join(s["notes"]) or "none",
         "validation_buyers": validation.get("buyers", 0),
         "validation": MetadataValue.md("\n".join(table)) if validation else "not fitted (fallback blend)",
