@@ -24,8 +24,8 @@ counts at the cutoff, the last order's time (days since it, to now) and the two 
 visits (with the live ones, the previous visit before the live cart's first add). Only a
 person with nothing before the cutoff (no order, visit in the year, email open in 90 days or
 cart) gets the batch's "no history" defaults (``live_cart_no_batch_history``). The history
-is held as arrays beside one sorted bytes array of person ids (:class:`PersonHistory`): about
-100 bytes a person, no Python object each. Windowed counts (``web_sessions_30d``,
+is held as arrays beside one sorted bytes array of person ids (:class:`PersonHistory`): 65
+bytes a person with 13-byte ids, no Python object each (docs/benchmarks.md). Windowed counts (``web_sessions_30d``,
 ``orders_365d``) count live sessions and orders inside the window ending now; the batch's part
 is its count at the cutoff, not aged (the snapshot has no dates to age it by; a run a day keeps
 that within a day of the window).
@@ -34,6 +34,7 @@ that within a day of the window).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -84,7 +85,12 @@ def previous_visit_days(first_added_at: float, visits) -> float | None:
     """int_cart_features' days_since_previous_visit of a cart first added at ``first_added_at``:
     days from the latest visit starting more than a session timeout before it; None when none."""
     before = [v for v in visits if v == v and v < first_added_at - PREVIOUS_VISIT_GAP_S]
-    return (first_added_at - max(before)) / 86400 if before else None
+    return _days_between(max(before), first_added_at) if before else None
+
+
+def _days_between(start: float, end: float) -> float:
+    """dbt's days_between (datediff in seconds: whole-second boundaries crossed) / 86400."""
+    return (math.floor(end) - math.floor(start)) / 86400
 
 
 class PersonHistory:
@@ -128,7 +134,7 @@ class PersonHistory:
         visit = previous_visit_days(first_added_at, (last, previous))
         return {"orders_total": c["orders_total"], "orders_365d": c["orders_365d"],
                 "discounted_order_share": c["discounted_orders"] / c["orders_total"] if c["orders_total"] else 0.0,
-                "days_since_last_order": ((self.cutoff - last_order) / 86400 if last_order == last_order
+                "days_since_last_order": (_days_between(last_order, self.cutoff) if last_order == last_order
                                           else NO_HISTORY["days_since_last_order"]),
                 "web_sessions_30d": c["web_sessions_30d"],
                 "days_since_previous_visit": NO_HISTORY["days_since_previous_visit"] if visit is None else visit,
