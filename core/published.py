@@ -58,13 +58,18 @@ MANIFEST_ENV = "TESSERA_DBT_MANIFEST"
 SERVE_CART_MODEL = "serve_cart_model"              # the saved cart_intent model record (one row)
 SERVE_CART_FEATURES = "serve_cart_features"        # each person's open carts' features at the score cutoff
 SERVE_CART_RETURN_GAPS = "serve_cart_return_gaps"  # hours from abandonment to return, for expected_return_hours
+SERVE_PERSON_HISTORY = "serve_person_history"      # each person's history at the score cutoff (int_person_history)
 # int_cart_features columns the live features start from (scoring.cart.FEATURES but
 # hours_since_added, which is computed live from last_added_at)
 CART_FEATURE_COLUMNS = ("person_id", "cart_id", "cutoff_at", "last_added_at", "cart_value", "items_added",
                         "checkout_started", "orders_total", "orders_365d", "discounted_order_share",
                         "days_since_last_order", "web_sessions_30d", "days_since_previous_visit", "email_opens_90d",
                         "past_abandoned_carts", "past_carts_returned")
-SERVE_TABLES = (SERVE_CART_MODEL, SERVE_CART_FEATURES, SERVE_CART_RETURN_GAPS)
+# int_person_history columns: what a cart the batch did not see is scored on
+PERSON_HISTORY_COLUMNS = ("person_id", "cutoff_at", "orders_total", "orders_365d", "discounted_orders",
+                          "last_ordered_at", "web_sessions_30d", "last_session_at", "previous_session_at",
+                          "email_opens_90d", "past_abandoned_carts", "past_carts_returned")
+SERVE_TABLES = (SERVE_CART_MODEL, SERVE_CART_FEATURES, SERVE_CART_RETURN_GAPS, SERVE_PERSON_HISTORY)
 
 
 class ManifestError(RuntimeError):

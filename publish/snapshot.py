@@ -20,9 +20,11 @@ import duckdb
 
 from core.published import (
     CART_FEATURE_COLUMNS,
+    PERSON_HISTORY_COLUMNS,
     SERVE_CART_FEATURES,
     SERVE_CART_MODEL,
     SERVE_CART_RETURN_GAPS,
+    SERVE_PERSON_HISTORY,
     published_tables,
 )
 from core.snapshots import CURRENT, MANIFEST, SNAPSHOTS, PublishError, read_manifest
@@ -205,6 +207,9 @@ def serve_tables(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     if table_exists(con, "intermediate", "int_carts"):
         tables[SERVE_CART_RETURN_GAPS] = ("(SELECT return_gap_hours FROM intermediate.int_carts "
                                           "WHERE return_gap_hours IS NOT NULL)")
+    if table_exists(con, "intermediate", "int_person_history"):
+        tables[SERVE_PERSON_HISTORY] = (f"(SELECT {', '.join(PERSON_HISTORY_COLUMNS)} "
+                                        "FROM intermediate.int_person_history)")
     return tables
 
 

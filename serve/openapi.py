@@ -49,7 +49,9 @@ _CART_INTENT = {
         "intent_group": {"type": "string", "nullable": True, "enum": ["likely", "on_the_fence", "unlikely", None]},
         "expected_return_hours": _NUMBER, "model_version": _TEXT,
         "features": {"type": "string", "description": "Where the live model's features came from: batch_cart, "
-                     "batch_cart_live, live_cart or live_cart_no_batch_history (+ _given_value when the request "
+                     "batch_cart_live, live_cart, live_cart_history (a person the batch had no open cart for, "
+                     "on their history at the cutoff) or live_cart_no_batch_history (nothing before the "
+                     "cutoff: the no-history defaults) (+ _given_value when the request "
                      "gave the cart's value)."}}}
 _WRITE = [{"writeKey": []}]
 _READ = [{"readKeyBasic": []}, {"readKeyBearer": []}]

@@ -216,8 +216,12 @@ def publish_world(published_dir: Path, *, persons: dict[str, dict], run_id: str 
     extra = {}
     if serve_from is not None:  # the warehouse's tables, copied here as the publish step finds them
         con.execute(f"ATTACH '{serve_from}' AS wh (READ_ONLY)")
+        present = {tuple(r) for r in con.execute("SELECT schema_name, table_name FROM duckdb_tables() "
+                                                  "WHERE database_name = 'wh'").fetchall()}
         for schema, table in (("scoring", "saved_models"), ("intermediate", "int_cart_features"),
-                              ("intermediate", "int_carts")):
+                              ("intermediate", "int_carts"), ("intermediate", "int_person_history")):
+            if table == "int_person_history" and (schema, table) not in present:
+                continue
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             con.execute(f"CREATE TABLE {schema}.{table} AS SELECT * FROM wh.{schema}.{table}")
         con.execute("DETACH wh")

@@ -672,3 +672,44 @@ def test_a_run_with_another_as_of_keeps_dbts_partial_parse(built, tmp_path):
     assert "Unable to do partial parsing" not in log and "Partial parsing enabled" in log
     compiled = next(target.rglob("compiled/**/customer_traits.sql")).read_text()
     assert "2026-05-31 23:59:59" in compiled and "2026-06-30" not in compiled
+
+
+def test_person_history_gives_int_cart_features_history_on_every_score_cart(built, con):
+    """int_person_history (what `cdp serve` scores a cart the batch did not see with) and
+    int_cart_features define the history features alike: on every score cart, the features
+    from the person's history row at the cutoff are the cart's. Two differences are by design
+    and accounted for: a cart is not its own past abandoned cart (int_cart_features excludes it;
+    the person's count includes it, and a live cart is never one of them), and the previous visit is known from the two latest visits only
+    when one of them started a session timeout before the cart's first add (always, for a cart
+    first added at or after the cutoff)."""
+    from serve.cart_model import NO_HISTORY, _load_history
+
+    history = _load_history(con, "intermediate.int_person_history")
+    assert history is not None and len(history) > 0
+    intent_days = built["config"].cart_intent.window_days  # dbt's var('cart_intent_days')
+    rows = con.execute(f"""
+        SELECT f.*, epoch(c.first_added_at) AS first_added_at,
+               CASE WHEN c.last_added_at < f.cutoff_at - INTERVAL {intent_days} DAY
+                         AND (c.ordered_at IS NULL OR c.return_gap_hours IS NOT NULL) THEN 1 ELSE 0 END AS own_abandoned,
+               CASE WHEN c.last_added_at < f.cutoff_at - INTERVAL {intent_days} DAY
+                         AND (c.ordered_at IS NULL OR c.return_gap_hours IS NOT NULL)
+                         AND c.ordered_at < c.last_added_at + INTERVAL {intent_days} DAY THEN 1 ELSE 0 END AS own_returned
+        FROM intermediate.int_cart_features f JOIN intermediate.int_carts c USING (cart_id)
+        WHERE f.snapshot = 'score'""").df()
+    assert len(rows) > 5
+    compared_visits = 0
+    for r in rows.itertuples():
+        i = history.index(r.person_id)
+        assert i is not None, r.person_id  # a person with a cart has a history row
+        got = history.features(i, r.first_added_at)
+        expected = {f: float(getattr(r, f)) for f in NO_HISTORY}
+        expected["past_abandoned_carts"] += r.own_abandoned  # the person's count includes this cart
+        expected["past_carts_returned"] += r.own_returned
+        last, previous = history.visits(i)
+        gap = 30 * 60
+        if not (last < r.first_added_at - gap or previous < r.first_added_at - gap or previous != previous):
+            del expected["days_since_previous_visit"]  # an earlier visit than the two latest
+        else:
+            compared_visits += 1
+        assert {f: got[f] for f in expected} == pytest.approx(expected, abs=1e-6), r.cart_id
+    assert compared_visits > len(rows) / 2

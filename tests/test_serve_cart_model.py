@@ -20,7 +20,13 @@ from threadpoolctl import threadpool_limits
 
 from activation.contract import _openapi_to_jsonschema
 from core.config import load_config
-from core.published import CART_FEATURE_COLUMNS, SERVE_CART_FEATURES, SERVE_CART_MODEL, SERVE_CART_RETURN_GAPS
+from core.published import (
+    CART_FEATURE_COLUMNS,
+    SERVE_CART_FEATURES,
+    SERVE_CART_MODEL,
+    SERVE_CART_RETURN_GAPS,
+    SERVE_PERSON_HISTORY,
+)
 from core.settings.scoring import CartIntentSettings
 from core.snapshots import open_snapshot, read_manifest
 from core.warehouse import connect
@@ -35,6 +41,7 @@ from serve.openapi import OPENAPI
 from tests.serve_world import READ_KEY, WRITE_KEY, ServerThread, hold_warehouse, publish_world, write_project
 
 CUTOFF = pd.Timestamp("2026-11-22 06:00:00")
+LOYAL = "P-loyal"  # past orders, no open cart at the cutoff
 # published purchase_probability is rounded to 6 decimals; hours_since_added is whole seconds in
 # dbt: live and batch agree to this
 TOLERANCE = 2e-6
@@ -100,6 +107,16 @@ def _batch_world(warehouse, algorithm_seed: int = 11):
     con.execute("CREATE TABLE intermediate.int_cart_features AS SELECT * FROM f")
     con.register("g", pd.DataFrame({"return_gap_hours": gaps}))
     con.execute("CREATE TABLE intermediate.int_carts AS SELECT return_gap_hours FROM g")
+    # int_person_history: a loyal customer with no open cart at the cutoff, and a scored person
+    day = pd.Timedelta(days=1)
+    history = pd.DataFrame({
+        "person_id": [LOYAL, "P0"], "cutoff_at": CUTOFF, "orders_total": [20, 1], "orders_365d": [6, 1],
+        "discounted_orders": [5, 0], "last_ordered_at": [CUTOFF - 12 * day, CUTOFF - 100 * day],
+        "web_sessions_30d": [4, 1], "last_session_at": [CUTOFF - 2 * day, CUTOFF - 3 * day],
+        "previous_session_at": [CUTOFF - 9 * day, pd.NaT], "email_opens_90d": [9, 0],
+        "past_abandoned_carts": [3, 0], "past_carts_returned": [1, 0]})
+    con.register("h", history)
+    con.execute("CREATE TABLE intermediate.int_person_history AS SELECT * FROM h")
     save(con, result.model)
     con.close()
     return result, score
@@ -123,7 +140,7 @@ def _published_model(warehouse, published_dir, version):
     tables = serve_tables(con)
     snap = publish(con, {}, published_dir, "run1", gate={"passed": True}, serve=tables)
     con.close()
-    assert set(tables) == {SERVE_CART_MODEL, SERVE_CART_FEATURES, SERVE_CART_RETURN_GAPS}
+    assert set(tables) == {SERVE_CART_MODEL, SERVE_CART_FEATURES, SERVE_CART_RETURN_GAPS, SERVE_PERSON_HISTORY}
     # listed apart from the gate-checked tables in the manifest
     (entry,) = read_manifest(published_dir)["history"]
     assert entry["tables"] == {} and entry["serve_tables"][SERVE_CART_FEATURES] == 120
@@ -182,6 +199,70 @@ def test_live_and_batch_cart_intent_agree_on_the_same_cart_state(batch_world, tm
     feats, source = model.features("provisional:x", newcomer, later)
     assert source == "live_cart_no_batch_history" and feats["items_added"] == 2 and feats["cart_value"] == 42.5
     assert {f: feats[f] for f in cart_model.NO_HISTORY} == cart_model.NO_HISTORY
+
+
+def test_a_person_without_a_batch_cart_is_scored_live_on_their_history(batch_world, tmp_path):
+    """A loyal customer with no open cart at the cutoff adds to a cart live: the features are
+    their history at the cutoff (serve_person_history) moved on to now, not the no-history
+    defaults, and the live score is the batch model's on those features; the reason says so."""
+    warehouse, result, score = batch_world
+    model, _, _ = _published_model(warehouse, tmp_path / "published", result.model_version)
+    assert model.history is not None and len(model.history) == 2 and LOYAL not in model.batch
+    now = _epoch(CUTOFF)
+    day = 86400.0
+    shopper = Person(LOYAL, cart_id="live-7")
+    shopper.cart_adds = [(now + 3 * 3600, 60.0), (now + 3 * 3600 + 120, 15.5)]
+    later = now + 5 * 3600
+    feats, source = model.features(LOYAL, shopper, later)
+    assert source == "live_cart_history"
+    assert feats == pytest.approx({
+        "cart_value": 75.5, "items_added": 2.0, "hours_since_added": (later - now - 3 * 3600 - 120) / 3600,
+        "checkout_started": 0.0, "orders_total": 20.0, "orders_365d": 6.0, "discounted_order_share": 0.25,
+        "days_since_last_order": 12 + 5 / 24, "web_sessions_30d": 4.0,
+        "days_since_previous_visit": 2 + 3 / 24, "email_opens_90d": 9.0, "past_abandoned_carts": 3.0,
+        "past_carts_returned": 1.0})
+    expected = result.model.predict(pd.DataFrame([feats]))[0]  # scikit-learn, the batch's call
+    assert abs(model.probability(feats) - expected) < 1e-9
+    # a live visit after the cutoff is the previous visit; a live order moves the history on
+    shopper.session_starts.append(now + 3600)
+    shopper.order_times.append(now + 1800)
+    feats, _ = model.features(LOYAL, shopper, later)
+    assert feats["days_since_previous_visit"] == pytest.approx(2 / 24)
+    assert feats["orders_total"] == 21 and feats["discounted_order_share"] == pytest.approx(5 / 21)
+    assert feats["days_since_last_order"] == pytest.approx((later - now - 1800) / day)
+    assert feats["web_sessions_30d"] == 5
+    # a scored person keeps the batch's cart features (the history table is not read for them)
+    p0 = score.set_index("person_id").loc["P0"]
+    feats, source = model.features("P0", None, now)
+    assert source == "batch_cart" and feats["orders_total"] == p0["orders_total"]
+    # nobody known: the defaults
+    stranger = Person("provisional:y", cart_id="live-8")
+    stranger.cart_adds = [(now + 5, 30.0)]
+    feats, source = model.features("provisional:y", stranger, later)
+    assert source == "live_cart_no_batch_history"
+    assert {f: feats[f] for f in cart_model.NO_HISTORY} == cart_model.NO_HISTORY
+
+    # through /v1/decide: the reason names the history, not "no batch history"
+    config = load_config(write_project(tmp_path / "p"))
+    publish_world(config.published_dir, model_version=result.model_version, serve_from=warehouse,
+                  persons={LOYAL: {"anon": "anon-l", "consent": {"email_marketing": "granted"}}})
+    read = {"Authorization": f"Bearer {READ_KEY}"}
+    write = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+    with ServerThread(config) as srv:
+        r = requests.post(srv.url + "/v1/track", headers=write, json={
+            "type": "track", "event": "Product Added", "anonymousId": "anon-l",
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "properties": {"sku": "S1", "price": 20.0, "quantity": 1, "cart_id": "live-9"}})
+        assert r.status_code == 200
+        deadline, intent = time.time() + 5, {}
+        while time.time() < deadline:
+            intent = requests.post(srv.url + "/v1/decide", json={"anonymousId": "anon-l"},
+                                   headers=read).json()["cart_intent"] or {}  # null until the add lands
+            if intent.get("features") == "live_cart_history":
+                break
+            time.sleep(0.05)
+        assert intent["reason"] == "cart_intent_live_model" and intent["features"] == "live_cart_history"
+        assert intent["cart_id"] == "live-9"
 
 
 def test_serve_decides_with_the_published_model_on_the_live_session(tmp_path, batch_world):
