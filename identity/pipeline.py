@@ -357,11 +357,11 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
         t["splink"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if memory is not None:  # Splink's database is closed: the rules still running get its share
+        con.execute(f"SET memory_limit = '{memory.total_mb}MiB'")
     n_det, t["deterministic"] = deterministic.result()
     copies[0].result()
     con.execute(f"SET threads = {threads}")
-    if memory is not None:
-        con.execute(f"SET memory_limit = '{memory.total_mb}MiB'")
     t["deterministic_wait"] = time.perf_counter() - t0  # (it ran beside Splink)
     say(f"identity: {n_det:,} deterministic edges ({t['deterministic']:.1f}s, beside Splink)")
 
