@@ -26,6 +26,7 @@ as_of:
 # spark (Parquet tables in a Spark catalog, for more data than one machine holds; README
 # "Running on Spark"). The spark section is read only with engine: spark.
 engine: duckdb
+# duckdb: {{dbt_memory_limit_gb: 5}}  # DuckDB memory a dbt build may hold before it spills to disk
 spark:
   master: local[2]            # or spark://host:7077, yarn, k8s://https://host:443
   # connect: sc://host:15002  # a Spark Connect server instead of a master URL
@@ -105,7 +106,8 @@ sources:
 # manual merges and splits go to overrides_file (identity_overrides.csv), written by `cdp identity merge|split`.
 # The Splink model is saved and reused until splink.retrain_every_days (7; 0 = retrain every run),
 # or records grow by splink.retrain_if_records_grow_by (0.25), or its match rate moves by
-# splink.retrain_if_match_rate_moves_by (0.25), or the Splink settings change.
+# splink.retrain_if_match_rate_moves_by (0.25), or the Splink settings change. memory_limit_gb (4)
+# bounds the stage's DuckDB memory (Splink's and the warehouse's); past it DuckDB spills to disk.
 identity: {{}}
 # Rule-based segments marketers define (README "Segments"): one YAML file (`cdp segments validate` checks it).
 segments:

@@ -21,7 +21,7 @@ from core.expressions import ExpressionError, compile_sql, is_condition
 from core.expressions import columns as expression_columns
 from core.expressions import parse as parse_expression
 from core.settings.activation import Syncs
-from core.settings.engine import Engine, SparkSettings
+from core.settings.engine import DuckDBSettings, Engine, SparkSettings
 from core.settings.expectations import ExpectationsSettings
 from core.settings.experiments import Experiment, check_experiments
 from core.settings.identity import IdentitySettings
@@ -256,6 +256,7 @@ class Config(_Strict):
                     "(Parquet tables in a Spark catalog; settings in `spark:`).",
     )
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
     as_of: date | None = Field(
         default=None, description="Reference date of a run; empty = now. Set for backtests."
     )

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -119,16 +122,61 @@ def resolve(config, con: duckdb.DuckDBPyConnection, run_id: str | None = None, a
     # Two workers beside this thread: writing a table to the warehouse file (compression) runs on
     # one core, so the writes and the deterministic rules overlap with Splink, which leaves a core
     # idle much of the time. They run niced, to take only what Splink and the clustering leave.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="identity") as pool:
+    with _bounded_memory(con, config, settings) as memory, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="identity") as pool:
         try:
             return _resolve(config, con, pool, work, threads, settings, run_id, started, as_of, say, t, schema=schema,
                             model=model, write_history=write_history, model_dir=model_dir,
-                            splink_threads=splink_threads, score_pairs=score_pairs)
+                            splink_threads=splink_threads, score_pairs=score_pairs, memory=memory)
         finally:
             pool.shutdown(wait=True)  # (before the work catalog goes)
             con.execute(f"DETACH DATABASE IF EXISTS {WORK_CATALOG}")
             con.execute(f"SET threads = {threads}")
             con.execute(f"SET preserve_insertion_order = {str(bool(ordered)).lower()}")
+
+
+SPLINK_MEMORY_SHARE = 0.75  # of identity.memory_limit_gb, to Splink's database while it runs
+SPILL_PREFIX = "identity_spill_"
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    total_mb: int  # the warehouse connection's memory_limit for the stage (Splink's database closed)
+    splink_mb: int  # Splink's database's, while it runs; the warehouse connection then has the rest
+    spill_dir: Path  # Splink's database spills here (the warehouse connection: DuckDB's <warehouse>.tmp)
+
+
+def _spill_parent(con: duckdb.DuckDBPyConnection, config) -> Path:
+    """The folder of the connection's database file (the warehouse's, in a run); for an
+    in-memory connection, the project's warehouse folder."""
+    path = con.sql("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    folder = Path(path).parent if path else config.warehouse_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextmanager
+def _bounded_memory(con: duckdb.DuckDBPyConnection, config, settings: IdentitySettings) -> Iterator[MemoryBudget]:
+    """The stage's DuckDB memory, bounded by ``identity.memory_limit_gb``: unbounded, each DuckDB
+    database takes up to 80% of the machine's memory, and at 1M customers Splink's and the
+    warehouse's together held 11.7 GB. Past the bound DuckDB spills (its in-memory work tables
+    too) to temporary files: Splink's in a directory beside the warehouse, removed at the end;
+    the warehouse connection's in its own temp directory (``<warehouse>.tmp`` by default). The
+    connection's own memory_limit is restored afterwards."""
+    total = max(int(settings.memory_limit_gb * 1024), 64)
+    old_limit, temp_dir = con.sql(
+        "SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchall()[0]
+    if not temp_dir:  # (spilling switched off: the work tables would have nowhere to go)
+        con.execute("SET temp_directory = ?", [str(config.warehouse_path) + ".tmp"])
+    con.execute(f"SET memory_limit = '{total}MiB'")
+    spill = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=_spill_parent(con, config)))
+    try:
+        yield MemoryBudget(total_mb=total, splink_mb=max(int(total * SPLINK_MEMORY_SHARE), 32), spill_dir=spill)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+        con.execute("RESET memory_limit")  # (the usual case; the setting reads back rounded: '18.8 GiB')
+        if con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0] != old_limit:
+            con.execute(f"SET memory_limit = '{old_limit}'")
 
 
 WORK_CATALOG = "identity_work"
@@ -206,7 +254,7 @@ def _swap_in(con: duckdb.DuckDBPyConnection, schema: str) -> None:
 def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, settings: IdentitySettings, run_id: str,
              started: datetime, as_of, say: Progress, t: dict[str, float], *, schema: str, model, write_history: bool,
              model_dir: Path | None, splink_threads: int | None,
-             score_pairs: Callable | None = None) -> IdentityResult:
+             score_pairs: Callable | None = None, memory: MemoryBudget | None = None) -> IdentityResult:
     t0 = time.perf_counter()
     # a backtest (as_of in the past) sees no record dated after it
     raw = records.source_schema(con, as_of, WORK_CATALOG)
@@ -234,6 +282,8 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
     if settings.splink.enabled:
         t0 = time.perf_counter()
         tbl = con.sql(splink_model.input_sql(work)).to_arrow_table()
+        if memory is not None:  # Splink's database takes most of the stage's memory while it runs
+            con.execute(f"SET memory_limit = '{memory.total_mb - memory.splink_mb}MiB'")
         if tbl.num_rows >= MIN_SPLINK_RECORDS:
             saved = reason = fp = None
             when = as_of or started
@@ -243,7 +293,10 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
                 reason = model_store.retrain_reason(saved, settings, fp, n_records, when)
             while True:
                 use = model if model is not None else (None if reason else saved.model)
-                linker, sdb = splink_model.make_linker(tbl, settings, model=use, threads=splink_threads)
+                linker, sdb = splink_model.make_linker(
+                    tbl, settings, model=use, threads=splink_threads,
+                    memory_limit_mb=memory.splink_mb if memory else None,
+                    temp_directory=memory.spill_dir / "splink" if memory else None)
                 try:
                     if use is None:
                         t.update({f"splink_{k}": v for k, v in splink_model.train(linker, settings, say).items()})
@@ -277,6 +330,7 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
                         else time.perf_counter() - t1
                 finally:
                     sdb.close()
+                    del linker, sdb
                 rate = _match_rate(pairs, n_records)
                 if predicted_new is not None:
                     say(f"identity: Splink scored {predicted_new:,} new or changed records against the rest")
@@ -303,6 +357,8 @@ def _resolve(config, con, pool: ThreadPoolExecutor, work: str, threads: int, set
         t["splink"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if memory is not None:  # Splink's database is closed: the rules still running get its share
+        con.execute(f"SET memory_limit = '{memory.total_mb}MiB'")
     n_det, t["deterministic"] = deterministic.result()
     copies[0].result()
     con.execute(f"SET threads = {threads}")

@@ -359,13 +359,21 @@ def spec_and_recipe(db, settings: IdentitySettings, model: dict | Path | None = 
     return spec, spec.pop(RECIPE_KEY, None) or {"postcode_district_chars": -3}
 
 
-def make_linker(arrow_table, settings: IdentitySettings, model: dict | Path | None = None, threads: int | None = None):
+def make_linker(arrow_table, settings: IdentitySettings, model: dict | Path | None = None, threads: int | None = None,
+                memory_limit_mb: int | None = None, temp_directory: str | Path | None = None):
+    """A Splink linker on a DuckDB database of its own, in memory. ``memory_limit_mb`` bounds it
+    (unbounded, DuckDB takes up to 80% of the machine's memory); past it, DuckDB spills to
+    ``temp_directory`` (its default is ``.tmp`` in the working directory: name one)."""
     from splink import DuckDBAPI, Linker
 
     _quiet_splink()
     db = duckdb.connect()
     if threads:
         db.execute(f"SET threads = {int(threads)}")
+    if temp_directory is not None:
+        db.execute("SET temp_directory = ?", [str(temp_directory)])
+    if memory_limit_mb:
+        db.execute(f"SET memory_limit = '{int(memory_limit_mb)}MiB'")
     db.register("_records_arrow", arrow_table)
     db.execute("CREATE TABLE identity_input AS SELECT * FROM _records_arrow")
     db.unregister("_records_arrow")

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from cdp.scaffold import init_project
-from core.config import ConfigError, load_config
+from core.config import ConfigError, config_from_dict, load_config
 
 
 def test_init_scaffolds_a_valid_project(tmp_path):
@@ -95,3 +95,19 @@ def test_a_config_with_ordinary_yaml_aliases_loads(tmp_path):
     assert "*id001" in text
     cfg.write_text(text)
     assert load_config(cfg).identity.rules["phone"].max_per_profile == 3
+
+
+def test_dbt_builds_get_the_configured_duckdb_memory_limit(tmp_path):
+    """cdp.yaml duckdb.dbt_memory_limit_gb reaches dbt as a var that profiles.yml sets DuckDB's
+    memory_limit from (one var for the parse and every build: no re-parse); empty leaves DuckDB's
+    default (80% of the machine's memory)."""
+    from dagster_project.defs.dbt_marts import MEMORY_LIMIT_VAR, invocation_vars
+    from tests.helpers import DBT_DIR
+
+    assert invocation_vars(config_from_dict({}, tmp_path))[MEMORY_LIMIT_VAR] == "5120MiB"  # the default, 5 GB
+    config = config_from_dict({"duckdb": {"dbt_memory_limit_gb": 2.5}}, tmp_path)
+    assert invocation_vars(config)[MEMORY_LIMIT_VAR] == "2560MiB"
+    assert MEMORY_LIMIT_VAR not in invocation_vars(config_from_dict({"duckdb": {"dbt_memory_limit_gb": None}}, tmp_path))
+    assert f"var('{MEMORY_LIMIT_VAR}'" in (DBT_DIR / "profiles.yml").read_text()
+    with pytest.raises(ConfigError):
+        config_from_dict({"duckdb": {"dbt_memory_limit_gb": 0}}, tmp_path)

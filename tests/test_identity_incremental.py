@@ -135,6 +135,8 @@ def test_daily_runs_reuse_the_saved_model_and_agree_with_a_full_retrain(generate
             if n == 0:
                 first_ids = dict(con.sql("SELECT record_key, person_id FROM identity.graph").fetchall())
     assert decisions[0] == "trained: no saved model", decisions
+    # the stage's spill directory (identity.memory_limit_gb) is gone with the stage
+    assert not list(root.glob("identity_spill_*")) and root.is_dir()
     assert decisions[1].startswith("reused model daily0") and decisions[2].startswith("reused model daily0"), decisions
     # day 0 scored every pair; each day after, only its new or changed records against the rest
     assert scored[0] is None and scored[1] == 0 and 3 <= scored[2] < 50, scored

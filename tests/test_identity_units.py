@@ -139,3 +139,45 @@ def test_metric_math_on_a_tiny_example():
     # B-cubed recall: a,b: 2/3; c: 1/3; d,e: 2/2
     assert m["bcubed_recall"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3 + 1 + 1) / 5, abs=1e-6)
     assert m["over_merged_clusters"] == 1 and m["under_merged_persons"] == 1
+
+
+def test_the_stage_memory_bound_is_set_spills_beside_the_warehouse_and_is_removed(tmp_path):
+    """identity.memory_limit_gb bounds the warehouse connection for the stage and Splink's own
+    database (3/4 of it); Splink spills into a directory beside the warehouse, removed at the end,
+    and the connection gets its own limit back."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from identity.pipeline import _bounded_memory
+    from identity.splink_model import SPLINK_COLUMNS, make_linker
+
+    def limit(c):
+        return c.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+    ref = duckdb.connect()
+    ref.execute("SET memory_limit = '512MiB'")
+    half_gb = limit(ref)
+    ref.execute("SET memory_limit = '384MiB'")
+    splink_share = limit(ref)
+    wh = tmp_path / "warehouse" / "tessera.duckdb"
+    wh.parent.mkdir()
+    con = duckdb.connect(str(wh))
+    before = limit(con)
+    settings = IdentitySettings(memory_limit_gb=0.5)
+    rows = [{c: None for c in SPLINK_COLUMNS} | {"unique_id": i, "first_name": f"ann{i % 7}", "first_name_canon": f"ann{i % 7}",
+                                                 "last_name": f"lee{i % 5}", "dob": f"19{50 + i % 40}-01-0{1 + i % 9}"}
+            for i in range(60)]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.int64() if c == "unique_id" else pa.string())
+                                                         for c in SPLINK_COLUMNS]))
+    with _bounded_memory(con, SimpleNamespace(warehouse_path=wh), settings) as memory:
+        assert limit(con) == half_gb
+        assert memory.spill_dir.is_dir() and memory.spill_dir.parent == wh.parent
+        _, sdb = make_linker(table, settings, memory_limit_mb=memory.splink_mb, temp_directory=memory.spill_dir / "splink")
+        assert limit(sdb) == splink_share
+        assert sdb.sql("SELECT current_setting('temp_directory')").fetchall()[0][0] == str(memory.spill_dir / "splink")
+        sdb.close()
+    assert not memory.spill_dir.exists()
+    assert limit(con) == before
+    con.close()
+

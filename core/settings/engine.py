@@ -23,6 +23,19 @@ _CONNECT = re.compile(r"sc://[^/\s]+(/\S*)?")
 _URI = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
+class DuckDBSettings(BaseModel):
+    """``duckdb:``: how the DuckDB warehouse is computed (engine: duckdb)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dbt_memory_limit_gb: float | None = Field(
+        default=5.0, gt=0,
+        description="DuckDB memory a dbt build may hold; past it DuckDB spills to <warehouse>.tmp (removed when "
+                    "dbt ends). Empty = DuckDB's default, 80% of the machine's memory (a full build at 1M "
+                    "customers took 12 GB that way).",
+    )
+
+
 class SparkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -164,6 +164,12 @@ class IdentitySettings(_Strict):
     rules: dict[str, IdentifierRule] = Field(default_factory=_default_rules)
     survivorship: dict[str, SurvivorshipRule] = Field(default_factory=_default_survivorship)
     splink: SplinkTraining = SplinkTraining()
+    memory_limit_gb: float = Field(
+        default=4.0, gt=0,
+        description="DuckDB memory the stage may hold, Splink's database and the warehouse connection together "
+                    "(while Splink runs it gets 3/4 of it); past it DuckDB spills to temporary files beside the "
+                    "warehouse, removed when the stage ends. Python's own arrays come on top (about 1 GB at 1M "
+                    "customers).")
     overrides_file: str = Field(
         default="identity_overrides.csv",
         description="Manual force-merge / force-split pairs of records (by record key), relative to cdp.yaml; "

@@ -69,6 +69,9 @@ DBT_LAYERS = ("staging", "intermediate", "marts")
 PARTIAL_PARSE = "partial_parse.msgpack"
 
 
+MEMORY_LIMIT_VAR = "tessera_duckdb_memory_limit"  # cdp.yaml duckdb.dbt_memory_limit_gb, read by profiles.yml
+
+
 def invocation_vars(config: Config, as_of: Optional[str] = None) -> dict[str, Any]:
     """The --vars of a dbt invocation for a project: its warehouse file (profiles.yml reads it)
     and the feature models' settings that differ from dbt_project.yml
@@ -78,8 +81,11 @@ def invocation_vars(config: Config, as_of: Optional[str] = None) -> dict[str, An
     of them: `cdp run` hands it to dbt as the environment variable TESSERA_AS_OF
     (``invocation_env``), which the `as_of()` macro reads only when a node runs. These vars stay
     the same from run to run, so a run with a new as_of keeps dbt's partial-parse state."""
+    gb = config.duckdb.dbt_memory_limit_gb
     return {
         WAREHOUSE_VAR: str(config.warehouse_path),
+        # DuckDB's memory_limit for the build (profiles.yml); none: DuckDB's default, 80% of the machine
+        **({MEMORY_LIMIT_VAR: f"{max(int(gb * 1024), 64)}MiB"} if gb else {}),
         **({"as_of": as_of} if as_of is not None else {}),
         **dbt_vars(config.churn, config.cart_intent),
     }
