@@ -27,12 +27,15 @@ AS_OF = dt.date(2025, 6, 30)
 DAYS = 1  # each run costs ~65 CPU-s at this size (mostly fixed): make test affords one day
 # three whole runs: ~200 CPU-s, several minutes of wall on a loaded machine
 pytestmark = pytest.mark.timeout(1800)
-REFIT_EVERY_RUN = "\nchurn: {refit_every_days: 0}\ncart_intent: {refit_every_days: 0}\n"
+REFIT_EVERY_RUN = ("\nchurn: {refit_every_days: 0}\ncart_intent: {refit_every_days: 0}\n"
+                   "recommendations: {refit_every_days: 0}\n")
 
 
 def _project(root, name):
     cfg_path = init_project(root / name)
-    text = cfg_path.read_text().replace("\nchurn: {}\n", "\n").replace("\ncart_intent: {}\n", "\n")
+    text = cfg_path.read_text()
+    for section in ("churn", "cart_intent", "recommendations"):
+        text = text.replace(f"\n{section}: {{}}\n", "\n")
     cfg_path.write_text(text + REFIT_EVERY_RUN)
     return cfg_path, load_config(cfg_path)
 
