@@ -571,11 +571,11 @@ def test_erasure_on_spark_leaves_the_subject_in_no_raw_or_published_table(pipeli
     cfg_path, config = pipeline_runs["spark"]
     snapshot = current_path(config.published_dir)
     con = duckdb.connect(str(snapshot), read_only=True)
+    # (customer_ids holds emails only as hashes: the golden record's email)
     person_id, email = con.execute("""
-        SELECT person_id, min(id_value) FROM customer_ids WHERE kind = 'email' GROUP BY person_id
-        ORDER BY count(*) DESC, person_id LIMIT 1""").fetchone()
-    emails = {r[0].lower() for r in con.execute(
-        "SELECT DISTINCT id_value FROM customer_ids WHERE person_id = ? AND kind = 'email'", [person_id]).fetchall()}
+        SELECT person_id, email FROM customers WHERE email IS NOT NULL
+        ORDER BY source_record_count DESC, person_id LIMIT 1""").fetchone()
+    emails = {email.lower()}
     persons_before = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
     con.close()
     needles = emails | {person_id.lower()}
