@@ -14,7 +14,7 @@ from bench.common import OUT
 
 BENCHES = ["generator", "ingestion", "identity", "marts", "gate", "activation", "experiments", "recommendations",
            "real_shops", "olist", "scoring", "serve", "pipeline", "identity_incremental",
-           "identity_customer_list"]
+           "identity_customer_list", "spark"]
 
 
 def main() -> None:

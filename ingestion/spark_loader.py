@@ -41,6 +41,7 @@ import pyarrow as pa
 from core.config import Config, EntityFiles, Source
 from core.contracts import BOOLEAN, DATE, DECIMAL, ENTITIES, INTEGER, JSON, STRING, TIMESTAMP, Entity
 from core.contracts import entity as contract_entity
+from core.identifiers import install as install_hashing
 from core.spark import local_path, qualified, table_location
 from ingestion.loader import (
     _BOM,
@@ -61,6 +62,7 @@ from ingestion.loader import (
     _jsonl_checked_sql,
     _jsonl_records,
     _Known,
+    _mark_erased,
     _parse_csv_record,
     _Skipped,
     _verbatim,
@@ -172,12 +174,42 @@ def checked_schema(ent: Entity) -> pa.Schema:
     return pa.schema(
         [("_row", pa.int64()), ("_skip", pa.bool_()), ("_raw_record", pa.string())]
         + [(f"_t_{f.name}", _ARROW_TYPES[f.type]) for f in ent.fields]
-        + [("_reason", pa.string()), ("_field", pa.string()), ("_nulled", pa.string()), ("_nulled_value", pa.string())]
+        + [("_reason", pa.string()), ("_field", pa.string()), ("_nulled", pa.string()), ("_nulled_value", pa.string()),
+           ("_erased", pa.bool_())]
     )
 
 
+class Erased:
+    """What the checks need to drop the rows of erased persons (``cdp forget``), as the DuckDB
+    loader does: the salt and the erased hashes (privacy.erased_identifiers, as the erasure step
+    wrote them to the Spark warehouse), and the file's source (scoped ids hash with it). They
+    travel to the executors with the check (in the task, not in any log)."""
+
+    def __init__(self, salt: str, hashes: list[str], source: str = "") -> None:
+        self.salt, self.hashes, self.source = salt, hashes, source
+
+    def for_source(self, source: str) -> "Erased":
+        return Erased(self.salt, self.hashes, source)
+
+
+def erased_hashes(spark: "SparkSession", config: Config) -> "Erased | None":
+    """The erased persons' hashes in the Spark warehouse, None when there are none."""
+    from core.salt import load_salt
+
+    location = table_location(config, "privacy", "erased_identifiers")
+    if (location.startswith("file:") or "://" not in location) and not local_path(location).is_dir():
+        return None
+    try:
+        hashes = [r[0] for r in spark.read.parquet(location).select("hash").distinct().collect()]
+    except Exception as e:  # (an object store without the folder: nothing erased yet)
+        if "PATH_NOT_FOUND" in str(e) or "does not exist" in str(e):
+            return None
+        raise
+    return Erased(load_salt(config), hashes) if hashes else None
+
+
 def check_records(records: pa.Table, ent: Entity, files: EntityFiles, header: list[str] | None,
-                  earliest: date) -> pa.Table:
+                  earliest: date, erased: Erased | None = None) -> pa.Table:
     """The DuckDB loader's checks on records already read: JSON lines (_row, line, _pre) or CSV
     records (_row, _raw_record, _pre, c0..cN). Returns rows in :func:`checked_schema`."""
     con = duckdb.connect()
@@ -194,18 +226,23 @@ def check_records(records: pa.Table, ent: Entity, files: EntityFiles, header: li
             sql, decode = _csv_checked_sql(ent, files, header, f"SELECT _row, _raw_record, _pre, {nulled} FROM _records")
         con.execute(f"CREATE TEMP TABLE _landed AS {sql}")
         _decode_reasons(con, decode)
+        if erased is not None:  # rows of erased persons: flagged, then dropped (not quarantined)
+            install_hashing(con, erased.salt)
+            con.register("_erased_hashes", pa.table({"hash": pa.array(erased.hashes, pa.string())}))
+            con.execute("CREATE TEMP TABLE pv_erased AS SELECT hash FROM _erased_hashes")
+        _mark_erased(con, ent, erased.source if erased else "", erased is not None)
         fields = ", ".join(f"_t_{f.name}" if f.type != JSON else f"CAST(_t_{f.name} AS VARCHAR) AS _t_{f.name}"
                            for f in ent.fields)
         out = con.sql(
-            f"SELECT _row, false AS _skip, _raw_record, {fields}, _reason, _field, _nulled, _nulled_value "
-            "FROM _landed").to_arrow_table()
+            f"SELECT _row, false AS _skip, _raw_record, {fields}, _reason, _field, _nulled, _nulled_value, "
+            "_erased FROM _landed").to_arrow_table()
     finally:
         con.close()
     return out.cast(checked_schema(ent))
 
 
-def _check_lines(ent: Entity, files: EntityFiles, fmt: str, header: list[str] | None, earliest: date
-                 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _check_lines(ent: Entity, files: EntityFiles, fmt: str, header: list[str] | None, earliest: date,
+                 erased: Erased | None = None) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """For Spark's mapInArrow: numbered lines (_row, line) -> checked rows. Lines that are no
     row (a CSV's header, blank lines) come out with _skip; a line only the exact reader can
     take gets a reader's reason, which sends the file to the driver (see :func:`_stage`)."""
@@ -240,7 +277,7 @@ def _check_lines(ent: Entity, files: EntityFiles, fmt: str, header: list[str] | 
                 f"c{i}" for i in range(width)]
             records = pa.table([pa.array(col, pa.int64() if i == 0 else pa.string())
                                 for i, col in enumerate(zip(*rows))], names=names)
-            yield from check_records(records, ent, files, header, earliest).to_batches()
+            yield from check_records(records, ent, files, header, earliest, erased).to_batches()
 
     return run
 
@@ -267,14 +304,14 @@ def _numbered_lines(spark: "SparkSession", path: Path) -> "DataFrame":
 class _SparkStaged:
     def __init__(self) -> None:
         self.checked: DataFrame | None = None
-        self.rows = self.bad = self.skipped = self.nulled = 0
+        self.rows = self.bad = self.skipped = self.nulled = self.erased = 0
         self.notes: list[str] = []
         self.rejection: str | None = None
         self.by_driver = False
 
 
-def _stage(spark: "SparkSession", path: Path, ent: Entity, files: EntityFiles, size: int, earliest: date
-           ) -> _SparkStaged:
+def _stage(spark: "SparkSession", path: Path, ent: Entity, files: EntityFiles, size: int, earliest: date,
+           erased: Erased | None = None) -> _SparkStaged:
     staged = _SparkStaged()
     fmt = files.format or ent.format
     try:
@@ -293,13 +330,13 @@ def _stage(spark: "SparkSession", path: Path, ent: Entity, files: EntityFiles, s
         if files.number_lines:  # line numbers count within a receipt: the whole file in one batch
             lines = lines.coalesce(1)
         schema = checked_schema(ent)
-        checked = lines.mapInArrow(_check_lines(ent, files, fmt, header, earliest), _spark_schema(schema))
+        checked = lines.mapInArrow(_check_lines(ent, files, fmt, header, earliest, erased), _spark_schema(schema))
         checked = checked.persist()
-        skipped, irregular, staged.rows, staged.bad, staged.nulled = _counts(checked)
+        skipped, irregular, staged.rows, staged.bad, staged.nulled, staged.erased = _counts(checked)
         if irregular or (header is not None and skipped > 1):
             checked.unpersist()
-            checked, skipped = _stage_on_driver(spark, path, ent, files, fmt, header, earliest, schema)
-            _, _, staged.rows, staged.bad, staged.nulled = _counts(checked)
+            checked, skipped = _stage_on_driver(spark, path, ent, files, fmt, header, earliest, schema, erased)
+            _, _, staged.rows, staged.bad, staged.nulled, staged.erased = _counts(checked)
             staged.by_driver = True
         staged.checked = checked
         staged.skipped = skipped
@@ -308,23 +345,27 @@ def _stage(spark: "SparkSession", path: Path, ent: Entity, files: EntityFiles, s
     return staged
 
 
-def _counts(checked: "DataFrame") -> tuple[int, int, int, int, int]:
+def _counts(checked: "DataFrame") -> tuple[int, int, int, int, int, int]:
     """In one pass: lines that are no row, rows only the exact reader takes (a CSV record over
-    several lines), rows, bad rows, rows loaded with a field nulled."""
+    several lines), rows, bad rows, rows loaded with a field nulled (those three without the
+    erased persons' rows), rows of erased persons."""
     from pyspark.sql import functions as F
 
-    row, good = ~F.col("_skip"), ~F.col("_skip") & F.col("_reason").isNull()
+    erased = ~F.col("_skip") & F.coalesce(F.col("_erased"), F.lit(False))
+    row = ~F.col("_skip") & ~F.coalesce(F.col("_erased"), F.lit(False))
+    good = row & F.col("_reason").isNull()
     return tuple(checked.agg(
         F.count(F.when(F.col("_skip"), 1)),
         F.count(F.when(F.col("_reason") == "malformed_csv_line", 1)),
         F.count(F.when(row, 1)),
         F.count(F.when(row & F.col("_reason").isNotNull(), 1)),
         F.count(F.when(good & F.col("_nulled").isNotNull(), 1)),
+        F.count(F.when(erased, 1)),
     ).first())
 
 
 def _stage_on_driver(spark, path: Path, ent: Entity, files: EntityFiles, fmt: str, header: list[str] | None,
-                     earliest: date, schema: pa.Schema) -> tuple["DataFrame", int]:
+                     earliest: date, schema: pa.Schema, erased: Erased | None = None) -> tuple["DataFrame", int]:
     """The DuckDB loader's line-by-line reader, for a file with lines Spark's reader cannot
     take as they are: every line accounted for, bad ones kept verbatim."""
     skipped = _Skipped()
@@ -337,7 +378,7 @@ def _stage_on_driver(spark, path: Path, ent: Entity, files: EntityFiles, fmt: st
     columns = list(zip(*recs)) if recs else [()] * len(names)
     records = pa.table([pa.array(col, pa.int64() if i == 0 else pa.string()) for i, col in enumerate(columns)],
                        names=names)
-    checked = check_records(records, ent, files, header, earliest)
+    checked = check_records(records, ent, files, header, earliest, erased)
     return spark.createDataFrame(checked.to_pandas(), schema=_spark_schema(schema)).persist(), skipped.lines
 
 
@@ -357,11 +398,12 @@ def _commit(spark, config: Config, res: FileResult, staged: _SparkStaged, ent: E
     from pyspark.sql import functions as F
 
     checked = staged.checked
-    res.rows_loaded, res.rows_quarantined = staged.rows - staged.bad, staged.bad
+    res.rows_loaded, res.rows_quarantined, res.rows_erased = staged.rows - staged.bad, staged.bad, staged.erased
     res.lines_skipped = staged.skipped
     res.message = "; ".join(([f"{staged.bad} row(s) quarantined"] if staged.bad else []) + staged.notes)
     lineage = [F.lit(res.source).alias("_source"), F.lit(res.file).alias("_file"), F.col("_row"),
                F.lit(res.load_id).alias("_load_id"), F.lit(loaded_at).cast("timestamp").alias("_loaded_at")]
+    checked = checked.where("_skip OR NOT coalesce(_erased, false)")  # (erased persons' rows: dropped)
     good = checked.where("NOT _skip AND _reason IS NULL").select(
         *[F.col(f"_t_{f.name}").alias(f.name) for f in ent.fields], *lineage)
     good.write.mode("error").parquet(f"{table_location(config, RAW, ent.table)}/{res.load_id}")
@@ -392,7 +434,7 @@ def _record(spark, config: Config, res: FileResult, started: datetime, stat) -> 
 
 # --------------------------------------------------------------------------- loading
 def load_file(spark: "SparkSession", config: Config, source: Source, ent: Entity, files: EntityFiles, path: Path,
-              rel_name: str, known: dict[str, _Known], applied: set[str]) -> FileResult:
+              rel_name: str, known: dict[str, _Known], applied: set[str], erased: Erased | None = None) -> FileResult:
     """Load one landed file on Spark: stage, validate, claim, commit, as
     :func:`ingestion.loader.load_file` does. Never raises for bad data."""
     t0 = time.perf_counter()
@@ -406,15 +448,18 @@ def load_file(spark: "SparkSession", config: Config, source: Source, ent: Entity
     res.load_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     with ThreadPoolExecutor(max_workers=1) as pool:  # hash while Spark reads
         hashing = pool.submit(checksum_and_lines, path)
-        staged = _stage(spark, path, ent, files, stat.st_size, config.ingestion.earliest_date)
+        staged = _stage(spark, path, ent, files, stat.st_size, config.ingestion.earliest_date,
+                        erased.for_source(source.name) if erased else None)
         res.checksum, res.lines = hashing.result()
     try:
         if staged.rejection is None:
-            if staged.rows + staged.skipped != res.lines:
+            if staged.rows + staged.erased + staged.skipped != res.lines:
                 staged.rejection = (
                     f"the counts do not add up for {rel_name}: {res.lines} line(s) in the file, but {staged.rows} "
-                    f"row(s) read + {staged.skipped} header, blank or continuation line(s); nothing of it is "
-                    "loaded. This is a fault of the loader: please report it.")
+                    f"row(s) read + {staged.erased} of erased persons + {staged.skipped} header, blank or continuation "
+                    "line(s); nothing of it is loaded. This is a fault of the loader: please report it.")
+            elif staged.rows == 0 and staged.erased:  # only rows of erased persons: loaded, with nothing in it
+                pass
             else:
                 staged.rejection = rejection_for(staged.rows, staged.bad, config.ingestion.max_bad_row_rate,
                                                  lambda: _top_reasons(staged.checked))
@@ -435,7 +480,7 @@ def load_file(spark: "SparkSession", config: Config, source: Source, ent: Entity
 def _top_reasons(checked: "DataFrame") -> list[tuple[str, str, int, int]]:
     from pyspark.sql import functions as F
 
-    rows = (checked.where("NOT _skip AND _reason IS NOT NULL").groupBy("_reason", "_field")
+    rows = (checked.where("NOT _skip AND _reason IS NOT NULL AND NOT coalesce(_erased, false)").groupBy("_reason", "_field")
             .agg(F.count("*").alias("n"), F.min("_row").alias("first")).orderBy(F.desc("n")).limit(3).collect())
     return [(r[0], r[1], r[2], r[3]) for r in rows]
 
@@ -453,6 +498,7 @@ def ingest(config: Config, spark: "SparkSession", tables: Iterable[str] | None =
     if dropped and progress:
         progress(f"dropped {len(dropped)} load folder(s) of loads that did not finish: {', '.join(dropped)}")
     report = IngestReport()
+    erased = erased_hashes(spark, config)
     for source in config.enabled_sources():
         for entity_name, files in source.entities.items():
             ent = contract_entity(source.kind, entity_name)
@@ -460,7 +506,7 @@ def ingest(config: Config, spark: "SparkSession", tables: Iterable[str] | None =
                 continue
             known, applied = _manifest(manifest, source.name, ent.table)
             for path, rel in landed_files(config, source, entity_name):
-                res = load_file(spark, config, source, ent, files, path, rel, known, applied)
+                res = load_file(spark, config, source, ent, files, path, rel, known, applied, erased)
                 report.files.append(res)
                 if progress and res.status != UNCHANGED:
                     progress(_describe(res))

@@ -303,9 +303,23 @@ def erase_from_warehouse(con, request_id: str) -> dict[str, int]:
     return removed
 
 
+def _spark_warehouse_dir(config) -> Path | None:
+    if getattr(config, "engine", "duckdb") != "spark":
+        return None
+    from core.spark import local_path
+
+    location = config.spark_warehouse
+    return local_path(location) if (location.startswith("file:") or "://" not in location) else None
+
+
 # --------------------------------------------------------------------------- requests
-def process_requests(config, con: duckdb.DuckDBPyConnection, progress: Progress | None = None) -> list[dict]:
-    """Apply every pending erasure request; returns their reports (also written as files)."""
+def process_requests(config, con: duckdb.DuckDBPyConnection, progress: Progress | None = None,
+                     other_store: Callable[[duckdb.DuckDBPyConnection, dict[str, int]], dict[str, int]] | None = None
+                     ) -> list[dict]:
+    """Apply every pending erasure request; returns their reports (also written as files).
+    ``other_store``: on engine: spark, ``con`` is the driver's working copy and this brings the
+    Spark warehouse to its erased state (privacy/spark_erasure.py), called with the working
+    copy's rows removed per table, after the warehouse's erasure and before the request is done."""
     say = progress or (lambda m: None)
     pending = pending_requests(config)
     if not pending:
@@ -313,13 +327,13 @@ def process_requests(config, con: duckdb.DuckDBPyConnection, progress: Progress 
     keys.install(con, load_salt(config))
     reports = []
     for request in pending:
-        reports.append(_process(config, con, request, say))
+        reports.append(_process(config, con, request, say, other_store))
     for t in ("pv_request", "pv_persons", "pv_records", "pv_identifiers", "pv_erased"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return reports
 
 
-def _process(config, con, request: ErasureRequest, say: Progress) -> dict:
+def _process(config, con, request: ErasureRequest, say: Progress, other_store=None) -> dict:
     con.execute("CREATE OR REPLACE TEMP TABLE pv_request (kind VARCHAR, hash VARCHAR)")
     con.executemany("INSERT INTO pv_request VALUES (?, ?)", [list(h) for h in request.hashes])
     resolve_persons(con)
@@ -345,9 +359,13 @@ def _process(config, con, request: ErasureRequest, say: Progress) -> dict:
     with transaction(con):
         removed = erase_from_warehouse(con, request.request_id)
         texts = {"raw.loads.message": redact_load_messages(con, known)}
+    if other_store is not None:
+        removed |= other_store(con, dict(removed))
     # the landing folder holds the source systems' exports (not rewritten: see the README)
+    # (and the Spark warehouse's Parquet files, erased row by row above: masking bytes would break them)
     texts |= redact_project_files(config.root, known, skip=[
-        config.landing_dir, config.resolve(config.privacy.salt_file), requests_dir(config)])
+        config.landing_dir, config.resolve(config.privacy.salt_file), requests_dir(config),
+        *([spark_dir] if (spark_dir := _spark_warehouse_dir(config)) else [])])
     salt_hash = lambda kind, v: con.execute("SELECT pv_hash(?, ?)", [kind, v]).fetchall()[0][0]  # noqa: E731
     report = {
         "request_id": request.request_id,

@@ -77,7 +77,7 @@ def test_a_stage_not_on_spark_stops_with_its_reason(tmp_path):
     (tmp_path / "cdp.yaml").write_text("engine: spark\n")
     tessera = TesseraResource(config_path=str(tmp_path / "cdp.yaml"))
     assert tessera.engine == "spark"
-    # a step that names no schemas it writes on Spark (erasure) is not on Spark
+    # a step that names no schemas it writes on Spark is not on Spark
     with pytest.raises(Failure, match="engine: spark; on Spark this stage does not run yet"):
         with tessera.warehouse():
             pass
@@ -481,27 +481,28 @@ def published_rows(path, sql: str) -> list[tuple]:
         con.close()
 
 
-# Scores: the churn and cart features are not bit-equal across engines: Spark's day differences
-# are DECIMAL(28,7) (DuckDB's DOUBLE), a share is DOUBLE on Spark and FLOAT on DuckDB, and one
-# average order value rounded one cent apart at 300 customers. Gradient boosting turns those into
-# the same score for almost everyone and a different one for a few: measured, 157 of 158 churn
-# scores equal, one 0.029 apart. So: nearly every score equal, each within SCORE_TOLERANCE.
+# Scores: the feature models give every feature one type on both engines (counts BIGINT, day
+# differences and shares DOUBLE, rounding in DOUBLE: dbt/macros/model_features.sql); on the
+# same feature rows the two adapters now give equal values. One difference remains: money sums
+# over DOUBLE add in another order on each engine, and where an average sits on a half cent it
+# rounds one cent apart. Measured after the casts: at 300 customers one churn score 0.0287 apart,
+# every other equal; at 20k, 10,448 of 10,487 equal, the rest within 0.000175 (docs/benchmarks.md).
+# Summing money as DECIMAL would remove it; until then: nearly every score equal, each within
+# SCORE_TOLERANCE.
 SCORE_TOLERANCE = 0.05
 SCORES_EQUAL_SHARE = 0.95  # of persons, to 1e-6
 
 
-def close_scores(on_spark: list[tuple], duck: list[tuple]) -> None:
+def same_scores(on_spark: list[tuple], duck: list[tuple]) -> None:
     gaps = [abs(a[-1] - b[-1]) for a, b in zip(on_spark, duck)]
     assert gaps and max(gaps) <= SCORE_TOLERANCE, max(gaps)
     assert sum(g <= 1e-6 for g in gaps) >= SCORES_EQUAL_SHARE * len(gaps), sorted(gaps)[-10:]
 
 
-@pytest.mark.timeout(1800)  # two whole runs: 12-19 min wall on the shared 2 cores at load 7-16 (docs/benchmarks.md)
-def test_cdp_run_on_spark_matches_duckdb(tmp_path, spark):
+@pytest.fixture(scope="module")
+def pipeline_runs(tmp_path_factory, spark) -> dict:
     """`cdp run` end to end on engine: spark (local[2], this module's session) and on DuckDB, on
-    the same generated project: ingestion -> identity -> dbt -> scoring -> segments -> gate ->
-    publish. The same persons (ids and their records), the same segment members, the same
-    scores equal for nearly everyone and within SCORE_TOLERANCE, both runs published."""
+    the same generated project: {engine: (cdp.yaml path, config)}, both runs ok and published."""
     from cdp.runner import run_pipeline
     from cdp.scaffold import init_project
     from core.snapshots import current_path
@@ -516,7 +517,8 @@ def test_cdp_run_on_spark_matches_duckdb(tmp_path, spark):
     for table in spark.catalog.listTables("default"):
         spark.sql(f"DROP {'VIEW' if table.isTemporary else 'TABLE'} IF EXISTS `{table.name}`")
 
-    paths = {}
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    runs = {}
     for engine in ("duckdb", "spark"):
         cfg_path = init_project(tmp_path / engine)
         cfg_path.write_text(cfg_path.read_text().replace("\nas_of:\n", f"\nas_of: {DBT_AS_OF}\n")
@@ -526,8 +528,18 @@ def test_cdp_run_on_spark_matches_duckdb(tmp_path, spark):
         merge_monthly_files(config.landing_dir)
         summary = run_pipeline(cfg_path)
         assert summary.ok, (engine, summary.failures, [c.__dict__ for c in summary.failed_checks])
-        paths[engine] = current_path(config.published_dir)
-        assert paths[engine].exists(), engine
+        assert current_path(config.published_dir).exists(), engine
+        runs[engine] = (cfg_path, config)
+    return runs
+
+
+@pytest.mark.timeout(1800)  # two whole runs: 12-19 min wall on the shared 2 cores at load 7-16 (docs/benchmarks.md)
+def test_cdp_run_on_spark_matches_duckdb(pipeline_runs):
+    """ingestion -> identity -> dbt -> scoring -> segments -> gate -> publish on both engines: the
+    same persons (ids and their records), the same segment members, the same scores."""
+    from core.snapshots import current_path
+
+    paths = {engine: current_path(config.published_dir) for engine, (_, config) in pipeline_runs.items()}
 
     def both(sql):
         return published_rows(paths["duckdb"], sql), published_rows(paths["spark"], sql)
@@ -540,7 +552,100 @@ def test_cdp_run_on_spark_matches_duckdb(tmp_path, spark):
     assert on_spark == duck and duck
     duck, on_spark = both("SELECT person_id, churn_probability FROM churn_scores")
     assert [r[0] for r in on_spark] == [r[0] for r in duck] and duck
-    close_scores(on_spark, duck)
+    same_scores(on_spark, duck)
     duck, on_spark = both("SELECT person_id, cart_id, purchase_probability FROM cart_intent")
     assert [r[:2] for r in on_spark] == [r[:2] for r in duck]
-    close_scores(on_spark, duck)
+    same_scores(on_spark, duck)
+
+
+@pytest.mark.timeout(900)
+def test_erasure_on_spark_leaves_the_subject_in_no_raw_or_published_table(pipeline_runs, spark):
+    """`cdp forget --email` on the Spark project above, then the erasure step (`cdp run --only
+    privacy`): the person's emails and person id are in no raw table's Parquet files, no Spark
+    mart, no kept snapshot and not in the working copy; the other persons stay."""
+    from cdp.runner import run_pipeline
+    from core.snapshots import current_path
+    from core.spark import table_location
+    from privacy.requests import record_request
+
+    cfg_path, config = pipeline_runs["spark"]
+    snapshot = current_path(config.published_dir)
+    con = duckdb.connect(str(snapshot), read_only=True)
+    # (customer_ids holds emails only as hashes: the golden record's email)
+    person_id, email = con.execute("""
+        SELECT person_id, email FROM customers WHERE email IS NOT NULL
+        ORDER BY source_record_count DESC, person_id LIMIT 1""").fetchone()
+    emails = {email.lower()}
+    persons_before = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
+    con.close()
+    needles = emails | {person_id.lower()}
+
+    def raw_hits() -> dict[str, int]:
+        """Rows of each raw table's Parquet files (read as a BI tool would) holding a needle."""
+        root = spark_loader.local_path(table_location(config, "raw", ""))
+        reader = duckdb.connect()
+        hits = {}
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            files = [str(p) for p in folder.rglob("*.parquet") if not p.name.startswith((".", "_"))]
+            if files:
+                text = "lower(CAST(t AS VARCHAR))"
+                cond = " OR ".join(f"contains({text}, ?)" for _ in needles)
+                n = reader.execute(f"SELECT count(*) FROM read_parquet({files!r}, union_by_name=true) t WHERE {cond}",
+                                   sorted(needles)).fetchall()[0][0]
+                if n:
+                    hits[folder.name] = n
+        reader.close()
+        return hits
+
+    def db_hits(path, schemas=None) -> dict[str, int]:
+        db = duckdb.connect(str(path), read_only=True)
+        hits = {}
+        for schema, table in db.execute("SELECT table_schema, table_name FROM information_schema.tables "
+                                        "WHERE table_type = 'BASE TABLE'").fetchall():
+            if schemas and schema not in schemas:
+                continue
+            cond = " OR ".join("contains(lower(CAST(t AS VARCHAR)), ?)" for _ in needles)
+            n = db.execute(f'SELECT count(*) FROM "{schema}"."{table}" t WHERE {cond}', sorted(needles)).fetchall()[0][0]
+            if n:
+                hits[f"{schema}.{table}"] = n
+        db.close()
+        return hits
+
+    before = raw_hits()
+    assert len(before) >= 2 and db_hits(snapshot).get("main.customers"), before  # the search finds them
+
+    record_request(config, "email", email)
+    summary = run_pipeline(cfg_path, only=["privacy"])
+    assert summary.ok, (summary.failures, [c.__dict__ for c in summary.failed_checks])
+
+    assert raw_hits() == {}
+    for kept in sorted(config.published_dir.glob("snapshots/*.duckdb")):
+        assert db_hits(kept) == {}, kept.name
+    assert db_hits(config.warehouse_path, schemas=("raw", "identity", "marts", "scoring", "segments")) == {}
+    for table in ("marts.customers", "marts.customer_ids", "identity.graph"):  # Spark's own tables
+        assert spark.table(f"spark_catalog.{table}").where(f"person_id = '{person_id}'").count() == 0, table
+    con = duckdb.connect(str(current_path(config.published_dir)), read_only=True)
+    assert con.execute("SELECT count(*) FROM customers").fetchall()[0][0] == persons_before - 1
+    con.close()
+    report = json.loads(next((config.resolve(config.privacy.folder) / "reports").glob("erasure-*.json")).read_text())
+    assert report["status"] == "erased" and any(k.startswith("spark:raw.") for k in report["rows_removed"])
+
+    # their rows landed again, in a new file: the Spark loader drops them as erased, as DuckDB's does
+    relanded = None
+    for name in ("email/subscribers.csv", "pos/loyalty_members.csv", "pos_outlet/members.csv"):
+        lines = (config.landing_dir / name).read_text().splitlines()
+        mine = [line for line in lines[1:] if any(e in line.lower() for e in emails)]
+        if mine:
+            relanded = name.replace(".csv", "_again.csv")
+            (config.landing_dir / relanded).write_text("\n".join([lines[0], *mine]) + "\n")
+            break
+    assert relanded, "the person has a row in a file to land again"
+    summary = run_pipeline(cfg_path, only=["ingestion"])
+    assert summary.ok, summary.failures
+    assert raw_hits() == {}
+    loads = spark_loader.local_path(table_location(config, "raw", "loads"))
+    reader = duckdb.connect()
+    row = reader.execute(f"SELECT status, rows_loaded, rows_quarantined, rows_erased FROM read_parquet("
+                         f"'{loads}/*/*.parquet') WHERE file = ?", [relanded]).fetchall()
+    reader.close()
+    assert row == [("loaded", 0, 0, len(mine))], row

@@ -20,7 +20,7 @@ log = logging.getLogger("tessera.privacy")
     group_name=PRIVACY_GROUP,
     deps=RAW_ASSET_KEYS,
     pool=WAREHOUSE_POOL,
-    kinds={"duckdb", "python"},
+    kinds={"duckdb", "python"},  # (engine: spark: also the Spark warehouse's Parquet tables)
     description="Applies pending erasure requests (`cdp forget`): removes every row about the person from raw.*, "
                 "identity, marts, the kept published snapshots and the sync destinations, and keeps salted hashes "
                 "of their identifiers (privacy.erased_identifiers) so that the loader drops them if they are landed "
@@ -30,8 +30,18 @@ def privacy_erasure(context: AssetExecutionContext, tessera: TesseraResource) ->
     config = tessera.load()
     if not pending_requests(config):
         return MaterializeResult(metadata={"requests_applied": 0})
-    with tessera.warehouse() as con:
-        reports = process_requests(config, con, progress=log.info)
+    if config.engine == "spark":
+        # on the driver's working copy, then the Spark warehouse brought to the same state
+        # (privacy/spark_erasure.py) before each request is marked done
+        from privacy.spark_erasure import check_supported, erase_in_spark
+
+        check_supported(config)
+        with tessera.spark() as spark, tessera.warehouse(spark_writes=()) as con:
+            reports = process_requests(config, con, progress=log.info,
+                                       other_store=lambda c, removed: erase_in_spark(spark, config, c, removed))
+    else:
+        with tessera.warehouse() as con:
+            reports = process_requests(config, con, progress=log.info)
     return MaterializeResult(metadata={
         "requests_applied": len(reports),
         "persons_erased": sum(len(r["persons"]) for r in reports),

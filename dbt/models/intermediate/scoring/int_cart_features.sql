@@ -134,18 +134,18 @@ final as (
         open_carts.person_id,
         open_carts.last_added_at,
         open_carts.cart_value,
-        open_carts.items_added,
+        cast(open_carts.items_added as bigint) as items_added,
         {{ days_between('open_carts.last_added_at', 'open_carts.cutoff_at') }} * 24 as hours_since_added,
         open_carts.checkout_started,
         coalesce(order_features.orders_total, 0) as orders_total,
         coalesce(order_features.orders_365d, 0) as orders_365d,
-        coalesce(cast(order_features.discounted_orders as {{ dbt.type_float() }}) / order_features.orders_total, 0) as discounted_order_share,
+        coalesce({{ feature_ratio('order_features.discounted_orders', 'order_features.orders_total') }}, 0) as discounted_order_share,
         coalesce(order_features.days_since_last_order, 730) as days_since_last_order,
         coalesce(session_features.web_sessions_30d, 0) as web_sessions_30d,
         coalesce(session_features.days_since_previous_visit, 90) as days_since_previous_visit,
         coalesce(email_features.email_opens_90d, 0) as email_opens_90d,
         coalesce(past_cart_features.past_abandoned_carts, 0) as past_abandoned_carts,
-        coalesce(past_cart_features.past_carts_returned, 0) as past_carts_returned,
+        cast(coalesce(past_cart_features.past_carts_returned, 0) as bigint) as past_carts_returned,
         case
             when open_carts.snapshot = 'score' then null
             when open_carts.ordered_at < {{ dbt.dateadd('day', intent_days, 'open_carts.cutoff_at') }} then 1

@@ -47,7 +47,7 @@ final as (
         first_added_at,
         last_added_at,
         items_added,
-        round(cart_value, 2) as cart_value,
+        {{ feature_round('cart_value') }} as cart_value,
         checkout_started_at,
         ordered_at,
         case
