@@ -707,19 +707,25 @@ def recommend_as_of(data: Interactions, as_of: pd.Timestamp, settings: Recommend
     blend = fit_blend(data, as_of, settings, k)
     state = build_state(data, as_of, settings)
     rows = np.arange(data.n_users) if rows is None else rows
+    recs = published_lists(data, state, blend, rows, settings, k, as_of)
+    return RecommendationsResult(recs, blend, state.notes)
+
+
+def published_lists(data, state, blend, rows, settings, k: int, as_of) -> pd.DataFrame:
+    """The published method's lists for ``rows`` as the recommendations table's rows (the
+    blend's, or the simple method it fell back to)."""
     if blend.published == "tessera":
         lists = recommend_lists(state, blend, rows, settings, k)
     else:
         lists = simple_lists(state, blend.published, rows, settings, k)
-    recs = pd.DataFrame({
+    return pd.DataFrame({
         "person_id": data.persons[lists["u"].to_numpy(int)],
         "rank": lists["rank"].to_numpy(np.int64),
         "sku": data.products["sku"].to_numpy()[lists["i"].to_numpy(int)],
         "score": np.round(lists["score"].to_numpy(float), 6),
         "reason": lists["reason"].to_numpy(object),
-        "as_of": as_of,
+        "as_of": pd.Timestamp(as_of),
     })
-    return RecommendationsResult(recs, blend, state.notes)
 
 
 def run_recommendations(con, as_of, settings: RecommendationsSettings) -> RecommendationsResult:

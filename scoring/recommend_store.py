@@ -49,8 +49,7 @@ from scoring.recommend import (
     fit_blend,
     load_interactions,
     load_products,
-    recommend_lists,
-    simple_lists,
+    published_lists,
 )
 
 NAME = "recommendations"
@@ -110,19 +109,7 @@ def lists_with_model(model: RecommendationModel, data: Interactions, settings: R
     if model.als_items is not None:
         s.als_items = model.als_items
         s.als_users = als_user_factors(s.own_count, model.als_items)
-    rows = np.arange(data.n_users)
-    blend = model.blend
-    lists = (recommend_lists(s, blend, rows, settings, k) if blend.published == "tessera"
-             else simple_lists(s, blend.published, rows, settings, k))
-    recs = pd.DataFrame({
-        "person_id": data.persons[lists["u"].to_numpy(int)],
-        "rank": lists["rank"].to_numpy(np.int64),
-        "sku": data.products["sku"].to_numpy()[lists["i"].to_numpy(int)],
-        "score": np.round(lists["score"].to_numpy(float), 6),
-        "reason": lists["reason"].to_numpy(object),
-    })
-    recs["as_of"] = pd.Timestamp(as_of)
-    return recs
+    return published_lists(data, s, model.blend, np.arange(data.n_users), settings, k, as_of)
 
 
 def person_inputs(con, as_of: pd.Timestamp, ref: pd.Timestamp, settings: RecommendationsSettings) -> pd.DataFrame:
