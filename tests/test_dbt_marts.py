@@ -181,6 +181,13 @@ def test_a_failing_dbt_test_fails_its_models_check_and_names_itself():
     passing = {"results": [{**r, "status": "pass", "failures": 0} for r in results["results"]]}
     assert all(r.passed for r in dbt_test_checks(passing, manifest, TesseraDbtTranslator()).values())
     assert dbt_failure_reason(passing, manifest) == ""
+    # The model did not build (a full disk, say): its tests were skipped. The check fails with a
+    # count, not a line per test; the build's failure carries the reason.
+    skipped = {"results": [{**r, "status": "skipped", "failures": None, "message": ""} for r in results["results"]]}
+    (result,) = dbt_test_checks(skipped, manifest, TesseraDbtTranslator()).values()
+    assert not result.passed and result.severity == AssetCheckSeverity.ERROR
+    assert result.metadata["detail"].value == f"{len(tests)} not run: the model or one upstream of it did not build"
+    assert "failed_tests" not in result.metadata and result.metadata["skipped_tests"].value == len(tests)
 
 
 def test_each_tested_model_has_one_dbt_tests_check():

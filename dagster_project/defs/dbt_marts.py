@@ -339,7 +339,9 @@ def dbt_test_checks(run_results: Mapping[str, Any], manifest: Mapping[str, Any],
     """One `dbt_tests` result per model from dbt's run_results.json: passed when every test of
     the model that ran passed; ERROR severity when one failed or errored (WARN when only tests of
     `severity: warn` did); the tests that did not pass named in the metadata (name, status,
-    failing rows, dbt's message; masked: a database error can quote a value)."""
+    failing rows, dbt's message; masked: a database error can quote a value). Tests dbt skipped
+    because their model or one upstream of it did not build are counted, not listed one by one:
+    the build's own failure says why, and a list of every skipped test would bury it."""
     results = {r["unique_id"]: r for r in run_results.get("results", []) if r["unique_id"].startswith("test.")}
     by_check: dict[AssetCheckKey, list[Mapping[str, Any]]] = {}
     for uid, key in _test_check_keys(manifest, results, translator, project).items():
@@ -347,15 +349,22 @@ def dbt_test_checks(run_results: Mapping[str, Any], manifest: Mapping[str, Any],
     checks = {}
     for key, tests in by_check.items():
         bad = [t for t in tests if t["status"] != "pass"]
+        skipped = [t for t in bad if t["status"] == "skipped"]
         severity = (AssetCheckSeverity.ERROR if any(t["status"] != "warn" for t in bad) or not bad
                     else AssetCheckSeverity.WARN)
         failed = [{"test": manifest["nodes"].get(t["unique_id"], {}).get("name", t["unique_id"]), "status": t["status"],
-                   "failing_rows": t.get("failures"), "message": mask_pii(str(t.get("message") or ""))} for t in bad]
+                   "failing_rows": t.get("failures"), "message": mask_pii(str(t.get("message") or ""))}
+                  for t in bad if t["status"] != "skipped"]
         metadata: dict[str, Any] = {"tests": len(tests), "passed_tests": len(tests) - len(bad)}
+        details = [f"{f['test']}: {f['status']}" + (f" ({f['failing_rows']} rows)" if f["failing_rows"] else "")
+                   for f in failed]
         if failed:
             metadata["failed_tests"] = MetadataValue.json(failed)
-            metadata["detail"] = "; ".join(f"{f['test']}: {f['status']}" + (f" ({f['failing_rows']} rows)" if f["failing_rows"] else "")
-                                           for f in failed)
+        if skipped:
+            metadata["skipped_tests"] = len(skipped)
+            details.append(f"{len(skipped)} not run: the model or one upstream of it did not build")
+        if details:
+            metadata["detail"] = "; ".join(details)
         checks[key] = AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=not bad,
                                        severity=severity, metadata=metadata)
     return checks
