@@ -11,12 +11,13 @@ orders as (
     where person_id is not null
 ),
 
--- Returns and cancellations are no orders, but pay money back: revenue is net of them.
+-- Returns and cancellations are no orders, but pay money back: revenue is net of them. Summed
+-- in integer cents (money_cents): exact, so equal revenues rank as ties on every engine.
 order_stats as (
     select
         person_id,
         count(*) filter (where not coalesce(is_return, false)) as order_count,
-        sum(order_total) as revenue,
+        sum({{ money_cents('order_total') }}) as revenue_cents,
         min(case when not coalesce(is_return, false) then ordered_at end) as first_order_at,
         max(case when not coalesce(is_return, false) then ordered_at end) as last_order_at
     from orders
@@ -38,7 +39,7 @@ scored as (
         purchasers.*,
         {{ quintile_score('recency_days desc') }} as r_score,
         {{ quintile_score('order_count') }} as f_score,
-        {{ quintile_score('revenue') }} as m_score
+        {{ quintile_score('revenue_cents') }} as m_score
     from purchasers
 ),
 
@@ -46,8 +47,8 @@ final as (
     select
         people.person_id,
         coalesce(scored.order_count, 0) as order_count,
-        round(coalesce(scored.revenue, 0), 2) as revenue,
-        round(scored.revenue / scored.order_count, 2) as avg_order_value,
+        {{ cents_to_money('coalesce(scored.revenue_cents, 0)') }} as revenue,
+        {{ cents_average('scored.revenue_cents', 'scored.order_count') }} as avg_order_value,
         scored.first_order_at,
         scored.last_order_at,
         scored.days_since_first_order,

@@ -20,7 +20,7 @@ attributed as (
         events.event_name,
         events.occurred_at,
         events.product_id,
-        coalesce(events.product_price, 0) * coalesce(events.product_quantity, 1) as line_value,
+        {{ money_cents('coalesce(events.product_price, 0) * coalesce(events.product_quantity, 1)') }} as line_cents,
         {{ web_person_id() }} as person_id
     from events
     {{ join_web_person('events') }}
@@ -33,7 +33,7 @@ carts as (
         min(case when event_name = 'product_added' then occurred_at end) as first_added_at,
         max(case when event_name = 'product_added' then occurred_at end) as last_added_at,
         sum(case when event_name = 'product_added' then 1 else 0 end) as items_added,
-        sum(case when event_name = 'product_added' then line_value else 0 end) as cart_value,
+        sum(case when event_name = 'product_added' then line_cents else 0 end) as cart_cents,
         min(case when event_name = 'checkout_started' then occurred_at end) as checkout_started_at,
         min(case when event_name = 'order_completed' then occurred_at end) as ordered_at
     from attributed
@@ -47,13 +47,13 @@ final as (
         first_added_at,
         last_added_at,
         items_added,
-        {{ feature_round('cart_value') }} as cart_value,
+        {{ cents_to_money('cart_cents') }} as cart_value,  -- summed in cents: exact on every engine
         checkout_started_at,
         ordered_at,
         case
             when ordered_at is not null
                 and {{ dbt.datediff('last_added_at', 'ordered_at', 'second') }} > {{ var('session_timeout_minutes') * 60 }}
-            then {{ dbt.datediff('last_added_at', 'ordered_at', 'second') }} / 3600.0
+            then cast({{ dbt.datediff('last_added_at', 'ordered_at', 'second') }} as double) / 3600.0  -- DOUBLE on both engines (DECIMAL on Spark uncast)
         end as return_gap_hours
     from carts
     where last_added_at is not null

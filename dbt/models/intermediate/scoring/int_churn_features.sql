@@ -16,14 +16,15 @@ with cutoffs as (
 ),
 
 -- Purchases only: a return is no sign of coming back. Returns net the revenue (returns below).
+-- Money in integer cents, summed exactly (the same sums on every engine: money_cents).
 orders as (
-    select person_id, ordered_at, order_total, discount
+    select person_id, ordered_at, {{ money_cents('order_total') }} as order_cents, discount
     from {{ ref('int_orders') }}
     where person_id is not null and not coalesce(is_return, false)
 ),
 
 returns as (
-    select person_id, ordered_at, order_total
+    select person_id, ordered_at, {{ money_cents('order_total') }} as order_cents
     from {{ ref('int_orders') }}
     where person_id is not null and coalesce(is_return, false)
 ),
@@ -32,7 +33,7 @@ return_features as (
     select
         cutoffs.snapshot,
         returns.person_id,
-        sum(returns.order_total) as returned_365d
+        sum(returns.order_cents) as returned_cents_365d
     from cutoffs
     inner join returns
         on {{ before_cutoff('returns.ordered_at', 'cutoffs.cutoff_at', 365) }}
@@ -66,7 +67,7 @@ order_features as (
         {{ count_before_cutoff('orders.ordered_at', 'cutoffs.cutoff_at', 90) }} as orders_90d,
         {{ count_before_cutoff('orders.ordered_at', 'cutoffs.cutoff_at', 180, 90) }} as orders_prev_90d,
         {{ count_before_cutoff('orders.ordered_at', 'cutoffs.cutoff_at', 365) }} as orders_365d,
-        sum(case when {{ before_cutoff('orders.ordered_at', 'cutoffs.cutoff_at', 365) }} then orders.order_total else 0 end) as revenue_365d,
+        sum(case when {{ before_cutoff('orders.ordered_at', 'cutoffs.cutoff_at', 365) }} then orders.order_cents else 0 end) as revenue_cents_365d,
         {{ count_before_cutoff('orders.ordered_at', 'cutoffs.cutoff_at', 365, 0, 'orders.discount > 0') }} as discounted_orders_365d,
         min({{ days_between('orders.ordered_at', 'cutoffs.cutoff_at') }}) as days_since_last_order,
         max({{ days_between('orders.ordered_at', 'cutoffs.cutoff_at') }}) as days_since_first_order
@@ -149,8 +150,8 @@ final as (
         order_features.orders_90d,
         order_features.orders_prev_90d,
         order_features.orders_365d,
-        {{ feature_round('order_features.revenue_365d + coalesce(return_features.returned_365d, 0)') }} as revenue_365d,
-        {{ feature_round(feature_ratio('order_features.revenue_365d + coalesce(return_features.returned_365d, 0)', 'order_features.orders_365d')) }} as avg_order_value_365d,
+        {{ cents_to_money('order_features.revenue_cents_365d + coalesce(return_features.returned_cents_365d, 0)') }} as revenue_365d,
+        {{ cents_average('order_features.revenue_cents_365d + coalesce(return_features.returned_cents_365d, 0)', 'order_features.orders_365d') }} as avg_order_value_365d,
         {{ feature_ratio('order_features.discounted_orders_365d', 'order_features.orders_365d') }} as discounted_order_share_365d,
         order_features.orders_90d - order_features.orders_prev_90d as orders_trend_90d,
         coalesce(session_features.web_sessions_30d, 0) as web_sessions_30d,
