@@ -72,18 +72,35 @@ def event_name_sql(col: Callable[[str], str], event_names: Mapping[str, str] | N
         ELSE {ev} END)"""
 
 
+# The traits keys read from the merged object, each path once (one parse reads them all).
+_TRAIT_PATHS = ("email", "first_name", "firstName", "firstname", "name", "last_name", "lastName", "lastname", "phone",
+                "address_line1", "address.street", "city", "address.city", "postcode", "address.postalCode",
+                "address.postal_code", "address.zip")
+
+
+def _let(value: str, name: str, body: str) -> str:
+    """SQL of ``body`` with ``name`` bound to ``value``, computed once per row (a lambda over a
+    one-element list: DuckDB has no LET; repeating an expression repeats its cost)."""
+    return f"list_transform([{value}], lambda {name}: {body})[1]"
+
+
 def person_traits_sql(col: Callable[[str], str]) -> str:
     """The person's traits as one JSON object (NULL when the event carries none)."""
     own = f"CASE WHEN {col('type')} = 'group' THEN NULL ELSE json({col('traits')}) END"
     ctx = f"json_extract({col('context')}, '$.traits')"
-    # (json_merge_patch of a non-object replaces: keep objects only)
-    obj = "CASE WHEN json_type({x}) = 'OBJECT' THEN json({x}) END"
-    t = "_seg_t"
+    p, q, t, v = "_seg_p", "_seg_q", "_seg_t", "_seg_v"
+    # (json_merge_patch of a non-object replaces: keep objects only; it parses and writes its
+    # inputs, so an object goes to it as it is)
+    objects = _let(f"[{ctx}, {own}]", p, "[" + ", ".join(
+        f"CASE WHEN json_type({p}[{i}]) = 'OBJECT' THEN {p}[{i}] END" for i in (1, 2)) + "]")
+    merged = _let(objects, q, f"CASE WHEN {q}[1] IS NULL AND {q}[2] IS NULL THEN NULL "
+                              f"ELSE json_merge_patch(coalesce({q}[1], '{{}}'), coalesce({q}[2], '{{}}')) END")
+    at = {k: f"{v}[{i}]" for i, k in enumerate(_TRAIT_PATHS, 1)}  # each trimmed, '' as NULL
 
     def first(*keys: str) -> str:
-        return "coalesce(" + ", ".join(f"nullif(trim(json_extract_string({t}, {_lit('$.' + k)})), '')" for k in keys) + ")"
+        return "coalesce(" + ", ".join(at[k] for k in keys) + ")"
 
-    name = f"nullif(trim(json_extract_string({t}, '$.name')), '')"
+    name = at["name"]
     canonical = {
         "email": first("email"),
         "first_name": f"coalesce({first('first_name', 'firstName', 'firstname')}, regexp_extract({name}, '^(\\S+)', 1))",
@@ -94,12 +111,18 @@ def person_traits_sql(col: Callable[[str], str]) -> str:
         "city": first("city", "address.city"),
         "postcode": first("postcode", "address.postalCode", "address.postal_code", "address.zip"),
     }
-    added = "json_object(" + ", ".join(f"{_lit(k)}, nullif({v}, '')" for k, v in canonical.items()) + ")"
-    merged = (f"CASE WHEN ({obj.format(x=ctx)}) IS NULL AND ({obj.format(x=own)}) IS NULL THEN NULL "
-              f"ELSE json_merge_patch(coalesce({obj.format(x=ctx)}, '{{}}'), coalesce({obj.format(x=own)}, '{{}}')) END")
-    # (a lambda over a one-element list names the merged object once instead of repeating its
-    # expression in every key above)
-    return f"list_transform([{merged}], lambda {t}: CASE WHEN {t} IS NOT NULL THEN json_merge_patch({t}, {added}) END)[1]"
+    added = "json_object(" + ", ".join(f"{_lit(k)}, nullif({e}, '')" for k, e in canonical.items()) + ")"
+    paths = "[" + ", ".join(_lit("$." + k) for k in _TRAIT_PATHS) + "]"
+    values = f"list_transform(json_extract_string({t}, {paths}), lambda _seg_s: nullif(trim(_seg_s), ''))"
+    full = _let(merged, t, f"CASE WHEN {t} IS NOT NULL THEN {_let(values, v, f'json_merge_patch({t}, {added})')} END")
+    # Most events carry no traits at all (page views, product views): those skip the JSON work
+    # above. The test is exact: without a call's own traits, a context whose text holds neither
+    # "traits" nor a \u escape (the only other way a key can spell it) has no context.traits
+    # either, and the result is NULL.
+    ctx_text = f"CAST({col('context')} AS VARCHAR)"
+    none = (f"({col('traits')} IS NULL OR {col('type')} = 'group') AND ({col('context')} IS NULL OR "
+            f"NOT (contains({ctx_text}, 'traits') OR contains({ctx_text}, '\\u')))")
+    return f"CASE WHEN {none} THEN NULL ELSE {full} END"
 
 
 def landed_sql(col: Callable[[str], str], event_names: Mapping[str, str] | None = None) -> dict[str, str]:

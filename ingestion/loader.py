@@ -625,11 +625,17 @@ def _insert_clean_jsonl(con, path: Path, ent: Entity, files: EntityFiles, lineag
     row number is the line number.
     """
     sql, _ = _jsonl_checked_sql(ent, files, path)
+    return _insert_checked(con, ent, sql, lineage)
+
+
+def _insert_checked(con, ent: Entity, sql: str, lineage: str) -> int:
+    """Insert the good rows of a checked query (``_jsonl_checked_sql``, ``_csv_checked_sql``)
+    into the raw table; returns how many."""
     cols = ", ".join(_q(f.name) for f in ent.fields)
     typed = ", ".join(f"_t_{f.name}" for f in ent.fields)
     return con.execute(
         f"INSERT INTO raw.{ent.table} ({cols}, {', '.join(n for n, _ in LINEAGE_COLUMNS)}) "
-        # (a row with a nulled field is left out: the line-by-line path records the field issue)
+        # (a row with a nulled field is left out: the slower paths record the field issue)
         f"SELECT {typed}, {lineage} FROM ({sql}) WHERE _case IS NULL AND _nulled IS NULL AND NOT _skip"
     ).fetchall()[0][0]
 
@@ -769,8 +775,8 @@ def _stage(con, path: Path, ent: Entity, files: EntityFiles, size: int, hashing:
             if files.rows == "records" and _stage_jsonl_fast(con, path, ent, files, hashing, load_id, lineage, erased_filter, staged):
                 return staged
             _stage_jsonl_by_line(con, path, ent, files, staged)
-        else:
-            _stage_csv(con, path, ent, files, hashing, staged, lookups)
+        elif _stage_csv(con, path, ent, files, hashing, staged, lookups, load_id, lineage, erased_filter):
+            return staged
     except FileRejected as e:
         staged.rejection = str(e)
         return staged
@@ -797,10 +803,20 @@ def _stage_jsonl_fast(con, path: Path, ent: Entity, files: EntityFiles, hashing:
     """Optimistic: a clean file goes straight from DuckDB's JSON reader into the raw table, in a
     transaction left open. If any line failed to parse or any row broke the contract, fewer
     rows than lines arrive: roll back and return False (the caller goes line by line)."""
+    return _insert_if_clean(con, lambda: _insert_clean_jsonl(con, path, ent, files, lineage), hashing, 0, ent,
+                            load_id, erased_filter, staged)
+
+
+def _insert_if_clean(con, insert: Callable[[], int], hashing: Future, header_lines: int, ent: Entity, load_id: str,
+                     erased_filter: bool, staged: _Staged) -> bool:
+    """Both fast paths: in a transaction left open, ``insert`` the rows that pass every check
+    straight into the raw table; keep them only when they account for every line of the file
+    but its header (none bad, none skipped, no blank line, no line break inside a field), else
+    roll back and return False."""
     con.execute("BEGIN TRANSACTION")
     try:
-        rows = _insert_clean_jsonl(con, path, ent, files, lineage)
-        if rows == 0 or rows != hashing.result()[1]:
+        rows = insert()
+        if rows == 0 or rows + header_lines != hashing.result()[1]:
             con.execute("ROLLBACK")
             return False
         staged.erased = _delete_erased(con, ent, load_id) if erased_filter else 0
@@ -810,7 +826,7 @@ def _stage_jsonl_fast(con, path: Path, ent: Entity, files: EntityFiles, hashing:
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    staged.rows, staged.in_transaction = rows - staged.erased, True
+    staged.rows, staged.skipped, staged.in_transaction = rows - staged.erased, header_lines, True
     return True
 
 
@@ -832,9 +848,12 @@ def _stage_jsonl_by_line(con, path: Path, ent: Entity, files: EntityFiles, stage
 
 
 def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future, staged: _Staged,
-               lookups: Callable[[list[str]], list["_Lookup"]]) -> None:
-    """A CSV into temp table _landed: DuckDB's reader when the file is clean (every row good,
-    every line accounted for), else line by line, so that each bad line is kept verbatim."""
+               lookups: Callable[[list[str]], list["_Lookup"]], load_id: str, lineage: str,
+               erased_filter: bool) -> bool:
+    """A CSV: straight into the raw table when every line is a good row (True: in a transaction
+    left open, as the JSONL fast path); else into temp table _landed: DuckDB's reader when the
+    file is clean (every row good, every line accounted for: quoted fields over several lines,
+    fields nulled), else line by line, so that each bad line is kept verbatim."""
     header = _csv_header(path, files)
     staged.notes = _check_header(header, ent, files)
     joined = lookups(header)
@@ -844,6 +863,9 @@ def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future
         FROM read_csv({_lit(str(path))}, header=true, delim={_lit(files.delimiter)}, quote='"', escape='"',
                       auto_detect=false, columns={columns}, strict_mode=true)"""
     sql, decode = _csv_checked_sql(ent, files, header, fast, joined)
+    if files.rows == "records" and not files.skip_when and _insert_if_clean(
+            con, lambda: _insert_checked(con, ent, sql, lineage), hashing, 1, ent, load_id, erased_filter, staged):
+        return True
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _landed AS {sql}")
         rows, bad, newlines = con.execute("SELECT count(*), count(_case), sum(_newlines) FROM _landed").fetchall()[0]
@@ -865,6 +887,7 @@ def _stage_csv(con, path: Path, ent: Entity, files: EntityFiles, hashing: Future
         con.execute("DROP TABLE _records")
         staged.skipped = skipped.lines
     _decode_reasons(con, decode)
+    return False
 
 
 def _fold_lines(con, ent: Entity, staged: _Staged) -> None:
@@ -1104,16 +1127,21 @@ def _profile(con, ent: Entity, res: FileResult) -> None:
 
     columns = ", ".join(_q(c) for c in grouped)
     sets = ", ".join(f"({_q(c)})" for c in grouped)
+    # The load's rows carry the transaction's start time (this transaction's, and constant in it)
+    # as _loaded_at: a filter on it skips the row groups of every other load unread (a load id
+    # has no min/max that tells loads apart), so profiling a load costs its own rows, not the table's.
+    this_load = "_loaded_at = ? AND _load_id = ?"
+    params = [con.execute("SELECT now()").fetchall()[0][0], res.load_id]
     inner = (f"SELECT GROUPING({columns}) AS _g, {columns}, count(*) AS _n FROM raw.{ent.table} "
-             f"WHERE _load_id = ? GROUP BY GROUPING SETS ({sets})")
+             f"WHERE {this_load} GROUP BY GROUPING SETS ({sets})")
     # in the rows of one grouping set every other column is NULL: a non-NULL column is its value
     filled = " OR ".join(f"{_q(c)} IS NOT NULL" for c in grouped)
     counts = dict((g, (total, top)) for g, total, top in con.execute(
-        f"SELECT _g, sum(_n), max(_n) FROM ({inner}) WHERE {filled} GROUP BY _g", [res.load_id]).fetchall()
+        f"SELECT _g, sum(_n), max(_n) FROM ({inner}) WHERE {filled} GROUP BY _g", params).fetchall()
     ) if grouped else {}
     span = f"greatest(1, date_diff('second', min({_q(ts)}), max({_q(ts)})) / 86400.0)" if ts else "NULL::DOUBLE"
     whole = con.execute(f"SELECT {span}{''.join(f', count({_q(c)})' for c in counted)} FROM raw.{ent.table} "
-                        "WHERE _load_id = ?", [res.load_id]).fetchall()[0]
+                        f"WHERE {this_load}", params).fetchall()[0]
     res.days_covered = whole[0]
     profile = [[res.load_id, c, int(counts.get(single(i), (0, None))[0]), counts.get(single(i), (0, None))[1]]
                for i, c in enumerate(grouped)]
