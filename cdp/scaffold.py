@@ -138,6 +138,7 @@ syncs: []
 # Expectations: the gate before publishing (README: "Expectations: the gate and publishing";
 # this section was called `quality:` before 0.1). Defaults, all optional:
 #   keep_snapshots: 5
+#   full_gate_every_days: 7   # between full gates a whole run's gate is the daily one (README)
 #   drift: {{max_person_count_change: 0.1, block_emptied_segment: true, max_merge_rate_change: 0.15,
 #           max_churn_mean_change: 0.2, max_churn_psi: 0.25}}
 #   identity: {{max_cluster_growth: 2.0, max_emails_per_person: 10, max_persons_over_email_limit: 0}}

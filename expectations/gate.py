@@ -11,17 +11,18 @@ step (``publish_build``) runs only when no blocking check failed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from core.config import Config
 from core.contracts import ENTITIES
 from core.pii import KnownValues, mask_pii, mask_row
-from core.published import PublishedTable, published_tables
+from core.published import ManifestError, PublishedTable, published_tables
 from core.snapshots import current_path, open_snapshot, read_manifest
 from core.warehouse import fetch_all, table_exists, transaction
 from expectations.report import write_report
@@ -32,6 +33,7 @@ from expectations.suites import (
     DRIFT_METRICS,
     IDENTITY_METRICS,
     Metric,
+    all_suites,
     published_metrics,
     published_metrics_sql,
     published_suite,
@@ -57,6 +59,8 @@ DRIFT_SETTINGS = {
     "drift_churn_distribution": "expectations.drift.max_churn_mean_change / max_churn_psi",
 }
 CHURN_BINS = 10
+# The gate's scopes (gate_scope): every check validated with GX, or the daily gate.
+FULL, DAILY = "full", "daily"
 
 
 @dataclass
@@ -93,6 +97,10 @@ class GateResult:
     seconds: float = 0.0
     report: str = ""
     data_docs: str = ""
+    scope: str = FULL  # full: every check validated with GX; daily: see gate_scope()
+    scope_reason: str = ""
+    last_full: dict = field(default_factory=dict)  # the last full gate: gate_id, checked_at, checks_digest
+    profile: dict = field(default_factory=dict)  # what the next gate's drift checks compare with
 
     @property
     def passed(self) -> bool:
@@ -120,6 +128,8 @@ class GateResult:
             "accepted_drift": [c.label for c in self.checks if c.accepted],
             "tables": self.tables, "skipped_tables": self.skipped_tables, "seconds": round(self.seconds, 2),
             "report": self.report, "data_docs": self.data_docs,
+            "scope": self.scope, "scope_reason": self.scope_reason, "last_full_gate": self.last_full,
+            "profile": _stored_profile(self.profile) if self.profile else None,
         }
 
 
@@ -300,17 +310,34 @@ def profile(con, relation: dict[str, str]) -> dict:
     return out
 
 
+def _stored_profile(prof: dict) -> dict:
+    """A profile as JSON keeps it (in the gate's summary, hence the snapshot manifest)."""
+    return {**prof, **({"defined_segments": sorted(prof["defined_segments"])} if "defined_segments" in prof else {})}
+
+
+def _loaded_profile(prof: dict) -> dict:
+    return {**prof, **({"defined_segments": set(prof["defined_segments"])} if "defined_segments" in prof else {})}
+
+
 def previous_profile(config: Config) -> tuple[dict | None, str | None]:
+    """The drift profile of the current published snapshot: the one its gate measured on the same
+    tables before publishing them (kept in the manifest entry), else measured on the snapshot
+    (snapshots published before the gate kept it, or a manifest without the entry)."""
     path = current_path(config.published_dir)
     if not path.exists():
         return None, None
+    manifest = read_manifest(config.published_dir)
+    entry = next((e for e in manifest.get("history", []) if e.get("run_id") == manifest.get("current")), None)
+    kept = ((entry or {}).get("gate") or {}).get("profile")
+    if isinstance(kept, dict):
+        return _loaded_profile(kept), manifest.get("current")
     ro = open_snapshot(path)
     try:
         names = {r[0] for r in fetch_all(ro, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")}
         prof = profile(ro, {n: f'main."{n}"' for n in names})
     finally:
         ro.close()
-    return prof, read_manifest(config.published_dir).get("current")
+    return prof, manifest.get("current")
 
 
 def _psi(now: list[float], before: list[float]) -> float:
@@ -347,10 +374,14 @@ def drift_values(now: dict, before: dict, min_segment_size: int) -> tuple[dict, 
     return values, details
 
 
-def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], accept: bool) -> list[CheckResult]:
+def check_drift(con, gx, config: Config, present: dict[str, PublishedTable], accept: bool,
+                measured: dict | None = None) -> list[CheckResult]:
+    """``measured``: filled with the profile of ``present`` (kept with the gate's verdict)."""
     before, prev_run = previous_profile(config)
     bounds = config.expectations.drift
     now = profile(con, {n: t.relation for n, t in present.items()})
+    if measured is not None:
+        measured.update(now)
     if before is None:
         values, details = {m.name: None for _, m in DRIFT_METRICS}, {}
     else:
@@ -436,24 +467,78 @@ def check_source_drift(con, gx, config: Config, accept: bool) -> list[CheckResul
     return results
 
 
+# --------------------------------------------------------------------------- scope
+
+
+def checks_digest(config: Config, manifest=None) -> str:
+    """What the gate checks: every suite (the published tables' from the dbt manifest, the ones in
+    version control), the expectations settings and the gate's code. A daily gate runs only while
+    this equals the last full gate's."""
+    suites = [published_suite(t) for t in published_tables(manifest)] + all_suites()
+    h = hashlib.sha256(json.dumps(suites, sort_keys=True, default=str).encode())
+    h.update(config.expectations.model_dump_json().encode())
+    for module in ("gate.py", "suites.py", "gx_runner.py"):
+        h.update((Path(__file__).parent / module).read_bytes())
+    return h.hexdigest()
+
+
+def gate_scope(config: Config, digest: str, requested: str | None = None,
+               now: datetime | None = None) -> tuple[str, str, dict]:
+    """(scope, why, the last full gate) for a gate now. Full when asked for, when nothing is
+    published, when the checks changed since the last full gate, or when that gate is
+    ``expectations.full_gate_every_days`` old; else daily. The last full gate is carried from
+    snapshot to snapshot in the manifest (``gate.last_full_gate``)."""
+    if requested == FULL:
+        return FULL, "a full gate was asked for", {}
+    manifest = read_manifest(config.published_dir)
+    entry = next((e for e in manifest.get("history", []) if e.get("run_id") == manifest.get("current")), None)
+    if entry is None:
+        return FULL, "nothing published yet", {}
+    last = (entry.get("gate") or {}).get("last_full_gate") or {}
+    if not last.get("checks_digest"):
+        return FULL, "the published snapshot's gate recorded no full gate", {}
+    if last["checks_digest"] != digest:
+        return FULL, "the checks changed since the last full gate", {}
+    every = config.expectations.full_gate_every_days
+    now = now or datetime.now(timezone.utc)
+    age = now - datetime.fromisoformat(last["checked_at"])
+    if every == 0 or age >= timedelta(days=every):
+        return FULL, (f"the last full gate ({last['gate_id']}) is {age.days} day(s) old "
+                      f"(expectations.full_gate_every_days: {every})"), {}
+    return DAILY, f"the last full gate ({last['gate_id']}, {age.days} day(s) ago) ran the same checks", last
+
+
+# (dagster run id, published table) -> its checks measured by an earlier step of that run (an
+# interim look right after the dbt step that built it): the step with the verdict reuses them.
+_INTERIM: dict[tuple[str, str], list[CheckResult]] = {}
+
+
 # --------------------------------------------------------------------------- the gate
 def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool = False,
-             gate_id: str | None = None, interim_tables: set[str] | None = None, manifest=None) -> GateResult:
+             gate_id: str | None = None, interim_tables: set[str] | None = None, manifest=None,
+             scope: str | None = None, full_reason: str | None = None) -> GateResult:
     """Check the built marts; store and report the outcome. Never publishes.
 
     ``interim_tables``: an early look at only these tables, while others are still being built
     in the same run (Dagster runs a subset of the gate's checks right after each dbt step).
     Their results are returned, not stored or reported: the gate's verdict, which publish reads,
-    is the run over every table once all are built. ``manifest``: the dbt manifest declaring the
-    published tables (default ``core.published.manifest_path()``)."""
-    import time
+    is the run over every table once all are built, which reuses them (a table is built once per
+    run). ``manifest``: the dbt manifest declaring the published tables (default
+    ``core.published.manifest_path()``).
 
-    from expectations.gx_runner import runner_for  # lazy: GX takes seconds to import; the CLI loads this module
+    ``scope``: ``"full"``, or None to choose (``gate_scope``): a daily gate runs the same checks
+    on the same tables, their bounds evaluated in Python rather than by GX (``NativeRunner``: GX's
+    validation machinery was most of the gate's CPU), and builds no Data Docs; a daily gate that
+    fails is run again in full, so the report and Data Docs of a blocked build are complete."""
+    import time
 
     t0 = time.perf_counter()
     now = datetime.now(timezone.utc)
     gate_id = gate_id or f"{now:%Y%m%dT%H%M%S}-{(dagster_run_id or 'manual').replace('-', '')[:8]}"
-    gx = runner_for(config.reports_dir)
+    digest = checks_digest(config, manifest)
+    chosen, why, last_full = gate_scope(config, digest, scope, now)
+    why = full_reason or why
+    gx = _runner(config, chosen)
     present = existing_tables(con, manifest)
     relations = {t.relation for t in present.values()}  # (checks may read other built tables)
     if interim_tables is not None:
@@ -465,34 +550,66 @@ def run_gate(config: Config, con, dagster_run_id: str = "", accept_drift: bool =
         t = registered[name]
         checks.append(CheckResult(name, "/".join(t.asset_path), "table_present", "suite", False, True,
                                   detail=f"{t.relation} was not built"))
+    reused = []
     for t in present.values():
-        checks += check_published_table(con, gx, t, relations, config.expectations.sample_rows)
-    # Identity sanity and drift read columns the schema checks vouch for.
+        earlier = _INTERIM.pop((dagster_run_id, t.name), None) if dagster_run_id and interim_tables is None else None
+        if earlier is not None:
+            checks += earlier
+            reused.append(t.name)
+            continue
+        own = check_published_table(con, gx, t, relations, config.expectations.sample_rows)
+        if t.name == "identity_graph" and not any(c.check == "schema" and not c.passed for c in own):
+            own += check_identity(con, gx, config)  # (reads columns the schema check vouches for)
+        if interim_tables is not None and dagster_run_id:
+            for key in [k for k in _INTERIM if k[0] != dagster_run_id]:  # (a run that ended without its verdict)
+                del _INTERIM[key]
+            _INTERIM[(dagster_run_id, t.name)] = own
+        checks += own
+    # Drift reads columns the schema checks vouch for.
     sound = {n: t for n, t in present.items()
              if not any(c.table == n and c.check == "schema" and not c.passed for c in checks)}
-    if "identity_graph" in sound:
-        checks += check_identity(con, gx, config)
-    checks += check_drift(con, gx, config, sound, accept_drift)
+    measured: dict = {}
+    checks += check_drift(con, gx, config, sound, accept_drift, measured)
     if interim_tables is None:  # (sources are no published table: judged once, by the whole gate)
         checks += check_source_drift(con, gx, config, accept_drift)
     result = GateResult(gate_id, dagster_run_id, now.isoformat(timespec="seconds"), accept_drift, checks,
-                        sorted(present), skipped)
+                        sorted(present), skipped, scope=chosen, scope_reason=why,
+                        last_full=last_full if chosen == DAILY else
+                        {"gate_id": gate_id, "checked_at": now.isoformat(timespec="seconds"), "checks_digest": digest},
+                        profile=measured)
     if interim_tables is not None:
         result.seconds = time.perf_counter() - t0
-        log.info("expectations: %s checked as soon as built (%d checks, %d failing; %.1fs); the gate's verdict "
-                 "comes once every published table is built", ", ".join(sorted(interim_tables)), len(checks),
-                 sum(not c.passed for c in checks), result.seconds)
+        log.info("expectations: %s checked as soon as built (%s gate: %d checks, %d failing; %.1fs); the gate's "
+                 "verdict comes once every published table is built", ", ".join(sorted(interim_tables)), chosen,
+                 len(checks), sum(not c.passed for c in checks), result.seconds)
         return result
-    try:
-        result.data_docs = str(gx.build_docs())
-    except Exception as e:  # the docs are a convenience; the gate's verdict stands without them
-        log.warning("expectations: could not build GX Data Docs: %s", e)
+    if chosen == DAILY and not result.passed:
+        log.info("expectations: the daily gate failed (%s); running the full gate for the report and Data Docs",
+                 "; ".join(c.label for c in result.blocking_failures))
+        return run_gate(config, con, dagster_run_id, accept_drift, gate_id, None, manifest, scope=FULL,
+                        full_reason=f"the daily gate failed: {'; '.join(c.label for c in result.blocking_failures)}")
+    if chosen == FULL:
+        try:
+            result.data_docs = str(gx.build_docs())
+        except Exception as e:  # the docs are a convenience; the gate's verdict stands without them
+            log.warning("expectations: could not build GX Data Docs: %s", e)
     result.seconds = time.perf_counter() - t0
 
     result.report = str(write_report(config, result))
     store(con, result, config.reports_dir)
-    log.info("expectations: %s (%.1fs)", result.message(), result.seconds)
+    log.info("expectations: %s (%s gate: %s%s; %.1fs)", result.message(), chosen, why,
+             f"; {len(reused)} table(s) checked earlier in this run" if reused else "", result.seconds)
     return result
+
+
+def _runner(config: Config, scope: str):
+    if scope == DAILY:
+        from expectations.gx_runner import NativeRunner
+
+        return NativeRunner()
+    from expectations.gx_runner import runner_for  # lazy: GX takes seconds to import; the CLI loads this module
+
+    return runner_for(config.reports_dir)
 
 
 def store(con, result: GateResult, reports_dir: Path) -> None:
@@ -537,11 +654,22 @@ def gate_for_run(con, dagster_run_id: str) -> dict | None:
 
 
 # --------------------------------------------------------------------------- sources
-def run_source_checks(config: Config, con, since: datetime | None, tables: list[str] | None = None) -> list[CheckResult]:
-    """Validate the rows loaded since ``since`` (this run's loads) of each raw table."""
-    from expectations.gx_runner import runner_for  # lazy: GX takes seconds to import; the CLI loads this module
+def run_source_checks(config: Config, con, since: datetime | None, tables: list[str] | None = None,
+                      scope: str | None = None) -> list[CheckResult]:
+    """Validate the rows loaded since ``since`` (this run's loads) of each raw table. ``scope``: as
+    the gate's (``run_gate``): a daily scope evaluates the suites without GX, and validates them
+    with GX again when one fails."""
+    try:
+        chosen = gate_scope(config, checks_digest(config), scope)[0]
+    except ManifestError:  # no dbt manifest to tell the checks by: validate with GX
+        chosen = FULL
+    results = _source_checks(config, con, since, tables, _runner(config, chosen))
+    if chosen == DAILY and any(c.blocks for c in results):
+        results = _source_checks(config, con, since, tables, _runner(config, FULL))
+    return results
 
-    gx = runner_for(config.reports_dir)
+
+def _source_checks(config: Config, con, since: datetime | None, tables: list[str] | None, gx) -> list[CheckResult]:
     results: list[CheckResult] = []
     since_sql = f"TIMESTAMPTZ '{since.isoformat()}'" if since else "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
     for ent in ENTITIES:

@@ -506,3 +506,98 @@ def test_the_dagster_wiring_refuses_to_load_without_published_tables(tmp_path):
                    "unique_id": "model.tessera.y", "schema": "marts", "columns": {}}
     with pytest.raises(ManifestError, match="y has no enforced contract"):
         build_quality_defs(set(), {"nodes": {"model.tessera.y": no_contract}})
+
+
+# --------------------------------------------------------------------------- the daily gate
+def test_gate_scope_is_daily_between_full_gates_of_the_same_checks(base, tmp_path):
+    from expectations.gate import DAILY, FULL, checks_digest, gate_scope
+
+    config = load_config(copy_project(base, tmp_path / "proj"))
+    last = read_manifest(config.published_dir)["history"][0]["gate"]
+    assert last["scope"] == FULL and last["last_full_gate"]["gate_id"] == last["gate_id"]  # (--only publish)
+    digest = checks_digest(config)
+    checked = dt.datetime.fromisoformat(last["last_full_gate"]["checked_at"])
+    assert gate_scope(config, digest, now=checked + dt.timedelta(days=6))[0] == DAILY
+    assert gate_scope(config, digest, now=checked + dt.timedelta(days=7))[:1] == (FULL,)
+    assert "checks changed" in gate_scope(config, "another digest", now=checked)[1]
+    assert gate_scope(config, digest, requested=FULL, now=checked)[0] == FULL
+    empty = load_config(copy_project(base, tmp_path / "empty"))
+    shutil.rmtree(empty.published_dir)
+    assert gate_scope(empty, digest)[:2] == (FULL, "nothing published yet")
+
+
+def test_the_daily_gate_passes_a_good_day_and_keeps_the_full_gate_it_follows(base, tmp_path):
+    from expectations.gate import DAILY, run_gate
+    from publish.snapshot import publish_build
+
+    config = load_config(copy_project(base, tmp_path / "proj"))
+    before = read_manifest(config.published_dir)["history"][0]["gate"]
+    with open_warehouse(config.warehouse_path) as con:  # a good day: one more day of recency for everyone
+        con.execute("UPDATE marts.customer_traits SET web_sessions_90d = web_sessions_90d + 1 "
+                    "WHERE web_sessions_90d IS NOT NULL")
+        gate = run_gate(config, con, dagster_run_id="good-day")
+        assert gate.passed, gate.message()
+        assert gate.scope == DAILY and not gate.data_docs
+        snap = publish_build(config, con, gate.summary())
+    entry = read_manifest(config.published_dir)["history"][0]
+    assert entry["run_id"] == snap.run_id and entry["gate"]["scope"] == DAILY
+    assert entry["gate"]["last_full_gate"] == before["last_full_gate"]  # carried until the next full gate
+    assert entry["gate"]["profile"]["persons"] == snap.tables["customers"]
+    # the daily gate ran every check the full gate ran, on the same tables (but the comparison of
+    # new loads with earlier ones: the full gate's publish took this build's loads in)
+    assert entry["gate"]["tables"] == before["tables"]
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        ran = {g: set(fetch_all(con, "SELECT table_name, check_name FROM quality.check_results WHERE gate_id = ? "
+                                     "AND table_name NOT LIKE 'raw.%'", [g])) for g in (before["gate_id"], snap.run_id)}
+    assert ran[snap.run_id] == ran[before["gate_id"]] and len(ran[snap.run_id]) > 90
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_the_daily_gate_blocks_a_bad_row_of_the_days_data(base, tmp_path, fault):
+    """Each bad build the full gate blocks (above, through Dagster) is blocked by the daily gate;
+    the stored verdict is then the full gate's (GX, Data Docs), with the same failure."""
+    from core.snapshots import PublishError
+    from expectations.gate import DAILY, FULL, checks_digest, gate_scope, run_gate
+    from publish.snapshot import publish_build
+
+    config = load_config(copy_project(base, tmp_path / "proj"))
+    assert gate_scope(config, checks_digest(config))[0] == DAILY
+    current = config.published_dir / CURRENT
+    before = digest(current)
+    sql, expected = FAULTS[fault]
+    with open_warehouse(config.warehouse_path) as con:
+        opted_out = ("SELECT min(person_id) FROM marts.consent WHERE channel = 'email_marketing' "
+                     "AND status = 'denied'")
+        con.execute(sql.format(segment=_most_common_segment(con), opted_out=opted_out))
+        gate = run_gate(config, con, dagster_run_id=f"bad-day-{fault.replace(' ', '-')}")
+        assert not gate.passed and expected in gate.summary()["blocking_failures"], gate.message()
+        assert gate.scope == FULL and gate.scope_reason.startswith("the daily gate failed: ")
+        assert expected in gate.scope_reason
+        with pytest.raises(PublishError, match="did not pass"):
+            publish_build(config, con, gate.summary())
+    assert digest(current) == before
+
+
+def test_the_daily_gates_python_bounds_agree_with_gx(base, tmp_path):
+    """NativeRunner against GX on every published table's suite, on a build with several faults."""
+    from expectations.gate import check_published_table, existing_tables
+    from expectations.gx_runner import NativeRunner, runner_for
+
+    config = load_config(copy_project(base, tmp_path / "proj"))
+    with open_warehouse(config.warehouse_path) as con:
+        for fault in ("duplicated keys", "probability out of range", "opted-out person in an email audience",
+                      "schema drift"):
+            opted_out = ("SELECT min(person_id) FROM marts.consent WHERE channel = 'email_marketing' "
+                         "AND status = 'denied'")
+            con.execute(FAULTS[fault][0].format(segment=_most_common_segment(con), opted_out=opted_out))
+        present = existing_tables(con)
+        relations = {t.relation for t in present.values()}
+        gx, native = runner_for(config.reports_dir), NativeRunner()
+        failed = set()
+        for t in present.values():
+            by_gx = {(c.check, c.passed, c.blocking) for c in check_published_table(con, gx, t, relations, 0)}
+            by_python = {(c.check, c.passed, c.blocking) for c in check_published_table(con, native, t, relations, 0)}
+            assert by_python == by_gx, t.name
+            failed |= {f"{check} on {t.name}" for check, passed, _ in by_gx if not passed}
+    assert {FAULTS[f][1] for f in ("duplicated keys", "probability out of range",
+                                   "opted-out person in an email audience", "schema drift")} <= failed

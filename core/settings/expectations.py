@@ -110,6 +110,12 @@ class SourceBounds(_Strict):
 
 class ExpectationsSettings(_Strict):
     keep_snapshots: int = Field(default=5, ge=1, description="Published snapshots kept for rollback.")
+    full_gate_every_days: int = Field(
+        default=7, ge=0,
+        description="A whole `cdp run` within this many days of the last full gate (same checks) runs the daily gate: "
+                    "the same checks, evaluated without GX; GX validates (and Data Docs show) every full gate, and "
+                    "every daily gate that fails. 0: a full gate every run.",
+    )
     sample_rows: int = Field(
         default=5, ge=0, le=100, description="Failing rows shown per failed check in the report (PII masked).",
     )

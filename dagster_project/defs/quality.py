@@ -38,7 +38,7 @@ from core.published import PublishedTable, published_tables
 from core.warehouse import fetch_all, table_exists
 from dagster_project.defs.ingestion import WAREHOUSE_POOL, raw_asset_key
 from dagster_project.defs.resources import TesseraResource
-from expectations.gate import existing_tables, gate_for_run, run_gate, run_source_checks
+from expectations.gate import FULL, existing_tables, gate_for_run, run_gate, run_source_checks
 from expectations.suites import DRIFT_METRICS, IDENTITY_METRICS, published_metrics, source_metrics
 from marketing.report import write_report
 from publish.snapshot import publish_build
@@ -94,6 +94,14 @@ def gate_check_names(tables: tuple[PublishedTable, ...] | None = None) -> dict[s
     return {k: list(dict.fromkeys(v)) for k, v in names.items()}
 
 
+def gate_scope_of(context) -> str | None:
+    """A whole `cdp run` (or a scheduled refresh) lets the gate choose its scope (daily between full
+    gates: expectations/gate.py gate_scope); a run of some stages (`cdp run --only publish`,
+    `cdp publish`) audits the warehouse as it is, which may have been changed by hand: in full."""
+    stages = context.run.tags.get("tessera/stages")
+    return None if stages in (None, "all") else FULL
+
+
 def _spec(name: str, key: AssetKey) -> AssetCheckSpec:
     return AssetCheckSpec(name, asset=key, description=CHECK_DESCRIPTIONS.get(name, name),
                           blocking=name not in NON_BLOCKING)
@@ -145,7 +153,8 @@ def _gate_checks(specs: list[AssetCheckSpec], key_of: dict[str, AssetKey], manif
             built = set(existing_tables(con, manifest))
             later = {n for n in key_of if n not in built and n not in selected_tables}
             gate = run_gate(config, con, dagster_run_id=context.run.run_id, accept_drift=accept,
-                            interim_tables=selected_tables if later else None, manifest=manifest)
+                            interim_tables=selected_tables if later else None, manifest=manifest,
+                            scope=gate_scope_of(context))
         emitted: set[AssetCheckKey] = set()
         for c in gate.checks:
             key = key_of.get(c.table)
@@ -176,7 +185,7 @@ def _publish_asset(deps: list[AssetKey], manifest):
             gate = gate_for_run(con, context.run.run_id)
             if gate is None:  # materialized on its own: audit now, never publish unchecked
                 gate = run_gate(config, con, dagster_run_id=context.run.run_id, accept_drift=accept,
-                                manifest=manifest).summary()
+                                manifest=manifest, scope=FULL).summary()
             if not gate["passed"]:
                 # the details name the file and field (never a value); a source's checks have no
                 # Dagster check of their own to show them
@@ -231,7 +240,8 @@ def build_source_checks():
         selected = context.selected_asset_check_keys
         tables = sorted({k.asset_key.path[-1] for k in selected})
         with tessera.warehouse(spark_writes=()) as con:
-            results = run_source_checks(config, con, since=_run_started_at(context), tables=tables)
+            results = run_source_checks(config, con, since=_run_started_at(context), tables=tables,
+                                        scope=gate_scope_of(context))
         emitted = set()
         for c in results:
             key = key_of[c.table.removeprefix("raw.")]
