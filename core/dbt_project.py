@@ -109,6 +109,20 @@ def needs_full_refresh(state_dir: Path, op_name: str) -> bool:
     return not built.exists() or built.read_text().strip() != project_digest()
 
 
+def tests_passed_file(state_dir: Path, op_name: str) -> Path:
+    """Where a selection's last build records, once every one of its data tests passed, the dbt
+    project digest it was built with; removed when a build starts (dagster_project/defs/dbt_marts.py)."""
+    return Path(state_dir) / f"tests_passed-{op_name}.txt"
+
+
+def may_scope_tests(state_dir: Path, op_name: str) -> bool:
+    """Whether a build of the selection may test only the rows it rewrote (dbt/macros/test_scope.sql):
+    its last build passed every data test, with the dbt project of now. Every row it did not
+    rewrite was then in a table that passed."""
+    passed = tests_passed_file(state_dir, op_name)
+    return passed.exists() and passed.read_text().strip() == project_digest() and not needs_full_refresh(state_dir, op_name)
+
+
 def installed_manifest() -> Path:
     """The installed dbt project's manifest in the cache folder, parsed first when it is missing
     or stale (`dbt parse` never opens the placeholder warehouse it is given)."""

@@ -32,6 +32,7 @@ PER_PERSON = {"int_web_sessions": "session_id", "int_email_activity": "email_eve
 def _event_staging_project(root):
     project = root / "dbt"
     shutil.copytree(dbt_project_dir(), project, ignore=shutil.ignore_patterns("target", "logs", "tests"))
+    shutil.copytree(dbt_project_dir() / "tests/generic", project / "tests/generic")  # (the YAMLs' tests)
     for folder in project.glob("models/*"):
         if folder.name not in ("staging", "intermediate", "docs.md"):
             shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
@@ -302,3 +303,59 @@ def test_a_changed_dbt_project_rebuilds_the_incremental_tables_whole(tmp_path):
     assert _needs_full_refresh(tmp_path, "dbt_core")
     _built_with(tmp_path, "dbt_core").write_text(project_digest())
     assert not _needs_full_refresh(tmp_path, "dbt_core") and _needs_full_refresh(tmp_path, "dbt_after_scoring")
+
+
+def _invoke(project, warehouse, as_of: dt.date, *args: str, scope: bool):
+    """A dbt invocation (build or test) as `cdp run` makes it, data tests scoped or not; its results."""
+    from dbt.cli.main import dbtRunner
+
+    os.environ["TESSERA_WAREHOUSE"] = str(warehouse)
+    os.environ["TESSERA_TESTS_SCOPE"] = "changed" if scope else ""
+    try:
+        res = dbtRunner().invoke([*args, "--vars", json.dumps({"as_of": as_of.isoformat()}), "--quiet",
+                                  "--project-dir", str(project), "--profiles-dir", str(project)])
+    finally:
+        os.environ.pop("TESSERA_TESTS_SCOPE")
+    assert res.exception is None, res.exception
+    return {r.node.name: (r.status, r.failures) for r in res.result.results}
+
+
+def test_a_daily_build_tests_the_rows_it_rewrote_and_a_test_by_hand_all(days_built, tmp_path):
+    """dbt/macros/test_scope.sql: a daily build's row tests read the rows it re-staged (the day's bad
+    row fails it), not the rows it left (an old row made bad by hand, which no build wrote, is not
+    read); a test in another invocation, or unscoped, reads every row."""
+    warehouse, *_ = days_built
+    copy = tmp_path / warehouse.name  # (the same name: it is the catalog's; and its write-ahead log)
+    for path in warehouse.parent.glob(warehouse.name + "*"):
+        shutil.copy(path, tmp_path / path.name)
+    project = warehouse.parent.parent.parent / "dbt"
+    with open_warehouse(copy) as con:
+        con.execute("""UPDATE staging.stg_web__events SET event_type = 'bad_old' WHERE message_id =
+                       (SELECT min(message_id) FROM staging.stg_web__events WHERE occurred_at < '2025-05-01')""")
+        con.execute("""INSERT INTO raw.web_events SELECT * REPLACE ('day-row-1' AS messageId, now() AS _loaded_at,
+                       'bad_new' AS "type") FROM raw.web_events WHERE "timestamp" < '2025-06-01' LIMIT 1""")
+    built = _invoke(project, copy, AS_OF + dt.timedelta(days=2), "build", "--select", "stg_web__events", scope=True)
+    name = next(n for n in built if n.startswith("accepted_values_stg_web__events_event_type"))
+    with open_warehouse(copy) as con:  # DEBUG
+        print("DEBUG", con.execute("SELECT * FROM staging.stg_web__events__rebuilt").fetchall()[:5],
+              con.execute("SELECT count(*) FROM staging.stg_web__events__rebuilt").fetchall())
+    assert built[name] == ("fail", 1), built  # the day's bad value, not the old one (one row each)
+    assert all(status in ("pass", "success") for n, (status, _) in built.items() if n != name), built
+    # the same tests in another invocation (or a build with no scope) read every row
+    assert _invoke(project, copy, AS_OF + dt.timedelta(days=2), "test", "--select", "stg_web__events",
+                   scope=True)[name] == ("fail", 2)
+    assert _invoke(project, copy, AS_OF + dt.timedelta(days=2), "test", "--select", "stg_web__events",
+                   scope=False)[name] == ("fail", 2)
+
+
+def test_tests_are_scoped_only_after_a_build_that_passed_them_all(tmp_path):
+    from core.dbt_project import built_with_file as _built_with
+    from core.dbt_project import may_scope_tests, project_digest, tests_passed_file
+
+    assert not may_scope_tests(tmp_path, "dbt_core")  # no build recorded: every test reads everything
+    _built_with(tmp_path, "dbt_core").write_text(project_digest())
+    assert not may_scope_tests(tmp_path, "dbt_core")  # built, but no record that its tests passed
+    tests_passed_file(tmp_path, "dbt_core").write_text(project_digest())
+    assert may_scope_tests(tmp_path, "dbt_core") and not may_scope_tests(tmp_path, "dbt_after_scoring")
+    _built_with(tmp_path, "dbt_core").write_text("a digest of other code\n")  # a full refresh: all
+    assert not may_scope_tests(tmp_path, "dbt_core")

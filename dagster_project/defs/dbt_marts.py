@@ -49,8 +49,10 @@ from core.dbt_project import (
     cache_target_dir,
     dbt_project_dir,
     manifest_is_stale,
+    may_scope_tests,
     needs_full_refresh,
     project_digest,
+    tests_passed_file,
 )
 from core.pii import mask_pii
 from core.settings.scoring import dbt_vars
@@ -95,9 +97,14 @@ def invocation_vars(config: Config, as_of: Optional[str] = None) -> dict[str, An
 AS_OF_ENV = "TESSERA_AS_OF"
 
 
-def invocation_env(as_of: str) -> dict[str, str]:
-    """What a dbt invocation of a run adds to its environment: the run's as_of."""
-    return {AS_OF_ENV: as_of}
+# The environment variable that lets a build test only the rows it rewrote (dbt/macros/test_scope.sql).
+TESTS_SCOPE_ENV = "TESSERA_TESTS_SCOPE"
+
+
+def invocation_env(as_of: str, scope_tests: bool = False) -> dict[str, str]:
+    """What a dbt invocation of a run adds to its environment: the run's as_of, and whether the
+    data tests of the incremental models may read only the rows this build rewrote (empty: all)."""
+    return {AS_OF_ENV: as_of, TESTS_SCOPE_ENV: "changed" if scope_tests else ""}
 
 
 _ENV_LOCK = threading.Lock()
@@ -411,6 +418,10 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     full_refresh = needs_full_refresh(state_dir, op_name)
     if full_refresh:
         log.info("dbt: --full-refresh (the dbt project changed since this selection's last build, or none is recorded)")
+    # Tests read only the rows the build rewrote only after a build that passed them all (a failed
+    # or interrupted build leaves no record, and the next build tests everything).
+    scope_tests = config.engine != "spark" and may_scope_tests(state_dir, op_name)
+    tests_passed_file(state_dir, op_name).unlink(missing_ok=True)
     if config.engine == "spark":  # dbt-spark in this process's session (dagster_project/defs/dbt_spark.py)
         yield from _build_on_spark(context, tessera, config, as_of, full_refresh, run_target)
         _keep_partial_parse(run_target, state_dir)
@@ -419,7 +430,7 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
     manifest, translator, _ = get_manifest_and_translator_from_dbt_assets([context.assets_def])
     # dbt writes the warehouse: only under the project's run lock (dagster_project/run_guard.py).
     with tessera.project_held():
-        with _dbt_process_environment(invocation_env(as_of)):
+        with _dbt_process_environment(invocation_env(as_of, scope_tests)):
             invocation = dbt.cli([*_dbt_args(config, full_refresh), *_checks_only_selects(context, manifest, translator)],
                                  context=context, raise_on_error=False, target_path=run_target)
         with contextlib.redirect_stdout(_DbtProgress()):
@@ -458,6 +469,7 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, tessera: Tessera
             raise Failure(f"dbt build failed: {reason}") from error
         raise error
     built_with_file(state_dir, op_name).write_text(project_digest())
+    tests_passed_file(state_dir, op_name).write_text(project_digest())
 
 
 def _test_checks(context: AssetExecutionContext, run_target: Path, manifest: Mapping[str, Any],

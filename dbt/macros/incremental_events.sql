@@ -63,3 +63,20 @@
            where {{ restage_window_condition(raw_loaded_at, raw_occurred_at) }})
     {%- endif -%}
 {%- endmacro %}
+
+{#- Pre-hook: record the keys about to be re-staged, for the build's data tests
+    (macros/test_scope.sql); a whole build drops the record. Run before the delete: the window is
+    read from the table as the last build left it, as the delete's and the insert's are. -#}
+{% macro record_restaged_keys(raw_table, raw_keys, keys, raw_loaded_at, raw_occurred_at) -%}
+    {%- if is_incremental() -%}
+    {%- set relation = source('raw', raw_table) -%}
+    {%- set keys_sql -%}
+    select distinct {% for raw_key in raw_keys %}{{ raw_key }} as {{ keys[loop.index0] }}{% if not loop.last %}, {% endif %}{% endfor %}
+    from {{ relation }}
+    where {{ restage_window_condition(raw_loaded_at, raw_occurred_at) }}
+    {%- endset -%}
+    {{ record_rebuilt_keys(keys_sql) }}
+    {%- else -%}
+    {{ record_rebuilt_keys(none) }}
+    {%- endif -%}
+{%- endmacro %}

@@ -117,6 +117,31 @@
         {{ var('session_timeout_minutes') }} as session_timeout_minutes
 {%- endmacro %}
 
+{#- The email events int_email_activity rebuilds (email_event_key, source, event_id): the new
+    events, and every event of a subscriber whose record identity moved. -#}
+{% macro email_events_to_rebuild(marks) -%}
+    select events.source || ':' || events.event_id as email_event_key, events.source, events.event_id
+    from (
+        -- (a union, not an IN with an OR: DuckDB plans that OR row by row)
+        select events.source, events.event_id from {{ ref('stg_email__events') }} as events
+        where {{ staged_since(marks) }}
+        union
+        select events.source, events.event_id from {{ ref('stg_email__events') }} as events
+        where (events.source, events.subscriber_id) in (
+            select graph.source, graph.source_record_id
+            from {{ ref('stg_identity__graph') }} as graph
+            where graph.entity = 'subscribers'
+              and graph.record_key in (select record_key from ({{ moved_records(marks) }}) as moved))
+    ) as events
+{%- endmacro %}
+
+{#- First pre-hook of int_email_activity: record the events it rebuilds (macros/test_scope.sql),
+    which the model then reads; a whole rebuild drops the record. -#}
+{% macro record_rebuilt_email_events() -%}
+    {%- set marks = last_build_marks() -%}
+    {{ record_rebuilt_keys(email_events_to_rebuild(marks) if marks is not none else none) }}
+{%- endmacro %}
+
 {#- Pre-hook of int_email_activity: delete the rows of subscribers identity moved (their events are
     inserted again); on a whole rebuild every row. New events have no row yet. -#}
 {% macro forget_email_activity() -%}
@@ -161,6 +186,14 @@
     {%- endfor %}
 {%- endmacro %}
 
+{#- First pre-hook of int_web_sessions: record the visitors about to be rebuilt
+    (macros/test_scope.sql), which the delete and the model then read; a whole rebuild drops the
+    record. -#}
+{% macro record_rebuilt_visitors() -%}
+    {%- set marks = last_build_marks() -%}
+    {{ record_rebuilt_keys(web_visitors_to_rebuild(marks) if marks is not none else none) }}
+{%- endmacro %}
+
 {#- Pre-hook of int_web_sessions: delete the sessions of the visitors about to be rebuilt; on a
     whole rebuild every row. -#}
 {% macro forget_web_sessions() -%}
@@ -168,7 +201,7 @@
     {%- set marks = last_build_marks() -%}
     delete from {{ this }}
     {%- if marks is not none %}
-    where visitor_key in ({{ web_visitors_to_rebuild(marks) }})
+    where visitor_key in (select visitor_key from {{ rebuilt_keys_relation() }})
     {%- endif -%}
     {%- endif -%}
 {%- endmacro %}

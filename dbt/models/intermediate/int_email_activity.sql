@@ -6,39 +6,20 @@
     materialized=rebuilt_per_key_materialization(),
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ forget_email_activity() }}",
-    post_hook="{{ record_build_marks(ref('stg_email__events')) }}"
+    pre_hook=["{{ record_rebuilt_email_events() }}", "{{ forget_email_activity() }}"],
+    post_hook="{{ record_build_marks(ref('stg_email__events')) }}",
+    meta={"rebuilt_keys": ["email_event_key"]}
 ) }}
 
 with graph as (
     select * from {{ ref('stg_identity__graph') }}
 ),
 
-{% if marks is not none -%}
-moved_subscribers as (
-    -- subscribers whose record identity moved since the last build: all their events again
-    select graph.source, graph.source_record_id as subscriber_id
-    from graph
-    where graph.entity = 'subscribers'
-      and graph.record_key in (select record_key from ({{ moved_records(marks) }}) as moved)
-),
-
-{% endif -%}
-{% if marks is not none -%}
-affected_events as (
-    -- (a union, not an IN with an OR: DuckDB plans that OR row by row)
-    select events.source, events.event_id from {{ ref('stg_email__events') }} as events
-    where {{ staged_since(marks) }}
-    union
-    select events.source, events.event_id from {{ ref('stg_email__events') }} as events
-    where (events.source, events.subscriber_id) in (select source, subscriber_id from moved_subscribers)
-),
-
-{% endif -%}
 events as (
     select events.* from {{ ref('stg_email__events') }} as events
     {%- if marks is not none %}
-    where (events.source, events.event_id) in (select source, event_id from affected_events)
+    -- the events the first pre-hook recorded (email_events_to_rebuild)
+    where (events.source, events.event_id) in (select source, event_id from {{ rebuilt_keys_relation() }})
     {%- endif %}
 ),
 

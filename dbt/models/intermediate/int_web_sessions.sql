@@ -11,8 +11,9 @@
     materialized=rebuilt_per_key_materialization(),
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ forget_web_sessions() }}",
-    post_hook="{{ record_build_marks(ref('stg_web__events')) }}"
+    pre_hook=["{{ record_rebuilt_visitors() }}", "{{ forget_web_sessions() }}"],
+    post_hook="{{ record_build_marks(ref('stg_web__events')) }}",
+    meta={"rebuilt_keys": ["visitor_key"], "determines_rebuilt_keys": ["session_id"]}
 ) }}
 
 with graph as (
@@ -20,8 +21,9 @@ with graph as (
 ),
 
 {% if marks is not none -%}
-affected as materialized (
-    {{ web_visitors_to_rebuild(marks) }}
+affected as (
+    -- the visitors the first pre-hook recorded (web_visitors_to_rebuild)
+    select visitor_key from {{ rebuilt_keys_relation() }} where visitor_key is not null
 ),
 
 affected_events as (

@@ -5,7 +5,9 @@
     materialized=event_staging_materialization(),
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ forget_restaged_rows('email_events', ['_source', 'event_id'], ['source', 'event_id'], '_loaded_at', 'occurred_at') }}"
+    pre_hook=["{{ record_restaged_keys('email_events', ['_source', 'event_id'], ['source', 'event_id'], '_loaded_at', 'occurred_at') }}",
+              "{{ forget_restaged_rows('email_events', ['_source', 'event_id'], ['source', 'event_id'], '_loaded_at', 'occurred_at') }}"],
+    meta={"rebuilt_keys": ['source', 'event_id']}
 ) }}
 
 with source as (

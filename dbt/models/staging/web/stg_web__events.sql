@@ -5,7 +5,9 @@
     materialized=event_staging_materialization(),
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ forget_restaged_rows('web_events', ['_source', 'messageId'], ['source', 'message_id'], '_loaded_at', adapter.quote('timestamp')) }}"
+    pre_hook=["{{ record_restaged_keys('web_events', ['_source', 'messageId'], ['source', 'message_id'], '_loaded_at', adapter.quote('timestamp')) }}",
+              "{{ forget_restaged_rows('web_events', ['_source', 'messageId'], ['source', 'message_id'], '_loaded_at', adapter.quote('timestamp')) }}"],
+    meta={"rebuilt_keys": ['source', 'message_id']}
 ) }}
 
 with source as (
