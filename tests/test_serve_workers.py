@@ -187,7 +187,8 @@ def test_kill_9_of_one_worker_under_load_loses_no_acknowledged_event(tmp_path):
         stop.set()
         for t in threads:
             t.join(timeout=10)
-        assert before_kill > 300 and failed, "the load must be running when the worker is killed"
+        # (a kill between two of the victim's requests fails none of them: `failed` may be empty)
+        assert before_kill > 300, "the load must be running when the worker is killed"
         assert len(acked) > before_kill, "the other worker kept acknowledging"
         session = requests.Session()
         for ids in failed:  # the SDKs retry what was not acknowledged
