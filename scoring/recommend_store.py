@@ -196,7 +196,10 @@ def run_incremental(con, as_of, settings: RecommendationsSettings, k: int | None
         model = saved.deployed
         inputs = person_inputs(con, as_of, model.fitted_as_of, settings)
         changed = _changed(con, inputs, saved.model_version)
-        keep = np.setdiff1d(inputs["person_id"].to_numpy(), changed)
+        everyone = inputs["person_id"]
+        # (a hash lookup: numpy's set operations on string arrays sort, and took 206 CPU-s for
+        # 11k changed of 1.16M persons, where this takes 0.2)
+        keep = everyone[~everyone.isin(changed)].to_numpy()
         if len(changed):
             data = load_interactions(con, as_of, model.fitted_as_of - pd.Timedelta(days=settings.view_days),
                                      persons=np.sort(changed))
