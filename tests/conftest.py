@@ -19,11 +19,12 @@ from tests.helpers import make_config  # noqa: E402
 # `make test` runs modules in parallel, each module whole on one worker (--dist loadfile), handed
 # out in collection order (--no-loadscope-reorder). Longest first, so that no long module starts
 # last and runs alone while the other worker idles (longest-processing-time-first); the rest
-# keep their order. From `pytest --durations=40` (setup + calls per module); update when a
-# module's cost changes.
-LONGEST_FIRST = ("test_privacy.py", "test_incremental_agreement.py", "test_exports.py", "test_quality_gate.py", "test_spark.py", "test_marketing.py",
-                 "test_dbt_marts.py", "test_crash_only.py", "test_dagster_ingestion.py", "test_identity_e2e.py",
-                 "test_identity_subsets.py", "test_install.py", "test_experiments.py", "test_activation.py")
+# keep their order. By CPU seconds per module (setup + calls, self + children), measured on a
+# whole `make test`; update when a module's cost changes. test_spark.py is not in `make test`.
+LONGEST_FIRST = ("test_incremental_agreement.py", "test_privacy.py", "test_quality_gate.py", "test_exports.py",
+                 "test_install.py", "test_crash_only.py", "test_marketing.py", "test_dbt_marts.py",
+                 "test_segment_spec.py", "test_identity_e2e.py", "test_identity_subsets.py", "test_dagster_ingestion.py",
+                 "test_generator.py", "test_dbt_incremental.py", "test_spark.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
