@@ -14,8 +14,9 @@ no table of record for raw data or marts):
   declared in the session's catalog, where the next dbt build reads them.
 
 The working copy is authoritative for those Python-stage schemas (they are never copied back
-in), Spark for everything else. The scale limit: a copied table passes through the driver as
-Arrow batches and is then held by DuckDB on the driver's disk, so these stages run while the
+in), Spark for everything else. The scale limit: a copied table passes through the driver in
+slices of its Parquet files (``CHUNK_BYTES`` at a time, as Arrow) and is then held by DuckDB on
+the driver's disk, so these stages run while the
 marts and identity records fit one machine's disk (DuckDB spills; memory is not the limit),
 which is the size DuckDB alone handles. Past that, scoring needs Spark ML, which Tessera does
 not have yet (README "Running on Spark").
@@ -39,8 +40,10 @@ if TYPE_CHECKING:
 PYTHON_SCHEMAS = ("identity", "scoring", "segments", "experiments", "quality", "privacy")
 # What the working copy remembers of each imported table: its files' signature.
 IMPORTS = "main._spark_imports"
-# Arrow batches of this many rows between Spark and DuckDB.
-BATCH_ROWS = 200_000
+# A table comes to the driver this many bytes of its Parquet files at a time. Whole, a table
+# is one Spark job whose results the driver holds at once: at 100k customers raw.web_events
+# alone passed spark.driver.maxResultSize (1 GiB of Arrow from ~0.3 GB of Parquet).
+CHUNK_BYTES = 64 << 20
 
 
 def _signature(spark: "SparkSession", name: str) -> str | None:
@@ -112,31 +115,63 @@ def _python_generation(config: "Config") -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def _file_slices(frame) -> list[list[str]] | None:
+    """The table's Parquet files in slices of about CHUNK_BYTES (a file larger than that alone);
+    None for a view or files not on a local path (then the table comes whole)."""
+    try:
+        files = sorted(frame.inputFiles())
+    except Exception:
+        return None
+    slices, size = [], CHUNK_BYTES
+    for uri in files:
+        if not (uri.startswith("file:") or uri.startswith("/")):
+            return None
+        try:
+            n = local_path(uri).stat().st_size
+        except OSError:
+            return None
+        if size + n > CHUNK_BYTES:
+            slices.append([])
+            size = 0
+        slices[-1].append(uri)
+        size += n
+    return slices
+
+
 def _copy_in(spark: "SparkSession", con: "duckdb.DuckDBPyConnection", source: str, schema: str, table: str,
              naive: bool) -> None:
-    """One Spark table into DuckDB, through Arrow. ``naive``: Spark's timestamps (instants) as
-    DuckDB's naive UTC TIMESTAMP, the type dbt-duckdb gives the marts (raw keeps TIMESTAMPTZ,
-    as the DuckDB loader writes it)."""
+    """One Spark table into DuckDB, through Arrow, a slice of its files at a time. ``naive``:
+    Spark's timestamps (instants) as DuckDB's naive UTC TIMESTAMP, the type dbt-duckdb gives the
+    marts (raw keeps TIMESTAMPTZ, as the DuckDB loader writes it)."""
     import pyarrow as pa
 
     frame = spark.table(source)
-    arrow = frame.toArrow()
+    slices = _file_slices(frame)
+    # (each slice read with the table's own schema: the same columns and types as the table)
+    parts = [frame] if not slices else [spark.read.schema(frame.schema).parquet(*files) for files in slices]
     con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    cols = []
-    for f in arrow.schema:
-        if naive and pa.types.is_timestamp(f.type) and f.type.tz is not None:
-            cols.append(f'CAST("{f.name}" AS TIMESTAMP) AS "{f.name}"')
-        else:
-            cols.append(f'"{f.name}"')
-    con.register("_spark_in", arrow)
-    try:
-        kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                           [schema, table]).fetchall()
-        if kind and kind[0][0] == "VIEW":
-            con.execute(f'DROP VIEW "{schema}"."{table}"')
-        con.execute(f'CREATE OR REPLACE TABLE "{schema}"."{table}" AS SELECT {", ".join(cols) or "*"} FROM _spark_in')
-    finally:
-        con.unregister("_spark_in")
+    for i, part in enumerate(parts):
+        arrow = part.toArrow()
+        cols = []
+        for f in arrow.schema:
+            if naive and pa.types.is_timestamp(f.type) and f.type.tz is not None:
+                cols.append(f'CAST("{f.name}" AS TIMESTAMP) AS "{f.name}"')
+            else:
+                cols.append(f'"{f.name}"')
+        con.register("_spark_in", arrow)
+        try:
+            if i == 0:
+                kind = con.execute("SELECT table_type FROM information_schema.tables "
+                                   "WHERE table_schema = ? AND table_name = ?", [schema, table]).fetchall()
+                if kind and kind[0][0] == "VIEW":
+                    con.execute(f'DROP VIEW "{schema}"."{table}"')
+                con.execute(f'CREATE OR REPLACE TABLE "{schema}"."{table}" AS '
+                            f'SELECT {", ".join(cols) or "*"} FROM _spark_in')
+            else:
+                con.execute(f'INSERT INTO "{schema}"."{table}" SELECT {", ".join(cols) or "*"} FROM _spark_in')
+        finally:
+            con.unregister("_spark_in")
+        del arrow
 
 
 def export_to_spark(spark: "SparkSession", con: "duckdb.DuckDBPyConnection", config: "Config",

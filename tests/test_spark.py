@@ -197,8 +197,8 @@ def test_ingestion_on_spark_matches_duckdb(tmp_path, spark, monkeypatch):
             ("pos_outlet/members_1.csv", "field_nulled:invalid_value"),
             ("pos_outlet/members_1.csv", "invalid_timestamp")} <= reasons
     # the catalog sees the tables Spark wrote
-    assert spark.table("spark_catalog.raw.web_events").count() == con.execute(
-        "SELECT count(*) FROM raw.web_events").fetchall()[0][0]
+    duck_rows_before_e4 = con.execute("SELECT * FROM raw.web_events").fetchall()
+    assert spark.table("spark_catalog.raw.web_events").count() == len(duck_rows_before_e4)
 
     # a crash between a file's rows and its manifest row: nothing of it stays, the rerun loads it once
     write(spark_cfg.landing_dir / "web" / "e4.jsonl", "\n".join(web_line(i) for i in range(300, 310)) + "\n")
@@ -216,6 +216,21 @@ def test_ingestion_on_spark_matches_duckdb(tmp_path, spark, monkeypatch):
     e4 = spark.sql("SELECT count(*) FROM spark_catalog.raw.web_events WHERE _file = 'web/e4.jsonl'").first()[0]
     assert e4 == 10
     con.close()
+
+    # The working copy gets a table a slice of its Parquet files at a time (whole, raw.web_events
+    # at 100k customers passed spark.driver.maxResultSize): the same rows and types as whole.
+    from core import spark_bridge
+
+    copies = {}
+    for name, chunk in (("whole", 1 << 40), ("one file per slice", 1)):
+        monkeypatch.setattr(spark_bridge, "CHUNK_BYTES", chunk)
+        copies[name] = duckdb.connect()
+        spark_bridge._copy_in(spark, copies[name], "spark_catalog.raw.web_events", "raw", "web_events", naive=True)
+    assert len(spark_bridge._file_slices(spark.table("spark_catalog.raw.web_events"))) > 3
+    rows = {name: c.execute("SELECT * FROM raw.web_events ORDER BY _file, _row").fetchall() for name, c in copies.items()}
+    assert rows["one file per slice"] == rows["whole"] and len(rows["whole"]) == e4 + len(duck_rows_before_e4)
+    types = {name: c.execute("DESCRIBE raw.web_events").fetchall() for name, c in copies.items()}
+    assert types["one file per slice"] == types["whole"]
 
 
 # ------------------------------------------------------------------ identity: the same pairs and clusters
