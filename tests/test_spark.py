@@ -265,7 +265,7 @@ def identity_records(n_people: int = 120, seed: int = 5) -> list[dict]:
     return [{"unique_id": i, **r} for i, r in enumerate(rows)]
 
 
-def test_identity_on_spark_gives_the_duckdb_pairs_and_clusters(spark):
+def test_identity_on_spark_gives_the_duckdb_pairs_and_clusters(spark, tmp_path):
     import pyarrow as pa
 
     from identity import spark_splink, splink_model
@@ -294,6 +294,14 @@ def test_identity_on_spark_gives_the_duckdb_pairs_and_clusters(spark):
     duck_keyed, spark_keyed = keyed(duck_pairs), keyed([r.asDict() for r in spark_pairs])
     assert spark_keyed.keys() == duck_keyed.keys()
     assert all(abs(spark_keyed[k] - duck_keyed[k]) < 1e-6 for k in duck_keyed)
+    # the stage's scorer hands the records over as Parquet files (in memory, one local relation
+    # ran the driver's heap out at 100k customers): the same pairs, and no file left behind
+    scratch = tmp_path / "scratch"
+    scored = spark_splink.pair_scorer(spark, settings, str(scratch))(table, model, settings.match_threshold)
+    scored_keyed = keyed(scored.to_pylist())
+    assert scored_keyed.keys() == duck_keyed.keys()
+    assert all(abs(scored_keyed[k] - duck_keyed[k]) < 1e-6 for k in duck_keyed)
+    assert scratch.is_dir() and not any(scratch.rglob("*"))
 
     # clusters: scipy's components of the DuckDB pairs = Spark's components of Spark's pairs
     left = np.array([k[0] for k in duck_keyed])
