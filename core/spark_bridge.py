@@ -94,7 +94,7 @@ def import_from_spark(spark: "SparkSession", con: "duckdb.DuckDBPyConnection", c
         sig = f"view:{generation}" if view else sigs[name]
         if sig is not None and known.get(name) == sig:
             continue
-        _copy_in(spark, con, qualified(config, schema, table), schema, table, naive=schema != "raw")
+        _copy_in(spark, con, qualified(config, schema, table), schema, table, naive=schema != "raw", view=view)
         con.execute(f"INSERT OR REPLACE INTO {IMPORTS} VALUES (?, ?)", [name, sig])
         copied.append(name)
     if progress and copied:
@@ -117,7 +117,8 @@ def _python_generation(config: "Config") -> str:
 
 def _file_slices(frame) -> list[list[str]] | None:
     """The table's Parquet files in slices of about CHUNK_BYTES (a file larger than that alone);
-    None for a view or files not on a local path (then the table comes whole)."""
+    None when a file is not on a local path (then the table comes whole). Not for a view: its
+    input files are the tables it reads, with their own types."""
     try:
         files = sorted(frame.inputFiles())
     except Exception:
@@ -139,14 +140,14 @@ def _file_slices(frame) -> list[list[str]] | None:
 
 
 def _copy_in(spark: "SparkSession", con: "duckdb.DuckDBPyConnection", source: str, schema: str, table: str,
-             naive: bool) -> None:
-    """One Spark table into DuckDB, through Arrow, a slice of its files at a time. ``naive``:
+             naive: bool, view: bool = False) -> None:
+    """One Spark table into DuckDB, through Arrow, a slice of its files at a time (a view whole). ``naive``:
     Spark's timestamps (instants) as DuckDB's naive UTC TIMESTAMP, the type dbt-duckdb gives the
     marts (raw keeps TIMESTAMPTZ, as the DuckDB loader writes it)."""
     import pyarrow as pa
 
     frame = spark.table(source)
-    slices = _file_slices(frame)
+    slices = None if view else _file_slices(frame)
     # (each slice read with the table's own schema: the same columns and types as the table)
     parts = [frame] if not slices else [spark.read.schema(frame.schema).parquet(*files) for files in slices]
     con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')

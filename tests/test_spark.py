@@ -231,6 +231,19 @@ def test_ingestion_on_spark_matches_duckdb(tmp_path, spark, monkeypatch):
     assert rows["one file per slice"] == rows["whole"] and len(rows["whole"]) == e4 + len(duck_rows_before_e4)
     types = {name: c.execute("DESCRIBE raw.web_events").fetchall() for name, c in copies.items()}
     assert types["one file per slice"] == types["whole"]
+    # a view comes whole: its input files are the table it reads, whose types are not the view's
+    # (as marts.identity_graph's FLOAT over identity.graph's DOUBLE)
+    spark.sql("CREATE TABLE spark_catalog.raw.prices USING parquet AS SELECT CAST(_row AS DOUBLE) AS price "
+              "FROM spark_catalog.raw.web_events")
+    spark.sql("CREATE OR REPLACE VIEW spark_catalog.raw.prices_float AS "
+              "SELECT CAST(price AS FLOAT) AS price FROM spark_catalog.raw.prices")
+    try:
+        working = duckdb.connect()
+        assert "raw.prices_float" in spark_bridge.import_from_spark(spark, working, spark_cfg)
+        assert working.execute("SELECT count(*) FROM raw.prices_float").fetchall()[0][0] == len(rows["whole"])
+    finally:
+        spark.sql("DROP VIEW spark_catalog.raw.prices_float")
+        spark.sql("DROP TABLE spark_catalog.raw.prices")
 
 
 # ------------------------------------------------------------------ identity: the same pairs and clusters
