@@ -81,6 +81,11 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
 
 
+def is_local(uri: str) -> bool:
+    """A file: URI or a plain path (not an object store's or HDFS's URI)."""
+    return uri.startswith("file:") or "://" not in uri
+
+
 def local_path(uri: str) -> Path:
     """A file: URI (or a plain path) as a local path."""
     return Path(urlparse(uri).path) if uri.startswith("file:") else Path(uri)

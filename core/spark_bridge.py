@@ -28,7 +28,7 @@ import hashlib
 import shutil
 from typing import TYPE_CHECKING, Iterable
 
-from core.spark import local_path, qualified, table_location
+from core.spark import is_local, local_path, qualified, table_location
 
 if TYPE_CHECKING:
     import duckdb
@@ -55,7 +55,7 @@ def _signature(spark: "SparkSession", name: str) -> str | None:
         return None
     parts = []
     for uri in files:
-        if not (uri.startswith("file:") or uri.startswith("/")):
+        if not is_local(uri):
             return None
         p = local_path(uri)
         try:
@@ -125,7 +125,7 @@ def _file_slices(frame) -> list[list[str]] | None:
         return None
     slices, size = [], CHUNK_BYTES
     for uri in files:
-        if not (uri.startswith("file:") or uri.startswith("/")):
+        if not is_local(uri):
             return None
         try:
             n = local_path(uri).stat().st_size
@@ -220,7 +220,7 @@ def _copy_out(spark: "SparkSession", con: "duckdb.DuckDBPyConnection", config: "
     location = table_location(config, schema, table)
     name = qualified(config, schema, table)
     select = f'SELECT {_spark_safe_columns(con, schema, table)} FROM "{schema}"."{table}"'
-    if location.startswith("file:") or "://" not in location:
+    if is_local(location):
         folder = local_path(location)
         tmp = folder.with_name(folder.name + ".writing")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -42,7 +42,7 @@ from core.config import Config, EntityFiles, Source
 from core.contracts import BOOLEAN, DATE, DECIMAL, ENTITIES, INTEGER, JSON, STRING, TIMESTAMP, Entity
 from core.contracts import entity as contract_entity
 from core.identifiers import install as install_hashing
-from core.spark import local_path, qualified, table_location
+from core.spark import is_local, local_path, qualified, table_location
 from ingestion.loader import (
     _BOM,
     LOADED,
@@ -120,7 +120,7 @@ def contract_columns(ent: Entity) -> str:
 
 
 def _local_dir(location: str) -> None:
-    if location.startswith("file:") or "://" not in location:
+    if is_local(location):
         local_path(location).mkdir(parents=True, exist_ok=True)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core import identifiers as keys
-from core.spark import local_path, qualified, table_location
+from core.spark import is_local, local_path, qualified, table_location
 from core.spark_bridge import PYTHON_SCHEMAS, export_to_spark, spark_tables
 from ingestion.spark_loader import LOADS, QUARANTINE, RAW
 
@@ -48,7 +48,7 @@ class ErasureNotOnSpark(RuntimeError):
 def check_supported(config: "Config") -> None:
     """Stop before anything is erased when the warehouse is not local or mounted."""
     location = config.spark_warehouse
-    if not (location.startswith("file:") or "://" not in location):
+    if not is_local(location):
         raise ErasureNotOnSpark(
             f"erasure on engine: spark rewrites the raw tables' load folders in place, which needs the Spark "
             f"warehouse on a local or mounted path; spark.warehouse is {location.split('://')[0]}://... "
@@ -57,7 +57,7 @@ def check_supported(config: "Config") -> None:
 
 def spark_warehouse_dir(config: "Config") -> Path | None:
     location = config.spark_warehouse
-    return local_path(location) if (location.startswith("file:") or "://" not in location) else None
+    return local_path(location) if is_local(location) else None
 
 
 def erase_in_spark(spark: "SparkSession", config: "Config", con: "duckdb.DuckDBPyConnection",

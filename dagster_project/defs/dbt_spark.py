@@ -55,10 +55,10 @@ def _drop_orphaned_folders(spark, nodes: list[Mapping[str, Any]]) -> None:
     to do there.)"""
     import shutil
 
-    from core.spark import local_path
+    from core.spark import is_local, local_path
 
     root = spark.conf.get("spark.sql.warehouse.dir")
-    if "://" in root and not root.startswith("file:"):
+    if not is_local(root):
         return
     for node in nodes:
         if node["config"].get("materialized") not in ("table", "incremental"):
