@@ -17,7 +17,14 @@ is what falls outside every step (start-up, definitions, planning, summary).
 With ``--compare-full``, a second project gets the same landed files (the increments included)
 and one full run at the last day's as_of; its snapshot is compared with the incremental
 project's (``publish.compare``): same person ids, segment members, scores, offers and lists, and
-what the full run would have cost that day.
+what the full run would have cost that day. By default both projects keep their model schedules,
+so the daily project scores with models fitted up to a week earlier than the rebuild's: the
+comparison then mixes model age with incremental work. ``--same-models`` refits every model in
+every run on both sides (Splink's `retrain_every_days`, the scoring models' and
+recommendations' `refit_every_days`, all 0), as `tests/test_incremental_agreement.py` does: what
+differs is then what incremental work did differently, and the daily runs cost the refits too.
+
+    python -m bench.bench_pipeline --customers 100000 --days 30 --no-rerun --compare-full --same-models
 """
 
 from __future__ import annotations
@@ -196,12 +203,25 @@ def _link_or_copy(src, dst):
     return dst
 
 
-def project(customers: int, landing: Path | None = None, suffix: str = "") -> Path:
+# Every model refitted in every run (--same-models): the keys `cdp init` writes as `{}`.
+REFIT_EVERY_RUN = {"identity": "{splink: {retrain_every_days: 0}}", "churn": "{refit_every_days: 0}",
+                   "cart_intent": "{refit_every_days: 0}", "recommendations": "{refit_every_days: 0}"}
+
+
+def project(customers: int, landing: Path | None = None, suffix: str = "", same_models: bool = False) -> Path:
     """A fresh project whose landing folder holds the generated data (increments add to it), or
     the files of another project's ``landing``."""
     folder = OUT / f"pipeline_{customers}{suffix}"
     shutil.rmtree(folder, ignore_errors=True)
     subprocess.run([str(ROOT / ".venv/bin/cdp"), "init", str(folder)], check=True, capture_output=True)
+    if same_models:
+        cfg = folder / "cdp.yaml"
+        text = cfg.read_text()
+        for section, value in REFIT_EVERY_RUN.items():
+            if f"\n{section}: {{}}\n" not in text:
+                raise SystemExit(f"--same-models: `cdp init` no longer writes `{section}: {{}}` in cdp.yaml")
+            text = text.replace(f"\n{section}: {{}}\n", f"\n{section}: {value}\n", 1)
+        cfg.write_text(text)
     shutil.rmtree(folder / "landing", ignore_errors=True)
     shutil.copytree(landing or data_dir(customers), folder / "landing",
                     ignore=shutil.ignore_patterns("ground_truth", ".complete"), copy_function=_link_or_copy)
@@ -265,11 +285,11 @@ def measure(name: str, folder: Path, day: dt.date, env: dict, max_rss_gb: float 
 
 
 def main(customers: int, days: int = 7, rerun: bool = True, max_rss_gb: float | None = None,
-         compare_full: bool = False) -> dict:
+         compare_full: bool = False, same_models: bool = False) -> dict:
     """`make bench`'s entry (bench/run_all.py): the figures, also written to bench_out/."""
     from ingestion.generator.increment import write_day
 
-    folder = project(customers)
+    folder = project(customers, same_models=same_models)
     env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"}
     as_of = dt.date.fromisoformat(BENCH_AS_OF)
     plan = [("full", as_of, None)] + [(f"day {k}", as_of + dt.timedelta(days=k), k) for k in range(1, days + 1)]
@@ -288,7 +308,7 @@ def main(customers: int, days: int = 7, rerun: bool = True, max_rss_gb: float | 
     agreement = None
     if compare_full and days and not results[-1]["killed"]:
         last_day = plan[-1][1]
-        rebuilt = project(customers, landing=folder / "landing", suffix="_full")
+        rebuilt = project(customers, landing=folder / "landing", suffix="_full", same_models=same_models)
         print(f"full rebuild of the same {len(list((folder / 'landing').rglob('*.*'))):,} landed files at {last_day}",
               flush=True)
         results.append(measure("full again", rebuilt, last_day, env, max_rss_gb))
@@ -300,11 +320,13 @@ def main(customers: int, days: int = 7, rerun: bool = True, max_rss_gb: float | 
         print(f"  {r['run']:<10} {r['wall_s']:>8.1f} {r['cpu_s'] or 0:>8.1f} {(r['cpu_s'] or 0) / full:>7.3f}"
               + ("  (nothing changed: skipped)" if r["unchanged_since"] else ""))
     if agreement:
-        print(f"\nday {days} incremental against a full rebuild of the same data:")
+        models = ("every model refitted in every run on both sides" if same_models else
+                  "the daily project's models fitted on their schedule, the rebuild's on the last day")
+        print(f"\nday {days} incremental against a full rebuild of the same data ({models}):")
         for line in agreement.summary():
             print(f"  {line}")
     out = OUT / f"bench_pipeline_{customers}.json"
-    out.write_text(json.dumps({"customers": customers, "days": days, "runs": results,
+    out.write_text(json.dumps({"customers": customers, "days": days, "same_models": same_models, "runs": results,
                                "agreement": agreement.as_dict() if agreement else None}, indent=2))
     print(f"written {out}")
     return {f"{r['run']} {k}": r[k] for r in results for k in ("wall_s", "cpu_s")} | {
@@ -333,5 +355,9 @@ if __name__ == "__main__":
     parser.add_argument("--compare-full", action="store_true",
                         help="then rebuild the same landed data in a new project in one full run and compare the "
                              "two snapshots (persons, segments, scores, offers, lists)")
+    parser.add_argument("--same-models", action="store_true",
+                        help="refit every model in every run on both projects, so that --compare-full measures "
+                             "incremental work alone, not model age (the daily runs then cost the refits too)")
     cli = parser.parse_args()
-    main(cli.customers, cli.days, rerun=not cli.no_rerun, max_rss_gb=cli.max_rss_gb, compare_full=cli.compare_full)
+    main(cli.customers, cli.days, rerun=not cli.no_rerun, max_rss_gb=cli.max_rss_gb, compare_full=cli.compare_full,
+         same_models=cli.same_models)
