@@ -33,7 +33,6 @@ from scoring.models import (
     capped,
     cross_calibrated,
     expected_calibration_error,
-    halves,
     model_version,
     reasons,
     select_and_fit,
@@ -125,7 +124,21 @@ def risk_tier(p: np.ndarray, settings: ChurnSettings) -> np.ndarray:
 
 
 def _halves(frame: pd.DataFrame) -> np.ndarray:
-    return halves(frame["person_id"])
+    # by what the row holds, not whose it is (see _in_data_order)
+    return (pd.util.hash_pandas_object(frame[[*FEATURES, LABEL]], index=False).to_numpy() % 2).astype(bool)
+
+
+def _in_data_order(features: pd.DataFrame) -> pd.DataFrame:
+    """The rows in an order that depends on the data only. dbt returns them in any order, and
+    boosting's early-stopping split and the training cap are by position, so the same data must
+    reach the model the same way every run. Not by person id: two warehouses with the same data
+    can name a few persons differently (a daily project keeps the id that survived a merge, a
+    rebuild mints one), and ordered by id that moved every later row and changed every score.
+    Rows with equal features and label are interchangeable to the model; the id only breaks
+    their tie."""
+    frame = features.copy()
+    frame[FEATURES] = frame[FEATURES].astype(float).fillna(0.0)
+    return frame.sort_values(["snapshot", *FEATURES, LABEL, "person_id"], kind="stable").reset_index(drop=True)
 
 
 def _cross_calibrated(model, frame: pd.DataFrame, method: str) -> np.ndarray:
@@ -192,10 +205,7 @@ def _train_and_score(features: pd.DataFrame, settings: ChurnSettings, previous_a
                     saved: SavedModel | None = None) -> ChurnResult:
     """Score the `score` snapshot with `saved` when it is still good (model_store.refit_reason),
     else with a model fitted now (ChurnResult.refitted; the caller saves it)."""
-    # Rows in a fixed order: dbt returns them in any order, and boosting's early-stopping
-    # split is by position, so the same data must reach the model the same way every run.
-    frame = features.sort_values(["snapshot", "person_id"], kind="stable").reset_index(drop=True)
-    frame[FEATURES] = frame[FEATURES].astype(float).fillna(0.0)
+    frame = _in_data_order(features)
     train = frame[frame["snapshot"] == "train"]
     validate = frame[frame["snapshot"] == "validate"]
     rows = frame[frame["snapshot"] == "score"]

@@ -53,3 +53,22 @@ def test_a_horizon_longer_than_the_history_is_fitted_or_skipped():
     assert len(partial.predictions) == 3000 and "in-time" in partial.notes[0]
     skipped = train_and_score(features(snapshots=("score",)), ChurnSettings())
     assert skipped.algorithm == "skipped" and skipped.predictions.empty and "skipped" in skipped.notes[0]
+
+
+def test_the_same_data_under_other_person_ids_gives_the_same_model_and_scores():
+    """Two warehouses with the same data can name a few persons differently (a daily project keeps
+    the id that survived a merge, a full rebuild mints one): the model must not depend on the
+    names. Ordered by person id, one renamed person moved every later row into another place of
+    boosting's early-stopping split, and every score changed."""
+    frame = features(n=1500)
+    renamed = frame.copy()
+    # the first training person now sorts last, and the rows come back in another order
+    renamed.loc[0, "person_id"] = "zz_renamed"
+    renamed = renamed.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    settings = ChurnSettings(algorithms=["gradient_boosting"])
+    a, b = train_and_score(frame, settings), train_and_score(renamed, settings)
+    assert a.model_version == b.model_version
+    assert a.validation == b.validation
+    pa = a.predictions.set_index("person_id")["churn_probability"]
+    pb = b.predictions.set_index("person_id")["churn_probability"]
+    assert len(pa) == 1500 and pa.sort_index().equals(pb.sort_index())
