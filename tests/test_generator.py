@@ -658,3 +658,25 @@ def test_clean_option_writes_no_bad_rows(tmp_path):
     summary = generate(300, 3, tmp_path, as_of=AS_OF, clean=True, bad_row_rates=BadRowRates())
     assert summary.bad_rows == {}
     assert json.loads((tmp_path / "ground_truth/mess.json").read_text())["bad_rows_total"] == 0
+
+
+def test_bad_rows_never_make_a_file_the_loader_would_reject(tmp_path):
+    """A small file (a young shop's month of support tickets: 4 rows) got one bad row on some dates
+    and was then 20% bad, over the loader's 5% bound: rejected whole, it stopped `cdp run` on the
+    generator's own data. Bad rows stay within half the default bound, in a file of any size."""
+    import numpy as np
+
+    from core.config import Ingestion
+    from ingestion.generator.bad_rows import BadRowInjector
+
+    bound = Ingestion().max_bad_row_rate / 2
+    every_row_bad = BadRowRates(**{kind: 1.0 for kind in BadRowRates().as_dict()})
+    injector = BadRowInjector(every_row_bad, np.random.default_rng(1), enabled=True)
+    injected = {}
+    for good_rows in (4, 38, 40, 1000):
+        path = tmp_path / f"tickets_{good_rows}.jsonl"
+        path.write_text("")
+        injected[good_rows] = bad = injector.append(path, path.name, "support/tickets", good_rows, "2026-07")
+        assert bad / (good_rows + bad) <= bound, (good_rows, bad)
+    # every row drawn bad: the cap decides (2.5% of 40 rows is one; of 1,000, 25)
+    assert injected == {4: 0, 38: 0, 40: 1, 1000: 25}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.config import Ingestion
+
 from .textops import STR, S, hex_strings, padded, scramble
 
 # Which kinds apply to which file sets (the folder/prefix of a monthly file).
@@ -20,6 +22,14 @@ CSV_KINDS = {
     "pos/line_items": ("non_numeric", "missing_key"),
     "email/events": ("missing_key", "impossible_timestamp"),
 }
+
+
+# At most this share of a file's rows is bad: half the loader's default bound
+# (ingestion.max_bad_row_rate), so that generated data shows rows quarantined, never a file
+# rejected whole. The rates below are far under it in a big file; a small one (a young or small
+# shop's month of support tickets: 4 rows) would pass it with a single bad row, and its
+# rejection stopped `cdp run` on the date that drew it.
+MAX_BAD_SHARE = Ingestion.model_fields["max_bad_row_rate"].default / 2
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,11 @@ class BadRowInjector:
         else:
             kinds, make = CSV_KINDS[file_set], None
         lines, counts = [], {}
+        budget = int(good_rows * MAX_BAD_SHARE / (1 - MAX_BAD_SHARE))  # bad / (good + bad) <= the share
         for kind in kinds:  # a loop over a handful of kinds
-            n = int(self.rng.binomial(good_rows, getattr(self.rates, kind)))
+            drawn = int(self.rng.binomial(good_rows, getattr(self.rates, kind)))
+            n = min(drawn, budget)
+            budget -= n
             if n == 0:
                 continue
             if make is None:
