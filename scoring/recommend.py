@@ -164,7 +164,7 @@ def _by_history(persons: np.ndarray, lines: pd.DataFrame, views: pd.DataFrame) -
             lines[["i", "order_key", "t"]], index=False).to_numpy())
     known = views[views["u"] >= 0]
     if len(known):
-        # (views' hashes shifted so that a view and a purchase of the same fields differ)
+        # (views' hashes times 3, so that a view and a purchase of the same fields differ)
         np.add.at(key, known["u"].to_numpy(), pd.util.hash_pandas_object(
             known[["i", "session_id", "t"]], index=False).to_numpy() * np.uint64(3))
     order = np.lexsort((np.arange(n), key))  # by key, then by the id order the numbers came in
