@@ -33,6 +33,7 @@ from scoring.models import (
     capped,
     cross_calibrated,
     expected_calibration_error,
+    halves,
     model_version,
     reasons,
     select_and_fit,
@@ -124,8 +125,10 @@ def risk_tier(p: np.ndarray, settings: ChurnSettings) -> np.ndarray:
 
 
 def _halves(frame: pd.DataFrame) -> np.ndarray:
-    # by what the row holds, not whose it is (see _in_data_order)
-    return (pd.util.hash_pandas_object(frame[[*FEATURES, LABEL]], index=False).to_numpy() % 2).astype(bool)
+    # By person, not by what a row holds: a hash of the features and label put every churned row
+    # of a feature vector in one half and every retained one in the other, so each half was
+    # calibrated on the other's opposite (validation ROC AUC 0.707 -> 0.598 on Online Retail).
+    return halves(frame["person_id"])
 
 
 def _in_data_order(features: pd.DataFrame) -> pd.DataFrame:
