@@ -91,6 +91,11 @@ def local_path(uri: str) -> Path:
     return Path(urlparse(uri).path) if uri.startswith("file:") else Path(uri)
 
 
+def local_dir(uri: str) -> Path | None:
+    """The local path of a local or mounted location; None for an object store's or HDFS's."""
+    return local_path(uri) if is_local(uri) else None
+
+
 def table_location(config: "Config", schema: str, table: str) -> str:
     """The folder (URI) of one table's Parquet files."""
     return f"{config.spark_warehouse.rstrip('/')}/{schema}/{table}"

@@ -306,10 +306,9 @@ def erase_from_warehouse(con, request_id: str) -> dict[str, int]:
 def _spark_warehouse_dir(config) -> Path | None:
     if getattr(config, "engine", "duckdb") != "spark":
         return None
-    from core.spark import is_local, local_path
+    from core.spark import local_dir
 
-    location = config.spark_warehouse
-    return local_path(location) if is_local(location) else None
+    return local_dir(config.spark_warehouse)
 
 
 # --------------------------------------------------------------------------- requests

@@ -55,11 +55,6 @@ def check_supported(config: "Config") -> None:
             "(an object store). The request stays pending; mount the warehouse, or apply it with engine: duckdb.")
 
 
-def spark_warehouse_dir(config: "Config") -> Path | None:
-    location = config.spark_warehouse
-    return local_path(location) if is_local(location) else None
-
-
 def erase_in_spark(spark: "SparkSession", config: "Config", con: "duckdb.DuckDBPyConnection",
                    working_copy_removed: dict[str, int]) -> dict[str, int]:
     """Bring the Spark warehouse to the working copy's erased state (see the module's notes).

@@ -38,12 +38,11 @@ def _spark_scorer(tessera: TesseraResource, config):
     if config.engine != "spark":
         return None
     from core.settings.identity import settings_of
-    from core.spark import is_local, local_path
+    from core.spark import local_dir
     from identity.spark_splink import pair_scorer
 
-    warehouse = config.spark_warehouse
     # (records go to Spark through Parquet files when the warehouse is a local or mounted path)
-    scratch = str(local_path(warehouse) / "_scratch") if is_local(warehouse) else None
+    scratch = str(folder / "_scratch") if (folder := local_dir(config.spark_warehouse)) else None
     with tessera.spark() as spark:  # (the session outlives the block: one per process)
         return pair_scorer(spark, settings_of(config), scratch)
 
