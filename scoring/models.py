@@ -99,7 +99,11 @@ def calibrator(model, X, y, method: str):
     try:
         from sklearn.frozen import FrozenEstimator
 
-        calibrated = CalibratedClassifierCV(FrozenEstimator(model), method=method)
+        # One calibrator fitted on every row, as cv='prefit' did. The default (ensemble=True)
+        # averages five, each fitted on four of five folds taken by position: with rows in data
+        # order (churn's) each saw a band of the feature range, and the reported validation
+        # ROC AUC on UCI Online Retail fell 0.707 -> 0.598.
+        calibrated = CalibratedClassifierCV(FrozenEstimator(model), method=method, ensemble=False)
     except ImportError:  # scikit-learn < 1.6
         calibrated = CalibratedClassifierCV(model, method=method, cv="prefit")
     return calibrated.fit(X, y)
